@@ -1,0 +1,238 @@
+"""asyncio publisher and subscriber for the hub.
+
+Theory of operation. A :class:`Publisher` owns an XPUB socket connected to the hub's
+XSUB side, so subscriptions made anywhere on the bus arrive at it as messages
+(``\\x01prefix`` / ``\\x00prefix``). That gives two handshakes without any sleep:
+
+- *readiness*: :meth:`Publisher.wait_for_subscribers` returns once every topic the
+  caller names is covered by some live subscription prefix, so a replay started
+  before its subscribers loses nothing;
+- *flush*: :meth:`Publisher.flush` publishes a marker on a private topic and waits
+  until its own SUB socket receives it back from the hub. The hub forwards in order,
+  so every earlier message has then left the publisher, and closing with linger 0
+  discards nothing.
+
+A :class:`Subscriber` decodes, counts gaps from sequence numbers and counts (and logs
+once per kind) malformed messages, which it drops without stopping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Iterable, Mapping
+from typing import Any
+
+import numpy as np
+import zmq
+import zmq.asyncio
+
+from bus.endpoints import hub_endpoints
+from bus.hub import HWM
+from bus.message import MalformedMessage, Message, decode, encode
+from bus.sequence import BusStats, GapTracker, SequenceCounter
+from bus.topics import RAW, SYNC, topic_for
+
+log = logging.getLogger(__name__)
+
+
+def _context() -> zmq.asyncio.Context:
+    return zmq.asyncio.Context.instance()
+
+
+class Publisher:
+    """Numbers and sends messages; ``async with`` it, then :meth:`publish`."""
+
+    def __init__(self, bus: str, *, flush_timeout_s: float = 30.0) -> None:
+        self.endpoints = hub_endpoints(bus)
+        self._ctx = _context()
+        self._sock: zmq.asyncio.Socket | None = None
+        self._echo: zmq.asyncio.Socket | None = None
+        self._seq = SequenceCounter()
+        self._subs: Counter[bytes] = Counter()
+        self._subs_changed = asyncio.Event()
+        self._listener: asyncio.Task | None = None
+        self._sync_topic = f"{SYNC}/{uuid.uuid4().hex}/"
+        self._flush_timeout_s = flush_timeout_s
+        self.sent = 0
+
+    async def __aenter__(self) -> "Publisher":
+        sock = self._ctx.socket(zmq.XPUB)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDHWM, HWM)
+        sock.setsockopt(zmq.XPUB_NODROP, 1)  # block, never drop, when the hub pushes back
+        sock.connect(self.endpoints.publishers)
+        echo = self._ctx.socket(zmq.SUB)
+        echo.setsockopt(zmq.LINGER, 0)
+        echo.connect(self.endpoints.subscribers)
+        echo.setsockopt(zmq.SUBSCRIBE, self._sync_topic.encode())
+        self._sock, self._echo = sock, echo
+        self._listener = asyncio.create_task(self._listen())
+        return self
+
+    async def __aexit__(self, exc_type: Any, *_: Any) -> None:
+        try:
+            if exc_type is None:
+                await self.flush()
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            self._listener = None
+        for s in (self._sock, self._echo):
+            if s is not None:
+                s.close(linger=0)
+        self._sock = self._echo = None
+
+    async def _listen(self) -> None:
+        assert self._sock is not None
+        while True:
+            frame = await self._sock.recv()
+            if frame[:1] == b"\x01":
+                self._subs[frame[1:]] += 1
+            elif frame[:1] == b"\x00" and self._subs[frame[1:]] > 0:
+                self._subs[frame[1:]] -= 1
+            self._subs_changed.set()
+
+    def _covered(self, topic: str) -> bool:
+        t = topic.encode()
+        return any(n > 0 and t.startswith(p) for p, n in self._subs.items())
+
+    async def wait_for_subscribers(self, topics: Iterable[str], timeout_s: float | None = None) -> list[str]:
+        """Wait until each topic has a subscriber; returns the topics still uncovered at
+        the timeout (empty when all are covered). ``timeout_s=None`` waits forever."""
+        pending = list(topics)
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout_s is None or math.isinf(timeout_s) else loop.time() + timeout_s
+        while True:
+            pending = [t for t in pending if not self._covered(t)]
+            if not pending:
+                return []
+            self._subs_changed.clear()
+            remaining = None if deadline is None else deadline - loop.time()
+            if remaining is not None and remaining <= 0:
+                return pending
+            try:
+                await asyncio.wait_for(self._subs_changed.wait(), remaining)
+            except TimeoutError:
+                return pending
+
+    async def send(self, msg: Message) -> None:
+        """Send a fully formed message (its ``seq`` as given)."""
+        assert self._sock is not None, "use 'async with Publisher(...)'"
+        await self._sock.send_multipart(encode(msg), copy=False)
+        self.sent += 1
+
+    async def publish(
+        self,
+        kind: str,
+        device: str,
+        modality: str | None = None,
+        *,
+        t0_s: float,
+        fs_hz: float,
+        samples: np.ndarray | None = None,
+        arrays: Mapping[str, np.ndarray] | None = None,
+        meta: Mapping[str, Any] | None = None,
+    ) -> Message:
+        """Number a message on its topic and send it; returns what was sent."""
+        topic = topic_for(kind, device, modality if kind == RAW else None)
+        msg = Message(
+            kind=kind, device=device, modality=modality or kind, seq=self._seq.next(topic),
+            t0_s=float(t0_s), fs_hz=float(fs_hz),
+            samples=np.zeros(0) if samples is None else samples,
+            arrays=arrays or {}, meta=meta or {},
+        )
+        await self.send(msg)
+        return msg
+
+    def next_seq(self, topic: str) -> int:
+        """Take the next sequence number of a topic (for callers that build messages)."""
+        return self._seq.next(topic)
+
+    async def flush(self) -> None:
+        """Return once everything sent so far has passed through the hub."""
+        assert self._sock is not None and self._echo is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._flush_timeout_s
+        # Our own echo subscription reaches us through the hub: then the path back exists.
+        uncovered = await self.wait_for_subscribers([self._sync_topic], self._flush_timeout_s)
+        marker = uuid.uuid4().hex.encode()
+        while not uncovered:
+            await self._sock.send_multipart([self._sync_topic.encode(), marker])
+            try:
+                while True:
+                    frames = await asyncio.wait_for(self._echo.recv_multipart(), max(0.0, deadline - loop.time()))
+                    if frames[-1] == marker:
+                        return
+            except TimeoutError:
+                break
+        log.warning("bus flush timed out after %.0f s: is the hub at %s running?",
+                    self._flush_timeout_s, self.endpoints.publishers)
+
+
+class Subscriber:
+    """Decoded messages under some topic prefixes; ``stats`` says what arrived and what was lost."""
+
+    def __init__(self, bus: str, prefixes: Iterable[str] = ("",), *, hwm: int = HWM) -> None:
+        self.endpoints = hub_endpoints(bus)
+        self.prefixes = list(prefixes)
+        self._ctx = _context()
+        self._sock: zmq.asyncio.Socket | None = None
+        self._hwm = hwm
+        self.stats = BusStats()
+        self.gaps = GapTracker(self.stats)
+        self._logged: set[str] = set()
+
+    async def __aenter__(self) -> "Subscriber":
+        sock = self._ctx.socket(zmq.SUB)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.RCVHWM, self._hwm)
+        sock.connect(self.endpoints.subscribers)
+        for p in self.prefixes:
+            sock.setsockopt(zmq.SUBSCRIBE, p.encode())
+        self._sock = sock
+        return self
+
+    async def __aexit__(self, *_: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close(linger=0)
+            self._sock = None
+
+    def _accept(self, frames: list[Any]) -> Message | None:
+        if bytes(frames[0].buffer[: len(SYNC)]) == SYNC.encode():
+            return None  # someone's flush marker under a broad subscription
+        try:
+            msg = decode(frames)
+        except MalformedMessage as exc:
+            self.stats.malformed[exc.reason] += 1
+            if exc.reason not in self._logged:
+                self._logged.add(exc.reason)
+                log.warning("dropping malformed bus message (%s); further ones of this kind are only counted", exc)
+            return None
+        self.gaps.observe(msg.topic, msg.seq)
+        return msg
+
+    async def recv(self, timeout_s: float | None = None) -> Message:
+        """The next valid message; raises TimeoutError if none arrives in time."""
+        assert self._sock is not None, "use 'async with Subscriber(...)'"
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout_s is None else loop.time() + timeout_s
+        while True:
+            remaining = None if deadline is None else max(0.0, deadline - loop.time())
+            frames = await asyncio.wait_for(self._sock.recv_multipart(copy=False), remaining)
+            msg = self._accept(frames)
+            if msg is not None:
+                return msg
+
+    async def __aiter__(self) -> AsyncIterator[Message]:
+        while True:
+            yield await self.recv()
