@@ -1,0 +1,290 @@
+"""E4 Connect CSV exports (a folder or a zip, e.g. WESAD's ``SX_E4_Data.zip``), read and written.
+
+Format (e4-facts.md section 3): no column headers; periodic files start with the start
+time (Unix s, UTC) and the rate (Hz), one value per column; ``IBI.csv`` starts with
+``<start>, IBI`` and then holds ``offset_s,ibi_s`` rows (rejected beats leave gaps);
+``tags.csv`` holds one Unix time per button press and may be empty. Each file keeps
+its own start and rate. ``labels.csv`` (``start,end,task,label``) is m3sense's ground
+truth companion, the format of the shared WESAD recordings.
+
+Every error names the file and, where one is to blame, the line (1-based).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import re
+import zipfile
+from collections.abc import Callable, Iterable
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+
+from m3sense.errors import DataError
+from replay.recording import PERIODIC, LabelInterval, Recording, Signal
+
+FILES = {"acc": "ACC.csv", "bvp": "BVP.csv", "eda": "EDA.csv", "temp": "TEMP.csv", "hr": "HR.csv"}
+SIGNAL_FILES = ("ACC.csv", "BVP.csv", "EDA.csv", "TEMP.csv")
+_COLUMNS = {"acc": 3}
+#: decimals the real exports print, so written values read back identical
+_DECIMALS = {"bvp": 2, "eda": 6, "temp": 2, "hr": 2}
+_STAMP = re.compile(r"_?E4_Data$", re.IGNORECASE)
+
+
+def _numbers(text: str, path: str, first_line: int, columns: int) -> np.ndarray:
+    """Rows of ``columns`` comma-separated numbers; fast path, then a slow scan to blame a line."""
+    lines = text.splitlines()
+    while lines and not lines[-1].strip():
+        lines.pop()
+    try:
+        values = np.array(",".join(lines).split(","), dtype=np.float64) if lines else np.zeros(0)
+        if values.size == len(lines) * columns:
+            return values.reshape(len(lines), columns) if columns > 1 else values
+    except ValueError:
+        pass
+    for i, line in enumerate(lines):
+        cells = line.split(",")
+        if len(cells) != columns:
+            raise DataError(path, f"expected {columns} comma-separated values, got {line.strip()[:60]!r}", first_line + i)
+        for cell in cells:
+            try:
+                float(cell)
+            except ValueError:
+                raise DataError(path, f"not a number: {cell.strip()[:40]!r}", first_line + i) from None
+    raise DataError(path, "unreadable rows")  # pragma: no cover - the scan always finds the culprit
+
+
+def _header_value(cells: list[str], path: str, line: int, what: str) -> float:
+    try:
+        values = {float(c) for c in cells}
+    except ValueError:
+        raise DataError(path, f"{what} must be a number, got {','.join(cells).strip()[:60]!r}", line) from None
+    if len(values) != 1 or not all(math.isfinite(v) for v in values):
+        raise DataError(path, f"{what} must be one finite value repeated per column, got {sorted(values)}", line)
+    return values.pop()
+
+
+def parse_periodic(text: str, path: str, modality: str) -> Signal:
+    columns = _COLUMNS.get(modality, 1)
+    head = text.split("\n", 2)
+    if len(head) < 2 or not head[0].strip():
+        raise DataError(path, "empty file: an E4 export starts with the start time and the sample rate")
+    start_cells, rate_cells = head[0].split(","), head[1].split(",")
+    if len(start_cells) != columns or len(rate_cells) != columns:
+        raise DataError(path, f"header rows must have {columns} column(s)", 1 if len(start_cells) != columns else 2)
+    t0 = _header_value(start_cells, path, 1, "start time")
+    fs = _header_value(rate_cells, path, 2, "sample rate")
+    if fs <= 0:
+        raise DataError(path, f"sample rate must be positive, got {fs}", 2)
+    values = _numbers(head[2] if len(head) > 2 else "", path, 3, columns)
+    nominal, dtype = PERIODIC[modality]
+    if dtype is np.int16:
+        if values.size and (np.any(values != np.round(values)) or np.abs(values).max() > 32767):
+            raise DataError(path, "ACC values must be integer counts (1/64 g)")
+    return Signal(modality=modality, t0_s=t0, fs_hz=fs, values=values.astype(dtype))
+
+
+def parse_ibi(text: str, path: str) -> tuple[float, np.ndarray, np.ndarray]:
+    """``(start_s, beat_times_s, ibi_s)``; beat times are absolute."""
+    head = text.split("\n", 1)
+    cells = head[0].split(",")
+    if not head[0].strip() or len(cells) != 2 or cells[1].strip().upper() != "IBI":
+        raise DataError(path, f"first row must be '<start>, IBI', got {head[0].strip()[:60]!r}", 1)
+    t0 = _header_value(cells[:1], path, 1, "start time")
+    rows = _numbers(head[1] if len(head) > 1 else "", path, 2, 2).reshape(-1, 2)
+    return t0, t0 + rows[:, 0], rows[:, 1]
+
+
+def parse_tags(text: str, path: str) -> np.ndarray:
+    return _numbers(text, path, 1, 1)
+
+
+def parse_labels(text: str, path: str) -> tuple[LabelInterval, ...]:
+    lines = text.splitlines()
+    if not lines or [c.strip() for c in lines[0].split(",")] != ["start", "end", "task", "label"]:
+        raise DataError(path, "first row must be 'start,end,task,label'", 1)
+    out = []
+    for i, line in enumerate(lines[1:], start=2):
+        if not line.strip():
+            continue
+        cells = [c.strip() for c in line.split(",")]
+        if len(cells) != 4:
+            raise DataError(path, f"expected start,end,task,label, got {line.strip()[:60]!r}", i)
+        try:
+            start, end = float(cells[0]), float(cells[1])
+        except ValueError:
+            raise DataError(path, f"start and end must be Unix seconds, got {cells[0]!r}, {cells[1]!r}", i) from None
+        if not (math.isfinite(start) and math.isfinite(end) and end > start):
+            raise DataError(path, f"interval must have finite start < end, got {start}, {end}", i)
+        if not cells[2] or not cells[3]:
+            raise DataError(path, "task and label must not be empty", i)
+        out.append(LabelInterval(start_s=start, end_s=end, task=cells[2], label=cells[3]))
+    return tuple(out)
+
+
+def device_name(path: Path) -> str:
+    """``S2_E4_Data.zip`` → ``S2``; a folder keeps its name; unsafe characters become ``_``."""
+    stem = path.stem if path.suffix.lower() == ".zip" else path.name
+    stem = _STAMP.sub("", stem) or stem
+    return re.sub(r"[^A-Za-z0-9_.:\-]", "_", stem)[:64] or "e4"
+
+
+def _reader(path: Path) -> tuple[Callable[[str], str | None], str]:
+    """A function mapping an E4 file name to its text (None if absent), and how to name files in errors."""
+    if path.is_dir():
+        def read_dir(name: str) -> str | None:
+            f = path / name
+            return f.read_text(encoding="utf-8-sig", errors="replace") if f.is_file() else None
+        return read_dir, str(path)
+    try:
+        archive = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise DataError(path, f"not a readable zip ({exc})") from None
+    members = {PurePosixPath(n).name: n for n in archive.namelist() if not n.endswith("/")}
+
+    def read_zip(name: str) -> str | None:
+        member = members.get(name)
+        if member is None:
+            return None
+        with archive.open(member) as fh:
+            return io.TextIOWrapper(fh, encoding="utf-8-sig", errors="replace").read()
+    return read_zip, f"{path}!"
+
+
+def is_e4_export(path: Path) -> bool:
+    if path.is_dir():
+        return any((path / f).is_file() for f in SIGNAL_FILES)
+    if path.suffix.lower() == ".zip" and zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as z:
+            names = {PurePosixPath(n).name for n in z.namelist()}
+        return any(f in names for f in SIGNAL_FILES)
+    return False
+
+
+def read_e4_export(path: str | Path, device: str | None = None) -> Recording:
+    """Read one export (folder or zip) with its ``labels.csv`` if present.
+
+    Raises :class:`DataError` naming the file and line for anything malformed, and for
+    a folder or zip that holds none of ACC/BVP/EDA/TEMP.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DataError(path, "no such file or folder")
+    read, where = _reader(path)
+    name = (lambda f: str(path / f)) if path.is_dir() else (lambda f: f"{where}{f}")
+    signals: dict[str, Signal] = {}
+    for modality, fname in FILES.items():
+        text = read(fname)
+        if text is not None:
+            signals[modality] = parse_periodic(text, name(fname), modality)
+    if not any(m in signals for m in ("acc", "bvp", "eda", "temp")):
+        raise DataError(path, f"no E4 export here: none of {', '.join(SIGNAL_FILES)} found")
+    ibi_t = ibi = np.zeros(0)
+    if (text := read("IBI.csv")) is not None and text.strip():
+        _, ibi_t, ibi = parse_ibi(text, name("IBI.csv"))
+    tags = parse_tags(text, name("tags.csv")) if (text := read("tags.csv")) is not None else np.zeros(0)
+    labels = parse_labels(text, name("labels.csv")) if (text := read("labels.csv")) is not None else ()
+    return Recording(
+        device=device or device_name(path), source=str(path), signals=signals,
+        ibi_t_s=ibi_t, ibi_s=ibi, tags_s=tags, labels=labels,
+    )
+
+
+def find_exports(path: str | Path) -> list[Path]:
+    """The exports under ``path``: itself if it is one, else its sub-folders and zips that are."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(path, "no such file or folder")
+    if is_e4_export(path):
+        return [path]
+    if path.is_dir():
+        found = sorted(p for p in path.iterdir() if is_e4_export(p))
+        if found:
+            return found
+    raise DataError(path, f"no E4 export here: none of {', '.join(SIGNAL_FILES)} in it or in its sub-folders or zips")
+
+
+def read_source(path: str | Path) -> list[Recording]:
+    """Every recording of a source (one export, or a folder of them); all read before any is used,
+    so a bad file anywhere fails the whole source before anything is published."""
+    recordings = [read_e4_export(p) for p in find_exports(path)]
+    seen: set[str] = set()
+    for rec in recordings:
+        if rec.device in seen:
+            raise DataError(path, f"two recordings map to device id {rec.device!r}")
+        seen.add(rec.device)
+    return recordings
+
+
+INFO_TXT = """.csv files in this archive are in the following format:
+The first row is the initial time of the session expressed as unix timestamp in UTC.
+The second row is the sample rate expressed in Hz.
+
+TEMP.csv
+Data from temperature sensor expressed degrees on the Celsius (°C) scale.
+
+EDA.csv
+Data from the electrodermal activity sensor expressed as microsiemens (μS).
+
+BVP.csv
+Data from photoplethysmograph.
+
+ACC.csv
+Data from 3-axis accelerometer sensor. The accelerometer is configured to measure acceleration in the range [-2g, 2g]. Therefore the unit in this file is 1/64g.
+Data from x, y, and z axis are respectively in first, second, and third column.
+
+IBI.csv
+Time between individuals heart beats extracted from the BVP signal.
+No sample rate is needed for this file.
+The first column is the time (respect to the initial time) of the detected inter-beat interval expressed in seconds (s).
+The second column is the duration in seconds (s) of the detected inter-beat interval (i.e., the distance in seconds from the previous beat).
+
+HR.csv
+Average heart rate extracted from the BVP signal.The first row is the initial time of the session expressed as unix timestamp in UTC.
+The second row is the sample rate expressed in Hz.
+
+
+tags.csv
+Event mark times.
+Each row corresponds to a physical button press on the device; the same time as the status LED is first illuminated.
+The time is expressed as a unix timestamp in UTC and it is synchronized with initial time of the session indicated in the related data files from the corresponding session.
+"""
+
+
+def _rows(values: np.ndarray, decimals: int | None) -> Iterable[str]:
+    if decimals is None:
+        return (",".join(str(int(v)) for v in row) for row in values.reshape(len(values), -1))
+    return (f"{v:.{decimals}f}" for v in values)
+
+
+def write_e4_export(rec: Recording, folder: str | Path) -> Path:
+    """Write ``rec`` as an E4 Connect folder (+ ``labels.csv`` if it has labels).
+
+    Values are printed with the decimals of real exports; what :func:`read_e4_export`
+    returns from the folder is what the files say, which tests compare against.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for modality, fname in FILES.items():
+        sig = rec.signals.get(modality)
+        if sig is None:
+            continue
+        cols = _COLUMNS.get(modality, 1)
+        head = [", ".join([f"{sig.t0_s:.6f}"] * cols), ", ".join([f"{sig.fs_hz:.6f}"] * cols)]
+        decimals = None if modality == "acc" else _DECIMALS[modality]
+        (folder / fname).write_text("\n".join([*head, *_rows(sig.values, decimals)]) + "\n")
+    start = rec.start_s
+    ibi_lines = [f"{start:.6f}, IBI"] + [f"{t - start:.6f},{v:.6f}" for t, v in zip(rec.ibi_t_s, rec.ibi_s)]
+    (folder / "IBI.csv").write_text("\n".join(ibi_lines) + "\n")
+    (folder / "tags.csv").write_text("".join(f"{t:.6f}\n" for t in rec.tags_s))
+    (folder / "info.txt").write_text(INFO_TXT)
+    if rec.labels:
+        rows = ["start,end,task,label"] + [
+            f"{iv.start_s:.3f},{iv.end_s:.3f},{iv.task},{iv.label}" for iv in rec.labels
+        ]
+        (folder / "labels.csv").write_text("\n".join(rows) + "\n")
+    return folder
+
+
+__all__ = ["FILES", "device_name", "find_exports", "read_e4_export", "read_source", "write_e4_export"]
