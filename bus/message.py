@@ -90,7 +90,7 @@ def _wire_array(a: np.ndarray) -> tuple[np.ndarray, str]:
 
 
 def encode(msg: Message) -> list[Any]:
-    """Frames for ``send_multipart(..., copy=False)``; array frames are memoryviews (no copy)."""
+    """Frames for ``send_multipart(..., copy=False)``; array frames are the contiguous arrays themselves (no copy)."""
     samples, sdt = _wire_array(np.asarray(msg.samples))
     extra = [(name, *_wire_array(np.asarray(a))) for name, a in msg.arrays.items()]
     header = {
@@ -112,7 +112,7 @@ def encode(msg: Message) -> list[Any]:
         head = json.dumps(header, separators=(",", ":"), allow_nan=False).encode()
     except ValueError as exc:  # NaN/inf in t0, fs or meta
         raise ValueError(f"{msg.topic}: header must be finite JSON ({exc})") from None
-    return [msg.topic.encode(), head, memoryview(samples).cast("B"), *(memoryview(a).cast("B") for _, a, _ in extra)]
+    return [msg.topic.encode(), head, samples, *(a for _, a, _ in extra)]
 
 
 def _buffer(frame: Any) -> memoryview | bytes:

@@ -1,0 +1,86 @@
+"""Shared fixtures: loopback bus addresses, an in-process hub, and running the CLI as a process."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pytest
+
+from bus import Hub, free_bus_address
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+WESAD = SHARED_DATA / "wesad-e4"
+
+
+@pytest.fixture
+def bus_address() -> str:
+    return free_bus_address()
+
+
+@pytest.fixture
+def hub(bus_address: str) -> Iterator[Hub]:
+    with Hub(bus_address) as h:
+        yield h
+
+
+def m3sense_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "m3sense", *args]
+
+
+def run_cli(*args: str, timeout: float = 120, check: bool = False) -> subprocess.CompletedProcess:
+    """Run ``m3sense ARGS`` to completion in a subprocess and capture its output."""
+    proc = subprocess.run(m3sense_cmd(*args), capture_output=True, text=True, timeout=timeout,
+                          cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    if check and proc.returncode != 0:
+        raise AssertionError(f"m3sense {' '.join(args)} exited {proc.returncode}:\n{proc.stderr}")
+    return proc
+
+
+class Proc:
+    """A background ``m3sense`` process that is always stopped (SIGTERM, then SIGKILL)."""
+
+    def __init__(self, args: Sequence[str], stdout=subprocess.PIPE) -> None:
+        self.popen = subprocess.Popen(m3sense_cmd(*args), stdout=stdout, stderr=subprocess.PIPE, text=True,
+                                      cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+    def wait_for_stderr(self, needle: str, timeout: float = 60) -> str:
+        """Read stderr lines until one contains ``needle`` (a readiness line), failing on exit."""
+        import selectors
+        import time
+
+        sel = selectors.DefaultSelector()
+        sel.register(self.popen.stderr, selectors.EVENT_READ)
+        deadline = time.monotonic() + timeout
+        seen = []
+        while time.monotonic() < deadline:
+            if sel.select(timeout=max(0.0, deadline - time.monotonic())):
+                line = self.popen.stderr.readline()
+                if not line:
+                    break
+                seen.append(line)
+                if needle in line:
+                    return line
+        raise AssertionError(f"no {needle!r} on stderr within {timeout} s; got:\n{''.join(seen)}")
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.terminate()
+            try:
+                self.popen.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+
+
+@pytest.fixture
+def procs() -> Iterator[list[Proc]]:
+    """Start background processes with ``procs.append(Proc([...]))``; all are stopped at teardown."""
+    started: list[Proc] = []
+    yield started
+    for p in reversed(started):
+        p.stop()
