@@ -2,22 +2,40 @@
 
 Frames: ``[topic, header, samples, *arrays]``.
 
-- ``topic``: UTF-8, see :mod:`bus.topics` (the SUB filter matches on it).
-- ``header``: compact JSON object, ``v`` (schema version), ``k`` kind, ``d`` device,
-  ``m`` modality, ``s`` sequence number, ``t`` first-sample time (UTC, float seconds),
-  ``f`` sample rate in Hz (0 for irregular or event streams), ``dt``/``sh`` dtype and shape
-  of the samples, ``a`` name/dtype/shape of each extra array, ``x`` small JSON metadata.
-- the array buffers themselves, raw little-endian bytes: sent without a copy and read back
-  with ``np.frombuffer`` over the received frame.
+- ``topic``: UTF-8, see :mod:`bus.topics`. It names the kind, the modality (raw only) and
+  the device, so the header does not repeat them; the SUB filter matches on it.
+- ``header``: a fixed little-endian struct, then an optional JSON tail:
 
-No pickle: a peer can at worst send bytes that :func:`decode` rejects with
-:class:`MalformedMessage`, whose ``reason`` is a short stable word for counting.
+  ====== ====== ==========================================================
+  offset type   field
+  ====== ====== ==========================================================
+  0      u8     schema version (:data:`SCHEMA_VERSION`)
+  1      u8     dtype code of the samples (index into :data:`DTYPE_CODES`)
+  2      u8     number of dimensions of the samples (0 to 4)
+  3      u8     flags: bit 0 set when a JSON tail follows the dimensions
+  4      i64    sequence number on this topic
+  12     f64    time of the first sample, Unix seconds UTC
+  20     f64    sample rate in Hz (0 for irregular and event streams)
+  28     u32[n] the samples' dimensions
+  ...    JSON   ``{"a": [[name, dtype, shape], ...], "x": {metadata}}``
+  ====== ====== ==========================================================
+
+- the array buffers themselves, raw little-endian bytes: handed to ZeroMQ without a copy
+  and read back as read-only ``np.frombuffer`` views over the received frame (no second copy).
+
+The binary header keeps the per-message cost of the bus close to bare pyzmq (see
+``bench/bench_bus.py``); metadata that only some messages carry (a window's quality, a
+label's interval) rides in the JSON tail. No pickle: a peer can at worst send bytes that
+:func:`decode` rejects with :class:`MalformedMessage`, whose ``reason`` is a short stable
+word for counting.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
+import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,13 +46,15 @@ from bus.topics import KINDS, RAW, parse_topic, topic_for
 
 SCHEMA_VERSION = 1
 
-#: dtypes that may cross the bus, by their wire name (always little-endian).
-DTYPES: dict[str, np.dtype] = {
-    name: np.dtype(name).newbyteorder("<")
-    for name in ("float64", "float32", "int64", "int32", "int16", "int8", "uint32", "uint16", "uint8", "bool")
-}
-_WIRE_NAME = {dt: name for name, dt in DTYPES.items()}
+#: dtypes that may cross the bus; the position is the wire code (always little-endian).
+DTYPE_CODES = ("float64", "float32", "int64", "int32", "int16", "int8", "uint32", "uint16", "uint8", "bool")
+DTYPES: dict[str, np.dtype] = {name: np.dtype(name).newbyteorder("<") for name in DTYPE_CODES}
+_CODE = {DTYPES[name]: i for i, name in enumerate(DTYPE_CODES)}
+_BY_CODE = tuple(DTYPES[name] for name in DTYPE_CODES)
 _MAX_NDIM = 4
+_FIXED = struct.Struct("<BBBBqdd")
+_DIMS = tuple(struct.Struct(f"<{n}I") for n in range(_MAX_NDIM + 1))
+_HAS_TAIL = 1
 
 
 class MalformedMessage(ValueError):
@@ -52,7 +72,8 @@ def _empty() -> np.ndarray:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Message:
     """One bus message. ``samples`` is the primary payload; ``arrays`` carries named
-    companions (a window's per-modality arrays); ``meta`` small JSON-able fields."""
+    companions (a window's per-modality arrays); ``meta`` small JSON-able fields.
+    For kinds other than ``raw`` the modality is the kind itself."""
 
     kind: str
     device: str
@@ -81,66 +102,79 @@ class Message:
         return self.t0_s + np.arange(self.n) / self.fs_hz
 
 
-def _wire_array(a: np.ndarray) -> tuple[np.ndarray, str]:
-    dt = a.dtype.newbyteorder("<") if a.dtype.byteorder == ">" else a.dtype
-    name = _WIRE_NAME.get(np.dtype(dt).newbyteorder("<"))
-    if name is None:
-        raise TypeError(f"dtype {a.dtype} cannot cross the bus (allowed: {', '.join(DTYPES)})")
-    return np.ascontiguousarray(a, dtype=DTYPES[name]), name
+def _wire_array(a: np.ndarray) -> tuple[np.ndarray, int]:
+    code = _CODE.get(a.dtype)
+    if code is not None and a.flags.c_contiguous:
+        return a, code  # the common case: native little-endian and contiguous, sent as is
+    code = _CODE.get(a.dtype.newbyteorder("<"))
+    if code is None:
+        raise TypeError(f"dtype {a.dtype} cannot cross the bus (allowed: {', '.join(DTYPE_CODES)})")
+    if a.ndim > _MAX_NDIM:
+        raise ValueError(f"arrays of more than {_MAX_NDIM} dimensions cannot cross the bus")
+    return np.ascontiguousarray(a, dtype=_BY_CODE[code]), code
 
 
 def encode(msg: Message) -> list[Any]:
-    """Frames for ``send_multipart(..., copy=False)``; array frames are the contiguous arrays themselves (no copy)."""
-    samples, sdt = _wire_array(np.asarray(msg.samples))
+    """Frames for ``send_multipart(..., copy=False)``; array frames are the contiguous arrays themselves."""
+    samples, code = _wire_array(np.asarray(msg.samples))
+    if samples.ndim > _MAX_NDIM:
+        raise ValueError(f"arrays of more than {_MAX_NDIM} dimensions cannot cross the bus")
+    if msg.kind != RAW and msg.modality != msg.kind:
+        raise ValueError(f"a {msg.kind} message's modality must be {msg.kind!r}, got {msg.modality!r}")
+    if not (math.isfinite(msg.t0_s) and math.isfinite(msg.fs_hz) and msg.fs_hz >= 0):
+        raise ValueError(f"{msg.topic}: t0 and fs must be finite (fs >= 0), got {msg.t0_s}, {msg.fs_hz}")
     extra = [(name, *_wire_array(np.asarray(a))) for name, a in msg.arrays.items()]
-    header = {
-        "v": msg.version,
-        "k": msg.kind,
-        "d": msg.device,
-        "m": msg.modality,
-        "s": msg.seq,
-        "t": msg.t0_s,
-        "f": msg.fs_hz,
-        "dt": sdt,
-        "sh": samples.shape,
-    }
-    if extra:
-        header["a"] = [[name, dt, a.shape] for name, a, dt in extra]
-    if msg.meta:
-        header["x"] = msg.meta
-    try:
-        head = json.dumps(header, separators=(",", ":"), allow_nan=False).encode()
-    except ValueError as exc:  # NaN/inf in t0, fs or meta
-        raise ValueError(f"{msg.topic}: header must be finite JSON ({exc})") from None
+    tail = b""
+    if extra or msg.meta:
+        doc: dict[str, Any] = {}
+        if extra:
+            doc["a"] = [[name, DTYPE_CODES[c], list(a.shape)] for name, a, c in extra]
+        if msg.meta:
+            doc["x"] = msg.meta
+        try:
+            tail = json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
+        except ValueError as exc:
+            raise ValueError(f"{msg.topic}: metadata must be finite JSON ({exc})") from None
+    head = _FIXED.pack(msg.version, code, samples.ndim, _HAS_TAIL if tail else 0, msg.seq, msg.t0_s, msg.fs_hz)
+    head += _DIMS[samples.ndim].pack(*samples.shape) + tail
     return [msg.topic.encode(), head, samples, *(a for _, a, _ in extra)]
 
 
 def _buffer(frame: Any) -> memoryview | bytes:
-    return frame.buffer if hasattr(frame, "buffer") else frame
+    return frame if type(frame) is bytes else frame.buffer
 
 
-def _read_array(frame: Any, dtype_name: Any, shape: Any, what: str) -> np.ndarray:
-    if not isinstance(dtype_name, str) or dtype_name not in DTYPES:
-        raise MalformedMessage("dtype", f"{what} dtype {dtype_name!r}")
-    if (
-        not isinstance(shape, list)
-        or len(shape) > _MAX_NDIM
-        or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
-    ):
-        raise MalformedMessage("shape", f"{what} shape {shape!r}")
-    dt = DTYPES[dtype_name]
+def _array(frame: Any, dt: np.dtype, shape: Sequence[int], what: str) -> np.ndarray:
     buf = _buffer(frame)
     expected = math.prod(shape) * dt.itemsize
     if len(buf) != expected:
-        raise MalformedMessage("length", f"{what}: {len(buf)} bytes for shape {shape} of {dtype_name}")
+        raise MalformedMessage("length", f"{what}: {len(buf)} bytes for shape {tuple(shape)} of {dt}")
     return np.frombuffer(buf, dtype=dt).reshape(shape)
 
 
-def _field(header: dict, key: str, types: type | tuple[type, ...]) -> Any:
-    value = header.get(key)
-    if not isinstance(value, types) or isinstance(value, bool):
-        raise MalformedMessage("header", f"field {key!r} is {value!r}")
-    return value
+@functools.lru_cache(maxsize=65536)
+def _topic_parts(topic: bytes) -> tuple[str, str, str]:
+    """(kind, device, modality) named by a topic; ValueError if it is not one of ours."""
+    parts = parse_topic(topic.decode())
+    return parts.kind, parts.device, parts.modality or parts.kind
+
+
+def _tail_arrays(doc: dict, frames: Sequence[Any]) -> dict[str, np.ndarray]:
+    specs = doc.get("a", [])
+    if type(specs) is not list or len(specs) != len(frames):
+        raise MalformedMessage("frames", f"{len(frames)} array frames for {specs!r}")
+    arrays: dict[str, np.ndarray] = {}
+    for spec, frame in zip(specs, frames):
+        if not (type(spec) is list and len(spec) == 3 and type(spec[0]) is str) or spec[0] in arrays:
+            raise MalformedMessage("header", f"array spec {spec!r}")
+        name, dtype_name, shape = spec
+        dt = DTYPES.get(dtype_name) if type(dtype_name) is str else None
+        if dt is None:
+            raise MalformedMessage("dtype", f"{name} dtype {dtype_name!r}")
+        if type(shape) is not list or len(shape) > _MAX_NDIM or not all(type(d) is int and d >= 0 for d in shape):
+            raise MalformedMessage("shape", f"{name} shape {shape!r}")
+        arrays[name] = _array(frame, dt, shape, name)
+    return arrays
 
 
 def decode(frames: Sequence[Any]) -> Message:
@@ -152,43 +186,39 @@ def decode(frames: Sequence[Any]) -> Message:
     if len(frames) < 3:
         raise MalformedMessage("frames", f"{len(frames)} frames, need at least 3")
     try:
-        topic = bytes(_buffer(frames[0])).decode()
-        header = json.loads(bytes(_buffer(frames[1])))
+        kind, device, modality = _topic_parts(bytes(_buffer(frames[0])))
     except (UnicodeDecodeError, ValueError):
-        raise MalformedMessage("header", "topic or header is not UTF-8 JSON") from None
-    if not isinstance(header, dict):
-        raise MalformedMessage("header", "header is not a JSON object")
-    version = _field(header, "v", int)
+        raise MalformedMessage("topic", "the topic is not kind/device/ or raw/modality/device/") from None
+    head = bytes(_buffer(frames[1]))
+    if len(head) < _FIXED.size:
+        raise MalformedMessage("header", f"{len(head)}-byte header, need at least {_FIXED.size}")
+    version, code, ndim, flags, seq, t0, fs = _FIXED.unpack_from(head)
     if version != SCHEMA_VERSION:
         raise MalformedMessage("version", f"schema version {version}, this code reads {SCHEMA_VERSION}")
-    kind = _field(header, "k", str)
-    device = _field(header, "d", str)
-    modality = _field(header, "m", str)
-    seq = _field(header, "s", int)
-    t0 = float(_field(header, "t", (int, float)))
-    fs = float(_field(header, "f", (int, float)))
-    if kind not in KINDS or seq < 0 or not math.isfinite(t0) or not (math.isfinite(fs) and fs >= 0):
-        raise MalformedMessage("header", f"kind={kind!r} seq={seq} t0={t0} fs={fs}")
-    try:
-        expected_topic = topic_for(kind, device, modality if kind == RAW else None)
-        parse_topic(topic)
-    except ValueError as exc:
-        raise MalformedMessage("topic", str(exc)) from None
-    if topic != expected_topic:
-        raise MalformedMessage("topic", f"frame topic {topic!r} but header says {expected_topic!r}")
-    samples = _read_array(frames[2], header.get("dt"), header.get("sh"), "samples")
-    specs = header.get("a", [])
-    if not isinstance(specs, list) or len(specs) != len(frames) - 3:
-        raise MalformedMessage("frames", f"{len(frames) - 3} array frames for {specs!r}")
+    if code >= len(_BY_CODE):
+        raise MalformedMessage("dtype", f"samples dtype code {code}")
+    if ndim > _MAX_NDIM or len(head) < _FIXED.size + 4 * ndim:
+        raise MalformedMessage("shape", f"{ndim} dimensions in a {len(head)}-byte header")
+    if seq < 0 or not math.isfinite(t0) or not (math.isfinite(fs) and fs >= 0) or flags & ~_HAS_TAIL:
+        raise MalformedMessage("header", f"seq={seq} t0={t0} fs={fs} flags={flags}")
+    end = _FIXED.size + 4 * ndim
+    shape = _DIMS[ndim].unpack_from(head, _FIXED.size)
+    samples = _array(frames[2], _BY_CODE[code], shape, "samples")
     arrays: dict[str, np.ndarray] = {}
-    for spec, frame in zip(specs, frames[3:]):
-        if not (isinstance(spec, list) and len(spec) == 3 and isinstance(spec[0], str)) or spec[0] in arrays:
-            raise MalformedMessage("header", f"array spec {spec!r}")
-        arrays[spec[0]] = _read_array(frame, spec[1], spec[2], spec[0])
-    meta = header.get("x", {})
-    if not isinstance(meta, dict):
-        raise MalformedMessage("header", "meta is not a JSON object")
-    return Message(
-        kind=kind, device=device, modality=modality, seq=seq, t0_s=t0, fs_hz=fs,
-        samples=samples, arrays=arrays, meta=meta, version=version,
-    )
+    meta: dict[str, Any] = {}
+    if flags & _HAS_TAIL:
+        try:
+            doc = json.loads(head[end:])
+        except (UnicodeDecodeError, ValueError):
+            raise MalformedMessage("header", "the header's JSON tail is not UTF-8 JSON") from None
+        if type(doc) is not dict or type(doc.get("x", {})) is not dict:
+            raise MalformedMessage("header", "the JSON tail is not an object with an object 'x'")
+        arrays = _tail_arrays(doc, frames[3:])
+        meta = doc.get("x", {})
+    elif len(head) != end or len(frames) != 3:
+        raise MalformedMessage("frames", f"{len(frames)} frames and {len(head) - end} stray header bytes")
+    return Message(kind=kind, device=device, modality=modality, seq=seq, t0_s=t0, fs_hz=fs,
+                   samples=samples, arrays=arrays, meta=meta, version=version)
+
+
+__all__ = ["DTYPES", "DTYPE_CODES", "KINDS", "SCHEMA_VERSION", "MalformedMessage", "Message", "decode", "encode"]

@@ -37,6 +37,7 @@ from bus.sequence import BusStats, GapTracker, SequenceCounter
 from bus.topics import RAW, SYNC, topic_for
 
 log = logging.getLogger(__name__)
+_SYNC_PREFIX = SYNC.encode() + b"/"
 
 
 def _context() -> zmq.asyncio.Context:
@@ -70,6 +71,7 @@ class Publisher:
         echo.connect(self.endpoints.subscribers)
         echo.setsockopt(zmq.SUBSCRIBE, self._sync_topic.encode())
         self._sock, self._echo = sock, echo
+        self._now = zmq.Socket.shadow(sock.underlying)  # sync view: sends that need no waiting skip the loop
         self._listener = asyncio.create_task(self._listen())
         return self
 
@@ -125,7 +127,11 @@ class Publisher:
     async def send(self, msg: Message) -> None:
         """Send a fully formed message (its ``seq`` as given)."""
         assert self._sock is not None, "use 'async with Publisher(...)'"
-        await self._sock.send_multipart(encode(msg), copy=False)
+        frames = encode(msg)
+        try:
+            self._now.send_multipart(frames, zmq.NOBLOCK, copy=False)
+        except zmq.Again:  # the hub pushes back: wait on the loop
+            await self._sock.send_multipart(frames, copy=False)
         self.sent += 1
 
     async def publish(
@@ -197,6 +203,7 @@ class Subscriber:
         for p in self.prefixes:
             sock.setsockopt(zmq.SUBSCRIBE, p.encode())
         self._sock = sock
+        self._now = zmq.Socket.shadow(sock.underlying)  # sync view: take what is queued without the loop
         return self
 
     async def __aexit__(self, *_: Any) -> None:
@@ -208,7 +215,7 @@ class Subscriber:
             self._sock = None
 
     def _accept(self, frames: list[Any]) -> Message | None:
-        if bytes(frames[0].buffer[: len(SYNC)]) == SYNC.encode():
+        if frames[0].startswith(_SYNC_PREFIX):
             return None  # someone's flush marker under a broad subscription
         try:
             msg = decode(frames)
@@ -227,8 +234,11 @@ class Subscriber:
         loop = asyncio.get_running_loop()
         deadline = None if timeout_s is None else loop.time() + timeout_s
         while True:
-            remaining = None if deadline is None else max(0.0, deadline - loop.time())
-            frames = await asyncio.wait_for(self._sock.recv_multipart(copy=False), remaining)
+            try:
+                frames = self._now.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                remaining = None if deadline is None else max(0.0, deadline - loop.time())
+                frames = await asyncio.wait_for(self._sock.recv_multipart(), remaining)
             msg = self._accept(frames)
             if msg is not None:
                 return msg

@@ -8,6 +8,7 @@ across all devices; the other kinds are per device (``<kind>/<device>/``).
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -29,6 +30,7 @@ def valid_name(name: str) -> bool:
     return bool(_NAME.match(name))
 
 
+@functools.lru_cache(maxsize=65536)
 def topic_for(kind: str, device: str, modality: str | None = None) -> str:
     """The topic string of a message; raises ValueError on a name that cannot be a segment."""
     if kind not in KINDS:

@@ -65,6 +65,8 @@ def test_unsupported_dtype_and_non_finite_header_are_refused_at_the_sender() -> 
         encode(Message(kind="raw", device="d", modality="x", seq=0, t0_s=0, fs_hz=1, samples=np.array(["a"])))
     with pytest.raises(ValueError):
         encode(Message(kind="raw", device="d", modality="x", seq=0, t0_s=math.nan, fs_hz=1))
+    with pytest.raises(ValueError):
+        encode(Message(kind="raw", device="d", modality="x", seq=0, t0_s=0, fs_hz=1, meta={"q": math.inf}))
 
 
 @settings(max_examples=500, deadline=None)
@@ -99,8 +101,11 @@ def test_truncated_payload_names_its_reason() -> None:
         decode([frames[0], frames[1], frames[2][:-1]])
     assert err.value.reason == "length"
     with pytest.raises(MalformedMessage) as err:
-        decode([b"raw/bvp/other/", frames[1], frames[2]])
+        decode([b"raw/bvp/other", frames[1], frames[2]])
     assert err.value.reason == "topic"
+    with pytest.raises(MalformedMessage) as err:
+        decode([frames[0], frames[1][:-3], frames[2]])
+    assert err.value.reason in ("header", "shape")
 
 
 def test_topics_end_with_a_delimiter_so_prefixes_do_not_collide() -> None:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import zmq
 
-from bus import Hub, Publisher, Subscriber, free_bus_address, hub_endpoints
+from bus import Hub, Message, Publisher, Subscriber, encode, free_bus_address, hub_endpoints
 from bus.endpoints import BadBusAddress
 
 
@@ -71,9 +71,12 @@ def test_malformed_messages_are_counted_and_dropped_without_stopping(hub: Hub) -
                 await pub.flush()
                 assert (await sub.recv(10)).seq == 0
                 # The rogue socket's first messages may be lost before it connects; send until counted.
+                good = [bytes(f) for f in encode(Message(kind="raw", device="x", modality="bvp", seq=7, t0_s=0.0,
+                                                         fs_hz=64.0, samples=np.zeros(2)))]
+                future_version = [good[0], b"\x63" + good[1][1:], good[2]]
                 for _ in range(200):
-                    await rogue.send_multipart([b"raw/bvp/x/", b"{not json", b"\x00"])
-                    await rogue.send_multipart([b"raw/bvp/x/", b'{"v":99}', b""])
+                    await rogue.send_multipart([b"raw/bvp/x/", b"{not a header", b"\x00"])
+                    await rogue.send_multipart(future_version)
                     try:
                         await sub.recv(0.05)
                     except TimeoutError:
