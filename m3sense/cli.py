@@ -21,6 +21,7 @@ from m3sense.errors import UserError
 COMMAND_MODULES = (
     "replay.cli",
     "bus.cli",
+    "storage.cli",
 )
 
 

@@ -1,0 +1,100 @@
+"""The store node: bus in, sink out (the thin async shell around :class:`RecordBuilder`).
+
+It subscribes to ``affect/``, ``status/`` and the raw streams it downsamples, hands the
+records to the sink as they come and asks the sink to flush every ``flush_interval_s``
+(the sink batches; flushing on a timer bounds how stale the store can be). Stopping
+(``stop`` event, SIGINT/SIGTERM in the CLI) first drains what already reached the
+socket, until ``drain_s`` passes without a message, then closes the open physiology
+bins and flushes the sink, so a clean shutdown loses nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from bus import AFFECT, RAW, STATUS, Subscriber, topic_for
+
+from storage.records import RecordBuilder
+from storage.sink import Sink
+
+log = logging.getLogger(__name__)
+
+RAW_MODALITIES = ("bvp", "eda", "temp", "hr")
+PREFIXES = (f"{AFFECT}/", f"{STATUS}/", *(f"{RAW}/{m}/" for m in RAW_MODALITIES))
+
+
+def device_topics(device: str) -> list[str]:
+    """The topics of one device that the store subscribes to (for readiness handshakes)."""
+    return [topic_for(AFFECT, device), topic_for(STATUS, device), *(topic_for(RAW, device, m) for m in RAW_MODALITIES)]
+
+
+class StoreNode:
+    """``await node.run(stop)``; ``processed`` counts bus messages turned into records."""
+
+    def __init__(self, bus: str, sink: Sink, *, flush_interval_s: float = 1.0, drain_s: float = 0.5,
+                 builder: RecordBuilder | None = None) -> None:
+        self.bus = bus
+        self.sink = sink
+        self.flush_interval_s = flush_interval_s
+        self.drain_s = drain_s
+        self.builder = builder or RecordBuilder()
+        self.processed = 0
+        self.records = 0
+        self.subscriber: Subscriber | None = None
+        self._progress = asyncio.Event()
+
+    async def wait_processed(self, n: int, timeout_s: float) -> None:
+        """Return once ``n`` messages have been processed (a handshake for tests and ``run``)."""
+        async def _wait() -> None:
+            while self.processed < n:
+                self._progress.clear()
+                await self._progress.wait()
+        await asyncio.wait_for(_wait(), timeout_s)
+
+    async def _handle(self, sub: Subscriber, timeout_s: float | None) -> None:
+        msg = await sub.recv(timeout_s)
+        records = self.builder.push(msg)
+        if records:
+            await self.sink.write(records)
+            self.records += len(records)
+        self.processed += 1
+        self._progress.set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        async with Subscriber(self.bus, PREFIXES) as sub:
+            self.subscriber = sub
+            flusher = asyncio.create_task(self._flush_periodically())
+            stopping = asyncio.create_task(stop.wait())
+            try:
+                while not stop.is_set():
+                    receive = asyncio.create_task(self._handle(sub, None))
+                    await asyncio.wait({receive, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                    if not receive.done():
+                        receive.cancel()
+                        try:
+                            await receive
+                        except asyncio.CancelledError:
+                            pass
+                    else:
+                        receive.result()
+                while True:  # drain what is already on its way
+                    try:
+                        await self._handle(sub, self.drain_s)
+                    except TimeoutError:
+                        break
+            finally:
+                flusher.cancel()
+                stopping.cancel()
+                tail = self.builder.flush()
+                if tail:
+                    await self.sink.write(tail)
+                    self.records += len(tail)
+                await self.sink.flush()
+                log.info("store: %d messages, %d records, bus %s, sink %s, rejected %s", self.processed,
+                         self.records, sub.stats.as_dict(), self.sink.counters.as_dict(), dict(self.builder.rejected))
+
+    async def _flush_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(self.flush_interval_s)
+            await self.sink.flush()

@@ -1,0 +1,210 @@
+"""What the store keeps: typed records made from bus messages (pure, no I/O).
+
+One :class:`AffectRecord` per window and task (timestamp = the window's end), one
+:class:`PhysioRecord` per device, signal and second (downsampled raw physiology for
+dashboards), one :class:`StatusRecord` per status event. Every record carries
+``source`` (``live``, ``replay`` or ``unknown``): replayed data never shares a series
+with live data, so it cannot overwrite it in InfluxDB, where a point's identity is
+measurement + tags + time.
+
+Everything that becomes an InfluxDB tag is bounded here (device ids are bus topic
+segments, tasks and sources come from short lists, names are checked), so a bad
+message cannot blow up series cardinality; what fails a check is counted in
+:attr:`RecordBuilder.rejected` and dropped, never raised.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from bus import AFFECT, RAW, STATUS, Message
+
+from storage.physio import PhysioDownsampler
+
+SOURCES = ("live", "replay", "unknown")
+TASKS = ("stress", "anxiety", "emotion")
+_NAME = re.compile(r"^[A-Za-z0-9_]{1,32}$")  # class names, status events: tag and field-name safe
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AffectRecord:
+    """One task's prediction for one window. ``probs`` is sorted by class name."""
+
+    time_s: float                       # window end (Unix s, UTC)
+    t_start_s: float                    # window start
+    device: str
+    task: str
+    source: str
+    model: str
+    label: str | None                   # None for a low-quality window
+    confidence: float | None
+    probs: tuple[tuple[str, float], ...]
+    status: str                         # "ok" | "low_quality"
+    off_wrist: bool | None
+    motion: bool | None
+    missing_fraction: float | None
+    true_label: str | None = None       # ground truth a replay attached to the window
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PhysioRecord:
+    """One downsampled value: ``signal`` is ``eda_us``, ``temp_c``, ``hr_bpm`` (from BVP
+    beats) or ``hr_device_bpm`` (the device's own HR stream); ``time_s`` is the end of the
+    second it summarises."""
+
+    time_s: float
+    device: str
+    source: str
+    signal: str
+    value: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StatusRecord:
+    """A device status event. ``value`` holds the event's number where it has one
+    (battery fraction, gap length in s); ``detail`` the rest of its meta as JSON."""
+
+    time_s: float
+    device: str
+    source: str
+    event: str
+    value: float | None
+    detail: str
+
+
+Record = AffectRecord | PhysioRecord | StatusRecord
+
+#: meta keys of a status event that may carry its number, in order of preference.
+_STATUS_VALUE_KEYS = ("value", "fraction", "gap_s", "duration_s", "missing_s")
+
+
+class Rejected(ValueError):
+    """A message that cannot become records; ``reason`` is one word for counting."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+
+
+def _source(value: Any) -> str:
+    return value if value in SOURCES else "unknown"
+
+
+def _finite(value: Any, what: str, *, optional: bool = True) -> float | None:
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise Rejected("value", f"{what} is {value!r}")
+    return float(value)
+
+
+def _flag(value: Any) -> bool | None:
+    return value if isinstance(value, bool) else None
+
+
+def affect_records(msg: Message) -> list[AffectRecord]:
+    """The records of one affect message (see the contract in notes/interfaces.md)."""
+    meta = msg.meta
+    tasks = meta.get("tasks")
+    if not isinstance(tasks, Mapping) or not tasks:
+        raise Rejected("affect", "meta.tasks missing or empty")
+    t_end = _finite(meta.get("t_end", msg.t0_s), "t_end", optional=False)
+    t_start = _finite(meta.get("t_start", t_end), "t_start", optional=False)
+    quality = meta.get("quality") if isinstance(meta.get("quality"), Mapping) else {}
+    truth = meta.get("labels") if isinstance(meta.get("labels"), Mapping) else {}
+    model = meta.get("model")
+    if not isinstance(model, str) or not 0 < len(model) <= 64:
+        raise Rejected("affect", f"model id {model!r}")
+    out = []
+    for task, result in tasks.items():
+        if task not in TASKS or not isinstance(result, Mapping):
+            raise Rejected("affect", f"task {task!r}")
+        label = result.get("label")
+        raw_probs = result.get("probs") or {}
+        if not isinstance(raw_probs, Mapping) or not all(_NAME.match(str(c)) for c in raw_probs):
+            raise Rejected("affect", f"{task} probs {raw_probs!r}")
+        probs = tuple(sorted((str(c), _finite(p, f"p_{c}", optional=False)) for c, p in raw_probs.items()))
+        if label is not None and (not isinstance(label, str) or not _NAME.match(label)):
+            raise Rejected("affect", f"{task} label {label!r}")
+        true_label = truth.get(task)
+        missing = quality.get("missing_fraction")
+        out.append(AffectRecord(
+            time_s=t_end, t_start_s=t_start, device=msg.device, task=task,
+            source=_source(meta.get("source")), model=model, label=label,
+            confidence=_finite(result.get("confidence"), f"{task} confidence"),
+            probs=probs, status=str(result.get("status", "ok"))[:16],
+            off_wrist=_flag(quality.get("off_wrist")), motion=_flag(quality.get("motion")),
+            missing_fraction=_finite(missing, "missing_fraction") if missing is not None else None,
+            true_label=true_label if isinstance(true_label, str) and _NAME.match(true_label) else None,
+        ))
+    return out
+
+
+def status_record(msg: Message, source: str) -> StatusRecord:
+    event = msg.meta.get("event")
+    if not isinstance(event, str) or not _NAME.match(event):
+        raise Rejected("status", f"event {event!r}")
+    value = None
+    for key in _STATUS_VALUE_KEYS:
+        if isinstance(msg.meta.get(key), (int, float)) and not isinstance(msg.meta.get(key), bool):
+            value = _finite(msg.meta[key], key)
+            break
+    if value is None and msg.samples.size == 1:  # battery: samples=[fraction]
+        value = _finite(float(msg.samples.reshape(-1)[0]), "sample")
+    detail = {k: v for k, v in msg.meta.items() if k not in ("event", "source")}
+    return StatusRecord(
+        time_s=msg.t0_s, device=msg.device, source=source, event=event, value=value,
+        detail=json.dumps(detail, separators=(",", ":"), sort_keys=True),
+    )
+
+
+class RecordBuilder:
+    """Bus messages in, records out: ``push(msg) -> records``, ``flush() -> records``.
+
+    Raw messages carry no ``source``; a device's source is the one its latest status or
+    affect message named (a replay announces itself with a ``start`` status before its
+    first raw message), ``unknown`` until then.
+    """
+
+    def __init__(self, *, physio_bin_s: float = 1.0, hr_window_s: float = 10.0) -> None:
+        self._physio = PhysioDownsampler(bin_s=physio_bin_s, hr_window_s=hr_window_s)
+        self._source: dict[str, str] = {}
+        self.rejected: Counter[str] = Counter()
+
+    def _physio_records(self, device: str, values: list[tuple[str, float, float]]) -> list[Record]:
+        source = self._source.get(device, "unknown")
+        return [PhysioRecord(time_s=t, device=device, source=source, signal=s, value=v) for s, t, v in values]
+
+    def push(self, msg: Message) -> list[Record]:
+        try:
+            if msg.kind == AFFECT:
+                records = affect_records(msg)
+                self._source[msg.device] = records[0].source
+                return list(records)
+            if msg.kind == STATUS:
+                if "source" in msg.meta:
+                    self._source[msg.device] = _source(msg.meta["source"])
+                out: list[Record] = []
+                if msg.meta.get("event") == "end":  # the stream is over: close its open bins first
+                    out += self._physio_records(msg.device, self._physio.flush_device(msg.device))
+                out.append(status_record(msg, self._source.get(msg.device, "unknown")))
+                return out
+            if msg.kind == RAW:
+                return self._physio_records(msg.device, self._physio.push(msg))
+        except Rejected as exc:
+            self.rejected[exc.reason] += 1
+            return []
+        self.rejected["kind"] += 1
+        return []
+
+    def flush(self) -> list[Record]:
+        out: list[Record] = []
+        for device in self._physio.devices():
+            out += self._physio_records(device, self._physio.flush_device(device))
+        return out

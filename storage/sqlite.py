@@ -1,0 +1,178 @@
+"""The embedded store: one SQLite file, WAL mode, batched inserts.
+
+Schema (``PRAGMA user_version = 1``); times are Unix seconds (UTC, REAL):
+
+- ``affect``: one row per window and task, ``time_s`` = window end. Primary key
+  (device, task, source, model, time_s): writing the same window again replaces it, the
+  same rule as an InfluxDB point, so SQLite and InfluxDB hold the same thing.
+- ``physio``: one row per device, source, signal and second (``time_s`` = end of it).
+- ``device_status``: one row per status event.
+
+WAL lets ``m3sense timeline`` and dashboards read while the store writes. Inserts run
+in a worker thread, a batch per transaction, so the event loop never waits on the disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from collections.abc import Sequence
+from pathlib import Path
+
+from storage.records import AffectRecord, PhysioRecord, Record, StatusRecord
+from storage.sink import SinkCounters
+
+SCHEMA_VERSION = 1
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS affect (
+    time_s            REAL    NOT NULL,  -- window end, Unix s UTC
+    t_start_s         REAL    NOT NULL,  -- window start
+    device            TEXT    NOT NULL,
+    task              TEXT    NOT NULL,  -- stress | anxiety | emotion
+    source            TEXT    NOT NULL,  -- live | replay | unknown
+    model             TEXT    NOT NULL,  -- model id
+    label             TEXT,              -- NULL for a low-quality window
+    confidence        REAL,              -- probability of label, 0..1
+    status            TEXT    NOT NULL,  -- ok | low_quality
+    probs_json        TEXT    NOT NULL,  -- {"class": probability, ...}
+    off_wrist         INTEGER,           -- 0/1, NULL if the window did not say
+    motion            INTEGER,
+    missing_fraction  REAL,              -- 0..1 of the window's samples missing
+    true_label        TEXT,              -- ground truth carried by a replay, else NULL
+    PRIMARY KEY (device, task, source, model, time_s)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS affect_time ON affect (time_s);
+CREATE TABLE IF NOT EXISTS physio (
+    time_s   REAL NOT NULL,   -- end of the 1 s bin
+    device   TEXT NOT NULL,
+    source   TEXT NOT NULL,
+    signal   TEXT NOT NULL,   -- eda_us | temp_c | hr_bpm | hr_device_bpm
+    value    REAL NOT NULL,
+    PRIMARY KEY (device, source, signal, time_s)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS device_status (
+    time_s   REAL NOT NULL,
+    device   TEXT NOT NULL,
+    source   TEXT NOT NULL,
+    event    TEXT NOT NULL,   -- start | end | connected | disconnected | gap | battery | ...
+    value    REAL,            -- the event's number (battery fraction, gap s), if any
+    detail   TEXT NOT NULL,   -- the rest of the event's meta, JSON
+    PRIMARY KEY (device, source, event, time_s)
+) WITHOUT ROWID;
+"""
+
+_INSERT = {
+    AffectRecord: (
+        "INSERT OR REPLACE INTO affect VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        lambda r: (
+            r.time_s, r.t_start_s, r.device, r.task, r.source, r.model, r.label, r.confidence, r.status,
+            json.dumps(dict(r.probs), separators=(",", ":")), r.off_wrist, r.motion, r.missing_fraction,
+            r.true_label,
+        ),
+    ),
+    PhysioRecord: (
+        "INSERT OR REPLACE INTO physio VALUES (?,?,?,?,?)",
+        lambda r: (r.time_s, r.device, r.source, r.signal, r.value),
+    ),
+    StatusRecord: (
+        "INSERT OR REPLACE INTO device_status VALUES (?,?,?,?,?,?)",
+        lambda r: (r.time_s, r.device, r.source, r.event, r.value, r.detail),
+    ),
+}
+
+
+def connect(path: Path, *, create: bool = True) -> sqlite3.Connection:
+    """Open (and with ``create`` set up) a store; refuses a file of another schema version."""
+    if not create and not path.exists():
+        raise FileNotFoundError(f"{path}: no such store")
+    conn = sqlite3.connect(path, check_same_thread=False)
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version not in (0, SCHEMA_VERSION):
+        conn.close()
+        raise ValueError(f"{path}: store schema version {version}, this code reads {SCHEMA_VERSION}")
+    if create:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across crashes of the process
+        conn.executescript(SCHEMA)
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        conn.commit()
+    return conn
+
+
+class SqliteSink:
+    """Buffers records and inserts them ``batch_size`` at a time (or on ``flush``)."""
+
+    def __init__(self, path: Path, *, batch_size: int = 1000) -> None:
+        self.path = path
+        self.batch_size = batch_size
+        self.counters = SinkCounters()
+        self._buf: list[Record] = []
+        self._conn: sqlite3.Connection | None = None
+        self._lock = asyncio.Lock()
+
+    def __repr__(self) -> str:
+        return f"SqliteSink({str(self.path)!r})"
+
+    async def __aenter__(self) -> "SqliteSink":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._conn = await asyncio.to_thread(connect, self.path)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def _insert(self, batch: Sequence[Record]) -> None:
+        assert self._conn is not None
+        groups: dict[type, list[tuple]] = {}
+        for r in batch:
+            groups.setdefault(type(r), []).append(_INSERT[type(r)][1](r))
+        with self._conn:  # one transaction per batch
+            for kind, rows in groups.items():
+                self._conn.executemany(_INSERT[kind][0], rows)
+
+    async def write(self, records: Sequence[Record]) -> None:
+        self._buf.extend(records)
+        self.counters.pending = len(self._buf)
+        if len(self._buf) >= self.batch_size:
+            await self.flush()
+
+    async def flush(self) -> None:
+        async with self._lock:
+            batch, self._buf = self._buf, []
+            if batch:
+                await asyncio.to_thread(self._insert, batch)
+                self.counters.written += len(batch)
+            self.counters.pending = len(self._buf)
+            self.counters.changed()
+
+    async def close(self) -> None:
+        if self._conn is None:
+            return
+        await self.flush()
+        conn, self._conn = self._conn, None
+        await asyncio.to_thread(conn.close)
+
+
+def read_affect(path: Path, *, device: str | None = None, since_s: float | None = None) -> list[AffectRecord]:
+    """Affect records of a store in time order, optionally of one device and from a time on."""
+    conn = connect(path, create=False)
+    try:
+        sql = "SELECT * FROM affect WHERE time_s >= ?"
+        args: list = [since_s if since_s is not None else float("-inf")]
+        if device is not None:
+            sql += " AND device = ?"
+            args.append(device)
+        rows = conn.execute(sql + " ORDER BY time_s, device, task", args).fetchall()
+    finally:
+        conn.close()
+    return [
+        AffectRecord(
+            time_s=r[0], t_start_s=r[1], device=r[2], task=r[3], source=r[4], model=r[5], label=r[6],
+            confidence=r[7], status=r[8], probs=tuple(sorted(json.loads(r[9]).items())),
+            off_wrist=None if r[10] is None else bool(r[10]), motion=None if r[11] is None else bool(r[11]),
+            missing_fraction=r[12], true_label=r[13],
+        )
+        for r in rows
+    ]

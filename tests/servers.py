@@ -1,0 +1,263 @@
+"""Real InfluxDB for the storage tests and benchmarks: ``influxd`` as a subprocess, plus a
+test-only proxy that turns the v2 write API into the v1 one.
+
+Debian ships InfluxDB 1.6.7, which predates ``/api/v2/write`` (1.8+). The product writes
+with influxdb-client's v2 API only; :class:`V2WriteProxy` translates each
+``POST /api/v2/write?org=&bucket=db[/rp]&precision=`` into ``POST /write?db=&rp=&precision=``
+(ignoring the token, as 1.6 runs without auth here) and passes every other request
+(``/query``, ``/ping``) through unchanged, so the real client reaches a real server.
+While influxd is down the proxy answers 503, which is what a client sees behind any
+reverse proxy. Everything listens on 127.0.0.1 only.
+
+Fixtures (import them into a test module or conftest): ``influxd`` (a started server,
+module scope, database ``m3sense``), ``influx_proxy`` (a proxy in front of it).
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import queue
+import shutil
+import socket
+import subprocess
+import threading
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+INFLUXD = shutil.which("influxd")
+INFLUX_CLI = shutil.which("influx")
+NEEDS_INFLUXD = pytest.mark.skipif(INFLUXD is None, reason="influxd not installed (apt-get install influxdb influxdb-client)")
+DATABASE = "m3sense"
+
+_PRECISION_V1 = {"ns": "n", "us": "u", "ms": "ms", "s": "s"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class InfluxServer:
+    """``influxd`` 1.x on free loopback ports with its data in ``folder``.
+
+    ``start()`` returns once the HTTP listener is up (it reads influxd's log for the line
+    saying so, no polling); ``stop()`` ends it; ``start()`` again brings it back on the
+    same port with the same data, which is how a test makes an outage.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.http_port = free_port()
+        self.config = folder / "influxdb.conf"
+        folder.mkdir(parents=True, exist_ok=True)
+        self.config.write_text(self._config(free_port()))
+        self._proc: subprocess.Popen | None = None
+        self._log: list[str] = []
+
+    def _config(self, rpc_port: int) -> str:
+        d = self.folder
+        return f"""
+reporting-disabled = true
+bind-address = "127.0.0.1:{rpc_port}"
+[meta]
+  dir = "{d}/meta"
+[data]
+  dir = "{d}/data"
+  wal-dir = "{d}/wal"
+  query-log-enabled = false
+[http]
+  enabled = true
+  bind-address = "127.0.0.1:{self.http_port}"
+  auth-enabled = false
+  log-enabled = false
+  pprof-enabled = false
+[monitor]
+  store-enabled = false
+[subscriber]
+  enabled = false
+[continuous_queries]
+  enabled = false
+[ifql]
+  enabled = false
+  bind-address = "127.0.0.1:{free_port()}"
+[logging]
+  level = "info"
+  suppress-logo = true
+"""
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def start(self, timeout_s: float = 60.0) -> "InfluxServer":
+        assert INFLUXD is not None
+        proc = subprocess.Popen([INFLUXD, "-config", str(self.config)], stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+        self._proc = proc
+        ready: queue.Queue[bool] = queue.Queue()
+
+        def read() -> None:
+            told = False
+            for line in proc.stdout:  # keep draining, or influxd blocks on a full pipe
+                self._log.append(line)
+                if not told and "Listening on HTTP" in line:
+                    ready.put(True)
+                    told = True
+            if not told:
+                ready.put(False)
+
+        threading.Thread(target=read, daemon=True, name="influxd-log").start()
+        try:
+            ok = ready.get(timeout=timeout_s)
+        except queue.Empty:
+            ok = False
+        if not ok:
+            self.stop()
+            raise RuntimeError("influxd did not start:\n" + "".join(self._log[-30:]))
+        return self
+
+    def stop(self) -> None:
+        if self._proc is not None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+            self._proc = None
+
+    def query(self, q: str, db: str | None = DATABASE) -> dict:
+        """InfluxQL straight to the server (not through the product's code); µs epochs."""
+        params = {"q": q, "epoch": "u", **({"db": db} if db else {})}
+        req = urllib.request.Request(f"{self.url}/query", data=urllib.parse.urlencode(params).encode())
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return json.load(resp)
+
+    def cli(self, q: str, db: str = DATABASE) -> dict:
+        """The same through Debian's ``influx`` command-line client (JSON output)."""
+        assert INFLUX_CLI is not None, "apt-get install influxdb-client"
+        out = subprocess.run(
+            [INFLUX_CLI, "-host", "127.0.0.1", "-port", str(self.http_port), "-database", db,
+             "-format", "json", "-precision", "u", "-execute", q],
+            capture_output=True, text=True, timeout=60, check=True,
+        )
+        return json.loads(out.stdout)
+
+
+def series_values(result: dict) -> list[dict]:
+    """Rows of every series of the first result, as dicts (tags merged in)."""
+    rows = []
+    for s in result["results"][0].get("series", []):
+        for v in s["values"]:
+            rows.append({**s.get("tags", {}), **dict(zip(s["columns"], v))})
+    return rows
+
+
+class V2WriteProxy:
+    """``/api/v2/write`` → ``/write`` in front of an :class:`InfluxServer` (see the module doc)."""
+
+    def __init__(self, upstream: InfluxServer) -> None:
+        self.upstream = upstream
+        self.writes_v2 = 0  # v2 write requests that reached the server (for the tests' own checks)
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                self._forward("GET")
+
+            def do_POST(self) -> None:
+                self._forward("POST")
+
+            def _forward(self, method: str) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else None
+                parts = urllib.parse.urlsplit(self.path)
+                path = self.path
+                if parts.path == "/api/v2/write":
+                    q = urllib.parse.parse_qs(parts.query)
+                    db, _, rp = q.get("bucket", [""])[0].partition("/")
+                    v1 = {"db": db, "precision": _PRECISION_V1.get(q.get("precision", ["ns"])[0], "n")}
+                    if rp:
+                        v1["rp"] = rp
+                    path = "/write?" + urllib.parse.urlencode(v1)
+                headers = {k: v for k, v in self.headers.items()
+                           if k.lower() in ("content-type", "content-encoding", "accept")}
+                try:
+                    conn = http.client.HTTPConnection("127.0.0.1", proxy.upstream.http_port, timeout=30)
+                    conn.request(method, path, body=body, headers=headers)
+                    resp = conn.getresponse()
+                    status, data, ctype = resp.status, resp.read(), resp.getheader("Content-Type", "text/plain")
+                    conn.close()
+                    if parts.path == "/api/v2/write" and status == 204:
+                        proxy.writes_v2 += 1
+                except OSError as exc:
+                    status, data, ctype = 503, json.dumps({"message": f"upstream down: {exc}"}).encode(), "application/json"
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True, name="influx-proxy")
+        self._thread.start()
+
+    @property
+    def port(self) -> int:
+        return self._server.server_address[1]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def sink(self, bucket: str = DATABASE) -> str:
+        """A SINK address for the product that lands in this server."""
+        return f"influx://127.0.0.1:{self.port}?bucket={bucket}&org=test"
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+
+@pytest.fixture(scope="module")
+def influxd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InfluxServer]:
+    if INFLUXD is None:
+        pytest.skip("influxd not installed (apt-get install influxdb influxdb-client)")
+    server = InfluxServer(tmp_path_factory.mktemp("influxd")).start()
+    try:
+        server.query(f'CREATE DATABASE "{DATABASE}"', db=None)
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def influx_proxy(influxd: InfluxServer) -> Iterator[V2WriteProxy]:
+    """A fresh proxy over an empty database (dropped and recreated for each test)."""
+    if not influxd.running:
+        influxd.start()
+    influxd.query(f'DROP DATABASE "{DATABASE}"', db=None)
+    influxd.query(f'CREATE DATABASE "{DATABASE}"', db=None)
+    proxy = V2WriteProxy(influxd)
+    try:
+        yield proxy
+    finally:
+        proxy.close()
