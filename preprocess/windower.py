@@ -1,0 +1,436 @@
+"""One device's raw, label and status messages in; aligned, filtered, quality-tagged windows out.
+
+Theory of operation.
+
+*Grid.* Every modality of a device shares one time grid: sample slot ``n`` of a modality at
+rate ``fs`` is the instant ``n / fs`` (Unix seconds), and a sample with timestamp ``t`` goes to
+slot ``round(t * fs)``, whatever order it arrives in. Windows start on multiples of the hop
+(``k * hop_s``), so devices and replays agree on where windows fall; the first window of a
+stretch of data is the first grid window that starts at or after its first sample.
+
+*Buffers.* Per modality a buffer holds, by slot, the raw value, flag bits (measured, invalid,
+late, duplicate, timing) and the filtered value. Only what the next window still needs is kept.
+
+*Filters run behind the data.* The causal filters of :mod:`preprocess.filters` consume slots in
+order, only when a window is emitted, up to the window end plus the FIR delay; the outputs are
+shifted back by that delay, so a filtered sample keeps the timestamp of the input at the
+FIR's centre. Because filtering waits for emission, chunks that arrive out of order before
+then are filtered as if they had come in order. Holes are bridged by holding the last
+measured value (so the filter state stays continuous) for up to ``max_gap_s``; after a longer
+hole the filter restarts at the next sample's level.
+
+*Emission and latency.* Window ``[s, s + 20)`` is emitted as soon as every modality has data
+up to ``s + 20`` plus its FIR delay (0.25 s BVP, 1 s EDA/TEMP, 0 ACC), i.e. about 1 s after
+its end plus the time the wristband takes to send the packet (EDA packets cover 1.5 s); or,
+when some modality lags or is absent, once any modality is ``late_s`` past the window end.
+A sample arriving after the filter has passed its slot is *late*: counted, marked in the
+quality of windows still to come, and not used. Emitting only on these conditions makes the
+windows independent of how the stream was cut into chunks, as long as no chunk is later
+than ``late_s``.
+
+*Breaks.* Data more than ``max_gap_s`` after everything seen so far (device off, clock jump
+forward), or that far before the next window (clock jump back), ends the current stretch: its
+windows are flushed (all that contain data) and the filters and grid start again.
+
+Bad input (NaN/inf samples, negative EDA, a header rate that disagrees with the nominal rate
+or with where the previous chunk ended, malformed shapes) is counted in ``counters`` and
+flagged in the quality of the windows it touches; it never raises.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from bus import LABEL, RAW, STATUS, Message
+from preprocess.filters import FILTERS, StreamingFilter
+from preprocess.quality import QualityRules, assess
+from preprocess.window import LABEL_CLASSES, MODALITIES, RATES_HZ, SIZES, WIDTHS, WINDOW_S, Window
+
+# flag bits per slot
+_MEASURED = 1  # a valid sample arrived
+_INVALID = 2   # a sample arrived but was NaN/inf/negative EDA
+_LATE = 4      # a sample arrived after the filter had passed this slot
+_DUP = 8       # a second sample arrived for this slot (the first one is kept)
+_TIMING = 16   # placed from a chunk whose rate or start disagreed with the clock
+
+_GRID_QUANTUM_S = 0.25  # hops must be whole numbers of the 4 Hz sample period
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WindowConfig:
+    """How windows are cut.
+
+    ``hop_s`` defaults to 5 s: a fresh estimate every 5 s follows stress responses (which
+    build over tens of seconds) without flooding the bus, and four overlapping windows per
+    20 s keep a short artefact from blanking the timeline. Training can use ``hop_s=20``
+    for non-overlapping windows.
+    """
+
+    hop_s: float = 5.0
+    late_s: float = 4.0
+    max_gap_s: float = 30.0
+    min_present_fraction: float = 0.5
+    rules: QualityRules = field(default_factory=QualityRules)
+
+    def __post_init__(self) -> None:
+        steps = self.hop_s / _GRID_QUANTUM_S
+        if not (0 < self.hop_s <= WINDOW_S and abs(steps - round(steps)) < 1e-9):
+            raise ValueError(f"hop_s must be a multiple of {_GRID_QUANTUM_S} s in (0, {WINDOW_S}], got {self.hop_s}")
+        longest_delay = max(FILTERS[m].delay_samples / FILTERS[m].fs_hz for m in FILTERS)
+        if not self.late_s > longest_delay:
+            raise ValueError(f"late_s must exceed the longest filter delay ({longest_delay} s), got {self.late_s}")
+        if not self.max_gap_s > 0 or not 0 <= self.min_present_fraction <= 1:
+            raise ValueError("max_gap_s must be > 0 and min_present_fraction in [0, 1]")
+
+
+class _Stream:
+    """One modality's buffers on the device grid (slots are absolute: round(t * fs))."""
+
+    __slots__ = ("fs", "width", "size", "delay", "filter", "base", "raw", "flags", "out", "has_out",
+                 "keep", "fin", "fed", "hold", "hold_slot", "lo", "hi", "next_slot")
+
+    def __init__(self, modality: str) -> None:
+        self.fs = RATES_HZ[modality]
+        self.width = WIDTHS[modality]
+        self.size = SIZES[modality]
+        spec = FILTERS.get(modality)
+        self.filter = StreamingFilter(spec) if spec else None
+        self.delay = spec.delay_samples if spec else 0
+        self.base: int | None = None       # slot of index 0 of the arrays
+        self.raw = self.out = np.zeros(0)
+        self.flags = np.zeros(0, dtype=np.uint8)
+        self.has_out = np.zeros(0, dtype=bool)
+        self.keep: int | None = None       # slots below are gone (their windows are out)
+        self.fin: int | None = None        # next slot the filter takes
+        self.fed = False                   # whether the filter took the slot before fin
+        self.hold: np.ndarray | None = None  # last measured value fed to the filter
+        self.hold_slot = 0
+        self.lo: int | None = None         # first and one-past-last slot with data
+        self.hi: int | None = None
+        self.next_slot: int | None = None  # where the next in-order chunk should start
+
+    def nbytes(self) -> int:
+        return self.raw.nbytes + self.out.nbytes + self.flags.nbytes + self.has_out.nbytes
+
+    def _shape(self, n: int) -> tuple[int, ...]:
+        return (n,) if self.width == 1 else (n, self.width)
+
+    def reserve(self, lo: int, hi: int) -> None:
+        """Make slots [lo, hi) addressable, keeping what is stored from ``keep`` on."""
+        cap = len(self.flags)
+        if self.base is not None and self.base <= lo and hi <= self.base + cap:
+            return
+        old_lo = self.base if self.keep is None or self.base is None else max(self.base, self.keep)
+        new_base = lo if self.base is None else min(lo, old_lo)
+        old_hi = hi if self.base is None else max(hi, self.base + cap)
+        new_cap = 1 << max(8, math.ceil(math.log2(max(1, old_hi - new_base))))
+        raw, out = np.zeros(self._shape(new_cap)), np.zeros(self._shape(new_cap))
+        flags, has_out = np.zeros(new_cap, dtype=np.uint8), np.zeros(new_cap, dtype=bool)
+        if self.base is not None:
+            a, b = max(old_lo, new_base), min(self.base + cap, new_base + new_cap)
+            if b > a:
+                src, dst = slice(a - self.base, b - self.base), slice(a - new_base, b - new_base)
+                raw[dst], out[dst], flags[dst], has_out[dst] = (
+                    self.raw[src], self.out[src], self.flags[src], self.has_out[src])
+        self.base, self.raw, self.out, self.flags, self.has_out = new_base, raw, out, flags, has_out
+
+    def place(self, slots: np.ndarray, values: np.ndarray, valid: np.ndarray, timing: bool, counters: Counter) -> None:
+        """Store one chunk's samples by slot; counts late, duplicate and invalid samples."""
+        if self.keep is not None:
+            gone = slots < self.keep
+            if gone.any():
+                counters["late_samples"] += int(gone.sum())
+                keep = ~gone
+                slots, values, valid = slots[keep], values[keep], valid[keep]
+                if not len(slots):
+                    return
+        lo, hi = int(slots.min()), int(slots.max()) + 1
+        self.reserve(lo, hi)
+        idx = slots - self.base
+        if self.fin is not None:
+            late = slots < self.fin
+            if late.any():
+                counters["late_samples"] += int(late.sum())
+                self.flags[idx[late]] |= _LATE
+                keep = ~late
+                idx, values, valid = idx[keep], values[keep], valid[keep]
+        self.lo = lo if self.lo is None else min(self.lo, lo)
+        self.hi = hi if self.hi is None else max(self.hi, hi)
+        if not len(idx):
+            return
+        first = np.ones(len(idx), dtype=bool)
+        if len(idx) > 1 and not (np.diff(idx) > 0).all():  # colliding slots (a rate that disagrees)
+            _, firsts = np.unique(idx, return_index=True)
+            first[:] = False
+            first[firsts] = True
+        taken = (self.flags[idx] & (_MEASURED | _INVALID)) != 0
+        dup = taken | ~first
+        if dup.any():
+            counters["duplicate_samples"] += int(dup.sum())
+            self.flags[idx[dup]] |= _DUP
+        new = ~dup
+        idx, values, valid = idx[new], values[new], valid[new]
+        self.raw[idx] = np.where(valid if self.width == 1 else valid[:, None], values, 0.0)
+        self.flags[idx] |= np.where(valid, _MEASURED, _INVALID).astype(np.uint8) | (_TIMING if timing else 0)
+
+    def advance(self, upto: int, max_gap: int) -> None:
+        """Run the filter over slots [fin, upto), bridging holes up to ``max_gap`` slots."""
+        if self.fin is None:
+            if self.lo is None:
+                return
+            self.fin = self.lo
+        if upto <= self.fin:
+            return
+        start = self.fin
+        self.reserve(start, upto)
+        i0, n = start - self.base, upto - start
+        measured = (self.flags[i0:i0 + n] & _MEASURED) != 0
+        pos = np.arange(n)
+        last = np.maximum.accumulate(np.where(measured, pos, -1))
+        if self.hold is None:
+            age = np.where(last >= 0, pos - last, max_gap + 1)
+        else:
+            age = np.where(last >= 0, pos - last, pos + start - self.hold_slot)
+        feed = age <= max_gap
+        x = self.raw[i0:i0 + n][np.maximum(last, 0)]
+        if self.hold is not None:
+            x[last < 0] = self.hold
+        # runs of fed slots; a run that follows an unfed slot restarts the filter at its level
+        edges = np.flatnonzero(np.diff(np.concatenate(([False], feed, [False])).astype(np.int8)))
+        for a, b in zip(edges[::2].tolist(), edges[1::2].tolist()):
+            if self.filter is not None and (a > 0 or not self.fed):
+                self.filter.reset()
+            y = x[a:b] if self.filter is None else self.filter.push(x[a:b])
+            o0 = start + a - self.delay - self.base
+            skip = max(0, -o0)
+            self.out[o0 + skip:o0 + (b - a)] = y[skip:]
+            self.has_out[o0 + skip:o0 + (b - a)] = True
+        if measured.any():
+            j = int(np.flatnonzero(measured)[-1])
+            self.hold, self.hold_slot = x[j].copy(), start + j
+        self.fed = bool(feed[-1])
+        self.fin = upto
+
+    def extract(self, s0: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Window slots [s0, s0 + size): (signal float32, measured mask, raw values, flag bits)."""
+        n = self.size
+        if self.base is None:
+            zeros = np.zeros(self._shape(n))
+            return zeros.astype(np.float32), np.zeros(n, dtype=bool), zeros, np.zeros(n, dtype=np.uint8)
+        self.reserve(s0, s0 + n)
+        sl = slice(s0 - self.base, s0 - self.base + n)
+        flags = self.flags[sl].copy()
+        has = self.has_out[sl]
+        sig = self.out[sl].copy()
+        if not has.all():
+            if has.any():
+                pos = np.arange(n)
+                prev = np.maximum.accumulate(np.where(has, pos, -1))
+                nxt = np.minimum.accumulate(np.where(has, pos, n)[::-1])[::-1]
+                sig = sig[np.where(prev >= 0, prev, nxt)]
+            else:
+                sig[:] = 0.0
+        return sig.astype(np.float32), (flags & _MEASURED) != 0, self.raw[sl].copy(), flags
+
+
+class DeviceWindower:
+    """``push(msg) -> [Window]`` and ``flush() -> [Window]`` for one device (pure: no I/O, no clock)."""
+
+    def __init__(self, device: str, config: WindowConfig | None = None, *, source: str = "live") -> None:
+        self.device = device
+        self.config = config or WindowConfig()
+        self.source = source
+        self.counters: Counter[str] = Counter()
+        self._hop_slots = {m: round(self.config.hop_s * RATES_HZ[m]) for m in MODALITIES}
+        self._max_gap = {m: round(self.config.max_gap_s * RATES_HZ[m]) for m in MODALITIES}
+        self._labels: list[tuple[float, float, str, str]] = []
+        self._reset()
+
+    def _reset(self) -> None:
+        self._streams = {m: _Stream(m) for m in MODALITIES}
+        self._next_k: int | None = None   # index of the next window (start = k * hop_s)
+        self._emitted = False
+
+    def nbytes(self) -> int:
+        """Bytes held in this device's sample buffers."""
+        return sum(s.nbytes() for s in self._streams.values())
+
+    # ---- input -------------------------------------------------------------------------------
+
+    def push(self, msg: Message) -> list[Window]:
+        self.counters["messages"] += 1
+        out: list[Window] = []
+        if msg.kind == RAW:
+            if msg.modality in self._streams:
+                out = self._raw(msg)
+            else:
+                self.counters[f"ignored_{msg.modality}"] += 1
+        elif msg.kind == LABEL:
+            self._label(msg)
+        elif msg.kind == STATUS:
+            event = msg.meta.get("event")
+            self.counters[f"status_{event}"] += 1
+            if event == "start":
+                out = self.flush()
+                if msg.meta.get("source") in ("replay", "live"):
+                    self.source = msg.meta["source"]
+            elif event == "end":
+                out = self.flush()
+        else:
+            self.counters[f"ignored_{msg.kind}"] += 1
+        return out + self._emit_ready()
+
+    def _raw(self, msg: Message) -> list[Window]:
+        m = msg.modality
+        stream = self._streams[m]
+        fs = msg.fs_hz
+        samples = np.asarray(msg.samples)
+        want_ndim = 1 if stream.width == 1 else 2
+        if samples.ndim != want_ndim or (want_ndim == 2 and samples.shape[1] != stream.width):
+            self.counters["malformed"] += 1
+            return []
+        n = samples.shape[0]
+        if not n:
+            return []
+        if not (math.isfinite(fs) and fs > 0):
+            self.counters["bad_rate"] += 1
+            self.counters["dropped_samples"] += n
+            return []
+        self.counters[f"samples_{m}"] += n
+        out: list[Window] = []
+        t_first, t_last = msg.t0_s, msg.t0_s + (n - 1) / fs
+        seen_until = self._seen_until_s()
+        if seen_until is not None and (
+            t_first > seen_until + self.config.max_gap_s
+            or (self._emitted and t_last < self._next_k * self.config.hop_s - self.config.max_gap_s)
+        ):
+            self.counters["clock_jumps"] += 1
+            out = self.flush()
+        values = samples.astype(np.float64)
+        if stream.width == 1:
+            valid = np.isfinite(values)
+            if m == "eda":
+                negative = valid & (values < 0)
+                if negative.any():
+                    self.counters["negative_eda"] += int(negative.sum())
+                    valid &= ~negative
+        else:
+            values /= 64.0  # E4 counts are 1/64 g
+            valid = np.isfinite(values).all(axis=1)
+        if not valid.all():
+            self.counters["invalid_samples"] += int((~valid).sum())
+        nominal = stream.fs
+        timing = False
+        if abs(fs - nominal) > 1e-3 * nominal:
+            self.counters["rate_mismatch"] += 1
+            timing = True
+            slots = np.rint((msg.t0_s + np.arange(n) / fs) * nominal).astype(np.int64)
+        else:
+            first = round(msg.t0_s * nominal)
+            if stream.next_slot is not None and 0 < abs(first - stream.next_slot) <= 2:
+                self.counters["timing_mismatch"] += 1
+                timing = True
+            slots = first + np.arange(n, dtype=np.int64)
+        stream.next_slot = int(slots[-1]) + 1
+        stream.place(slots, values, valid, timing, self.counters)
+        return out
+
+    def _label(self, msg: Message) -> None:
+        meta = msg.meta
+        task, label, start, end = meta.get("task"), meta.get("label"), meta.get("start_s"), meta.get("end_s")
+        if (
+            task not in LABEL_CLASSES or not isinstance(label, str)
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in (start, end))
+            or not start < end
+        ):
+            self.counters["bad_labels"] += 1
+            return
+        self.counters["labels"] += 1
+        self._labels.append((float(start), float(end), task, label))
+
+    # ---- output ------------------------------------------------------------------------------
+
+    def _seen_until_s(self) -> float | None:
+        his = [s.hi / s.fs for s in self._streams.values() if s.hi is not None]
+        return max(his) if his else None
+
+    def _first_k(self) -> int | None:
+        ks = [-(-s.lo // self._hop_slots[m]) for m, s in self._streams.items() if s.lo is not None]
+        return min(ks) if ks else None
+
+    def _ready(self, k: int) -> bool:
+        end_s = k * self.config.hop_s + WINDOW_S
+        complete = True
+        newest = -math.inf
+        for m, s in self._streams.items():
+            if s.hi is None:
+                complete = False
+                continue
+            newest = max(newest, s.hi / s.fs)
+            if s.hi < k * self._hop_slots[m] + s.size + s.delay:
+                complete = False
+        return complete or newest >= end_s + self.config.late_s
+
+    def _emit_ready(self) -> list[Window]:
+        out = []
+        if not self._emitted:
+            self._next_k = self._first_k()
+        while self._next_k is not None and self._ready(self._next_k):
+            out.append(self._emit(self._next_k))
+        return out
+
+    def flush(self) -> list[Window]:
+        """Emit every pending window that holds any data, then start afresh (end of a stream)."""
+        out = []
+        if not self._emitted:
+            self._next_k = self._first_k()
+        until = self._seen_until_s()
+        while self._next_k is not None and until is not None and self._next_k * self.config.hop_s < until:
+            out.append(self._emit(self._next_k))
+        self._reset()
+        return out
+
+    def _emit(self, k: int) -> Window:
+        cfg = self.config
+        signals, masks, raw, ok = {}, {}, {}, {}
+        late = dup = invalid = 0
+        timing = False
+        for m, s in self._streams.items():
+            s0 = k * self._hop_slots[m]
+            s.advance(s0 + s.size + s.delay, self._max_gap[m])
+            signals[m], masks[m], raw[m], flags = s.extract(s0)
+            ok[m] = masks[m]
+            late += int(np.count_nonzero(flags & _LATE))
+            dup += int(np.count_nonzero(flags & _DUP))
+            invalid += int(np.count_nonzero(flags & _INVALID))
+            timing |= bool((flags & _TIMING).any())
+            s.keep = s0 + self._hop_slots[m]
+        quality = assess(raw, ok, invalid=invalid, late=late, duplicates=dup, timing_mismatch=timing, rules=cfg.rules)
+        t_start = k * cfg.hop_s
+        t_end = t_start + WINDOW_S
+        present = {m: bool(1.0 - quality.missing[m] >= cfg.min_present_fraction) for m in MODALITIES}
+        window = Window(device=self.device, t_start_s=t_start, t_end_s=t_end, signals=signals, masks=masks,
+                        present=present, quality=quality, labels=self._labels_for(t_start, t_end), source=self.source)
+        self._next_k = k + 1
+        self._emitted = True
+        self.counters["windows"] += 1
+        horizon = self._next_k * cfg.hop_s
+        self._labels = [iv for iv in self._labels if iv[1] > horizon]
+        return window
+
+    def _labels_for(self, t_start: float, t_end: float) -> dict[str, str | None]:
+        cover: dict[str, Counter[str]] = {task: Counter() for task in LABEL_CLASSES}
+        for start, end, task, label in self._labels:
+            overlap = min(end, t_end) - max(start, t_start)
+            if overlap > 0:
+                cover[task][label] += overlap
+        labels: dict[str, str | None] = {}
+        for task, by_label in cover.items():
+            best = by_label.most_common(1)
+            ok = best and best[0][1] > (t_end - t_start) / 2 and best[0][0] in LABEL_CLASSES[task]
+            labels[task] = best[0][0] if ok else None
+        return labels
