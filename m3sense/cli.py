@@ -21,6 +21,8 @@ from m3sense.errors import UserError
 COMMAND_MODULES = (
     "replay.cli",
     "bus.cli",
+    "ingest.cli",
+    "preprocess.cli",
     "storage.cli",
 )
 

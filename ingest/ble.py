@@ -1,0 +1,307 @@
+"""Live E4s over BLE: scan, connect, stream to the bus, reconnect (the asyncio shell).
+
+Theory of operation. One supervisor per wristband loops: find the device by address,
+connect, enable notifications, write the start command, then wait for whichever comes
+first of an unsolicited disconnect, the data watchdog, or shutdown; then disconnect
+(always, so nothing leaks), and try again after an exponential backoff with jitter, so a
+room of wristbands that lost the adapter together does not reconnect in lockstep.
+
+The watchdog exists because BlueZ can keep reporting a link as connected while no
+notification arrives and no disconnect callback fires (bleak-retry-connector#228); the
+E4 streams continuously, so ``watchdog_s`` without a BVP or ACC packet forces a reconnect.
+
+Notification callbacks only stamp the arrival on the host clock and queue the bytes; one
+consumer task per device runs the pure :class:`~ingest.device.DeviceIngest` and
+publishes. The ``backend`` mapping passes straight through to ``BleakScanner`` and
+``BleakClient``: empty for the platform's radio, or the virtual E4's backends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from bleak import BleakClient, BleakScanner
+from bleak.exc import BleakError
+
+from bus import Publisher
+from ingest import codec
+from ingest.clocks import SystemClock
+from ingest.device import DeviceIngest, Emit, IngestStats, status
+
+log = logging.getLogger(__name__)
+
+WATCHED = frozenset({"bvp", "acc"})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LinkConfig:
+    layout: codec.Layout = codec.DEFAULT_LAYOUT
+    scan_timeout_s: float = 10.0
+    connect_timeout_s: float = 20.0
+    watchdog_s: float = 5.0
+    backoff_initial_s: float = 0.5
+    backoff_max_s: float = 30.0
+    derive_heart: bool = True
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BleBackend:
+    """Extra keyword arguments for ``BleakScanner`` and ``BleakClient``: empty for the
+    platform's radio; a custom backend (``backend=...`` and its own options) otherwise."""
+
+    scanner: Mapping[str, Any] = field(default_factory=dict)
+    client: Mapping[str, Any] = field(default_factory=dict)
+
+
+PLATFORM = BleBackend()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Wristband:
+    address: str
+    device: str  # the bus device id
+
+
+def device_id(address: str) -> str:
+    """Bus device id of a wristband address: its hex digits, lower case (``e40000000001``)."""
+    return "".join(ch for ch in address.lower() if ch.isalnum())
+
+
+@dataclass(slots=True)
+class LinkStats:
+    connects: int = 0
+    connect_failures: int = 0
+    disconnects: int = 0
+    watchdog_trips: int = 0
+    ingest: IngestStats = field(default_factory=IngestStats)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"connects": self.connects, "connect_failures": self.connect_failures,
+                "disconnects": self.disconnects, "watchdog_trips": self.watchdog_trips,
+                **self.ingest.as_dict()}
+
+
+class RawLog:
+    """Every notification with its arrival time, one JSON object a line (replayable)."""
+
+    def __init__(self, path: Path) -> None:
+        self._fh: IO[str] = open(path, "a", encoding="utf-8")
+
+    def write(self, device: str, char: str, data: bytes, arrival_s: float) -> None:
+        self._fh.write(json.dumps({"t": arrival_s, "device": device, "char": char, "data": data.hex()}) + "\n")
+
+    def close(self) -> None:
+        self._fh.close()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RawRecord:
+    t_s: float
+    device: str
+    char: str
+    data: bytes
+
+
+def read_raw_log(path: Path) -> Iterator[RawRecord]:
+    """The notifications of a raw log; a damaged line is skipped with a warning."""
+    with open(path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            try:
+                obj = json.loads(line)
+                yield RawRecord(t_s=float(obj["t"]), device=str(obj["device"]), char=str(obj["char"]),
+                                data=bytes.fromhex(obj["data"]))
+            except (ValueError, KeyError, TypeError) as exc:
+                log.warning("%s:%d: not a raw-log record (%s)", path, lineno, exc)
+
+
+def replay_raw_log(path: Path, layout: codec.Layout = codec.DEFAULT_LAYOUT) -> Iterator[tuple[str, Emit]]:
+    """Run a raw log through the decoders as the live path would: (device, message) pairs.
+
+    A record whose char is "link" marks a reconnect (the shell writes one per connection).
+    """
+    ingests: dict[str, DeviceIngest] = {}
+    for rec in read_raw_log(path):
+        ing = ingests.setdefault(rec.device, DeviceIngest(layout=layout))
+        if rec.char == "link":
+            ing.relink()
+            continue
+        for emit in ing.packet(rec.char, rec.data, rec.t_s):
+            yield rec.device, emit
+
+
+async def scan(timeout_s: float, backend: BleBackend = PLATFORM) -> list[tuple[str, str, int]]:
+    """E4s advertising nearby: (address, name, RSSI dBm), strongest first."""
+    found = await BleakScanner.discover(timeout_s, return_adv=True, **backend.scanner)
+    e4s = [(dev.address, adv.local_name or dev.name or "", adv.rssi) for dev, adv in found.values()
+           if (adv.local_name or dev.name or "").startswith("Empatica")]
+    return sorted(e4s, key=lambda e: -e[2])
+
+
+class Link:
+    """Keeps one wristband streaming to the bus until :meth:`run` is cancelled."""
+
+    def __init__(
+        self,
+        band: Wristband,
+        pub: Publisher,
+        *,
+        config: LinkConfig = LinkConfig(),
+        clock: SystemClock | None = None,
+        backend: BleBackend = PLATFORM,
+        raw_log: RawLog | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.band = band
+        self.config = config
+        self.clock = clock or SystemClock()
+        self._pub = pub
+        self._backend = backend
+        self._raw_log = raw_log
+        self._rng = rng or random.Random()
+        self._ingest = DeviceIngest(layout=config.layout, derive_heart=config.derive_heart)
+        self.stats = LinkStats(ingest=self._ingest.stats)
+        self._queue: asyncio.Queue[tuple[str, bytes, float]] = asyncio.Queue()
+        self._last_data = 0.0
+        self.connected = asyncio.Event()  # set while a link is up (tests wait on it)
+
+    async def _publish(self, emit: Emit) -> None:
+        await self._pub.publish(emit.kind, self.band.device, emit.modality, t0_s=emit.t0_s, fs_hz=emit.fs_hz,
+                                samples=emit.samples, meta=emit.meta)
+
+    async def _status(self, event: str, **meta: Any) -> None:
+        await self._publish(status(self.clock.now(), event, address=self.band.address, **meta))
+
+    def _on_notify(self, char: str, data: bytearray) -> None:
+        """bleak's callback: stamp, queue, return (nothing slow on the radio's path)."""
+        if char in WATCHED:
+            self._last_data = asyncio.get_running_loop().time()
+        self._queue.put_nowait((char, bytes(data), self.clock.now()))
+
+    async def _consume(self) -> None:
+        while True:
+            char, data, arrival = await self._queue.get()
+            if self._raw_log is not None:
+                self._raw_log.write(self.band.device, char, data, arrival)
+            if char == "link":
+                self._ingest.relink()
+                continue
+            for emit in self._ingest.packet(char, data, arrival):
+                await self._publish(emit)
+
+    async def _watchdog(self) -> str:
+        loop = asyncio.get_running_loop()
+        self._last_data = loop.time()
+        period = self.config.watchdog_s / 4
+        while True:
+            await asyncio.sleep(period)
+            if loop.time() - self._last_data > self.config.watchdog_s:
+                return "watchdog"
+
+    async def _session(self) -> str:
+        """One connection, from scan to disconnect; returns why it ended."""
+        cfg = self.config
+        device = await BleakScanner.find_device_by_address(self.band.address, cfg.scan_timeout_s,
+                                                           **self._backend.scanner)
+        if device is None:
+            raise BleakError(f"{self.band.address} not found in {cfg.scan_timeout_s:.0f} s")
+        lost = asyncio.Event()
+        client = BleakClient(device, disconnected_callback=lambda _c: lost.set(),
+                             timeout=cfg.connect_timeout_s, **self._backend.client)
+        await asyncio.wait_for(client.connect(), cfg.connect_timeout_s)
+        waiters: list[asyncio.Task] = []
+        try:
+            self._queue.put_nowait(("link", b"", self.clock.now()))
+            for char in codec.STREAMS:
+                await client.start_notify(codec.CHARACTERISTICS[char],
+                                          lambda _c, data, char=char: self._on_notify(char, data))
+            await client.write_gatt_char(codec.CHARACTERISTICS["command"],
+                                         codec.start_command(cfg.layout, self.clock.now()), response=True)
+            self.stats.connects += 1
+            self.connected.set()
+            await self._status("connected", name=client.name)
+            waiters = [asyncio.create_task(lost.wait()), asyncio.create_task(self._watchdog())]
+            done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            return "watchdog" if waiters[1] in done else "lost"
+        finally:
+            self.connected.clear()
+            for w in waiters:
+                w.cancel()
+            await asyncio.gather(*waiters, return_exceptions=True)
+            try:
+                await asyncio.wait_for(client.disconnect(), cfg.connect_timeout_s)
+            except (BleakError, OSError, TimeoutError) as exc:
+                log.debug("%s: disconnect failed: %s", self.band.address, exc)
+
+    async def run(self) -> None:
+        """Connect and reconnect until cancelled; shutdown is cancellation."""
+        consumer = asyncio.create_task(self._consume())
+        attempt = 0
+        try:
+            while True:
+                try:
+                    reason = await self._session()
+                except (BleakError, OSError, TimeoutError) as exc:
+                    self.stats.connect_failures += 1
+                    await self._status("connect_failed", error=str(exc) or type(exc).__name__)
+                else:
+                    self.stats.disconnects += 1
+                    if reason == "watchdog":
+                        self.stats.watchdog_trips += 1
+                    await self._status("disconnected", reason=reason)
+                    attempt = 0
+                delay = min(self.config.backoff_max_s, self.config.backoff_initial_s * 2 ** attempt)
+                attempt += 1
+                await asyncio.sleep(delay * self._rng.uniform(0.5, 1.0))
+        finally:
+            await self._drain(consumer)
+
+    async def _drain(self, consumer: asyncio.Task) -> None:
+        """Publish what is queued, then stop the consumer (runs during cancellation too)."""
+        try:
+            while not self._queue.empty() and not consumer.done():
+                await asyncio.sleep(0)
+        finally:
+            consumer.cancel()
+            await asyncio.gather(consumer, return_exceptions=True)
+
+
+async def stream(
+    pub: Publisher,
+    bands: Sequence[Wristband],
+    *,
+    config: LinkConfig = LinkConfig(),
+    clock: SystemClock | None = None,
+    backend: BleBackend = PLATFORM,
+    raw_log: RawLog | None = None,
+    duration_s: float | None = None,
+    stop: asyncio.Event | None = None,
+) -> list[Link]:
+    """Stream several wristbands until ``duration_s`` (host-clock seconds) passes or ``stop``
+    is set; then disconnect them all and report "end" per device. Returns the links (stats)."""
+    clock = clock or SystemClock()
+    links = [Link(b, pub, config=config, clock=clock, backend=backend, raw_log=raw_log) for b in bands]
+    tasks = [asyncio.create_task(link.run(), name=f"ble-{link.band.device}") for link in links]
+    stop = stop or asyncio.Event()
+    waiter = asyncio.create_task(stop.wait())
+    ender = [waiter]
+    if duration_s is not None:
+        ender.append(asyncio.create_task(clock.sleep_until(clock.now() + duration_s)))
+    try:
+        done, _ = await asyncio.wait(ender + tasks, return_when=asyncio.FIRST_COMPLETED)
+        for t in done:
+            if t in tasks and t.exception() is not None:
+                raise t.exception()  # type: ignore[misc]
+    finally:
+        for t in ender + tasks:
+            t.cancel()
+        await asyncio.gather(*ender, *tasks, return_exceptions=True)
+    for link in links:
+        await link._status("end", **{"stats": link.stats.as_dict()})
+    return links

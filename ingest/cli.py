@@ -1,0 +1,233 @@
+"""``m3sense ble scan|stream|decode``: live E4 wristbands over Bluetooth LE."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+from bus.cli import add_bus_option
+from m3sense.errors import UserError
+
+
+def _add_layout_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("packet layout (reverse-engineered; see e4-facts.md section 1)")
+    g.add_argument("--start-command", default="time", metavar="HEX|time",
+                   help="bytes written to 0x3E71 to start streaming: 'time' = 01 + uint32 LE Unix time "
+                        "(default), or hex such as 02")
+    g.add_argument("--temp-offset", type=float, default=-275.54, metavar="C",
+                   help="°C = raw * 0.02 + OFFSET (default -275.54; a plain thermopile gives -273.15)")
+    g.add_argument("--temp-samples", type=int, default=4, metavar="N",
+                   help="uint16 samples per 0x3EA6 packet (default 4; some notes say 8)")
+    g.add_argument("--counter-byteorder", choices=("big", "little"), default="big",
+                   help="byte order of the 2-byte EDA/ACC packet counters (default big)")
+    g.add_argument("--no-counters", action="store_true",
+                   help="ignore packet counters; find lost packets from arrival times only")
+
+
+def _layout(args: argparse.Namespace) -> Any:
+    from ingest.codec import Layout
+
+    counters = not args.no_counters
+    try:
+        return Layout(start_command=args.start_command, temp_offset_c=args.temp_offset,
+                      temp_samples=args.temp_samples, counter_byteorder=args.counter_byteorder,
+                      bvp_counter=counters, eda_counter=counters, acc_counter=counters)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    ble = sub.add_parser("ble", help="live E4 wristbands over Bluetooth LE (scan, stream, decode)",
+                         description="Talk to Empatica E4 wristbands directly over BLE (the vendor's server and "
+                                     "SDKs are gone). --virtual runs the same code against virtual wristbands.")
+    bsub = ble.add_subparsers(dest="ble_command", metavar="ACTION")
+    bsub.required = True
+
+    s = bsub.add_parser("scan", help="list advertising E4s with address and RSSI")
+    s.add_argument("--timeout", type=float, default=5.0, metavar="S", help="scan time (default 5 s)")
+    s.add_argument("--virtual", type=int, default=0, metavar="N", help="scan N virtual wristbands instead")
+    s.add_argument("--json", action="store_true", help="one JSON object per device")
+    s.set_defaults(func=_scan)
+
+    st = bsub.add_parser(
+        "stream", help="stream wristbands to the bus, reconnecting as needed",
+        description="Connect, subscribe, start streaming, and publish raw/<modality>/<device>/ (bvp, eda, temp, acc, "
+                    "hr and ibi derived from BVP, battery, tag) and status/<device>/ (connected, disconnected, "
+                    "battery, on_wrist, tag, gap, bad_packet). Timestamps are host time anchored at the first packet "
+                    "and advanced at the nominal rate. Ctrl-C stops cleanly.")
+    add_bus_option(st)
+    st.add_argument("--device", action="append", default=[], metavar="ADDRESS[=ID]",
+                    help="wristband address, optionally with the bus device id to use (repeatable; "
+                         "with --virtual, default all virtual ones)")
+    st.add_argument("--virtual", type=int, default=0, metavar="N", help="stream N virtual wristbands")
+    st.add_argument("--duration", type=float, metavar="S", help="stop after S seconds (host-clock seconds)")
+    st.add_argument("--raw-log", type=Path, metavar="FILE",
+                    help="append every notification with its arrival time (JSON lines; `ble decode --raw-log` "
+                         "replays it)")
+    st.add_argument("--watchdog", type=float, default=5.0, metavar="S",
+                    help="reconnect when a connected wristband sends no BVP/ACC for S seconds (default 5)")
+    st.add_argument("--no-heart", action="store_true", help="do not derive hr/ibi from BVP")
+    v = st.add_argument_group("virtual wristbands (--virtual)")
+    v.add_argument("--time-scale", type=float, default=1.0, metavar="K",
+                   help="run the virtual wristbands and the host clock K times faster than real time")
+    v.add_argument("--seed", type=int, default=0, help="seed of the virtual signals and faults")
+    v.add_argument("--minutes", type=float, default=10.0, metavar="M",
+                   help="length of the synthetic session each virtual wristband loops (default 10)")
+    v.add_argument("--drop", type=float, default=0.0, metavar="F", help="fraction of notifications lost")
+    v.add_argument("--corrupt", type=float, default=0.0, metavar="F", help="fraction sent oversized")
+    v.add_argument("--truncate", type=float, default=0.0, metavar="F", help="fraction sent truncated")
+    v.add_argument("--disconnect-every", type=float, metavar="S", help="drop the link every S seconds")
+    v.add_argument("--zombie-after", type=float, metavar="S",
+                   help="go silent (still 'connected') S seconds into each connection")
+    _add_layout_options(st)
+    st.set_defaults(func=_stream)
+
+    d = bsub.add_parser("decode", help="decode one notification (hex), or replay a raw log, as JSON",
+                        description="`ble decode --char eda HEX` prints the samples of one packet; "
+                                    "`ble decode --raw-log FILE` runs a raw log through the live decoders and "
+                                    "prints one JSON object per message they make.")
+    d.add_argument("--char", choices=("bvp", "eda", "temp", "acc", "battery", "button"),
+                   help="characteristic the packet came from")
+    d.add_argument("hex", nargs="?", help="the packet, hex (spaces and colons allowed)")
+    d.add_argument("--raw-log", type=Path, metavar="FILE", help="replay a raw log instead")
+    _add_layout_options(d)
+    d.set_defaults(func=_decode)
+
+
+def _scan(args: argparse.Namespace) -> int:
+    from ingest.ble import PLATFORM, scan
+
+    backend, keep = PLATFORM, None
+    if args.virtual:
+        from ingest.virtual import VirtualE4, VirtualRadio, virtual_address, virtual_recordings
+
+        keep = VirtualRadio()
+        for i, rec in enumerate(virtual_recordings(args.virtual, minutes=0.5)):
+            keep.add(VirtualE4(virtual_address(i), rec, rssi=-50 - 3 * i))
+        backend = keep.backend()
+    from bleak.exc import BleakError
+
+    try:
+        found = asyncio.run(scan(args.timeout, backend))
+    except (BleakError, OSError) as exc:  # no adapter, no BlueZ: the user's to fix
+        raise UserError(f"cannot scan: {exc}") from None
+    for address, name, rssi in found:
+        print(json.dumps({"address": address, "name": name, "rssi": rssi}) if args.json
+              else f"{address}  {rssi:4d} dBm  {name}")
+    return 0
+
+
+def _bands(args: argparse.Namespace, virtual: list[str]) -> list[Any]:
+    from ingest.ble import Wristband, device_id
+
+    specs = args.device or virtual
+    if not specs:
+        raise UserError("name at least one --device ADDRESS (or use --virtual N)")
+    bands = []
+    for spec in specs:
+        address, _, name = spec.partition("=")
+        bands.append(Wristband(address=address, device=name or device_id(address)))
+    from bus import valid_name
+
+    bad = [b.device for b in bands if not valid_name(b.device)]
+    if bad:
+        raise UserError(f"device id {bad[0]!r} is not a valid bus name (letters, digits, _ . : -)")
+    return bands
+
+
+def _stream(args: argparse.Namespace) -> int:
+    from bus import Publisher
+    from ingest.ble import PLATFORM, LinkConfig, RawLog, stream
+    from ingest.clocks import ScaledClock, SystemClock
+
+    layout = _layout(args)
+    clock = ScaledClock(args.time_scale) if args.time_scale != 1.0 else SystemClock()
+    backend, virtual = PLATFORM, []
+    if args.virtual:
+        from ingest.virtual import Faults, VirtualE4, VirtualRadio, virtual_address, virtual_recordings
+
+        faults = dict(drop_fraction=args.drop, corrupt_fraction=args.corrupt, truncate_fraction=args.truncate,
+                      disconnect_every_s=args.disconnect_every, zombie_after_s=args.zombie_after)
+        radio = VirtualRadio()
+        recordings = virtual_recordings(args.virtual, minutes=args.minutes, seed=args.seed)
+        for i, rec in enumerate(recordings):
+            radio.add(VirtualE4(virtual_address(i), rec, clock=clock, layout=layout,
+                                faults=Faults(seed=args.seed + i, **faults)))
+        backend, virtual = radio.backend(), list(radio.devices)
+    elif args.time_scale != 1.0:
+        raise UserError("--time-scale needs --virtual: a real wristband streams in real time")
+    bands = _bands(args, virtual)
+    config = LinkConfig(layout=layout, watchdog_s=args.watchdog, derive_heart=not args.no_heart)
+    raw_log = RawLog(args.raw_log) if args.raw_log else None
+
+    async def run() -> list[Any]:
+        async with Publisher(args.bus) as pub:
+            return await stream(pub, bands, config=config, clock=clock, backend=backend, raw_log=raw_log,
+                                duration_s=args.duration)
+
+    try:
+        links = asyncio.run(run())
+    finally:
+        if raw_log is not None:
+            raw_log.close()
+    for link in links:
+        print(json.dumps({"device": link.band.device, "address": link.band.address, **link.stats.as_dict()}),
+              file=sys.stderr)
+    return 0
+
+
+def _jsonable(x: Any) -> Any:
+    import numpy as np
+
+    if isinstance(x, np.ndarray):
+        return _jsonable(x.tolist())
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, list):
+        return [_jsonable(v) for v in x]
+    return x
+
+
+def _decode(args: argparse.Namespace) -> int:
+    from ingest import codec
+
+    layout = _layout(args)
+    if args.raw_log is not None:
+        if args.hex or args.char:
+            raise UserError("give either --raw-log FILE or --char NAME HEX, not both")
+        if not args.raw_log.is_file():
+            raise UserError(f"{args.raw_log}: no such file")
+        from ingest.ble import replay_raw_log
+
+        for device, emit in replay_raw_log(args.raw_log, layout):
+            print(json.dumps({"device": device, "kind": emit.kind, "modality": emit.modality, "t0_s": emit.t0_s,
+                              "fs_hz": emit.fs_hz, "samples": _jsonable(emit.samples), "meta": emit.meta}))
+        return 0
+    if not args.char or args.hex is None:
+        raise UserError("give --char NAME and the packet as HEX (or --raw-log FILE)")
+    text = args.hex.replace(" ", "").replace(":", "")
+    try:
+        data = bytes.fromhex(text)
+    except ValueError:
+        raise UserError(f"{args.hex!r} is not a hex string") from None
+    try:
+        pkt = codec.decode(args.char, data, layout)
+    except codec.DecodeError as exc:
+        raise UserError(f"cannot decode: {exc}") from None
+    out: dict[str, Any] = {"char": args.char, "uuid": codec.CHARACTERISTICS[args.char], "bytes": len(data),
+                           "counter": pkt.counter}
+    if args.char == "bvp":
+        out["green_deltas"] = pkt.values[:, 0].tolist()
+        out["red_deltas"] = pkt.values[:, 1].tolist()
+        out["samples"] = codec.BvpIntegrator().push(pkt).tolist()
+    else:
+        out["samples"] = _jsonable(pkt.values)
+    out["unit"] = {"bvp": "counts (integrated green, from 0)", "eda": "µS", "temp": "°C", "acc": "1/64 g",
+                   "battery": "fraction", "button": "pressed"}[args.char]
+    print(json.dumps(out))
+    return 0
