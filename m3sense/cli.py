@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "ingest.cli",
     "preprocess.cli",
     "storage.cli",
+    "m3sense.commands",
 )
 
 
