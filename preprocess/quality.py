@@ -36,9 +36,9 @@ class QualityRules:
     eda_min_us: float = 0.05
     eda_saturated_us: float = 100.0
     eda_max_slope_us_per_s: float = 10.0
-    temp_range_c: tuple[float, float] = (30.0, 40.0)
+    temp_range_c: tuple[float, float] = (25.0, 40.0)
     off_wrist_min_s: float = 1.0
-    motion_sd_g: float = 0.1
+    motion_sd_g: float = 0.2
     motion_block_s: float = 1.0
     acc_rail_g: float = 127.0 / 64.0
     flat_s: tuple[tuple[str, float], ...] = (("bvp", 1.0), ("eda", 10.0), ("acc", 5.0))

@@ -1,0 +1,84 @@
+"""The preprocess node: a thin asyncio shell around :class:`Preprocessor`.
+
+Subscribes ``raw/``, ``label/`` and ``status/``, publishes each finished window on
+``window/<device>/``. Devices are expired on the event loop's clock. Cancellation (SIGINT,
+SIGTERM through :func:`m3sense.aio.run_until_signal`) flushes every device's pending windows
+onto the bus before the sockets close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from collections.abc import Callable
+
+from bus import LABEL, RAW, STATUS, WINDOW, Publisher, Subscriber, topic_for
+from preprocess.preprocessor import Preprocessor
+from preprocess.window import Window
+from preprocess.windower import WindowConfig
+
+log = logging.getLogger(__name__)
+
+SUBSCRIPTIONS = (f"{RAW}/", f"{LABEL}/", f"{STATUS}/")
+
+
+async def _publish(pub: Publisher, windows: list[Window]) -> None:
+    for w in windows:
+        await pub.send(w.to_message(seq=pub.next_seq(topic_for(WINDOW, w.device))))
+
+
+async def serve(
+    bus: str,
+    config: WindowConfig | None = None,
+    *,
+    device_timeout_s: float = 120.0,
+    report_every_s: float = 30.0,
+    on_ready: Callable[[], None] | None = None,
+    report: Callable[[Counter], None] | None = None,
+) -> None:
+    """Run until cancelled (the windows still pending are published first).
+
+    ``on_ready`` is called once the sockets are connected and subscribed; ``report`` gets
+    the counters (bus gaps and malformed messages included) every ``report_every_s`` and at
+    the end.
+    """
+    pre = Preprocessor(config, device_timeout_s=device_timeout_s)
+    loop = asyncio.get_running_loop()
+    tick_s = min(1.0, device_timeout_s / 4)
+
+    def totals(sub: Subscriber) -> Counter:
+        c = pre.counters()
+        c["bus_received"] = sub.stats.received
+        c["bus_missing"] = sub.stats.gaps
+        c["bus_malformed"] = sum(sub.stats.malformed.values())
+        c["devices_open"] = len(pre.devices)
+        return c
+
+    async with Publisher(bus) as pub, Subscriber(bus, SUBSCRIPTIONS) as sub:
+        if on_ready is not None:
+            on_ready()
+        next_expire = loop.time() + tick_s
+        next_report = loop.time() + report_every_s
+        try:
+            while True:
+                try:
+                    msg = await sub.recv(max(0.0, next_expire - loop.time()))
+                except TimeoutError:
+                    msg = None
+                now = loop.time()
+                if msg is not None:
+                    await _publish(pub, pre.push(msg, now_s=now))
+                if now >= next_expire:
+                    await _publish(pub, pre.expire(now))
+                    next_expire = now + tick_s
+                if report is not None and now >= next_report:
+                    report(totals(sub))
+                    next_report = now + report_every_s
+        finally:
+            # runs on cancellation too: the pending windows still reach the bus (the
+            # publisher only flushes by itself on a normal exit)
+            await _publish(pub, pre.flush())
+            await pub.flush()
+            if report is not None:
+                report(totals(sub))
