@@ -77,7 +77,7 @@ _TAU_EDA_S = (90.0, 600.0)  # tonic EDA excess halves ~8-12 min after its peak
 _TAU_SCR_S = (30.0, 240.0)
 _TAU_VASO_S = (480.0, 1500.0)  # wrist TEMP: -0.7 °C over ~11 min, keeps drifting down after
 _TAU_CONTACT_S = (150.0, 100.0)  # TEMP sensor warming on skin / cooling in room air
-_TAU_ELECTRODE_S = (20.0, 0.5)  # EDA settles after re-wear, drops at once when removed
+_TAU_ELECTRODE_S = (20.0, 0.1)  # EDA settles after re-wear, drops at once when removed
 _MIN_DURATION_S = 30.0
 
 
@@ -282,10 +282,10 @@ def _draw_profile(rng: np.random.Generator) -> SubjectProfile:
         hr_rest_bpm=float(np.clip(rng.normal(72.0, 9.0), 55.0, 95.0)),
         rmssd_rest_ms=float(np.clip(rng.normal(42.0, 15.0), 15.0, 90.0)),
         hr_stress_gain_bpm=float(rng.uniform(0.0, 4.0) if hr_nonresponder
-                                 else np.clip(rng.normal(18.0, 9.0), 5.0, 45.0)),
+                                 else np.clip(rng.normal(16.0, 9.0), 5.0, 40.0)),
         hrv_stress_drop=float(rng.uniform(0.2, 0.45)),
         resp_rest_hz=float(rng.uniform(0.2, 0.3)),
-        hr_offset_bpm=MappingProxyType({"amusement": float(rng.normal(1.0, 6.0)),
+        hr_offset_bpm=MappingProxyType({"amusement": float(rng.normal(-3.0, 5.0)),
                                         "chat": float(rng.normal(3.0, 3.0)),
                                         "meditation": float(rng.normal(-1.0, 2.0))}),
         arousal=MappingProxyType({"amusement": float(rng.normal(0.05, 0.1)),
@@ -308,7 +308,7 @@ def _draw_profile(rng: np.random.Generator) -> SubjectProfile:
         bvp_pp=float(rng.uniform(30.0, 90.0)),
         bvp_rise_s=float(rng.uniform(0.11, 0.16)),
         bvp_dicrotic=float(rng.uniform(0.05, 0.3)),
-        bvp_motion_gain=float(rng.uniform(2.0, 6.0)),
+        bvp_motion_gain=float(rng.uniform(1.5, 4.0)),
         acc_norm=float(rng.uniform(62.5, 65.0)),
         acc_activity_scale=float(np.exp(rng.normal(0.0, 0.25))),
         seated_gravity=_unit(np.array([-0.4, 0.05, 0.9]) + rng.normal(0.0, 0.3, 3)),
@@ -545,7 +545,7 @@ def _heart(rng: np.random.Generator, prof: SubjectProfile, t: np.ndarray, kinds:
     stress = np.clip(_lagged(t, bounds, drive, _TAU_HR_S), 0.0, 1.5)
     hr = (prof.hr_rest_bpm + _lagged(t, bounds, hr_target, _TAU_HR_S)
           + 2.0 * _slow(rng, t, 60.0)
-          + _bumps(t.size, fs, laughs, rng.uniform(3.0, 10.0, laughs.size), 4.0))
+          + _bumps(t.size, fs, laughs, rng.uniform(2.0, 6.0, laughs.size), 4.0))
 
     resp_hz = prof.resp_rest_hz * _lagged(t, bounds, np.array(
         [_KINDS[k].resp_factor for k in kinds]), (10.0, 10.0), y0=1.0)
@@ -596,8 +596,9 @@ def _finish_bvp(rng: np.random.Generator, prof: SubjectProfile, t: np.ndarray, w
     """E4-like BVP: high-passed to zero mean, arm movement artefact, no pulse off-wrist, noise."""
     fs = PERIODIC["bvp"][0]
     sos = sps.butter(2, 0.3, btype="highpass", fs=fs, output="sos")
-    mix = acc_moving @ np.array(_unit(rng.normal(0.0, 1.0, 3)))
-    bvp = sps.sosfiltfilt(sos, wave) + prof.bvp_motion_gain * np.interp(t, t_acc, mix)
+    # Gross movement shifts the sensor on the skin: artefacts grow faster than the movement.
+    mix = np.interp(t, t_acc, acc_moving @ np.array(_unit(rng.normal(0.0, 1.0, 3))))
+    bvp = sps.sosfiltfilt(sos, wave) + prof.bvp_motion_gain * mix * (1.0 + np.abs(mix) / 10.0)
     worn = _worn(t, on)
     bvp = np.where(worn, bvp, 0.3 * _slow(rng, t, 5.0)) + rng.normal(0.0, 0.7, t.size)
     return np.round(bvp, 2)
@@ -663,7 +664,7 @@ def _eda(rng: np.random.Generator, prof: SubjectProfile, t: np.ndarray,
     ad, ar = math.exp(-1.0 / (decay * fs)), math.exp(-1.0 / (rise * fs))
     phasic = (sps.lfilter([1.0], [1.0, -ad], impulses) - sps.lfilter([1.0], [1.0, -ar], impulses))
     eda = tonic + phasic / peak
-    eda *= 1.0 + 0.006 * _envelope(t, bursts) * _band_noise(rng, (t.size,), fs, (0.05, 1.0))
+    eda *= np.exp(0.004 * _envelope(t, bursts) * _band_noise(rng, (t.size,), fs, (0.05, 1.0)))
     contact = _contact(t, on, _TAU_ELECTRODE_S)
     eda = contact * eda + np.abs(rng.normal(0.0, 0.002, t.size)) + rng.normal(0.0, 0.001, t.size)
     return np.round(np.maximum(eda, 0.0), 6)
