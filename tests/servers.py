@@ -261,3 +261,29 @@ def influx_proxy(influxd: InfluxServer) -> Iterator[V2WriteProxy]:
         yield proxy
     finally:
         proxy.close()
+
+
+# --- affect messages as the inference node will publish them (notes/interfaces.md) ----------
+
+CLASSES = {"stress": ("baseline", "stress", "amusement"), "anxiety": ("low", "high"), "emotion": ("low", "high")}
+DEFAULT_LABELS = {"stress": "stress", "anxiety": "high", "emotion": "low"}
+
+
+def affect_meta(t_end: float, *, tasks: tuple[str, ...] = ("stress", "anxiety", "emotion"),
+                labels: dict[str, str] | None = None, truth: dict[str, str | None] | None = None,
+                source: str = "replay", model: str = "m3sense-test", low_quality: bool = False,
+                window_s: float = 20.0) -> dict:
+    """The meta of an affect message: each task's label gets probability 0.7, the other
+    classes share the rest; a low-quality window has no label and no confidence."""
+    chosen = {**DEFAULT_LABELS, **(labels or {})}
+    out = {}
+    for task in tasks:
+        classes = CLASSES[task]
+        probs = {c: 0.7 if c == chosen[task] else 0.3 / (len(classes) - 1) for c in classes}
+        out[task] = {"label": None if low_quality else chosen[task], "confidence": None if low_quality else 0.7,
+                     "probs": probs, "status": "low_quality" if low_quality else "ok"}
+    meta = {"t_end": t_end, "t_start": t_end - window_s, "model": model, "source": source,
+            "quality": {"off_wrist": low_quality, "motion": False, "missing_fraction": 0.0}, "tasks": out}
+    if truth is not None:
+        meta["labels"] = truth
+    return meta

@@ -1,0 +1,261 @@
+"""The pure core of storage: messages → records, 1 Hz physiology, SINK parsing, --since."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bus import Message
+from m3sense.errors import UserError
+from storage import (
+    AffectRecord, BeatRate, InfluxTarget, MeanBinner, PhysioRecord, RecordBuilder, SqliteTarget, StatusRecord,
+    affect_records, parse_since, parse_sink, read_token,
+)
+from tests.conftest import WESAD
+from tests.servers import affect_meta
+
+T0 = 1_700_000_000.0
+
+
+def affect_msg(device: str = "dev1", t_end: float = T0 + 20, **kw) -> Message:
+    return Message(kind="affect", device=device, modality="affect", seq=0, t0_s=t_end, fs_hz=0,
+                   meta=affect_meta(t_end, **kw))
+
+
+def raw_msg(modality: str, t0: float, samples: np.ndarray, fs: float, device: str = "dev1") -> Message:
+    return Message(kind="raw", device=device, modality=modality, seq=0, t0_s=t0, fs_hz=fs,
+                   samples=np.asarray(samples, dtype=np.float64))
+
+
+def status_msg(t: float, **meta) -> Message:
+    return Message(kind="status", device="dev1", modality="status", seq=0, t0_s=t, fs_hz=0, meta=meta)
+
+
+# --- affect -------------------------------------------------------------------------------
+
+def test_one_record_per_task_stamped_with_the_window_end() -> None:
+    recs = affect_records(affect_msg(t_end=T0 + 20.015625, truth={"stress": "stress", "emotion": None}))
+    assert [r.task for r in recs] == ["stress", "anxiety", "emotion"]
+    assert all(r.time_s == T0 + 20.015625 and r.t_start_s == T0 + 0.015625 for r in recs)
+    stress = recs[0]
+    assert stress.label == "stress" and stress.true_label == "stress" and stress.source == "replay"
+    assert dict(stress.probs) == pytest.approx({"baseline": 0.15, "stress": 0.7, "amusement": 0.15})
+    assert stress.confidence == pytest.approx(0.7)
+    assert recs[2].true_label is None and recs[1].true_label is None
+    assert stress.off_wrist is False and stress.missing_fraction == 0.0
+
+
+def test_low_quality_window_keeps_its_null_label() -> None:
+    (rec,) = affect_records(affect_msg(tasks=("stress",), low_quality=True))
+    assert rec.label is None and rec.confidence is None and rec.status == "low_quality" and rec.off_wrist is True
+
+
+@pytest.mark.parametrize("spoil, reason", [
+    (lambda m: m.pop("tasks"), "affect"),
+    (lambda m: m.update(model=""), "affect"),
+    (lambda m: m["tasks"].update(valence={"label": "x"}), "affect"),
+    (lambda m: m["tasks"]["stress"]["probs"].update({"bad name": 0.1}), "affect"),
+    (lambda m: m["tasks"]["stress"].update(confidence=float("nan")), "value"),
+    (lambda m: m["tasks"]["stress"].update(label="x y"), "affect"),
+])
+def test_a_bad_affect_message_is_counted_and_dropped(spoil, reason) -> None:
+    meta = affect_meta(T0 + 20)
+    spoil(meta)
+    msg = Message(kind="affect", device="dev1", modality="affect", seq=0, t0_s=T0 + 20, fs_hz=0, meta=meta)
+    b = RecordBuilder()
+    assert b.push(msg) == [] and b.rejected == {reason: 1}
+
+
+def test_unknown_source_is_not_trusted_as_a_tag_value() -> None:
+    (rec,) = affect_records(affect_msg(tasks=("stress",), source="x" * 40))
+    assert rec.source == "unknown"
+
+
+# --- status and the source of raw streams ---------------------------------------------------
+
+def test_status_events_and_source_of_physiology() -> None:
+    b = RecordBuilder()
+    # before any status the device's source is unknown
+    assert {r.source for r in b.push(raw_msg("eda", T0, np.ones(8), 4.0))} == {"unknown"}
+    (start,) = b.push(status_msg(T0 + 2, event="start", source="replay", recording="S2"))
+    assert start == StatusRecord(time_s=T0 + 2, device="dev1", source="replay", event="start", value=None,
+                                 detail='{"recording":"S2"}')
+    recs = b.push(raw_msg("eda", T0 + 2, np.full(8, 3.0), 4.0))
+    assert recs == [  # the bin still open when the source became known is stamped with it
+        PhysioRecord(time_s=T0 + 2, device="dev1", source="replay", signal="eda_us", value=1.0),
+        PhysioRecord(time_s=T0 + 3, device="dev1", source="replay", signal="eda_us", value=3.0),
+    ]
+    # the end of a stream closes its open bins before the end event
+    end = b.push(status_msg(T0 + 4, event="end"))
+    assert [type(r).__name__ for r in end] == ["PhysioRecord", "StatusRecord"]
+    assert end[0].time_s == T0 + 4 and end[1].event == "end" and end[1].source == "replay"
+    assert b.flush() == []
+    (batt,) = RecordBuilder().push(Message(kind="status", device="d", modality="status", seq=0, t0_s=T0, fs_hz=0,
+                                           samples=np.array([0.8]), meta={"event": "battery"}))
+    assert batt.value == pytest.approx(0.8)
+    (gap,) = RecordBuilder().push(status_msg(T0, event="gap", gap_s=2.5, source="live"))
+    assert gap.value == 2.5 and json.loads(gap.detail) == {"gap_s": 2.5}
+
+
+# --- 1 Hz physiology -------------------------------------------------------------------------
+
+def test_mean_binner_stamps_bin_ends_and_skips_nan() -> None:
+    b = MeanBinner(1.0)
+    t = T0 + np.arange(10) / 4.0  # 2.5 s at 4 Hz
+    v = np.arange(10, dtype=float)
+    v[1] = np.nan
+    assert b.push(t, v) == [(T0 + 1, (0 + 2 + 3) / 3), (T0 + 2, (4 + 5 + 6 + 7) / 4)]
+    assert b.flush() == [(T0 + 3, 8.5)]
+    assert b.flush() == []
+
+
+@settings(max_examples=40, deadline=None)
+@given(cuts=st.lists(st.integers(1, 199), max_size=30), seed=st.integers(0, 2**16))
+def test_mean_binner_output_does_not_depend_on_chunking(cuts, seed) -> None:
+    rng = np.random.default_rng(seed)
+    t = T0 + 0.3 + np.arange(200) / 4.0
+    v = rng.normal(size=200)
+    whole = MeanBinner(1.0)
+    expected = whole.push(t, v) + whole.flush()
+    parts = MeanBinner(1.0)
+    got = []
+    for a, b in zip([0, *sorted(set(cuts))], [*sorted(set(cuts)), 200]):
+        got += parts.push(t[a:b], v[a:b])
+    got += parts.flush()
+    assert [g[0] for g in got] == [e[0] for e in expected]
+    np.testing.assert_allclose([g[1] for g in got], [e[1] for e in expected], rtol=1e-12)
+
+
+def pulse_wave(bpm: float, seconds: float, fs: float = 64.0, seed: int = 0) -> np.ndarray:
+    """A PPG-like wave: systolic peak plus a smaller dicrotic wave, baseline drift and noise."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * fs)) / fs
+    phase = (t * bpm / 60.0) % 1.0
+    wave = np.exp(-((phase - 0.15) / 0.07) ** 2) + 0.35 * np.exp(-((phase - 0.5) / 0.08) ** 2)
+    return 80 * wave + 20 * np.sin(2 * np.pi * 0.1 * t) + rng.normal(0, 3, t.size)
+
+
+@pytest.mark.parametrize("bpm", [48.0, 72.0, 110.0, 150.0])
+def test_beat_rate_recovers_a_known_heart_rate(bpm) -> None:
+    br = BeatRate(64.0)
+    x = pulse_wave(bpm, 60)
+    out = []
+    for i in range(0, x.size, 11):  # E4 BLE packets carry 11 BVP samples
+        out += br.push(T0 + i / 64.0, x[i:i + 11])
+    times = np.array([t for t, _ in out])
+    rates = np.array([r for _, r in out])
+    assert np.all(np.diff(times) == 1.0) and times[0] <= T0 + 6  # a value every second after start-up
+    assert np.all(np.abs(rates[times > T0 + 12] - bpm) < 0.05 * bpm)
+
+
+def test_beat_rate_gives_nothing_for_flat_or_noise_only_signal() -> None:
+    br = BeatRate(64.0)
+    out = br.push(T0, np.zeros(64 * 30)) + br.flush()
+    assert out == []
+
+
+@settings(max_examples=25, deadline=None)
+@given(cuts=st.lists(st.integers(1, 64 * 40 - 1), max_size=40))
+def test_beat_rate_does_not_depend_on_chunking(cuts) -> None:
+    x = pulse_wave(80, 40, seed=3)
+    whole = BeatRate(64.0)
+    expected = whole.push(T0, x) + whole.flush()
+    parts = BeatRate(64.0)
+    got = []
+    bounds = [0, *sorted(set(cuts)), x.size]
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        got += parts.push(T0 + a / 64.0, x[a:b])
+    got += parts.flush()
+    assert [g[0] for g in got] == [e[0] for e in expected]
+    np.testing.assert_allclose([g[1] for g in got], [e[1] for e in expected], rtol=1e-9)
+
+
+def _e4_csv(path: Path) -> tuple[float, float, np.ndarray]:
+    a = np.loadtxt(path, delimiter=",", ndmin=2)
+    return float(a[0, 0]), float(a[1, 0]), a[2:, 0]
+
+
+@pytest.mark.skipif(not WESAD.is_dir(), reason="real WESAD E4 data not present at ../shared/data/wesad-e4")
+def test_beat_rate_agrees_with_the_e4s_own_heart_rate_on_real_data() -> None:
+    """Oracle: the HR.csv the E4 computed on-device, for 20 minutes of subject S2."""
+    t0, fs, bvp = _e4_csv(WESAD / "S2" / "BVP.csv")
+    h0, hfs, hr = _e4_csv(WESAD / "S2" / "HR.csv")
+    bvp = bvp[: int(20 * 60 * fs)]
+    br = BeatRate(fs)
+    out = []
+    for i in range(0, bvp.size, 11):
+        out += br.push(t0 + i / fs, bvp[i:i + 11])
+    times, rates = np.array(out).T
+    ref = np.interp(times, h0 + np.arange(hr.size) / hfs, hr)
+    err = np.abs(rates - ref)
+    assert len(out) > 0.9 * 20 * 60
+    assert np.median(err) < 8.0 and np.mean(err < 15) > 0.7  # a simple detector vs the E4's own
+
+
+# --- SINK, token, --since ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("sink, expected", [
+    ("sqlite:///data/affect.db", SqliteTarget(path=Path("data/affect.db"))),
+    ("sqlite:////tmp/affect.db", SqliteTarget(path=Path("/tmp/affect.db"))),
+    ("out/affect.sqlite", SqliteTarget(path=Path("out/affect.sqlite"))),
+    ("influx://127.0.0.1:8086?bucket=affect&org=lab",
+     InfluxTarget(url="http://127.0.0.1:8086", bucket="affect", org="lab")),
+    ("influxs://db.example.org:8086/influx/?bucket=affect/autogen",
+     InfluxTarget(url="https://db.example.org:8086/influx", bucket="affect/autogen", org="-")),
+    ("http://localhost:8181?bucket=affect", InfluxTarget(url="http://localhost:8181", bucket="affect")),
+    ("http://db.lan:8086?bucket=a&insecure=1", InfluxTarget(url="http://db.lan:8086", bucket="a")),
+])
+def test_sink_addresses(sink, expected) -> None:
+    assert parse_sink(sink) == expected
+
+
+@pytest.mark.parametrize("sink, complaint", [
+    ("sqlite://rel.db", "sqlite:///"),
+    ("affect.csv", "expected"),
+    ("influx://127.0.0.1:8086", "bucket"),
+    ("influx://127.0.0.1:8086?bucket=a&token=x", "unknown parameter"),
+    ("influx://user:pw@127.0.0.1:8086?bucket=a", "no credentials"),
+    ("http://db.example.org:8086?bucket=a", "in clear"),
+    ("influx://127.0.0.1:99999?bucket=a", "port"),
+])
+def test_bad_sink_addresses_say_what_is_wrong(sink, complaint) -> None:
+    with pytest.raises(UserError, match=complaint):
+        parse_sink(sink)
+
+
+def test_token_comes_from_file_or_environment_and_stays_out_of_repr(tmp_path: Path) -> None:
+    f = tmp_path / "token"
+    f.write_text("s3cret-token\n")
+    assert read_token(f, {"INFLUX_TOKEN": "env"}) == "s3cret-token"
+    assert read_token(None, {"INFLUX_TOKEN": "env"}) == "env"
+    assert read_token(None, {}) is None
+    target = parse_sink("influx://127.0.0.1:8086?bucket=a").with_token("s3cret-token")
+    assert target.token == "s3cret-token" and "s3cret" not in repr(target)
+    with pytest.raises(UserError, match="empty"):
+        (tmp_path / "empty").write_text("\n")
+        read_token(tmp_path / "empty", {})
+
+
+def test_since() -> None:
+    now = 1_800_000_000.0
+    assert parse_since("2h", now) == now - 7200
+    assert parse_since("90s", now) == now - 90
+    assert parse_since("1495437325.5", now) == 1495437325.5
+    assert parse_since("2017-05-22T07:15:25", now) == 1495437325.0
+    assert parse_since("2017-05-22T09:15:25+02:00", now) == 1495437325.0
+    with pytest.raises(UserError):
+        parse_since("yesterday", now)
+
+
+def test_records_are_frozen_and_slotted() -> None:
+    (rec,) = affect_records(affect_msg(tasks=("stress",)))
+    assert isinstance(rec, AffectRecord) and not hasattr(rec, "__dict__")
+    with pytest.raises(AttributeError):
+        rec.label = "x"  # type: ignore[misc]
+    assert math.isfinite(rec.time_s)
