@@ -282,6 +282,10 @@ class RecognitionNetwork(nn.Module):
         super().__init__()
         self.mu = nn.Linear(cfg.fc_dims[1], cfg.latent_dim)
         self.logvar = nn.Linear(cfg.fc_dims[1], cfg.latent_dim)
+        # Start near-deterministic (σ ≈ 0.14): with σ ≈ 1 at initialisation the sampled latent is
+        # almost pure noise and the Task Learning Networks hardly learn in the first epochs; the
+        # KL term then widens σ only as far as the task loss allows.
+        nn.init.constant_(self.logvar.bias, -4.0)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         return self.mu(x), self.logvar(x).clamp(-10.0, 10.0)

@@ -21,6 +21,7 @@ from m3sense.errors import UserError
 COMMAND_MODULES = (
     "replay.cli",
     "bus.cli",
+    "inference.cli",
     "ingest.cli",
     "preprocess.cli",
     "storage.cli",

@@ -9,6 +9,16 @@ import torch
 
 from inference.model import FUSIONS, M3Sense, ModelConfig, count_parameters, kl_to_standard_normal
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Tiny models on a shared 2-core machine: one intra-op thread is several times faster than
+    two threads fighting other processes for the cores."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 TINY = dict(
     window_s=2.5,  # bvp 160 samples (32 segments), eda/temp 10 (2 segments), acc 80
     cnn_channels=(8, 4),

@@ -1,0 +1,282 @@
+"""``m3sense train | evaluate | model info | export-onnx``: the model's commands.
+
+Handlers import torch and the model code only when they run (``m3sense --help`` stays fast).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+
+from m3sense.errors import UserError
+
+PROTOCOLS = ("paper", "subjects")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train M3Sense (Algorithm 1) and score it on a held-out part",
+                       description="Train on windows made from labelled recordings by the preprocess code path. "
+                                   "SOURCE is an E4 Connect folder/zip with labels.csv (or a folder of them), or "
+                                   "'synthetic?minutes=30&subjects=6&seed=1'; add '?tasks=a,b' (or '&tasks=') to keep "
+                                   "only those tasks' labels.")
+    p.add_argument("--data", action="append", required=True, metavar="SOURCE", help="labelled source (repeatable)")
+    p.add_argument("--unlabeled", action="append", default=[], metavar="SOURCE",
+                   help="source whose labels are dropped: it trains the alignment loss only (repeatable)")
+    p.add_argument("--out", type=Path, default=Path("m3sense-model.safetensors"),
+                   help="checkpoint to write (NAME.safetensors + NAME.json); not written with --folds")
+    p.add_argument("--protocol", choices=PROTOCOLS, default="subjects",
+                   help="paper: stratified 35%% train+val / 55%% test / 10%% unlabelled windows; "
+                        "subjects: whole recordings held out (default)")
+    p.add_argument("--test-subjects", default=None, metavar="A,B", help="subjects protocol: these recordings are the test part")
+    p.add_argument("--test-fraction", type=float, default=0.2, help="subjects protocol: share of each source's recordings held out")
+    p.add_argument("--folds", type=int, default=0, help="subjects protocol: K-fold cross-validation over recordings (no checkpoint)")
+    p.add_argument("--fusion", default="cam", choices=("cam", "hamlet", "keyless", "sum"))
+    p.add_argument("--tasks", default="stress,anxiety,emotion")
+    p.add_argument("--modalities", default="bvp,eda,temp")
+    p.add_argument("--epochs", type=int, default=65, help="the paper's 65 by default")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--gamma", type=float, default=0.3, help="weight of the alignment (KL) loss")
+    p.add_argument("--seed", type=int, default=333)
+    p.add_argument("--hop-s", type=float, default=10.0, help="seconds between the starts of training windows")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--no-cache", action="store_true", help="do not cache windows in the temp folder")
+    p.add_argument("--json", action="store_true", help="print the test scores as one JSON object")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("evaluate", help="score a trained model on every labelled window of a source")
+    p.add_argument("--model", type=Path, default=None, help="checkpoint (default: the shipped weights)")
+    p.add_argument("--data", action="append", required=True, metavar="SOURCE")
+    p.add_argument("--hop-s", type=float, default=10.0)
+    p.add_argument("--backend", choices=("onnx", "torch"), default="onnx")
+    p.add_argument("--no-cache", action="store_true")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("model", help="inspect a checkpoint")
+    msub = p.add_subparsers(dest="model_command", metavar="ACTION")
+    msub.required = True
+    q = msub.add_parser("info", help="architecture, size, tasks, modalities and training provenance")
+    q.add_argument("path", nargs="?", type=Path, default=None, help="checkpoint (default: the shipped weights)")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=_info)
+
+    p = sub.add_parser("export-onnx", help="write the inference graph as an ONNX model")
+    p.add_argument("--model", type=Path, default=None)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--tasks", default=None, help="comma-separated subset (default all)")
+    p.set_defaults(func=_export)
+
+
+def _csv(text: str) -> tuple[str, ...]:
+    return tuple(x.strip() for x in text.split(",") if x.strip())
+
+
+def _load(path: Path | None):
+    from inference.checkpoint import load_checkpoint
+
+    return load_checkpoint(path)
+
+
+def _windows(specs, *, cfg, hop_s: float, no_cache: bool, unlabeled: bool = False):
+    from inference.sources import parse_source, source_windows
+
+    out = []
+    for spec in specs:
+        src = parse_source(spec)
+        ws = source_windows(src, modalities=cfg.modalities, shapes={m: cfg.input_shape(m) for m in cfg.modalities},
+                            tasks=cfg.tasks, classes=cfg.classes, hop_s=hop_s, unlabeled=unlabeled,
+                            **({"cache_dir": None} if no_cache else {}))
+        if not len(ws):
+            raise UserError(f"data source {spec!r} gave no usable windows")
+        out.append((src, ws))
+    return out
+
+
+class _Progress:
+    """One status line on a terminal (rewritten in place), one line per epoch otherwise."""
+
+    def __init__(self, epochs: int, prefix: str = "") -> None:
+        self.epochs, self.prefix, self.tty = epochs, prefix, sys.stderr.isatty()
+
+    def step(self, epoch: int, step: int, n: int, losses) -> None:
+        if self.tty:
+            bar = "#" * round(20 * step / n)
+            print(f"\r{self.prefix}epoch {epoch}/{self.epochs} [{bar:<20}] {step}/{n} "
+                  f"loss {losses['loss']:.3f} ce {losses['ce']:.3f} kl {losses['kl']:.3f}", end="", file=sys.stderr)
+
+    def epoch(self, log) -> None:
+        acc = " ".join(f"{t} {v:.2f}" for t, v in log.train_acc.items())
+        val = " ".join(f"{t} {s['accuracy']:.2f}/{s['macro_f1']:.2f}" for t, s in log.val.items())
+        print(f"{chr(13) if self.tty else ''}{self.prefix}epoch {log.epoch}/{self.epochs} loss {log.loss:.3f} "
+              f"(ce {log.ce:.3f} kl {log.kl:.3f}) train acc: {acc} | val acc/F1: {val or '-'} | lr {log.lr:.2e}",
+              file=sys.stderr, flush=True)
+
+
+def _train(args) -> int:
+    import numpy as np
+    import torch
+
+    from inference.checkpoint import save_checkpoint
+    from inference.dataset import Normalizer, WindowSet
+    from inference.model import M3Sense, ModelConfig, count_parameters
+    from inference.train import (TrainConfig, detailed_scores, predict_probs, split_paper, split_subjects,
+                                 to_tensors, train_model)
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        base = ModelConfig()
+        tasks = _csv(args.tasks)
+        cfg = ModelConfig(fusion=args.fusion, tasks=tasks, modalities=_csv(args.modalities),
+                          classes={t: base.classes[t] for t in tasks if t in base.classes})
+        tc = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+                         gamma=args.gamma, seed=args.seed)
+    except (ValueError, KeyError) as exc:
+        raise UserError(str(exc)) from exc
+    if args.epochs < 1 or args.hop_s <= 0 or args.batch_size < 2:
+        raise UserError("--epochs must be >= 1, --hop-s > 0 and --batch-size >= 2")
+    labelled = _windows(args.data, cfg=cfg, hop_s=args.hop_s, no_cache=args.no_cache)
+    unlabeled = _windows(args.unlabeled, cfg=cfg, hop_s=args.hop_s, no_cache=args.no_cache, unlabeled=True)
+    ws = WindowSet.concat([w for _, w in labelled + unlabeled])
+    if not ws.labelled.any():
+        raise UserError("no labelled windows in the --data sources")
+
+    def fit(split, prefix=""):
+        norm = Normalizer.fit(ws.subset(np.concatenate([split.train, split.unlabeled])))
+        model = M3Sense(cfg)
+        prog = _Progress(tc.epochs, prefix)
+        unl = ws.subset(split.unlabeled).without_labels()
+        res = train_model(model, tc, to_tensors(ws.subset(split.train), norm),
+                          to_tensors(ws.subset(split.val), norm) if len(split.val) else None,
+                          to_tensors(unl, norm) if len(unl) else None, on_step=prog.step, on_epoch=prog.epoch)
+        return res, norm
+
+    if args.folds and args.protocol != "subjects":
+        raise UserError("--folds goes with --protocol subjects")
+    if args.folds:
+        groups = np.unique(ws.groups[ws.labelled])
+        if not 2 <= args.folds <= len(groups):
+            raise UserError(f"--folds must be between 2 and the number of labelled recordings ({len(groups)})")
+        order = groups[np.random.default_rng(args.seed).permutation(len(groups))]
+        test_idx, probs = [], {t: [] for t in cfg.tasks}
+        for k, fold in enumerate(np.array_split(order, args.folds), 1):
+            split = split_subjects(ws, args.seed, test_groups=list(fold))
+            res, norm = fit(split, prefix=f"fold {k}/{args.folds} ")
+            p = predict_probs(res.model, to_tensors(ws.subset(split.test), norm))
+            test_idx.append(split.test)
+            for t in cfg.tasks:
+                probs[t].append(p[t])
+        test = ws.subset(np.concatenate(test_idx))
+        scores = detailed_scores(test, {t: np.concatenate(v) for t, v in probs.items()}, cfg.classes)
+        _print_scores(scores, args.json, f"{args.folds}-fold leave-subjects-out, pooled over all test folds")
+        return 0
+
+    try:
+        split = (split_paper(ws, args.seed) if args.protocol == "paper" else
+                 split_subjects(ws, args.seed, test_groups=_csv(args.test_subjects) if args.test_subjects else None,
+                                test_fraction=args.test_fraction))
+    except ValueError as exc:
+        raise UserError(str(exc)) from exc
+    if not len(split.train):
+        raise UserError("the split left no training windows")
+    res, norm = fit(split)
+    test = ws.subset(split.test)
+    scores = detailed_scores(test, predict_probs(res.model, to_tensors(test, norm)), cfg.classes) if len(test) else {}
+    train_ws = ws.subset(split.train)
+    provenance = {
+        "trained_on": [src.name for src, _ in labelled] + [f"{src.name} (unlabeled)" for src, _ in unlabeled],
+        "tasks_learned_from": {t: sorted(set(train_ws.sources[train_ws.labels[:, j] >= 0].tolist()))
+                               for j, t in enumerate(cfg.tasks)},
+        "protocol": args.protocol,
+        "split_windows": {"train": len(split.train), "val": len(split.val), "test": len(split.test),
+                          "unlabeled": len(split.unlabeled)},
+        "test_subjects": sorted(set(test.groups.tolist())) if args.protocol == "subjects" else None,
+        "seed": args.seed,
+        "epochs": args.epochs,
+        "best_epoch": res.best_epoch,
+        "hop_s": args.hop_s,
+        "train_config": {k: getattr(tc, k) for k in tc.__dataclass_fields__},
+        "command": "m3sense " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+        "held_out": {t: {k: s[k] for k in ("n_windows", "accuracy", "macro_f1")} | (
+            {"stress_vs_rest": {k: s["stress_vs_rest"][k] for k in ("accuracy", "macro_f1")}} if "stress_vs_rest" in s else {})
+            for t, s in scores.items()},
+        "history": [{"epoch": h.epoch, "loss": round(h.loss, 4), "ce": round(h.ce, 4), "kl": round(h.kl, 4),
+                     "val": h.val} for h in res.history],
+    }
+    path = save_checkpoint(args.out, res.model, norm, provenance)
+    print(f"saved {path} ({count_parameters(res.model)} parameters, best epoch {res.best_epoch})", file=sys.stderr)
+    _print_scores(scores, args.json, f"held-out test part ({args.protocol} protocol, {len(test)} windows)")
+    return 0
+
+
+def _print_scores(scores: dict, as_json: bool, title: str) -> None:
+    from inference.metrics import markdown_table
+
+    if as_json:
+        print(json.dumps(scores, indent=2))
+        return
+    print(f"# {title}\n\n{markdown_table(scores)}")
+    for t, s in scores.items():
+        if "stress_vs_rest" in s:
+            b = s["stress_vs_rest"]
+            print(f"\n{t}, stress vs the rest: accuracy {100 * b['accuracy']:.1f} %, macro-F1 {b['macro_f1']:.3f}")
+        if len(s.get("per_subject", {})) > 1:
+            print(f"\n{t} per subject:\n\n| subject | windows | accuracy | macro-F1 |\n|---|---:|---:|---:|")
+            for g, v in s["per_subject"].items():
+                print(f"| {g.rsplit('/', 1)[-1]} | {v['n_windows']} | {100 * v['accuracy']:.1f} % | {v['macro_f1']:.3f} |")
+
+
+def _evaluate(args) -> int:
+    import numpy as np
+
+    from inference.dataset import WindowSet
+    from inference.predict import Predictor
+    from inference.train import detailed_scores
+
+    ckpt = _load(args.model)
+    cfg = ckpt.config
+    ws = WindowSet.concat([w for _, w in _windows(args.data, cfg=cfg, hop_s=args.hop_s, no_cache=args.no_cache)])
+    ws = ws.subset(np.flatnonzero(ws.labelled))
+    if not len(ws):
+        raise UserError("no labelled windows for this model's tasks in the data")
+    pred = Predictor(ckpt, backend=args.backend)
+    parts = [pred.probs({m: ws.inputs[m][i:i + 256] for m in cfg.modalities}, ws.present[i:i + 256])
+             for i in range(0, len(ws), 256)]
+    probs = {t: np.concatenate([p[t] for p in parts]) for t in cfg.tasks}
+    _print_scores(detailed_scores(ws, probs, cfg.classes), args.json, f"{ckpt.model_id} on {', '.join(args.data)}")
+    return 0
+
+
+def _info(args) -> int:
+    info = _load(args.path).info()
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    prov = info["provenance"]
+    print(f"{info['model']}  ({info['path']})\n{info['params']:,} parameters, fusion {info['fusion']}, "
+          f"modalities {', '.join(info['modalities'])}, {info['window_s']:g} s windows")
+    for t, classes in info["tasks"].items():
+        learned = ", ".join(prov.get("tasks_learned_from", {}).get(t, [])) or "?"
+        held = prov.get("held_out", {}).get(t)
+        score = f"; held out: accuracy {100 * held['accuracy']:.1f} %, macro-F1 {held['macro_f1']:.3f}" if held else ""
+        print(f"  {t} ({' / '.join(classes)}): learned from {learned}{score}")
+    print(f"trained on: {'; '.join(info['trained_on'])}\nseed {prov.get('seed')}, {prov.get('epochs')} epochs, "
+          f"code {prov.get('code_version')}\ncommand: {prov.get('command')}")
+    return 0
+
+
+def _export(args) -> int:
+    from inference.onnx_export import export_onnx
+
+    ckpt = _load(args.model)
+    try:
+        path = export_onnx(ckpt.model, args.out, _csv(args.tasks) if args.tasks else None)
+    except ValueError as exc:
+        raise UserError(str(exc)) from exc
+    print(f"wrote {path}", file=sys.stderr)
+    return 0

@@ -1,0 +1,230 @@
+"""Windows → model-ready arrays: the same conversion for training, evaluation and live inference.
+
+A window arrives as a ``window`` bus message (or a ``preprocess.Window``, turned into one), so
+the training set and the live node read exactly the same fields (interfaces.md). Labels
+become class indices with -1 where a window has no label for a task (WESAD's meditation is
+no stress class, so it also becomes -1): the loss masks them, nothing is guessed.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from bus import Message
+
+#: A window with more than this fraction of its samples missing, or flagged off-wrist, gives
+#: no answer (status "low_quality") and is left out of training and scoring.
+MAX_MISSING_FRACTION = 0.5
+#: Normalised inputs are clipped to this many standard deviations (artefacts, sensor start-up).
+CLIP_SD = 8.0
+
+
+def is_low_quality(meta: Mapping) -> bool:
+    """True for a window no model should answer for: off-wrist, or mostly missing."""
+    q = meta.get("quality") or {}
+    return bool(q.get("off_wrist", False)) or float(q.get("missing_fraction", 0.0) or 0.0) > MAX_MISSING_FRACTION
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WindowSet:
+    """N windows as arrays. ``inputs[m]`` is (N, samples, channels) float32 in sensor units
+    (NaN where a sample is missing), ``present`` (N, M) bool in ``modalities`` order,
+    ``labels`` (N, T) int64 class indices in ``tasks`` order (-1: no label), ``groups`` the
+    recording (subject) each window comes from, ``sources`` the data source it was read from,
+    ``t0_s`` window start times (Unix s)."""
+
+    modalities: tuple[str, ...]
+    tasks: tuple[str, ...]
+    inputs: Mapping[str, np.ndarray]
+    present: np.ndarray
+    labels: np.ndarray
+    groups: np.ndarray
+    sources: np.ndarray
+    t0_s: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def subset(self, idx: np.ndarray | Sequence[int]) -> WindowSet:
+        idx = np.asarray(idx, dtype=np.int64)
+        return WindowSet(
+            modalities=self.modalities, tasks=self.tasks,
+            inputs={m: v[idx] for m, v in self.inputs.items()},
+            present=self.present[idx], labels=self.labels[idx], groups=self.groups[idx],
+            sources=self.sources[idx], t0_s=self.t0_s[idx],
+        )
+
+    def without_labels(self) -> WindowSet:
+        return WindowSet(
+            modalities=self.modalities, tasks=self.tasks, inputs=self.inputs, present=self.present,
+            labels=np.full_like(self.labels, -1), groups=self.groups, sources=self.sources, t0_s=self.t0_s,
+        )
+
+    @property
+    def labelled(self) -> np.ndarray:
+        """(N,) bool: the window carries at least one task label."""
+        return (self.labels >= 0).any(axis=1)
+
+    @staticmethod
+    def concat(sets: Sequence[WindowSet]) -> WindowSet:
+        if not sets:
+            raise ValueError("no window sets to concatenate")
+        first = sets[0]
+        if any(s.modalities != first.modalities or s.tasks != first.tasks for s in sets):
+            raise ValueError("window sets differ in modalities or tasks")
+        return WindowSet(
+            modalities=first.modalities, tasks=first.tasks,
+            inputs={m: np.concatenate([s.inputs[m] for s in sets]) for m in first.modalities},
+            present=np.concatenate([s.present for s in sets]),
+            labels=np.concatenate([s.labels for s in sets]),
+            groups=np.concatenate([s.groups for s in sets]),
+            sources=np.concatenate([s.sources for s in sets]),
+            t0_s=np.concatenate([s.t0_s for s in sets]),
+        )
+
+    def save_npz(self, path) -> None:
+        np.savez(
+            path, modalities=np.array(self.modalities), tasks=np.array(self.tasks), present=self.present,
+            labels=self.labels, groups=self.groups, sources=self.sources, t0_s=self.t0_s,
+            **{f"x_{m}": v for m, v in self.inputs.items()},
+        )
+
+    @staticmethod
+    def load_npz(path) -> WindowSet:
+        with np.load(path, allow_pickle=False) as z:
+            modalities = tuple(str(m) for m in z["modalities"])
+            return WindowSet(
+                modalities=modalities, tasks=tuple(str(t) for t in z["tasks"]),
+                inputs={m: z[f"x_{m}"] for m in modalities}, present=z["present"], labels=z["labels"],
+                groups=z["groups"], sources=z["sources"], t0_s=z["t0_s"],
+            )
+
+
+def window_inputs(
+    arrays: Mapping[str, np.ndarray], meta: Mapping, modalities: Sequence[str], shapes: Mapping[str, tuple[int, int]]
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """One window's arrays as (samples, channels) float32 per modality, and its presence flags.
+
+    A modality is present when the window says so and it has any finite sample; an absent
+    one is returned as NaN of the right shape, which the model never reads (it is masked).
+    """
+    flags = meta.get("present") or {}
+    out, present = {}, np.zeros(len(modalities), dtype=bool)
+    for i, m in enumerate(modalities):
+        n, c = shapes[m]
+        a = arrays.get(m)
+        if a is not None and a.size == n * c and flags.get(m, True):
+            a = np.asarray(a, dtype=np.float32).reshape(n, c)
+            present[i] = bool(np.isfinite(a).any())
+        else:
+            a = np.full((n, c), np.nan, dtype=np.float32)
+        out[m] = a
+    return out, present
+
+
+def label_indices(meta: Mapping, tasks: Sequence[str], classes: Mapping[str, Sequence[str]]) -> np.ndarray:
+    """(T,) int64 class index per task, -1 where the window has no label or one that is no class."""
+    labels = meta.get("labels") or {}
+    out = np.full(len(tasks), -1, dtype=np.int64)
+    for j, t in enumerate(tasks):
+        lab = labels.get(t)
+        if lab is not None and lab in classes[t]:
+            out[j] = list(classes[t]).index(lab)
+    return out
+
+
+def windows_from_messages(
+    messages: Iterable[Message],
+    *,
+    modalities: Sequence[str],
+    shapes: Mapping[str, tuple[int, int]],
+    tasks: Sequence[str],
+    classes: Mapping[str, Sequence[str]],
+    source: str,
+    keep_low_quality: bool = False,
+) -> WindowSet:
+    """Stack window messages into a :class:`WindowSet`; low-quality windows are dropped
+    unless ``keep_low_quality`` (they carry no trustworthy label and get no answer live)."""
+    xs: dict[str, list[np.ndarray]] = {m: [] for m in modalities}
+    present, labels, groups, t0 = [], [], [], []
+    for msg in messages:
+        if not keep_low_quality and is_low_quality(msg.meta):
+            continue
+        x, p = window_inputs(msg.arrays, msg.meta, modalities, shapes)
+        if not p.any():
+            continue
+        for m in modalities:
+            xs[m].append(x[m])
+        present.append(p)
+        labels.append(label_indices(msg.meta, tasks, classes))
+        groups.append(msg.device)
+        t0.append(msg.t0_s)
+    n = len(labels)
+    return WindowSet(
+        modalities=tuple(modalities), tasks=tuple(tasks),
+        inputs={m: (np.stack(v) if v else np.zeros((0, *shapes[m]), np.float32)) for m, v in xs.items()},
+        present=np.array(present, dtype=bool).reshape(n, len(modalities)),
+        labels=np.array(labels, dtype=np.int64).reshape(n, len(tasks)),
+        groups=np.array(groups, dtype=str), sources=np.array([source] * n, dtype=str),
+        t0_s=np.array(t0, dtype=np.float64),
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Normalizer:
+    """Per-modality input scaling, stored in the checkpoint.
+
+    BVP is standardised per window (its amplitude depends on the sensor's contact and the
+    wearer's skin, not on the affect; its shape and rate carry the information); EDA, TEMP and
+    ACC are standardised with training-set statistics, because their level is the signal
+    (a stressed wearer's EDA is higher, not just differently shaped).
+    """
+
+    per_window: tuple[str, ...]
+    mean: Mapping[str, float]
+    std: Mapping[str, float]
+
+    @staticmethod
+    def fit(ws: WindowSet, per_window: Sequence[str] = ("bvp",)) -> Normalizer:
+        mean, std = {}, {}
+        for i, m in enumerate(ws.modalities):
+            if m in per_window:
+                continue
+            v = ws.inputs[m][ws.present[:, i]]
+            v = v[np.isfinite(v)]
+            mean[m] = float(v.mean()) if v.size else 0.0
+            sd = float(v.std()) if v.size else 1.0
+            std[m] = sd if sd > 1e-6 else 1.0
+        return Normalizer(per_window=tuple(m for m in per_window if m in ws.modalities), mean=mean, std=std)
+
+    def apply(self, m: str, x: np.ndarray) -> np.ndarray:
+        """x: (..., samples, channels) in sensor units → float32, no NaN, clipped to ±CLIP_SD."""
+        x = np.asarray(x, dtype=np.float32)
+        if m in self.per_window:
+            with warnings.catch_warnings():  # an all-NaN (absent) window has no mean: it becomes zeros
+                warnings.simplefilter("ignore", RuntimeWarning)
+                mu = np.nanmean(x, axis=(-2, -1), keepdims=True)
+                sd = np.nanstd(x, axis=(-2, -1), keepdims=True)
+            x = (x - np.nan_to_num(mu)) / np.where(np.isfinite(sd) & (sd > 1e-6), sd, 1.0)
+        else:
+            x = (x - self.mean[m]) / self.std[m]
+        return np.clip(np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0), -CLIP_SD, CLIP_SD).astype(np.float32)
+
+    def to_json(self) -> dict:
+        return {m: ({"mode": "per_window"} if m in self.per_window else {"mode": "global", "mean": self.mean[m], "std": self.std[m]})
+                for m in (*self.per_window, *self.mean)}
+
+    @staticmethod
+    def from_json(d: Mapping) -> Normalizer:
+        per = tuple(m for m, v in d.items() if v["mode"] == "per_window")
+        glob = {m: v for m, v in d.items() if v["mode"] == "global"}
+        for m, v in glob.items():
+            if not (math.isfinite(v["mean"]) and math.isfinite(v["std"]) and v["std"] > 0):
+                raise ValueError(f"bad normalisation statistics for {m}: {v}")
+        return Normalizer(per_window=per, mean={m: float(v["mean"]) for m, v in glob.items()},
+                          std={m: float(v["std"]) for m, v in glob.items()})

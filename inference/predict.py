@@ -1,0 +1,115 @@
+"""Answering windows: raw window arrays in, class probabilities and the affect message meta out.
+
+:class:`Predictor` is what the inference node and ``demo`` call. It normalises with the
+checkpoint's statistics and runs either ONNX Runtime (the default: about twice as fast as
+eager PyTorch on this CPU, see ``bench/bench_inference.py``) or PyTorch; both give the same
+probabilities to float precision (``tests/test_model_checkpoint.py``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bus import Message
+from inference.checkpoint import Checkpoint
+from inference.dataset import is_low_quality, window_inputs
+
+BACKENDS = ("onnx", "torch")
+
+
+class Predictor:
+    """Probabilities per task for batches of windows, from one checkpoint.
+
+    ``tasks``: the subset to compute (default all the model's tasks): fewer tasks, less work.
+    ``backend``: "onnx" (exported once per model and task subset into a cache folder) or
+    "torch". ``threads``: intra-op threads of either backend (None: the library default).
+    """
+
+    def __init__(self, checkpoint: Checkpoint, *, tasks: Sequence[str] | None = None, backend: str = "onnx",
+                 threads: int | None = None, cache_dir: Path | None = None) -> None:
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, not {backend!r}")
+        self.checkpoint = checkpoint
+        self.tasks, _ = checkpoint.model.task_indices(tasks)
+        self.backend = backend
+        cfg = checkpoint.config
+        self.modalities = cfg.modalities
+        self.shapes = {m: cfg.input_shape(m) for m in cfg.modalities}
+        self.classes = {t: tuple(cfg.classes[t]) for t in self.tasks}
+        if backend == "onnx":
+            from inference.onnx_export import OnnxRunner, export_onnx
+
+            cache = cache_dir or Path(tempfile.gettempdir()) / "m3sense-onnx"
+            key = hashlib.sha1(f"{checkpoint.model_id}|{','.join(self.tasks)}".encode()).hexdigest()[:16]
+            path = cache / f"{checkpoint.model_id}-{key}.onnx"
+            if not path.is_file():
+                tmp = path.with_suffix(f".{id(self)}.tmp")
+                export_onnx(checkpoint.model, tmp, self.tasks)
+                tmp.replace(path)
+            self._onnx = OnnxRunner(path, threads=threads)
+        elif threads:
+            torch.set_num_threads(threads)
+
+    @property
+    def model_id(self) -> str:
+        return self.checkpoint.model_id
+
+    def probs(self, inputs: Mapping[str, np.ndarray], present: np.ndarray) -> dict[str, np.ndarray]:
+        """``inputs[m]``: (B, samples, channels) in sensor units; ``present``: (B, M) bool in
+        the model's modality order. Returns (B, classes) float32 per task."""
+        norm = self.checkpoint.normalizer
+        x = {m: norm.apply(m, inputs[m]) for m in self.modalities}
+        present = np.asarray(present, dtype=bool)
+        if self.backend == "onnx":
+            return self._onnx.run(x, present)
+        with torch.no_grad():
+            out = self.checkpoint.model({m: torch.from_numpy(v) for m, v in x.items()},
+                                        torch.from_numpy(present), self.tasks)
+        return {t: torch.softmax(out.logits[t], dim=-1).numpy() for t in self.tasks}
+
+    def predict_messages(self, windows: Sequence[Message]) -> list[dict[str, dict]]:
+        """The ``tasks`` field of the affect message for each window message (interfaces.md):
+        per task ``{"label", "confidence", "probs", "status"}``. Low-quality windows (off wrist,
+        mostly missing, or no modality present) get label None and status "low_quality" and
+        are not run through the model at all."""
+        results: list[dict[str, dict] | None] = [None] * len(windows)
+        batch_idx, xs, ps = [], {m: [] for m in self.modalities}, []
+        for i, msg in enumerate(windows):
+            x, p = window_inputs(msg.arrays, msg.meta, self.modalities, self.shapes)
+            if is_low_quality(msg.meta) or not p.any():
+                results[i] = {t: {"label": None, "confidence": None, "probs": {}, "status": "low_quality"}
+                              for t in self.tasks}
+                continue
+            batch_idx.append(i)
+            ps.append(p)
+            for m in self.modalities:
+                xs[m].append(x[m])
+        if batch_idx:
+            probs = self.probs({m: np.stack(v) for m, v in xs.items()}, np.stack(ps))
+            for k, i in enumerate(batch_idx):
+                res = {}
+                for t in self.tasks:
+                    pr = probs[t][k]
+                    best = int(pr.argmax())
+                    res[t] = {"label": self.classes[t][best], "confidence": float(pr[best]),
+                              "probs": {c: float(v) for c, v in zip(self.classes[t], pr)}, "status": "ok"}
+                results[i] = res
+        return results  # type: ignore[return-value]
+
+
+def affect_meta(window: Message, tasks: Mapping[str, dict], model_id: str) -> dict:
+    """The meta of the ``affect`` message answering ``window`` (interfaces.md)."""
+    return {
+        "t_end": float(window.meta.get("t_end", window.t0_s)),
+        "t_start": float(window.t0_s),
+        "model": model_id,
+        "source": window.meta.get("source", "live"),
+        "quality": dict(window.meta.get("quality") or {}),
+        "tasks": dict(tasks),
+    }

@@ -1,0 +1,162 @@
+"""Data sources for training and evaluation, named by one string each.
+
+``PATH`` is anything ``replay`` can read (an E4 Connect folder or zip with ``labels.csv``, or
+a folder of them, such as the WESAD subjects); the later readers for the original WESAD,
+K-EmoCon and VerBIO layouts plug in behind the same call. ``synthetic`` is the simulator.
+Options follow a ``?`` as in a URL query:
+
+- ``synthetic?minutes=30&subjects=6&seed=1``: simulator arguments;
+- ``tasks=anxiety,emotion``: keep only these tasks' labels (the rest become "no label");
+- the ``--unlabeled`` flag of ``m3sense train`` drops all labels of a source.
+
+Windows are made by the preprocess code path (``preprocess.recording_windows``), the same
+one the live pipeline runs, then cached as ``.npz`` under the temp folder, keyed by the
+source, the window hop and the preprocess code, so repeated runs skip the filtering.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from urllib.parse import parse_qsl
+
+import numpy as np
+
+from inference.dataset import WindowSet, windows_from_messages
+from m3sense.errors import UserError
+
+SYNTHETIC = "synthetic"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SourceSpec:
+    """A parsed source string. ``name`` is what provenance (``trained_on``) records."""
+
+    spec: str
+    location: str  # "synthetic" or a filesystem path
+    params: Mapping[str, str]
+    tasks: tuple[str, ...] | None
+
+    @property
+    def synthetic(self) -> bool:
+        return self.location == SYNTHETIC
+
+    @property
+    def name(self) -> str:
+        if self.synthetic:
+            args = ",".join(f"{k}={v}" for k, v in sorted(self.params.items()))
+            return f"synthetic({args})" if args else "synthetic"
+        return str(Path(self.location).resolve())
+
+
+def parse_source(spec: str) -> SourceSpec:
+    location, _, query = spec.partition("?")
+    if not location:
+        raise UserError(f"empty data source {spec!r}")
+    params = dict(parse_qsl(query, keep_blank_values=True, strict_parsing=False))
+    tasks = params.pop("tasks", None)
+    if location != SYNTHETIC and not Path(location).exists():
+        raise UserError(f"data source {location!r}: no such file or folder (or say 'synthetic')")
+    if location != SYNTHETIC and params:
+        raise UserError(f"data source {spec!r}: only 'tasks=' applies to a path")
+    return SourceSpec(spec=spec, location=location, params=params,
+                      tasks=tuple(t for t in tasks.split(",") if t) if tasks is not None else None)
+
+
+def _value(text: str) -> int | float | bool | str:
+    """A query value as the simulator wants it: a number, a boolean or the string itself."""
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def read_recordings(src: SourceSpec) -> list:
+    """The source's ``replay.Recording`` objects."""
+    if src.synthetic:
+        from replay.simulate import simulate_recordings
+
+        try:
+            return list(simulate_recordings(**{k: _value(v) for k, v in src.params.items()}))
+        except (TypeError, ValueError) as exc:
+            raise UserError(f"data source {src.spec!r}: {exc}") from exc
+    from replay.e4csv import read_source
+
+    return read_source(src.location)
+
+
+def _code_digest() -> str:
+    """Hash of the code that shapes windows, so a changed filter invalidates the cache."""
+    import inference.dataset
+    import preprocess
+
+    h = hashlib.sha1()
+    for mod in (preprocess, inference.dataset):
+        root = Path(mod.__file__).parent if mod.__file__.endswith("__init__.py") else Path(mod.__file__)
+        for f in sorted(root.glob("*.py")) if root.is_dir() else [root]:
+            h.update(f.read_bytes())
+    return h.hexdigest()[:12]
+
+
+def recording_window_set(
+    recordings: Sequence, *, modalities, shapes, tasks, classes, source: str, hop_s: float
+) -> WindowSet:
+    """Windows of recordings by the live preprocess code, thinned to one per ``hop_s``."""
+    import preprocess
+
+    sets = []
+    for rec in recordings:
+        msgs, last = [], -np.inf
+        for w in preprocess.recording_windows(rec):
+            msg = w.to_message()
+            if msg.t0_s >= last + hop_s - 1e-6:
+                msgs.append(msg)
+                last = msg.t0_s
+        sets.append(windows_from_messages(msgs, modalities=modalities, shapes=shapes, tasks=tasks,
+                                          classes=classes, source=source))
+    return WindowSet.concat(sets)
+
+
+def source_windows(
+    src: SourceSpec,
+    *,
+    modalities: Sequence[str],
+    shapes: Mapping[str, tuple[int, int]],
+    tasks: Sequence[str],
+    classes: Mapping[str, Sequence[str]],
+    hop_s: float,
+    cache_dir: Path | None = Path(tempfile.gettempdir()) / "m3sense-windows",
+    unlabeled: bool = False,
+) -> WindowSet:
+    """All windows of one source, labels filtered by ``src.tasks`` (or dropped if ``unlabeled``)."""
+    key = "|".join([src.name, src.spec, f"{hop_s:g}", ",".join(modalities), ",".join(tasks),
+                    repr(sorted((t, tuple(c)) for t, c in classes.items())), _code_digest()])
+    path = cache_dir / (hashlib.sha1(key.encode()).hexdigest()[:16] + ".npz") if cache_dir else None
+    if path is not None and path.is_file():
+        ws = WindowSet.load_npz(path)
+    else:
+        ws = recording_window_set(read_recordings(src), modalities=modalities, shapes=shapes, tasks=tasks,
+                                  classes=classes, source=src.name, hop_s=hop_s)
+        if src.synthetic:  # simulated devices are sim01, sim02, ... in every synthetic source
+            ws = replace(ws, groups=np.char.add(f"{src.name}/", ws.groups))
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp.npz")
+            ws.save_npz(tmp)
+            tmp.replace(path)
+    if unlabeled:
+        return ws.without_labels()
+    if src.tasks is not None:
+        unknown = [t for t in src.tasks if t not in tasks]
+        if unknown:
+            raise UserError(f"data source {src.spec!r}: unknown task(s) {unknown}; the model has {list(tasks)}")
+        keep = np.array([t in src.tasks for t in tasks])
+        ws = replace(ws, labels=np.where(keep[None, :], ws.labels, -1))
+    return ws
