@@ -26,7 +26,9 @@ Cut-offs, chosen for the E4's rates (BVP 64 Hz, EDA and TEMP 4 Hz, Nyquist 32 an
 ACC is not filtered: motion detection wants the raw accelerations.
 
 Everything is causal: a streaming filter never looks ahead, and its output over any chunking
-equals ``sosfilt`` then ``lfilter`` run once over the whole signal from the same start state.
+equals ``sosfilt`` then ``lfilter`` run once over the whole signal from the same start state
+(to the last bit or so: scipy may round differently per call; the windower calls the filters
+on grid spans that do not depend on chunking, so windows are bit-identical).
 """
 
 from __future__ import annotations

@@ -77,7 +77,7 @@ def assess(
 ) -> Quality:
     """Quality of one window from its raw samples (``raw[m]``, the window's length, values
     where ``ok[m]`` is true; ACC in g) and the counts of bad input the windower saw."""
-    missing = {m: float(1.0 - ok[m].mean()) for m in MODALITIES}
+    missing = {m: float((~ok[m]).mean()) for m in MODALITIES}
     missing_fraction = float(np.mean(list(missing.values())))
 
     eda, eda_ok = raw["eda"], ok["eda"]

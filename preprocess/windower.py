@@ -19,14 +19,15 @@ then are filtered as if they had come in order. Holes are bridged by holding the
 measured value (so the filter state stays continuous) for up to ``max_gap_s``; after a longer
 hole the filter restarts at the next sample's level.
 
-*Emission and latency.* Window ``[s, s + 20)`` is emitted as soon as every modality has data
-up to ``s + 20`` plus its FIR delay (0.25 s BVP, 1 s EDA/TEMP, 0 ACC), i.e. about 1 s after
-its end plus the time the wristband takes to send the packet (EDA packets cover 1.5 s); or,
-when some modality lags or is absent, once any modality is ``late_s`` past the window end.
-A sample arriving after the filter has passed its slot is *late*: counted, marked in the
+*Emission and latency.* Window ``[s, s + 20)`` is emitted as soon as every modality has all
+its samples, without a hole, up to ``s + 20`` plus its FIR delay (0.25 s BVP, 1 s EDA/TEMP,
+0 ACC), i.e. about 1 s after its end plus the time the wristband takes to send the packet
+(EDA packets cover 1.5 s); or, when some modality lags, has lost a packet or is absent, once
+any modality is ``late_s`` past the window end (the latency of a window with a hole). A
+sample arriving after the filter has passed its slot is *late*: counted, marked in the
 quality of windows still to come, and not used. Emitting only on these conditions makes the
-windows independent of how the stream was cut into chunks, as long as no chunk is later
-than ``late_s``.
+windows independent of how the stream was cut into chunks and of reordering, as long as no
+chunk is later than ``late_s``.
 
 *Breaks.* Data more than ``max_gap_s`` after everything seen so far (device off, clock jump
 forward), or that far before the next window (clock jump back), ends the current stretch: its
@@ -91,7 +92,7 @@ class _Stream:
     """One modality's buffers on the device grid (slots are absolute: round(t * fs))."""
 
     __slots__ = ("fs", "width", "size", "delay", "filter", "base", "raw", "flags", "out", "has_out",
-                 "keep", "fin", "fed", "hold", "hold_slot", "lo", "hi", "next_slot")
+                 "keep", "fin", "fed", "hold", "hold_slot", "lo", "hi", "contig", "next_slot")
 
     def __init__(self, modality: str) -> None:
         self.fs = RATES_HZ[modality]
@@ -111,6 +112,7 @@ class _Stream:
         self.hold_slot = 0
         self.lo: int | None = None         # first and one-past-last slot with data
         self.hi: int | None = None
+        self.contig: int | None = None     # data is complete (or given up) below this slot
         self.next_slot: int | None = None  # where the next in-order chunk should start
 
     def nbytes(self) -> int:
@@ -152,15 +154,22 @@ class _Stream:
         self.reserve(lo, hi)
         idx = slots - self.base
         if self.fin is not None:
-            late = slots < self.fin
-            if late.any():
+            passed = slots < self.fin
+            if passed.any():
+                # the filter has passed these slots: a resent sample is a duplicate, a new one late
+                dup = passed & ((self.flags[idx] & (_MEASURED | _INVALID)) != 0)
+                late = passed & ~dup
+                counters["duplicate_samples"] += int(dup.sum())
                 counters["late_samples"] += int(late.sum())
+                self.flags[idx[dup]] |= _DUP
                 self.flags[idx[late]] |= _LATE
-                keep = ~late
+                keep = ~passed
                 idx, values, valid = idx[keep], values[keep], valid[keep]
-        self.lo = lo if self.lo is None else min(self.lo, lo)
+        if self.lo is None or lo < self.lo:
+            self.lo = self.contig = lo
         self.hi = hi if self.hi is None else max(self.hi, hi)
         if not len(idx):
+            self._extend_contig()
             return
         first = np.ones(len(idx), dtype=bool)
         if len(idx) > 1 and not (np.diff(idx) > 0).all():  # colliding slots (a rate that disagrees)
@@ -176,6 +185,24 @@ class _Stream:
         idx, values, valid = idx[new], values[new], valid[new]
         self.raw[idx] = np.where(valid if self.width == 1 else valid[:, None], values, 0.0)
         self.flags[idx] |= np.where(valid, _MEASURED, _INVALID).astype(np.uint8) | (_TIMING if timing else 0)
+        if lo <= self.contig:
+            self._extend_contig()
+
+    def _extend_contig(self) -> None:
+        """Move ``contig`` to the first slot, at or after the filter, that still waits for data."""
+        start = max(self.contig, self.fin) if self.fin is not None else self.contig
+        seg = self.flags[start - self.base:self.hi - self.base] & (_MEASURED | _INVALID)
+        empty = np.flatnonzero(seg == 0)
+        self.contig = start + (int(empty[0]) if len(empty) else len(seg))
+
+    def complete_until(self) -> int | None:
+        """Slots below this have all arrived or been given up (lost data does not hold it back
+        once the filter has passed it)."""
+        if self.contig is None:
+            return None
+        if self.fin is not None and self.fin > self.contig:
+            self._extend_contig()
+        return self.contig
 
     def advance(self, upto: int, max_gap: int) -> None:
         """Run the filter over slots [fin, upto), bridging holes up to ``max_gap`` slots."""
@@ -310,6 +337,7 @@ class DeviceWindower:
         ):
             self.counters["clock_jumps"] += 1
             out = self.flush()
+            stream = self._streams[m]
         values = samples.astype(np.float64)
         if stream.width == 1:
             valid = np.isfinite(values)
@@ -371,7 +399,7 @@ class DeviceWindower:
                 complete = False
                 continue
             newest = max(newest, s.hi / s.fs)
-            if s.hi < k * self._hop_slots[m] + s.size + s.delay:
+            if s.complete_until() < k * self._hop_slots[m] + s.size + s.delay:
                 complete = False
         return complete or newest >= end_s + self.config.late_s
 
@@ -412,7 +440,7 @@ class DeviceWindower:
         quality = assess(raw, ok, invalid=invalid, late=late, duplicates=dup, timing_mismatch=timing, rules=cfg.rules)
         t_start = k * cfg.hop_s
         t_end = t_start + WINDOW_S
-        present = {m: bool(1.0 - quality.missing[m] >= cfg.min_present_fraction) for m in MODALITIES}
+        present = {m: bool(masks[m].mean() >= cfg.min_present_fraction) for m in MODALITIES}
         window = Window(device=self.device, t_start_s=t_start, t_end_s=t_end, signals=signals, masks=masks,
                         present=present, quality=quality, labels=self._labels_for(t_start, t_end), source=self.source)
         self._next_k = k + 1
