@@ -85,26 +85,29 @@ _MIN_DURATION_S = 30.0
 class _KindSpec:
     nominal_min: float  # typical phase length
     drive: float  # stress-axis arousal (0 rest, 1 TSST); amusement/chat are drawn per subject
-    acc_sd: float  # SD of |ACC| (1/64 g) from ordinary movement in this activity
+    acc_sd: float  # SD of |ACC| (1/64 g) from ordinary movement, bursts come on top
     bursts_per_min: float  # gross motion bursts
+    scr_factor: float  # SCR rate beyond what the arousal implies (few SCRs in meditation)
     resp_factor: float  # breathing rate relative to the subject's resting rate
     rsa_factor: float  # respiratory sinus arrhythmia relative to rest
     standing: bool
 
 
+# acc_sd and bursts_per_min are set so that SD |ACC| over a phase, bursts included, lands near
+# WESAD's (baseline 2.2, TSST 5.3, amusement 1.3, meditation 0.6 counts).
 _KINDS: Mapping[str, _KindSpec] = MappingProxyType({
-    "baseline": _KindSpec(nominal_min=8, drive=0.0, acc_sd=2.2, bursts_per_min=0.2,
-                          resp_factor=1.0, rsa_factor=1.0, standing=False),
-    "anticipation": _KindSpec(nominal_min=3, drive=0.6, acc_sd=2.8, bursts_per_min=0.3,
-                              resp_factor=1.1, rsa_factor=0.9, standing=False),
-    "stress": _KindSpec(nominal_min=9, drive=1.0, acc_sd=5.3, bursts_per_min=0.5,
-                        resp_factor=1.2, rsa_factor=0.8, standing=True),
-    "amusement": _KindSpec(nominal_min=6, drive=0.0, acc_sd=1.3, bursts_per_min=0.15,
-                           resp_factor=1.0, rsa_factor=1.0, standing=False),
-    "meditation": _KindSpec(nominal_min=6, drive=-0.15, acc_sd=0.6, bursts_per_min=0.05,
-                            resp_factor=0.55, rsa_factor=1.6, standing=False),
-    "chat": _KindSpec(nominal_min=7, drive=0.0, acc_sd=3.5, bursts_per_min=0.4,
-                      resp_factor=1.1, rsa_factor=0.7, standing=False),
+    "baseline": _KindSpec(nominal_min=8, drive=0.0, acc_sd=1.4, bursts_per_min=0.12,
+                          scr_factor=1.0, resp_factor=1.0, rsa_factor=1.0, standing=False),
+    "anticipation": _KindSpec(nominal_min=3, drive=0.6, acc_sd=1.8, bursts_per_min=0.2,
+                              scr_factor=1.0, resp_factor=1.1, rsa_factor=0.9, standing=False),
+    "stress": _KindSpec(nominal_min=9, drive=1.0, acc_sd=3.8, bursts_per_min=0.4,
+                        scr_factor=1.0, resp_factor=1.2, rsa_factor=0.8, standing=True),
+    "amusement": _KindSpec(nominal_min=6, drive=0.0, acc_sd=0.6, bursts_per_min=0.05,
+                           scr_factor=0.8, resp_factor=1.0, rsa_factor=1.0, standing=False),
+    "meditation": _KindSpec(nominal_min=6, drive=-0.15, acc_sd=0.3, bursts_per_min=0.02,
+                            scr_factor=0.4, resp_factor=0.55, rsa_factor=1.6, standing=False),
+    "chat": _KindSpec(nominal_min=7, drive=0.0, acc_sd=2.5, bursts_per_min=0.3,
+                      scr_factor=1.0, resp_factor=1.1, rsa_factor=0.7, standing=False),
 })
 _LAUGHS_PER_MIN = {"amusement": 1.5, "chat": 0.8}
 
@@ -230,7 +233,7 @@ def _simulate_subject(*, duration_s: float, seed: int, index: int, label_mode: s
     beats, bvp_clean = _heart(rng["heart"], prof, t["bvp"], kinds, bounds, drive, laughs)
     bvp = _finish_bvp(rng["heart"], prof, t["bvp"], bvp_clean, t["acc"], acc_dyn, on_segments)
     ibi_t, ibi = _detected_beats(rng["quality"], prof, beats, t["acc"], acc_sd, on_segments)
-    eda = _eda(rng["eda"], prof, t["eda"], bounds, drive, laughs, bursts, on_segments)
+    eda = _eda(rng["eda"], prof, t["eda"], kinds, bounds, drive, laughs, bursts, on_segments)
     temp = _temp(rng["temp"], prof, t["temp"], bounds, drive, on_segments)
     hr = _hr_csv(ibi_t, ibi, duration_s, prof.hr_rest_bpm)
 
@@ -295,7 +298,7 @@ def _draw_profile(rng: np.random.Generator) -> SubjectProfile:
                                   else np.clip(rng.normal(1.2, 0.5), 0.4, 2.2)),
         scr_rest_per_min=float(np.clip(np.exp(rng.normal(math.log(4.0), 0.6)), 0.5, 15.0)),
         scr_stress_factor=float(rng.uniform(1.0, 1.4) if eda_nonresponder
-                                else np.clip(np.exp(rng.normal(math.log(3.0), 0.4)), 1.5, 8.0)),
+                                else np.clip(np.exp(rng.normal(math.log(3.5), 0.4)), 1.5, 8.0)),
         scr_amp_us=float(np.clip(0.02 * np.exp(rng.normal(0.0, 0.4)) * math.sqrt(eda_rest / 0.67),
                                  0.008, 0.08)),
         scr_decay_s=float(rng.uniform(2.5, 6.0)),
@@ -355,11 +358,11 @@ def _draw_schedule(rng: np.random.Generator, duration_s: float
 
 
 def _draw_off_wrist(rng: np.random.Generator, duration_s: float) -> list[tuple[float, float]]:
-    """One stretch per session of >= 10 min, one more per further 45 min, in equal slots."""
+    """One stretch per session of >= 10 min, one more per further 60 min, in equal slots."""
     minutes = duration_s / 60.0
     if minutes < 10.0:
         return []
-    count = 1 + int((minutes - 10.0) // 45.0)
+    count = 1 + int((minutes - 10.0) // 60.0)
     slot = (duration_s - 180.0) / count
     out = []
     for i in range(count):
@@ -456,9 +459,19 @@ def _ou(rng: np.random.Generator, n: int, fs_hz: float, tau_s: float) -> np.ndar
 
 
 def _slow(rng: np.random.Generator, t_s: np.ndarray, tau_s: float) -> np.ndarray:
-    """Unit-variance slow noise made on a 1 Hz grid and interpolated onto ``t_s``."""
-    grid = np.arange(int(t_s[-1]) + 2, dtype=float)
-    return np.interp(t_s, grid, _ou(rng, grid.size, 1.0, tau_s))
+    """Unit-variance smooth noise with correlation time ~tau_s, interpolated onto ``t_s``.
+
+    White noise through two cascaded first-order lags on a 1 Hz grid, warmed up so it starts
+    stationary. Smooth on purpose: the 1 s steps of a plain Ornstein-Uhlenbeck path would look
+    like SCRs in EDA.
+    """
+    rho = math.exp(-1.0 / tau_s)
+    warm = int(5.0 * tau_s) + 1
+    x = rng.normal(size=int(t_s[-1]) + 2 + warm)
+    y = sps.lfilter([1.0 - rho], [1.0, -rho], sps.lfilter([1.0 - rho], [1.0, -rho], x))[warm:]
+    r2 = rho * rho
+    y /= math.sqrt((1.0 - rho) ** 4 * (1.0 + r2) / (1.0 - r2) ** 3)
+    return np.interp(t_s, np.arange(y.size, dtype=float), y)
 
 
 def _bumps(n: int, fs_hz: float, times_s: np.ndarray, amps: np.ndarray, tau_s: float) -> np.ndarray:
@@ -524,7 +537,7 @@ def _accelerometer(rng: np.random.Generator, prof: SubjectProfile, t: np.ndarray
 
     sd = _per_phase(t, bounds, np.array([_KINDS[k].acc_sd for k in kinds]) * activity_gain)
     sd = uniform_filter1d(sd * prof.acc_activity_scale, window, mode="nearest")
-    sd = sd + _bumps(t.size, fs, laughs, np.full(laughs.size, 4.0), 0.7) + _envelope(t, bursts)
+    sd = sd + _bumps(t.size, fs, laughs, np.full(laughs.size, 2.5), 0.7) + _envelope(t, bursts)
     moving = _band_noise(rng, (t.size, 3), fs, (0.2, 5.0)) * sd[:, None]
 
     worn = _worn(t, on)
@@ -613,7 +626,7 @@ def _detected_beats(rng: np.random.Generator, prof: SubjectProfile, beats: np.nd
     times = np.round(beats * 64.0) / 64.0
     activity = np.interp(beats, t_acc, acc_sd)
     worn = _worn(beats, on)
-    p_keep = prof.beat_quality * np.exp(-activity / 5.0) * worn
+    p_keep = prof.beat_quality * np.exp(-((activity / 3.0) ** 1.5)) * worn
     keep = ndtr(_ou(rng, beats.size, 1.0, 6.0)) < p_keep
     row = keep[1:] & keep[:-1]
     return times[1:][row], np.diff(times)[row]
@@ -639,7 +652,7 @@ def _hr_csv(ibi_t: np.ndarray, ibi: np.ndarray, duration_s: float, fallback_bpm:
     return np.round(hr[idx], 2)
 
 
-def _eda(rng: np.random.Generator, prof: SubjectProfile, t: np.ndarray,
+def _eda(rng: np.random.Generator, prof: SubjectProfile, t: np.ndarray, kinds: Sequence[str],
          bounds: Sequence[tuple[float, float]], drive: np.ndarray, laughs: np.ndarray,
          bursts: Sequence[tuple[float, float, float]],
          on: tuple[list[tuple[float, float]], np.ndarray]) -> np.ndarray:
@@ -650,7 +663,8 @@ def _eda(rng: np.random.Generator, prof: SubjectProfile, t: np.ndarray,
                                        + 0.15 * _slow(rng, t, 600.0)))
     scr_drive = _lagged(t, bounds, drive, _TAU_SCR_S)
     rate = prof.scr_rest_per_min * np.maximum(1.0 + (prof.scr_stress_factor - 1.0) * scr_drive,
-                                              0.1)
+                                              0.1) * _lagged(
+        t, bounds, np.array([_KINDS[k].scr_factor for k in kinds]), (30.0, 30.0), y0=1.0)
     onsets = rng.random(t.size) < rate / 60.0 / fs
     impulses = np.where(onsets, prof.scr_amp_us * (1.0 + 1.5 * np.maximum(scr_drive, 0.0))
                         * np.exp(rng.normal(0.0, 0.9, t.size)), 0.0)

@@ -49,9 +49,9 @@ def assert_same_recording(a, b) -> None:
 
 @pytest.fixture(scope="module")
 def cohort():
-    """Twelve 30-minute subjects with motion bursts, worn throughout (off-wrist stretches would
+    """Twelve 36-minute subjects with motion bursts, worn throughout (off-wrist stretches would
     confound the TEMP slope for minutes after re-wear; they have their own test)."""
-    return simulate_sessions(minutes=30, seed=20, subjects=12, off_wrist=False)
+    return simulate_sessions(minutes=36, seed=20, subjects=12, off_wrist=False)
 
 
 @pytest.fixture(scope="module")
@@ -138,9 +138,10 @@ def test_signals_have_e4_rates_dtypes_shapes_and_ranges(minutes, seed, start_s):
     assert np.allclose(temp, np.round(temp, 2))
     assert np.all((r.signals["hr"].values > 35.0) & (r.signals["hr"].values < 200.0))
     # IBI rows: beats on the 64 Hz grid, increasing, inside the session, gaps where beats dropped.
-    assert r.ibi_t_s.size > 0 and np.all(np.diff(r.ibi_t_s) > 0)
+    assert r.ibi_t_s.size > (0 if minutes >= 2.0 else -1)  # a short still-less session may have none
+    assert np.all(np.diff(r.ibi_t_s) > 0)
     assert np.all((r.ibi_s > 0.3) & (r.ibi_s < 1.6))
-    assert start_s < r.ibi_t_s[0] and r.ibi_t_s[-1] < start_s + duration
+    assert np.all((r.ibi_t_s > start_s) & (r.ibi_t_s < start_s + duration))
     assert np.all(np.diff(r.ibi_t_s) >= r.ibi_s[1:] - 1e-6)
     assert np.allclose(r.ibi_s * 64.0, np.round(r.ibi_s * 64.0), atol=1e-6)
     # One tag per phase change, pressed just after it.
@@ -260,8 +261,8 @@ def test_switches_turn_faults_off():
 # --- physiology, measured -----------------------------------------------------------------------
 
 def phase_measures(session, kind: str) -> dict[str, float]:
-    """HR from IBI rows, EDA mean, SCR rate, TEMP slope, RMSSD over the phase after its first
-    minute, with motion bursts (and 30 s after them) left out."""
+    """HR and RMSSD from IBI rows, EDA mean, SCR rate and TEMP slope over the phase after its
+    first minute, EDA with motion bursts (and 30 s after them) left out."""
     r = session.recording
     p = first_phase(session, kind)
     a, b = p.start_s + 60.0, p.end_s
@@ -274,14 +275,15 @@ def phase_measures(session, kind: str) -> dict[str, float]:
     tt = times(temp)
     tseg = (tt >= a) & (tt < b)
     slope = np.polyfit((tt[tseg] - a) / 60.0, temp.values[tseg], 1)[0]
-    rows = (r.ibi_t_s >= a) & (r.ibi_t_s < b) & outside(session.motion_s, r.ibi_t_s, 10.0, 30.0)
+    rows = (r.ibi_t_s >= a) & (r.ibi_t_s < b)  # the E4 itself drops beats under motion
     consecutive = np.r_[False, np.isclose(np.diff(r.ibi_t_s), r.ibi_s[1:])]
     pairs = consecutive[1:] & rows[1:] & rows[:-1]
-    return {"hr": float(np.mean(60.0 / r.ibi_s[rows])),
+    enough = rows.sum() >= 20  # as in WESAD's TSST, some people keep almost no beats
+    return {"hr": float(np.mean(60.0 / r.ibi_s[rows])) if enough else np.nan,
             "eda": float(eda.values[seg & clean].mean()),
             "scr": float(scr_per_min),
             "temp_slope": float(slope),
-            "rmssd": float(np.sqrt(np.mean(np.diff(r.ibi_s)[pairs] ** 2)))}
+            "rmssd": float(np.sqrt(np.mean(np.diff(r.ibi_s)[pairs] ** 2))) if enough else np.nan}
 
 
 def test_stress_moves_wrist_physiology_the_literature_way(cohort):
@@ -289,19 +291,21 @@ def test_stress_moves_wrist_physiology_the_literature_way(cohort):
     stress = [phase_measures(s, "stress") for s in cohort]
 
     def change(key):
-        return np.array([s[key] - b[key] for s, b in zip(stress, base)])
+        d = np.array([s[key] - b[key] for s, b in zip(stress, base)])
+        assert np.isfinite(d).sum() >= len(cohort) // 2
+        return d[np.isfinite(d)]
 
     # Mostly, not always: each modality has its own non-responders (10-20 %), as in WESAD.
     most = 2 * len(cohort) // 3
-    assert (change("hr") > 0).sum() >= most and change("hr").mean() > 8.0
+    assert (change("hr") > 0).mean() >= 0.75 and change("hr").mean() > 8.0
     assert (change("eda") > 0).sum() >= most
     assert np.median([s["eda"] / b["eda"] for s, b in zip(stress, base)]) > 1.8
     assert (change("scr") > 0).sum() >= most and change("scr").mean() > 2.0
     assert (change("temp_slope") < 0).sum() >= most and change("temp_slope").mean() < -0.03
-    assert (change("rmssd") < 0).sum() >= most
+    assert (change("rmssd") < 0).mean() >= 0.75
     # Resting values in the E4 ranges of physiology.md.
-    assert 60.0 < np.mean([b["hr"] for b in base]) < 85.0
-    assert 0.015 < np.median([b["rmssd"] for b in base]) < 0.08
+    assert 60.0 < np.nanmean([b["hr"] for b in base]) < 85.0
+    assert 0.015 < np.nanmedian([b["rmssd"] for b in base]) < 0.08
 
 
 def test_meditation_is_calmer_than_baseline_and_amusement_is_close_to_it(cohort):
@@ -317,7 +321,7 @@ def test_meditation_is_calmer_than_baseline_and_amusement_is_close_to_it(cohort)
     assert np.median(sd["meditation"]) < np.median(sd["baseline"]) < np.median(sd["stress"])
     hr_amuse = np.array([phase_measures(s, "amusement")["hr"] - phase_measures(s, "baseline")["hr"]
                          for s in cohort])
-    assert abs(np.median(hr_amuse)) < 6.0
+    assert abs(np.nanmedian(hr_amuse)) < 6.0
 
 
 def test_bvp_carries_the_pulse_of_the_beats():
