@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Protocol
 
 from storage.records import Record
@@ -38,7 +38,7 @@ class SinkCounters:
     _changed: asyncio.Event | None = field(default=None, repr=False, compare=False)
 
     def as_dict(self) -> dict[str, int]:
-        return {k: v for k, v in asdict(self).items() if not k.startswith("_")}
+        return {f.name: getattr(self, f.name) for f in fields(self) if not f.name.startswith("_")}
 
     def changed(self) -> None:
         """Wake the waiters of :meth:`wait_for`; call after updating counters."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import threading
 from pathlib import Path
 
 from m3sense.errors import UserError
@@ -33,6 +34,7 @@ class Spool:
         self.bytes = sum(f.stat().st_size for f in self._files)
         self.points = sum(_count_lines(f) for f in self._files)
         self._next = int(self._files[-1].stem) + 1 if self._files else 0
+        self._mutex = threading.Lock()  # the queue's spill and the writer may both call in, from worker threads
 
     def __len__(self) -> int:
         return len(self._files)
@@ -40,8 +42,13 @@ class Spool:
     def put(self, lines: list[str]) -> bool:
         """Store a batch durably; False (and nothing stored) if it would exceed ``max_bytes``."""
         data = ("\n".join(lines) + "\n").encode()
-        if self.bytes + len(data) > self.max_bytes:
-            return False
+        with self._mutex:
+            if self.bytes + len(data) > self.max_bytes:
+                return False
+            self._write(data, len(lines))
+            return True
+
+    def _write(self, data: bytes, n: int) -> None:
         path = self.folder / f"{self._next:016d}.lp"
         tmp = path.with_suffix(".tmp")
         with open(tmp, "wb") as f:
@@ -52,22 +59,23 @@ class Spool:
         self._next += 1
         self._files.append(path)
         self.bytes += len(data)
-        self.points += len(lines)
-        return True
+        self.points += n
 
     def oldest(self) -> tuple[Path, list[str]] | None:
-        if not self._files:
-            return None
-        path = self._files[0]
-        return path, path.read_text().splitlines()
+        with self._mutex:
+            if not self._files:
+                return None
+            path = self._files[0]
+            return path, path.read_text().splitlines()
 
     def remove(self, path: Path) -> None:
-        size = path.stat().st_size
-        n = _count_lines(path)
-        path.unlink()
-        self._files.remove(path)
-        self.bytes -= size
-        self.points -= n
+        with self._mutex:
+            size = path.stat().st_size
+            n = _count_lines(path)
+            path.unlink()
+            self._files.remove(path)
+            self.bytes -= size
+            self.points -= n
 
     def close(self) -> None:
         fcntl.flock(self._lock, fcntl.LOCK_UN)

@@ -156,11 +156,13 @@ bind-address = "127.0.0.1:{rpc_port}"
 
 
 def series_values(result: dict) -> list[dict]:
-    """Rows of every series of the first result, as dicts (tags merged in)."""
+    """Rows of every series as dicts (tags merged in). The ``influx`` CLI puts each series
+    in a result of its own, the HTTP API all in the first: read them all."""
     rows = []
-    for s in result["results"][0].get("series", []):
-        for v in s["values"]:
-            rows.append({**s.get("tags", {}), **dict(zip(s["columns"], v))})
+    for res in result["results"]:
+        for s in res.get("series", []):
+            for v in s["values"]:
+                rows.append({**s.get("tags", {}), **dict(zip(s["columns"], v))})
     return rows
 
 
@@ -170,6 +172,7 @@ class V2WriteProxy:
     def __init__(self, upstream: InfluxServer) -> None:
         self.upstream = upstream
         self.writes_v2 = 0  # v2 write requests that reached the server (for the tests' own checks)
+        self.authorizations: set[str] = set()  # Authorization headers seen (the token reached us)
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -185,6 +188,8 @@ class V2WriteProxy:
                 self._forward("POST")
 
             def _forward(self, method: str) -> None:
+                if self.headers.get("Authorization"):
+                    proxy.authorizations.add(self.headers["Authorization"])
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else None
                 parts = urllib.parse.urlsplit(self.path)
@@ -287,3 +292,64 @@ def affect_meta(t_end: float, *, tasks: tuple[str, ...] = ("stress", "anxiety", 
     if truth is not None:
         meta["labels"] = truth
     return meta
+
+
+# --- an InfluxDB outage in the middle of a stream (the test and bench/bench_storage.py) ---------
+
+async def outage_scenario(server: InfluxServer, proxy: V2WriteProxy, bus: str, spool_dir: Path, *,
+                          outage_s: float, before: int = 20, after: int = 20, per_attempt: int = 5,
+                          t0_s: float = 1_700_000_000.0) -> dict:
+    """Stream affect messages through a hub and a store node into InfluxDB, stop influxd for
+    ``outage_s`` seconds of wall time while the stream goes on, start it again, and return
+    what was sent, what the sink counted and what InfluxDB holds.
+
+    No sleeps: the stream waits on the sink's own counters. During the outage it publishes
+    ``per_attempt`` windows after each failed write attempt of the sink (its back-off,
+    0.2 to 1 s, is the clock), until ``outage_s`` has passed.
+    """
+    import asyncio
+    import time
+
+    from bus import Hub, Publisher
+    from storage import InfluxSink, StoreNode, device_topics, parse_sink
+
+    sink = InfluxSink(parse_sink(proxy.sink()), spool_dir=spool_dir, batch_size=50,
+                      retry_min_s=0.2, retry_max_s=1.0, timeout_s=5.0)
+    sent_windows: list[float] = []
+    outage = {}
+    with Hub(bus):
+        async with sink:
+            node = StoreNode(bus, sink, flush_interval_s=0.2)
+            stop = asyncio.Event()
+            runner = asyncio.create_task(node.run(stop))
+            c = sink.counters
+            async with Publisher(bus) as pub:
+                assert await pub.wait_for_subscribers(device_topics("dev1"), 30) == []
+
+                async def publish(n: int) -> None:
+                    for _ in range(n):
+                        t_end = t0_s + 20 + 10 * len(sent_windows)
+                        await pub.publish("affect", "dev1", t0_s=t_end, fs_hz=0, meta=affect_meta(t_end))
+                        sent_windows.append(t_end)
+
+                await publish(before)
+                await c.wait_for(lambda c: c.written == 3 * before, 60)
+                server.stop()
+                started = time.monotonic()
+                while time.monotonic() - started < outage_s:
+                    failures = c.failures
+                    await publish(per_attempt)
+                    await c.wait_for(lambda c: c.failures > failures, 30)
+                outage = {"outage_s": time.monotonic() - started, "pending_at_restart": c.pending,
+                          "spooled_at_restart": c.spooled}
+                server.start()
+                await publish(after)
+            await node.wait_processed(len(sent_windows), 60)
+            await c.wait_for(lambda c: c.written == 3 * len(sent_windows) and c.pending == 0, 120)
+            stop.set()
+            await runner
+    stored = server.query('SELECT "label", "task" FROM "affect"')
+    times = sorted({row["time"] for row in series_values(stored)})
+    return {**outage, "windows": len(sent_windows), "records": 3 * len(sent_windows),
+            "window_ends_us": [round(t * 1e6) for t in sent_windows], "points": len(series_values(stored)),
+            "stored_times_us": times, "counters": sink.counters.as_dict()}
