@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import math
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     st.add_argument("--watchdog", type=float, default=5.0, metavar="S",
                     help="reconnect when a connected wristband sends no BVP/ACC for S seconds (default 5)")
     st.add_argument("--no-heart", action="store_true", help="do not derive hr/ibi from BVP")
+    st.add_argument("--wait", type=float, default=0.0, metavar="S",
+                    help="first wait up to S seconds for a subscriber to each wristband's BVP (default: don't)")
     v = st.add_argument_group("virtual wristbands (--virtual)")
     v.add_argument("--time-scale", type=float, default=1.0, metavar="K",
                    help="run the virtual wristbands and the host clock K times faster than real time")
@@ -166,9 +169,19 @@ def _stream(args: argparse.Namespace) -> int:
     raw_log = RawLog(args.raw_log) if args.raw_log else None
 
     async def run() -> list[Any]:
+        # A signal ends the run like --duration does: disconnect, report "end", flush the bus.
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
         async with Publisher(args.bus) as pub:
+            if args.wait:
+                topics = [f"raw/bvp/{b.device}/" for b in bands]
+                if await pub.wait_for_subscribers(topics, args.wait):
+                    print(f"ble: no subscriber after {args.wait:g} s; streaming anyway", file=sys.stderr)
+            print(f"ble: streaming {len(bands)} wristband(s) to {args.bus}", file=sys.stderr, flush=True)
             return await stream(pub, bands, config=config, clock=clock, backend=backend, raw_log=raw_log,
-                                duration_s=args.duration)
+                                duration_s=args.duration, stop=stop)
 
     try:
         links = asyncio.run(run())

@@ -17,7 +17,7 @@ import numpy as np
 
 from ingest import codec
 from ingest.beats import BeatDetector, BeatOutput
-from ingest.timing import StreamClock
+from ingest.timing import Stamp, StreamClock
 
 #: EDA below this (µS) on a whole packet reads as an open circuit: not on a wrist
 #: (Empatica: "EDA steady at 0 = not on wrist").
@@ -38,8 +38,8 @@ class Emit:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
-def status(t_s: float, event: str, **meta: Any) -> Emit:
-    return Emit(kind="status", modality="status", t0_s=t_s, fs_hz=0.0,
+def status(at_s: float, event: str, **meta: Any) -> Emit:
+    return Emit(kind="status", modality="status", t0_s=at_s, fs_hz=0.0,
                 meta={"event": event, "source": "live", **meta})
 
 
@@ -87,7 +87,12 @@ class DeviceIngest:
         try:
             pkt = codec.decode(char, data, self.layout)
         except codec.DecodeError as exc:
-            return [self.bad_packet(char, exc.reason, arrival_s, str(exc))]
+            out = [self.bad_packet(char, exc.reason, arrival_s, str(exc))]
+            clock = self._clocks.get(char)
+            stamp = clock.skip() if clock is not None else None
+            if stamp is not None:  # a damaged notification is a packet known to be lost
+                out.append(self._gap(char, stamp, arrival_s))
+            return out
         self.stats.packets[char] += 1
         if char == "battery":
             fraction = float(pkt.values[0])
@@ -97,7 +102,7 @@ class DeviceIngest:
             if not bool(pkt.values[0]):
                 return []
             return [Emit(kind="raw", modality="tag", t0_s=arrival_s, fs_hz=0.0),
-                    status(arrival_s, "tag", t_s=arrival_s)]
+                    status(arrival_s, "tag")]
         return self._periodic(pkt, arrival_s)
 
     def _periodic(self, pkt: codec.Packet, arrival_s: float) -> list[Emit]:
@@ -107,15 +112,11 @@ class DeviceIngest:
         stamp = self._clocks[char].push(arrival_s, n, pkt.counter)
         out: list[Emit] = []
         if stamp.missing:
-            self.stats.missing_samples[char] += stamp.missing
-            out.append(status(arrival_s, "gap", modality=char, missing_samples=stamp.missing,
-                              start_s=stamp.gap_start_s, duration_s=stamp.missing / fs, cause=stamp.cause))
+            out.append(self._gap(char, stamp, arrival_s))
         values = self._bvp.push(pkt) if char == "bvp" else pkt.values.astype(_DTYPES[char], copy=False)
         self.stats.samples[char] += n
         out.append(Emit(kind="raw", modality=char, t0_s=stamp.t0_s, fs_hz=fs, samples=values))
         if char == "bvp" and self._beats is not None:
-            if stamp.missing:
-                self._beats.reset()  # an interval must not span lost samples
             out.extend(self._heart(self._beats.push(stamp.t0_s, values)))
         if char == "eda":
             on_wrist = bool(np.any(values >= OFF_WRIST_EDA_US))
@@ -123,6 +124,13 @@ class DeviceIngest:
                 self._on_wrist = on_wrist
                 out.append(status(arrival_s, "on_wrist", on_wrist=on_wrist))
         return out
+
+    def _gap(self, char: str, stamp: Stamp, arrival_s: float) -> Emit:
+        self.stats.missing_samples[char] += stamp.missing
+        if char == "bvp" and self._beats is not None:
+            self._beats.reset()  # an interval must not span lost samples
+        return status(arrival_s, "gap", modality=char, missing_samples=stamp.missing, start_s=stamp.gap_start_s,
+                      duration_s=stamp.missing / codec.PERIODIC_RATES_HZ[char], cause=stamp.cause)
 
     def _heart(self, beats: BeatOutput) -> list[Emit]:
         self.stats.beats += len(beats.beats)

@@ -29,7 +29,8 @@ from dataclasses import dataclass, field
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Stamp:
     """Where one packet's samples go. ``missing`` samples (at ``gap_start_s``, lost for
-    ``cause``: "counter", "arrival" or "reconnect") precede it; 0 when nothing was lost."""
+    ``cause``: "counter", "arrival", "reconnect" or "bad_packet") precede it; 0 when nothing
+    was lost."""
 
     t0_s: float
     missing: int = 0
@@ -93,6 +94,20 @@ class StreamClock:
             self._relink = True
         self._last_counter = None
         self._floor.clear()
+
+    def skip(self) -> Stamp | None:
+        """A packet arrived damaged: its samples are lost, the timeline and the counter move
+        past it (so the next good packet does not report it again). None before the first
+        packet or while re-anchoring, where there is no timeline to skip on."""
+        if self._next_t is None or self._relink:
+            return None
+        missing = self.samples_per_packet
+        stamp = Stamp(t0_s=self._next_t + self.packet_s, missing=missing, gap_start_s=self._next_t, cause="bad_packet")
+        self._next_t += self.packet_s
+        if self._last_counter is not None and self.counter_modulus is not None:
+            self._last_counter = (self._last_counter + 1) % self.counter_modulus
+        self.stats.missing_samples += missing
+        return stamp
 
     def _latency_floor(self) -> float:
         """Smallest arrival-minus-sample-end in the window, on the current timeline (s)."""

@@ -237,7 +237,7 @@ class VirtualE4:
                 self._lose(char, spp)
                 j += 1
             heapq.heappush(heap, (self._packet_due(char, j), char, j))
-        heapq.heappush(heap, (now, "battery", 0))
+        heapq.heappush(heap, (now + 1.0, "battery", 0))  # once streaming has started, then every minute
         for offset in self._tags:
             if self._power_on_s + offset > now:
                 heapq.heappush(heap, (self._power_on_s + offset, "button", 0))
