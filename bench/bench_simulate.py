@@ -3,9 +3,9 @@
 Prints
   1. generation speed for one subject of ``--minutes``, beside a floor measured in the same run:
      drawing as many standard normals as the session has samples (no generator can be cheaper);
-  2. if ``../shared/data/wesad-e4`` exists, the same per-phase statistics (mean ± SD over
-     subjects) on the real WESAD E4 exports (their ``labels.csv`` phases) and on simulated
-     subjects, with one measuring function for both. Usage:
+  2. per-phase statistics (mean ± SD over subjects) of simulated subjects, with and without
+     faults, and, if ``../shared/data/wesad-e4`` exists, of the real WESAD E4 exports (their
+     ``labels.csv`` phases), with one measuring function for all. Usage:
     .venv/bin/python bench/bench_simulate.py [--minutes 100] [--subjects 10] [--seed 1]
 """
 
@@ -87,16 +87,17 @@ def main() -> None:
     print(f"one subject, {args.minutes:g} min ({n} samples): {gen_s * 1000:.0f} ms "
           f"({args.minutes * 60 / gen_s:.0f}x real time); floor, {n} normals: {floor_s * 1000:.1f} ms")
 
-    sims = simulate_sessions(minutes=max(args.minutes, 45.0), seed=args.seed,
-                             subjects=args.subjects)
-    simulated = []
-    for s in sims:
-        stats = {}
-        for p in s.phases:
-            if p.kind in PHASES and p.kind not in stats:
-                stats[p.kind] = phase_stats(s.recording, p.start_s + 30.0, p.end_s - 30.0)
-        simulated.append(stats)
-    columns = {"simulated": table(simulated)}
+    columns = {}
+    for name, faults in (("simulated", True), ("simulated, no faults", False)):
+        simulated = []
+        for s in simulate_sessions(minutes=max(args.minutes, 45.0), seed=args.seed,
+                                   subjects=args.subjects, off_wrist=faults, motion=faults):
+            stats = {}
+            for p in s.phases:
+                if p.kind in PHASES and p.kind not in stats:
+                    stats[p.kind] = phase_stats(s.recording, p.start_s + 30.0, p.end_s - 30.0)
+            simulated.append(stats)
+        columns[name] = table(simulated)
     if WESAD.is_dir():
         real = []
         for folder in sorted(p for p in WESAD.iterdir() if p.is_dir()):
@@ -109,12 +110,13 @@ def main() -> None:
         columns[f"WESAD ({len(real)} subjects)"] = table(real)
     else:
         print(f"({WESAD} absent: simulated statistics only)")
-    print(f"\nper-phase mean ± SD over subjects; simulated: {len(sims)} subjects, seed {args.seed}, "
-          "faults included, phase edges trimmed 30 s")
+    print(f"\nper-phase mean ± SD over subjects; simulated: {args.subjects} subjects of "
+          f"{max(args.minutes, 45.0):g} min, seed {args.seed}, with and without motion bursts and "
+          "off-wrist stretches; phase edges trimmed 30 s")
     for key in columns["simulated"]:
         print(f"\n{key}")
         for name, cells in columns.items():
-            print(f"  {name:22s}" + "".join(f"{ph}: {cells[key].get(ph, '-'):>18s}  " for ph in PHASES))
+            print(f"  {name:24s}" + "".join(f"{ph}: {cells[key].get(ph, '-'):>18s}  " for ph in PHASES))
 
 
 if __name__ == "__main__":

@@ -75,7 +75,7 @@ LABEL_MARGIN_S = 5.0
 _TAU_HR_S = (20.0, 60.0)  # (rise, decay): HR back within ~5 bpm 2-5 min after the TSST
 _TAU_EDA_S = (90.0, 600.0)  # tonic EDA excess halves ~8-12 min after its peak
 _TAU_SCR_S = (30.0, 240.0)
-_TAU_VASO_S = (480.0, 1500.0)  # wrist TEMP: -0.7 °C over ~11 min, keeps drifting down after
+_TAU_VASO_S = (600.0, 1500.0)  # wrist TEMP: -0.7 °C over ~11 min, keeps drifting down after
 _TAU_CONTACT_S = (150.0, 100.0)  # TEMP sensor warming on skin / cooling in room air
 _TAU_ELECTRODE_S = (20.0, 0.1)  # EDA settles after re-wear, drops at once when removed
 _MIN_DURATION_S = 30.0
@@ -296,7 +296,7 @@ def _draw_profile(rng: np.random.Generator) -> SubjectProfile:
         eda_rest_us=eda_rest,
         eda_stress_ln_ratio=float(rng.uniform(-0.15, 0.25) if eda_nonresponder
                                   else np.clip(rng.normal(1.2, 0.5), 0.4, 2.2)),
-        scr_rest_per_min=float(np.clip(np.exp(rng.normal(math.log(4.0), 0.6)), 0.5, 15.0)),
+        scr_rest_per_min=float(np.clip(np.exp(rng.normal(math.log(5.0), 0.6)), 0.5, 15.0)),
         scr_stress_factor=float(rng.uniform(1.0, 1.4) if eda_nonresponder
                                 else np.clip(np.exp(rng.normal(math.log(3.5), 0.4)), 1.5, 8.0)),
         scr_amp_us=float(np.clip(0.02 * np.exp(rng.normal(0.0, 0.4)) * math.sqrt(eda_rest / 0.67),
@@ -306,7 +306,7 @@ def _draw_profile(rng: np.random.Generator) -> SubjectProfile:
         temp_warmup_c=float(rng.uniform(0.3, 2.0)),
         temp_warmup_tau_s=float(rng.uniform(900.0, 1500.0)),
         temp_stress_drop_c=float(rng.uniform(0.0, 0.2) if temp_nonresponder
-                                 else np.clip(rng.normal(1.0, 0.45), 0.3, 2.2)),
+                                 else np.clip(rng.normal(1.6, 0.6), 0.4, 3.0)),
         temp_room_c=float(rng.uniform(23.0, 27.0)),
         bvp_pp=float(rng.uniform(30.0, 90.0)),
         bvp_rise_s=float(rng.uniform(0.11, 0.16)),
@@ -316,7 +316,7 @@ def _draw_profile(rng: np.random.Generator) -> SubjectProfile:
         acc_activity_scale=float(np.exp(rng.normal(0.0, 0.25))),
         seated_gravity=_unit(np.array([-0.4, 0.05, 0.9]) + rng.normal(0.0, 0.3, 3)),
         standing_gravity=_unit(np.array([0.9, -0.2, 0.3]) + rng.normal(0.0, 0.3, 3)),
-        beat_quality=float(rng.uniform(0.8, 0.98)),
+        beat_quality=float(rng.uniform(0.7, 0.95)),
     )
 
 
@@ -537,7 +537,7 @@ def _accelerometer(rng: np.random.Generator, prof: SubjectProfile, t: np.ndarray
 
     sd = _per_phase(t, bounds, np.array([_KINDS[k].acc_sd for k in kinds]) * activity_gain)
     sd = uniform_filter1d(sd * prof.acc_activity_scale, window, mode="nearest")
-    sd = sd + _bumps(t.size, fs, laughs, np.full(laughs.size, 2.5), 0.7) + _envelope(t, bursts)
+    sd = sd + _bumps(t.size, fs, laughs, np.full(laughs.size, 1.5), 0.7) + _envelope(t, bursts)
     moving = _band_noise(rng, (t.size, 3), fs, (0.2, 5.0)) * sd[:, None]
 
     worn = _worn(t, on)
@@ -611,7 +611,7 @@ def _finish_bvp(rng: np.random.Generator, prof: SubjectProfile, t: np.ndarray, w
     sos = sps.butter(2, 0.3, btype="highpass", fs=fs, output="sos")
     # Gross movement shifts the sensor on the skin: artefacts grow faster than the movement.
     mix = np.interp(t, t_acc, acc_moving @ np.array(_unit(rng.normal(0.0, 1.0, 3))))
-    bvp = sps.sosfiltfilt(sos, wave) + prof.bvp_motion_gain * mix * (1.0 + np.abs(mix) / 10.0)
+    bvp = sps.sosfiltfilt(sos, wave) + prof.bvp_motion_gain * mix * (1.0 + np.abs(mix) / 15.0)
     worn = _worn(t, on)
     bvp = np.where(worn, bvp, 0.3 * _slow(rng, t, 5.0)) + rng.normal(0.0, 0.7, t.size)
     return np.round(bvp, 2)
@@ -626,7 +626,7 @@ def _detected_beats(rng: np.random.Generator, prof: SubjectProfile, beats: np.nd
     times = np.round(beats * 64.0) / 64.0
     activity = np.interp(beats, t_acc, acc_sd)
     worn = _worn(beats, on)
-    p_keep = prof.beat_quality * np.exp(-((activity / 3.0) ** 1.5)) * worn
+    p_keep = prof.beat_quality * np.exp(-((activity / 2.8) ** 1.5)) * worn
     keep = ndtr(_ou(rng, beats.size, 1.0, 6.0)) < p_keep
     row = keep[1:] & keep[:-1]
     return times[1:][row], np.diff(times)[row]
