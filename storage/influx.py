@@ -41,7 +41,7 @@ from influxdb_client.client.write_api import SYNCHRONOUS
 from urllib3.exceptions import HTTPError as Urllib3Error
 
 from m3sense.errors import UserError
-from storage.records import AffectRecord, PhysioRecord, Record, StatusRecord
+from storage.records import AffectRecord, PhysioRecord, Record
 from storage.sink import SinkCounters
 from storage.spool import Spool
 from storage.target import InfluxTarget
