@@ -54,7 +54,11 @@ from scipy import signal as sps
 from scipy.ndimage import uniform_filter1d
 from scipy.special import ndtr
 
+from m3sense.errors import UserError
 from replay.recording import PERIODIC, TASKS, LabelInterval, Recording, Signal
+
+__all__ = ["LABEL_MARGIN_S", "LABEL_MODES", "PHASE_LABELS", "BadSimulationArgument", "Phase",
+           "SimulatedSession", "SubjectProfile", "simulate_recordings", "simulate_sessions"]
 
 LABEL_MODES = ("all", *TASKS, "none")
 
@@ -79,6 +83,11 @@ _TAU_VASO_S = (600.0, 1500.0)  # wrist TEMP: -0.7 °C over ~11 min, keeps drifti
 _TAU_CONTACT_S = (150.0, 100.0)  # TEMP sensor warming on skin / cooling in room air
 _TAU_ELECTRODE_S = (20.0, 0.1)  # EDA settles after re-wear, drops at once when removed
 _MIN_DURATION_S = 30.0
+
+
+class BadSimulationArgument(UserError, ValueError):
+    """An argument out of range: a ValueError for callers, a one-line user error for the CLI,
+    which passes its flags straight through."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -185,20 +194,20 @@ def simulate_sessions(*, minutes: float, seed: int, subjects: int = 1, labels: s
 
     ``labels``: "all" (intervals for every task), one task name (only that task, like WESAD,
     VerBIO or K-EmoCon), or "none" (an unlabelled recording). ``off_wrist``: allow off-wrist
-    stretches (one per session of 10 min or more, one more per further 45 min). ``motion``: allow
-    gross motion bursts. Raises ValueError for arguments out of range.
+    stretches (one per session of 10 min or more, one more per further 60 min). ``motion``: allow
+    gross motion bursts. Raises BadSimulationArgument (a ValueError) for arguments out of range.
     """
-    if not (isinstance(minutes, (int, float)) and math.isfinite(minutes)
-            and minutes * 60.0 >= _MIN_DURATION_S):
-        raise ValueError(f"minutes must be a number >= {_MIN_DURATION_S / 60:g}, got {minutes!r}")
+    bad = BadSimulationArgument
+    if not (math.isfinite(float(minutes)) and float(minutes) * 60.0 >= _MIN_DURATION_S):
+        raise bad(f"minutes must be a number >= {_MIN_DURATION_S / 60:g}, got {minutes!r}")
     if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+        raise bad(f"seed must be a non-negative integer, got {seed!r}")
     if not isinstance(subjects, (int, np.integer)) or not 1 <= subjects <= 99:
-        raise ValueError(f"subjects must be an integer in 1..99, got {subjects!r}")
+        raise bad(f"subjects must be an integer in 1..99, got {subjects!r}")
     if labels not in LABEL_MODES:
-        raise ValueError(f"labels must be one of {', '.join(LABEL_MODES)}, got {labels!r}")
+        raise bad(f"labels must be one of {', '.join(LABEL_MODES)}, got {labels!r}")
     if not math.isfinite(start_s):
-        raise ValueError(f"start_s must be finite, got {start_s!r}")
+        raise bad(f"start_s must be finite, got {start_s!r}")
     return [_simulate_subject(duration_s=float(minutes) * 60.0, seed=int(seed), index=i,
                               label_mode=labels, start_s=float(start_s), off_wrist=off_wrist,
                               motion=motion)
@@ -247,7 +256,7 @@ def _simulate_subject(*, duration_s: float, seed: int, index: int, label_mode: s
                            values=hr.astype(PERIODIC["hr"][1]))
     tags = np.array([a + rng["events"].uniform(0.2, 1.5) for a, _ in bounds[1:]]) + start_s
     recording = Recording(device=f"sim{index:02d}", source="synthetic", signals=signals,
-                          ibi_t_s=ibi_t + start_s, ibi_s=ibi, tags_s=tags.reshape(-1),
+                          ibi_t_s=ibi_t + start_s, ibi_s=ibi, tags_s=tags,
                           labels=_label_intervals(phases, label_mode))
     return SimulatedSession(
         recording=recording, phases=phases, subject=prof,
@@ -420,9 +429,9 @@ def _merge(bursts: Sequence[tuple[float, float, float]]) -> list[tuple[float, fl
 def _draw_laughs(rng: np.random.Generator, kinds: Sequence[str],
                  bounds: Sequence[tuple[float, float]]) -> np.ndarray:
     """Laugh times (s): brief HR/SCR/arm bumps instead of a tonic shift (physiology.md §4)."""
-    times = [rng.uniform(a, b, rng.poisson(_LAUGHS_PER_MIN.get(k, 0.0) * (b - a) / 60.0))
-             for k, (a, b) in zip(kinds, bounds)]
-    return np.sort(np.concatenate(times)) if times else np.zeros(0)
+    return np.sort(np.concatenate([
+        rng.uniform(a, b, rng.poisson(_LAUGHS_PER_MIN.get(k, 0.0) * (b - a) / 60.0))
+        for k, (a, b) in zip(kinds, bounds)]))
 
 
 def _on_segments(off: Sequence[tuple[float, float]], duration_s: float
@@ -627,7 +636,7 @@ def _detected_beats(rng: np.random.Generator, prof: SubjectProfile, beats: np.nd
     activity = np.interp(beats, t_acc, acc_sd)
     worn = _worn(beats, on)
     p_keep = prof.beat_quality * np.exp(-((activity / 2.8) ** 1.5)) * worn
-    keep = ndtr(_ou(rng, beats.size, 1.0, 6.0)) < p_keep
+    keep = ndtr(_ou(rng, beats.size, 1.0, 6.0)) < p_keep  # losses correlated over ~6 beats
     row = keep[1:] & keep[:-1]
     return times[1:][row], np.diff(times)[row]
 

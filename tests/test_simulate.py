@@ -9,6 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scipy.signal import find_peaks
 
+from m3sense.errors import UserError
 from replay.recording import PERIODIC, TASKS
 from replay.simulate import simulate_recordings, simulate_sessions
 
@@ -106,8 +107,9 @@ def test_physiology_does_not_depend_on_label_mode_or_motion_switch():
                                     {"subjects": 0}, {"labels": "valence"}])
 def test_bad_arguments_are_refused(kwargs):
     args = {"minutes": 3, "seed": 0} | kwargs
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError) as info:
         simulate_sessions(**args)
+    assert isinstance(info.value, UserError)  # the CLI passes flags through: one line, exit 2
 
 
 # --- formats ------------------------------------------------------------------------------------
