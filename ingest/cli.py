@@ -101,6 +101,28 @@ def register(sub: argparse._SubParsersAction) -> None:
     _add_layout_options(d)
     d.set_defaults(func=_decode)
 
+    e = sub.add_parser(
+        "e4-server", help="serve the bus's live streams in the E4 streaming-server protocol",
+        description="Speak the line protocol of Empatica's (discontinued, Windows-only) E4 streaming server on TCP, "
+                    "fed from the bus (ble stream, replay, virtual wristbands), so clients written for it work "
+                    "again. Wristbands appear in device_list once they publish on the bus.")
+    add_bus_option(e)
+    e.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    e.add_argument("--port", type=int, default=28000, help="TCP port (default 28000, the vendor's; 0 = any free)")
+    e.set_defaults(func=_e4_server)
+
+    c = sub.add_parser(
+        "e4-client", help="read a wristband from an E4 streaming server onto the bus",
+        description="Connect to a server speaking the E4 streaming-server protocol (the vendor's, or "
+                    "`m3sense e4-server`), subscribe to every stream of one wristband and publish it as "
+                    "raw/<modality>/<device>/.")
+    add_bus_option(c)
+    c.add_argument("--server", default="127.0.0.1:28000", metavar="HOST:PORT", help="default 127.0.0.1:28000")
+    c.add_argument("--device", metavar="ID", help="wristband id on the server (default: the first listed)")
+    c.add_argument("--as", dest="bus_device", metavar="NAME", help="device id on the bus (default: the server's id)")
+    c.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
+    c.set_defaults(func=_e4_client)
+
 
 def _scan(args: argparse.Namespace) -> int:
     from ingest.ble import PLATFORM, scan
@@ -243,4 +265,63 @@ def _decode(args: argparse.Namespace) -> int:
     out["unit"] = {"bvp": "counts (integrated green, from 0)", "eda": "µS", "temp": "°C", "acc": "1/64 g",
                    "battery": "fraction", "button": "pressed"}[args.char]
     print(json.dumps(out))
+    return 0
+
+
+def _stop_on_signal(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+
+def _e4_server(args: argparse.Namespace) -> int:
+    from ingest.e4server import serve
+
+    async def run() -> Any:
+        stop = asyncio.Event()
+        _stop_on_signal(stop)
+        return await serve(
+            args.bus, args.host, args.port, stop=stop,
+            ready=lambda port: print(f"e4-server: listening on {args.host}:{port}", file=sys.stderr, flush=True),
+            on_device=lambda d: print(f"e4-server: device {d} on the bus", file=sys.stderr, flush=True))
+
+    try:
+        stats = asyncio.run(run())
+    except OSError as exc:
+        raise UserError(f"cannot listen on {args.host}:{args.port}: {exc}") from None
+    print(f"e4-server: {stats.clients} client(s), {stats.lines} data lines, {stats.dropped_clients} dropped",
+          file=sys.stderr)
+    return 0
+
+
+def _e4_client(args: argparse.Namespace) -> int:
+    from bus import Publisher
+    from ingest.e4server import E4ServerSource
+
+    host, _, port = args.server.rpartition(":")
+    if not host or not port.isdigit():
+        raise UserError(f"--server {args.server!r} must be HOST:PORT")
+
+    async def run() -> E4ServerSource:
+        stop = asyncio.Event()
+        _stop_on_signal(stop)
+        async with Publisher(args.bus) as pub:
+            source = E4ServerSource(host, int(port), pub, device=args.device, bus_device=args.bus_device)
+            task = asyncio.create_task(source.run())
+            enders = [asyncio.create_task(stop.wait())]
+            if args.duration is not None:
+                enders.append(asyncio.create_task(asyncio.sleep(args.duration)))
+            await asyncio.wait([task, *enders], return_when=asyncio.FIRST_COMPLETED)
+            for t in (task, *enders):
+                t.cancel()
+            results = await asyncio.gather(task, *enders, return_exceptions=True)
+            if isinstance(results[0], Exception):
+                raise results[0]
+            return source
+
+    try:
+        source = asyncio.run(run())
+    except (OSError, TimeoutError) as exc:
+        raise UserError(f"e4 server {args.server}: {exc or type(exc).__name__}") from None
+    print(f"e4-client: {source.samples} samples from {source.device}", file=sys.stderr)
     return 0
