@@ -22,7 +22,7 @@ _WHERE = {
     "SqliteSink": "sqlite",
     "TOKEN_ENV": "target", "InfluxTarget": "target", "SqliteTarget": "target", "parse_sink": "target",
     "read_token": "target",
-    "as_json": "timeline", "json_lines": "timeline", "parse_since": "timeline",
+    "as_json": "timeline", "json_lines": "timeline", "parse_since": "timeline", "plot_timeline": "timeline",
 }
 
 __all__ = sorted(_WHERE)

@@ -98,7 +98,7 @@ def _timeline(args: argparse.Namespace) -> int:
     import time
 
     from storage.connect import read_affect
-    from storage.timeline import json_lines, parse_since, plot
+    from storage.timeline import json_lines, parse_since, plot_timeline
 
     target = _target(args)
     since = parse_since(args.since, time.time()) if args.since else None
@@ -107,7 +107,7 @@ def _timeline(args: argparse.Namespace) -> int:
     except FileNotFoundError as exc:
         raise UserError(str(exc)) from None
     if args.plot:
-        plot(records, args.plot)
+        plot_timeline(records, args.plot)
         print(f"timeline: {len(records)} records -> {args.plot}", file=sys.stderr)
     elif args.json:
         sys.stdout.write(json_lines(records))

@@ -1,7 +1,8 @@
 """The store node: bus in, sink out (the thin async shell around :class:`RecordBuilder`).
 
 It subscribes to ``affect/``, ``status/`` and the raw streams it downsamples, hands the
-records to the sink as they come and asks the sink to flush every ``flush_interval_s``
+records to the sink as they come (plus a ``bus_gap`` status record wherever sequence
+numbers show that messages were lost on the way) and asks the sink to flush every ``flush_interval_s``
 (the sink batches; flushing on a timer bounds how stale the store can be). Stopping
 (``stop`` event, SIGINT/SIGTERM in the CLI) first drains what already reached the
 socket, until ``drain_s`` passes without a message, then closes the open physiology
@@ -43,6 +44,7 @@ class StoreNode:
         self.records = 0
         self.subscriber: Subscriber | None = None
         self._progress = asyncio.Event()
+        self._gaps: dict[str, int] = {}  # sequence gaps per topic already recorded
 
     async def wait_processed(self, n: int, timeout_s: float) -> None:
         """Return once ``n`` messages have been processed (a handshake for tests and ``run``)."""
@@ -55,6 +57,10 @@ class StoreNode:
     async def _handle(self, sub: Subscriber, timeout_s: float | None) -> None:
         msg = await sub.recv(timeout_s)
         records = self.builder.push(msg)
+        missed = sub.stats.gaps_by_topic[msg.topic] - self._gaps.get(msg.topic, 0)
+        if missed:
+            self._gaps[msg.topic] = sub.stats.gaps_by_topic[msg.topic]
+            records.append(self.builder.bus_gap(msg, missed))
         if records:
             await self.sink.write(records)
             self.records += len(records)

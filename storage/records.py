@@ -29,6 +29,8 @@ from storage.physio import PhysioDownsampler
 
 SOURCES = ("live", "replay", "unknown")
 TASKS = ("stress", "anxiety", "emotion")
+#: the classes of each task in their natural order (for display; other names are stored too)
+CLASSES = {"stress": ("baseline", "amusement", "stress"), "anxiety": ("low", "high"), "emotion": ("low", "high")}
 _NAME = re.compile(r"^[A-Za-z0-9_]{1,32}$")  # class names, status events: tag and field-name safe
 
 
@@ -202,6 +204,13 @@ class RecordBuilder:
             return []
         self.rejected["kind"] += 1
         return []
+
+    def bus_gap(self, msg: Message, missed: int) -> StatusRecord:
+        """A ``bus_gap`` status event: ``missed`` messages of ``msg``'s topic never reached
+        the store (its sequence numbers jumped), so dashboards show the loss beside the data."""
+        return StatusRecord(time_s=msg.t0_s, device=msg.device, source=self._source.get(msg.device, "unknown"),
+                            event="bus_gap", value=float(missed),
+                            detail=json.dumps({"topic": msg.topic}, separators=(",", ":")))
 
     def flush(self) -> list[Record]:
         out: list[Record] = []

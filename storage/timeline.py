@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from m3sense.errors import UserError
-from storage.records import TASKS, AffectRecord
+from storage.records import CLASSES, TASKS, AffectRecord
 
 _AGO = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 _UNIT_S = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -56,43 +56,52 @@ def json_lines(records: Sequence[AffectRecord]) -> str:
     return "".join(json.dumps(as_json(r), separators=(",", ":")) + "\n" for r in records)
 
 
-def plot(records: Sequence[AffectRecord], out: Path) -> None:
-    """One panel per task: predicted label (dots, per device) and ground truth (grey steps)
-    over time; a low-quality window shows as an ``x`` on a "no answer" row."""
+def plot_timeline(records: Sequence[AffectRecord], out: Path) -> None:
+    """One panel per task, time (UTC) across: each device's predicted label as dots (devices
+    side by side within a class row) over its ground truth as a grey band where a replay
+    carried one; a low-quality window shows as a red ``x`` on the "(none)" row."""
     import matplotlib
 
     matplotlib.use("Agg")
+    import matplotlib.dates as mdates
     import matplotlib.pyplot as plt
 
     tasks = [t for t in TASKS if any(r.task == t for r in records)]
     if not tasks:
         raise UserError("nothing to plot: no affect records match")
-    t0 = min(r.time_s for r in records)
-    fig, axes = plt.subplots(len(tasks), 1, figsize=(11, 2.2 * len(tasks) + 0.6), sharex=True, squeeze=False)
+    devices = sorted({r.device for r in records})
+    offset = {d: 0.25 * (i - (len(devices) - 1) / 2) / max(1, len(devices) - 1) for i, d in enumerate(devices)}
+
+    def when(t: float) -> datetime:
+        return datetime.fromtimestamp(t, timezone.utc)
+
+    fig, axes = plt.subplots(len(tasks), 1, figsize=(12, 2.3 * len(tasks) + 0.6), sharex=True, squeeze=False)
     for ax, task in zip(axes[:, 0], tasks):
         rows = [r for r in records if r.task == task]
-        classes = sorted({c for r in rows for c, _ in r.probs} | {r.label for r in rows if r.label}
-                         | {r.true_label for r in rows if r.true_label})
+        seen = {c for r in rows for c, _ in r.probs} | {r.label for r in rows if r.label} | {
+            r.true_label for r in rows if r.true_label}
+        classes = [c for c in CLASSES.get(task, ()) if c in seen] + sorted(seen - set(CLASSES.get(task, ())))
         level = {c: i for i, c in enumerate(classes)}
-        none_level = -1
-        truth = [(r.time_s - t0, level[r.true_label]) for r in rows if r.true_label is not None]
-        if truth:
-            xs, ys = zip(*sorted(truth))
-            ax.step(xs, ys, where="post", color="0.6", lw=6, alpha=0.5, label="ground truth")
-        for device in sorted({r.device for r in rows}):
-            mine = [r for r in rows if r.device == device]
-            ok = [(r.time_s - t0, level[r.label]) for r in mine if r.label is not None]
+        for n, device in enumerate(devices):
+            mine = sorted((r for r in rows if r.device == device), key=lambda r: r.time_s)
+            colour = f"C{n}"
+            truth = [(when(r.time_s), level[r.true_label] + offset[device]) for r in mine if r.true_label]
+            if truth:
+                ax.step(*zip(*truth), where="pre", color=colour, lw=7, alpha=0.18,
+                        label=f"{device} true" if len(devices) > 1 else "true")
+            ok = [(when(r.time_s), level[r.label] + offset[device]) for r in mine if r.label is not None]
             if ok:
-                ax.plot(*zip(*ok), "o", ms=3, label=f"predicted ({device})")
-            bad = [r.time_s - t0 for r in mine if r.label is None]
+                ax.plot(*zip(*ok), "o", ms=3.5, color=colour, label=f"{device} predicted" if len(devices) > 1 else "predicted")
+            bad = [when(r.time_s) for r in mine if r.label is None]
             if bad:
-                ax.plot(bad, [none_level] * len(bad), "x", ms=4, color="tab:red", label=f"no answer ({device})")
-        ax.set_yticks([none_level, *level.values()], ["(none)", *classes])
-        ax.set_ylim(none_level - 0.5, len(classes) - 0.5)
+                ax.plot(bad, [-1 + offset[device]] * len(bad), "x", ms=4, color="tab:red")
+        ax.set_yticks([-1, *level.values()], ["(none)", *classes])
+        ax.set_ylim(-1.5, len(classes) - 0.5)
         ax.set_title(task, loc="left", fontsize=10)
-        ax.legend(loc="upper right", fontsize=7)
-    start = datetime.fromtimestamp(t0, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
-    axes[-1, 0].set_xlabel(f"seconds since {start} (window end)")
+        ax.grid(axis="y", color="0.9")
+        ax.legend(loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=7, frameon=False)
+    axes[-1, 0].xaxis.set_major_formatter(mdates.DateFormatter("%H:%M:%S", tz=timezone.utc))
+    axes[-1, 0].set_xlabel(f"window end, UTC, {when(min(r.time_s for r in records)):%Y-%m-%d}")
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)

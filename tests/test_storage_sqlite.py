@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from bus import Hub, Publisher
+from m3sense.cli import main
 from storage import RecordBuilder, SqliteSink, StoreNode, device_topics
 from storage.sqlite import connect
 from tests.conftest import Proc, run_cli
@@ -107,7 +108,15 @@ def test_node_stores_one_row_per_window_and_task(tmp_path: Path, bus_address: st
                       ("dev2", "start", "replay", '{"recording":"t"}'), ("dev2", "end", "replay", "{}")]
 
 
-def test_timeline_json_and_plot_read_the_store(tmp_path: Path, bus_address: str) -> None:
+def timeline(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
+    """``m3sense timeline ARGS`` in this process (the subprocess path is tested once below)."""
+    capsys.readouterr()
+    code = main(["timeline", *args])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_timeline_json_and_plot_read_the_store(tmp_path: Path, bus_address: str, capsys) -> None:
     db = tmp_path / "affect.db"
     asyncio.run(store_session(bus_address, db, devices=("dev1", "dev2")))
     out = run_cli("timeline", "--sink", f"sqlite:///{db}", "--json", check=True)
@@ -123,13 +132,13 @@ def test_timeline_json_and_plot_read_the_store(tmp_path: Path, bus_address: str)
     stress = [x for x in lines if x["task"] == "stress" and x["device"] == "dev2"]
     assert [x["true_label"] for x in stress] == [truth_at(t) for t in ends]
 
-    one = run_cli("timeline", "--sink", str(db), "--json", "--device", "dev2", "--since", str(ends[2]), check=True)
-    picked = [json.loads(line) for line in one.stdout.splitlines()]
+    code, one, _ = timeline(capsys, "--sink", str(db), "--json", "--device", "dev2", "--since", str(ends[2]))
+    picked = [json.loads(line) for line in one.splitlines()]
     assert {x["device"] for x in picked} == {"dev2"} and min(x["time"] for x in picked) == ends[2]
     assert len(picked) == 3 * (len(ends) - 2)
 
     png = tmp_path / "timeline.png"
-    run_cli("timeline", "--sink", f"sqlite:///{db}", "--plot", str(png), check=True)
+    assert timeline(capsys, "--sink", f"sqlite:///{db}", "--plot", str(png))[0] == 0
     import matplotlib.image as mpimg
 
     image = mpimg.imread(png)
@@ -178,12 +187,39 @@ def test_writing_a_window_again_replaces_it(tmp_path: Path) -> None:
     assert rows(db, "SELECT label FROM affect") == [("amusement",)]
 
 
-def test_store_of_another_schema_version_is_refused(tmp_path: Path) -> None:
+def test_store_of_another_schema_version_is_refused(tmp_path: Path, capsys) -> None:
     db = tmp_path / "old.db"
     conn = sqlite3.connect(db)
     conn.execute("PRAGMA user_version = 7")
     conn.close()
     with pytest.raises(ValueError, match="schema version 7"):
         connect(db)
-    out = run_cli("timeline", "--sink", str(tmp_path / "missing.db"), "--json")
-    assert out.returncode == 2 and "no such store" in out.stderr and "Traceback" not in out.stderr
+    code, _, err = timeline(capsys, "--sink", str(tmp_path / "missing.db"), "--json")
+    assert code == 2 and "no such store" in err
+
+
+def test_messages_lost_on_the_bus_are_recorded_as_a_gap(tmp_path: Path, bus_address: str) -> None:
+    from bus import Message
+
+    db = tmp_path / "gap.db"
+
+    async def go() -> None:
+        with Hub(bus_address):
+            async with SqliteSink(db) as sink:
+                node = StoreNode(bus_address, sink)
+                stop = asyncio.Event()
+                runner = asyncio.create_task(node.run(stop))
+                async with Publisher(bus_address) as pub:
+                    assert await pub.wait_for_subscribers(device_topics("dev1"), 10) == []
+                    for seq in (0, 1, 6):  # 2..5 never sent: four messages lost upstream
+                        t = T0 + 20 + seq
+                        await pub.send(Message(kind="affect", device="dev1", modality="affect", seq=seq, t0_s=t,
+                                               fs_hz=0, meta=affect_meta(t, tasks=("stress",))))
+                await node.wait_processed(3, 30)
+                stop.set()
+                await runner
+
+    asyncio.run(go())
+    assert rows(db, "SELECT time_s, event, value, detail, source FROM device_status") == [
+        (T0 + 26, "bus_gap", 4.0, '{"topic":"affect/dev1/"}', "replay")]
+    assert rows(db, "SELECT count(*) FROM affect") == [(3,)]
