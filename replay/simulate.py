@@ -79,7 +79,7 @@ LABEL_MARGIN_S = 5.0
 _TAU_HR_S = (20.0, 60.0)  # (rise, decay): HR back within ~5 bpm 2-5 min after the TSST
 _TAU_EDA_S = (90.0, 600.0)  # tonic EDA excess halves ~8-12 min after its peak
 _TAU_SCR_S = (30.0, 240.0)
-_TAU_VASO_S = (600.0, 1500.0)  # wrist TEMP: -0.7 °C over ~11 min, keeps drifting down after
+_TAU_VASO_S = (500.0, 1500.0)  # wrist TEMP: -0.7 °C over ~11 min, keeps drifting down after
 _TAU_CONTACT_S = (150.0, 100.0)  # TEMP sensor warming on skin / cooling in room air
 _TAU_ELECTRODE_S = (20.0, 0.1)  # EDA settles after re-wear, drops at once when removed
 _MIN_DURATION_S = 30.0
@@ -315,7 +315,7 @@ def _draw_profile(rng: np.random.Generator) -> SubjectProfile:
         temp_warmup_c=float(rng.uniform(0.3, 2.0)),
         temp_warmup_tau_s=float(rng.uniform(900.0, 1500.0)),
         temp_stress_drop_c=float(rng.uniform(0.0, 0.2) if temp_nonresponder
-                                 else np.clip(rng.normal(1.6, 0.6), 0.4, 3.0)),
+                                 else np.clip(rng.normal(2.0, 0.7), 0.5, 3.5)),
         temp_room_c=float(rng.uniform(23.0, 27.0)),
         bvp_pp=float(rng.uniform(30.0, 90.0)),
         bvp_rise_s=float(rng.uniform(0.11, 0.16)),
