@@ -11,6 +11,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from bus.cli import add_bus_option
 from m3sense.errors import UserError
 
 PROTOCOLS = ("paper", "subjects")
@@ -64,6 +65,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("path", nargs="?", type=Path, default=None, help="checkpoint (default: the shipped weights)")
     q.add_argument("--json", action="store_true")
     q.set_defaults(func=_info)
+
+    p = sub.add_parser("infer", help="answer window/ messages with affect/ predictions (M3Sense)",
+                       description="Subscribes window/, micro-batches windows across devices (a batch runs when full "
+                                   "or when its oldest window has waited --max-wait-ms) and publishes affect/<device>/.")
+    add_bus_option(p)
+    p.add_argument("--model", type=Path, default=None, help="checkpoint (default: the shipped weights)")
+    p.add_argument("--tasks", default=None, help="comma-separated subset of the model's tasks (default all)")
+    p.add_argument("--backend", choices=("onnx", "torch"), default="onnx")
+    p.add_argument("--max-batch", type=int, default=32)
+    p.add_argument("--max-wait-ms", type=float, default=50.0)
+    p.add_argument("--threads", type=int, default=None, help="intra-op threads of the backend")
+    p.set_defaults(func=_infer)
 
     p = sub.add_parser("export-onnx", help="write the inference graph as an ONNX model")
     p.add_argument("--model", type=Path, default=None)
@@ -140,7 +153,10 @@ def _train(args) -> int:
         raise UserError(str(exc)) from exc
     if args.epochs < 1 or args.hop_s <= 0 or args.batch_size < 2:
         raise UserError("--epochs must be >= 1, --hop-s > 0 and --batch-size >= 2")
-    labelled = _windows(args.data, cfg=cfg, hop_s=args.hop_s, no_cache=args.no_cache)
+    # windows of a labelled source outside its label intervals are not used (give the source to
+    # --unlabeled as well to train the alignment loss on them)
+    labelled = [(src, w.subset(np.flatnonzero(w.labelled)))
+                for src, w in _windows(args.data, cfg=cfg, hop_s=args.hop_s, no_cache=args.no_cache)]
     unlabeled = _windows(args.unlabeled, cfg=cfg, hop_s=args.hop_s, no_cache=args.no_cache, unlabeled=True)
     ws = WindowSet.concat([w for _, w in labelled + unlabeled])
     if not ws.labelled.any():
@@ -279,4 +295,34 @@ def _export(args) -> int:
     except ValueError as exc:
         raise UserError(str(exc)) from exc
     print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+def _infer(args) -> int:
+    from inference.node import serve
+    from inference.predict import Predictor
+    from m3sense.aio import run_until_signal
+
+    ckpt = _load(args.model)
+    try:
+        pred = Predictor(ckpt, tasks=_csv(args.tasks) if args.tasks else None, backend=args.backend,
+                         threads=args.threads)
+    except ValueError as exc:
+        raise UserError(str(exc)) from exc
+    if args.max_batch < 1 or args.max_wait_ms < 0:
+        raise UserError("--max-batch must be >= 1 and --max-wait-ms >= 0")
+
+    def ready() -> None:
+        print(f"infer: {pred.model_id} ({args.backend}), tasks {','.join(pred.tasks)}, listening on {args.bus}",
+              file=sys.stderr, flush=True)
+
+    def report(c) -> None:
+        print("infer: " + ", ".join(f"{k} {v}" for k, v in sorted(c.items())), file=sys.stderr, flush=True)
+
+    return run_until_signal(_serve_zero(serve(args.bus, pred, max_batch=args.max_batch,
+                                              max_wait_s=args.max_wait_ms / 1000, on_ready=ready, report=report)))
+
+
+async def _serve_zero(coro) -> int:
+    await coro
     return 0

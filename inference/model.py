@@ -125,6 +125,7 @@ class SpatialEncoder(nn.Module):
         self.conv1 = nn.Sequential(nn.Conv2d(1, c1, kernel_size=1), nn.BatchNorm2d(c1), nn.ReLU())
         self.conv2 = nn.Sequential(nn.Conv2d(c1, c2, kernel_size=3, padding=(0, 1)), nn.BatchNorm2d(c2), nn.ReLU())
         out_h = cfg.segment_len - 2
+        self.one_column = channels == 1
         self.embed = nn.Sequential(
             nn.Linear(c2 * out_h * channels, cfg.embed_dim),
             nn.BatchNorm1d(cfg.embed_dim),
@@ -136,7 +137,7 @@ class SpatialEncoder(nn.Module):
         # seg: (N, L, C) with N = B*S segments
         x = self.conv1(seg.unsqueeze(1))  # (N, c1, L, C)
         conv, bn_relu = self.conv2[0], self.conv2[1:]
-        if x.shape[-1] == 1:
+        if self.one_column:
             x = F.conv2d(x, conv.weight[..., 1:2], conv.bias)  # same as the padded 3×3 on one column
         else:
             x = conv(x)
@@ -207,12 +208,13 @@ class ConditionalAttentionFusion(nn.Module):
         self.key = nn.Linear(cfg.lstm_hidden, cfg.fusion_dim)  # W^K
         self.value = nn.Linear(cfg.lstm_hidden, cfg.fusion_dim)  # W^V
         self.out_dim = cfg.fusion_dim
+        self.scale = 1.0 / math.sqrt(cfg.fusion_dim)
 
     def forward(self, xu: Tensor, mask: Tensor, task_idx: Tensor) -> Tensor:
         # xu: (B, M, H); mask: (B, M) bool; task_idx: (T,) long
         q = self.query(F.one_hot(task_idx, self.n_tasks).to(xu.dtype))  # (T, Da)
         k, v = self.key(xu), self.value(xu)  # (B, M, Da)
-        scores = torch.einsum("td,bmd->btm", q, k) / math.sqrt(k.shape[-1])  # (B, T, M)
+        scores = torch.einsum("td,bmd->btm", q, k) * self.scale  # (B, T, M)
         attend, keep = _present_weights(mask)
         scores = scores.masked_fill(~attend.unsqueeze(1), float("-inf"))
         w = torch.softmax(scores, dim=-1) * keep.unsqueeze(1)

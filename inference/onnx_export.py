@@ -8,6 +8,7 @@ probability output per task. Normalisation stays in numpy, shared with the PyTor
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -46,7 +47,14 @@ def export_onnx(model: M3Sense, path: str | Path, tasks: Sequence[str] | None = 
     outputs = [f"probs_{t}" for t in tasks]
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with torch.no_grad():
+    # The tracer warns about the task index list (constant per export, by design) and about
+    # LSTM batch sizes (the initial state is zeros, made inside the graph for any batch). The
+    # TorchScript exporter is deprecated, but the torch.export one needs onnxscript, which is
+    # not a dependency.
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.simplefilter("ignore", UserWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(
             graph, example, str(path), input_names=names, output_names=outputs, opset_version=OPSET,
             dynamic_axes={n: {0: "batch"} for n in names + outputs}, dynamo=False,

@@ -49,7 +49,7 @@ class SourceSpec:
         if self.synthetic:
             args = ",".join(f"{k}={v}" for k, v in sorted(self.params.items()))
             return f"synthetic({args})" if args else "synthetic"
-        return str(Path(self.location).resolve())
+        return self.location
 
 
 def parse_source(spec: str) -> SourceSpec:
@@ -94,33 +94,26 @@ def read_recordings(src: SourceSpec) -> list:
 
 def _code_digest() -> str:
     """Hash of the code that shapes windows, so a changed filter invalidates the cache."""
-    import inference.dataset
-    import preprocess
-
+    root = Path(__file__).resolve().parents[1]  # preprocess/ and inference/ are sibling packages
     h = hashlib.sha1()
-    for mod in (preprocess, inference.dataset):
-        root = Path(mod.__file__).parent if mod.__file__.endswith("__init__.py") else Path(mod.__file__)
-        for f in sorted(root.glob("*.py")) if root.is_dir() else [root]:
-            h.update(f.read_bytes())
+    for f in [*sorted((root / "preprocess").glob("*.py")), root / "inference" / "dataset.py"]:
+        h.update(f.read_bytes())
     return h.hexdigest()[:12]
 
 
 def recording_window_set(
     recordings: Sequence, *, modalities, shapes, tasks, classes, source: str, hop_s: float
 ) -> WindowSet:
-    """Windows of recordings by the live preprocess code, thinned to one per ``hop_s``."""
+    """Windows of recordings, one every ``hop_s``, by the live preprocess code."""
     import preprocess
 
-    sets = []
-    for rec in recordings:
-        msgs, last = [], -np.inf
-        for w in preprocess.recording_windows(rec):
-            msg = w.to_message()
-            if msg.t0_s >= last + hop_s - 1e-6:
-                msgs.append(msg)
-                last = msg.t0_s
-        sets.append(windows_from_messages(msgs, modalities=modalities, shapes=shapes, tasks=tasks,
-                                          classes=classes, source=source))
+    try:
+        config = preprocess.WindowConfig(hop_s=hop_s)
+    except ValueError as exc:
+        raise UserError(f"--hop-s: {exc}") from exc
+    sets = [windows_from_messages((w.to_message() for w in preprocess.recording_windows(rec, config)),
+                                  modalities=modalities, shapes=shapes, tasks=tasks, classes=classes, source=source)
+            for rec in recordings]
     return WindowSet.concat(sets)
 
 
@@ -136,9 +129,11 @@ def source_windows(
     unlabeled: bool = False,
 ) -> WindowSet:
     """All windows of one source, labels filtered by ``src.tasks`` (or dropped if ``unlabeled``)."""
-    key = "|".join([src.name, src.spec, f"{hop_s:g}", ",".join(modalities), ",".join(tasks),
-                    repr(sorted((t, tuple(c)) for t, c in classes.items())), _code_digest()])
-    path = cache_dir / (hashlib.sha1(key.encode()).hexdigest()[:16] + ".npz") if cache_dir else None
+    path = None
+    if cache_dir is not None:
+        key = "|".join([src.name, src.spec, f"{hop_s:g}", ",".join(modalities), ",".join(tasks),
+                        repr(sorted((t, tuple(c)) for t, c in classes.items())), _code_digest()])
+        path = cache_dir / (hashlib.sha1(key.encode()).hexdigest()[:16] + ".npz")
     if path is not None and path.is_file():
         ws = WindowSet.load_npz(path)
     else:

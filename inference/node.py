@@ -1,0 +1,135 @@
+"""The inference node: ``window/<device>/`` in, ``affect/<device>/`` out.
+
+Theory of operation. Windows from every device go into one :class:`MicroBatcher`; a batch
+is run when it holds ``max_batch`` windows or when its oldest window has waited
+``max_wait_s``, so a lone wristband is answered within ``max_wait_s`` plus one forward pass
+and many wristbands share the cheaper large batches (see ``bench/bench_inference.py``). The
+model runs in a worker thread, so the loop keeps receiving (ZeroMQ queues what arrives
+meanwhile). An end marker on ``window/<device>/`` (meta ``{"event": "end"}``) first flushes
+every pending window, then is answered by ``{"event": "end"}`` on ``affect/<device>/``, so
+a store downstream knows it has seen everything of that device. Cancellation flushes the
+pending windows before the sockets close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from bus import AFFECT, WINDOW, Message, Publisher, Subscriber
+
+log = logging.getLogger(__name__)
+
+SUBSCRIPTIONS = (f"{WINDOW}/",)
+
+
+def is_end_marker(msg: Message) -> bool:
+    return msg.meta.get("event") == "end"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Due:
+    """Work that is due: run ``windows`` as one batch, then forward ``ends`` (in that order)."""
+
+    windows: tuple[Message, ...]
+    ends: tuple[Message, ...] = ()
+
+
+class MicroBatcher:
+    """Pure batching core: no clock of its own, time is passed in (seconds, any origin)."""
+
+    def __init__(self, *, max_batch: int = 32, max_wait_s: float = 0.05) -> None:
+        if max_batch < 1 or not max_wait_s >= 0:
+            raise ValueError("max_batch must be >= 1 and max_wait_s >= 0")
+        self.max_batch, self.max_wait_s = max_batch, max_wait_s
+        self._pending: list[Message] = []
+        self._oldest_s: float | None = None
+
+    @property
+    def deadline_s(self) -> float | None:
+        """When the pending batch must run (None when nothing is pending)."""
+        return None if self._oldest_s is None else self._oldest_s + self.max_wait_s
+
+    def push(self, msg: Message, now_s: float) -> list[Due]:
+        if is_end_marker(msg):
+            return [*self.flush(), Due(windows=(), ends=(msg,))]
+        if not self._pending:
+            self._oldest_s = now_s
+        self._pending.append(msg)
+        out = []
+        while len(self._pending) >= self.max_batch:
+            out.append(Due(windows=tuple(self._pending[: self.max_batch])))
+            self._pending = self._pending[self.max_batch:]
+            self._oldest_s = now_s if self._pending else None
+        return out + self.due(now_s)
+
+    def due(self, now_s: float) -> list[Due]:
+        if self.deadline_s is not None and now_s >= self.deadline_s:
+            return self.flush()
+        return []
+
+    def flush(self) -> list[Due]:
+        if not self._pending:
+            return []
+        out = [Due(windows=tuple(self._pending[i:i + self.max_batch]))
+               for i in range(0, len(self._pending), self.max_batch)]
+        self._pending, self._oldest_s = [], None
+        return out
+
+
+async def serve(
+    bus: str,
+    predictor,
+    *,
+    max_batch: int = 32,
+    max_wait_s: float = 0.05,
+    on_ready: Callable[[], None] | None = None,
+    report: Callable[[Counter], None] | None = None,
+) -> None:
+    """Answer windows until cancelled. ``predictor`` is an :class:`inference.Predictor`."""
+    from inference.predict import affect_meta
+
+    batcher = MicroBatcher(max_batch=max_batch, max_wait_s=max_wait_s)
+    counters: Counter = Counter()
+    loop = asyncio.get_running_loop()
+
+    async def run(pub: Publisher, due: Due) -> None:
+        if due.windows:
+            results = await asyncio.to_thread(predictor.predict_messages, list(due.windows))
+            counters["batches"] += 1
+            for msg, tasks in zip(due.windows, results):
+                meta = affect_meta(msg, tasks, predictor.model_id)
+                counters["answered"] += 1
+                counters["low_quality"] += any(v["status"] == "low_quality" for v in tasks.values())
+                await pub.publish(AFFECT, msg.device, AFFECT, t0_s=meta["t_end"], fs_hz=0.0, meta=meta)
+        for end in due.ends:
+            counters["devices_ended"] += 1
+            await pub.publish(AFFECT, end.device, AFFECT, t0_s=end.t0_s, fs_hz=0.0,
+                              meta={"event": "end", "model": predictor.model_id})
+
+    async with Publisher(bus) as pub, Subscriber(bus, SUBSCRIPTIONS) as sub:
+        if on_ready is not None:
+            on_ready()
+        try:
+            while True:
+                deadline = batcher.deadline_s
+                try:
+                    msg = await sub.recv(None if deadline is None else max(0.0, deadline - loop.time()))
+                except TimeoutError:
+                    msg = None
+                now = loop.time()
+                if msg is not None:
+                    counters["windows"] += not is_end_marker(msg)
+                for due in batcher.push(msg, now) if msg is not None else batcher.due(now):
+                    await run(pub, due)
+        finally:
+            for due in batcher.flush():
+                await run(pub, due)
+            await pub.flush()
+            counters["bus_missing"] = sub.stats.gaps
+            counters["bus_malformed"] = sum(sub.stats.malformed.values())
+            if report is not None:
+                report(counters)
