@@ -618,9 +618,11 @@ def _finish_bvp(rng: np.random.Generator, prof: SubjectProfile, t: np.ndarray, w
     """E4-like BVP: high-passed to zero mean, arm movement artefact, no pulse off-wrist, noise."""
     fs = PERIODIC["bvp"][0]
     sos = sps.butter(2, 0.3, btype="highpass", fs=fs, output="sos")
-    # Gross movement shifts the sensor on the skin: artefacts grow faster than the movement.
+    # Gross movement shifts the sensor on the skin: artefacts grow faster than the movement,
+    # up to the ±600..1800 excursions seen in WESAD.
     mix = np.interp(t, t_acc, acc_moving @ np.array(_unit(rng.normal(0.0, 1.0, 3))))
-    bvp = sps.sosfiltfilt(sos, wave) + prof.bvp_motion_gain * mix * (1.0 + np.abs(mix) / 15.0)
+    artefact = 1800.0 * np.tanh(prof.bvp_motion_gain * mix * (1.0 + np.abs(mix) / 15.0) / 1800.0)
+    bvp = sps.sosfiltfilt(sos, wave) + artefact
     worn = _worn(t, on)
     bvp = np.where(worn, bvp, 0.3 * _slow(rng, t, 5.0)) + rng.normal(0.0, 0.7, t.size)
     return np.round(bvp, 2)
