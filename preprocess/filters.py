@@ -33,6 +33,7 @@ on grid spans that do not depend on chunking, so windows are bit-identical).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -61,6 +62,15 @@ class FilterSpec:
         return sos, fir
 
 
+@functools.cache
+def _designed(spec: FilterSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Coefficients and unit start states, designed once per spec and shared by every filter
+    (which never writes to them): a thousand devices must not each pay for ``butter`` and
+    ``lfilter_zi``. (Not flagged read-only: scipy's ``sosfilt`` rejects read-only buffers.)"""
+    sos, fir = spec.design()
+    return sos, fir, signal.sosfilt_zi(sos), signal.lfilter_zi(fir, 1.0)
+
+
 #: The filters of paper section 5.3 at the E4's rates (see the module docstring for why).
 FILTERS: dict[str, FilterSpec] = {
     "bvp": FilterSpec(fs_hz=64.0, lowpass_hz=8.0, lowpass_order=4, fir_taps=33, fir_cutoff_hz=12.0),
@@ -79,9 +89,7 @@ class StreamingFilter:
 
     def __init__(self, spec: FilterSpec) -> None:
         self.spec = spec
-        self._sos, self._fir = spec.design()
-        self._sos_zi_unit = signal.sosfilt_zi(self._sos)
-        self._fir_zi_unit = signal.lfilter_zi(self._fir, 1.0)
+        self._sos, self._fir, self._sos_zi_unit, self._fir_zi_unit = _designed(spec)
         self._sos_zi: np.ndarray | None = None
         self._fir_zi: np.ndarray | None = None
 

@@ -59,6 +59,7 @@ _DUP = 8       # a second sample arrived for this slot (the first one is kept)
 _TIMING = 16   # placed from a chunk whose rate or start disagreed with the clock
 
 _GRID_QUANTUM_S = 0.25  # hops must be whole numbers of the 4 Hz sample period
+_SAMPLE_KEYS = {m: f"samples_{m}" for m in MODALITIES}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -139,6 +140,39 @@ class _Stream:
                 raw[dst], out[dst], flags[dst], has_out[dst] = (
                     self.raw[src], self.out[src], self.flags[src], self.has_out[src])
         self.base, self.raw, self.out, self.flags, self.has_out = new_base, raw, out, flags, has_out
+
+    def place_run(self, first: int, values: np.ndarray, valid: np.ndarray | None, timing: bool,
+                  counters: Counter) -> None:
+        """Store a chunk of consecutive slots from ``first`` (``valid`` None: all valid).
+
+        The common case (a chunk in order onto empty slots ahead of the filter) is a few
+        slice assignments; anything else takes :meth:`place`.
+        """
+        n = len(values)
+        last = first + n
+        if (
+            self.lo is None or first < self.lo or valid is not None
+            or (self.keep is not None and first < self.keep) or (self.fin is not None and first < self.fin)
+        ):
+            if valid is None:
+                valid = np.ones(n, dtype=bool)
+            self.place(first + np.arange(n, dtype=np.int64), values, valid, timing, counters)
+            return
+        self.reserve(first, last)
+        i = first - self.base
+        flags = self.flags[i:i + n]
+        if flags.any():
+            self.place(first + np.arange(n, dtype=np.int64), values, np.ones(n, dtype=bool), timing, counters)
+            return
+        self.raw[i:i + n] = values
+        flags[:] = _MEASURED | _TIMING if timing else _MEASURED
+        if last > self.hi:
+            self.hi = last
+        if first <= self.contig < last:
+            if self.hi == last:
+                self.contig = last
+            else:
+                self._extend_contig()
 
     def place(self, slots: np.ndarray, values: np.ndarray, valid: np.ndarray, timing: bool, counters: Counter) -> None:
         """Store one chunk's samples by slot; counts late, duplicate and invalid samples."""
@@ -281,6 +315,8 @@ class DeviceWindower:
         self._streams = {m: _Stream(m) for m in MODALITIES}
         self._next_k: int | None = None   # index of the next window (start = k * hop_s)
         self._emitted = False
+        self._newest_s: float | None = None  # end of the newest data of any modality
+        self._wait: tuple[int, tuple[tuple[_Stream, int], ...], float] | None = None
 
     def nbytes(self) -> int:
         """Bytes held in this device's sample buffers."""
@@ -327,44 +363,45 @@ class DeviceWindower:
             self.counters["bad_rate"] += 1
             self.counters["dropped_samples"] += n
             return []
-        self.counters[f"samples_{m}"] += n
+        self.counters[_SAMPLE_KEYS[m]] += n
         out: list[Window] = []
-        t_first, t_last = msg.t0_s, msg.t0_s + (n - 1) / fs
-        seen_until = self._seen_until_s()
-        if seen_until is not None and (
-            t_first > seen_until + self.config.max_gap_s
-            or (self._emitted and t_last < self._next_k * self.config.hop_s - self.config.max_gap_s)
+        t_first = msg.t0_s
+        if self._newest_s is not None and (
+            t_first > self._newest_s + self.config.max_gap_s
+            or (self._emitted and t_first + (n - 1) / fs < self._next_k * self.config.hop_s - self.config.max_gap_s)
         ):
             self.counters["clock_jumps"] += 1
             out = self.flush()
             stream = self._streams[m]
         values = samples.astype(np.float64)
-        if stream.width == 1:
-            valid = np.isfinite(values)
+        if stream.width == 3:
+            values /= 64.0  # E4 counts are 1/64 g
+        valid = None  # all valid, the common case, checked with one reduction
+        if not np.isfinite(values).all() or (m == "eda" and values.min() < 0):
+            valid = np.isfinite(values) if stream.width == 1 else np.isfinite(values).all(axis=1)
             if m == "eda":
                 negative = valid & (values < 0)
                 if negative.any():
                     self.counters["negative_eda"] += int(negative.sum())
                     valid &= ~negative
-        else:
-            values /= 64.0  # E4 counts are 1/64 g
-            valid = np.isfinite(values).all(axis=1)
-        if not valid.all():
             self.counters["invalid_samples"] += int((~valid).sum())
         nominal = stream.fs
-        timing = False
         if abs(fs - nominal) > 1e-3 * nominal:
             self.counters["rate_mismatch"] += 1
-            timing = True
-            slots = np.rint((msg.t0_s + np.arange(n) / fs) * nominal).astype(np.int64)
+            slots = np.rint((t_first + np.arange(n) / fs) * nominal).astype(np.int64)
+            stream.place(slots, values, np.ones(n, dtype=bool) if valid is None else valid, True, self.counters)
+            last = int(slots.max()) + 1
         else:
-            first = round(msg.t0_s * nominal)
-            if stream.next_slot is not None and 0 < abs(first - stream.next_slot) <= 2:
+            first = round(t_first * nominal)
+            timing = stream.next_slot is not None and 0 < abs(first - stream.next_slot) <= 2
+            if timing:
                 self.counters["timing_mismatch"] += 1
-                timing = True
-            slots = first + np.arange(n, dtype=np.int64)
-        stream.next_slot = int(slots[-1]) + 1
-        stream.place(slots, values, valid, timing, self.counters)
+            stream.place_run(first, values, valid, timing, self.counters)
+            last = first + n
+        stream.next_slot = last
+        newest = last / nominal
+        if self._newest_s is None or newest > self._newest_s:
+            self._newest_s = newest
         return out
 
     def _label(self, msg: Message) -> None:
@@ -382,26 +419,21 @@ class DeviceWindower:
 
     # ---- output ------------------------------------------------------------------------------
 
-    def _seen_until_s(self) -> float | None:
-        his = [s.hi / s.fs for s in self._streams.values() if s.hi is not None]
-        return max(his) if his else None
-
     def _first_k(self) -> int | None:
         ks = [-(-s.lo // self._hop_slots[m]) for m, s in self._streams.items() if s.lo is not None]
         return min(ks) if ks else None
 
     def _ready(self, k: int) -> bool:
-        end_s = k * self.config.hop_s + WINDOW_S
-        complete = True
-        newest = -math.inf
-        for m, s in self._streams.items():
-            if s.hi is None:
-                complete = False
-                continue
-            newest = max(newest, s.hi / s.fs)
-            if s.complete_until() < k * self._hop_slots[m] + s.size + s.delay:
-                complete = False
-        return complete or newest >= end_s + self.config.late_s
+        if self._wait is None or self._wait[0] != k:
+            needs = tuple((s, k * self._hop_slots[m] + s.size + s.delay) for m, s in self._streams.items())
+            self._wait = (k, needs, k * self.config.hop_s + WINDOW_S + self.config.late_s)
+        _, needs, late_at = self._wait
+        if self._newest_s is not None and self._newest_s >= late_at:
+            return True
+        for s, need in needs:
+            if s.contig is None or s.complete_until() < need:
+                return False
+        return True
 
     def _emit_ready(self) -> list[Window]:
         out = []
@@ -416,7 +448,7 @@ class DeviceWindower:
         out = []
         if not self._emitted:
             self._next_k = self._first_k()
-        until = self._seen_until_s()
+        until = self._newest_s
         while self._next_k is not None and until is not None and self._next_k * self.config.hop_s < until:
             out.append(self._emit(self._next_k))
         self._reset()
