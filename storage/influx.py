@@ -145,6 +145,7 @@ class InfluxSink:
         self._write_api = self._client.write_api(write_options=SYNCHRONOUS)
         self._update_pending()
         self._task = asyncio.create_task(self._run(), name="influx-writer")
+        self._task.add_done_callback(lambda _: self.counters.changed())
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -169,10 +170,14 @@ class InfluxSink:
         everything is on the spool)."""
         self._wake.set()
         loop = asyncio.get_running_loop()
+        task = self._task
         await self.counters.wait_for(
-            lambda c: not self._queue and (self._spool is None or not self._spool.points or self._down_until > loop.time()),
+            lambda c: (task is None or task.done()) or (
+                not self._queue and (self._spool is None or not self._spool.points or self._down_until > loop.time())),
             None,
         )
+        if task is not None and task.done() and not task.cancelled() and task.exception() is not None:
+            raise task.exception()  # the writer died (say, the spool's disk failed): say so, loudly
 
     async def close(self) -> None:
         if self._task is None:
