@@ -65,6 +65,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--subjects", type=int, default=1)
     s.add_argument("--labels", choices=("all", "stress", "anxiety", "emotion", "none"), default="all",
                    help="which tasks' labels to write (like WESAD: stress; VerBIO: anxiety; K-EmoCon: emotion)")
+    s.add_argument("--no-faults", action="store_true", help="no motion bursts and no off-wrist stretches")
     s.set_defaults(func=_simulate)
 
 
@@ -104,7 +105,9 @@ def _simulate(args: argparse.Namespace) -> int:
     if args.minutes <= 0 or args.subjects < 1:
         raise UserError("--minutes must be > 0 and --subjects >= 1")
     out = Path(args.out)
-    for rec in simulate_recordings(minutes=args.minutes, seed=args.seed, subjects=args.subjects, labels=args.labels):
+    faults = not args.no_faults
+    for rec in simulate_recordings(minutes=args.minutes, seed=args.seed, subjects=args.subjects, labels=args.labels,
+                                   off_wrist=faults, motion=faults):
         folder = write_e4_export(rec, out / rec.device)
         print(folder)
     return 0
