@@ -259,3 +259,15 @@ def test_records_are_frozen_and_slotted() -> None:
     with pytest.raises(AttributeError):
         rec.label = "x"  # type: ignore[misc]
     assert math.isfinite(rec.time_s)
+
+
+def test_the_public_surface_resolves_lazily() -> None:
+    import subprocess
+    import sys
+
+    import storage
+
+    assert all(getattr(storage, name) is not None for name in storage.__all__)
+    # importing the CLI module (what `m3sense --help` does) loads neither influxdb-client nor scipy
+    code = "import sys, storage.cli; print(any(m.split('.')[0] in ('influxdb_client', 'scipy') for m in sys.modules))"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "False\n"

@@ -223,3 +223,35 @@ def test_messages_lost_on_the_bus_are_recorded_as_a_gap(tmp_path: Path, bus_addr
     assert rows(db, "SELECT time_s, event, value, detail, source FROM device_status") == [
         (T0 + 26, "bus_gap", 4.0, '{"topic":"affect/dev1/"}', "replay")]
     assert rows(db, "SELECT count(*) FROM affect") == [(3,)]
+
+
+def test_replayed_recording_into_the_store(tmp_path: Path, bus_address: str, hub: Hub, procs: list[Proc]) -> None:
+    """simulate → replay --speed max → store (processes): the recording's physiology at 1 Hz,
+    its start and end, tagged replay; heart rate from BVP agrees with the recording's HR stream."""
+    import subprocess
+
+    sim = tmp_path / "sim"
+    run_cli("simulate", str(sim), "--minutes", "3", "--seed", "5", check=True)
+    db = tmp_path / "replay.db"
+    store = Proc(["store", "--bus", bus_address, "--sink", str(db)])
+    procs.append(store)
+    store.wait_for_stderr("store:")
+    # the store does not listen to ACC, IBI, tags or labels; a tap does, so that replay's
+    # wait-for-subscribers handshake can only complete once the store's own subscriptions are in
+    others = Proc(["tap", "--bus", bus_address, "--topic", "raw/acc/", "--topic", "raw/ibi/", "--topic", "raw/tag/",
+                   "--topic", "raw/battery/", "--topic", "label/"], stdout=subprocess.DEVNULL)
+    procs.append(others)
+    run_cli("replay", str(sim), "--bus", bus_address, "--speed", "max", "--wait", "60", check=True)
+    store.popen.send_signal(signal.SIGTERM)
+    assert store.popen.wait(timeout=60) == 0
+    assert "'dropped': 0" in store.popen.stderr.read()
+
+    (device,) = [d for (d,) in rows(db, "SELECT DISTINCT device FROM physio")]
+    assert [e for (e,) in rows(db, "SELECT event FROM device_status ORDER BY time_s")] == ["start", "end"]
+    assert rows(db, "SELECT DISTINCT source FROM physio") == [("replay",)]
+    (n_eda,) = rows(db, "SELECT count(*) FROM physio WHERE signal = 'eda_us'")[0]
+    assert 178 <= n_eda <= 181  # one per second of a 3-minute recording
+    pairs = rows(db, """SELECT a.value, b.value FROM physio a JOIN physio b USING (device, source, time_s)
+                        WHERE a.signal = 'hr_bpm' AND b.signal = 'hr_device_bpm'""")
+    assert len(pairs) > 120
+    assert np.median([abs(a - b) for a, b in pairs]) < 8.0
