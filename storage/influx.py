@@ -268,8 +268,8 @@ class InfluxSink:
                 self._backoff_s = min(self.retry_max_s, max(self.retry_min_s, 2 * self._backoff_s))
                 self._down_until = loop.time() + self._backoff_s
                 if self._backoff_s == self.retry_min_s:
-                    log.warning("InfluxDB at %s unreachable (%s); spooling to %s", self.target.url,
-                                type(exc).__name__, self.spool_dir)
+                    log.warning("InfluxDB at %s does not take writes (%s); spooling to %s", self.target.url,
+                                _describe(exc), self.spool_dir)
                 if path is None:
                     await self._to_spool(lines)
                 self._update_pending()
@@ -288,6 +288,15 @@ class InfluxSink:
             if path is not None:
                 await asyncio.to_thread(self._spool.remove, path)
             self._update_pending()
+
+
+def _describe(exc: BaseException) -> str:
+    """One line for the log: the HTTP status and the server's message (a wrong token or
+    bucket shows here), or the kind of connection failure."""
+    status = getattr(exc, "status", None)
+    if isinstance(exc, InfluxDBError) and status:
+        return f"HTTP {status}: {str(exc.message).strip()}"
+    return type(exc).__name__
 
 
 def _auth_header(token: str | None) -> dict[str, str]:
