@@ -101,8 +101,7 @@ def _windows(specs, *, cfg, hop_s: float, no_cache: bool, unlabeled: bool = Fals
     out = []
     for spec in specs:
         src = parse_source(spec)
-        ws = source_windows(src, modalities=cfg.modalities, shapes={m: cfg.input_shape(m) for m in cfg.modalities},
-                            tasks=cfg.tasks, classes=cfg.classes, hop_s=hop_s, unlabeled=unlabeled,
+        ws = source_windows(src, modalities=cfg.modalities, tasks=cfg.tasks, classes=cfg.classes, hop_s=hop_s, unlabeled=unlabeled,
                             **({"cache_dir": None} if no_cache else {}))
         if not len(ws):
             raise UserError(f"data source {spec!r} gave no usable windows")

@@ -59,6 +59,17 @@ class WindowSet:
             sources=self.sources[idx], t0_s=self.t0_s[idx],
         )
 
+    def select(self, modalities: Sequence[str], tasks: Sequence[str]) -> WindowSet:
+        """The same windows with only these modalities and tasks (in this order); a window
+        left with no present modality is dropped."""
+        mi = [self.modalities.index(m) for m in modalities]
+        ti = [self.tasks.index(t) for t in tasks]
+        ws = WindowSet(modalities=tuple(modalities), tasks=tuple(tasks), inputs={m: self.inputs[m] for m in modalities},
+                       present=self.present[:, mi], labels=self.labels[:, ti], groups=self.groups,
+                       sources=self.sources, t0_s=self.t0_s)
+        keep = ws.present.any(axis=1)
+        return ws if keep.all() else ws.subset(np.flatnonzero(keep))
+
     def without_labels(self) -> WindowSet:
         return WindowSet(
             modalities=self.modalities, tasks=self.tasks, inputs=self.inputs, present=self.present,

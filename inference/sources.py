@@ -17,6 +17,7 @@ source, the window hop and the preprocess code, so repeated runs skip the filter
 from __future__ import annotations
 
 import hashlib
+import os
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -26,6 +27,7 @@ from urllib.parse import parse_qsl
 import numpy as np
 
 from inference.dataset import WindowSet, windows_from_messages
+from inference.model import MODALITY_CHANNELS
 from m3sense.errors import UserError
 
 SYNTHETIC = "synthetic"
@@ -121,31 +123,41 @@ def source_windows(
     src: SourceSpec,
     *,
     modalities: Sequence[str],
-    shapes: Mapping[str, tuple[int, int]],
     tasks: Sequence[str],
     classes: Mapping[str, Sequence[str]],
     hop_s: float,
     cache_dir: Path | None = Path(tempfile.gettempdir()) / "m3sense-windows",
     unlabeled: bool = False,
 ) -> WindowSet:
-    """All windows of one source, labels filtered by ``src.tasks`` (or dropped if ``unlabeled``)."""
+    """All windows of one source for these modalities and tasks, labels kept only for
+    ``src.tasks`` (or dropped if ``unlabeled``). Windows are made (and cached) once per source
+    and hop with every modality and task, whatever a model uses."""
+    import preprocess
+
+    for t in tasks:
+        if t not in preprocess.LABEL_CLASSES or tuple(classes[t]) != tuple(preprocess.LABEL_CLASSES[t]):
+            raise UserError(f"task {t!r} with classes {list(classes.get(t, ()))}: the data has "
+                            f"{ {k: list(v) for k, v in preprocess.LABEL_CLASSES.items()} }")
+    all_tasks = tuple(preprocess.LABEL_CLASSES)
+    all_modalities = tuple(preprocess.MODALITIES)
     path = None
     if cache_dir is not None:
-        key = "|".join([src.name, src.spec, f"{hop_s:g}", ",".join(modalities), ",".join(tasks),
-                        repr(sorted((t, tuple(c)) for t, c in classes.items())), _code_digest()])
+        key = "|".join([src.name, src.spec, f"{hop_s:g}", _code_digest()])
         path = cache_dir / (hashlib.sha1(key.encode()).hexdigest()[:16] + ".npz")
     if path is not None and path.is_file():
         ws = WindowSet.load_npz(path)
     else:
-        ws = recording_window_set(read_recordings(src), modalities=modalities, shapes=shapes, tasks=tasks,
-                                  classes=classes, source=src.name, hop_s=hop_s)
+        shapes = {m: (preprocess.SIZES[m], MODALITY_CHANNELS[m]) for m in all_modalities}
+        ws = recording_window_set(read_recordings(src), modalities=all_modalities, shapes=shapes, tasks=all_tasks,
+                                  classes=preprocess.LABEL_CLASSES, source=src.name, hop_s=hop_s)
         if src.synthetic:  # simulated devices are sim01, sim02, ... in every synthetic source
             ws = replace(ws, groups=np.char.add(f"{src.name}/", ws.groups))
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp.npz")
+            tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
             ws.save_npz(tmp)
             tmp.replace(path)
+    ws = ws.select(modalities, tasks)
     if unlabeled:
         return ws.without_labels()
     if src.tasks is not None:

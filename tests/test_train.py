@@ -11,8 +11,10 @@ from hypothesis import strategies as st
 from inference.dataset import Normalizer, WindowSet, windows_from_messages
 from inference.metrics import confusion, macro_f1, task_scores
 from inference.model import M3Sense, ModelConfig
+from inference.sources import parse_source, source_windows
 from inference.train import (TrainConfig, detailed_scores, predict_probs, split_paper, split_subjects, to_tensors,
                              train_model)
+from m3sense.errors import UserError
 from tests.model_helpers import quality, window
 
 @pytest.fixture(autouse=True)
@@ -152,3 +154,27 @@ def test_training_is_reproducible_with_the_seed():
         torch.manual_seed(7)
         runs.append(train_model(M3Sense(cfg), TrainConfig(epochs=2, batch_size=8, seed=7), to_tensors(ws, norm), None))
     assert [h.loss for h in runs[0].history] == [h.loss for h in runs[1].history]
+
+
+def test_source_strings():
+    src = parse_source("synthetic?minutes=3&subjects=2&seed=4&tasks=anxiety,emotion")
+    assert src.synthetic and src.params == {"minutes": "3", "subjects": "2", "seed": "4"}
+    assert src.tasks == ("anxiety", "emotion") and src.name == "synthetic(minutes=3,seed=4,subjects=2)"
+    with pytest.raises(UserError, match="no such file"):
+        parse_source("/nonexistent/wesad")
+    with pytest.raises(UserError, match="only 'tasks='"):
+        parse_source(".?minutes=3")
+
+
+def test_simulated_source_through_the_preprocess_path(tmp_path):
+    """Recordings → preprocess windows → arrays; the tasks filter keeps only those labels and
+    the cache gives back the same set."""
+    kw = dict(modalities=CFG.modalities, tasks=CFG.tasks, classes=CFG.classes, hop_s=20.0, cache_dir=tmp_path)
+    src = parse_source("synthetic?minutes=6&subjects=1&seed=3&tasks=emotion")
+    ws = source_windows(src, **kw)
+    assert len(ws) >= 10 and ws.inputs["bvp"].shape[1:] == (1280, 1)
+    assert (ws.labels[:, :2] == -1).all() and (ws.labels[:, 2] >= 0).any()
+    assert all(g.startswith("synthetic(") and g.endswith("/sim01") for g in ws.groups)
+    again = source_windows(src, **kw)
+    assert np.array_equal(again.inputs["eda"], ws.inputs["eda"]) and np.array_equal(again.labels, ws.labels)
+    assert not source_windows(src, unlabeled=True, **kw).labelled.any()
