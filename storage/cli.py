@@ -84,7 +84,8 @@ def _store(args: argparse.Namespace) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         async with open_sink(target, spool_dir=args.spool_dir, **options) as sink:
-            node = StoreNode(args.bus, sink, flush_interval_s=args.flush_interval)
+            node = StoreNode(args.bus, sink, flush_interval_s=args.flush_interval,
+                             on_device_end=lambda d: print(f"store: end of device {d}", file=sys.stderr, flush=True))
             print(f"store: {target!r} <- {args.bus}", file=sys.stderr, flush=True)
             await node.run(stop)
         c = sink.counters

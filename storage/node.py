@@ -6,13 +6,17 @@ numbers show that messages were lost on the way) and asks the sink to flush ever
 (the sink batches; flushing on a timer bounds how stale the store can be). Stopping
 (``stop`` event, SIGINT/SIGTERM in the CLI) first drains what already reached the
 socket, until ``drain_s`` passes without a message, then closes the open physiology
-bins and flushes the sink, so a clean shutdown loses nothing.
+bins and flushes the sink, so a clean shutdown loses nothing. An end marker on
+``affect/<device>/`` (meta ``{"event": "end"}``, sent by the inference node after a
+device's last window) flushes the sink and is reported through ``on_device_end``: that is
+how ``m3sense run`` knows a device is completely stored.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 from bus import AFFECT, RAW, STATUS, Subscriber, topic_for
 
@@ -34,7 +38,7 @@ class StoreNode:
     """``await node.run(stop)``; ``processed`` counts bus messages turned into records."""
 
     def __init__(self, bus: str, sink: Sink, *, flush_interval_s: float = 1.0, drain_s: float = 0.5,
-                 builder: RecordBuilder | None = None) -> None:
+                 builder: RecordBuilder | None = None, on_device_end: Callable[[str], None] | None = None) -> None:
         self.bus = bus
         self.sink = sink
         self.flush_interval_s = flush_interval_s
@@ -45,6 +49,7 @@ class StoreNode:
         self.subscriber: Subscriber | None = None
         self._progress = asyncio.Event()
         self._gaps: dict[str, int] = {}  # sequence gaps per topic already recorded
+        self.on_device_end = on_device_end
 
     async def wait_processed(self, n: int, timeout_s: float) -> None:
         """Return once ``n`` messages have been processed (a handshake for tests and ``run``)."""
@@ -56,6 +61,14 @@ class StoreNode:
 
     async def _handle(self, sub: Subscriber, timeout_s: float | None) -> None:
         msg = await sub.recv(timeout_s)
+        if msg.kind == AFFECT and msg.meta.get("event") == "end":
+            # the inference node's end marker: everything of this device before it is in the sink
+            await self.sink.flush()
+            if self.on_device_end is not None:
+                self.on_device_end(msg.device)
+            self.processed += 1
+            self._progress.set()
+            return
         records = self.builder.push(msg)
         missed = sub.stats.gaps_by_topic[msg.topic] - self._gaps.get(msg.topic, 0)
         if missed:
