@@ -7,7 +7,8 @@ into one :class:`preprocess.Preprocessor` on one core. Messages are built outsid
 region, one time slice at a time, so memory stays small; only ``push`` is timed.
 
 Printed per device count: messages/s, samples/s and windows/s achieved, the real-time factor
-(recorded seconds of all devices per second of processing: >= 1 means real time), and memory
+(recorded seconds of all devices per second of processing, divided by N: >= 1 means the N
+devices are processed in real time), the capacity (devices one core keeps up with), and memory
 per device at steady state (tracemalloc in a separate pass of at most ``--memory-devices``
 devices, and the sample buffers alone). Baseline, measured in
 the same run: a loop that only reads each message's samples (the floor of per-message Python
@@ -123,16 +124,16 @@ def main() -> None:
     tpl, duration_s = template(args.minutes)
     print(f"one device: {len(tpl)} messages over {duration_s:.0f} s (packet cadence); "
           f"filter floor {filter_floor(tpl) * 1e3:.2f} ms per device for the whole session")
-    print(f"{'devices':>7} {'msg/s':>9} {'samples/s':>10} {'windows/s':>9} {'realtime x':>10} "
+    print(f"{'devices':>7} {'msg/s':>9} {'samples/s':>10} {'windows/s':>9} {'x realtime':>10} {'capacity':>8} "
           f"{'floor msg/s':>11} {'KiB/device':>10} {'buffers KiB':>11}")
     for n in args.devices:
         r = run(tpl, duration_s, n)
         held, buffers = memory(tpl, duration_s, min(n, args.memory_devices))
         print(f"{n:>7} {r['messages'] / r['busy_s']:>9.0f} {r['samples'] / r['busy_s']:>10.0f} "
-              f"{r['windows'] / r['busy_s']:>9.0f} {r['realtime_x']:>10.1f} {r['messages'] / r['floor_s']:>11.0f} "
-              f"{held / 1024:>10.0f} {buffers / 1024:>11.0f}", flush=True)
-    print(f"(memory measured with at most {args.memory_devices} devices; real time for N devices needs "
-          f"realtime x >= N... i.e. >= 1 per device: the column is recorded device-seconds per second)")
+              f"{r['windows'] / r['busy_s']:>9.0f} {r['realtime_x'] / n:>10.1f} {r['realtime_x']:>8.0f} "
+              f"{r['messages'] / r['floor_s']:>11.0f} {held / 1024:>10.0f} {buffers / 1024:>11.0f}", flush=True)
+    print(f"x realtime: how much faster than real time all N devices were processed on one core; capacity: "
+          f"devices one core keeps up with at this load; memory from a pass of at most {args.memory_devices} devices")
 
 
 if __name__ == "__main__":
