@@ -8,8 +8,7 @@ start, framed by status start/end.
 
 from __future__ import annotations
 
-import heapq
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -85,10 +84,6 @@ def chunk_messages(rec: Recording, cuts: Mapping[str, Sequence[int]], *, source:
 def every(step_s: float, rec: Recording) -> dict[str, list[int]]:
     """Cuts every ``step_s`` seconds in every modality."""
     return {m: list(range(0, rec.signals[m].n, max(1, round(step_s * rec.signals[m].fs_hz)))) for m in MODALITIES}
-
-
-def merge_by_due(*streams: Iterator[tuple[float, Message]]) -> Iterator[tuple[float, Message]]:
-    return heapq.merge(*streams, key=lambda e: e[0])
 
 
 def window_record(w: Window) -> tuple:

@@ -7,7 +7,6 @@ import json
 from collections import Counter
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from bus import Hub, Publisher, Subscriber, topic_for
@@ -15,7 +14,6 @@ from preprocess import Window, recording_windows
 from preprocess.node import serve
 from replay.chunks import recording_messages, topics_of
 from replay.recording import LabelInterval
-from replay.simulate import simulate_sessions
 from tests.conftest import Proc, run_cli
 from tests.preprocess_helpers import T0, assert_same_windows, make_recording
 
@@ -95,7 +93,6 @@ def test_cancelling_the_node_flushes_pending_windows(hub: Hub, bus_address: str)
 @pytest.mark.slow
 def test_cli_replay_preprocess_tap(tmp_path: Path, bus_address: str, procs: list[Proc]) -> None:
     """simulate → hub, preprocess, tap --json on window/ → replay --speed max, as processes."""
-    sessions = simulate_sessions(minutes=2, seed=5, subjects=1)
     out = tmp_path / "sim"
     run_cli("simulate", str(out), "--minutes", "2", "--seed", "5", "--subjects", "1", check=True)
     from replay.e4csv import read_source
@@ -128,5 +125,3 @@ def test_cli_replay_preprocess_tap(tmp_path: Path, bus_address: str, procs: list
     assert pre.popen.wait(timeout=30) in (0, 130)
     err = pre.popen.stderr.read()
     assert f"windows {len(expected)}" in err and "devices_closed 1" in err
-    assert sessions[0].recording.device == rec.device
-    assert np.isfinite([line["quality"]["missing_fraction"] for line in lines]).all()

@@ -16,6 +16,7 @@ from preprocess import (
     stack_windows,
 )
 from replay.recording import LabelInterval
+from replay.simulate import simulate_sessions
 from tests.preprocess_helpers import T0, assert_same_windows, chunk_messages, every, make_recording, window_record
 
 
@@ -136,6 +137,27 @@ def test_off_wrist_motion_and_gap_flag_exactly_the_windows_that_overlap_them() -
     np.testing.assert_array_equal(inside_gap.masks["bvp"], sent)
     assert not sent[2 * 64:7 * 64].any() and sent[:64].all() and sent[9 * 64:].all()
     assert pre.counters()["late_samples"] == 0
+
+
+def test_simulated_faults_agree_with_the_simulators_ground_truth() -> None:
+    """On the team's synthetic sessions: off-wrist windows flagged, quiet windows not."""
+    for session in simulate_sessions(minutes=12, seed=21, subjects=2):
+        windows = recording_windows(session.recording)
+
+        def near(w: Window, spans: tuple[tuple[float, float], ...], margin_s: float = 0.0) -> bool:
+            return any(a - margin_s < w.t_end_s and w.t_start_s < b + margin_s for a, b in spans)
+
+        off = session.off_wrist_s
+        assert off, "12 simulated minutes hold an off-wrist stretch"
+        inside = [w for w in windows if any(a <= w.t_start_s and w.t_end_s <= b for a, b in off)]
+        covering = [w for w in windows if any(w.t_start_s + 2 <= a and b <= w.t_end_s - 2 for a, b in off)]
+        assert inside + covering and all(w.quality.off_wrist and not w.quality.usable for w in inside + covering)
+        # (re-wearing leaves EDA settling for a few seconds: allow a window of margin after a stretch)
+        quiet = [w for w in windows if not near(w, off, 20.0) and not near(w, session.motion_s)]
+        assert len(quiet) > len(windows) // 2
+        assert not any(w.quality.off_wrist or w.quality.motion for w in quiet)
+        bursts = [w for w in windows if any(w.t_start_s + 1 <= a and b <= w.t_end_s - 1 for a, b in session.motion_s)]
+        assert bursts and all(w.quality.motion for w in bursts)
 
 
 def test_bad_input_is_counted_and_flagged_never_raised() -> None:
