@@ -38,6 +38,7 @@ from ingest.device import DeviceIngest, Emit, IngestStats, status
 log = logging.getLogger(__name__)
 
 WATCHED = frozenset({"bvp", "acc"})
+DRAIN_TIMEOUT_S = 10.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -187,13 +188,16 @@ class Link:
     async def _consume(self) -> None:
         while True:
             char, data, arrival = await self._queue.get()
-            if self._raw_log is not None:
-                self._raw_log.write(self.band.device, char, data, arrival)
-            if char == "link":
-                self._ingest.relink()
-                continue
-            for emit in self._ingest.packet(char, data, arrival):
-                await self._publish(emit)
+            try:
+                if self._raw_log is not None:
+                    self._raw_log.write(self.band.device, char, data, arrival)
+                if char == "link":
+                    self._ingest.relink()
+                    continue
+                for emit in self._ingest.packet(char, data, arrival):
+                    await self._publish(emit)
+            finally:
+                self._queue.task_done()
 
     async def _watchdog(self) -> str:
         loop = asyncio.get_running_loop()
@@ -249,7 +253,9 @@ class Link:
                     reason = await self._session()
                 except (BleakError, OSError, TimeoutError) as exc:
                     self.stats.connect_failures += 1
-                    await self._status("connect_failed", error=str(exc) or type(exc).__name__)
+                    error = str(exc) or type(exc).__name__
+                    log.warning("%s: cannot connect: %s", self.band.address, error)
+                    await self._status("connect_failed", error=error)
                 else:
                     self.stats.disconnects += 1
                     if reason == "watchdog":
@@ -263,10 +269,13 @@ class Link:
             await self._drain(consumer)
 
     async def _drain(self, consumer: asyncio.Task) -> None:
-        """Publish what is queued, then stop the consumer (runs during cancellation too)."""
+        """Publish everything received (the link is already down), then stop the consumer;
+        runs during cancellation too, so a clean shutdown loses no notification."""
         try:
-            while not self._queue.empty() and not consumer.done():
-                await asyncio.sleep(0)
+            if not consumer.done():
+                await asyncio.wait_for(self._queue.join(), DRAIN_TIMEOUT_S)
+        except TimeoutError:
+            log.warning("%s: %d notifications not published at shutdown", self.band.address, self._queue.qsize())
         finally:
             consumer.cancel()
             await asyncio.gather(consumer, return_exceptions=True)

@@ -140,7 +140,7 @@ def _scan(args: argparse.Namespace) -> int:
     try:
         found = asyncio.run(scan(args.timeout, backend))
     except (BleakError, OSError) as exc:  # no adapter, no BlueZ: the user's to fix
-        raise UserError(f"cannot scan: {exc}") from None
+        raise UserError(f"cannot scan: {exc} (is there a Bluetooth adapter, and BlueZ with D-Bus on Linux?)") from None
     for address, name, rssi in found:
         print(json.dumps({"address": address, "name": name, "rssi": rssi}) if args.json
               else f"{address}  {rssi:4d} dBm  {name}")

@@ -88,7 +88,7 @@ def test_scan_finds_virtual_e4s_by_name_with_rssi(recordings: list) -> None:
 
 
 def test_three_wristbands_at_nominal_rates_with_continuous_sequence_numbers(hub, bus_address, recordings) -> None:
-    got, links, radio, stats = asyncio.run(run_virtual(bus_address, recordings, n=3, scale=10.0, duration_s=60.0))
+    got, links, radio, stats = asyncio.run(run_virtual(bus_address, recordings, n=3, scale=20.0, duration_s=60.0))
     assert stats.gaps == 0 and not stats.malformed
     streams = by_stream(got)
     for band in links:
@@ -124,7 +124,7 @@ def gap_totals(msgs: list[tuple[float, Message]]) -> dict[str, int]:
 def test_disconnects_and_lost_packets_become_gaps_of_the_right_length(hub, bus_address, recordings) -> None:
     faults = Faults(drop_fraction=0.03, disconnect_every_s=15.0)
     got, links, radio, stats = asyncio.run(run_virtual(
-        bus_address, recordings, n=2, scale=10.0, duration_s=60.0, faults=faults,
+        bus_address, recordings, n=2, scale=20.0, duration_s=60.0, faults=faults,
         config=LinkConfig(backoff_initial_s=0.05)))
     assert stats.gaps == 0
     streams = by_stream(got)
@@ -237,6 +237,7 @@ def test_a_storm_of_100_disconnects_leaks_no_tasks_sockets_or_memory(hub, bus_ad
         band = Wristband(address=virtual_address(0), device="storm")
         config = LinkConfig(backoff_initial_s=0.001)
         async with Publisher(bus_address) as pub:
+            await pub.flush()  # both of its connections to the hub are up: their fds are in the baseline
             tasks_before = len(asyncio.all_tasks())
             fds_before = open_fds()
             stop = asyncio.Event()
@@ -314,7 +315,7 @@ def test_cli_stream_virtual_three_with_tap(bus_address, procs, tmp_path) -> None
                     "--idle-exit", "5"], stdout=fh)
         procs.append(tap)
         raw_log = tmp_path / "raw.jsonl"
-        ble = Proc(["ble", "stream", "--bus", bus_address, "--virtual", "3", "--time-scale", "10",
+        ble = Proc(["ble", "stream", "--bus", bus_address, "--virtual", "3", "--time-scale", "20",
                     "--duration", "30", "--minutes", "1", "--drop", "0.02", "--raw-log", str(raw_log),
                     "--wait", "30"])
         procs.append(ble)
