@@ -173,14 +173,16 @@ def test_device_ingest_counts_and_reports_bad_packets_and_gaps() -> None:
     good = codec.encode_acc(np.zeros((6, 3), dtype=np.int16), counter=0)
     out = ing.packet("acc", good, 10.0)
     assert [e.modality for e in out] == ["acc"] and out[0].samples.dtype == np.int16
-    bad = ing.packet("acc", good[:7], 10.1)
-    assert bad[0].kind == "status" and bad[0].meta["event"] == "bad_packet" and bad[0].meta["reason"] == "truncated"
+    bad = ing.packet("acc", good[:7], 10.1)  # packet 1 arrives damaged: its samples are a gap at once
+    assert [e.meta["event"] for e in bad] == ["bad_packet", "gap"] and bad[0].meta["reason"] == "truncated"
+    assert bad[1].meta["missing_samples"] == 6 and bad[1].meta["cause"] == "bad_packet"
     unknown = ing.packet("gyro", b"\x00", 10.2)
     assert unknown[0].meta["reason"] == "unknown"
     jump = ing.packet("acc", codec.encode_acc(np.zeros((6, 3), dtype=np.int16), counter=3), 10.0 + 4 * 6 / 32)
-    gap = [e for e in jump if e.kind == "status"][0]
-    assert gap.meta["event"] == "gap" and gap.meta["missing_samples"] == 12 and gap.meta["cause"] == "counter"
-    assert ing.stats.bad == {"acc:truncated": 1, "gyro:unknown": 1}
+    gap = [e for e in jump if e.kind == "status"][0]  # packet 2 never came
+    assert gap.meta["event"] == "gap" and gap.meta["missing_samples"] == 6 and gap.meta["cause"] == "counter"
+    assert jump[-1].t0_s == pytest.approx(out[0].t0_s + 3 * 6 / 32)
+    assert ing.stats.bad == {"acc:truncated": 1, "gyro:unknown": 1} and ing.stats.missing_samples["acc"] == 12
 
 
 def test_device_ingest_battery_tag_and_on_wrist() -> None:
