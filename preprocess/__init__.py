@@ -8,11 +8,11 @@ from preprocess.filters import FILTERS, FilterSpec, StreamingFilter
 from preprocess.offline import recording_windows, stack_windows
 from preprocess.preprocessor import Preprocessor
 from preprocess.quality import QualityRules
-from preprocess.window import LABEL_CLASSES, MODALITIES, RATES_HZ, SIZES, WINDOW_S, Quality, Window
+from preprocess.window import LABEL_CLASSES, MODALITIES, RATES_HZ, SIZES, WINDOW_S, DeviceEnd, Quality, Window
 from preprocess.windower import DeviceWindower, WindowConfig
 
 __all__ = [
     "FILTERS", "LABEL_CLASSES", "MODALITIES", "RATES_HZ", "SIZES", "WINDOW_S",
-    "DeviceWindower", "FilterSpec", "Preprocessor", "Quality", "QualityRules", "StreamingFilter",
+    "DeviceEnd", "DeviceWindower", "FilterSpec", "Preprocessor", "Quality", "QualityRules", "StreamingFilter",
     "Window", "WindowConfig", "recording_windows", "stack_windows",
 ]

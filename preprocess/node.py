@@ -1,7 +1,8 @@
 """The preprocess node: a thin asyncio shell around :class:`Preprocessor`.
 
 Subscribes ``raw/``, ``label/`` and ``status/``, publishes each finished window on
-``window/<device>/``. Devices are expired on the event loop's clock. Cancellation (SIGINT,
+``window/<device>/``, and after a device's last window its end marker (meta
+``{"event": "end"}``) on the same topic. Devices are expired on the event loop's clock. Cancellation (SIGINT,
 SIGTERM through :func:`m3sense.aio.run_until_signal`) flushes every device's pending windows
 onto the bus before the sockets close.
 """
@@ -23,9 +24,11 @@ log = logging.getLogger(__name__)
 SUBSCRIPTIONS = (f"{RAW}/", f"{LABEL}/", f"{STATUS}/")
 
 
-async def _publish(pub: Publisher, windows: list[Window]) -> None:
-    for w in windows:
-        await pub.send(w.to_message(seq=pub.next_seq(topic_for(WINDOW, w.device))))
+async def _publish(pub: Publisher, pre: Preprocessor, windows: list[Window]) -> None:
+    """The windows, then the end markers of the devices that closed (a device's end always
+    follows its last window: both go out in order on its one topic)."""
+    for item in [*windows, *pre.take_ended()]:
+        await pub.send(item.to_message(seq=pub.next_seq(topic_for(WINDOW, item.device))))
 
 
 async def serve(
@@ -68,9 +71,9 @@ async def serve(
                     msg = None
                 now = loop.time()
                 if msg is not None:
-                    await _publish(pub, pre.push(msg, now_s=now))
+                    await _publish(pub, pre, pre.push(msg, now_s=now))
                 if now >= next_expire:
-                    await _publish(pub, pre.expire(now))
+                    await _publish(pub, pre, pre.expire(now))
                     next_expire = now + tick_s
                 if report is not None and now >= next_report:
                     report(totals(sub))
@@ -78,7 +81,7 @@ async def serve(
         finally:
             # runs on cancellation too: the pending windows still reach the bus (the
             # publisher only flushes by itself on a normal exit)
-            await _publish(pub, pre.flush())
+            await _publish(pub, pre, pre.flush())
             await pub.flush()
             if report is not None:
                 report(totals(sub))

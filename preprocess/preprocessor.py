@@ -1,8 +1,9 @@
 """Many devices: route messages to one :class:`DeviceWindower` each, open and close them.
 
 A device's first message starts its state. A device is closed (its pending windows
-flushed, its buffers freed, its counters folded into the totals) on its ``status`` end
-message, or when nothing has come from it for ``device_timeout_s`` on the caller's clock:
+flushed, its buffers freed, its counters folded into the totals, a :class:`DeviceEnd`
+queued for :meth:`Preprocessor.take_ended`) on its ``status`` end message, when nothing has
+come from it for ``device_timeout_s`` on the caller's clock, or at :meth:`flush`:
 the core never reads a clock, the shell passes ``now_s`` (loop time live, the message's due
 time offline), so tests and replays are deterministic.
 """
@@ -12,7 +13,7 @@ from __future__ import annotations
 from collections import Counter
 
 from bus import STATUS, Message
-from preprocess.window import Window
+from preprocess.window import DeviceEnd, Window
 from preprocess.windower import DeviceWindower, WindowConfig
 
 
@@ -25,6 +26,7 @@ class Preprocessor:
         self._devices: dict[str, DeviceWindower] = {}
         self._last_seen: dict[str, float] = {}
         self._closed = Counter()
+        self._ended: list[DeviceEnd] = []
 
     @property
     def devices(self) -> list[str]:
@@ -43,7 +45,7 @@ class Preprocessor:
         self._last_seen[msg.device] = now_s
         out = dev.push(msg)
         if ending:
-            self._close(msg.device)
+            self._close(msg.device, "end")
         return out
 
     def expire(self, now_s: float) -> list[Window]:
@@ -52,7 +54,7 @@ class Preprocessor:
         for device in [d for d, t in self._last_seen.items() if t < now_s - self.device_timeout_s]:
             out += self._devices[device].flush()
             self._closed["devices_timed_out"] += 1
-            self._close(device)
+            self._close(device, "timeout")
         return out
 
     def flush(self) -> list[Window]:
@@ -60,14 +62,20 @@ class Preprocessor:
         out: list[Window] = []
         for device in list(self._devices):
             out += self._devices[device].flush()
-            self._close(device)
+            self._close(device, "shutdown")
         return out
 
-    def _close(self, device: str) -> None:
+    def take_ended(self) -> list[DeviceEnd]:
+        """The devices closed since the last call, in closing order (publish after their windows)."""
+        ended, self._ended = self._ended, []
+        return ended
+
+    def _close(self, device: str, reason: str) -> None:
         dev = self._devices.pop(device)
         del self._last_seen[device]
         self._closed.update(dev.counters)
         self._closed["devices_closed"] += 1
+        self._ended.append(DeviceEnd(device=device, t_s=dev.last_data_s or 0.0, reason=reason, source=dev.source))
 
     def counters(self) -> Counter:
         """Totals over open and closed devices."""

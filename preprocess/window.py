@@ -22,6 +22,10 @@ a modality; ``quality`` says whether to trust the window at all.
 On the bus (``to_message``): kind ``window``, modality ``window``, ``t0_s`` = window start,
 ``fs_hz`` 0, arrays ``bvp``, ``eda``, ``temp``, ``acc`` and the masks ``bvp_mask``, ...,
 meta ``{"t_end", "present", "quality", "labels", "source", "rates_hz"}``.
+
+After a device's last window the same topic carries an end marker (:class:`DeviceEnd`,
+meta ``{"event": "end", ...}``, no arrays), so downstream stages know they have seen
+everything of that device.
 """
 
 from __future__ import annotations
@@ -168,3 +172,22 @@ class Window:
             if signals[m].shape != array_shape(m) or masks[m].shape[:1] != (SIZES[m],):
                 raise ValueError(f"{msg.topic} seq {msg.seq}: {m} has shape {signals[m].shape}")
         return window
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeviceEnd:
+    """Nothing more comes on ``window/<device>/`` (until the device starts again).
+
+    ``reason``: ``"end"`` (its ``status`` end), ``"timeout"`` (silent for the device timeout)
+    or ``"shutdown"`` (the node stopped). ``t_s`` is the end of its newest data (Unix s; 0
+    when it sent none).
+    """
+
+    device: str
+    t_s: float
+    reason: str
+    source: str
+
+    def to_message(self, seq: int = 0) -> Message:
+        return Message(kind=WINDOW, device=self.device, modality=WINDOW, seq=seq, t0_s=self.t_s, fs_hz=0.0,
+                       meta={"event": "end", "reason": self.reason, "source": self.source})

@@ -165,7 +165,7 @@ class _Stream:
             self.place(first + np.arange(n, dtype=np.int64), values, np.ones(n, dtype=bool), timing, counters)
             return
         self.raw[i:i + n] = values
-        flags[:] = _MEASURED | _TIMING if timing else _MEASURED
+        flags[:] = (_MEASURED | _TIMING) if timing else _MEASURED
         if last > self.hi:
             self.hi = last
         if first <= self.contig < last:
@@ -306,6 +306,7 @@ class DeviceWindower:
         self.config = config or WindowConfig()
         self.source = source
         self.counters: Counter[str] = Counter()
+        self.last_data_s: float | None = None  # end of the newest data ever received (survives breaks)
         self._hop_slots = {m: round(self.config.hop_s * RATES_HZ[m]) for m in MODALITIES}
         self._max_gap = {m: round(self.config.max_gap_s * RATES_HZ[m]) for m in MODALITIES}
         self._labels: list[tuple[float, float, str, str]] = []
@@ -402,6 +403,8 @@ class DeviceWindower:
         newest = last / nominal
         if self._newest_s is None or newest > self._newest_s:
             self._newest_s = newest
+        if self.last_data_s is None or newest > self.last_data_s:
+            self.last_data_s = newest
         return out
 
     def _label(self, msg: Message) -> None:

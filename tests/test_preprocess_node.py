@@ -44,14 +44,20 @@ def test_streamed_windows_equal_offline_windows(hub: Hub, bus_address: str) -> N
             for _, _, msg in messages:
                 await pub.send(msg)
             await pub.flush()
-            for _ in range(sum(len(w) for w in offline.values())):
+            ended: list[str] = []
+            while len(ended) < len(recs):
                 msg = await sub.recv(30)
-                got[msg.device].append(Window.from_message(msg))
+                if msg.meta.get("event") == "end":  # a device's end marker, after its last window
+                    assert msg.meta["reason"] == "end" and msg.device not in ended
+                    ended.append(msg.device)
+                else:
+                    assert msg.device not in ended
+                    got[msg.device].append(Window.from_message(msg))
             node.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await node
             with pytest.raises(TimeoutError):
-                await sub.recv(0.5)  # nothing more: the end messages had already flushed both devices
+                await sub.recv(0.5)  # nothing more: the end messages had already closed both devices
         return got
 
     got = _run(scenario())
@@ -83,7 +89,11 @@ def test_cancelling_the_node_flushes_pending_windows(hub: Hub, bus_address: str)
             node.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await node
-            return first + [Window.from_message(await sub.recv(30)) for _ in range(4)]
+            rest = [Window.from_message(await sub.recv(30)) for _ in range(4)]
+            end = await sub.recv(30)
+            assert end.meta == {"event": "end", "reason": "shutdown", "source": "replay"}
+            assert end.t0_s == rec.end_s
+            return first + rest
 
     windows = _run(scenario())
     assert [w.t_start_s - T0 for w in windows] == [5.0 * k for k in range(8)]
@@ -106,14 +116,15 @@ def test_cli_replay_preprocess_tap(tmp_path: Path, bus_address: str, procs: list
     procs.append(pre)
     pre.wait_for_stderr("subscribed")
     tap_file = (tmp_path / "windows.jsonl").open("w")
-    tap = Proc(["tap", "--bus", bus_address, "--topic", "window/", "--json", "--count", str(len(expected)),
+    tap = Proc(["tap", "--bus", bus_address, "--topic", "window/", "--json", "--count", str(len(expected) + 1),
                 "--idle-exit", "60"], stdout=tap_file)
     procs.append(tap)
     run_cli("replay", str(out), "--bus", bus_address, "--speed", "max", "--wait", "60", check=True)
     assert tap.popen.wait(timeout=60) == 0
     tap_file.close()
     lines = [json.loads(line) for line in (tmp_path / "windows.jsonl").read_text().splitlines()]
-    assert len(lines) == len(expected)
+    assert len(lines) == len(expected) + 1
+    assert lines.pop()["event"] == "end"  # the device's end marker closes its window topic
     for line, w in zip(lines, expected):
         assert line["topic"] == f"window/{rec.device}/" and line["t0"] == w.t_start_s
         assert line["t_end"] == w.t_end_s and line["labels"] == dict(w.labels)

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from bus import RAW, STATUS, Message, decode, encode
 from preprocess import (
-    FILTERS, SIZES, DeviceWindower, Preprocessor, StreamingFilter, Window, WindowConfig, recording_windows,
+    FILTERS, SIZES, DeviceEnd, DeviceWindower, Preprocessor, StreamingFilter, Window, WindowConfig, recording_windows,
     stack_windows,
 )
 from replay.recording import LabelInterval
@@ -249,6 +249,9 @@ def test_devices_come_and_go() -> None:
     assert pre.expire(now_s=69.0) == [] and sorted(pre.devices) == ["a", "b"]
     late = pre.expire(now_s=100.0)  # both silent for more than 60 s: flushed and freed
     assert pre.devices == [] and pre.nbytes() == 0 and late
+    ends = pre.take_ended()
+    assert [(e.device, e.reason) for e in ends] == [("a", "timeout"), ("b", "timeout")]
+    assert ends[0].t_s == T0 + 30 and ends[1].t_s == T0 + 40 and pre.take_ended() == []
     assert {w.device for w in out + late} == {"a", "b"}
     assert len([w for w in out + late if w.device == "a"]) == 6
     c = pre.counters()
@@ -256,7 +259,11 @@ def test_devices_come_and_go() -> None:
     # a status end closes a device at once; a new start after it opens a fresh one
     for msg in one:
         pre.push(msg, now_s=0.0)
-    assert pre.devices == []
+    assert pre.devices == [] and [(e.device, e.reason) for e in pre.take_ended()] == [("a", "end")]
+    marker = DeviceEnd(device="a", t_s=T0, reason="end", source="replay").to_message(seq=3)
+    assert marker.topic == "window/a/" and marker.meta["event"] == "end" and not marker.arrays
+    with pytest.raises(ValueError):
+        Window.from_message(marker)
 
 
 def test_memory_stays_bounded_on_a_long_stream() -> None:
