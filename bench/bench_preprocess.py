@@ -30,8 +30,7 @@ import numpy as np
 
 from bus import Message
 from preprocess import FILTERS, Preprocessor, StreamingFilter
-from replay.chunks import recording_messages
-from replay.simulate import simulate_recordings
+from replay import recording_messages, simulate_recordings
 
 SLICE_S = 5.0
 

@@ -5,7 +5,7 @@ The live node (``m3sense preprocess``) and the offline training path
 """
 
 from preprocess.filters import FILTERS, FilterSpec, StreamingFilter
-from preprocess.offline import recording_windows, stack_windows
+from preprocess.offline import recording_windows
 from preprocess.preprocessor import Preprocessor
 from preprocess.quality import QualityRules
 from preprocess.window import LABEL_CLASSES, MODALITIES, RATES_HZ, SIZES, WINDOW_S, DeviceEnd, Quality, Window
@@ -14,5 +14,5 @@ from preprocess.windower import DeviceWindower, WindowConfig
 __all__ = [
     "FILTERS", "LABEL_CLASSES", "MODALITIES", "RATES_HZ", "SIZES", "WINDOW_S",
     "DeviceEnd", "DeviceWindower", "FilterSpec", "Preprocessor", "Quality", "QualityRules", "StreamingFilter",
-    "Window", "WindowConfig", "recording_windows", "stack_windows",
+    "Window", "WindowConfig", "recording_windows",
 ]

@@ -93,10 +93,6 @@ class StreamingFilter:
         self._sos_zi: np.ndarray | None = None
         self._fir_zi: np.ndarray | None = None
 
-    @property
-    def started(self) -> bool:
-        return self._sos_zi is not None
-
     def reset(self) -> None:
         """Forget the past: the next sample restarts the filter at its own level."""
         self._sos_zi = self._fir_zi = None
@@ -122,6 +118,3 @@ class StreamingFilter:
         y, _ = signal.sosfilt(self._sos, x, zi=self._sos_zi_unit * x[0])
         y, _ = signal.lfilter(self._fir, 1.0, y, zi=self._fir_zi_unit * x[0])
         return y
-
-    def nbytes(self) -> int:
-        return sum(a.nbytes for a in (self._sos_zi, self._fir_zi) if a is not None)

@@ -3,20 +3,16 @@
 There is no second implementation: :func:`recording_windows` feeds the messages a replay
 would publish (``replay.chunks.recording_messages``, in the order a replay publishes them)
 to a :class:`Preprocessor`, so training windows are bit-identical to what the live
-pipeline would have produced from the same recording.
+pipeline would have produced from the same recording. (``inference.dataset`` turns them into
+model arrays through their bus form, the very fields the live inference node reads.)
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-
-import numpy as np
-
 from preprocess.preprocessor import Preprocessor
-from preprocess.window import MODALITIES, Window
+from preprocess.window import Window
 from preprocess.windower import WindowConfig
-from replay.chunks import recording_messages
-from replay.recording import TASKS, Recording
+from replay import Recording, recording_messages
 
 
 def recording_windows(recording: Recording, config: WindowConfig | None = None) -> list[Window]:
@@ -27,22 +23,3 @@ def recording_windows(recording: Recording, config: WindowConfig | None = None) 
         windows += pre.push(msg, now_s=due_s)
     windows += pre.flush()
     return windows
-
-
-def stack_windows(windows: Sequence[Window] | Iterable[Window]) -> dict[str, np.ndarray]:
-    """Training arrays from windows: ``bvp`` (N, 1280), ``eda`` (N, 80), ``temp`` (N, 80),
-    ``acc`` (N, 640, 3) float32; ``present`` (N, 4) bool in the order bvp, eda, temp, acc;
-    ``usable``, ``off_wrist``, ``motion`` (N,) bool; ``missing_fraction``, ``t_end_s`` (N,)
-    float64; ``label_<task>`` (N,) object arrays of class names or None; ``device`` (N,) str."""
-    windows = list(windows)
-    out: dict[str, np.ndarray] = {m: np.stack([w.signals[m] for w in windows]) if windows else np.zeros((0,))
-                                  for m in MODALITIES}
-    out["present"] = np.array([[w.present[m] for m in MODALITIES] for w in windows], dtype=bool).reshape(-1, 4)
-    for flag in ("usable", "off_wrist", "motion"):
-        out[flag] = np.array([getattr(w.quality, flag) for w in windows], dtype=bool)
-    out["missing_fraction"] = np.array([w.quality.missing_fraction for w in windows], dtype=np.float64)
-    out["t_end_s"] = np.array([w.t_end_s for w in windows], dtype=np.float64)
-    for task in TASKS:
-        out[f"label_{task}"] = np.array([w.labels.get(task) for w in windows], dtype=object)
-    out["device"] = np.array([w.device for w in windows], dtype=str)
-    return out

@@ -14,7 +14,7 @@ import numpy as np
 
 from bus import LABEL, RAW, STATUS, Message
 from preprocess import MODALITIES, Window
-from replay.recording import PERIODIC, LabelInterval, Recording, Signal
+from replay import PERIODIC, LabelInterval, Recording, Signal
 
 T0 = 1_700_000_000.0  # a multiple of the 5 s hop: windows start at the recording start
 

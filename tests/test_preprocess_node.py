@@ -12,8 +12,7 @@ import pytest
 from bus import Hub, Publisher, Subscriber, topic_for
 from preprocess import Window, recording_windows
 from preprocess.node import serve
-from replay.chunks import recording_messages, topics_of
-from replay.recording import LabelInterval
+from replay import LabelInterval, read_source, recording_messages, topics_of
 from tests.conftest import Proc, run_cli
 from tests.preprocess_helpers import T0, assert_same_windows, make_recording
 
@@ -105,8 +104,6 @@ def test_cli_replay_preprocess_tap(tmp_path: Path, bus_address: str, procs: list
     """simulate → hub, preprocess, tap --json on window/ → replay --speed max, as processes."""
     out = tmp_path / "sim"
     run_cli("simulate", str(out), "--minutes", "2", "--seed", "5", "--subjects", "1", check=True)
-    from replay.e4csv import read_source
-
     rec = read_source(out)[0]
     expected = recording_windows(rec)
     hub = Proc(["hub", "--bus", bus_address])

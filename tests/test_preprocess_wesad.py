@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from preprocess import recording_windows
+from replay import read_e4_export
 from tests.conftest import WESAD
 
 S2 = WESAD / "S2"
@@ -16,8 +17,6 @@ pytestmark = pytest.mark.skipif(not S2.is_dir(), reason=f"WESAD E4 data not foun
 
 @pytest.mark.slow
 def test_wesad_s2_windows() -> None:
-    from replay.e4csv import read_e4_export
-
     rec = read_e4_export(S2)
     windows = recording_windows(rec)
     assert len(windows) == pytest.approx(rec.duration_s / 5.0, abs=4)
