@@ -6,13 +6,18 @@ as missing, never as evidence of anything else.
 
 Thresholds and their sources:
 
-- off-wrist: EDA below 0.05 uS (electrodes off the skin read about zero) or skin temperature
-  outside 30-40 degC (device not worn), Kleckner et al. 2018 (e4-facts.md section 7); a run of
-  at least 1 s is required so that a single glitch does not flag a window.
-- motion: standard deviation of ``|a|`` above 0.1 g within a 1 s block. Seated rest gives
-  about 0.03 g and gesturing while talking about 0.08 g over a window (physiology.md, WESAD);
-  walking and arm movement exceed 0.1 g within a second. 1 s blocks aligned to the window
-  start catch a burst that overlaps the window by at least one whole block.
+- off-wrist: EDA below 0.05 uS (electrodes off the skin read about zero; Kleckner et al. 2018,
+  e4-facts.md section 7) or skin temperature outside 25-40 degC, for a run of at least 1 s so
+  that a single glitch does not flag a window. Kleckner's temperature rule says 30-40 degC, but
+  worn E4s read below 30 degC on cold wrists (WESAD's 1st percentile is 27.6 degC; a band put
+  back on takes minutes to warm up), so the lower bound is Boettcher et al.'s 25 degC
+  (physiology.md section 5); EDA catches the removal itself at once. The upper bound also
+  catches the E4's ~382 degC start-up sentinel.
+- motion: standard deviation of ``|a|`` above 0.2 g within a 1 s block. Seated rest gives
+  about 0.03 g and gesturing while talking about 0.08 g over a window (physiology.md, WESAD),
+  with single seconds near 0.1 g; walking and gross arm movement exceed 0.2 g within a second.
+  (On simulated sessions 0.1 g flagged a third of the quiet windows; 0.2 g none.) 1 s blocks
+  aligned to the window start catch a burst that overlaps the window by one whole block.
 - flat line: the same value for 1 s of BVP (a pulse never holds still), 10 s of EDA
   (0.0013 uS quantisation makes short plateaus normal at rest), 5 s of ACC on all axes.
   Skin temperature moves in 0.01 degC steps a few times a minute, so a flat TEMP is normal

@@ -66,7 +66,7 @@ class Quality:
     """How far a window can be trusted. Fractions are of the window's samples.
 
     - ``off_wrist``: EDA below ``eda_min_us`` or skin temperature outside
-      ``temp_range_c`` (Kleckner et al. 2018 rules) for at least ``off_wrist_min_s`` in a row.
+      ``temp_range_c`` for at least ``off_wrist_min_s`` in a row (see :mod:`preprocess.quality`).
     - ``motion``: some 1 s block of ACC has a standard deviation of ``|a|`` above
       ``motion_sd_g``; ``motion_fraction`` is the share of such blocks.
     - ``missing_fraction``: the mean over the four modalities of ``missing[m]``, the share of
