@@ -129,7 +129,7 @@ class DeviceIngest:
         self.stats.missing_samples[char] += stamp.missing
         if char == "bvp" and self._beats is not None:
             self._beats.reset()  # an interval must not span lost samples
-        return status(arrival_s, "gap", modality=char, missing_samples=stamp.missing, start_s=stamp.gap_start_s,
+        return status(arrival_s, "gap", stream=char, missing_samples=stamp.missing, start_s=stamp.gap_start_s,
                       duration_s=stamp.missing / codec.PERIODIC_RATES_HZ[char], cause=stamp.cause)
 
     def _heart(self, beats: BeatOutput) -> list[Emit]:
