@@ -42,6 +42,8 @@ def test_commands_and_replies_follow_the_vendor_protocol() -> None:
                                 "R device_subscribe ibi OK", "R pause OFF"]
     assert s.wants("740163", "bvp") and s.wants("740163", "ibi") and not s.wants("740163", "acc")
     assert not s.wants("9ff167", "bvp")
+    assert say(s, "pause ON") == ["R pause ON"] and not s.wants("740163", "bvp")
+    assert say(s, "pause off") == ["R pause OFF"] and s.wants("740163", "bvp")
     assert say(s, "device_subscribe bvp OFF") == ["R device_subscribe bvp OK"] and not s.wants("740163", "bvp")
     assert say(s, "device_subscribe xyz ON")[0].startswith("R device_subscribe xyz ERR")
     assert say(s, "frobnicate") == ["R frobnicate ERR unknown command"]
@@ -186,3 +188,50 @@ def test_e4_client_command_reports_a_refused_connection_in_one_line() -> None:
         port = s.getsockname()[1]
     proc = run_cli("e4-client", "--server", f"127.0.0.1:{port}", "--bus", "tcp://127.0.0.1:9")
     assert proc.returncode == 2 and "e4 server" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_server_follows_the_wristband_link(hub, bus_address) -> None:
+    async def main() -> list[str]:
+        stop = asyncio.Event()
+        ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        seen = asyncio.Event()
+        server = asyncio.create_task(serve(bus_address, "127.0.0.1", 0, stop=stop, ready=ready.set_result,
+                                           on_device=lambda _d: seen.set()))
+        port = await asyncio.wait_for(ready, 10)
+        async with Publisher(bus_address) as pub:
+            assert not await pub.wait_for_subscribers(["raw/bvp/dev1/", "status/dev1/"], 10)
+            live = {"event": "connected", "source": "live"}
+            await pub.publish("status", "dev1", t0_s=1.0, fs_hz=0.0, meta=live)
+            await asyncio.wait_for(seen.wait(), 10)
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+
+            async def ask(line: str) -> str:
+                writer.write(line.encode() + b"\r\n")
+                return (await asyncio.wait_for(reader.readline(), 10)).decode().strip()
+
+            lines = [await ask("device_connect dev1"), await ask("device_subscribe bvp ON"), await ask("pause ON")]
+            # (what pause holds back is the session's business, tested above: over the bus the
+            # order of a command and a message is not defined)
+            bvp = np.array([1.5, 2.5])
+            lines.append(await ask("pause OFF"))
+            await pub.publish("raw", "dev1", "bvp", t0_s=20.0, fs_hz=64.0, samples=bvp)
+            lines += [(await asyncio.wait_for(reader.readline(), 10)).decode().strip() for _ in range(2)]
+            await pub.publish("status", "dev1", t0_s=21.0, fs_hz=0.0, meta={"event": "disconnected", "source": "live"})
+            lines.append((await asyncio.wait_for(reader.readline(), 10)).decode().strip())
+            lines.append(await ask("device_list"))
+            await pub.publish("status", "dev1", t0_s=22.0, fs_hz=0.0, meta=live)
+            lines.append((await asyncio.wait_for(reader.readline(), 10)).decode().strip())
+            lines.append(await ask("device_disconnect"))
+            rest = await asyncio.wait_for(reader.read(), 10)
+            assert rest == b"", (lines, rest)  # the server closes after device_disconnect
+            writer.close()
+        stop.set()
+        await server
+        return lines
+
+    assert asyncio.run(main()) == [
+        "R device_connect OK", "R device_subscribe bvp OK", "R pause ON", "R pause OFF",
+        "E4_Bvp 20.000000 1.5", "E4_Bvp 20.015625 2.5",
+        "R connection lost to device dev1", "R device_list 0",
+        "R connection re-established to device dev1", "R device_disconnect OK",
+    ]
