@@ -170,13 +170,13 @@ class Link:
         self.stats = LinkStats(ingest=self._ingest.stats)
         self._queue: asyncio.Queue[tuple[str, bytes, float]] = asyncio.Queue()
         self._last_data = 0.0
-        self.connected = asyncio.Event()  # set while a link is up (tests wait on it)
 
     async def _publish(self, emit: Emit) -> None:
         await self._pub.publish(emit.kind, self.band.device, emit.modality, t0_s=emit.t0_s, fs_hz=emit.fs_hz,
                                 samples=emit.samples, meta=emit.meta)
 
-    async def _status(self, event: str, **meta: Any) -> None:
+    async def report(self, event: str, **meta: Any) -> None:
+        """Publish a status event of this wristband."""
         await self._publish(status(self.clock.now(), event, address=self.band.address, **meta))
 
     def _on_notify(self, char: str, data: bytearray) -> None:
@@ -228,13 +228,11 @@ class Link:
             await client.write_gatt_char(codec.CHARACTERISTICS["command"],
                                          codec.start_command(cfg.layout, self.clock.now()), response=True)
             self.stats.connects += 1
-            self.connected.set()
-            await self._status("connected", name=client.name)
+            await self.report("connected", name=client.name)
             waiters = [asyncio.create_task(lost.wait()), asyncio.create_task(self._watchdog())]
             done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
             return "watchdog" if waiters[1] in done else "lost"
         finally:
-            self.connected.clear()
             for w in waiters:
                 w.cancel()
             await asyncio.gather(*waiters, return_exceptions=True)
@@ -255,12 +253,12 @@ class Link:
                     self.stats.connect_failures += 1
                     error = str(exc) or type(exc).__name__
                     log.warning("%s: cannot connect: %s", self.band.address, error)
-                    await self._status("connect_failed", error=error)
+                    await self.report("connect_failed", error=error)
                 else:
                     self.stats.disconnects += 1
                     if reason == "watchdog":
                         self.stats.watchdog_trips += 1
-                    await self._status("disconnected", reason=reason)
+                    await self.report("disconnected", reason=reason)
                     attempt = 0
                 delay = min(self.config.backoff_max_s, self.config.backoff_initial_s * 2 ** attempt)
                 attempt += 1
@@ -312,5 +310,5 @@ async def stream(
             t.cancel()
         await asyncio.gather(*ender, *tasks, return_exceptions=True)
     for link in links:
-        await link._status("end", **{"stats": link.stats.as_dict()})
+        await link.report("end", stats=link.stats.as_dict())
     return links

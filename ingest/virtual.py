@@ -229,7 +229,7 @@ class VirtualE4:
         now = self.clock.now()
         connected_at = now
         heap: list[tuple[float, str, int]] = []
-        for char, rate in codec.PERIODIC_RATES_HZ.items():
+        for char in codec.PERIODIC_RATES_HZ:
             spp = self.layout.samples_per_packet(char)
             j = self._next_packet[char]
             while self._packet_due(char, j) <= now:  # due while nobody listened
