@@ -42,7 +42,7 @@ from bleak.exc import BleakDeviceNotFoundError, BleakError
 from ingest import codec
 from ingest.ble import BleBackend
 from ingest.clocks import SystemClock
-from replay.recording import Recording, Signal
+from replay import Recording, Signal
 
 log = logging.getLogger(__name__)
 
@@ -448,6 +448,6 @@ def virtual_address(i: int) -> str:
 def virtual_recordings(n: int, *, minutes: float = 10.0, seed: int = 0) -> list[Recording]:
     """Synthetic E4 sessions for ``n`` virtual wristbands (``replay.simulate``: labelled
     phases, per-subject physiology, off-wrist and motion stretches), looped by the device."""
-    from replay.simulate import simulate_recordings
+    from replay import simulate_recordings
 
     return simulate_recordings(minutes=minutes, seed=seed, subjects=n)
