@@ -7,7 +7,8 @@ sample advances the timeline at the nominal rate. Three things keep that timelin
 
 - *Lost notifications* are found from the packet counter where the layout has one
   (checked against the time that really passed, which also resolves a counter that wrapped
-  during a long silence), otherwise from arrival times alone. The timeline then skips the
+  during a long silence), otherwise from arrival times alone (exact while arrival jitter
+  stays under a quarter of a packet: 250 ms for TEMP). The timeline then skips the
   missing samples and reports a gap; time is never compressed.
 - *Drift* between the wristband's crystal and the host clock is corrected by slewing: the
   smallest recent arrival-minus-sample-end (the latency floor, robust to BLE jitter) should

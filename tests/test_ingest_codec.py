@@ -191,3 +191,24 @@ def test_ble_decode_prints_json() -> None:
 def test_ble_decode_bad_input_is_one_line_exit_2(args: tuple[str, ...], message: str) -> None:
     proc = run_cli("ble", "decode", *args)
     assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_ble_decode_replays_a_raw_log(tmp_path) -> None:
+    eda = [codec.encode_eda([1.0, 2.0, 0.5, 4.0, 5.0, 10.0], counter=k).hex() for k in range(3)]
+    log = tmp_path / "raw.jsonl"
+    log.write_text("\n".join([
+        json.dumps({"t": 100.0, "device": "d1", "char": "link", "data": ""}),
+        json.dumps({"t": 101.5, "device": "d1", "char": "eda", "data": eda[0]}),
+        "{not json",
+        json.dumps({"t": 104.5, "device": "d1", "char": "eda", "data": eda[2]}),  # packet 1 lost
+        json.dumps({"t": 105.0, "device": "d1", "char": "battery", "data": "4b"}),
+    ]) + "\n")
+    proc = run_cli("ble", "decode", "--raw-log", str(log), check=True)
+    out = [json.loads(line) for line in proc.stdout.splitlines()]
+    raw = [o for o in out if o["kind"] == "raw"]
+    assert [(o["modality"], o["t0_s"]) for o in raw] == [("eda", 100.0), ("eda", 103.0), ("battery", 105.0)]
+    assert raw[0]["samples"] == pytest.approx([1.0, 2.0, 0.5, 4.0, 5.0, 10.0])
+    gaps = [o["meta"] for o in out if o["meta"].get("event") == "gap"]
+    assert gaps == [{"event": "gap", "source": "live", "stream": "eda", "missing_samples": 6, "start_s": 101.5,
+                     "duration_s": 1.5, "cause": "counter"}]
+    assert "raw.jsonl:3: not a raw-log record" in proc.stderr
