@@ -43,6 +43,9 @@ DRAIN_TIMEOUT_S = 10.0
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class LinkConfig:
+    """How a link behaves. Its own timers (scan, connect, watchdog, backoff) run on the
+    event loop's real clock, whatever clock stamps the samples."""
+
     layout: codec.Layout = codec.DEFAULT_LAYOUT
     scan_timeout_s: float = 10.0
     connect_timeout_s: float = 20.0
@@ -50,6 +53,12 @@ class LinkConfig:
     backoff_initial_s: float = 0.5
     backoff_max_s: float = 30.0
     derive_heart: bool = True
+
+
+def backoff_s(attempt: int, config: LinkConfig, rng: random.Random) -> float:
+    """Wait before reconnect attempt ``attempt`` (0 after a link that worked): exponential,
+    capped, and jittered over [0.5, 1] of it so wristbands that dropped together spread out."""
+    return min(config.backoff_max_s, config.backoff_initial_s * 2.0 ** min(attempt, 62)) * rng.uniform(0.5, 1.0)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -260,9 +269,9 @@ class Link:
                         self.stats.watchdog_trips += 1
                     await self.report("disconnected", reason=reason)
                     attempt = 0
-                delay = min(self.config.backoff_max_s, self.config.backoff_initial_s * 2 ** attempt)
+                delay = backoff_s(attempt, self.config, self._rng)
                 attempt += 1
-                await asyncio.sleep(delay * self._rng.uniform(0.5, 1.0))
+                await asyncio.sleep(delay)
         finally:
             await self._drain(consumer)
 

@@ -222,3 +222,16 @@ def test_lost_packets_are_found_exactly_with_counters_or_without(data: st.DataOb
     for k1, k2 in zip(kept, kept[1:]):
         step = stamps[k2].t0_s - stamps[k1].t0_s
         assert abs(step - (k2 - k1) * PKT_S) <= 0.005 * PKT_S + 1e-9, (k1, k2)
+
+
+def test_reconnect_backoff_grows_caps_and_spreads() -> None:
+    import random
+
+    from ingest.ble import LinkConfig, backoff_s
+
+    cfg = LinkConfig(backoff_initial_s=0.5, backoff_max_s=30.0)
+    rng = random.Random(1)
+    for attempt, ceiling in [(0, 0.5), (1, 1.0), (3, 4.0), (6, 30.0), (500, 30.0)]:
+        delays = [backoff_s(attempt, cfg, rng) for _ in range(200)]
+        assert 0.5 * ceiling <= min(delays) and max(delays) <= ceiling
+        assert len({round(d, 6) for d in delays}) > 150  # jittered: no two wristbands in lockstep
