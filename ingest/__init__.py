@@ -15,8 +15,8 @@ from typing import Any
 
 _EXPORTS = {
     "ingest.beats": ("Beat", "BeatDetector", "BeatOutput", "HeartRate"),
-    "ingest.ble": ("PLATFORM", "BleBackend", "Link", "LinkConfig", "LinkStats", "RawLog", "RawRecord", "Wristband", "backoff_s",
-                   "device_id", "read_raw_log", "replay_raw_log", "scan", "stream"),
+    "ingest.ble": ("PLATFORM", "BleBackend", "Link", "LinkConfig", "LinkStats", "RawLog", "RawRecord", "Wristband",
+                   "backoff_s", "device_id", "read_raw_log", "replay_raw_log", "scan", "stream"),
     "ingest.clocks": ("ScaledClock", "SystemClock"),
     "ingest.codec": ("CHARACTERISTICS", "DEFAULT_LAYOUT", "DEVICE_NAME", "PERIODIC_RATES_HZ", "STREAMS",
                      "BvpIntegrator", "DecodeError", "Layout", "Packet", "decode", "start_command"),

@@ -403,7 +403,8 @@ class E4ServerSource:
                 await self._command(reader, writer, f"device_subscribe {token} ON")
             await self._command(reader, writer, "pause OFF")
             await self._pub.publish("status", name, t0_s=time.time(), fs_hz=0.0,
-                                    meta={"event": "connected", "source": "e4-server", "server": f"{self.host}:{self.port}"})
+                                    meta={"event": "connected", "source": "e4-server",
+                                          "server": f"{self.host}:{self.port}"})
             batchers = {m: SampleBatcher(m, chunk=c) for m, c in CHUNKS.items()}
             try:
                 while True:

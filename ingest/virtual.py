@@ -183,7 +183,9 @@ class VirtualE4:
         spp = self.layout.samples_per_packet(char)
         return self._power_on_s + (j + 1) * spp / codec.PERIODIC_RATES_HZ[char]
 
-    def _encode(self, char: str, j: int) -> bytes:
+    def encode_packet(self, char: str, j: int) -> bytes:
+        """Notification j of a periodic characteristic (BVP's delta encoder keeps state:
+        call in order of j)."""
         spp = self.layout.samples_per_packet(char)
         x = self._source.take(char, j * spp, spp)
         if char == "bvp":
@@ -233,7 +235,7 @@ class VirtualE4:
             spp = self.layout.samples_per_packet(char)
             j = self._next_packet[char]
             while self._packet_due(char, j) <= now:  # due while nobody listened
-                self._encode(char, j)
+                self.encode_packet(char, j)
                 self._lose(char, spp)
                 j += 1
             heapq.heappush(heap, (self._packet_due(char, j), char, j))
@@ -262,7 +264,7 @@ class VirtualE4:
             elif char == "button":
                 self._deliver("button", codec.encode_button(True), 0)
             else:
-                data = self._encode(char, j)
+                data = self.encode_packet(char, j)
                 self._next_packet[char] = j + 1
                 self._deliver(char, data, self.layout.samples_per_packet(char))
                 heapq.heappush(heap, (self._packet_due(char, j + 1), char, j + 1))
@@ -378,7 +380,9 @@ class VirtualBleakClient(BaseBleakClient):
     async def write_gatt_descriptor(self, descriptor: BleakGATTDescriptor, data: Any) -> None:
         raise ValueError("use start_notify instead of writing the CCCD (bleak >= 3.0)")
 
-    async def start_notify(self, characteristic: BleakGATTCharacteristic, callback: NotifyCallback, **kwargs: Any) -> None:
+    async def start_notify(
+        self, characteristic: BleakGATTCharacteristic, callback: NotifyCallback, **kwargs: Any
+    ) -> None:
         name = self._char_name(characteristic)
         if "notify" not in characteristic.properties:
             raise BleakError(f"{name} does not notify")

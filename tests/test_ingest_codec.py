@@ -35,7 +35,8 @@ def test_eda_vector_one_megaohm_is_one_microsiemens() -> None:
     pkt = codec.decode("eda", bytes.fromhex("0f4240" "07a120" "1e8480" "000000" "002710" "03d090" "0102"))
     assert pkt.values.tolist() == pytest.approx([1.0, 2.0, 0.5, 0.0, 100.0, 4.0])
     assert pkt.counter == 0x0102
-    assert codec.decode("eda", bytes.fromhex("0f4240" * 6 + "0201"), Layout(counter_byteorder="little")).counter == 0x0102
+    little = Layout(counter_byteorder="little")
+    assert codec.decode("eda", bytes.fromhex("0f4240" * 6 + "0201"), little).counter == 0x0102
 
 
 def test_temp_vector_uses_the_rtools_offset_and_can_take_the_thermopile_one() -> None:
