@@ -9,7 +9,7 @@ from pathlib import Path
 
 from bus.cli import add_bus_option
 from m3sense.errors import UserError
-from replay.cli import parse_speed
+from m3sense.argtypes import speed
 
 TASKS = ["stress", "anxiety", "emotion"]
 
@@ -22,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "written every device's last window; Ctrl-C stops early with every buffer flushed.",
     )
     r.add_argument("source", help="an E4 export folder or zip, or a folder holding several")
-    r.add_argument("--speed", type=parse_speed, default=math.inf, help="N x real time, or 'max' (default max)")
+    r.add_argument("--speed", type=speed, default=math.inf, help="N x real time, or 'max' (default max)")
     r.add_argument("--sink", default="sqlite:///m3sense.db",
                    help="where results go: sqlite:///PATH.db (default sqlite:///m3sense.db) or influx://HOST:PORT?bucket=B "
                         "(token from $INFLUX_TOKEN)")
@@ -42,7 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--minutes", type=float, default=12.0, help="session length per device (default 12)")
     d.add_argument("--devices", type=int, default=3, help="number of simulated wristbands (default 3)")
     d.add_argument("--seed", type=int, default=2022, help="simulation seed (default 2022)")
-    d.add_argument("--speed", type=parse_speed, default=math.inf, help="N x real time, or 'max' (default max)")
+    d.add_argument("--speed", type=speed, default=math.inf, help="N x real time, or 'max' (default max)")
     d.add_argument("--model", help="checkpoint folder (default: the weights shipped in the package)")
     d.set_defaults(func=_demo)
 

@@ -4,15 +4,14 @@ The live node (``m3sense preprocess``) and the offline training path
 (:func:`recording_windows`) run the same :class:`Preprocessor` / :class:`DeviceWindower`.
 """
 
-from preprocess.filters import FILTERS, FilterSpec, StreamingFilter
-from preprocess.offline import recording_windows
-from preprocess.preprocessor import Preprocessor
-from preprocess.quality import QualityRules
-from preprocess.window import LABEL_CLASSES, MODALITIES, RATES_HZ, SIZES, WINDOW_S, DeviceEnd, Quality, Window
-from preprocess.windower import DeviceWindower, WindowConfig
+from m3sense.lazy import lazy_surface
 
-__all__ = [
-    "FILTERS", "LABEL_CLASSES", "MODALITIES", "RATES_HZ", "SIZES", "WINDOW_S",
-    "DeviceEnd", "DeviceWindower", "FilterSpec", "Preprocessor", "Quality", "QualityRules", "StreamingFilter",
-    "Window", "WindowConfig", "recording_windows",
-]
+__all__, __getattr__, __dir__ = lazy_surface(__name__, {
+    "FILTERS": "filters", "FilterSpec": "filters", "StreamingFilter": "filters",
+    "recording_windows": "offline",
+    "Preprocessor": "preprocessor",
+    "QualityRules": "quality",
+    "LABEL_CLASSES": "window", "MODALITIES": "window", "RATES_HZ": "window", "SIZES": "window",
+    "WINDOW_S": "window", "DeviceEnd": "window", "Quality": "window", "Window": "window",
+    "DeviceWindower": "windower", "WindowConfig": "windower",
+})

@@ -7,16 +7,7 @@ import sys
 from collections import Counter
 
 from bus.cli import add_bus_option
-
-
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
-    return value
+from m3sense.argtypes import positive_seconds
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -31,15 +22,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         ),
     )
     add_bus_option(p)
-    p.add_argument("--hop", type=_positive, default=5.0, metavar="S",
+    p.add_argument("--hop", type=positive_seconds, default=5.0, metavar="S",
                    help="seconds between window starts, a multiple of 0.25 (default 5: a fresh window every 5 s)")
-    p.add_argument("--late", type=_positive, default=4.0, metavar="S",
+    p.add_argument("--late", type=positive_seconds, default=4.0, metavar="S",
                    help="how long past a window's end to wait for a lagging modality (default 4)")
-    p.add_argument("--max-gap", type=_positive, default=30.0, metavar="S",
+    p.add_argument("--max-gap", type=positive_seconds, default=30.0, metavar="S",
                    help="longest gap bridged inside a stream; longer ones restart it (default 30)")
-    p.add_argument("--device-timeout", type=_positive, default=120.0, metavar="S",
+    p.add_argument("--device-timeout", type=positive_seconds, default=120.0, metavar="S",
                    help="close a device silent for S seconds and free its state (default 120)")
-    p.add_argument("--report-every", type=_positive, default=30.0, metavar="S",
+    p.add_argument("--report-every", type=positive_seconds, default=30.0, metavar="S",
                    help="print counters every S seconds (default 30)")
     p.set_defaults(func=_preprocess)
 

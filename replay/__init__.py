@@ -1,21 +1,13 @@
-"""Recorded sources: E4 Connect exports, synthetic sessions, and replaying them as live.
-"""
+"""Recorded sources: E4 Connect exports, synthetic sessions, and replaying them as live."""
 
-from replay.chunks import PACKET_SAMPLES, recording_messages, topics_of
-from replay.e4csv import find_exports, read_e4_export, read_source, write_e4_export
-from replay.recording import PERIODIC, TASKS, LabelInterval, Recording, Signal
-from replay.simulate import (
-    PHASE_LABELS,
-    BadSimulationArgument,
-    Phase,
-    SimulatedSession,
-    SubjectProfile,
-    simulate_recordings,
-    simulate_sessions,
-)
+from m3sense.lazy import lazy_surface
 
-__all__ = [
-    "PACKET_SAMPLES", "PERIODIC", "PHASE_LABELS", "TASKS", "BadSimulationArgument", "LabelInterval", "Phase",
-    "Recording", "Signal", "SimulatedSession", "SubjectProfile", "find_exports", "read_e4_export", "read_source",
-    "recording_messages", "simulate_recordings", "simulate_sessions", "topics_of", "write_e4_export",
-]
+__all__, __getattr__, __dir__ = lazy_surface(__name__, {
+    "PACKET_SAMPLES": "chunks", "recording_messages": "chunks", "topics_of": "chunks",
+    "find_exports": "e4csv", "read_e4_export": "e4csv", "read_source": "e4csv", "write_e4_export": "e4csv",
+    "PERIODIC": "recording", "TASKS": "recording", "LabelInterval": "recording", "Recording": "recording",
+    "Signal": "recording",
+    "PHASE_LABELS": "simulate", "BadSimulationArgument": "simulate", "Phase": "simulate",
+    "SimulatedSession": "simulate", "SubjectProfile": "simulate", "simulate_recordings": "simulate",
+    "simulate_sessions": "simulate",
+})

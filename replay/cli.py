@@ -7,20 +7,8 @@ import math
 import sys
 
 from bus.cli import add_bus_option
+from m3sense.argtypes import speed
 from m3sense.errors import UserError
-
-
-def parse_speed(text: str) -> float:
-    """``max`` or a positive factor (1 = real time)."""
-    if text.lower() == "max":
-        return math.inf
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"speed must be a positive number or 'max', got {text!r}") from None
-    if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"speed must be a positive number or 'max', got {text!r}")
-    return value
 
 
 def _wait(text: str) -> float | None:
@@ -42,7 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("source", help="an E4 export folder or zip, or a folder holding several")
     add_bus_option(p)
-    p.add_argument("--speed", type=parse_speed, default=1.0, help="N x real time, or 'max' (default 1)")
+    p.add_argument("--speed", type=speed, default=1.0, help="N x real time, or 'max' (default 1)")
     p.add_argument("--wait", type=_wait, default=10.0, metavar="S",
                    help="wait up to S seconds for subscribers of every topic before streaming "
                         "(0: don't wait, inf: wait forever; default 10)")

@@ -8,10 +8,9 @@ Names load on first use (PEP 562), so that ``m3sense --help``, which imports
 ``storage.cli``, does not pay for influxdb-client and scipy.
 """
 
-from importlib import import_module
-from typing import Any
+from m3sense.lazy import lazy_surface
 
-_WHERE = {
+__all__, __getattr__, __dir__ = lazy_surface(__name__, {
     "default_spool_dir": "connect", "open_sink": "connect", "read_affect": "connect",
     "InfluxSink": "influx", "influxql": "influx", "to_lines": "influx",
     "PREFIXES": "node", "StoreNode": "node", "device_topics": "node",
@@ -23,18 +22,4 @@ _WHERE = {
     "TOKEN_ENV": "target", "InfluxTarget": "target", "SqliteTarget": "target", "parse_sink": "target",
     "read_token": "target",
     "as_json": "timeline", "json_lines": "timeline", "parse_since": "timeline", "plot_timeline": "timeline",
-}
-
-__all__ = sorted(_WHERE)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _WHERE:
-        raise AttributeError(f"module 'storage' has no attribute {name!r}")
-    value = getattr(import_module(f"storage.{_WHERE[name]}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return __all__
+})
