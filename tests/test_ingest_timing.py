@@ -235,3 +235,19 @@ def test_reconnect_backoff_grows_caps_and_spreads() -> None:
         delays = [backoff_s(attempt, cfg, rng) for _ in range(200)]
         assert 0.5 * ceiling <= min(delays) and max(delays) <= ceiling
         assert len({round(d, 6) for d in delays}) > 150  # jittered: no two wristbands in lockstep
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_heart_rate_follows_the_simulators_heart(seed: int) -> None:
+    """The synthetic generator knows its heart rate; the BVP-derived rate must follow it
+    (movement artefacts in its stress phases still make a few seconds wrong, as on an E4)."""
+    from replay import simulate_recordings
+
+    rec = simulate_recordings(minutes=5, seed=seed, off_wrist=False, motion=False)[0]
+    bvp, hr = rec.signals["bvp"], rec.signals["hr"]
+    out = BeatDetector(fs_hz=bvp.fs_hz).push(bvp.t0_s, bvp.values)
+    t = np.array([h.t_s for h in out.hr])
+    truth = np.interp(t, hr.t0_s + np.arange(hr.n) / hr.fs_hz, hr.values)
+    err = np.abs(np.array([h.bpm for h in out.hr]) - truth)
+    assert len(t) > 0.8 * rec.duration_s / 1.0 - 20
+    assert np.median(err) < 4.0
