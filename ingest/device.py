@@ -20,8 +20,9 @@ from ingest.beats import BeatDetector, BeatOutput
 from ingest.timing import Stamp, StreamClock
 
 #: EDA below this (µS) on a whole packet reads as an open circuit: not on a wrist
-#: (Empatica: "EDA steady at 0 = not on wrist").
-OFF_WRIST_EDA_US = 0.05
+#: (Empatica: "EDA steady at 0 = not on wrist"). An open circuit saturates the uint24
+#: resistance, which decodes to 1e6 / (2**24 - 1) = 0.0596 µS, just under this.
+OFF_WRIST_EDA_US = 0.07
 
 _DTYPES = {"bvp": np.float64, "eda": np.float64, "temp": np.float64, "acc": np.int16}
 

@@ -251,3 +251,10 @@ def test_heart_rate_follows_the_simulators_heart(seed: int) -> None:
     err = np.abs(np.array([h.bpm for h in out.hr]) - truth)
     assert len(t) > 0.8 * rec.duration_s / 1.0 - 20
     assert np.median(err) < 4.0
+
+
+def test_an_open_circuit_reads_as_off_wrist() -> None:
+    ing = DeviceIngest(derive_heart=False)
+    saturated = bytes.fromhex("ffffff" * 6 + "0000")  # the largest resistance the E4 can send
+    events = [e.meta for e in ing.packet("eda", saturated, 1.0) if e.kind == "status"]
+    assert events == [{"event": "on_wrist", "source": "live", "on_wrist": False}]
