@@ -241,9 +241,13 @@ def _print_scores(scores: dict, as_json: bool, title: str) -> None:
             b = s["stress_vs_rest"]
             print(f"\n{t}, stress vs the rest: accuracy {100 * b['accuracy']:.1f} %, macro-F1 {b['macro_f1']:.3f}")
         if len(s.get("per_subject", {})) > 1:
-            print(f"\n{t} per subject:\n\n| subject | windows | accuracy | macro-F1 |\n|---|---:|---:|---:|")
+            binary = "stress_vs_rest" in s
+            print(f"\n{t} per subject:\n\n| subject | windows | accuracy | macro-F1 |"
+                  + (" stress vs rest |\n|---|---:|---:|---:|---:|" if binary else "\n|---|---:|---:|---:|"))
             for g, v in s["per_subject"].items():
-                print(f"| {g.rsplit('/', 1)[-1]} | {v['n_windows']} | {100 * v['accuracy']:.1f} % | {v['macro_f1']:.3f} |")
+                extra = f" {100 * v['stress_vs_rest_accuracy']:.1f} % |" if binary else ""
+                print(f"| {g.rsplit('/', 1)[-1]} | {v['n_windows']} | {100 * v['accuracy']:.1f} % | "
+                      f"{v['macro_f1']:.3f} |{extra}")
 
 
 def _evaluate(args) -> int:

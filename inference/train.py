@@ -280,16 +280,23 @@ def detailed_scores(ws: WindowSet, probs: Mapping[str, np.ndarray], classes: Map
     out = score_all(ws.labels, probs, ws.tasks, classes)
     for t, s in out.items():
         j = ws.tasks.index(t)
+        binary = None
+        if t == "stress" and "stress" in classes[t]:
+            pos = list(classes[t]).index("stress")
+            y2 = collapse(ws.labels[:, j], pos)[:, None]
+            p2 = np.stack([1 - probs[t][:, pos], probs[t][:, pos]], axis=1)
+
+            def binary(sel, y2=y2, p2=p2):
+                return score_all(y2[sel], {"b": p2[sel]}, ("b",), {"b": ("rest", "stress")})["b"]
+
+            s["stress_vs_rest"] = binary(slice(None))
         per = {}
         for g in np.unique(ws.groups):
             sel = ws.groups == g
             sub = score_all(ws.labels[sel][:, [j]], {t: probs[t][sel]}, (t,), classes)
             if t in sub:
                 per[str(g)] = {k: sub[t][k] for k in ("n_windows", "accuracy", "macro_f1")}
+                if binary is not None:
+                    per[str(g)]["stress_vs_rest_accuracy"] = binary(sel)["accuracy"]
         s["per_subject"] = per
-        if t == "stress" and "stress" in classes[t]:
-            pos = list(classes[t]).index("stress")
-            y2 = collapse(ws.labels[:, j], pos)
-            p2 = np.stack([1 - probs[t][:, pos], probs[t][:, pos]], axis=1)
-            s["stress_vs_rest"] = score_all(y2[:, None], {"b": p2}, ("b",), {"b": ("rest", "stress")})["b"]
     return out
