@@ -38,6 +38,8 @@ from bus.topics import RAW, SYNC, topic_for
 
 log = logging.getLogger(__name__)
 _SYNC_PREFIX = SYNC.encode() + b"/"
+_POLL_S = 0.1  # longest wait between looks at a publisher's subscriptions
+_FAIR_EVERY = 256  # messages a subscriber takes without waiting before it lets other tasks run
 
 
 def _context() -> zmq.asyncio.Context:
@@ -54,8 +56,8 @@ class Publisher:
         self._echo: zmq.asyncio.Socket | None = None
         self._seq = SequenceCounter()
         self._subs: Counter[bytes] = Counter()
-        self._subs_changed = asyncio.Event()
-        self._listener: asyncio.Task | None = None
+        self._now: zmq.Socket | None = None
+        self._streak = 0
         self._sync_topic = f"{SYNC}/{uuid.uuid4().hex}/"
         self._flush_timeout_s = flush_timeout_s
         self.sent = 0
@@ -72,7 +74,6 @@ class Publisher:
         echo.setsockopt(zmq.SUBSCRIBE, self._sync_topic.encode())
         self._sock, self._echo = sock, echo
         self._now = zmq.Socket.shadow(sock.underlying)  # sync view: sends that need no waiting skip the loop
-        self._listener = asyncio.create_task(self._listen())
         return self
 
     async def __aexit__(self, exc_type: Any, *_: Any) -> None:
@@ -83,23 +84,28 @@ class Publisher:
             self.close()
 
     def close(self) -> None:
-        if self._listener is not None:
-            self._listener.cancel()
-            self._listener = None
         for s in (self._sock, self._echo):
             if s is not None:
                 s.close(linger=0)
-        self._sock = self._echo = None
+        self._sock = self._echo = self._now = None
 
-    async def _listen(self) -> None:
-        assert self._sock is not None
+    def _take_subscriptions(self) -> None:
+        """Read the (un)subscriptions queued on the XPUB socket, without waiting.
+
+        They are read here rather than by a task blocked in ``recv``: sends go through the
+        sync shadow socket, and ZeroMQ's edge-triggered descriptor would not wake such a
+        task for subscriptions that arrive while a send runs.
+        """
+        assert self._now is not None
         while True:
-            frame = await self._sock.recv()
+            try:
+                frame = self._now.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
             if frame[:1] == b"\x01":
                 self._subs[frame[1:]] += 1
             elif frame[:1] == b"\x00" and self._subs[frame[1:]] > 0:
                 self._subs[frame[1:]] -= 1
-            self._subs_changed.set()
 
     def _covered(self, topic: str) -> bool:
         t = topic.encode()
@@ -111,26 +117,30 @@ class Publisher:
         pending = list(topics)
         loop = asyncio.get_running_loop()
         deadline = None if timeout_s is None or math.isinf(timeout_s) else loop.time() + timeout_s
+        assert self._sock is not None, "use 'async with Publisher(...)'"
         while True:
+            self._take_subscriptions()
             pending = [t for t in pending if not self._covered(t)]
             if not pending:
                 return []
-            self._subs_changed.clear()
-            remaining = None if deadline is None else deadline - loop.time()
-            if remaining is not None and remaining <= 0:
+            remaining = _POLL_S if deadline is None else min(_POLL_S, deadline - loop.time())
+            if remaining <= 0:
                 return pending
-            try:
-                await asyncio.wait_for(self._subs_changed.wait(), remaining)
-            except TimeoutError:
-                return pending
+            # a bounded wait: even an edge the descriptor missed is seen within _POLL_S
+            await self._sock.poll(remaining * 1000, zmq.POLLIN)
 
     async def send(self, msg: Message) -> None:
         """Send a fully formed message (its ``seq`` as given)."""
         assert self._sock is not None, "use 'async with Publisher(...)'"
         frames = encode(msg)
+        self._streak += 1
+        if self._streak >= _FAIR_EVERY:  # a long run of sends that never waited: let other tasks in
+            self._streak = 0
+            await asyncio.sleep(0)
         try:
             self._now.send_multipart(frames, zmq.NOBLOCK, copy=False)
         except zmq.Again:  # the hub pushes back: wait on the loop
+            self._streak = 0
             await self._sock.send_multipart(frames, copy=False)
         self.sent += 1
 
@@ -194,6 +204,7 @@ class Subscriber:
         self.stats = BusStats()
         self.gaps = GapTracker(self.stats)
         self._logged: set[str] = set()
+        self._streak = 0
 
     async def __aenter__(self) -> "Subscriber":
         sock = self._ctx.socket(zmq.SUB)
@@ -234,9 +245,14 @@ class Subscriber:
         loop = asyncio.get_running_loop()
         deadline = None if timeout_s is None else loop.time() + timeout_s
         while True:
+            self._streak += 1
+            if self._streak >= _FAIR_EVERY:  # a long run of queued messages: let other tasks in
+                self._streak = 0
+                await asyncio.sleep(0)
             try:
                 frames = self._now.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
+                self._streak = 0
                 remaining = None if deadline is None else max(0.0, deadline - loop.time())
                 frames = await asyncio.wait_for(self._sock.recv_multipart(), remaining)
             msg = self._accept(frames)

@@ -104,8 +104,9 @@ class Predictor:
 
 
 def affect_meta(window: Message, tasks: Mapping[str, dict], model_id: str) -> dict:
-    """The meta of the ``affect`` message answering ``window`` (interfaces.md)."""
-    return {
+    """The meta of the ``affect`` message answering ``window`` (interfaces.md). A replayed
+    window's ground truth rides along as ``labels``, so stores can keep prediction and truth side by side."""
+    meta = {
         "t_end": float(window.meta.get("t_end", window.t0_s)),
         "t_start": float(window.t0_s),
         "model": model_id,
@@ -113,3 +114,7 @@ def affect_meta(window: Message, tasks: Mapping[str, dict], model_id: str) -> di
         "quality": dict(window.meta.get("quality") or {}),
         "tasks": dict(tasks),
     }
+    truth = window.meta.get("labels")
+    if isinstance(truth, Mapping) and any(v is not None for v in truth.values()):
+        meta["labels"] = dict(truth)
+    return meta

@@ -87,6 +87,7 @@ class Stage:
         return self.proc is not None and self.proc.returncode is None
 
     async def stop(self, timeout_s: float = 30.0) -> int:
+        """SIGTERM, then the exit code; a stage that stopped cleanly on the signal counts as 0."""
         if self.proc is None:
             return 0
         if self.proc.returncode is None:
@@ -99,7 +100,7 @@ class Stage:
                 await self.proc.wait()
         if self._relay is not None:
             await self._relay
-        return self.proc.returncode
+        return 0 if self.proc.returncode in (130, -signal.SIGTERM) else self.proc.returncode
 
 
 def stage_commands(cfg: PipelineConfig, bus: str) -> list[tuple[str, list[str]]]:

@@ -27,7 +27,7 @@ def session(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, l
     """Two synthetic wristbands (seeds the shipped weights never saw) and their offline window ends."""
     out = tmp_path_factory.mktemp("pipeline") / "sim"
     run_cli("simulate", str(out), "--minutes", "8", "--seed", "9041", "--subjects", "2", check=True)
-    ends = {rec.device: [w.t_end for w in recording_windows(rec)] for rec in read_source(out)}
+    ends = {rec.device: [w.t_end_s for w in recording_windows(rec)] for rec in read_source(out)}
     return out, ends
 
 
