@@ -97,7 +97,7 @@ def _demo(args: argparse.Namespace) -> int:
     from replay.simulate import simulate_recordings
     from storage.connect import read_affect
     from storage.target import parse_sink
-    from storage.timeline import plot
+    from storage.timeline import plot_timeline
 
     if args.minutes < 2 or args.devices < 1:
         raise UserError("--minutes must be >= 2 and --devices >= 1")
@@ -131,6 +131,6 @@ def _demo(args: argparse.Namespace) -> int:
     for task, s in agreement(records).items():
         print(f"{task:9} {s['windows']:7d}  {s['predicted']:9d}  {s['agreement']:30.1%}  ({s['majority_rate']:.1%})")
     png = out / "timeline.png"
-    plot(records, png)
+    plot_timeline(records, png)
     print(f"demo: timeline (true vs predicted per task) in {png}; finished in {time.monotonic() - started:.0f} s")
     return 0
