@@ -211,6 +211,7 @@ def _train(args) -> int:
         "split_windows": {"train": len(split.train), "val": len(split.val), "test": len(split.test),
                           "unlabeled": len(split.unlabeled)},
         "test_subjects": sorted(set(test.groups.tolist())) if args.protocol == "subjects" else None,
+        "val_subjects": sorted(set(ws.groups[split.val].tolist())) if args.protocol == "subjects" else None,
         "seed": args.seed,
         "epochs": args.epochs,
         "best_epoch": res.best_epoch,
