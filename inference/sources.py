@@ -5,7 +5,8 @@ a folder of them, such as the WESAD subjects); the later readers for the origina
 K-EmoCon and VerBIO layouts plug in behind the same call. ``synthetic`` is the simulator.
 Options follow a ``?`` as in a URL query:
 
-- ``synthetic?minutes=30&subjects=6&seed=1``: simulator arguments;
+- ``synthetic?minutes=30&subjects=6&seed=1``: simulator arguments (bare ``synthetic`` means
+  ``minutes=30&subjects=4&seed=1``);
 - ``tasks=anxiety,emotion``: keep only these tasks' labels (the rest become "no label");
 - the ``--unlabeled`` flag of ``m3sense train`` drops all labels of a source.
 
@@ -31,6 +32,8 @@ from inference.model import MODALITY_CHANNELS
 from m3sense.errors import UserError
 
 SYNTHETIC = "synthetic"
+#: What a bare ``synthetic`` means (and what its provenance name then spells out).
+SYNTHETIC_DEFAULTS = {"minutes": "30", "subjects": "4", "seed": "1"}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -60,6 +63,8 @@ def parse_source(spec: str) -> SourceSpec:
         raise UserError(f"empty data source {spec!r}")
     params = dict(parse_qsl(query, keep_blank_values=True, strict_parsing=False))
     tasks = params.pop("tasks", None)
+    if location == SYNTHETIC:
+        params = SYNTHETIC_DEFAULTS | params
     if location != SYNTHETIC and not Path(location).exists():
         raise UserError(f"data source {location!r}: no such file or folder (or say 'synthetic')")
     if location != SYNTHETIC and params:

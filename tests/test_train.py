@@ -160,6 +160,7 @@ def test_source_strings():
     src = parse_source("synthetic?minutes=3&subjects=2&seed=4&tasks=anxiety,emotion")
     assert src.synthetic and src.params == {"minutes": "3", "subjects": "2", "seed": "4"}
     assert src.tasks == ("anxiety", "emotion") and src.name == "synthetic(minutes=3,seed=4,subjects=2)"
+    assert parse_source("synthetic").name == "synthetic(minutes=30,seed=1,subjects=4)"
     with pytest.raises(UserError, match="no such file"):
         parse_source("/nonexistent/wesad")
     with pytest.raises(UserError, match="only 'tasks='"):
