@@ -9,6 +9,7 @@ probabilities to float precision (``tests/test_model_checkpoint.py``).
 from __future__ import annotations
 
 import hashlib
+import os
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -49,7 +50,7 @@ class Predictor:
             key = hashlib.sha1(f"{checkpoint.model_id}|{','.join(self.tasks)}".encode()).hexdigest()[:16]
             path = cache / f"{checkpoint.model_id}-{key}.onnx"
             if not path.is_file():
-                tmp = path.with_suffix(f".{id(self)}.tmp")
+                tmp = path.with_suffix(f".{os.getpid()}.tmp")
                 export_onnx(checkpoint.model, tmp, self.tasks)
                 tmp.replace(path)
             self._onnx = OnnxRunner(path, threads=threads)
