@@ -31,9 +31,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--protocol", choices=PROTOCOLS, default="subjects",
                    help="paper: stratified 35%% train+val / 55%% test / 10%% unlabelled windows; "
                         "subjects: whole recordings held out (default)")
-    p.add_argument("--test-subjects", default=None, metavar="A,B", help="subjects protocol: these recordings are the test part")
-    p.add_argument("--test-fraction", type=float, default=0.2, help="subjects protocol: share of each source's recordings held out")
-    p.add_argument("--folds", type=int, default=0, help="subjects protocol: K-fold cross-validation over recordings (no checkpoint)")
+    p.add_argument("--test-subjects", default=None, metavar="A,B",
+                   help="subjects protocol: these recordings are the test part")
+    p.add_argument("--test-fraction", type=float, default=0.2,
+                   help="subjects protocol: share of each source's recordings held out")
+    p.add_argument("--folds", type=int, default=0,
+                   help="subjects protocol: K-fold cross-validation over recordings (no checkpoint)")
     p.add_argument("--fusion", default="cam", choices=("cam", "hamlet", "keyless", "sum"))
     p.add_argument("--tasks", default="stress,anxiety,emotion")
     p.add_argument("--modalities", default="bvp,eda,temp")
@@ -68,7 +71,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("infer", help="answer window/ messages with affect/ predictions (M3Sense)",
                        description="Subscribes window/, micro-batches windows across devices (a batch runs when full "
-                                   "or when its oldest window has waited --max-wait-ms) and publishes affect/<device>/.")
+                                   "or when its oldest window has waited --max-wait-ms) and publishes "
+                                   "affect/<device>/.")
     add_bus_option(p)
     p.add_argument("--model", type=Path, default=None, help="checkpoint (default: the shipped weights)")
     p.add_argument("--tasks", default=None, help="comma-separated subset of the model's tasks (default all)")
@@ -101,7 +105,8 @@ def _windows(specs, *, cfg, hop_s: float, no_cache: bool, unlabeled: bool = Fals
     out = []
     for spec in specs:
         src = parse_source(spec)
-        ws = source_windows(src, modalities=cfg.modalities, tasks=cfg.tasks, classes=cfg.classes, hop_s=hop_s, unlabeled=unlabeled,
+        ws = source_windows(src, modalities=cfg.modalities, tasks=cfg.tasks, classes=cfg.classes, hop_s=hop_s,
+                            unlabeled=unlabeled,
                             **({"cache_dir": None} if no_cache else {}))
         if not len(ws):
             raise UserError(f"data source {spec!r} gave no usable windows")
@@ -218,9 +223,7 @@ def _train(args) -> int:
         "hop_s": args.hop_s,
         "train_config": {k: getattr(tc, k) for k in tc.__dataclass_fields__},
         "command": "m3sense " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
-        "held_out": {t: {k: s[k] for k in ("n_windows", "accuracy", "macro_f1")} | (
-            {"stress_vs_rest": {k: s["stress_vs_rest"][k] for k in ("accuracy", "macro_f1")}} if "stress_vs_rest" in s else {})
-            for t, s in scores.items()},
+        "held_out": {t: _headline(s) for t, s in scores.items()},
         "history": [{"epoch": h.epoch, "loss": round(h.loss, 4), "ce": round(h.ce, 4), "kl": round(h.kl, 4),
                      "val": h.val} for h in res.history],
     }
@@ -228,6 +231,14 @@ def _train(args) -> int:
     print(f"saved {path} ({count_parameters(res.model)} parameters, best epoch {res.best_epoch})", file=sys.stderr)
     _print_scores(scores, args.json, f"held-out test part ({args.protocol} protocol, {len(test)} windows)")
     return 0
+
+
+def _headline(s: dict) -> dict:
+    """The figures of one task's scores that go into a checkpoint's provenance."""
+    out = {k: s[k] for k in ("n_windows", "accuracy", "macro_f1")}
+    if "stress_vs_rest" in s:
+        out["stress_vs_rest"] = {k: s["stress_vs_rest"][k] for k in ("accuracy", "macro_f1")}
+    return out
 
 
 def _print_scores(scores: dict, as_json: bool, title: str) -> None:

@@ -227,8 +227,9 @@ class Normalizer:
         return np.clip(np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0), -CLIP_SD, CLIP_SD).astype(np.float32)
 
     def to_json(self) -> dict:
-        return {m: ({"mode": "per_window"} if m in self.per_window else {"mode": "global", "mean": self.mean[m], "std": self.std[m]})
-                for m in (*self.per_window, *self.mean)}
+        out: dict[str, dict] = {m: {"mode": "per_window"} for m in self.per_window}
+        out.update({m: {"mode": "global", "mean": self.mean[m], "std": self.std[m]} for m in self.mean})
+        return out
 
     @staticmethod
     def from_json(d: Mapping) -> Normalizer:

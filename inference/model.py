@@ -304,7 +304,9 @@ class TaskLearningNetwork(nn.Module):
 
     def __init__(self, n_classes: int, cfg: ModelConfig) -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(cfg.latent_dim, cfg.head_hidden), nn.ReLU(), nn.Linear(cfg.head_hidden, n_classes))
+        self.net = nn.Sequential(
+            nn.Linear(cfg.latent_dim, cfg.head_hidden), nn.ReLU(), nn.Linear(cfg.head_hidden, n_classes)
+        )
 
     def forward(self, z: Tensor) -> Tensor:
         return self.net(z)

@@ -43,7 +43,8 @@ def saved(tmp_path_factory):
 
 def inputs(b: int, seed: int = 0):
     rng = np.random.default_rng(seed)
-    x = {"bvp": rng.normal(0, 50, (b, 1280, 1)), "eda": rng.normal(2, 1, (b, 80, 1)), "temp": rng.normal(33, 1, (b, 80, 1))}
+    x = {"bvp": rng.normal(0, 50, (b, 1280, 1)), "eda": rng.normal(2, 1, (b, 80, 1)),
+         "temp": rng.normal(33, 1, (b, 80, 1))}
     present = np.ones((b, 3), bool)
     present[1::3, 1] = False
     return {m: v.astype(np.float32) for m, v in x.items()}, present
