@@ -11,6 +11,7 @@ import asyncio
 import heapq
 import logging
 import math
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -27,6 +28,9 @@ class ReplayStats:
     samples: int = 0
     recorded_s: float = 0.0
     wall_s: float = 0.0
+    #: wall-clock time (Unix s) at which every recording's start was replayed: at speed N, a sample
+    #: recorded at ``t`` went out at ``started_unix_s + (t - recording start) / N``
+    started_unix_s: float = 0.0
 
 
 def merged_messages(recordings: Sequence[Recording]) -> Iterator[tuple[float, Message]]:
@@ -59,6 +63,7 @@ async def replay(
     loop = asyncio.get_running_loop()
     stats = ReplayStats(recorded_s=max((r.duration_s for r in recordings), default=0.0))
     started = loop.time()
+    stats.started_unix_s = time.time()
     next_report = started + 1.0
     for offset, msg in merged_messages(recordings):
         if not math.isinf(speed):

@@ -88,7 +88,7 @@ def test_scan_finds_virtual_e4s_by_name_with_rssi(recordings: list) -> None:
 
 
 def test_three_wristbands_at_nominal_rates_with_continuous_sequence_numbers(hub, bus_address, recordings) -> None:
-    got, links, radio, stats = asyncio.run(run_virtual(bus_address, recordings, n=3, scale=20.0, duration_s=60.0))
+    got, links, radio, stats = asyncio.run(run_virtual(bus_address, recordings, n=3, scale=5.0, duration_s=40.0))
     assert stats.gaps == 0 and not stats.malformed
     streams = by_stream(got)
     for band in links:
@@ -124,7 +124,7 @@ def gap_totals(msgs: list[tuple[float, Message]]) -> dict[str, int]:
 def test_disconnects_and_lost_packets_become_gaps_of_the_right_length(hub, bus_address, recordings) -> None:
     faults = Faults(drop_fraction=0.03, disconnect_every_s=15.0)
     got, links, radio, stats = asyncio.run(run_virtual(
-        bus_address, recordings, n=2, scale=20.0, duration_s=60.0, faults=faults,
+        bus_address, recordings, n=2, scale=5.0, duration_s=60.0, faults=faults,
         config=LinkConfig(backoff_initial_s=0.05)))
     assert stats.gaps == 0
     streams = by_stream(got)
