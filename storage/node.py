@@ -26,6 +26,7 @@ from storage.sink import Sink
 log = logging.getLogger(__name__)
 
 RAW_MODALITIES = ("bvp", "eda", "temp", "hr")
+_STOP_POLL_S = 0.2  # longest a stop request waits for an idle store to notice it
 PREFIXES = (f"{AFFECT}/", f"{STATUS}/", *(f"{RAW}/{m}/" for m in RAW_MODALITIES))
 
 
@@ -84,19 +85,14 @@ class StoreNode:
         async with Subscriber(self.bus, PREFIXES) as sub:
             self.subscriber = sub
             flusher = asyncio.create_task(self._flush_periodically())
-            stopping = asyncio.create_task(stop.wait())
             try:
                 while not stop.is_set():
-                    receive = asyncio.create_task(self._handle(sub, None))
-                    await asyncio.wait({receive, stopping}, return_when=asyncio.FIRST_COMPLETED)
-                    if not receive.done():
-                        receive.cancel()
-                        try:
-                            await receive
-                        except asyncio.CancelledError:
-                            pass
-                    else:
-                        receive.result()
+                    # a bounded receive rather than a task per message: a message is never
+                    # abandoned half-handled, and ``stop`` is seen within _STOP_POLL_S
+                    try:
+                        await self._handle(sub, _STOP_POLL_S)
+                    except TimeoutError:
+                        pass
                 while True:  # drain what is already on its way
                     try:
                         await self._handle(sub, self.drain_s)
@@ -104,7 +100,6 @@ class StoreNode:
                         break
             finally:
                 flusher.cancel()
-                stopping.cancel()
                 tail = self.builder.flush()
                 if tail:
                     await self.sink.write(tail)
