@@ -49,6 +49,18 @@ log = logging.getLogger(__name__)
 BATTERY_PERIOD_S = 60.0
 
 
+async def _cancel(task: asyncio.Task | None) -> None:
+    """Cancel ``task`` and wait for it, without swallowing a cancellation of our own."""
+    if task is None:
+        return
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        if asyncio.current_task().cancelling():  # type: ignore[union-attr]
+            raise
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Faults:
     """What goes wrong. Fractions are per notification; times are device-clock seconds."""
@@ -155,13 +167,7 @@ class VirtualE4:
 
     async def detach(self, link: "VirtualBleakClient") -> None:
         task = self.release(link)
-        if task is not None:
-            task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                if asyncio.current_task().cancelling():  # type: ignore[union-attr]
-                    raise
+        await _cancel(task)
 
     def subscribe(self, char: str, callback: NotifyCallback) -> None:
         self._notify[char] = callback
@@ -435,13 +441,7 @@ class VirtualBleakScanner(BaseBleakScanner):
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                if asyncio.current_task().cancelling():  # type: ignore[union-attr]
-                    raise
+        await _cancel(task)
 
 
 def virtual_address(i: int) -> str:

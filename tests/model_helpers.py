@@ -4,6 +4,8 @@ whose class-dependent signals a small model can learn in a few epochs."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
+import torch
 
 from preprocess.window import MODALITIES, Quality, Window, array_shape
 
@@ -30,3 +32,13 @@ def window(device="d1", t0=0.0, labels=None, present=None, level=0.0, q=None, se
                   masks={m: np.ones(array_shape(m)[0], bool) for m in MODALITIES}, present=present,
                   quality=q or quality(), labels={"stress": None, "anxiety": None, "emotion": None} | (labels or {}),
                   source="replay")
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Tiny models on a shared 2-core machine: one intra-op thread is several times faster than
+    two threads fighting other processes for the cores."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -8,15 +8,8 @@ import pytest
 import torch
 
 from inference.model import FUSIONS, M3Sense, ModelConfig, count_parameters, kl_to_standard_normal
+from tests.model_helpers import one_torch_thread  # noqa: F401  (autouse fixture)
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny models on a shared 2-core machine: one intra-op thread is several times faster than
-    two threads fighting other processes for the cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 TINY = dict(

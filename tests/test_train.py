@@ -15,16 +15,8 @@ from inference.sources import parse_source, source_windows
 from inference.train import (TrainConfig, detailed_scores, predict_probs, split_paper, split_subjects, to_tensors,
                              train_model)
 from m3sense.errors import UserError
-from tests.model_helpers import quality, window
+from tests.model_helpers import one_torch_thread, quality, window  # noqa: F401  (autouse fixture)
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny models on a shared 2-core machine: one intra-op thread is several times faster than
-    two threads fighting other processes for the cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 CFG = ModelConfig(tasks=("stress", "anxiety", "emotion"), modalities=("bvp", "eda", "temp"))
