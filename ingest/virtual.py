@@ -127,6 +127,7 @@ class VirtualE4:
         self.clock = clock or SystemClock()
         self.battery = battery
         self.stats = VirtualStats()
+        self.link_dropped = asyncio.Event()  # set at each injected disconnect, for whoever waits on one
         self._source = _Source(recording)
         self._rng = random.Random(faults.seed)
         self._power_on_s = self.clock.now()
@@ -256,6 +257,7 @@ class VirtualE4:
             if drop_at is not None and drop_at <= due:
                 await self.clock.sleep_until(drop_at)
                 self.stats.link_drops += 1
+                self.link_dropped.set()
                 link.lost()
                 return
             await self.clock.sleep_until(due)
