@@ -17,18 +17,10 @@ from inference.onnx_export import OnnxRunner, export_onnx
 from inference.predict import Predictor, affect_meta
 from m3sense.errors import DataError
 
-from tests.model_helpers import quality, window
+from tests.model_helpers import one_torch_thread, quality, window  # noqa: F401  (autouse fixture)
 
 TINY = ModelConfig(fusion="cam", cnn_channels=(8, 4), embed_dim=16, lstm_hidden=16, fusion_dim=16, task_dim=24,
                    fc_dims=(24, 16), latent_dim=8, head_hidden=8)
-
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

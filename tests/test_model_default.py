@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from inference.checkpoint import DEFAULT_MODEL, load_checkpoint
 from inference.metrics import score_all
@@ -13,19 +12,12 @@ from inference.predict import Predictor
 from inference.sources import parse_source, source_windows
 from inference.train import detailed_scores
 from tests.conftest import WESAD
+from tests.model_helpers import one_torch_thread  # noqa: F401  (autouse fixture)
 
 pytestmark = pytest.mark.skipif(not DEFAULT_MODEL.is_file(), reason="no default weights in this checkout")
 
 #: Synthetic subjects no default-weights source used (training used seeds 11 and 12).
 HELD_OUT_SYNTHETIC = "synthetic?minutes=30&subjects=4&seed=99"
-
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
