@@ -79,7 +79,7 @@ def message_record(msg: Any, values: bool) -> dict[str, Any]:
     """The JSON form of a message that ``tap --json`` prints."""
     rec: dict[str, Any] = {k: v for k, v in msg.meta.items()}
     rec.update(topic=msg.topic, kind=msg.kind, device=msg.device, modality=msg.modality, seq=msg.seq,
-               t0=msg.t0_s, fs=msg.fs_hz, n=msg.n if msg.samples.size or msg.samples.ndim > 1 else 0)
+               t0=msg.t0_s, fs=msg.fs_hz, n=msg.n)
     if values:
         rec["values"] = msg.samples.tolist()
         if msg.arrays:

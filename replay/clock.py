@@ -72,7 +72,7 @@ async def replay(
                 await asyncio.sleep(delay)
         await pub.send(msg)
         stats.messages += 1
-        stats.samples += msg.n if msg.samples.size else 0
+        stats.samples += msg.n
         if progress is not None and loop.time() >= next_report:
             stats.wall_s = loop.time() - started
             progress(stats)
