@@ -39,6 +39,7 @@ from bus.topics import RAW, SYNC, topic_for
 log = logging.getLogger(__name__)
 _SYNC_PREFIX = SYNC.encode() + b"/"
 _POLL_S = 0.1  # longest wait between looks at a publisher's subscriptions
+_STOP_POLL_S = 0.2  # longest an idle Subscriber.until takes to notice its stop event
 _FAIR_EVERY = 256  # messages a subscriber takes without waiting before it lets other tasks run
 
 
@@ -179,15 +180,15 @@ class Publisher:
         # Our own echo subscription reaches us through the hub: then the path back exists.
         uncovered = await self.wait_for_subscribers([self._sync_topic], self._flush_timeout_s)
         marker = uuid.uuid4().hex.encode()
-        while not uncovered:
+        if not uncovered:
             await self._sock.send_multipart([self._sync_topic.encode(), marker])
             try:
-                while True:
-                    frames = await asyncio.wait_for(self._echo.recv_multipart(), max(0.0, deadline - loop.time()))
-                    if frames[-1] == marker:
-                        return
+                echo = self._echo
+                while (await asyncio.wait_for(echo.recv_multipart(), max(0.0, deadline - loop.time())))[-1] != marker:
+                    pass  # an older flush's marker
+                return
             except TimeoutError:
-                break
+                pass
         log.warning("bus flush timed out after %.0f s: is the hub at %s running?",
                     self._flush_timeout_s, self.endpoints.publishers)
 
@@ -262,3 +263,13 @@ class Subscriber:
     async def __aiter__(self) -> AsyncIterator[Message]:
         while True:
             yield await self.recv()
+
+    async def until(self, stop: asyncio.Event, poll_s: float = _STOP_POLL_S) -> AsyncIterator[Message]:
+        """Messages until ``stop`` is set. A bounded receive, not a task per message racing
+        ``stop``: no message is abandoned between being received and being handled, and an
+        idle subscriber sees ``stop`` within ``poll_s``."""
+        while not stop.is_set():
+            try:
+                yield await self.recv(poll_s)
+            except TimeoutError:
+                pass

@@ -239,15 +239,8 @@ async def serve(
         async with Subscriber(bus, ["raw/", "status/"]) as sub:
             if ready is not None:
                 ready(server.sockets[0].getsockname()[1])
-            stopper = asyncio.create_task(stop.wait())
-            while not stopper.done():
-                receiver = asyncio.create_task(sub.recv())
-                await asyncio.wait([receiver, stopper], return_when=asyncio.FIRST_COMPLETED)
-                if receiver.done():
-                    on_message(receiver.result())
-                else:
-                    receiver.cancel()
-                    await asyncio.gather(receiver, return_exceptions=True)
+            async for msg in sub.until(stop):
+                on_message(msg)
     finally:
         server.close()
         for writer in list(sessions.values()):

@@ -18,7 +18,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from bus import AFFECT, RAW, STATUS, Subscriber, topic_for
+from bus import AFFECT, RAW, STATUS, Message, Subscriber, topic_for
 
 from storage.records import RecordBuilder
 from storage.sink import Sink
@@ -26,7 +26,6 @@ from storage.sink import Sink
 log = logging.getLogger(__name__)
 
 RAW_MODALITIES = ("bvp", "eda", "temp", "hr")
-_STOP_POLL_S = 0.2  # longest a stop request waits for an idle store to notice it
 PREFIXES = (f"{AFFECT}/", f"{STATUS}/", *(f"{RAW}/{m}/" for m in RAW_MODALITIES))
 
 
@@ -60,8 +59,7 @@ class StoreNode:
                 await self._progress.wait()
         await asyncio.wait_for(_wait(), timeout_s)
 
-    async def _handle(self, sub: Subscriber, timeout_s: float | None) -> None:
-        msg = await sub.recv(timeout_s)
+    async def _handle(self, sub: Subscriber, msg: Message) -> None:
         if msg.kind == AFFECT and msg.meta.get("event") == "end":
             # the inference node's end marker: everything of this device before it is in the sink
             await self.sink.flush()
@@ -86,18 +84,14 @@ class StoreNode:
             self.subscriber = sub
             flusher = asyncio.create_task(self._flush_periodically())
             try:
-                while not stop.is_set():
-                    # a bounded receive rather than a task per message: a message is never
-                    # abandoned half-handled, and ``stop`` is seen within _STOP_POLL_S
-                    try:
-                        await self._handle(sub, _STOP_POLL_S)
-                    except TimeoutError:
-                        pass
+                async for msg in sub.until(stop):
+                    await self._handle(sub, msg)
                 while True:  # drain what is already on its way
                     try:
-                        await self._handle(sub, self.drain_s)
+                        msg = await sub.recv(self.drain_s)
                     except TimeoutError:
                         break
+                    await self._handle(sub, msg)
             finally:
                 flusher.cancel()
                 tail = self.builder.flush()
