@@ -100,10 +100,12 @@ def read_recordings(src: SourceSpec) -> list:
 
 
 def _code_digest() -> str:
-    """Hash of the code that shapes windows, so a changed filter invalidates the cache."""
-    root = Path(__file__).resolve().parents[1]  # preprocess/ and inference/ are sibling packages
+    """Hash of the code that makes windows (readers, simulator, preprocessing), so a changed
+    filter or simulator invalidates the cache."""
+    root = Path(__file__).resolve().parents[1]  # replay/, preprocess/ and inference/ are siblings
     h = hashlib.sha1()
-    for f in [*sorted((root / "preprocess").glob("*.py")), root / "inference" / "dataset.py"]:
+    for f in [*sorted((root / "replay").glob("*.py")), *sorted((root / "preprocess").glob("*.py")),
+              root / "inference" / "dataset.py"]:
         h.update(f.read_bytes())
     return h.hexdigest()[:12]
 
