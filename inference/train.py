@@ -93,6 +93,8 @@ def split_subjects(ws: WindowSet, seed: int, *, test_groups: Sequence[str] | Non
     Windows without any label (unlabelled sources) go to ``unlabeled``."""
     rng = np.random.default_rng(seed)
     labelled = ws.labelled
+    if test_groups is not None:
+        test_groups = resolve_groups(test_groups, ws.groups)
     test_set: set[str] = set(test_groups or ())
     val_set: set[str] = set()
     for src in np.unique(ws.sources):
@@ -106,13 +108,24 @@ def split_subjects(ws: WindowSet, seed: int, *, test_groups: Sequence[str] | Non
         rest = [g for g in order if g not in test_set]
         if len(rest) >= 3:
             val_set.update(rest[: max(1, math.ceil(val_fraction * len(groups)))])
-    missing = set(test_groups or ()) - set(ws.groups)
-    if missing:
-        raise ValueError(f"no windows for test subject(s) {sorted(missing)}; subjects are {sorted(set(ws.groups))}")
     in_test = np.isin(ws.groups, list(test_set)) & labelled
     in_val = np.isin(ws.groups, list(val_set)) & labelled
     return Split(train=np.flatnonzero(labelled & ~in_test & ~in_val), val=np.flatnonzero(in_val),
                  test=np.flatnonzero(in_test), unlabeled=np.flatnonzero(~labelled))
+
+
+def resolve_groups(names: Sequence[str], groups: np.ndarray) -> list[str]:
+    """Recording names as a user types them: a whole group (``synthetic(...)/sim03``, a WESAD
+    subject ``S5``) or, when only one source has it, the part after the last ``/`` (``sim03``)."""
+    known = sorted(set(groups.tolist()))
+    out = []
+    for name in names:
+        hits = [name] if name in known else [g for g in known if g.rsplit("/", 1)[-1] == name]
+        if len(hits) != 1:
+            why = "matches several" if hits else "matches none"
+            raise ValueError(f"test subject {name!r} {why} of the subjects {known}")
+        out.append(hits[0])
+    return out
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -12,7 +12,7 @@ from inference.dataset import Normalizer, WindowSet, windows_from_messages
 from inference.metrics import confusion, macro_f1, task_scores
 from inference.model import M3Sense, ModelConfig
 from inference.sources import parse_source, source_windows
-from inference.train import (TrainConfig, detailed_scores, predict_probs, split_paper, split_subjects, to_tensors,
+from inference.train import (TrainConfig, detailed_scores, predict_probs, resolve_groups, split_paper, split_subjects, to_tensors,
                              train_model)
 from m3sense.errors import UserError
 from tests.model_helpers import one_torch_thread, quality, window  # noqa: F401  (autouse fixture)
@@ -90,8 +90,16 @@ def test_subject_split_never_shares_a_recording():
     assert test and train and not (train & test) and not (val & test) and not (train & val)
     s2 = split_subjects(ws, seed=1, test_groups=["s0", "s3"])
     assert set(ws.groups[s2.test]) == {"s0", "s3"}
-    with pytest.raises(ValueError, match="no windows"):
+    with pytest.raises(ValueError, match="matches none"):
         split_subjects(ws, seed=1, test_groups=["nobody"])
+
+
+def test_test_subjects_may_be_named_by_device_when_unambiguous():
+    groups = np.array(["synthetic(seed=1)/sim01", "synthetic(seed=1)/sim02", "synthetic(seed=2)/sim01", "S5"])
+    assert resolve_groups(["sim02", "S5", "synthetic(seed=2)/sim01"], groups) == [
+        "synthetic(seed=1)/sim02", "S5", "synthetic(seed=2)/sim01"]
+    with pytest.raises(ValueError, match="matches several"):
+        resolve_groups(["sim01"], groups)
 
 
 def test_metrics_against_hand_counts():
