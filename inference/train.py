@@ -94,7 +94,7 @@ def split_subjects(ws: WindowSet, seed: int, *, test_groups: Sequence[str] | Non
     rng = np.random.default_rng(seed)
     labelled = ws.labelled
     if test_groups is not None:
-        test_groups = resolve_groups(test_groups, ws.groups)
+        test_groups = resolve_groups(test_groups, ws.groups[labelled])
     test_set: set[str] = set(test_groups or ())
     val_set: set[str] = set()
     for src in np.unique(ws.sources):
@@ -116,7 +116,7 @@ def split_subjects(ws: WindowSet, seed: int, *, test_groups: Sequence[str] | Non
 
 def resolve_groups(names: Sequence[str], groups: np.ndarray) -> list[str]:
     """Recording names as a user types them: a whole group (``synthetic(...)/sim03``, a WESAD
-    subject ``S5``) or, when only one source has it, the part after the last ``/`` (``sim03``)."""
+    subject ``S5``) or, when only one labelled source has it, the part after the last ``/``."""
     known = sorted(set(groups.tolist()))
     out = []
     for name in names:

@@ -92,6 +92,12 @@ def test_subject_split_never_shares_a_recording():
     assert set(ws.groups[s2.test]) == {"s0", "s3"}
     with pytest.raises(ValueError, match="matches none"):
         split_subjects(ws, seed=1, test_groups=["nobody"])
+    # A bare name picks among the labelled recordings only: an unlabelled "u/s7" is no rival.
+    both = WindowSet.concat([
+        as_set([window(device="a/s7", t0=10.0 * i, labels={"stress": "baseline"}, seed=i) for i in range(3)]),
+        as_set([window(device="u/s7", t0=10.0 * i, labels={}, seed=i) for i in range(3)]), ws])
+    s3 = split_subjects(both, seed=1, test_groups=["s7"])
+    assert set(both.groups[s3.test]) == {"a/s7"} and len(s3.unlabeled) == 3
 
 
 def test_test_subjects_may_be_named_by_device_when_unambiguous():
