@@ -140,9 +140,9 @@ def _train(args) -> int:
 
     from inference.checkpoint import save_checkpoint
     from inference.dataset import Normalizer, WindowSet
-    from inference.model import M3Sense, ModelConfig, count_parameters
-    from inference.train import (TrainConfig, detailed_scores, predict_probs, split_paper, split_subjects,
-                                 to_tensors, train_model)
+    from inference.model import ModelConfig, count_parameters
+    from inference.train import (TrainConfig, detailed_scores, init_model, predict_probs, split_paper,
+                                 split_subjects, to_tensors, train_model)
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -168,7 +168,7 @@ def _train(args) -> int:
 
     def fit(split, prefix=""):
         norm = Normalizer.fit(ws.subset(np.concatenate([split.train, split.unlabeled])))
-        model = M3Sense(cfg)
+        model = init_model(cfg, tc.seed)
         prog = _Progress(tc.epochs, prefix)
         unl = ws.subset(split.unlabeled).without_labels()
         res = train_model(model, tc, to_tensors(ws.subset(split.train), norm),

@@ -26,7 +26,7 @@ from torch.nn import functional as F
 
 from inference.dataset import Normalizer, WindowSet
 from inference.metrics import collapse, score_all
-from inference.model import M3Sense, kl_to_standard_normal
+from inference.model import M3Sense, ModelConfig, kl_to_standard_normal
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -184,6 +184,13 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def init_model(cfg: ModelConfig, seed: int) -> M3Sense:
+    """A fresh network whose initial weights follow from ``seed``: with :func:`train_model`
+    seeding the batches too, one command and seed give one checkpoint."""
+    seed_everything(seed)
+    return M3Sense(cfg)
 
 
 def alignment_loss(out) -> torch.Tensor:
