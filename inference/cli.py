@@ -235,7 +235,7 @@ def _train(args) -> int:
 
 def _headline(s: dict) -> dict:
     """The figures of one task's scores that go into a checkpoint's provenance."""
-    out = {k: s[k] for k in ("n_windows", "accuracy", "macro_f1")}
+    out = {k: s[k] for k in ("n_windows", "accuracy", "macro_f1", "balanced_accuracy", "majority_accuracy")}
     if "stress_vs_rest" in s:
         out["stress_vs_rest"] = {k: s["stress_vs_rest"][k] for k in ("accuracy", "macro_f1")}
     return out

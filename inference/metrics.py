@@ -27,14 +27,23 @@ def macro_f1(cm: np.ndarray) -> float:
 
 
 def task_scores(y_true: np.ndarray, y_pred: np.ndarray, classes: Sequence[str]) -> dict:
-    """Scores of one task; ``y_true`` -1 entries (no label) are skipped."""
+    """Scores of one task; ``y_true`` -1 entries (no label) are skipped.
+
+    Two chance references come along, because affect labels are imbalanced (about 70 % of
+    emotion windows are "low"): ``majority_accuracy``, what always answering the commonest
+    true class scores, and ``balanced_accuracy``, the mean recall over the classes present,
+    which is 1/classes for any constant or random answer."""
     keep = y_true >= 0
     cm = confusion(y_true[keep], y_pred[keep], len(classes))
     n = int(keep.sum())
+    support = cm.sum(axis=1)
+    present = support > 0
     return {
         "n_windows": n,
         "accuracy": float(np.trace(cm) / n) if n else float("nan"),
         "macro_f1": macro_f1(cm) if n else float("nan"),
+        "balanced_accuracy": float((np.diag(cm)[present] / support[present]).mean()) if n else float("nan"),
+        "majority_accuracy": float(support.max() / n) if n else float("nan"),
         "classes": list(classes),
         "confusion": cm.tolist(),
     }
@@ -56,9 +65,11 @@ def collapse(y: np.ndarray, positive: int) -> np.ndarray:
 
 
 def markdown_table(scores: Mapping[str, dict]) -> str:
-    rows = ["| task | windows | accuracy | macro-F1 |", "|---|---:|---:|---:|"]
+    rows = ["| task | windows | accuracy | macro-F1 | balanced accuracy | always the commonest class |",
+            "|---|---:|---:|---:|---:|---:|"]
     for t, s in scores.items():
-        rows.append(f"| {t} | {s['n_windows']} | {100 * s['accuracy']:.1f} % | {s['macro_f1']:.3f} |")
+        rows.append(f"| {t} | {s['n_windows']} | {100 * s['accuracy']:.1f} % | {s['macro_f1']:.3f} | "
+                    f"{100 * s['balanced_accuracy']:.1f} % | {100 * s['majority_accuracy']:.1f} % |")
     out = ["\n".join(rows)]
     for t, s in scores.items():
         head = "| truth \\ predicted | " + " | ".join(s["classes"]) + " |"

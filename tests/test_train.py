@@ -118,6 +118,8 @@ def test_metrics_against_hand_counts():
     assert macro_f1(cm) == pytest.approx((0.5 + 0.8 + 0.0) / 3)
     s = task_scores(y, p, ("a", "b", "c"))
     assert s["n_windows"] == 5 and s["accuracy"] == pytest.approx(0.6)
+    # recalls: a 1/2, b 2/2, c 0/1; the commonest true classes (a, b) hold 2 of 5
+    assert s["balanced_accuracy"] == pytest.approx(0.5) and s["majority_accuracy"] == pytest.approx(0.4)
 
 
 def tiny_cfg() -> ModelConfig:
