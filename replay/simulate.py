@@ -17,6 +17,10 @@ What the signals contain (all on the E4 clock, E4 rates, units and dtypes of ``P
 - BVP 64 Hz, zero mean, E4-like units: a pulse per beat with a fast systolic upstroke, dicrotic
   wave, respiratory amplitude modulation and baseline wander; motion artefacts driven by the same
   arm movement that the accelerometer shows.
+- Laughs (amusement and chat, ~3 per minute scaled per person): a brief HR rise, an SCR, a pulse
+  that shrinks and sinks for a few seconds, an arm jolt. They are the only thing that marks the
+  pleasant, emotion-high phases, which shift nothing tonically (WESAD's amusement does not); the
+  rate is this simulator's assumption, set so that most 20 s windows of those phases hold one.
 - Beats come from an integrated instantaneous rate: HR level and stress response, respiratory
   sinus arrhythmia, a 0.1 Hz component and beat jitter, so RMSSD is close to the subject's value
   and falls under stress. IBI rows keep only beats "detected" as the E4 would: fewer with arm
@@ -112,13 +116,15 @@ _KINDS: Mapping[str, _KindSpec] = MappingProxyType({
     "stress": _KindSpec(nominal_min=9, drive=1.0, acc_sd=3.8, bursts_per_min=0.4,
                         scr_factor=1.0, resp_factor=1.2, rsa_factor=0.8, standing=True),
     "amusement": _KindSpec(nominal_min=6, drive=0.0, acc_sd=0.6, bursts_per_min=0.05,
-                           scr_factor=0.8, resp_factor=1.0, rsa_factor=1.0, standing=False),
+                           scr_factor=0.5, resp_factor=1.0, rsa_factor=1.0, standing=False),
     "meditation": _KindSpec(nominal_min=6, drive=-0.15, acc_sd=0.3, bursts_per_min=0.02,
                             scr_factor=0.4, resp_factor=0.55, rsa_factor=1.6, standing=False),
     "chat": _KindSpec(nominal_min=7, drive=0.0, acc_sd=2.5, bursts_per_min=0.3,
                       scr_factor=1.0, resp_factor=1.1, rsa_factor=0.7, standing=False),
 })
-_LAUGHS_PER_MIN = {"amusement": 1.5, "chat": 0.8}
+# Laughter is what marks the pleasant phases from a wrist (physiology.md §4: brief laugh-linked
+# bumps, no tonic shift): frequent enough that most 20 s windows of them hold a laugh.
+_LAUGHS_PER_MIN = {"amusement": 3.0, "chat": 3.0}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -152,6 +158,7 @@ class SubjectProfile:
     seated_gravity: tuple[float, float, float]  # unit vector
     standing_gravity: tuple[float, float, float]
     beat_quality: float  # share of beats the E4 keeps when perfectly still
+    laugh_rate_factor: float  # how readily this person laughs (x the phase's laughs per minute)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -175,6 +182,7 @@ class SimulatedSession:
     phases: tuple[Phase, ...]
     off_wrist_s: tuple[tuple[float, float], ...]
     motion_s: tuple[tuple[float, float], ...]
+    laughs_s: tuple[float, ...]
     subject: SubjectProfile
 
 
@@ -231,7 +239,7 @@ def _simulate_subject(*, duration_s: float, seed: int, index: int, label_mode: s
                       for k in kinds]) * phase_gain
     off = _draw_off_wrist(rng["offwrist"], duration_s) if off_wrist else []
     bursts = _draw_bursts(rng["motion"], duration_s, kinds, bounds, off) if motion else []
-    laughs = _draw_laughs(rng["events"], kinds, bounds)
+    laughs = _draw_laughs(rng["events"], kinds, bounds, prof.laugh_rate_factor)
 
     n = {m: int(round(duration_s * PERIODIC[m][0])) for m in ("bvp", "acc", "eda", "temp")}
     t = {m: np.arange(k) / PERIODIC[m][0] for m, k in n.items()}
@@ -261,7 +269,8 @@ def _simulate_subject(*, duration_s: float, seed: int, index: int, label_mode: s
     return SimulatedSession(
         recording=recording, phases=phases, subject=prof,
         off_wrist_s=tuple((start_s + a, start_s + b) for a, b in off),
-        motion_s=tuple((start_s + a, start_s + b) for a, b in _merge(bursts)))
+        motion_s=tuple((start_s + a, start_s + b) for a, b in _merge(bursts)),
+        laughs_s=tuple(float(start_s + x) for x in laughs))
 
 
 def _label_intervals(phases: Sequence[Phase], mode: str) -> tuple[LabelInterval, ...]:
@@ -326,6 +335,7 @@ def _draw_profile(rng: np.random.Generator) -> SubjectProfile:
         seated_gravity=_unit(np.array([-0.4, 0.05, 0.9]) + rng.normal(0.0, 0.3, 3)),
         standing_gravity=_unit(np.array([0.9, -0.2, 0.3]) + rng.normal(0.0, 0.3, 3)),
         beat_quality=float(rng.uniform(0.7, 0.95)),
+        laugh_rate_factor=float(np.clip(np.exp(rng.normal(0.0, 0.35)), 0.5, 2.0)),
     )
 
 
@@ -427,10 +437,10 @@ def _merge(bursts: Sequence[tuple[float, float, float]]) -> list[tuple[float, fl
 
 
 def _draw_laughs(rng: np.random.Generator, kinds: Sequence[str],
-                 bounds: Sequence[tuple[float, float]]) -> np.ndarray:
-    """Laugh times (s): brief HR/SCR/arm bumps instead of a tonic shift (physiology.md §4)."""
+                 bounds: Sequence[tuple[float, float]], rate_factor: float) -> np.ndarray:
+    """Laugh times (s): brief HR/SCR/pulse/arm bumps instead of a tonic shift (physiology.md §4)."""
     return np.sort(np.concatenate([
-        rng.uniform(a, b, rng.poisson(_LAUGHS_PER_MIN.get(k, 0.0) * (b - a) / 60.0))
+        rng.uniform(a, b, rng.poisson(rate_factor * _LAUGHS_PER_MIN.get(k, 0.0) * (b - a) / 60.0))
         for k, (a, b) in zip(kinds, bounds)]))
 
 
@@ -546,7 +556,7 @@ def _accelerometer(rng: np.random.Generator, prof: SubjectProfile, t: np.ndarray
 
     sd = _per_phase(t, bounds, np.array([_KINDS[k].acc_sd for k in kinds]) * activity_gain)
     sd = uniform_filter1d(sd * prof.acc_activity_scale, window, mode="nearest")
-    sd = sd + _bumps(t.size, fs, laughs, np.full(laughs.size, 1.5), 0.7) + _envelope(t, bursts)
+    sd = sd + _bumps(t.size, fs, laughs, np.full(laughs.size, 3.0), 0.7) + _envelope(t, bursts)
     moving = _band_noise(rng, (t.size, 3), fs, (0.2, 5.0)) * sd[:, None]
 
     worn = _worn(t, on)
@@ -567,7 +577,7 @@ def _heart(rng: np.random.Generator, prof: SubjectProfile, t: np.ndarray, kinds:
     stress = np.clip(_lagged(t, bounds, drive, _TAU_HR_S), 0.0, 1.5)
     hr = (prof.hr_rest_bpm + _lagged(t, bounds, hr_target, _TAU_HR_S)
           + 2.0 * _slow(rng, t, 60.0)
-          + _bumps(t.size, fs, laughs, rng.uniform(2.0, 6.0, laughs.size), 4.0))
+          + _bumps(t.size, fs, laughs, rng.uniform(6.0, 14.0, laughs.size), 3.0))
 
     resp_hz = prof.resp_rest_hz * _lagged(t, bounds, np.array(
         [_KINDS[k].resp_factor for k in kinds]), (10.0, 10.0), y0=1.0)
@@ -595,9 +605,13 @@ def _heart(rng: np.random.Generator, prof: SubjectProfile, t: np.ndarray, kinds:
     j = np.searchsorted(ext, t, side="right") - 1
     tau, T = t - ext[j], ext[j + 1] - ext[j]
     vaso = np.clip(_lagged(t, bounds, drive, _TAU_VASO_S), 0.0, 1.5)
-    amplitude = prof.bvp_pp * (1.0 - 0.2 * vaso) * (1.0 + 0.08 * np.sin(resp))
+    # A laugh's expiratory bursts raise the chest pressure: for a few seconds the pulse shrinks
+    # and the wave's baseline sinks, then both recover.
+    laugh = _bumps(t.size, fs, laughs, np.ones(laughs.size), 1.5)
+    amplitude = (prof.bvp_pp * (1.0 - 0.2 * vaso) * (1.0 + 0.08 * np.sin(resp))
+                 * (1.0 - 0.5 * np.clip(laugh, 0.0, 1.5)))
     wave = amplitude * _pulse(tau, T, prof.bvp_rise_s, prof.bvp_dicrotic * (1.0 - 0.5 * stress))
-    wave += 0.1 * prof.bvp_pp * np.sin(resp + 1.0)
+    wave += prof.bvp_pp * (0.1 * np.sin(resp + 1.0) - 0.3 * laugh)
     return beats, wave
 
 
@@ -681,7 +695,7 @@ def _eda(rng: np.random.Generator, prof: SubjectProfile, t: np.ndarray, kinds: S
                         * np.exp(rng.normal(0.0, 0.9, t.size)), 0.0)
     laugh_idx = np.round((laughs + 1.5) * fs).astype(int)
     laugh_idx = laugh_idx[laugh_idx < t.size]
-    np.add.at(impulses, laugh_idx, prof.scr_amp_us * rng.uniform(1.0, 4.0, laugh_idx.size))
+    np.add.at(impulses, laugh_idx, prof.scr_amp_us * rng.uniform(2.0, 6.0, laugh_idx.size))
     # Bateman response (rise 0.75 s, decay per subject) scaled to a unit peak.
     rise, decay = 0.75, prof.scr_decay_s
     peak_t = math.log(decay / rise) * rise * decay / (decay - rise)

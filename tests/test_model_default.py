@@ -56,16 +56,17 @@ def test_provenance_names_every_source(ckpt):
 
 
 def test_above_chance_on_held_out_synthetic_subjects(ckpt, tmp_path):
-    """Four synthetic subjects no training source contained. Anxiety (learned from synthetic
-    subjects) is well above guessing (macro-F1 0.5). Stress learned from real WESAD only and
-    still beats three-class guessing (1/3) on synthetic physiology. Emotion is the weak task:
-    only a little above a coin's macro-F1, and its accuracy is below always answering "low"
-    (about 70 % of these windows); the bound guards against it getting worse."""
+    """Four synthetic subjects no training source contained. Anxiety and emotion (learned from
+    synthetic subjects) are well above guessing: macro-F1 and balanced accuracy well over 0.5,
+    accuracy over always answering the commonest class. Stress learned from real WESAD only and
+    transfers to simulated physiology only in part: above three-class guessing (1/3), no more."""
     ws = windows(ckpt, HELD_OUT_SYNTHETIC, tmp_path)
     scores = score_all(ws.labels, probs_for(ckpt, ws), ws.tasks, ckpt.config.classes)
-    assert scores["anxiety"]["macro_f1"] > 0.7, scores["anxiety"]
-    assert scores["stress"]["accuracy"] > 0.42 and scores["stress"]["macro_f1"] > 0.42, scores["stress"]
-    assert scores["emotion"]["macro_f1"] > 0.5, scores["emotion"]
+    for task in ("anxiety", "emotion"):
+        s = scores[task]
+        assert s["macro_f1"] > 0.75 and s["balanced_accuracy"] > 0.75, s
+        assert s["accuracy"] > s["majority_accuracy"] + 0.1, s
+    assert scores["stress"]["balanced_accuracy"] > 0.4 and scores["stress"]["macro_f1"] > 0.4, scores["stress"]
 
 
 @pytest.mark.skipif(not WESAD.is_dir(), reason=f"{WESAD} is absent (the real WESAD recordings are only in CI)")

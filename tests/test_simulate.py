@@ -326,6 +326,31 @@ def test_meditation_is_calmer_than_baseline_and_amusement_is_close_to_it(cohort)
     assert abs(np.nanmedian(hr_amuse)) < 6.0
 
 
+def test_laughs_mark_the_pleasant_phases_with_brief_heart_rate_rises(cohort):
+    """The emotion task's only cue: laughs in amusement and chat, none elsewhere, most 20 s
+    windows of those phases holding one, each followed within seconds by a faster pulse."""
+    pleasant = ("amusement", "chat")
+    windows_with, windows = 0, 0
+    rise = []
+    for s in cohort:
+        laughs = np.array(s.laughs_s)
+        kind = [next(p.kind for p in s.phases if p.start_s <= x < p.end_s) for x in laughs]
+        assert set(kind) <= set(pleasant)
+        for p in (p for p in s.phases if p.kind in pleasant):
+            starts = np.arange(p.start_s, p.end_s - 20.0, 20.0)
+            windows += starts.size
+            windows_with += sum(((laughs >= a) & (laughs < a + 20.0)).any() for a in starts)
+        r = s.recording
+        inst = 60.0 / r.ibi_s
+        for x in laughs:
+            before = inst[(r.ibi_t_s >= x - 8.0) & (r.ibi_t_s < x)]
+            after = inst[(r.ibi_t_s >= x + 2.0) & (r.ibi_t_s < x + 6.0)]
+            if before.size >= 3 and after.size >= 2:
+                rise.append(after.mean() - before.mean())
+    assert windows_with / windows > 0.5
+    assert len(rise) > 50 and np.median(rise) > 3.0
+
+
 def test_bvp_carries_the_pulse_of_the_beats():
     """Pulse peaks counted in the BVP of a seated phase give the heart rate of the IBI rows."""
     s = simulate_sessions(minutes=10, seed=12, subjects=4, motion=False, off_wrist=False)
