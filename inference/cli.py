@@ -32,7 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="paper: stratified 35%% train+val / 55%% test / 10%% unlabelled windows; "
                         "subjects: whole recordings held out (default)")
     p.add_argument("--test-subjects", default=None, metavar="A,B",
-                   help="subjects protocol: these recordings are the test part (S5, or sim03 when only one labelled source has it)")
+                   help="subjects protocol: these recordings are the test part (S5; or sim03 when "
+                        "only one labelled source has a sim03)")
     p.add_argument("--test-fraction", type=float, default=0.2,
                    help="subjects protocol: share of each source's recordings held out")
     p.add_argument("--folds", type=int, default=0,
