@@ -123,7 +123,8 @@ _KINDS: Mapping[str, _KindSpec] = MappingProxyType({
                       scr_factor=1.0, resp_factor=1.1, rsa_factor=0.7, standing=False),
 })
 # Laughter is what marks the pleasant phases from a wrist (physiology.md §4: brief laugh-linked
-# bumps, no tonic shift): frequent enough that most 20 s windows of them hold a laugh.
+# bumps, no tonic shift): frequent enough that most 20 s windows of them hold a laugh. Amusement's
+# low scr_factor keeps its SCR rate, laugh SCRs included, near baseline, as in WESAD.
 _LAUGHS_PER_MIN = {"amusement": 3.0, "chat": 3.0}
 
 
