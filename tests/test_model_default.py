@@ -66,7 +66,8 @@ def test_above_chance_on_held_out_synthetic_subjects(ckpt, tmp_path):
         s = scores[task]
         assert s["macro_f1"] > 0.75 and s["balanced_accuracy"] > 0.75, s
         assert s["accuracy"] > s["majority_accuracy"] + 0.1, s
-    assert scores["stress"]["balanced_accuracy"] > 0.4 and scores["stress"]["macro_f1"] > 0.4, scores["stress"]
+    stress = scores["stress"]
+    assert stress["accuracy"] > 0.42 and stress["macro_f1"] > 0.42 and stress["balanced_accuracy"] > 0.42, stress
 
 
 @pytest.mark.skipif(not WESAD.is_dir(), reason=f"{WESAD} is absent (the real WESAD recordings are only in CI)")
