@@ -2,13 +2,16 @@
 
 SINK is one of:
 
-- ``sqlite:///relative/path.db``, ``sqlite:////absolute/path.db`` (SQLAlchemy's
-  convention: what follows ``sqlite:///`` is the path), or a bare path ending in ``.db``,
-  ``.sqlite`` or ``.sqlite3``;
-- ``influx://HOST:PORT[/PREFIX]?bucket=BUCKET[&org=ORG]`` (HTTP) or ``influxs://...``
-  (HTTPS); ``http://`` and ``https://`` URLs with the same query are accepted too. On
-  InfluxDB 1.8 the bucket is ``database/retention-policy`` (or just ``database``) and org
-  is ignored; on 3.x the bucket is the database.
+- ``sqlite:PATH`` (``sqlite:affect.db``, ``sqlite:/abs/affect.db``), SQLAlchemy's
+  ``sqlite:///relative/path.db`` and ``sqlite:////absolute/path.db`` (what follows
+  ``sqlite:///`` is the path), or a bare path ending in ``.db``, ``.sqlite`` or ``.sqlite3``;
+- ``influx://HOST:PORT[/PREFIX]?db=DB[&rp=RP]``: InfluxDB 1.x, written with its own
+  ``/write`` API (the only one before 1.8);
+- ``influx://HOST:PORT[/PREFIX]?bucket=BUCKET[&org=ORG]``: the v2 write API (2.x, 3.x,
+  1.8+; on 1.8 the bucket is ``database/retention-policy`` or ``database``, on 3.x the
+  database). A server that has no v2 API (a 404, and ``/ping`` says 1.x) is then written
+  with ``/write``; ``api=v1`` or ``api=v2`` says which API instead of finding out.
+  ``influxs://`` is HTTPS; ``http://`` and ``https://`` URLs are accepted too.
 
 Plain HTTP to anything but a loopback address is refused unless the URL says
 ``insecure=1``: physiology is health data and a token must not cross a network in clear.
@@ -20,7 +23,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -29,22 +32,43 @@ from m3sense.errors import UserError
 TOKEN_ENV = "INFLUX_TOKEN"
 _SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
 _INFLUX_SCHEMES = {"influx": "http", "influxs": "https", "http": "http", "https": "https"}
-_INFLUX_PARAMS = {"bucket", "org", "insecure"}
+_INFLUX_PARAMS = {"bucket", "org", "db", "rp", "api", "insecure"}
+_APIS = ("v1", "v2")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SqliteTarget:
     path: Path
 
+    @property
+    def address(self) -> str:
+        return f"sqlite:{self.path}"
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class InfluxTarget:
-    """Where InfluxDB listens; ``token`` is kept out of ``repr`` (and so out of logs)."""
+    """Where InfluxDB listens; ``token`` is kept out of ``repr`` (and so out of logs).
+    ``api`` is the write API the address asked for, None to find out from the server."""
 
     url: str                      # http(s)://host:port[/prefix], what the client talks to
-    bucket: str
+    bucket: str                   # db[/rp] on 1.x
     org: str = "-"
+    api: str | None = None
     token: str | None = field(default=None, repr=False)
+
+    @property
+    def address(self) -> str:
+        """The SINK address back, in its canonical form (there is never a secret in it)."""
+        scheme, rest = self.url.split("://", 1)
+        scheme = "influx" if scheme == "http" else "influxs"
+        if self.api == "v1":
+            query = f"db={self.database}" + (f"&rp={self.retention_policy}" if self.retention_policy else "")
+        else:
+            query = f"bucket={self.bucket}" + (f"&org={self.org}" if self.org != "-" else "")
+            query += "&api=v2" if self.api == "v2" else ""
+        if scheme == "influx" and not _loopback(urlsplit(self.url).hostname or ""):
+            query += "&insecure=1"
+        return f"{scheme}://{rest}?{query}"
 
     @property
     def database(self) -> str:
@@ -56,7 +80,7 @@ class InfluxTarget:
         return self.bucket.split("/", 1)[1] if "/" in self.bucket else None
 
     def with_token(self, token: str | None) -> "InfluxTarget":
-        return InfluxTarget(url=self.url, bucket=self.bucket, org=self.org, token=token)
+        return replace(self, token=token)
 
 
 Target = SqliteTarget | InfluxTarget
@@ -74,16 +98,18 @@ def _loopback(host: str) -> bool:
 def parse_sink(sink: str) -> Target:
     """Parse a SINK address; raises :class:`UserError` naming what is wrong."""
     if sink.startswith("sqlite:"):
-        if not sink.startswith("sqlite:///") or len(sink) == len("sqlite:///"):
-            raise UserError(f"sink {sink!r}: write sqlite:///relative.db or sqlite:////absolute.db")
-        return SqliteTarget(path=Path(sink[len("sqlite:///"):]))
+        path = sink.removeprefix("sqlite:///") if sink.startswith("sqlite:///") else sink.removeprefix("sqlite:")
+        if not path or path.startswith("//"):  # sqlite://HOST/... names a host, which SQLite has not
+            raise UserError(f"sink {sink!r}: write sqlite:PATH, sqlite:///relative.db or sqlite:////absolute.db")
+        return SqliteTarget(path=Path(path))
     parts = urlsplit(sink)
     scheme = _INFLUX_SCHEMES.get(parts.scheme)
     if scheme is None:
         if "://" not in sink and sink.endswith(_SQLITE_SUFFIXES):
             return SqliteTarget(path=Path(sink))
         raise UserError(
-            f"sink {sink!r}: expected sqlite:///PATH, PATH.db, or influx://HOST:PORT?bucket=B[&org=O]"
+            f"sink {sink!r}: expected sqlite:PATH, PATH.db, influx://HOST:PORT?db=DB (1.x) "
+            "or influx://HOST:PORT?bucket=B[&org=O]"
         )
     try:
         port = parts.port
@@ -100,9 +126,7 @@ def parse_sink(sink: str) -> Target:
     if any(len(v) > 1 for v in query.values()):
         raise UserError(f"sink {sink!r}: a parameter is given twice")
     params = {k: v[0] for k, v in query.items()}
-    bucket = params.get("bucket", "")
-    if not bucket:
-        raise UserError(f"sink {sink!r}: bucket=... is required")
+    bucket, api = _bucket_and_api(sink, params)
     if scheme == "http" and not _loopback(parts.hostname) and params.get("insecure") not in ("1", "true"):
         raise UserError(
             f"sink {sink!r}: plain HTTP to a remote host sends health data and the token in clear; "
@@ -111,7 +135,27 @@ def parse_sink(sink: str) -> Target:
     host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
     netloc = f"{host}:{port}" if port else host
     return InfluxTarget(url=f"{scheme}://{netloc}{parts.path.rstrip('/')}", bucket=bucket,
-                        org=params.get("org") or "-")
+                        org=params.get("org") or "-", api=api)
+
+
+def _bucket_and_api(sink: str, params: Mapping[str, str]) -> tuple[str, str | None]:
+    """``db=DB&rp=RP`` is 1.x, ``bucket=`` the v2 API (or 1.x if the server turns out to be)."""
+    api = params.get("api") or None
+    if api not in (None, *_APIS):
+        raise UserError(f"sink {sink!r}: api= is v1 (InfluxDB 1.x /write) or v2 (/api/v2/write)")
+    if "db" in params:
+        if "bucket" in params or "org" in params:
+            raise UserError(f"sink {sink!r}: db= (1.x) and bucket=/org= (v2) do not go together")
+        if api == "v2":
+            raise UserError(f"sink {sink!r}: db= is for the 1.x API; with api=v2 write bucket=DB/RP")
+        if not params["db"] or "/" in params["db"]:
+            raise UserError(f"sink {sink!r}: db= needs a database name (the retention policy goes in rp=)")
+        return params["db"] + (f"/{params['rp']}" if params.get("rp") else ""), "v1"
+    if "rp" in params:
+        raise UserError(f"sink {sink!r}: rp= goes with db=; with bucket= write bucket=DB/RP")
+    if not params.get("bucket"):
+        raise UserError(f"sink {sink!r}: db=DB (InfluxDB 1.x) or bucket=B (v2) is required")
+    return params["bucket"], api
 
 
 def read_token(token_file: Path | None, environ: Mapping[str, str]) -> str | None:

@@ -203,9 +203,20 @@ def test_beat_rate_agrees_with_the_e4s_own_heart_rate_on_real_data() -> None:
 @pytest.mark.parametrize("sink, expected", [
     ("sqlite:///data/affect.db", SqliteTarget(path=Path("data/affect.db"))),
     ("sqlite:////tmp/affect.db", SqliteTarget(path=Path("/tmp/affect.db"))),
+    ("sqlite:affect.db", SqliteTarget(path=Path("affect.db"))),
+    ("sqlite:data/affect.db", SqliteTarget(path=Path("data/affect.db"))),
+    ("sqlite:/tmp/affect.db", SqliteTarget(path=Path("/tmp/affect.db"))),
     ("out/affect.sqlite", SqliteTarget(path=Path("out/affect.sqlite"))),
+    ("/tmp/affect.db", SqliteTarget(path=Path("/tmp/affect.db"))),
     ("influx://127.0.0.1:8086?bucket=affect&org=lab",
      InfluxTarget(url="http://127.0.0.1:8086", bucket="affect", org="lab")),
+    ("influx://127.0.0.1:8086?db=affect", InfluxTarget(url="http://127.0.0.1:8086", bucket="affect", api="v1")),
+    ("influx://127.0.0.1:8086?db=affect&rp=week",
+     InfluxTarget(url="http://127.0.0.1:8086", bucket="affect/week", api="v1")),
+    ("influx://127.0.0.1:8086?bucket=affect/week&api=v1",
+     InfluxTarget(url="http://127.0.0.1:8086", bucket="affect/week", api="v1")),
+    ("influx://127.0.0.1:8086?bucket=affect&org=lab&api=v2",
+     InfluxTarget(url="http://127.0.0.1:8086", bucket="affect", org="lab", api="v2")),
     ("influxs://db.example.org:8086/influx/?bucket=affect/autogen",
      InfluxTarget(url="https://db.example.org:8086/influx", bucket="affect/autogen", org="-")),
     ("http://localhost:8181?bucket=affect", InfluxTarget(url="http://localhost:8181", bucket="affect")),
@@ -213,10 +224,44 @@ def test_beat_rate_agrees_with_the_e4s_own_heart_rate_on_real_data() -> None:
 ])
 def test_sink_addresses(sink, expected) -> None:
     assert parse_sink(sink) == expected
+    assert parse_sink(expected.address) == expected  # the address a summary prints is the same sink
+
+
+def test_sqlite_sink_forms_reach_the_file_they_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """sqlite:PATH (relative and absolute), SQLAlchemy's sqlite:/// and sqlite://// and a bare
+    PATH.db each store into, and read from, the file they name."""
+    import asyncio
+
+    from m3sense.cli import main
+    from storage import SqliteSink
+
+    monkeypatch.chdir(tmp_path)
+    forms = {"sqlite:rel1.db": tmp_path / "rel1.db", f"sqlite:{tmp_path}/abs/a2.db": tmp_path / "abs/a2.db",
+             "sqlite:///rel3.db": tmp_path / "rel3.db", f"sqlite:///{tmp_path}/abs/a4.db": tmp_path / "abs/a4.db",
+             "rel5.db": tmp_path / "rel5.db"}
+    for k, (sink, path) in enumerate(forms.items()):
+        target = parse_sink(sink)
+
+        async def store() -> None:
+            async with SqliteSink(target.path) as db:
+                await db.write(affect_records(affect_msg(device=f"dev{k}", tasks=("stress",))))
+
+        asyncio.run(store())
+        assert path.exists(), sink
+        capsys.readouterr()
+        assert main(["timeline", "--sink", sink, "--json"]) == 0
+        assert [json.loads(x)["device"] for x in capsys.readouterr().out.splitlines()] == [f"dev{k}"], sink
 
 
 @pytest.mark.parametrize("sink, complaint", [
     ("sqlite://rel.db", "sqlite:///"),
+    ("sqlite:", "sqlite:PATH"),
+    ("sqlite:///", "sqlite:PATH"),
+    ("influx://127.0.0.1:8086?db=a&bucket=a", "do not go together"),
+    ("influx://127.0.0.1:8086?db=a&api=v2", "api=v2"),
+    ("influx://127.0.0.1:8086?bucket=a&rp=w", "rp= goes with db="),
+    ("influx://127.0.0.1:8086?db=a/w", "rp="),
+    ("influx://127.0.0.1:8086?bucket=a&api=v3", "api="),
     ("affect.csv", "expected"),
     ("influx://127.0.0.1:8086", "bucket"),
     ("influx://127.0.0.1:8086?bucket=a&token=x", "unknown parameter"),
