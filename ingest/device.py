@@ -15,14 +15,10 @@ from typing import Any
 
 import numpy as np
 
+from e4 import OFF_WRIST_EDA_US
 from ingest import codec
 from ingest.beats import BeatDetector, BeatOutput
 from ingest.timing import Stamp, StreamClock
-
-#: EDA below this (µS) on a whole packet reads as an open circuit: not on a wrist
-#: (Empatica: "EDA steady at 0 = not on wrist"). An open circuit saturates the uint24
-#: resistance, which decodes to 1e6 / (2**24 - 1) = 0.0596 µS, just under this.
-OFF_WRIST_EDA_US = 0.07
 
 _DTYPES = {"bvp": np.float64, "eda": np.float64, "temp": np.float64, "acc": np.int16}
 
@@ -119,7 +115,7 @@ class DeviceIngest:
         out.append(Emit(kind="raw", modality=char, t0_s=stamp.t0_s, fs_hz=fs, samples=values))
         if char == "bvp" and self._beats is not None:
             out.extend(self._heart(self._beats.push(stamp.t0_s, values)))
-        if char == "eda":
+        if char == "eda":  # a whole packet below the threshold: the electrodes are off the skin
             on_wrist = bool(np.any(values >= OFF_WRIST_EDA_US))
             if on_wrist != self._on_wrist:
                 self._on_wrist = on_wrist

@@ -6,9 +6,10 @@ as missing, never as evidence of anything else.
 
 Thresholds and their sources:
 
-- off-wrist: EDA below 0.05 uS (electrodes off the skin read about zero; Kleckner et al. 2018,
-  e4-facts.md section 7) or skin temperature outside 25-40 degC, for a run of at least 1 s so
-  that a single glitch does not flag a window. Kleckner's temperature rule says 30-40 degC, but
+- off-wrist: EDA below :data:`e4.OFF_WRIST_EDA_US` (0.06 uS: electrodes off the skin read 0 in
+  exported files and 0.0596 uS, the floor of the 24-bit resistance, over BLE; Kleckner et al.
+  2018's 0.05 uS misses the BLE floor) or skin temperature outside 25-40 degC, for a run of at
+  least 1 s so that a single glitch does not flag a window. Kleckner's temperature rule says 30-40 degC, but
   worn E4s read below 30 degC on cold wrists (WESAD's 1st percentile is 27.6 degC; a band put
   back on takes minutes to warm up), so the lower bound is Boettcher et al.'s 25 degC
   (physiology.md section 5); EDA catches the removal itself at once. The upper bound also
@@ -33,12 +34,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from e4 import OFF_WRIST_EDA_US
 from preprocess.window import MODALITIES, RATES_HZ, Quality
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class QualityRules:
-    eda_min_us: float = 0.05
+    eda_min_us: float = OFF_WRIST_EDA_US
     eda_saturated_us: float = 100.0
     eda_max_slope_us_per_s: float = 10.0
     temp_range_c: tuple[float, float] = (25.0, 40.0)

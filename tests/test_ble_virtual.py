@@ -345,3 +345,52 @@ def test_cli_stream_virtual_three_with_tap(bus_address, procs, tmp_path) -> None
     live = [r for r in records if r["kind"] == "raw" and r["modality"] == "eda"]
     assert len(replayed) == len(live)
     assert sorted(e.t0_s for _, e in replayed) == pytest.approx(sorted(r["t0"] for r in live))
+
+
+def test_off_wrist_over_ble_flags_exactly_the_off_wrist_windows(hub, bus_address, procs) -> None:
+    """Virtual wristband -> the `ble stream` code path -> a `preprocess` process. Off the skin the
+    BLE EDA reads its floor, 0.0596 µS (not the 0 of exported files), and must still flag the
+    windows that overlap the off-wrist stretch, and only those."""
+    from preprocess import Window
+    from replay import simulate_sessions
+
+    session = simulate_sessions(minutes=10.0, seed=0)[0]  # off the wrist 125.9 s to 177.8 s in
+    (off_a, off_b), = session.off_wrist_s
+    pre = Proc(["preprocess", "--bus", bus_address])
+    procs.append(pre)
+    clock = ScaledClock(40.0)
+    radio = VirtualRadio()
+    device = radio.add(VirtualE4(virtual_address(0), session.recording, clock=clock))
+    band = Wristband(address=device.address, device=device_id(device.address))
+
+    async def main() -> tuple[list[Window], list[Message]]:
+        async with Subscriber(bus_address, ["window/", "raw/eda/"]) as sub, Publisher(bus_address) as pub:
+            assert not await pub.wait_for_subscribers([f"window/{band.device}/", f"raw/bvp/{band.device}/"], 30)
+            task = asyncio.create_task(stream(pub, [band], clock=clock, backend=radio.backend(),
+                                              duration_s=off_b - session.recording.start_s + 60.0))
+            windows, eda = [], []
+            while True:
+                msg = await sub.recv(timeout_s=60.0)
+                if msg.kind == "raw":
+                    eda.append(msg)
+                elif msg.meta.get("event") == "end":
+                    break
+                else:
+                    windows.append(Window.from_message(msg))
+            await task
+            return windows, eda
+
+    windows, eda = asyncio.run(main())
+    # the stretch on the host clock: the device plays its recording from power-on
+    a = device._power_on_s + off_a - session.recording.start_s
+    b = device._power_on_s + off_b - session.recording.start_s
+    off_values = np.concatenate([m.samples[(m.sample_times() > a + 1) & (m.sample_times() < b - 1)] for m in eda])
+    assert off_values.size > 150 and np.median(off_values) == pytest.approx(1e6 / (2**24 - 1))  # the BLE floor
+    assert len(windows) > 20
+    for w in windows:
+        overlap = min(w.t_end_s, b) - max(w.t_start_s, a)
+        if overlap >= 1.5:  # EDA falls at once when the band comes off; host stamps are good to ~0.1 s
+            assert w.quality.off_wrist, (w.t_start_s - a, w.t_end_s - b)
+        elif w.t_end_s < a - 0.5 or w.t_start_s > b + 2.0:  # re-worn EDA passes 0.06 µS within ~1.2 s
+            assert not w.quality.off_wrist, (w.t_start_s - a, w.t_end_s - b)
+    assert sum(w.quality.off_wrist for w in windows) >= 12
