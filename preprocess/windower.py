@@ -31,7 +31,8 @@ chunk is later than ``late_s``.
 
 *Breaks.* Data more than ``max_gap_s`` after everything seen so far (device off, clock jump
 forward), or that far before the next window (clock jump back), ends the current stretch: its
-windows are flushed (all that contain data) and the filters and grid start again.
+windows are flushed (all that end by its last sample; none reaches past it) and the filters and
+grid start again.
 
 Bad input (NaN/inf samples, negative EDA, a header rate that disagrees with the nominal rate
 or with where the previous chunk ended, malformed shapes) is counted in ``counters`` and
@@ -447,12 +448,14 @@ class DeviceWindower:
         return out
 
     def flush(self) -> list[Window]:
-        """Emit every pending window that holds any data, then start afresh (end of a stream)."""
+        """Emit every pending window that ends by the end of the data, then start afresh (end
+        of a stream). A window reaching past the last sample would be padding judged as data."""
         out = []
         if not self._emitted:
             self._next_k = self._first_k()
         until = self._newest_s
-        while self._next_k is not None and until is not None and self._next_k * self.config.hop_s < until:
+        while (self._next_k is not None and until is not None
+               and self._next_k * self.config.hop_s + WINDOW_S <= until):
             out.append(self._emit(self._next_k))
         self._reset()
         return out

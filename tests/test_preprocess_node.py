@@ -88,14 +88,14 @@ def test_cancelling_the_node_flushes_pending_windows(hub: Hub, bus_address: str)
             node.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await node
-            rest = [Window.from_message(await sub.recv(30)) for _ in range(4)]
+            rest = [Window.from_message(await sub.recv(30))]  # [20, 40): the last that ends by the data's end
             end = await sub.recv(30)
             assert end.meta == {"event": "end", "reason": "shutdown", "source": "replay"}
             assert end.t0_s == rec.end_s
             return first + rest
 
     windows = _run(scenario())
-    assert [w.t_start_s - T0 for w in windows] == [5.0 * k for k in range(8)]
+    assert [w.t_start_s - T0 for w in windows] == [5.0 * k for k in range(5)]
     assert_same_windows(windows, recording_windows(rec))
 
 
