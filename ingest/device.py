@@ -20,6 +20,10 @@ from ingest import codec
 from ingest.beats import BeatDetector, BeatOutput
 from ingest.timing import Stamp, StreamClock
 
+#: BVP over BLE is the device's integrated counts, not Empatica's scale: the messages say so,
+#: so that whoever needs the vendor's scale (the e4-server) converts exactly these.
+BVP_UNIT = "counts"
+
 _DTYPES = {"bvp": np.float64, "eda": np.float64, "temp": np.float64, "acc": np.int16}
 
 
@@ -112,7 +116,8 @@ class DeviceIngest:
             out.append(self._gap(char, stamp, arrival_s))
         values = self._bvp.push(pkt) if char == "bvp" else pkt.values.astype(_DTYPES[char], copy=False)
         self.stats.samples[char] += n
-        out.append(Emit(kind="raw", modality=char, t0_s=stamp.t0_s, fs_hz=fs, samples=values))
+        meta = {"unit": BVP_UNIT} if char == "bvp" else {}
+        out.append(Emit(kind="raw", modality=char, t0_s=stamp.t0_s, fs_hz=fs, samples=values, meta=meta))
         if char == "bvp" and self._beats is not None:
             out.extend(self._heart(self._beats.push(stamp.t0_s, values)))
         if char == "eda":  # a whole packet below the threshold: the electrodes are off the skin

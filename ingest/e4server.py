@@ -43,6 +43,10 @@ TOKENS = ("acc", "bvp", "gsr", "tmp", "ibi", "bat", "tag")
 #: line prefix -> bus modality (the client side; E4_Temp is what one doc page says)
 MODALITY_OF = {prefix: m for m, (_, prefix) in STREAM_OF.items()} | {"E4_Temp": "temp", "E4_Hr": "hr"}
 RATES_HZ = {"acc": 32.0, "bvp": 64.0, "eda": 4.0, "temp": 4.0}
+#: Empatica's server sent BVP at the E4's PPG scale, 0.9 nW per count (e4-facts.md section 0);
+#: BVP that is still in device counts (BLE, ``meta["unit"] == "counts"``) is converted to it,
+#: BVP from exports and other servers already is in it.
+BVP_NW_PER_COUNT = 0.9
 MAX_LINE = 4096
 
 
@@ -62,8 +66,11 @@ def data_lines(msg: Message) -> list[tuple[str, str]]:
         times = msg.sample_times()
     else:
         times = np.full(msg.n, msg.t0_s)
+    samples = msg.samples
+    if msg.modality == "bvp" and msg.meta.get("unit") == "counts":
+        samples = samples * BVP_NW_PER_COUNT
     out = []
-    for t, v in zip(times.tolist(), msg.samples.tolist()):
+    for t, v in zip(times.tolist(), samples.tolist()):
         if msg.modality == "acc":
             out.append((token, f"{prefix} {t:.6f} {int(v[0])} {int(v[1])} {int(v[2])}"))
             continue

@@ -155,6 +155,40 @@ def test_open_e4_client_from_pypi_reads_m3sense(hub, bus_address) -> None:
     assert all(20 < v[0] < 45 for _, v in got["TEMP"])
 
 
+def test_ble_bvp_counts_go_out_in_the_vendors_scale(hub, bus_address) -> None:
+    """BVP over BLE is device counts; Empatica's server sent BVP at 0.9 nW per count (e4-facts.md
+    section 0, the E4's PPG output), so a client must see 0.9 x the counts on the bus."""
+
+    async def body(port: int, device: str) -> tuple[dict[str, float], dict[str, float]]:
+        counts: dict[str, float] = {}
+        async with Subscriber(bus_address, ["raw/bvp/"]) as sub:
+            async def collect() -> None:
+                while True:
+                    msg = await sub.recv(10)
+                    counts.update({f"{t:.6f}": v for t, v in zip(msg.sample_times().tolist(), msg.samples.tolist())})
+
+            collector = asyncio.create_task(collect())
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            for line in (f"device_connect {device}", "device_subscribe bvp ON"):
+                writer.write(line.encode() + b"\r\n")
+                assert (await asyncio.wait_for(reader.readline(), 10)).decode().strip().endswith("OK")
+            sent: dict[str, float] = {}
+            while len(sent) < 640:
+                kind, t, v = (await asyncio.wait_for(reader.readline(), 10)).decode().split()
+                assert kind == "E4_Bvp"
+                sent[t] = float(v)
+            writer.close()
+            collector.cancel()
+            await asyncio.gather(collector, return_exceptions=True)
+            return counts, sent
+
+    counts, sent = asyncio.run(with_virtual_server(bus_address, body))
+    both = sorted(set(counts) & set(sent))
+    assert len(both) > 320
+    assert np.ptp([counts[t] for t in both]) > 20  # a pulse, not a constant
+    assert [sent[t] for t in both] == pytest.approx([0.9 * counts[t] for t in both], rel=1e-5, abs=1e-6)
+
+
 def test_m3sense_client_source_reads_the_server_back_onto_the_bus(hub, bus_address) -> None:
     async def body(port: int, device: str) -> tuple[list[Message], list[Message]]:
         async with Subscriber(bus_address, ["raw/eda/"]) as sub, Publisher(bus_address) as pub:
