@@ -1,6 +1,6 @@
 """InfluxDB: records as points, a durable writer, and InfluxQL reads.
 
-Schema (the same on 1.8+, 2.x and 3.x; time precision µs):
+Schema (the same on 1.x, 2.x and 3.x; time precision µs):
 
 - ``affect``: tags ``device``, ``task``, ``source``, ``model``; fields ``label`` (string,
   absent for a low-quality window), ``confidence``, ``p_<class>`` (floats), ``status``
@@ -13,7 +13,10 @@ Schema (the same on 1.8+, 2.x and 3.x; time precision µs):
 
 Series = devices × (3 tasks × sources × models + sources + sources × events): bounded.
 
-Writes go through influxdb-client's v2 write API, synchronous mode, in a worker thread.
+Writes go through influxdb-client's v2 write API (1.8+, 2.x, 3.x), synchronous mode, or,
+for InfluxDB 1.x, through its own ``POST /write?db=&rp=&precision=u`` (1.x before 1.8 has
+no v2 API), in a worker thread. The target says which API; when it does not, a 404 from
+``/api/v2/write`` with a 1.x version on ``/ping`` switches to ``/write`` once, for good.
 The client itself keeps failed batches in memory and drops them after its retries, so
 :class:`InfluxSink` keeps its own bounded queue and a disk :class:`~storage.spool.Spool`:
 while the server is unreachable every batch goes to disk, and the spool is replayed,
@@ -25,8 +28,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import http.client
 import json
 import logging
+import re
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -52,6 +57,8 @@ AFFECT_MEASUREMENT = "affect"
 PHYSIO_MEASUREMENT = "physio"
 STATUS_MEASUREMENT = "device_status"
 _REJECTED_STATUS = (400, 413, 422)  # the batch itself is bad: sending it again cannot help
+_AUTH_STATUS = (401, 403)
+_NO_ANSWER = (urllib.error.URLError, OSError, http.client.HTTPException)
 
 
 def _us(time_s: float) -> int:
@@ -92,8 +99,46 @@ def to_lines(records: Sequence[Record]) -> list[str]:
     return [to_point(r).to_line_protocol() for r in records]
 
 
-class _Rejected(Exception):
-    pass
+def refused_points(message: str, n: int) -> int:
+    """How many of a refused batch of ``n`` points the server did not store: a 1.x partial
+    write stores the good points and names the others (``dropped=K``); otherwise all ``n``."""
+    m = re.search(r"\bdropped=(\d+)", message)
+    return min(n, int(m.group(1))) if m else n
+
+
+def is_1x(version: str | None) -> bool:
+    """Whether ``/ping``'s X-Influxdb-Version (``1.6.7~rc0``, ``v2.7.1``) is InfluxDB 1.x."""
+    return bool(version and re.match(r"v?1\.", version))
+
+
+def describe_failure(status: int | None, message: str, *, has_token: bool) -> str:
+    """One line saying why a write failed, and for a refused login what to do about it."""
+    if status is None:
+        return f"no answer ({message})"
+    line = f"HTTP {status}: {message}"
+    if status in _AUTH_STATUS:
+        return line + ("; the token was refused" if has_token else
+                       "; InfluxDB wants credentials: set $INFLUX_TOKEN or --token-file (1.x: user:password)")
+    return line
+
+
+class _WriteError(Exception):
+    """A write that did not go through; ``status`` is None when the server did not answer."""
+
+    def __init__(self, status: int | None, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def _error_text(body: bytes) -> str:
+    """The ``error`` (1.x) or ``message`` (2.x) of an error body, else its start."""
+    text = body.decode(errors="replace").strip()
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        return text[:200]
+    return str(doc.get("error") or doc.get("message") or text[:200]) if isinstance(doc, dict) else text[:200]
 
 
 class InfluxSink:
@@ -108,6 +153,7 @@ class InfluxSink:
     A batch the server refuses as invalid (400) is counted as ``rejected``. Only when the
     spool would grow past ``max_spool_bytes`` are points dropped, and counted.
     ``close`` sends what it can within ``close_timeout_s`` and spools the rest.
+    ``last_error`` says why the latest write failed (None once one succeeds).
     """
 
     def __init__(self, target: InfluxTarget, *, spool_dir: Path, batch_size: int = 1000,
@@ -132,6 +178,8 @@ class InfluxSink:
         self._down_until = 0.0
         self._backoff_s = 0.0
         self._task: asyncio.Task | None = None
+        self._api = target.api
+        self.last_error: str | None = None
 
     def __repr__(self) -> str:
         return f"InfluxSink({self.target!r})"  # the target's repr leaves the token out
@@ -220,14 +268,58 @@ class InfluxSink:
         self._update_pending()
 
     def _post(self, lines: list[str]) -> None:
+        """Send one batch (blocking); raises :class:`_WriteError`."""
+        body = "\n".join(lines)
+        if self._api == "v1":
+            return self._post_v1(body)
         try:
-            self._write_api.write(bucket=self.target.bucket, org=self.target.org, record="\n".join(lines),
+            self._write_api.write(bucket=self.target.bucket, org=self.target.org, record=body,
                                   write_precision=WritePrecision.US)
         except InfluxDBError as exc:
             status = getattr(exc, "status", None) or getattr(exc.response, "status", None)
-            if status in _REJECTED_STATUS:
-                raise _Rejected(f"HTTP {status}: {exc.message}") from None
-            raise
+            message = exc.message if isinstance(exc.message, bytes) else str(exc.message).encode()
+            raise _WriteError(status, _error_text(message)) from None
+        except (Urllib3Error, OSError) as exc:
+            raise _WriteError(None, type(exc).__name__) from None
+
+    def _post_v1(self, body: str) -> None:
+        params = {"db": self.target.database, "precision": "u"}
+        if self.target.retention_policy:
+            params["rp"] = self.target.retention_policy
+        req = urllib.request.Request(f"{self.target.url}/write?{urllib.parse.urlencode(params)}", data=body.encode(),
+                                     headers={"Content-Type": "text/plain; charset=utf-8",
+                                              **_auth_header(self.target.token)})
+        try:
+            urllib.request.urlopen(req, timeout=self.timeout_s).close()
+        except urllib.error.HTTPError as exc:
+            raise _WriteError(exc.code, _error_text(exc.read())) from None
+        except _NO_ANSWER as exc:
+            raise _WriteError(None, str(getattr(exc, "reason", None) or type(exc).__name__)) from None
+
+    def _found_v1(self) -> bool:
+        """After a 404 from ``/api/v2/write``: ask ``/ping`` which InfluxDB this is, and settle
+        the API for good (1.x before 1.8 has only ``/write``). False if nobody answers."""
+        req = urllib.request.Request(f"{self.target.url}/ping", headers=_auth_header(self.target.token))
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
+                version = resp.headers.get("X-Influxdb-Version")
+        except urllib.error.HTTPError as exc:
+            version = exc.headers.get("X-Influxdb-Version")
+        except _NO_ANSWER:
+            return False
+        self._api = "v1" if is_1x(version) else "v2"
+        if self._api == "v1":
+            log.warning("InfluxDB %s at %s has no /api/v2/write: writing with the 1.x /write API instead "
+                        "(?db=%s in the sink says so up front)", version, self.target.url, self.target.database)
+        return self._api == "v1"
+
+    def _count_written(self, n: int, lines: list[str], path: Path | None) -> None:
+        self.counters.written += n
+        # a lower bound after a partial write, which does not say which points it refused
+        self.counters.affect_written += max(0, sum(x.startswith(f"{AFFECT_MEASUREMENT},") for x in lines)
+                                            - (len(lines) - n))
+        if path is not None:
+            self.counters.replayed += n
 
     async def _wait_wake(self, timeout_s: float | None) -> None:
         try:
@@ -260,28 +352,28 @@ class InfluxSink:
                 continue
             try:
                 await asyncio.to_thread(self._post, lines)
-            except _Rejected as exc:
-                self.counters.rejected += len(lines)
-                log.error("InfluxDB refused a batch of %d points (%s); they are not retried", len(lines), exc)
-            except (InfluxDBError, Urllib3Error, OSError) as exc:
-                self.counters.failures += 1
-                self._backoff_s = min(self.retry_max_s, max(self.retry_min_s, 2 * self._backoff_s))
-                self._down_until = loop.time() + self._backoff_s
-                if self._backoff_s == self.retry_min_s:
-                    log.warning("InfluxDB at %s does not take writes (%s); spooling to %s", self.target.url,
-                                _describe(exc), self.spool_dir)
-                if path is None:
-                    await self._to_spool(lines)
-                self._update_pending()
-                continue
+            except _WriteError as exc:
+                if exc.status == 404 and self._api is None and await asyncio.to_thread(self._found_v1):
+                    if path is None:
+                        self._queue.extendleft(reversed(lines))
+                    continue  # the same batch again, through /write
+                if exc.status not in _REJECTED_STATUS:
+                    await self._failed(exc, path, lines)
+                    continue
+                refused = refused_points(exc.message, len(lines))
+                self._count_written(len(lines) - refused, lines, path)
+                self.counters.rejected += refused
+                self.last_error = f"refused {refused} points: HTTP {exc.status}: {exc.message}"
+                log.error("InfluxDB refused %d of a batch of %d points (HTTP %s: %s); they are not retried",
+                          refused, len(lines), exc.status, exc.message)
             except asyncio.CancelledError:
                 if path is None:  # cut short mid-send: keep it (a duplicate write is harmless)
                     self._queue.extendleft(reversed(lines))
                 raise
             else:
-                self.counters.written += len(lines)
-                if path is not None:
-                    self.counters.replayed += len(lines)
+                self._count_written(len(lines), lines, path)
+                self._api = self._api or "v2"
+                self.last_error = None
                 if self._backoff_s:
                     log.warning("InfluxDB at %s is back", self.target.url)
                 self._backoff_s = 0.0
@@ -289,14 +381,19 @@ class InfluxSink:
                 await asyncio.to_thread(self._spool.remove, path)
             self._update_pending()
 
-
-def _describe(exc: BaseException) -> str:
-    """One line for the log: the HTTP status and the server's message (a wrong token or
-    bucket shows here), or the kind of connection failure."""
-    status = getattr(exc, "status", None)
-    if isinstance(exc, InfluxDBError) and status:
-        return f"HTTP {status}: {str(exc.message).strip()}"
-    return type(exc).__name__
+    async def _failed(self, exc: _WriteError, path: Path | None, lines: list[str]) -> None:
+        """A send that may work later: spool the batch, back off, and say why (once per outage)."""
+        self.counters.failures += 1
+        self._backoff_s = min(self.retry_max_s, max(self.retry_min_s, 2 * self._backoff_s))
+        self._down_until = asyncio.get_running_loop().time() + self._backoff_s
+        self.last_error = describe_failure(exc.status, exc.message, has_token=bool(self.target.token))
+        if self._backoff_s == self.retry_min_s:
+            log.log(logging.ERROR if exc.status in _AUTH_STATUS else logging.WARNING,
+                    "InfluxDB at %s does not take writes (%s); spooling to %s", self.target.url, self.last_error,
+                    self.spool_dir)
+        if path is None:
+            await self._to_spool(lines)
+        self._update_pending()
 
 
 def _auth_header(token: str | None) -> dict[str, str]:

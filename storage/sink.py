@@ -25,10 +25,12 @@ class SinkCounters:
     server was unreachable (cumulative; ``replayed`` counts those later written from it).
     ``dropped``: lost because the queue and the spool were both full. ``rejected``: refused
     by the server as invalid (HTTP 400), which retrying cannot fix. ``failures``: failed
-    write attempts. ``pending``: in memory or on the spool right now.
+    write attempts. ``pending``: in memory or on the spool right now. ``affect_written``:
+    the part of ``written`` that is affect records (one per window and task).
     """
 
     written: int = 0
+    affect_written: int = 0
     spooled: int = 0
     replayed: int = 0
     dropped: int = 0
@@ -58,6 +60,7 @@ class SinkCounters:
 
 class Sink(Protocol):
     counters: SinkCounters
+    last_error: str | None  # why the latest write failed, if it did (for the user's summary)
 
     async def __aenter__(self) -> "Sink": ...
 

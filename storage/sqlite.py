@@ -104,6 +104,8 @@ def connect(path: Path, *, create: bool = True) -> sqlite3.Connection:
 class SqliteSink:
     """Buffers records and inserts them ``batch_size`` at a time (or on ``flush``)."""
 
+    last_error = None  # a failed insert raises instead
+
     def __init__(self, path: Path, *, batch_size: int = 1000) -> None:
         self.path = path
         self.batch_size = batch_size
@@ -144,6 +146,7 @@ class SqliteSink:
             if batch:
                 await asyncio.to_thread(self._insert, batch)
                 self.counters.written += len(batch)
+                self.counters.affect_written += sum(isinstance(r, AffectRecord) for r in batch)
             self.counters.pending = len(self._buf)
             self.counters.changed()
 

@@ -2,7 +2,8 @@
 test-only proxy that turns the v2 write API into the v1 one.
 
 Debian ships InfluxDB 1.6.7, which predates ``/api/v2/write`` (1.8+). The product writes
-with influxdb-client's v2 API only; :class:`V2WriteProxy` translates each
+1.x with its own ``/write`` API, straight to ``influxd``. To test its v2 path (2.x, 3.x,
+1.8+) against a real server too, :class:`V2WriteProxy` translates each
 ``POST /api/v2/write?org=&bucket=db[/rp]&precision=`` into ``POST /write?db=&rp=&precision=``
 (ignoring the token, as 1.6 runs without auth here) and passes every other request
 (``/query``, ``/ping``) through unchanged, so the real client reaches a real server.
@@ -10,13 +11,17 @@ While influxd is down the proxy answers 503, which is what a client sees behind 
 reverse proxy. Everything listens on 127.0.0.1 only.
 
 Fixtures (import them into a test module or conftest): ``influxd`` (a started server,
-module scope, database ``m3sense``), ``influx_proxy`` (a proxy in front of it).
+module scope, database ``m3sense``), ``influx_v1`` (the same server with an empty
+database, written without a proxy), ``influx_proxy`` (a proxy in front of it),
+``influxd_auth`` (a second server that wants credentials, module scope).
 """
 
 from __future__ import annotations
 
+import base64
 import http.client
 import json
+import os
 import queue
 import shutil
 import socket
@@ -49,11 +54,15 @@ class InfluxServer:
 
     ``start()`` returns once the HTTP listener is up (it reads influxd's log for the line
     saying so, no polling); ``stop()`` ends it; ``start()`` again brings it back on the
-    same port with the same data, which is how a test makes an outage.
+    same port with the same data, which is how a test makes an outage. With ``auth`` it
+    wants credentials: ``credentials`` (``user:password``) are an admin's, created by
+    :func:`influxd_auth`.
     """
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, *, auth: bool = False) -> None:
         self.folder = folder
+        self.auth = auth
+        self.credentials = f"admin:{os.urandom(8).hex()}" if auth else None
         self.http_port = free_port()
         self.config = folder / "influxdb.conf"
         folder.mkdir(parents=True, exist_ok=True)
@@ -75,7 +84,7 @@ bind-address = "127.0.0.1:{rpc_port}"
 [http]
   enabled = true
   bind-address = "127.0.0.1:{self.http_port}"
-  auth-enabled = false
+  auth-enabled = {str(self.auth).lower()}
   log-enabled = false
   pprof-enabled = false
 [monitor]
@@ -140,7 +149,8 @@ bind-address = "127.0.0.1:{rpc_port}"
     def query(self, q: str, db: str | None = DATABASE) -> dict:
         """InfluxQL straight to the server (not through the product's code); µs epochs."""
         params = {"q": q, "epoch": "u", **({"db": db} if db else {})}
-        req = urllib.request.Request(f"{self.url}/query", data=urllib.parse.urlencode(params).encode())
+        auth = {"Authorization": "Basic " + base64.b64encode(self.credentials.encode()).decode()} if self.credentials else {}
+        req = urllib.request.Request(f"{self.url}/query", data=urllib.parse.urlencode(params).encode(), headers=auth)
         with urllib.request.urlopen(req, timeout=30) as resp:
             return json.load(resp)
 
@@ -153,6 +163,16 @@ bind-address = "127.0.0.1:{rpc_port}"
             capture_output=True, text=True, timeout=60, check=True,
         )
         return json.loads(out.stdout)
+
+    def sink(self, query: str = f"db={DATABASE}") -> str:
+        """A SINK address straight to this server (the 1.x ``/write`` API), no proxy."""
+        return f"influx://127.0.0.1:{self.http_port}?{query}"
+
+    def empty_database(self) -> None:
+        if not self.running:
+            self.start()
+        self.query(f'DROP DATABASE "{DATABASE}"', db=None)
+        self.query(f'CREATE DATABASE "{DATABASE}"', db=None)
 
 
 def series_values(result: dict) -> list[dict]:
@@ -254,13 +274,35 @@ def influxd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InfluxServer]:
         server.stop()
 
 
+@pytest.fixture(scope="module")
+def influxd_auth(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InfluxServer]:
+    """influxd with authentication on, an admin (``credentials``) and database ``m3sense``."""
+    if INFLUXD is None:
+        pytest.skip("influxd not installed (apt-get install influxdb influxdb-client)")
+    server = InfluxServer(tmp_path_factory.mktemp("influxd-auth"), auth=True).start()
+    try:
+        user, password = server.credentials.split(":")
+        # 1.x lets the first admin be created without credentials; after that it wants them
+        req = urllib.request.Request(f"{server.url}/query", data=urllib.parse.urlencode(
+            {"q": f"CREATE USER {user} WITH PASSWORD '{password}' WITH ALL PRIVILEGES"}).encode())
+        urllib.request.urlopen(req, timeout=30).close()
+        server.query(f'CREATE DATABASE "{DATABASE}"', db=None)
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def influx_v1(influxd: InfluxServer) -> InfluxServer:
+    """The server with an empty database (dropped and recreated for each test), no proxy."""
+    influxd.empty_database()
+    return influxd
+
+
 @pytest.fixture
 def influx_proxy(influxd: InfluxServer) -> Iterator[V2WriteProxy]:
     """A fresh proxy over an empty database (dropped and recreated for each test)."""
-    if not influxd.running:
-        influxd.start()
-    influxd.query(f'DROP DATABASE "{DATABASE}"', db=None)
-    influxd.query(f'CREATE DATABASE "{DATABASE}"', db=None)
+    influxd.empty_database()
     proxy = V2WriteProxy(influxd)
     try:
         yield proxy

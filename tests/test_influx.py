@@ -1,4 +1,6 @@
-"""The InfluxDB sink against a real influxd (1.6.7 from Debian) behind the v2→v1 write proxy.
+"""The InfluxDB sink against a real influxd (1.6.7 from Debian): its 1.x ``/write`` path
+straight to the server, its v2 path through the test's v2→v1 write proxy; and what
+``m3sense store`` reports and exits with.
 
 Reads go through InfluxQL over HTTP and through the ``influx`` command-line client, not
 through the product's own reader, except where the reader itself is under test.
@@ -8,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import signal
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -20,13 +24,31 @@ from storage import AffectRecord, InfluxSink, PhysioRecord, RecordBuilder, Store
 from storage import read_affect
 from tests.conftest import Proc
 from tests.servers import (
-    DATABASE, NEEDS_INFLUXD, InfluxServer, V2WriteProxy, affect_meta, free_port, influx_proxy, influxd,
-    outage_scenario, series_values,
+    DATABASE, NEEDS_INFLUXD, InfluxServer, V2WriteProxy, affect_meta, free_port, influx_proxy, influx_v1, influxd,
+    influxd_auth, outage_scenario, series_values,
 )
 from tests.test_storage_sqlite import T0, WINDOW_S, publish_session, truth_at, window_ends
 
 pytestmark = NEEDS_INFLUXD
-__all__ = ["influx_proxy", "influxd"]  # fixtures used below
+__all__ = ["influx_proxy", "influx_v1", "influxd", "influxd_auth"]  # fixtures used below
+
+
+@dataclass(frozen=True)
+class WritePath:
+    name: str
+    sink: str
+    proxy: V2WriteProxy | None
+
+
+@pytest.fixture(params=["v2-proxy", "v1", "v1-detected"])
+def write_path(request: pytest.FixtureRequest, influxd: InfluxServer) -> WritePath:
+    """The v2 API through the proxy; 1.x's /write named by db=; 1.x found by the sink behind bucket=."""
+    if request.param == "v2-proxy":
+        proxy = request.getfixturevalue("influx_proxy")
+        return WritePath(request.param, proxy.sink(), proxy)
+    influxd.empty_database()
+    return WritePath(request.param, influxd.sink(f"db={DATABASE}" if request.param == "v1" else f"bucket={DATABASE}"),
+                     None)
 
 
 def affect_records(t_end: float, **kw) -> list[AffectRecord]:
@@ -35,11 +57,11 @@ def affect_records(t_end: float, **kw) -> list[AffectRecord]:
     return RecordBuilder().push(msg)
 
 
-def test_store_node_writes_one_point_per_window_and_task(influxd: InfluxServer, influx_proxy: V2WriteProxy,
-                                                         tmp_path: Path, bus_address: str) -> None:
+def test_store_node_writes_one_point_per_window_and_task(influxd: InfluxServer, write_path: WritePath, tmp_path: Path,
+                                                         bus_address: str, caplog: pytest.LogCaptureFixture) -> None:
     async def go() -> InfluxSink:
         with Hub(bus_address):
-            async with InfluxSink(parse_sink(influx_proxy.sink()), spool_dir=tmp_path / "spool") as sink:
+            async with InfluxSink(parse_sink(write_path.sink), spool_dir=tmp_path / "spool") as sink:
                 node = StoreNode(bus_address, sink, flush_interval_s=0.2)
                 stop = asyncio.Event()
                 runner = asyncio.create_task(node.run(stop))
@@ -51,12 +73,17 @@ def test_store_node_writes_one_point_per_window_and_task(influxd: InfluxServer, 
                 await runner
         return sink
 
+    caplog.set_level(logging.WARNING, logger="storage")
     sink = asyncio.run(go())
     c = sink.counters
-    assert c.dropped == c.rejected == c.spooled == c.pending == 0 and c.written > 0
-    assert influx_proxy.writes_v2 > 0  # everything arrived through the v2 API
+    assert c.dropped == c.rejected == c.spooled == c.pending == c.failures == 0 and c.written > 0
+    if write_path.proxy is not None:
+        assert write_path.proxy.writes_v2 > 0  # everything arrived through the v2 API
+    # a 1.6.7 behind bucket= answers /api/v2/write with 404: the sink says it switches to /write
+    assert ("has no /api/v2/write" in caplog.text) == (write_path.name == "v1-detected")
 
     ends_us = [round(t * 1e6) for t in window_ends(60)]
+    assert c.affect_written == 3 * len(ends_us)
     rows = series_values(influxd.query('SELECT * FROM "affect" GROUP BY "task"'))
     assert sorted((r["task"], r["time"]) for r in rows) == sorted((task, t) for task in ("stress", "anxiety", "emotion")
                                                                   for t in ends_us)
@@ -138,7 +165,7 @@ def test_an_influxdb_outage_mid_stream_loses_no_point(influxd: InfluxServer, inf
     assert not list((tmp_path / "spool").glob("*.lp"))
 
 
-def test_the_spool_outlives_the_store(tmp_path: Path, influxd: InfluxServer, influx_proxy: V2WriteProxy) -> None:
+def test_the_spool_outlives_the_store(tmp_path: Path, influx_v1: InfluxServer) -> None:
     """Stopped while InfluxDB is away, the store keeps its points on disk; the next start sends them."""
     dead = parse_sink(f"influx://127.0.0.1:{free_port()}?bucket={DATABASE}")  # nobody listens: connection refused
     ends = [T0 + 20 + 10 * k for k in range(30)]
@@ -153,7 +180,7 @@ def test_the_spool_outlives_the_store(tmp_path: Path, influxd: InfluxServer, inf
 
     async def second() -> InfluxSink:
         # same spool, now pointing where the data can go (a store restarted with a corrected address)
-        async with InfluxSink(parse_sink(influx_proxy.sink()), spool_dir=tmp_path / "spool") as sink:
+        async with InfluxSink(parse_sink(influx_v1.sink()), spool_dir=tmp_path / "spool") as sink:
             assert sink.counters.pending == 90
             await sink.flush()
         return sink
@@ -162,7 +189,7 @@ def test_the_spool_outlives_the_store(tmp_path: Path, influxd: InfluxServer, inf
     assert c1.written == 0 and c1.spooled == 90 and c1.pending == 90 and c1.dropped == 0
     c2 = asyncio.run(second()).counters
     assert c2.written == c2.replayed == 90 and c2.pending == 0
-    (row,) = series_values(influxd.query('SELECT count("status") FROM "affect"'))
+    (row,) = series_values(influx_v1.query('SELECT count("status") FROM "affect"'))
     assert row["count"] == 90
 
 
@@ -185,8 +212,9 @@ def test_a_full_spool_drops_and_counts(tmp_path: Path) -> None:
     assert on_disk == c.spooled
 
 
+@pytest.mark.parametrize("write_path", ["v2-proxy", "v1"], indirect=True)
 def test_points_the_server_refuses_are_counted_not_retried(tmp_path: Path, influxd: InfluxServer,
-                                                           influx_proxy: V2WriteProxy) -> None:
+                                                           write_path: WritePath) -> None:
     import urllib.request
 
     # make eda_us a string field in the shard our points go to: a float eda_us is then a field type conflict
@@ -195,14 +223,17 @@ def test_points_the_server_refuses_are_counted_not_retried(tmp_path: Path, influ
                            timeout=10)
 
     async def go() -> InfluxSink:
-        async with InfluxSink(parse_sink(influx_proxy.sink()), spool_dir=tmp_path / "spool") as sink:
-            await sink.write([PhysioRecord(time_s=T0 + k, device="dev1", source="live", signal="eda_us", value=1.0)
-                              for k in range(5)])
+        async with InfluxSink(parse_sink(write_path.sink), spool_dir=tmp_path / "spool") as sink:
+            await sink.write([PhysioRecord(time_s=T0 + k, device="dev1", source="live", signal=signal, value=1.0)
+                              for k in range(5) for signal in ("eda_us", "temp_c")])
             await sink.flush()
         return sink
 
     c = asyncio.run(go()).counters
-    assert c.rejected == 5 and c.written == c.spooled == c.failures == 0
+    # 1.x stores the good points of the batch and names how many it dropped ("partial write ... dropped=5")
+    assert c.rejected == 5 and c.written == 5 and c.spooled == c.failures == 0
+    (row,) = series_values(influxd.query('SELECT count("temp_c") FROM "physio" WHERE time > 0'))
+    assert row["count"] == 5
 
 
 def test_the_token_is_used_but_never_shown(tmp_path: Path, bus_address: str, influxd: InfluxServer,
@@ -230,3 +261,4 @@ def test_the_token_is_used_but_never_shown(tmp_path: Path, bus_address: str, inf
     log = store.popen.stderr.read()
     assert token not in log and "'written': 12" in log
     assert influx_proxy.authorizations == {f"Token {token}"}
+
