@@ -10,9 +10,10 @@ from bus.cli import add_bus_option
 from m3sense.errors import UserError
 
 _SINK_HELP = (
-    "sqlite:///relative.db, sqlite:////absolute.db or PATH.db (SQLite); "
-    "influx://HOST:PORT?bucket=B[&org=O] or influxs://... (InfluxDB over HTTP/HTTPS; "
-    "token from $INFLUX_TOKEN or --token-file, never the command line)"
+    "sqlite:PATH, sqlite:///relative.db, sqlite:////absolute.db or PATH.db (SQLite); "
+    "influx://HOST:PORT?db=DB[&rp=RP] (InfluxDB 1.x, /write) or influx://HOST:PORT?bucket=B[&org=O] "
+    "(v2 API: 1.8+, 2.x, 3.x; a 1.x server is detected), influxs://... for HTTPS "
+    "(token from $INFLUX_TOKEN or --token-file, never the command line)"
 )
 
 
@@ -29,7 +30,9 @@ def register(sub: argparse._SubParsersAction) -> None:
             "Subscribe to affect/, status/ and the raw EDA, TEMP, BVP and HR streams, and write one record per "
             "window and task, one per status event and one per device, signal and second (EDA, skin temperature, "
             "heart rate from BVP) to SQLite or InfluxDB. InfluxDB writes survive outages on a bounded disk spool. "
-            "SIGINT/SIGTERM: drain, flush, exit. Exit code 1 if any record was dropped or refused."
+            "SIGINT/SIGTERM: drain, flush, exit. The last line says what reached the sink, what waits in the "
+            "spool and what was lost. Exit code 0 only if everything received reached the sink; 1 if anything "
+            "was dropped, refused or still waits in the spool; 2 for bad input; 130 after Ctrl-C."
         ),
     )
     add_bus_option(s)
@@ -37,6 +40,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--spool-dir", type=Path, help="InfluxDB spool folder (default $XDG_STATE_HOME/m3sense/spool/...)")
     s.add_argument("--max-spool-mb", type=float, default=512.0, help="spool bound; past it points are dropped (default 512)")
     s.add_argument("--flush-interval", type=float, default=1.0, metavar="S", help="flush the sink every S seconds")
+    s.add_argument("--json", action="store_true",
+                   help="at exit print one JSON object on stdout: sink, written, spooled, spool_dir, dropped, "
+                        "refused, affect_records, exit_code")
     s.set_defaults(func=_store)
 
     t = sub.add_parser(
@@ -60,37 +66,87 @@ def _target(args: argparse.Namespace):
     target = parse_sink(args.sink)
     if isinstance(target, InfluxTarget):
         target = target.with_token(read_token(args.token_file, os.environ))
+        if target.api == "v1" and target.token and ":" not in target.token:
+            raise UserError("InfluxDB 1.x takes credentials as user:password ($INFLUX_TOKEN or --token-file)")
     elif args.token_file is not None:
         raise UserError("--token-file is for InfluxDB sinks")
     return target
 
 
 def _store(args: argparse.Namespace) -> int:
+    """Run the store; whatever ends it, say what became of the records (and, with --json,
+    print the one JSON object ``m3sense run`` reads)."""
+    import dataclasses
+    import json
+
+    from storage.report import StoreOutcome
+
+    outcome = StoreOutcome()
+    try:
+        target = _target(args)
+        outcome = StoreOutcome(sink=target.address)
+        if args.flush_interval <= 0 or args.max_spool_mb <= 0:
+            raise UserError("--flush-interval and --max-spool-mb must be > 0")
+        outcome = _run_store(args, target)
+    except UserError as exc:
+        outcome = dataclasses.replace(outcome, bad_input=str(exc))
+        raise
+    except KeyboardInterrupt:  # before the signal handlers were in place
+        outcome = dataclasses.replace(outcome, interrupted=True)
+        raise
+    finally:
+        if args.json:
+            print(json.dumps(outcome.as_json()), flush=True)
+    print(outcome.summary(), file=sys.stderr, flush=True)
+    return outcome.exit_code
+
+
+def _run_store(args: argparse.Namespace, target):
+    """Bus → sink until SIGINT/SIGTERM, then the :class:`StoreOutcome`. A store that breaks
+    (say, the spool's disk fails) still says what it stored by then."""
     import asyncio
+    import logging
     import signal
 
     from storage.connect import open_sink
     from storage.node import StoreNode
+    from storage.report import StoreOutcome
     from storage.target import InfluxTarget
 
-    target = _target(args)
-    if args.flush_interval <= 0 or args.max_spool_mb <= 0:
-        raise UserError("--flush-interval and --max-spool-mb must be > 0")
-    options = {"max_spool_bytes": int(args.max_spool_mb * 2**20)} if isinstance(target, InfluxTarget) else {}
+    influx = isinstance(target, InfluxTarget)
+    options = {"max_spool_bytes": int(args.max_spool_mb * 2**20)} if influx else {}
+    interrupted = False
 
-    async def main() -> int:
+    async def main() -> StoreOutcome:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        async with open_sink(target, spool_dir=args.spool_dir, **options) as sink:
-            node = StoreNode(args.bus, sink, flush_interval_s=args.flush_interval,
-                             on_device_end=lambda d: print(f"store: end of device {d}", file=sys.stderr, flush=True))
-            print(f"store: {target!r} <- {args.bus}", file=sys.stderr, flush=True)
-            await node.run(stop)
+
+        def on_sigint() -> None:
+            nonlocal interrupted
+            interrupted = True
+            stop.set()
+
+        loop.add_signal_handler(signal.SIGINT, on_sigint)
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        sink = open_sink(target, spool_dir=args.spool_dir, **options)
+        node = StoreNode(args.bus, sink, flush_interval_s=args.flush_interval,
+                         on_device_end=lambda d: print(f"store: end of device {d}", file=sys.stderr, flush=True))
+        failure = None
+        try:
+            async with sink:
+                print(f"store: {target!r} <- {args.bus}", file=sys.stderr, flush=True)
+                await node.run(stop)
+        except UserError:
+            raise
+        except Exception as exc:
+            logging.getLogger("storage").exception("store failed")
+            failure = f"{type(exc).__name__}: {exc}"
         c = sink.counters
-        print(f"store: {node.processed} messages, {node.records} records; {c.as_dict()}", file=sys.stderr)
-        return 1 if c.dropped or c.rejected else 0
+        return StoreOutcome(sink=target.address, influx=influx, messages=node.processed,
+                            received=node.records, written=c.written,
+                            spooled=c.pending, spool_dir=getattr(sink, "spool_dir", None), dropped=c.dropped,
+                            refused=c.rejected, affect_records=c.affect_written, interrupted=interrupted,
+                            error=sink.last_error, failure=failure)
 
     return asyncio.run(main())
 

@@ -259,6 +259,85 @@ def test_the_token_is_used_but_never_shown(tmp_path: Path, bus_address: str, inf
         store.popen.send_signal(signal.SIGTERM)
         assert store.popen.wait(timeout=30) == 0
     log = store.popen.stderr.read()
-    assert token not in log and "'written': 12" in log
+    assert token not in log and "12 points (12 affect) written to" in log.splitlines()[-1]
     assert influx_proxy.authorizations == {f"Token {token}"}
 
+
+# --- m3sense store: what it says and how it exits ------------------------------------------------
+
+async def publish_windows(bus: str, n: int) -> int:
+    """``n`` affect windows of dev1 (three tasks each); returns the points they make."""
+    async with Publisher(bus) as pub:
+        assert await pub.wait_for_subscribers(device_topics("dev1"), 30) == []
+        for k in range(n):
+            t = T0 + 20 + 10 * k
+            await pub.publish("affect", "dev1", t0_s=t, fs_hz=0, meta=affect_meta(t))
+    return 3 * n
+
+
+def run_store(procs: list[Proc], bus: str, sink: str, *extra: str, windows: int = 4,
+              sig: int = signal.SIGTERM) -> tuple[int, dict, list[str]]:
+    """``m3sense store --json``: publish ``windows``, stop it with ``sig``; its exit code, its
+    one JSON object and its stderr lines."""
+    store = Proc(["store", "--json", "--bus", bus, "--sink", sink, *extra])
+    procs.append(store)
+    store.wait_for_stderr("store:")
+    if windows:
+        asyncio.run(publish_windows(bus, windows))
+    store.popen.send_signal(sig)
+    code = store.popen.wait(timeout=60)
+    (line,) = store.popen.stdout.read().splitlines()  # exactly one JSON object
+    return code, json.loads(line), store.popen.stderr.read().splitlines()
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 0), (signal.SIGINT, 130)], ids=["sigterm", "ctrl-c"])
+def test_store_into_influxdb_1x_writes_and_says_so(influx_v1: InfluxServer, tmp_path: Path, bus_address: str,
+                                                   procs: list[Proc], sig: int, code: int) -> None:
+    """The issue's command (bucket=, Debian's 1.6.7, no proxy): every point lands, and the
+    summary and exit code say so; Ctrl-C still stores everything, and exits 130."""
+    sink = influx_v1.sink(f"bucket={DATABASE}")
+    with Hub(bus_address):
+        got, report, err = run_store(procs, bus_address, sink, "--spool-dir", str(tmp_path / "spool"), sig=sig)
+    assert got == code and report == {
+        "sink": parse_sink(sink).address, "written": 12, "spooled": 0, "spool_dir": str(tmp_path / "spool"),
+        "dropped": 0, "refused": 0, "affect_records": 12, "exit_code": code, "received": 12, "error": None}
+    assert "12 points (12 affect) written to" in err[-1] and "none lost" in err[-1]
+    assert err[-1].startswith("store: interrupted;") == (sig == signal.SIGINT)
+    (row,) = series_values(influx_v1.cli('SELECT count("status") FROM "affect"'))
+    assert row["count"] == 12
+
+
+def test_unreachable_influxdb_exits_1_and_names_the_spool(influx_v1: InfluxServer, tmp_path: Path, bus_address: str,
+                                                          procs: list[Proc]) -> None:
+    spool = tmp_path / "spool"
+    with Hub(bus_address):
+        code, report, err = run_store(procs, bus_address, f"influx://127.0.0.1:{free_port()}?db={DATABASE}",
+                                      "--spool-dir", str(spool))
+        assert code == report["exit_code"] == 1
+        assert (report["written"], report["spooled"], report["spool_dir"], report["dropped"]) == (0, 12, str(spool), 0)
+        assert "nothing reached InfluxDB" in err[-1] and f"12 points wait in spool {spool}" in err[-1]
+        assert "sends them first" in err[-1] and "none lost" in err[-1]
+        # as the summary says: the next store with this spool sends them (here to a server that listens)
+        code, report, err = run_store(procs, bus_address, influx_v1.sink(), "--spool-dir", str(spool), windows=0)
+    assert code == 0 and report["written"] == 12 and report["spooled"] == 0
+    (row,) = series_values(influx_v1.query('SELECT count("status") FROM "affect"'))
+    assert row["count"] == 12
+
+
+def test_missing_credentials_are_reported_and_the_points_wait(influxd_auth: InfluxServer, tmp_path: Path,
+                                                              bus_address: str, procs: list[Proc],
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("INFLUX_TOKEN", raising=False)
+    spool = tmp_path / "spool"
+    with Hub(bus_address):
+        code, report, err = run_store(procs, bus_address, influxd_auth.sink(), "--spool-dir", str(spool))
+        assert code == 1 and report["written"] == 0 and report["spooled"] == 12 and "HTTP 401" in report["error"]
+        assert "InfluxDB wants credentials: set $INFLUX_TOKEN or --token-file" in err[-1]
+        assert f"12 points wait in spool {spool}" in err[-1]
+        (tmp_path / "token").write_text(influxd_auth.credentials + "\n")
+        code, report, err = run_store(procs, bus_address, influxd_auth.sink(), "--spool-dir", str(spool),
+                                      "--token-file", str(tmp_path / "token"), windows=0)
+    assert code == 0 and report["written"] == 12 and report["spooled"] == 0
+    assert influxd_auth.credentials.split(":")[1] not in "\n".join(err)
+    (row,) = series_values(influxd_auth.query('SELECT count("status") FROM "affect"'))
+    assert row["count"] == 12

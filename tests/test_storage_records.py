@@ -316,3 +316,26 @@ def test_the_public_surface_resolves_lazily() -> None:
     # importing the CLI module (what `m3sense --help` does) loads neither influxdb-client nor scipy
     code = "import sys, storage.cli; print(any(m.split('.')[0] in ('influxdb_client', 'scipy') for m in sys.modules))"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "False\n"
+
+
+# --- what `m3sense store` says at the end -------------------------------------------------------
+
+def test_store_exit_codes_and_last_line() -> None:
+    from storage.report import StoreOutcome
+
+    ok = StoreOutcome(sink="sqlite:a.db", messages=5, received=12, written=12, affect_records=12)
+    assert ok.exit_code == 0 and ok.summary().endswith("written to sqlite:a.db; none lost")
+    spool = Path("/var/spool/x")
+    waits = StoreOutcome(sink="influx://h:1?db=d", influx=True, received=12, spooled=12, spool_dir=spool,
+                         error="no answer (Connection refused)")
+    assert waits.exit_code == 1
+    assert "nothing reached InfluxDB" in waits.summary() and f"12 points wait in spool {spool}" in waits.summary()
+    assert waits.summary().endswith("last error: no answer (Connection refused)")
+    lost = StoreOutcome(sink="influx://h:1?db=d", influx=True, received=12, written=5, refused=4, dropped=3)
+    assert lost.exit_code == 1 and "7 lost (4 refused by the server, 3 dropped: spool full)" in lost.summary()
+    assert StoreOutcome(sink="sqlite:a.db", written=3, failure="OSError: disk full").exit_code == 1
+    assert StoreOutcome(sink="sqlite:a.db", written=3, interrupted=True).exit_code == 130
+    assert StoreOutcome(bad_input="sink 'x': expected ...").exit_code == 2
+    # what `m3sense run` reads: these keys, whatever else is added
+    assert {"sink", "written", "spooled", "spool_dir", "dropped", "refused", "affect_records",
+            "exit_code"} <= waits.as_json().keys() and waits.as_json()["spool_dir"] == str(spool)

@@ -148,7 +148,7 @@ def test_timeline_json_and_plot_read_the_store(tmp_path: Path, bus_address: str,
 def test_store_command_flushes_everything_on_sigterm(tmp_path: Path, bus_address: str, hub: Hub,
                                                      procs: list[Proc]) -> None:
     db = tmp_path / "store.db"
-    store = Proc(["store", "--bus", bus_address, "--sink", f"sqlite:///{db}", "--flush-interval", "30"])
+    store = Proc(["store", "--json", "--bus", bus_address, "--sink", f"sqlite:///{db}", "--flush-interval", "30"])
     procs.append(store)
     store.wait_for_stderr("store:")
 
@@ -160,10 +160,25 @@ def test_store_command_flushes_everything_on_sigterm(tmp_path: Path, bus_address
     sent = asyncio.run(publish())
     store.popen.send_signal(signal.SIGTERM)  # long before the 30 s flush timer: only shutdown can save the data
     assert store.popen.wait(timeout=30) == 0
-    summary = store.popen.stderr.read()
-    assert f"store: {sent} messages" in summary and "'dropped': 0" in summary
-    assert rows(db, "SELECT count(*) FROM affect") == [(3 * len(window_ends(60)),)]
+    (report,) = [json.loads(line) for line in store.popen.stdout.read().splitlines()]
+    summary = store.popen.stderr.read().splitlines()[-1]
+    affect = 3 * len(window_ends(60))
+    assert rows(db, "SELECT count(*) FROM affect") == [(affect,)]
     assert rows(db, "SELECT count(*) FROM device_status") == [(2,)]
+    stored = sum(rows(db, f"SELECT count(*) FROM {t}")[0][0] for t in ("affect", "physio", "device_status"))
+    assert report == {"sink": f"sqlite:{db}", "written": stored, "spooled": 0, "spool_dir": None, "dropped": 0,
+                      "refused": 0, "affect_records": affect, "exit_code": 0, "received": stored, "error": None}
+    assert summary == (f"store: {sent} messages, {stored} records received; {stored} records ({affect} affect) "
+                       f"written to sqlite:{db}; none lost")
+
+
+@pytest.mark.parametrize("sink", ["influx://127.0.0.1:8086?bucket=", "affect.csv", "sqlite:"])
+def test_store_with_a_bad_sink_exits_2_and_still_reports(sink: str, bus_address: str, capsys) -> None:
+    assert main(["store", "--json", "--bus", bus_address, "--sink", sink]) == 2
+    out, err = capsys.readouterr()
+    (report,) = [json.loads(line) for line in out.splitlines()]
+    assert report["exit_code"] == 2 and report["written"] == 0 and report["sink"] is None
+    assert report["error"] in err.splitlines()[-1]
 
 
 def test_writing_a_window_again_replaces_it(tmp_path: Path) -> None:
@@ -244,7 +259,7 @@ def test_replayed_recording_into_the_store(tmp_path: Path, bus_address: str, hub
     run_cli("replay", str(sim), "--bus", bus_address, "--speed", "max", "--wait", "60", check=True)
     store.popen.send_signal(signal.SIGTERM)
     assert store.popen.wait(timeout=60) == 0
-    assert "'dropped': 0" in store.popen.stderr.read()
+    assert store.popen.stderr.read().splitlines()[-1].endswith("; none lost")
 
     (device,) = [d for (d,) in rows(db, "SELECT DISTINCT device FROM physio")]
     assert [e for (e,) in rows(db, "SELECT event FROM device_status ORDER BY time_s")] == ["start", "end"]
