@@ -51,6 +51,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--no-cache", action="store_true", help="do not cache windows in the temp folder")
     p.add_argument("--json", action="store_true", help="print the test scores as one JSON object")
+    p.add_argument("--model", default="m3sense", metavar="KIND[,KIND]",
+                   help="m3sense (the network) or a feature baseline: rf, et, dt, lda, lr, svm; several "
+                        "(comma-separated) with --folds give one table over the same windows and folds")
+    p.add_argument("--calibration", default="wearer", choices=("wearer", "none", "both"),
+                   help="feature models: features relative to each wearer's reference (wearer, default), "
+                        "absolute (none), or a row of each (both, with --folds)")
+    p.add_argument("--min-confidence", type=float, default=0.5,
+                   help="feature models: below this calibrated confidence the answer is withheld (default 0.5)")
+    add_calibration_options(p)
     p.set_defaults(func=_train)
 
     p = sub.add_parser("evaluate", help="score a trained model on every labelled window of a source")
@@ -90,6 +99,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_export)
 
 
+def add_calibration_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--calibration-minutes", type=float, default=10.0,
+                   help="length of each wearer's reference stretch (default 10)")
+    p.add_argument("--calibration-search-minutes", type=float, default=30.0,
+                   help="the calmest stretch is looked for in this much of a wearer's first usable data (default 30)")
+
+
+def calibration_config(args):
+    from inference.calibration import CalibrationConfig
+
+    try:
+        return CalibrationConfig(minutes=args.calibration_minutes, search_minutes=args.calibration_search_minutes)
+    except ValueError as exc:
+        raise UserError(f"--calibration-minutes/--calibration-search-minutes: {exc}") from exc
+
+
 def _csv(text: str) -> tuple[str, ...]:
     return tuple(x.strip() for x in text.split(",") if x.strip())
 
@@ -100,14 +125,14 @@ def _load(path: Path | None):
     return load_checkpoint(path)
 
 
-def _windows(specs, *, cfg, hop_s: float, no_cache: bool, unlabeled: bool = False):
+def _windows(specs, *, cfg, hop_s: float, no_cache: bool, unlabeled: bool = False, calibration=None):
     from inference.sources import parse_source, source_windows
 
     out = []
     for spec in specs:
         src = parse_source(spec)
         ws = source_windows(src, modalities=cfg.modalities, tasks=cfg.tasks, classes=cfg.classes, hop_s=hop_s,
-                            unlabeled=unlabeled,
+                            unlabeled=unlabeled, calibration=calibration,
                             **({"cache_dir": None} if no_cache else {}))
         if not len(ws):
             raise UserError(f"data source {spec!r} gave no usable windows")
@@ -136,6 +161,12 @@ class _Progress:
 
 
 def _train(args) -> int:
+    kinds = _csv(args.model)
+    if kinds != ("m3sense",):
+        from inference.train_features import train_features
+
+        return train_features(args, kinds, windows=_windows, calibration=calibration_config(args),
+                              print_scores=_print_scores)
     import numpy as np
     import torch
 

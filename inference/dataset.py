@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -36,7 +36,11 @@ class WindowSet:
     (NaN where a sample is missing), ``present`` (N, M) bool in ``modalities`` order,
     ``labels`` (N, T) int64 class indices in ``tasks`` order (-1: no label), ``groups`` the
     recording (subject) each window comes from, ``sources`` the data source it was read from,
-    ``t0_s`` window start times (Unix s)."""
+    ``t0_s`` window start times (Unix s), ``features`` (N, F) the window's wrist features
+    (:mod:`inference.features`), ``missing``/``motion`` its missing and motion fractions,
+    ``off_wrist`` its off-wrist flag, ``tag_groups``/``tag_s`` the button presses per recording.
+    ``ref_mean``/``ref_sd`` (N, F) the wearer's reference in force for each window (NaN before
+    one exists) and ``ref_id`` its name ("" before); :func:`with_references` fills them."""
 
     modalities: tuple[str, ...]
     tasks: tuple[str, ...]
@@ -46,40 +50,49 @@ class WindowSet:
     groups: np.ndarray
     sources: np.ndarray
     t0_s: np.ndarray
+    features: np.ndarray
+    missing: np.ndarray
+    motion: np.ndarray
+    off_wrist: np.ndarray
+    tag_groups: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=str))
+    tag_s: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    ref_mean: np.ndarray | None = None
+    ref_sd: np.ndarray | None = None
+    ref_id: np.ndarray | None = None
+
+    _PER_WINDOW = ("present", "labels", "groups", "sources", "t0_s", "features", "missing", "motion", "off_wrist",
+                   "ref_mean", "ref_sd", "ref_id")
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
     def subset(self, idx: np.ndarray | Sequence[int]) -> WindowSet:
         idx = np.asarray(idx, dtype=np.int64)
-        return WindowSet(
-            modalities=self.modalities, tasks=self.tasks,
-            inputs={m: v[idx] for m, v in self.inputs.items()},
-            present=self.present[idx], labels=self.labels[idx], groups=self.groups[idx],
-            sources=self.sources[idx], t0_s=self.t0_s[idx],
-        )
+        return replace(self, inputs={m: v[idx] for m, v in self.inputs.items()},
+                       **{k: getattr(self, k)[idx] for k in self._PER_WINDOW if getattr(self, k) is not None})
 
     def select(self, modalities: Sequence[str], tasks: Sequence[str]) -> WindowSet:
         """The same windows with only these modalities and tasks (in this order); a window
         left with no present modality is dropped."""
         mi = [self.modalities.index(m) for m in modalities]
         ti = [self.tasks.index(t) for t in tasks]
-        ws = WindowSet(modalities=tuple(modalities), tasks=tuple(tasks), inputs={m: self.inputs[m] for m in modalities},
-                       present=self.present[:, mi], labels=self.labels[:, ti], groups=self.groups,
-                       sources=self.sources, t0_s=self.t0_s)
+        ws = replace(self, modalities=tuple(modalities), tasks=tuple(tasks), inputs={m: self.inputs[m] for m in modalities},
+                     present=self.present[:, mi], labels=self.labels[:, ti])
         keep = ws.present.any(axis=1)
         return ws if keep.all() else ws.subset(np.flatnonzero(keep))
 
     def without_labels(self) -> WindowSet:
-        return WindowSet(
-            modalities=self.modalities, tasks=self.tasks, inputs=self.inputs, present=self.present,
-            labels=np.full_like(self.labels, -1), groups=self.groups, sources=self.sources, t0_s=self.t0_s,
-        )
+        return replace(self, labels=np.full_like(self.labels, -1))
 
     @property
     def labelled(self) -> np.ndarray:
         """(N,) bool: the window carries at least one task label."""
         return (self.labels >= 0).any(axis=1)
+
+    @property
+    def calibrated(self) -> np.ndarray:
+        """(N,) bool: a wearer reference was in force for the window."""
+        return np.zeros(len(self), bool) if self.ref_id is None else self.ref_id != ""
 
     @staticmethod
     def concat(sets: Sequence[WindowSet]) -> WindowSet:
@@ -88,32 +101,49 @@ class WindowSet:
         first = sets[0]
         if any(s.modalities != first.modalities or s.tasks != first.tasks for s in sets):
             raise ValueError("window sets differ in modalities or tasks")
-        return WindowSet(
-            modalities=first.modalities, tasks=first.tasks,
-            inputs={m: np.concatenate([s.inputs[m] for s in sets]) for m in first.modalities},
-            present=np.concatenate([s.present for s in sets]),
-            labels=np.concatenate([s.labels for s in sets]),
-            groups=np.concatenate([s.groups for s in sets]),
-            sources=np.concatenate([s.sources for s in sets]),
-            t0_s=np.concatenate([s.t0_s for s in sets]),
-        )
+        refs = all(s.ref_id is not None for s in sets)
+        cat = {k: np.concatenate([getattr(s, k) for s in sets]) for k in WindowSet._PER_WINDOW
+               if refs or not k.startswith("ref_")}
+        return replace(first, inputs={m: np.concatenate([s.inputs[m] for s in sets]) for m in first.modalities},
+                       tag_groups=np.concatenate([s.tag_groups for s in sets]),
+                       tag_s=np.concatenate([s.tag_s for s in sets]), **cat,
+                       **({} if refs else {"ref_mean": None, "ref_sd": None, "ref_id": None}))
+
+    _SAVED = ("present", "labels", "groups", "sources", "t0_s", "features", "missing", "motion", "off_wrist",
+              "tag_groups", "tag_s")
 
     def save_npz(self, path) -> None:
-        np.savez(
-            path, modalities=np.array(self.modalities), tasks=np.array(self.tasks), present=self.present,
-            labels=self.labels, groups=self.groups, sources=self.sources, t0_s=self.t0_s,
-            **{f"x_{m}": v for m, v in self.inputs.items()},
-        )
+        np.savez(path, modalities=np.array(self.modalities), tasks=np.array(self.tasks),
+                 **{k: getattr(self, k) for k in self._SAVED}, **{f"x_{m}": v for m, v in self.inputs.items()})
 
     @staticmethod
     def load_npz(path) -> WindowSet:
         with np.load(path, allow_pickle=False) as z:
             modalities = tuple(str(m) for m in z["modalities"])
-            return WindowSet(
-                modalities=modalities, tasks=tuple(str(t) for t in z["tasks"]),
-                inputs={m: z[f"x_{m}"] for m in modalities}, present=z["present"], labels=z["labels"],
-                groups=z["groups"], sources=z["sources"], t0_s=z["t0_s"],
-            )
+            return WindowSet(modalities=modalities, tasks=tuple(str(t) for t in z["tasks"]),
+                             inputs={m: z[f"x_{m}"] for m in modalities}, **{k: z[k] for k in WindowSet._SAVED})
+
+
+def with_references(ws: WindowSet, config) -> WindowSet:
+    """``ws`` with the reference each window had live: :func:`inference.calibration.references_over`
+    run over every recording's windows in time order (the set holds each recording's windows
+    in time order, as :func:`windows_from_messages` makes them)."""
+    from inference.calibration import is_usable_for_reference, references_over
+
+    n, f = ws.features.shape
+    mean, sd = np.full((n, f), np.nan, np.float32), np.full((n, f), np.nan, np.float32)
+    ids = np.full(n, "", dtype=object)
+    for g in np.unique(ws.groups):
+        idx = np.flatnonzero(ws.groups == g)
+        if np.any(np.diff(ws.t0_s[idx]) <= 0):
+            raise ValueError(f"windows of {g} are not in time order")
+        usable = [is_usable_for_reference({"off_wrist": bool(o), "missing_fraction": float(m)}, config)
+                  for o, m in zip(ws.off_wrist[idx], ws.missing[idx])]
+        refs = references_over(ws.t0_s[idx], np.array(usable), ws.features[idx], ws.tag_s[ws.tag_groups == g], config)
+        for i, r in zip(idx, refs):
+            if r is not None:
+                mean[i], sd[i], ids[i] = r.mean, r.sd, r.id
+    return replace(ws, ref_mean=mean, ref_sd=sd, ref_id=ids.astype(str))
 
 
 def window_inputs(
@@ -161,9 +191,14 @@ def windows_from_messages(
 ) -> WindowSet:
     """Stack window messages into a :class:`WindowSet`; low-quality windows are dropped
     unless ``keep_low_quality`` (they carry no trustworthy label and get no answer live)."""
+    from inference.features import FEATURES, message_features
+
     xs: dict[str, list[np.ndarray]] = {m: [] for m in modalities}
-    present, labels, groups, t0 = [], [], [], []
+    present, labels, groups, t0, kept, tags = [], [], [], [], [], []
+    device = None
     for msg in messages:
+        device = msg.device
+        tags += [float(t) for t in (msg.meta.get("tags") or ())]
         if not keep_low_quality and is_low_quality(msg.meta):
             continue
         x, p = window_inputs(msg.arrays, msg.meta, modalities, shapes)
@@ -175,7 +210,10 @@ def windows_from_messages(
         labels.append(label_indices(msg.meta, tasks, classes))
         groups.append(msg.device)
         t0.append(msg.t0_s)
+        kept.append(msg)
     n = len(labels)
+    quality = [msg.meta.get("quality") or {} for msg in kept]
+    tags = sorted(set(tags))
     return WindowSet(
         modalities=tuple(modalities), tasks=tuple(tasks),
         inputs={m: (np.stack(v) if v else np.zeros((0, *shapes[m]), np.float32)) for m, v in xs.items()},
@@ -183,6 +221,11 @@ def windows_from_messages(
         labels=np.array(labels, dtype=np.int64).reshape(n, len(tasks)),
         groups=np.array(groups, dtype=str), sources=np.array([source] * n, dtype=str),
         t0_s=np.array(t0, dtype=np.float64),
+        features=message_features(kept) if kept else np.zeros((0, len(FEATURES)), np.float32),
+        missing=np.array([float(q.get("missing_fraction", 0.0) or 0.0) for q in quality], dtype=np.float32),
+        motion=np.array([float(q.get("motion_fraction", 0.0) or 0.0) for q in quality], dtype=np.float32),
+        off_wrist=np.array([bool(q.get("off_wrist", False)) for q in quality], dtype=bool),
+        tag_groups=np.array([device] * len(tags), dtype=str), tag_s=np.array(tags, dtype=np.float64),
     )
 
 

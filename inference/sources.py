@@ -27,7 +27,8 @@ from urllib.parse import parse_qsl
 
 import numpy as np
 
-from inference.dataset import WindowSet, windows_from_messages
+from inference.calibration import CalibrationConfig
+from inference.dataset import WindowSet, windows_from_messages, with_references
 from inference.model import MODALITY_CHANNELS
 from m3sense.errors import UserError
 
@@ -105,7 +106,7 @@ def _code_digest() -> str:
     root = Path(__file__).resolve().parents[1]  # replay/, preprocess/ and inference/ are siblings
     h = hashlib.sha1()
     for f in [*sorted((root / "replay").glob("*.py")), *sorted((root / "preprocess").glob("*.py")),
-              root / "inference" / "dataset.py"]:
+              root / "inference" / "dataset.py", root / "inference" / "features.py"]:
         h.update(f.read_bytes())
     return h.hexdigest()[:12]
 
@@ -135,10 +136,12 @@ def source_windows(
     hop_s: float,
     cache_dir: Path | None = Path(tempfile.gettempdir()) / "m3sense-windows",
     unlabeled: bool = False,
+    calibration: CalibrationConfig | None = None,
 ) -> WindowSet:
     """All windows of one source for these modalities and tasks, labels kept only for
-    ``src.tasks`` (or dropped if ``unlabeled``). Windows are made (and cached) once per source
-    and hop with every modality and task, whatever a model uses."""
+    ``src.tasks`` (or dropped if ``unlabeled``), each with the wearer reference it would have
+    had live under ``calibration`` (default settings if None). Windows are made (and cached)
+    once per source and hop with every modality and task, whatever a model uses."""
     import preprocess
 
     for t in tasks:
@@ -158,13 +161,14 @@ def source_windows(
         ws = recording_window_set(read_recordings(src), modalities=all_modalities, shapes=shapes, tasks=all_tasks,
                                   classes=preprocess.LABEL_CLASSES, source=src.name, hop_s=hop_s)
         if src.synthetic:  # simulated devices are sim01, sim02, ... in every synthetic source
-            ws = replace(ws, groups=np.char.add(f"{src.name}/", ws.groups))
+            ws = replace(ws, groups=np.char.add(f"{src.name}/", ws.groups),
+                         tag_groups=np.char.add(f"{src.name}/", ws.tag_groups))
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
             ws.save_npz(tmp)
             tmp.replace(path)
-    ws = ws.select(modalities, tasks)
+    ws = with_references(ws, calibration or CalibrationConfig()).select(modalities, tasks)
     if unlabeled:
         return ws.without_labels()
     if src.tasks is not None:

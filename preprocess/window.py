@@ -21,7 +21,7 @@ a modality; ``quality`` says whether to trust the window at all.
 
 On the bus (``to_message``): kind ``window``, modality ``window``, ``t0_s`` = window start,
 ``fs_hz`` 0, arrays ``bvp``, ``eda``, ``temp``, ``acc`` and the masks ``bvp_mask``, ...,
-meta ``{"t_end", "present", "quality", "labels", "source", "rates_hz"}``.
+meta ``{"t_end", "present", "quality", "labels", "source", "rates_hz", "tags"}``.
 
 After a device's last window the same topic carries an end marker (:class:`DeviceEnd`,
 meta ``{"event": "end", ...}``, no arrays), so downstream stages know they have seen
@@ -135,6 +135,7 @@ class Window:
     quality: Quality
     labels: Mapping[str, str | None]
     source: str
+    tags_s: tuple[float, ...] = ()
 
     def to_message(self, seq: int = 0) -> Message:
         arrays: dict[str, np.ndarray] = {m: self.signals[m] for m in MODALITIES}
@@ -146,6 +147,7 @@ class Window:
             "labels": dict(self.labels),
             "source": self.source,
             "rates_hz": dict(RATES_HZ),
+            "tags": list(self.tags_s),
         }
         return Message(kind=WINDOW, device=self.device, modality=WINDOW, seq=seq, t0_s=self.t_start_s,
                        fs_hz=0.0, arrays=arrays, meta=meta)
@@ -165,6 +167,7 @@ class Window:
                 quality=Quality.from_dict(meta["quality"]),
                 labels={str(k): (None if v is None else str(v)) for k, v in meta["labels"].items()},
                 source=str(meta["source"]),
+                tags_s=tuple(float(t) for t in meta.get("tags", ())),
             )
         except (KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"{msg.topic} seq {msg.seq} is not a complete window ({exc!r})") from None

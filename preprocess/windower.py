@@ -60,6 +60,7 @@ _DUP = 8       # a second sample arrived for this slot (the first one is kept)
 _TIMING = 16   # placed from a chunk whose rate or start disagreed with the clock
 
 _GRID_QUANTUM_S = 0.25  # hops must be whole numbers of the 4 Hz sample period
+_MAX_PENDING_TAGS = 64  # button presses not yet inside a window; more is no person pressing
 _SAMPLE_KEYS = {m: f"samples_{m}" for m in MODALITIES}
 
 
@@ -311,6 +312,7 @@ class DeviceWindower:
         self._hop_slots = {m: round(self.config.hop_s * RATES_HZ[m]) for m in MODALITIES}
         self._max_gap = {m: round(self.config.max_gap_s * RATES_HZ[m]) for m in MODALITIES}
         self._labels: list[tuple[float, float, str, str]] = []
+        self._tags: list[float] = []
         self._reset()
 
     def _reset(self) -> None:
@@ -330,7 +332,9 @@ class DeviceWindower:
         self.counters["messages"] += 1
         out: list[Window] = []
         if msg.kind == RAW:
-            if msg.modality in self._streams:
+            if msg.modality == "tag":
+                self._tag(msg)
+            elif msg.modality in self._streams:
                 out = self._raw(msg)
             else:
                 self.counters[f"ignored_{msg.modality}"] += 1
@@ -408,6 +412,15 @@ class DeviceWindower:
             self.last_data_s = newest
         return out
 
+    def _tag(self, msg: Message) -> None:
+        """A button press (its time is ``t0_s``): it rides on the windows that contain it, where
+        the calibration of the model's inputs reads it as a marked rest."""
+        if not math.isfinite(msg.t0_s) or len(self._tags) >= _MAX_PENDING_TAGS:
+            self.counters["bad_tags"] += 1
+            return
+        self.counters["tags"] += 1
+        self._tags.append(float(msg.t0_s))
+
     def _label(self, msg: Message) -> None:
         meta = msg.meta
         task, label, start, end = meta.get("task"), meta.get("label"), meta.get("start_s"), meta.get("end_s")
@@ -480,12 +493,14 @@ class DeviceWindower:
         t_end = t_start + WINDOW_S
         present = {m: bool(masks[m].mean() >= cfg.min_present_fraction) for m in MODALITIES}
         window = Window(device=self.device, t_start_s=t_start, t_end_s=t_end, signals=signals, masks=masks,
-                        present=present, quality=quality, labels=self._labels_for(t_start, t_end), source=self.source)
+                        present=present, quality=quality, labels=self._labels_for(t_start, t_end), source=self.source,
+                        tags_s=tuple(t for t in self._tags if t_start <= t < t_end))
         self._next_k = k + 1
         self._emitted = True
         self.counters["windows"] += 1
         horizon = self._next_k * cfg.hop_s
         self._labels = [iv for iv in self._labels if iv[1] > horizon]
+        self._tags = [t for t in self._tags if t >= horizon]
         return window
 
     def _labels_for(self, t_start: float, t_end: float) -> dict[str, str | None]:

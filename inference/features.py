@@ -1,0 +1,119 @@
+"""Standard wrist features of a window: what the feature baselines learn from and what the
+per-wearer calibration summarises.
+
+One row per window, in :data:`FEATURES` order, from the window arrays preprocess publishes
+(filtered, sensor units). Names carry their units:
+
+==================  =====================================================================
+``eda_mean_us``     mean skin conductance (µS)
+``eda_sd_us``       its standard deviation within the window (µS)
+``eda_min_us``      lowest conductance (µS), close to the tonic level
+``eda_max_us``      highest conductance (µS)
+``eda_slope_us_s``  least-squares slope (µS/s): a rising tonic level
+``scr_count``       skin-conductance responses: peaks with prominence ≥ 0.01 µS
+``scr_amp_us``      their mean prominence (µS; 0 without one)
+``eda_log``         log of the mean conductance: levels differ tenfold between people
+``temp_mean_c``     mean wrist temperature (°C): a between-person confound, used relative only
+``temp_sd_c``       its standard deviation (°C)
+``temp_slope_c_s``  slope (°C/s): hands cool under stress
+``hr_bpm``          heart rate from BVP beats (NaN with fewer than three plausible beats)
+``ibi_sd_s``        SDNN of the beat intervals (s)
+``ibi_rmssd_s``     RMSSD of successive intervals (s)
+``bvp_sd``          BVP amplitude (SD after removing the 1 s moving mean): vasoconstriction
+``bvp_p90p10``      BVP spread between its 90th and 10th percentiles
+``acc_mag_g``       mean |acc| (g)
+``acc_mag_sd_g``    SD of |acc| (g): movement
+``acc_sd_g``        summed per-axis SD (g): movement including rotation
+==================  =====================================================================
+
+Beats are peaks of the detrended BVP at least 0.33 s apart (≤ 180 bpm) with intervals kept
+between 0.33 and 1.5 s; within 20 s that is enough for rate and short-term variability, not
+for frequency-domain HRV. The features are causal per window: nothing looks past its end.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+from scipy.signal import find_peaks
+
+FEATURES: tuple[str, ...] = (
+    "eda_mean_us", "eda_sd_us", "eda_min_us", "eda_max_us", "eda_slope_us_s", "scr_count", "scr_amp_us", "eda_log",
+    "temp_mean_c", "temp_sd_c", "temp_slope_c_s",
+    "hr_bpm", "ibi_sd_s", "ibi_rmssd_s", "bvp_sd", "bvp_p90p10",
+    "acc_mag_g", "acc_mag_sd_g", "acc_sd_g",
+)
+#: Rates (Hz) the window arrays come at (preprocess's window contract).
+_FS = {"bvp": 64.0, "eda": 4.0, "temp": 4.0, "acc": 32.0}
+SCR_MIN_PROMINENCE_US = 0.01
+_MIN_IBI_S, _MAX_IBI_S = 0.33, 1.5
+
+
+def _slope(x: np.ndarray, fs: float) -> np.ndarray:
+    """Least-squares slope per row of (B, n) samples, in units per second."""
+    t = np.arange(x.shape[1]) / fs
+    tc = t - t.mean()
+    return (x - x.mean(axis=1, keepdims=True)) @ tc / float(tc @ tc)
+
+
+def _scr(eda: np.ndarray) -> tuple[float, float]:
+    _, props = find_peaks(eda, prominence=SCR_MIN_PROMINENCE_US)
+    prom = props["prominences"]
+    return float(len(prom)), float(prom.mean()) if len(prom) else 0.0
+
+
+def _beats(bvp_detrended: np.ndarray, fs: float) -> tuple[float, float, float]:
+    """Heart rate (bpm), SDNN and RMSSD (s) of one window's detrended BVP; NaN when fewer
+    than three plausible intervals remain."""
+    sd = float(bvp_detrended.std())
+    if not sd > 0:
+        return np.nan, np.nan, np.nan
+    peaks, _ = find_peaks(bvp_detrended, distance=int(fs * _MIN_IBI_S), prominence=0.3 * sd)
+    ibi = np.diff(peaks) / fs
+    ibi = ibi[(ibi > _MIN_IBI_S) & (ibi < _MAX_IBI_S)]
+    if len(ibi) < 3:
+        return np.nan, np.nan, np.nan
+    return 60.0 / float(ibi.mean()), float(ibi.std()), float(np.sqrt(np.mean(np.diff(ibi) ** 2)))
+
+
+def window_features(signals: Mapping[str, np.ndarray]) -> np.ndarray:
+    """(B, len(FEATURES)) float32 from window arrays ``bvp`` (B, 1280), ``eda`` (B, 80),
+    ``temp`` (B, 80), ``acc`` (B, 640, 3) (a trailing channel axis of 1 is accepted). A feature
+    that cannot be computed (no beats found) is NaN; models impute it."""
+    eda = np.asarray(signals["eda"], dtype=np.float64).reshape(len(signals["eda"]), -1)
+    temp = np.asarray(signals["temp"], dtype=np.float64).reshape(len(signals["temp"]), -1)
+    bvp = np.asarray(signals["bvp"], dtype=np.float64).reshape(len(signals["bvp"]), -1)
+    acc = np.asarray(signals["acc"], dtype=np.float64).reshape(len(signals["acc"]), -1, 3)
+    n = eda.shape[0]
+    out = np.full((n, len(FEATURES)), np.nan)
+    out[:, 0] = eda.mean(axis=1)
+    out[:, 1] = eda.std(axis=1)
+    out[:, 2] = eda.min(axis=1)
+    out[:, 3] = eda.max(axis=1)
+    out[:, 4] = _slope(eda, _FS["eda"])
+    out[:, 7] = np.log(np.maximum(out[:, 0], 0.01))
+    out[:, 8] = temp.mean(axis=1)
+    out[:, 9] = temp.std(axis=1)
+    out[:, 10] = _slope(temp, _FS["temp"])
+    k = int(_FS["bvp"])
+    kernel = np.ones(k) / k
+    for i in range(n):
+        out[i, 5:7] = _scr(eda[i])
+        detrended = bvp[i] - np.convolve(bvp[i], kernel, mode="same")
+        out[i, 11:14] = _beats(detrended, _FS["bvp"])
+        out[i, 14] = detrended.std()
+        p90, p10 = np.percentile(detrended, (90, 10))
+        out[i, 15] = p90 - p10
+    mag = np.linalg.norm(acc, axis=2)
+    out[:, 16] = mag.mean(axis=1)
+    out[:, 17] = mag.std(axis=1)
+    out[:, 18] = acc.std(axis=1).sum(axis=1)
+    return out.astype(np.float32)
+
+
+def message_features(windows) -> np.ndarray:
+    """(B, F) features of window messages (``preprocess`` window arrays), the one call the
+    live node and the training path share."""
+    return window_features({m: np.stack([np.asarray(w.arrays[m], dtype=np.float32) for w in windows])
+                            for m in ("bvp", "eda", "temp", "acc")})
