@@ -24,7 +24,7 @@ import numpy as np
 from inference.calibration import CalibrationConfig, relative_features
 from inference.features import FEATURES
 
-KINDS = ("rf", "et", "dt", "lda", "lr", "svm")
+KINDS = ("rf", "et", "dt", "lda", "lr", "svm", "ens")
 FORMAT = "m3sense-feature-model"
 #: A wearer's reference SD below this share of the population SD is raised to it.
 FLOOR_SHARE = 0.1
@@ -32,7 +32,9 @@ FLOOR_SHARE = 0.1
 
 def make_estimator(kind: str, seed: int):
     """An unfitted pipeline for ``kind``; class weights balanced (WESAD has about four
-    baseline windows for one amusement window)."""
+    baseline windows for one amusement window). ``ens`` averages the probabilities of RF, ET,
+    LDA and LR (soft voting): their errors differ, and one of them alone swings by several
+    points between feature sets on ten people."""
     from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
     from sklearn.ensemble import ExtraTreesClassifier, RandomForestClassifier
     from sklearn.impute import SimpleImputer
@@ -42,7 +44,11 @@ def make_estimator(kind: str, seed: int):
     from sklearn.svm import SVC
     from sklearn.tree import DecisionTreeClassifier
 
+    from sklearn.ensemble import VotingClassifier
+
     clf = {
+        "ens": lambda: VotingClassifier([(k, make_estimator(k, seed).steps[-1][1]) for k in ("rf", "et", "lda", "lr")],
+                                        voting="soft", flatten_transform=False),
         "rf": lambda: RandomForestClassifier(200, min_samples_leaf=3, class_weight="balanced", random_state=seed, n_jobs=1),
         "et": lambda: ExtraTreesClassifier(200, min_samples_leaf=3, class_weight="balanced", random_state=seed, n_jobs=1),
         "dt": lambda: DecisionTreeClassifier(max_depth=8, min_samples_leaf=10, class_weight="balanced", random_state=seed),

@@ -16,9 +16,11 @@ in time order with the window's features (:mod:`inference.features`), whether it
   is over, the stretch of ``minutes`` minutes that moved least (lowest mean ``acc_sd_g``)
   among those with enough usable windows becomes the reference: people sit still when they
   are at rest, and the first minutes after putting a wristband on are often walking.
-- *Marked rest.* A tag starts a rest the wearer marked: the usable grid windows of the next
-  ``minutes`` minutes become the reference once that stretch is over, replacing whatever
-  reference there was (a newer press restarts the stretch).
+- *Marked rest.* A double press of the E4 button (two presses within 2 s) starts a rest the
+  wearer marks; the next single press ends it, or it ends after ``minutes`` minutes. Its usable
+  grid windows become the reference (if it lasted at least 2 min and they cover most of it),
+  replacing whatever reference there was. Single presses, which studies use to mark events,
+  change nothing.
 - Until a reference exists, models that need one answer ``calibrating`` (no label).
 
 The reference is the mean and standard deviation of every feature over its windows; a model
@@ -43,6 +45,10 @@ import numpy as np
 from inference.features import FEATURES
 
 _MOTION = FEATURES.index("acc_sd_g")
+#: Two presses this close (s) are a double press: the mark of a rest.
+DOUBLE_PRESS_S = 2.0
+#: A marked rest shorter than this (s) is not used.
+MIN_REST_S = 120.0
 _WINDOW_S = 20.0
 _ON_GRID_TOLERANCE_S = 1e-3
 
@@ -132,6 +138,8 @@ class _State:
     tag_t: list[float] = field(default_factory=list)
     tag_f: list[list[float]] = field(default_factory=list)
     last_tag_s: float = -math.inf
+    prev_press_s: float | None = None
+    ignore_until_s: float = -math.inf
     reference: Reference | None = None
     searching: bool = True
 
@@ -150,16 +158,14 @@ class Calibrator:
     def push(self, *, t_start_s: float, usable: bool, features: np.ndarray, tags_s: Sequence[float] = ()) -> Reference | None:
         """Take one window; return the reference in force for it (None: still calibrating)."""
         cfg, s = self.config, self._s
-        for tag in sorted(float(x) for x in tags_s):
-            if tag > s.last_tag_s + 1e-6 and math.isfinite(tag):
-                s.last_tag_s, s.tag_s, s.tag_t, s.tag_f = tag, tag, [], []
+        for press in sorted(float(x) for x in tags_s):
+            if math.isfinite(press) and press > s.last_tag_s + 1e-6:
+                self._press(press)
         on_grid = abs(t_start_s / cfg.grid_s - round(t_start_s / cfg.grid_s)) * cfg.grid_s < _ON_GRID_TOLERANCE_S
         f = [float(v) for v in np.asarray(features, dtype=np.float64).reshape(-1)]
         if s.tag_s is not None:
             if t_start_s > s.tag_s + cfg.span_s:
-                if len(s.tag_t) >= cfg.min_windows:
-                    s.reference, s.searching = _reference("tag", np.array(s.tag_t), np.array(s.tag_f)), False
-                s.tag_s, s.tag_t, s.tag_f = None, [], []
+                self._close_rest(s.tag_s + cfg.minutes * 60.0)
             elif usable and on_grid and t_start_s >= s.tag_s:
                 s.tag_t.append(t_start_s)
                 s.tag_f.append(f)
@@ -174,6 +180,35 @@ class Calibrator:
                 if over:
                     self._settle()
         return s.reference
+
+    def _press(self, press: float) -> None:
+        """One button press. A double press (two within ``DOUBLE_PRESS_S``) starts a marked rest;
+        the next single press ends it early; other presses (event marks, as studies use the
+        button) change nothing."""
+        s = self._s
+        s.last_tag_s = press
+        if s.tag_s is not None and press - s.tag_s > DOUBLE_PRESS_S:
+            self._close_rest(press)
+            s.ignore_until_s = press + DOUBLE_PRESS_S
+        elif press <= s.ignore_until_s:
+            pass
+        elif s.prev_press_s is not None and press - s.prev_press_s <= DOUBLE_PRESS_S and s.tag_s is None:
+            s.tag_s, s.tag_t, s.tag_f = press, [], []
+            s.prev_press_s = None
+            return
+        s.prev_press_s = press
+
+    def _close_rest(self, end_s: float) -> None:
+        """The marked rest ends at ``end_s``: its windows that lie inside it become the
+        reference when they cover enough of it (and it lasted ``MIN_REST_S``)."""
+        cfg, s = self.config, self._s
+        keep = [i for i, t in enumerate(s.tag_t) if t + _WINDOW_S <= end_s + _ON_GRID_TOLERANCE_S]
+        length = end_s - s.tag_s
+        need = max(1, math.ceil(cfg.min_coverage * ((length - _WINDOW_S) / cfg.grid_s + 1)))
+        if length >= MIN_REST_S and len(keep) >= need:
+            s.reference = _reference("tag", np.array([s.tag_t[i] for i in keep]), np.array([s.tag_f[i] for i in keep]))
+            s.searching = False
+        s.tag_s, s.tag_t, s.tag_f = None, [], []
 
     def _settle(self) -> None:
         """The calmest stretch of the search span with enough usable windows becomes the
@@ -199,7 +234,8 @@ class Calibrator:
         return {"format": "m3sense-calibration", "version": 1, "config": self.config.to_json(),
                 "reference": s.reference.to_json() if s.reference else None, "searching": s.searching,
                 "first_usable_s": s.first_usable_s, "candidates": {"t_s": s.cand_t, "features": _nulls(s.cand_f)},
-                "tag": {"t0_s": s.tag_s, "t_s": s.tag_t, "features": _nulls(s.tag_f)}, "last_tag_s": _num(s.last_tag_s)}
+                "tag": {"t0_s": s.tag_s, "t_s": s.tag_t, "features": _nulls(s.tag_f)}, "last_tag_s": _num(s.last_tag_s),
+                "prev_press_s": s.prev_press_s, "ignore_until_s": _num(s.ignore_until_s)}
 
     @staticmethod
     def from_json(d: Mapping, config: CalibrationConfig | None = None) -> Calibrator:
@@ -221,6 +257,8 @@ class Calibrator:
         s.tag_t = [float(x) for x in d["tag"]["t_s"]]
         s.tag_f = _floats(d["tag"]["features"])
         s.last_tag_s = -math.inf if d.get("last_tag_s") is None else float(d["last_tag_s"])
+        s.prev_press_s = d.get("prev_press_s")
+        s.ignore_until_s = -math.inf if d.get("ignore_until_s") is None else float(d["ignore_until_s"])
         return c
 
 

@@ -62,8 +62,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_calibration_options(p)
     p.set_defaults(func=_train)
 
-    p = sub.add_parser("evaluate", help="score a trained model on every labelled window of a source")
-    p.add_argument("--model", type=Path, default=None, help="checkpoint (default: the shipped weights)")
+    p = sub.add_parser("evaluate", help="score a trained model on every labelled window of a source",
+                       description="Scores every labelled window that gets an answer (status ok or uncertain), "
+                                   "with each wearer calibrated as live; coverage counts the windows that were "
+                                   "still calibrating or of low quality.")
+    p.add_argument("--model", type=Path, default=None,
+                   help="checkpoint file, feature model (.onnx) or bundle (.bundle.json); default: the shipped one")
     p.add_argument("--data", action="append", required=True, metavar="SOURCE")
     p.add_argument("--hop-s", type=float, default=10.0)
     p.add_argument("--backend", choices=("onnx", "torch"), default="onnx")
@@ -84,13 +88,30 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "or when its oldest window has waited --max-wait-ms) and publishes "
                                    "affect/<device>/.")
     add_bus_option(p)
-    p.add_argument("--model", type=Path, default=None, help="checkpoint (default: the shipped weights)")
+    p.add_argument("--model", type=Path, default=None,
+                   help="checkpoint file, feature model (.onnx) or bundle (.bundle.json); default: the shipped one")
     p.add_argument("--tasks", default=None, help="comma-separated subset of the model's tasks (default all)")
     p.add_argument("--backend", choices=("onnx", "torch"), default="onnx")
     p.add_argument("--max-batch", type=int, default=32)
     p.add_argument("--max-wait-ms", type=float, default=50.0)
     p.add_argument("--threads", type=int, default=None, help="intra-op threads of the backend")
+    p.add_argument("--state-dir", default=None, metavar="DIR",
+                   help="where each wearer's calibration is kept across restarts (default "
+                        "$XDG_STATE_HOME/m3sense/calibration; 'none' keeps it in memory only)")
     p.set_defaults(func=_infer)
+
+    p = sub.add_parser("calibration", help="show or reset the wearers' calibration kept by infer",
+                       description="Each wearer's reference state (the calmest stretch of their first usable "
+                                   "minutes, or a rest they marked with the E4 button), as infer keeps it.")
+    csub = p.add_subparsers(dest="calibration_command", metavar="ACTION")
+    csub.required = True
+    for action, text in (("show", "the reference of DEVICE (all devices without one)"),
+                         ("reset", "forget DEVICE's calibration: it calibrates again from its next windows")):
+        q = csub.add_parser(action, help=text)
+        q.add_argument("device", nargs="?" if action == "show" else None, default=None, metavar="DEVICE")
+        q.add_argument("--state-dir", type=Path, default=None, help="default $XDG_STATE_HOME/m3sense/calibration")
+        q.add_argument("--json", action="store_true")
+        q.set_defaults(func=_calibration)
 
     p = sub.add_parser("export-onnx", help="write the inference graph as an ONNX model")
     p.add_argument("--model", type=Path, default=None)
@@ -297,22 +318,49 @@ def _print_scores(scores: dict, as_json: bool, title: str) -> None:
 def _evaluate(args) -> int:
     import numpy as np
 
+    from inference.answer import load_answerer
+    from inference.calibration import CalibrationConfig
     from inference.dataset import WindowSet
-    from inference.predict import Predictor
     from inference.train import detailed_scores
 
-    ckpt = _load(args.model)
-    cfg = ckpt.config
-    ws = WindowSet.concat([w for _, w in _windows(args.data, cfg=cfg, hop_s=args.hop_s, no_cache=args.no_cache)])
+    answerer = load_answerer(args.model, backend=args.backend)
+    cfg = _evaluation_config(answerer)
+    cal = answerer.calibration_config or CalibrationConfig()
+    ws = WindowSet.concat([w for _, w in _windows(args.data, cfg=cfg, hop_s=args.hop_s, no_cache=args.no_cache,
+                                                  calibration=cal)])
     ws = ws.subset(np.flatnonzero(ws.labelled))
     if not len(ws):
         raise UserError("no labelled windows for this model's tasks in the data")
-    pred = Predictor(ckpt, backend=args.backend)
-    parts = [pred.probs({m: ws.inputs[m][i:i + 256] for m in cfg.modalities}, ws.present[i:i + 256])
-             for i in range(0, len(ws), 256)]
-    probs = {t: np.concatenate([p[t] for p in parts]) for t in cfg.tasks}
-    _print_scores(detailed_scores(ws, probs, cfg.classes), args.json, f"{ckpt.model_id} on {', '.join(args.data)}")
+    answers = answerer.answer_set(ws)
+    scores = {}
+    for j, t in enumerate(cfg.tasks):
+        status = np.array([a[t].status for a in answers])
+        has = (ws.labels[:, j] >= 0) & np.isin(status, ("ok", "uncertain"))
+        if not has.any():
+            continue
+        idx = np.flatnonzero(has)
+        probs = np.array([[answers[i][t].probs[c] for c in answerer.classes[t]] for i in idx], dtype=np.float32)
+        one = ws.subset(idx).select(ws.modalities, (t,))
+        s = detailed_scores(one, {t: probs}, {t: answerer.classes[t]})[t]
+        labelled = ws.labels[:, j] >= 0
+        ok = status[has] == "ok"
+        s["coverage"] = {k: int(((status == k) & labelled).sum()) for k in ("ok", "uncertain", "calibrating", "low_quality")}
+        s["answered_accuracy"] = float((probs.argmax(1) == one.labels[:, 0])[ok].mean()) if ok.any() else None
+        s["model"] = answers[idx[0]][t].model
+        scores[t] = s
+    _print_scores(scores, args.json, f"{answerer.model_id} on {', '.join(args.data)}")
     return 0
+
+
+def _evaluation_config(answerer):
+    """A model config that asks the window sources for the answerer's tasks and for every
+    modality any of its networks reads."""
+    from inference.model import ModelConfig
+
+    base = ModelConfig()
+    mods = tuple(dict.fromkeys(m for net in answerer.models.values() for m in getattr(net, "modalities", ()))) \
+        or base.modalities
+    return ModelConfig(tasks=answerer.tasks, modalities=mods, classes={t: answerer.classes[t] for t in answerer.tasks})
 
 
 def _info(args) -> int:
@@ -333,6 +381,46 @@ def _info(args) -> int:
     return 0
 
 
+def _calibration(args) -> int:
+    from inference.calibration import CalibrationStore, Calibrator
+
+    store = CalibrationStore(args.state_dir or CalibrationStore.default_folder())
+    if args.calibration_command == "reset":
+        done = store.reset(args.device)
+        print(f"calibration of {args.device} {'reset' if done else 'was not kept'} ({store.folder})", file=sys.stderr)
+        return 0 if done else 1
+    devices = [args.device] if args.device else store.devices()
+    out = {}
+    for d in devices:
+        p = store.path(d)
+        if not p.is_file():
+            raise UserError(f"no calibration kept for {d!r} in {store.folder}")
+        try:
+            state = Calibrator.from_json(json.loads(p.read_text())).to_json()
+        except (ValueError, KeyError, TypeError) as exc:
+            raise UserError(f"{p}: not a calibration state ({exc})") from exc
+        out[d] = {"reference": state["reference"], "searching": state["searching"], "config": state["config"],
+                  "candidate_windows": len(state["candidates"]["t_s"])}
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return 0
+    if not out:
+        print(f"no calibration kept in {store.folder}")
+    for d, v in out.items():
+        r = v["reference"]
+        if r is None:
+            print(f"{d}: calibrating ({v['candidate_windows']} usable windows so far)")
+            continue
+        from inference.features import FEATURES
+
+        m = dict(zip(FEATURES, r["mean"]))
+        fmt = lambda k, unit: "?" if m.get(k) is None else f"{m[k]:.2f} {unit}"  # noqa: E731
+        print(f"{d}: {r['kind']} reference, {r['n_windows']} windows from {r['t_start_s']:.0f} to {r['t_end_s']:.0f} "
+              f"(Unix s): EDA {fmt('eda_mean_us', 'µS')}, temperature {fmt('temp_mean_c', '°C')}, "
+              f"heart rate {fmt('hr_bpm', 'bpm')}")
+    return 0
+
+
 def _export(args) -> int:
     from inference.onnx_export import export_onnx
 
@@ -346,28 +434,30 @@ def _export(args) -> int:
 
 
 def _infer(args) -> int:
+    from inference.answer import Calibrations, load_answerer
+    from inference.calibration import CalibrationConfig, CalibrationStore
     from inference.node import serve
-    from inference.predict import Predictor
     from m3sense.aio import run_until_signal
 
-    ckpt = _load(args.model)
-    try:
-        pred = Predictor(ckpt, tasks=_csv(args.tasks) if args.tasks else None, backend=args.backend,
-                         threads=args.threads)
-    except ValueError as exc:
-        raise UserError(str(exc)) from exc
+    answerer = load_answerer(args.model, tasks=_csv(args.tasks) if args.tasks else None, backend=args.backend,
+                             threads=args.threads)
     if args.max_batch < 1 or args.max_wait_ms < 0:
         raise UserError("--max-batch must be >= 1 and --max-wait-ms >= 0")
+    store = None if args.state_dir == "none" else CalibrationStore(Path(args.state_dir) if args.state_dir
+                                                                   else CalibrationStore.default_folder())
+    calibrations = Calibrations(answerer.calibration_config or CalibrationConfig(), store)
 
     def ready() -> None:
-        print(f"infer: {pred.model_id} ({args.backend}), tasks {','.join(pred.tasks)}, listening on {args.bus}",
-              file=sys.stderr, flush=True)
+        where = f", calibration state in {store.folder}" if store and answerer.calibration_config else ""
+        print(f"infer: {answerer.model_id} ({args.backend}), tasks {','.join(answerer.tasks)}{where}, "
+              f"listening on {args.bus}", file=sys.stderr, flush=True)
 
     def report(c) -> None:
         print("infer: " + ", ".join(f"{k} {v}" for k, v in sorted(c.items())), file=sys.stderr, flush=True)
 
-    return run_until_signal(_serve_zero(serve(args.bus, pred, max_batch=args.max_batch,
-                                              max_wait_s=args.max_wait_ms / 1000, on_ready=ready, report=report)))
+    return run_until_signal(_serve_zero(serve(args.bus, answerer, max_batch=args.max_batch,
+                                              max_wait_s=args.max_wait_ms / 1000, on_ready=ready, report=report,
+                                              calibrations=calibrations)))
 
 
 async def _serve_zero(coro) -> int:

@@ -50,10 +50,10 @@ class WindowSet:
     groups: np.ndarray
     sources: np.ndarray
     t0_s: np.ndarray
-    features: np.ndarray
-    missing: np.ndarray
-    motion: np.ndarray
-    off_wrist: np.ndarray
+    features: np.ndarray | None = None
+    missing: np.ndarray | None = None
+    motion: np.ndarray | None = None
+    off_wrist: np.ndarray | None = None
     tag_groups: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=str))
     tag_s: np.ndarray = field(default_factory=lambda: np.zeros(0))
     ref_mean: np.ndarray | None = None
@@ -62,6 +62,19 @@ class WindowSet:
 
     _PER_WINDOW = ("present", "labels", "groups", "sources", "t0_s", "features", "missing", "motion", "off_wrist",
                    "ref_mean", "ref_sd", "ref_id")
+
+    def __post_init__(self) -> None:
+        """Windows built without features or quality (hand-made sets in tests, old caches) get
+        NaN features and clean quality."""
+        from inference.features import FEATURES
+
+        n = len(self)
+        defaults = {"features": lambda: np.full((n, len(FEATURES)), np.nan, np.float32),
+                    "missing": lambda: np.zeros(n, np.float32), "motion": lambda: np.zeros(n, np.float32),
+                    "off_wrist": lambda: np.zeros(n, bool)}
+        for k, make in defaults.items():
+            if getattr(self, k) is None:
+                object.__setattr__(self, k, make())
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])

@@ -24,6 +24,11 @@ One row per window, in :data:`FEATURES` order, from the window arrays preprocess
 ``acc_mag_g``       mean |acc| (g)
 ``acc_mag_sd_g``    SD of |acc| (g): movement
 ``acc_sd_g``        summed per-axis SD (g): movement including rotation
+``hr_range_bpm``    highest minus lowest beat-to-beat rate: brief surges (a laugh, a startle)
+``beat_amp_ratio``  10th over 90th percentile of beat amplitudes: a pulse that shrinks for
+                    seconds (brief vasoconstriction)
+``eda_max_rise_us_s``  steepest 1 s rise of EDA (µS/s): the onset of a response
+``acc_jolt_g``      largest SD of |acc| over 1 s blocks (g): a brief jolt of the arm
 ==================  =====================================================================
 
 Beats are peaks of the detrended BVP at least 0.33 s apart (≤ 180 bpm) with intervals kept
@@ -43,6 +48,7 @@ FEATURES: tuple[str, ...] = (
     "temp_mean_c", "temp_sd_c", "temp_slope_c_s",
     "hr_bpm", "ibi_sd_s", "ibi_rmssd_s", "bvp_sd", "bvp_p90p10",
     "acc_mag_g", "acc_mag_sd_g", "acc_sd_g",
+    "hr_range_bpm", "beat_amp_ratio", "eda_max_rise_us_s", "acc_jolt_g",
 )
 #: Rates (Hz) the window arrays come at (preprocess's window contract).
 _FS = {"bvp": 64.0, "eda": 4.0, "temp": 4.0, "acc": 32.0}
@@ -63,18 +69,21 @@ def _scr(eda: np.ndarray) -> tuple[float, float]:
     return float(len(prom)), float(prom.mean()) if len(prom) else 0.0
 
 
-def _beats(bvp_detrended: np.ndarray, fs: float) -> tuple[float, float, float]:
-    """Heart rate (bpm), SDNN and RMSSD (s) of one window's detrended BVP; NaN when fewer
-    than three plausible intervals remain."""
+def _beats(bvp_detrended: np.ndarray, fs: float) -> tuple[float, float, float, float, float]:
+    """Heart rate (bpm), SDNN and RMSSD (s), the beat-rate range (bpm) and the beat amplitude
+    ratio of one window's detrended BVP; NaN when fewer than three plausible intervals remain."""
     sd = float(bvp_detrended.std())
     if not sd > 0:
-        return np.nan, np.nan, np.nan
-    peaks, _ = find_peaks(bvp_detrended, distance=int(fs * _MIN_IBI_S), prominence=0.3 * sd)
+        return (np.nan,) * 5
+    peaks, props = find_peaks(bvp_detrended, distance=int(fs * _MIN_IBI_S), prominence=0.3 * sd)
     ibi = np.diff(peaks) / fs
     ibi = ibi[(ibi > _MIN_IBI_S) & (ibi < _MAX_IBI_S)]
     if len(ibi) < 3:
-        return np.nan, np.nan, np.nan
-    return 60.0 / float(ibi.mean()), float(ibi.std()), float(np.sqrt(np.mean(np.diff(ibi) ** 2)))
+        return (np.nan,) * 5
+    rate = 60.0 / ibi
+    lo, hi = np.percentile(props["prominences"], (10, 90))
+    return (60.0 / float(ibi.mean()), float(ibi.std()), float(np.sqrt(np.mean(np.diff(ibi) ** 2))),
+            float(rate.max() - rate.min()), float(lo / hi) if hi > 0 else np.nan)
 
 
 def window_features(signals: Mapping[str, np.ndarray]) -> np.ndarray:
@@ -101,7 +110,7 @@ def window_features(signals: Mapping[str, np.ndarray]) -> np.ndarray:
     for i in range(n):
         out[i, 5:7] = _scr(eda[i])
         detrended = bvp[i] - np.convolve(bvp[i], kernel, mode="same")
-        out[i, 11:14] = _beats(detrended, _FS["bvp"])
+        out[i, [11, 12, 13, 19, 20]] = _beats(detrended, _FS["bvp"])
         out[i, 14] = detrended.std()
         p90, p10 = np.percentile(detrended, (90, 10))
         out[i, 15] = p90 - p10
@@ -109,6 +118,11 @@ def window_features(signals: Mapping[str, np.ndarray]) -> np.ndarray:
     out[:, 16] = mag.mean(axis=1)
     out[:, 17] = mag.std(axis=1)
     out[:, 18] = acc.std(axis=1).sum(axis=1)
+    fs_eda = int(_FS["eda"])
+    out[:, 21] = (eda[:, fs_eda:] - eda[:, :-fs_eda]).max(axis=1)
+    fs_acc = int(_FS["acc"])
+    blocks = mag[:, : mag.shape[1] // fs_acc * fs_acc].reshape(n, -1, fs_acc)
+    out[:, 22] = blocks.std(axis=2).max(axis=1)
     return out.astype(np.float32)
 
 

@@ -88,22 +88,32 @@ async def serve(
     max_wait_s: float = 0.05,
     on_ready: Callable[[], None] | None = None,
     report: Callable[[Counter], None] | None = None,
+    calibrations=None,
 ) -> None:
-    """Answer windows until cancelled. ``predictor`` is an :class:`inference.Predictor`."""
+    """Answer windows until cancelled. ``predictor`` is an :class:`inference.answer.Answerer`
+    (or a bare :class:`inference.Predictor`); ``calibrations`` the wearers' calibrators
+    (:class:`inference.answer.Calibrations`; a fresh, unsaved set if None)."""
+    from inference.answer import Answerer, Calibrations
+    from inference.calibration import CalibrationConfig
     from inference.predict import affect_meta
 
+    if not hasattr(predictor, "answer_windows"):
+        predictor = Answerer({t: predictor for t in predictor.tasks}, model_id=predictor.model_id)
+    if calibrations is None:
+        calibrations = Calibrations(predictor.calibration_config or CalibrationConfig())
     batcher = MicroBatcher(max_batch=max_batch, max_wait_s=max_wait_s)
     counters: Counter = Counter()
     loop = asyncio.get_running_loop()
 
     async def run(pub: Publisher, due: Due) -> None:
         if due.windows:
-            results = await asyncio.to_thread(predictor.predict_messages, list(due.windows))
+            results = await asyncio.to_thread(predictor.answer_windows, list(due.windows), calibrations)
             counters["batches"] += 1
-            for msg, tasks in zip(due.windows, results):
-                meta = affect_meta(msg, tasks, predictor.model_id)
+            for msg, answers in zip(due.windows, results):
+                meta = affect_meta(msg, {t: a.to_json() for t, a in answers.items()}, predictor.model_id)
                 counters["answered"] += 1
-                counters["low_quality"] += any(v["status"] == "low_quality" for v in tasks.values())
+                for status in {a.status for a in answers.values()} - {"ok"}:
+                    counters[status] += 1
                 await pub.publish(AFFECT, msg.device, AFFECT, t0_s=meta["t_end"], fs_hz=0.0, meta=meta)
         for end in due.ends:
             counters["devices_ended"] += 1
@@ -128,6 +138,7 @@ async def serve(
         finally:
             for due in batcher.flush():
                 await run(pub, due)
+            calibrations.save_all()
             await pub.flush()
             counters["bus_missing"] = sub.stats.gaps
             counters["bus_malformed"] = sum(sub.stats.malformed.values())

@@ -25,7 +25,7 @@ def _csv(text: str) -> tuple[str, ...]:
     return tuple(x.strip() for x in text.split(",") if x.strip())
 
 
-def load_windows(args, *, windows, calibration, tasks):
+def load_windows(args, *, windows, calibration, tasks, need_reference: bool):
     from inference.dataset import WindowSet
     from inference.model import ModelConfig
 
@@ -36,7 +36,7 @@ def load_windows(args, *, windows, calibration, tasks):
     cfg = ModelConfig(tasks=tasks, classes={t: base.classes[t] for t in tasks})
     ws = WindowSet.concat([w for _, w in windows(args.data, cfg=cfg, hop_s=args.hop_s, no_cache=args.no_cache,
                                                  calibration=calibration)])
-    keep = ws.labelled & ws.calibrated
+    keep = ws.labelled & ws.calibrated if need_reference else ws.labelled
     if not keep.any():
         raise UserError("no labelled window has a wearer reference: recordings need at least "
                         f"{calibration.search_minutes:g} min of usable data before their labels")
@@ -75,7 +75,7 @@ def train_features(args, kinds, *, windows, calibration, print_scores) -> int:
                         "(train m3sense in its own run: --model m3sense)")
     modes = {"wearer": (True,), "none": (False,), "both": (True, False)}[args.calibration]
     tasks = _csv(args.tasks)
-    ws, cfg = load_windows(args, windows=windows, calibration=calibration, tasks=tasks)
+    ws, cfg = load_windows(args, windows=windows, calibration=calibration, tasks=tasks, need_reference=True in modes)
     groups = np.unique(ws.groups)
     if args.folds:
         if not 2 <= args.folds <= len(groups):

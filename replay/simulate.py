@@ -189,22 +189,24 @@ class SimulatedSession:
 
 def simulate_recordings(*, minutes: float, seed: int, subjects: int = 1, labels: str = "all",
                         start_s: float = 1_700_000_000.0, off_wrist: bool = True,
-                        motion: bool = True) -> list[Recording]:
+                        motion: bool = True, mark_rest: bool = False) -> list[Recording]:
     """The recordings of :func:`simulate_sessions`, without the ground truth."""
     return [s.recording for s in simulate_sessions(minutes=minutes, seed=seed, subjects=subjects,
                                                    labels=labels, start_s=start_s,
-                                                   off_wrist=off_wrist, motion=motion)]
+                                                   off_wrist=off_wrist, motion=motion, mark_rest=mark_rest)]
 
 
 def simulate_sessions(*, minutes: float, seed: int, subjects: int = 1, labels: str = "all",
                       start_s: float = 1_700_000_000.0, off_wrist: bool = True,
-                      motion: bool = True) -> list[SimulatedSession]:
+                      motion: bool = True, mark_rest: bool = False) -> list[SimulatedSession]:
     """Simulate ``subjects`` people (devices ``sim01``, ``sim02``, ...) for ``minutes`` each.
 
     ``labels``: "all" (intervals for every task), one task name (only that task, like WESAD,
     VerBIO or K-EmoCon), or "none" (an unlabelled recording). ``off_wrist``: allow off-wrist
     stretches (one per session of 10 min or more, one more per further 60 min). ``motion``: allow
-    gross motion bursts. Raises BadSimulationArgument (a ValueError) for arguments out of range.
+    gross motion bursts. ``mark_rest``: the wearer marks the baseline as their rest with the E4
+    button (a double press 5 s into it, a press 5 s before its end), as a study protocol would
+    ask; the phase-change presses are there either way. Raises BadSimulationArgument (a ValueError) for arguments out of range.
     """
     bad = BadSimulationArgument
     if not (math.isfinite(float(minutes)) and float(minutes) * 60.0 >= _MIN_DURATION_S):
@@ -219,7 +221,7 @@ def simulate_sessions(*, minutes: float, seed: int, subjects: int = 1, labels: s
         raise bad(f"start_s must be finite, got {start_s!r}")
     return [_simulate_subject(duration_s=float(minutes) * 60.0, seed=int(seed), index=i,
                               label_mode=labels, start_s=float(start_s), off_wrist=off_wrist,
-                              motion=motion)
+                              motion=motion, mark_rest=bool(mark_rest))
             for i in range(1, subjects + 1)]
 
 
@@ -231,7 +233,7 @@ _STREAMS = ("profile", "schedule", "events", "heart", "eda", "temp", "acc", "mot
 
 
 def _simulate_subject(*, duration_s: float, seed: int, index: int, label_mode: str,
-                      start_s: float, off_wrist: bool, motion: bool) -> SimulatedSession:
+                      start_s: float, off_wrist: bool, motion: bool, mark_rest: bool = False) -> SimulatedSession:
     seqs = np.random.SeedSequence([seed, index]).spawn(len(_STREAMS))
     rng = {name: np.random.default_rng(s) for name, s in zip(_STREAMS, seqs)}
     prof = _draw_profile(rng["profile"])
@@ -264,6 +266,9 @@ def _simulate_subject(*, duration_s: float, seed: int, index: int, label_mode: s
     signals["hr"] = Signal(modality="hr", t0_s=start_s + 10.0, fs_hz=PERIODIC["hr"][0],
                            values=hr.astype(PERIODIC["hr"][1]))
     tags = np.array([a + rng["events"].uniform(0.2, 1.5) for a, _ in bounds[1:]]) + start_s
+    if mark_rest:  # fixed offsets, no random draw: the rest of the session stays the same
+        rest = bounds[0]
+        tags = np.sort(np.concatenate([tags, start_s + np.array([rest[0] + 5.0, rest[0] + 5.8, rest[1] - 5.0])]))
     recording = Recording(device=f"sim{index:02d}", source="synthetic", signals=signals,
                           ibi_t_s=ibi_t + start_s, ibi_s=ibi, tags_s=tags,
                           labels=_label_intervals(phases, label_mode))

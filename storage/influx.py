@@ -85,6 +85,8 @@ def to_point(r: Record) -> Point:
             p.field("missing_fraction", float(r.missing_fraction))
         if r.true_label is not None:
             p.field("true_label", r.true_label)
+        if r.calibration is not None:
+            p.field("calibration", r.calibration)
     elif isinstance(r, PhysioRecord):
         p = Point(PHYSIO_MEASUREMENT).tag("device", r.device).tag("source", r.source).field(r.signal, float(r.value))
     else:

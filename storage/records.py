@@ -31,6 +31,7 @@ SOURCES = ("live", "replay", "unknown")
 TASKS = ("stress", "anxiety", "emotion")
 #: the classes of each task in their natural order (for display; other names are stored too)
 CLASSES = {"stress": ("baseline", "amusement", "stress"), "anxiety": ("low", "high"), "emotion": ("low", "high")}
+_CALIBRATION = re.compile(r"^[a-z]{1,16}@[0-9]{1,12}-[0-9]{1,12}$")  # inference.calibration.Reference.id
 _NAME = re.compile(r"^[A-Za-z0-9_]{1,32}$")  # class names, status events: tag and field-name safe
 
 
@@ -52,6 +53,7 @@ class AffectRecord:
     motion: bool | None
     missing_fraction: float | None
     true_label: str | None = None       # ground truth a replay attached to the window
+    calibration: str | None = None      # the wearer reference the answer used ("calm@T0-T1", "tag@..."), if any
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -136,14 +138,21 @@ def affect_records(msg: Message) -> list[AffectRecord]:
             raise Rejected("affect", f"{task} label {label!r}")
         true_label = truth.get(task)
         missing = quality.get("missing_fraction")
+        task_model = result.get("model", model)
+        if not isinstance(task_model, str) or not 0 < len(task_model) <= 64:
+            raise Rejected("affect", f"{task} model id {task_model!r}")
+        calibration = result.get("calibration")
+        if calibration is not None and (not isinstance(calibration, str) or not _CALIBRATION.match(calibration)):
+            raise Rejected("affect", f"{task} calibration {calibration!r}")
         out.append(AffectRecord(
             time_s=t_end, t_start_s=t_start, device=msg.device, task=task,
-            source=_source(meta.get("source")), model=model, label=label,
+            source=_source(meta.get("source")), model=task_model, label=label,
             confidence=_finite(result.get("confidence"), f"{task} confidence"),
             probs=probs, status=str(result.get("status", "ok"))[:16],
             off_wrist=_flag(quality.get("off_wrist")), motion=_flag(quality.get("motion")),
             missing_fraction=_finite(missing, "missing_fraction") if missing is not None else None,
             true_label=true_label if isinstance(true_label, str) and _NAME.match(true_label) else None,
+            calibration=calibration,
         ))
     return out
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from storage.records import AffectRecord, PhysioRecord, Record, StatusRecord
 from storage.sink import SinkCounters
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: affect.calibration (version 1 files are migrated)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS affect (
@@ -41,6 +41,7 @@ CREATE TABLE IF NOT EXISTS affect (
     motion            INTEGER,
     missing_fraction  REAL,              -- 0..1 of the window's samples missing
     true_label        TEXT,              -- ground truth carried by a replay, else NULL
+    calibration       TEXT,              -- the wearer reference the answer used, NULL if none
     PRIMARY KEY (device, task, source, model, time_s)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS affect_time ON affect (time_s);
@@ -65,11 +66,11 @@ CREATE TABLE IF NOT EXISTS device_status (
 
 _INSERT = {
     AffectRecord: (
-        "INSERT OR REPLACE INTO affect VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        "INSERT OR REPLACE INTO affect VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
         lambda r: (
             r.time_s, r.t_start_s, r.device, r.task, r.source, r.model, r.label, r.confidence, r.status,
             json.dumps(dict(r.probs), separators=(",", ":")), r.off_wrist, r.motion, r.missing_fraction,
-            r.true_label,
+            r.true_label, r.calibration,
         ),
     ),
     PhysioRecord: (
@@ -89,12 +90,14 @@ def connect(path: Path, *, create: bool = True) -> sqlite3.Connection:
         raise FileNotFoundError(f"{path}: no such store")
     conn = sqlite3.connect(path, check_same_thread=False)
     version = conn.execute("PRAGMA user_version").fetchone()[0]
-    if version not in (0, SCHEMA_VERSION):
+    if version not in (0, 1, SCHEMA_VERSION):
         conn.close()
         raise ValueError(f"{path}: store schema version {version}, this code reads {SCHEMA_VERSION}")
     if create:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across crashes of the process
+        if version == 1:  # the one change since: a column, added in place
+            conn.execute("ALTER TABLE affect ADD COLUMN calibration TEXT")
         conn.executescript(SCHEMA)
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         conn.commit()
@@ -175,7 +178,7 @@ def read_affect(path: Path, *, device: str | None = None, since_s: float | None 
             time_s=r[0], t_start_s=r[1], device=r[2], task=r[3], source=r[4], model=r[5], label=r[6],
             confidence=r[7], status=r[8], probs=tuple(sorted(json.loads(r[9]).items())),
             off_wrist=None if r[10] is None else bool(r[10]), motion=None if r[11] is None else bool(r[11]),
-            missing_fraction=r[12], true_label=r[13],
+            missing_fraction=r[12], true_label=r[13], calibration=r[14] if len(r) > 14 else None,
         )
         for r in rows
     ]
