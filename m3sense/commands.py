@@ -50,7 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _run(args: argparse.Namespace) -> int:
     from m3sense.aio import run_until_signal
     from m3sense.liveview import LiveView
-    from m3sense.pipeline import PipelineConfig, run_pipeline
+    from m3sense.pipeline import PipelineConfig, outcome, run_pipeline
     from replay.e4csv import read_source
 
     recordings = read_source(args.source)
@@ -60,9 +60,9 @@ def _run(args: argparse.Namespace) -> int:
     async def main() -> int:
         result = await run_pipeline(recordings, cfg, on_affect=view.update)
         view.draw()
-        print(f"run: {len(result.affect)} affect windows from {len(recordings)} device(s) stored in {args.sink}",
-              file=sys.stderr)
-        return max(result.exit_codes.values(), default=0)
+        code, lines = outcome(result, args.sink, len(recordings))
+        print("\n".join(lines), file=sys.stderr)
+        return code
 
     return run_until_signal(main())
 
@@ -92,7 +92,7 @@ def _demo(args: argparse.Namespace) -> int:
 
     from m3sense.aio import run_until_signal
     from m3sense.liveview import LiveView
-    from m3sense.pipeline import PipelineConfig, run_pipeline
+    from m3sense.pipeline import PipelineConfig, outcome, run_pipeline
     from replay.e4csv import read_source, write_e4_export
     from replay.simulate import simulate_recordings
     from storage.connect import read_affect
@@ -120,7 +120,10 @@ def _demo(args: argparse.Namespace) -> int:
     async def main() -> int:
         result = await run_pipeline(recordings, cfg, on_affect=view.update)
         view.draw()
-        return max(result.exit_codes.values(), default=0)
+        code, lines = outcome(result, sink, len(recordings))
+        if code:
+            print("\n".join(lines), file=sys.stderr)
+        return code
 
     code = run_until_signal(main())
     if code != 0:

@@ -12,27 +12,40 @@ preprocessor answers with an end marker on ``window/<device>/``, the inference n
 one on ``affect/<device>/``, and the store, once it has written everything before it,
 reports ``end of device <device>`` on stderr. When every device has ended, the stages
 get SIGTERM, flush and exit. Ctrl-C takes the same path from wherever it is.
+
+Supervision. The stages are watched all the time, not only at the end: a stage that exits
+before it is asked to stops the run at once, and the result names it with its last stderr
+lines. The store runs with ``--json`` and says at exit what reached the sink, what waits in
+its spool and what was lost; :func:`outcome` turns that into run's last line and exit code.
+Each stage is in its own process group (Ctrl-C reaches only ``run``, which stops them in
+order) and, on Linux, is signalled by the kernel when ``run`` dies, even of SIGKILL.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import json
 import logging
 import math
 import os
 import signal
 import sys
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from bus import Hub, Message, Publisher, Subscriber, free_bus_address, topic_for
-from m3sense.errors import UserError
 from replay.clock import ReplayStats, replay
 from replay.recording import Recording
 
 log = logging.getLogger(__name__)
 
 END_LINE = "end of device "
+TAIL_LINES = 12  # a dead stage's last stderr lines, shown at the end of the run
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -51,26 +64,57 @@ class PipelineResult:
     replay: ReplayStats | None = None
     affect: list[Message] = field(default_factory=list)
     exit_codes: dict[str, int] = field(default_factory=dict)
+    #: the stage that exited before it was asked to, and what the run was doing then
+    died: str | None = None
+    phase: str = "starting"
+    #: why the run could not finish, when no stage died (a time-out)
+    failure: str | None = None
+    #: the object ``store --json`` printed at exit; None if it printed none
+    store: dict[str, Any] | None = None
+    tails: dict[str, list[str]] = field(default_factory=dict)
+
+
+def _die_with_parent(parent: int, sig: signal.Signals) -> None:
+    """In the child between fork and exec: ``sig`` when ``run`` dies, of any signal (Linux).
+    A parent already gone before the call would never send it: then go at once."""
+    if _LIBC is not None:
+        _LIBC.prctl(_PR_SET_PDEATHSIG, sig)
+    if os.getppid() != parent:
+        os.kill(os.getpid(), sig)
 
 
 class Stage:
-    """A stage as a child process; its stderr is relayed with a prefix and watched for lines."""
+    """A stage as a child process; its stderr is relayed with a prefix and watched for lines,
+    its stdout kept when ``capture`` (the store's JSON report). ``orphan_signal`` is what it
+    gets when ``run`` dies: the hub dies with ``run``, so a stage that only publishes has
+    nothing left to flush (SIGKILL), while the store can still flush into its sink (SIGTERM)."""
 
-    def __init__(self, name: str, args: Sequence[str]) -> None:
+    def __init__(self, name: str, args: Sequence[str], *, capture: bool = False,
+                 orphan_signal: signal.Signals = signal.SIGKILL) -> None:
         self.name = name
         self.args = list(args)
+        self.capture = capture
+        self.orphan_signal = orphan_signal
         self.proc: asyncio.subprocess.Process | None = None
         self.ended: set[str] = set()
         self.changed = asyncio.Event()
-        self._relay: asyncio.Task | None = None
+        self.tail: deque[str] = deque(maxlen=TAIL_LINES)
+        self.stdout = b""
+        self.stopping = False
+        self._readers: list[asyncio.Task] = []
 
     async def start(self) -> None:
+        parent = os.getpid()
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "m3sense", *self.args,
-            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+            stdin=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE if self.capture else asyncio.subprocess.DEVNULL,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            process_group=0, preexec_fn=lambda: _die_with_parent(parent, self.orphan_signal),
         )
-        self._relay = asyncio.create_task(self._read_stderr())
+        self._readers = [asyncio.create_task(self._read_stderr())]
+        if self.capture:
+            self._readers.append(asyncio.create_task(self._read_stdout()))
 
     async def _read_stderr(self) -> None:
         assert self.proc is not None and self.proc.stderr is not None
@@ -78,16 +122,24 @@ class Stage:
             line = raw.decode(errors="replace").rstrip()
             if END_LINE in line:
                 self.ended.add(line.split(END_LINE, 1)[1].split()[0])
+            self.tail.append(line)
             print(f"[{self.name}] {line}", file=sys.stderr)
             self.changed.set()
         self.changed.set()
 
-    @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.returncode is None
+    async def _read_stdout(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        self.stdout = await self.proc.stdout.read()
+
+    async def exited(self) -> Stage:
+        assert self.proc is not None
+        await self.proc.wait()
+        return self
 
     async def stop(self, timeout_s: float = 30.0) -> int:
-        """SIGTERM, then the exit code; a stage that stopped cleanly on the signal counts as 0."""
+        """SIGTERM, then the exit code; a stage that stopped cleanly on the signal counts as 0.
+        One that the signal killed (-15) was not running its loop: crashing, or stuck."""
+        self.stopping = True
         if self.proc is None:
             return 0
         if self.proc.returncode is None:
@@ -98,41 +150,62 @@ class Stage:
                 log.warning("%s did not stop within %.0f s; killing it", self.name, timeout_s)
                 self.proc.kill()
                 await self.proc.wait()
-        if self._relay is not None:
-            await self._relay
-        return 0 if self.proc.returncode in (130, -signal.SIGTERM) else self.proc.returncode
+        await asyncio.gather(*self._readers)  # the output up to the end
+        return 0 if self.proc.returncode == 130 else self.proc.returncode
+
+    def report(self) -> dict[str, Any] | None:
+        """The last JSON object the stage printed on stdout, if any."""
+        for line in reversed(self.stdout.decode(errors="replace").splitlines()):
+            try:
+                obj = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(obj, dict):
+                return obj
+        return None
 
 
 def stage_commands(cfg: PipelineConfig, bus: str) -> list[tuple[str, list[str]]]:
     """The stages, downstream first (the order they start in)."""
-    infer = ["infer", "--bus", bus]
+    # a replay starts every wearer from the recording's beginning: its calibration starts afresh too
+    infer = ["infer", "--bus", bus, "--state-dir", "none"]
     if cfg.model:
         infer += ["--model", cfg.model]
     if cfg.tasks:
         infer += ["--tasks", cfg.tasks]
     return [
-        ("store", ["store", "--bus", bus, "--sink", cfg.sink]),
+        ("store", ["store", "--bus", bus, "--sink", cfg.sink, "--json"]),
         ("infer", infer),
         ("preprocess", ["preprocess", "--bus", bus]),
     ]
 
 
-async def _until(stages: Sequence[Stage], done: Callable[[], bool], timeout_s: float, what: str) -> None:
+class _TimedOut(Exception):
+    pass
+
+
+async def _flow(recordings: Sequence[Recording], cfg: PipelineConfig, bus: str, store: Stage,
+                result: PipelineResult) -> None:
+    """Wait for the stages' subscriptions, replay, wait until the store has every device."""
+    devices = [r.device for r in recordings]
+    result.phase = "waiting for the stages to subscribe"
+    async with Publisher(bus) as probe:
+        needed = [topic_for(k, d) for d in devices for k in ("window", "affect")]
+        if missing := await probe.wait_for_subscribers(needed, cfg.start_timeout_s):
+            raise _TimedOut(f"no subscriber for {missing[0]} after {cfg.start_timeout_s:.0f} s")
+    result.phase = "replaying the recordings"
+    print(f"run: replaying {len(devices)} device(s)", file=sys.stderr, flush=True)
+    async with Publisher(bus) as pub:
+        result.replay = await replay(recordings, pub, speed=cfg.speed, wait_s=cfg.start_timeout_s)
+    result.phase = "waiting for storage to finish every device"
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while not done():
-        dead = [s.name for s in stages if not s.running]
-        if dead:
-            raise UserError(f"stage {', '.join(dead)} exited while waiting for {what}; see its messages above")
-        for s in stages:
-            s.changed.clear()
-        remaining = deadline - loop.time()
-        if remaining <= 0:
-            raise UserError(f"timed out after {timeout_s:.0f} s waiting for {what}")
-        waits = [asyncio.create_task(s.changed.wait()) for s in stages]
-        await asyncio.wait(waits, timeout=min(remaining, 1.0), return_when=asyncio.FIRST_COMPLETED)
-        for w in waits:
-            w.cancel()
+    deadline = loop.time() + cfg.drain_timeout_s
+    while not store.ended >= set(devices):
+        store.changed.clear()
+        try:
+            await asyncio.wait_for(store.changed.wait(), max(0.0, deadline - loop.time()))
+        except TimeoutError:
+            raise _TimedOut(f"storage had not finished every device after {cfg.drain_timeout_s:.0f} s") from None
 
 
 async def run_pipeline(
@@ -140,14 +213,16 @@ async def run_pipeline(
     cfg: PipelineConfig,
     on_affect: Callable[[Message], None] | None = None,
 ) -> PipelineResult:
-    """Replay ``recordings`` through preprocess → infer → store; returns what was replayed and
-    every affect message seen on the way (for live views and summaries)."""
+    """Replay ``recordings`` through preprocess → infer → store; returns what was replayed,
+    every affect message seen on the way (for live views and summaries), how each stage
+    ended and the store's report. A stage that exits early ends the run at once."""
     bus = cfg.bus or free_bus_address()
-    devices = [r.device for r in recordings]
     result = PipelineResult()
     with Hub(bus):
-        stages = [Stage(name, args) for name, args in stage_commands(cfg, bus)]
-        watcher: asyncio.Task | None = None
+        stages = [Stage(name, args, capture=name == "store",
+                        orphan_signal=signal.SIGTERM if name == "store" else signal.SIGKILL)
+                  for name, args in stage_commands(cfg, bus)]
+        tasks: list[asyncio.Task] = []
         try:
             async with Subscriber(bus, ["affect/"]) as affect_sub:
                 for s in stages:
@@ -160,21 +235,60 @@ async def run_pipeline(
                             if on_affect is not None:
                                 on_affect(msg)
 
-                watcher = asyncio.create_task(watch())
-                async with Publisher(bus) as probe:
-                    needed = [topic_for(k, d) for d in devices for k in ("window", "affect")]
-                    ready = asyncio.create_task(probe.wait_for_subscribers(needed, cfg.start_timeout_s))
-                    await _until(stages, ready.done, cfg.start_timeout_s, "the stages to subscribe")
-                    if missing := ready.result():
-                        raise UserError(f"no subscriber for {missing[0]} after {cfg.start_timeout_s:.0f} s")
-                async with Publisher(bus) as pub:
-                    result.replay = await replay(recordings, pub, speed=cfg.speed, wait_s=cfg.start_timeout_s)
-                store = stages[0]
-                await _until(stages, lambda: store.ended >= set(devices), cfg.drain_timeout_s,
-                             "storage to finish every device")
+                tasks.append(asyncio.create_task(watch()))
+                flow = asyncio.create_task(_flow(recordings, cfg, bus, stages[0], result))
+                exits = [asyncio.create_task(s.exited()) for s in stages]
+                tasks += [flow, *exits]
+                done, _ = await asyncio.wait([flow, *exits], return_when=asyncio.FIRST_COMPLETED)
+                if flow in done:
+                    try:
+                        flow.result()
+                    except _TimedOut as exc:
+                        result.failure = str(exc)
+                else:  # a stage exited before it was asked to
+                    result.died = next(t for t in exits if t in done).result().name
         finally:
-            if watcher is not None:
-                watcher.cancel()
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
             for s in reversed(stages):  # upstream first, so each flushes into a running consumer
                 result.exit_codes[s.name] = await s.stop()
+            result.store = stages[0].report()
+            result.tails = {s.name: list(s.tail) for s in stages}
     return result
+
+
+def outcome(result: PipelineResult, sink: str, devices: int) -> tuple[int, list[str]]:
+    """Run's exit code and last lines. 0 only when every stage ran to the end and the store
+    says that everything reached the sink; 1 otherwise, saying what and where."""
+    lines = []
+    head = f"run: {len(result.affect)} affect windows from {devices} device(s)"
+    store = result.store
+    if store is None:
+        lines.append(f"{head}; the store reported nothing, so what reached {sink} is unknown")
+    else:
+        parts = [head]
+        written, spooled = int(store.get("written", 0)), int(store.get("spooled", 0))
+        dropped, refused = int(store.get("dropped", 0)), int(store.get("refused", 0))
+        where = store.get("sink") or sink
+        parts.append(f"{written} records ({store.get('affect_records', 0)} affect) written to {where}"
+                     if written else f"nothing reached {where}")
+        if spooled:
+            parts.append(f"{spooled} points wait in the spool {store.get('spool_dir')}; the next `m3sense store` or "
+                         "`m3sense run` with this sink sends them first")
+        lost = dropped + refused
+        parts.append(f"{lost} lost ({refused} refused by the sink, {dropped} dropped)" if lost else "none lost")
+        lines.append("; ".join(parts))
+    failed = [name for name, code in result.exit_codes.items()
+              if code != 0 and (name != "store" or store is None)]  # a store that reported speaks for itself
+    if result.failure:
+        lines.append(f"run: stopped: {result.failure}")
+    for name in ([result.died] if result.died else []) + [n for n in failed if n != result.died]:
+        code = result.exit_codes.get(name)
+        end = f"was killed by {signal.Signals(-code).name}" if code is not None and code < 0 else f"exited with code {code}"
+        how = f"{end} while {result.phase}" if name == result.died else f"{end} when asked to stop"
+        lines.append(f"run: stage {name} {how}; its last messages:")
+        lines += [f"  [{name}] {line}" for line in result.tails.get(name, [])] or ["  (none)"]
+    ok = (store is not None and store.get("exit_code") == 0 and not result.died and not failed
+          and not result.failure)
+    return (0 if ok else 1), lines

@@ -1,0 +1,135 @@
+"""``m3sense run`` tells the truth: exit codes, a stage that dies, a run that is killed."""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from m3sense.pipeline import PipelineResult, outcome
+from tests.conftest import REPO, m3sense_cmd, run_cli
+
+STORE_OK = {"sink": "sqlite:/x.db", "written": 120, "spooled": 0, "spool_dir": None, "dropped": 0, "refused": 0,
+            "affect_records": 60, "exit_code": 0}
+
+
+def test_outcome_is_0_only_when_everything_reached_the_sink() -> None:
+    code, lines = outcome(PipelineResult(store=STORE_OK, exit_codes={"preprocess": 0, "infer": 0, "store": 0}),
+                          "sqlite:/x.db", 1)
+    assert code == 0 and "120 records (60 affect) written to sqlite:/x.db; none lost" in lines[-1]
+    spooled = {**STORE_OK, "written": 0, "spooled": 817, "spool_dir": "/s/influx", "exit_code": 1}
+    code, lines = outcome(PipelineResult(store=spooled), "influx://h:9?bucket=b", 1)
+    assert code == 1 and "nothing reached sqlite:/x.db" in lines[0] and "817 points wait in the spool /s/influx" in lines[0]
+    lost = {**STORE_OK, "dropped": 3, "refused": 2, "exit_code": 1}
+    code, lines = outcome(PipelineResult(store=lost), "x", 1)
+    assert code == 1 and lines[0].endswith("; 5 lost (2 refused by the sink, 3 dropped)")
+    code, lines = outcome(PipelineResult(store=None, exit_codes={"store": 1}, tails={"store": ["boom"]}), "x", 1)
+    assert code == 1 and "unknown" in lines[0] and lines[-2:] == ["run: stage store exited with code 1 when asked "
+                                                                  "to stop; its last messages:", "  [store] boom"]
+
+
+def _overflowing_export(tmp_path: Path) -> Path:
+    """A valid export whose start time is 1e300 (a float the readers accept, an int no grid can hold)."""
+    src = tmp_path / "rec"
+    run_cli("simulate", str(src), "--minutes", "2", "--seed", "4", "--subjects", "1", check=True)
+    folder = src / "sim01"
+    (folder / "labels.csv").unlink(missing_ok=True)
+    (folder / "tags.csv").write_text("")
+    for name in ("ACC", "BVP", "EDA", "TEMP", "HR", "IBI"):
+        path = folder / f"{name}.csv"
+        head, rest = path.read_text().split("\n", 1)
+        path.write_text(",".join("1e300" if f.strip()[:1].isdigit() else f for f in head.split(",")) + "\n" + rest)
+    return src
+
+
+def test_a_stage_that_dies_makes_run_exit_1_naming_it(tmp_path: Path) -> None:
+    proc = run_cli("run", str(_overflowing_export(tmp_path)), "--sink", f"sqlite:///{tmp_path / 'a.db'}", timeout=300)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    tail = proc.stderr[proc.stderr.index("run: 0 affect windows"):]
+    assert "run: stage preprocess" in tail and "[preprocess] OverflowError" in tail  # its own words, at the end
+
+
+def test_run_into_an_unreachable_influxdb_exits_1_saying_what_waits_where(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    src = tmp_path / "rec"
+    run_cli("simulate", str(src), "--minutes", "2", "--seed", "4", "--subjects", "1", check=True)
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    monkeypatch.setenv("INFLUX_TOKEN", "t")
+    proc = run_cli("run", str(src), "--sink", "influx://127.0.0.1:9?bucket=b&org=o", timeout=300)
+    assert proc.returncode == 1
+    last = proc.stderr.rstrip().splitlines()[-1]
+    spool = next((tmp_path / "state" / "m3sense" / "spool").iterdir())
+    assert "nothing reached influx://127.0.0.1:9" in last and f"points wait in the spool {spool};" in last
+    assert "sends them first" in last
+
+
+def test_bad_input_exits_2(tmp_path: Path) -> None:
+    proc = run_cli("run", str(tmp_path / "missing"), "--sink", f"sqlite:///{tmp_path / 'a.db'}")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+
+
+class _Run:
+    """``m3sense run`` at real speed on an 8-minute recording, read up to the start of the replay."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        src = tmp_path / "rec"
+        run_cli("simulate", str(src), "--minutes", "8", "--seed", "4", "--subjects", "1", check=True)
+        self.popen = subprocess.Popen(m3sense_cmd("run", str(src), "--speed", "1", "--sink",
+                                                  f"sqlite:///{tmp_path / 'a.db'}"),
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=REPO,
+                                      env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        self.err = []
+        for line in self.popen.stderr:
+            self.err.append(line)
+            if line.startswith("run: replaying"):
+                break
+        assert self.popen.poll() is None, "".join(self.err)
+        children = Path(f"/proc/{self.popen.pid}/task/{self.popen.pid}/children").read_text().split()
+        self.stages = {Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[3].decode(): int(pid)
+                       for pid in children}
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.kill()
+            self.popen.wait()
+
+
+def _gone_within(pid: int, timeout_s: float) -> bool:
+    """Waits on a pidfd (no polling) until ``pid`` has exited."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    try:
+        return bool(select.select([fd], [], [], timeout_s)[0])
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.skipif(not hasattr(os, "pidfd_open"), reason="needs Linux pidfds")
+def test_a_stage_killed_mid_run_stops_the_run_at_once(tmp_path: Path) -> None:
+    run = _Run(tmp_path)
+    try:
+        assert set(run.stages) == {"store", "infer", "preprocess"}
+        os.kill(run.stages["infer"], signal.SIGKILL)
+        assert run.popen.wait(timeout=60) == 1  # the replay alone would take 8 minutes
+        rest = run.popen.stderr.read()
+        assert "run: stage infer was killed by SIGKILL while replaying the recordings" in rest
+        assert rest.rstrip().splitlines()[-1].startswith("  [infer]")  # its last words end the output
+    finally:
+        run.stop()
+
+
+@pytest.mark.skipif(not hasattr(os, "pidfd_open"), reason="needs Linux pidfds")
+def test_kill_9_of_run_takes_its_stages_with_it(tmp_path: Path) -> None:
+    run = _Run(tmp_path)
+    try:
+        os.kill(run.popen.pid, signal.SIGKILL)
+        for name, pid in run.stages.items():
+            assert _gone_within(pid, 10.0), f"{name} outlived run"
+    finally:
+        run.stop()
