@@ -109,15 +109,16 @@ class Answerer:
         for t, m in self.models.items():
             if t not in self._features:
                 self._nets.setdefault(id(m), (m, []))[1].append(t)
-        configs = {m.calibration_config for m in self._features.values() if m.needs_reference}
+        configs = {m.calibration_config for m in self.models.values() if m.needs_reference}
         if len(configs) > 1:
-            raise DataError("the models of this bundle were calibrated with different settings")
+            raise DataError(path or "bundle", "its models were calibrated with different settings")
         self.calibration_config: CalibrationConfig | None = next(iter(configs), None)
         self.classes = {t: tuple(m.classes[t]) if t not in self._features else m.classes for t, m in self.models.items()}
 
     @property
     def needs_features(self) -> bool:
-        return bool(self._features)
+        """Features are computed for feature models and for the wearers' calibration."""
+        return bool(self._features) or self.calibration_config is not None
 
     def info(self) -> dict:
         return {"model": self.model_id, "path": str(self.path) if self.path else None,
@@ -134,11 +135,13 @@ class Answerer:
         ok = ~low_quality
         probs: dict[str, np.ndarray] = {}
         for net, tasks in self._nets.values():
-            idx = np.flatnonzero(ok)
+            idx = np.flatnonzero(ok & (ref_ids != "") if net.needs_reference else ok)
+            for t in tasks:
+                probs[t] = np.zeros((n, len(self.classes[t])), np.float32)
             if len(idx):
-                p = net.probs({m: inputs[m][idx] for m in net.modalities}, present[idx])
+                p = net.probs({m: inputs[m][idx] for m in net.modalities}, present[idx],
+                              ref_mean[idx] if net.needs_reference else None)
                 for t in tasks:
-                    probs[t] = np.zeros((n, len(self.classes[t])), np.float32)
                     probs[t][idx] = p[t]
         for t, fm in self._features.items():
             have = ok & (ref_ids != "") if fm.needs_reference else ok
@@ -150,7 +153,7 @@ class Answerer:
         for t, model in self.models.items():
             fm = self._features.get(t)
             mid = fm.model_id if fm else model.model_id
-            needs_ref = bool(fm and fm.needs_reference)
+            needs_ref = bool(model.needs_reference)
             floor = fm.min_confidence if fm else 0.0
             for i in range(n):
                 ref = (ref_ids[i] or None) if needs_ref else None
@@ -187,7 +190,8 @@ class Answerer:
             present.append(p)
         inputs = {m: np.stack(v) for m, v in inputs.items()} if n else {}
         present_arr = np.array(present, dtype=bool).reshape(n, len(mods))
-        low = np.array([is_low_quality(w.meta) or not p.any() for w, p in zip(windows, present)], dtype=bool)
+        low = np.array([is_low_quality(w.meta) or (bool(mods) and not p.any()) for w, p in zip(windows, present)],
+                       dtype=bool)
         f_count = len(FEATURES)
         features = np.full((n, f_count), np.nan, np.float32)
         ref_mean, ref_sd = np.full((n, f_count), np.nan, np.float32), np.full((n, f_count), np.nan, np.float32)
@@ -209,7 +213,7 @@ class Answerer:
     def _answer_nets(self, inputs, net_present, features, ref_mean, ref_sd, ref_ids, low):
         # one present matrix per network (the common case is one network)
         if len(self._nets) > 1:
-            raise DataError("a bundle may hold one M3Sense network")
+            raise DataError(self.path or "bundle", "a bundle may hold one M3Sense network")
         present = next(iter(net_present.values())) if net_present else np.zeros((len(low), 0), bool)
         return self._answer(inputs, present, features, ref_mean, ref_sd, ref_ids, low)
 
@@ -276,7 +280,7 @@ def load_answerer(path: Path | None = None, *, tasks: Sequence[str] | None = Non
                 fm = load_feature_model(p)
                 for t in ts:
                     if fm.task != t:
-                        raise DataError(f"{path}: {p.name} answers {fm.task}, not {t}")
+                        raise DataError(path, f"{p.name} answers {fm.task}, not {t}")
                     models[t] = fm
             else:
                 n = net(p, ts)

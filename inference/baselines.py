@@ -58,7 +58,7 @@ def make_estimator(kind: str, seed: int):
     }
     if kind not in clf:
         raise ValueError(f"model kind must be one of {KINDS}, not {kind!r}")
-    return make_pipeline(SimpleImputer(strategy="median"), StandardScaler(), clf[kind]())
+    return make_pipeline(SimpleImputer(strategy="median", keep_empty_features=True), StandardScaler(), clf[kind]())
 
 
 def feature_floor(features: np.ndarray) -> np.ndarray:
@@ -189,17 +189,17 @@ def load_feature_model(path: str | Path) -> FeatureModel:
         meta = json.loads(meta_path.read_text())
         blob = onnx_path.read_bytes()
     except (OSError, ValueError) as exc:
-        raise DataError(f"feature model {onnx_path}: {exc}") from exc
+        raise DataError(onnx_path, str(exc)) from exc
     if meta.get("format") != FORMAT:
-        raise DataError(f"{meta_path}: not an m3sense feature model")
+        raise DataError(meta_path, "not an m3sense feature model")
     if meta.get("features") != list(FEATURES):
-        raise DataError(f"{meta_path}: fitted on other features than this version computes")
+        raise DataError(meta_path, "fitted on other features than this version computes")
     digest = hashlib.sha256(blob).hexdigest()
     if digest != meta.get("sha256"):
-        raise DataError(f"{onnx_path}: the weights are not the ones {meta_path.name} describes")
+        raise DataError(onnx_path, f"the weights are not the ones {meta_path.name} describes")
     t = float(meta.get("temperature", 1.0))
     if not (math.isfinite(t) and t > 0):
-        raise DataError(f"{meta_path}: bad temperature {t}")
+        raise DataError(meta_path, f"bad temperature {t}")
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
     sess = ort.InferenceSession(blob, opts, providers=["CPUExecutionProvider"])

@@ -54,9 +54,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default="m3sense", metavar="KIND[,KIND]",
                    help="m3sense (the network) or a feature baseline: rf, et, dt, lda, lr, svm; several "
                         "(comma-separated) with --folds give one table over the same windows and folds")
-    p.add_argument("--calibration", default="wearer", choices=("wearer", "none", "both"),
-                   help="feature models: features relative to each wearer's reference (wearer, default), "
-                        "absolute (none), or a row of each (both, with --folds)")
+    p.add_argument("--calibration", default=None, choices=("wearer", "none", "both"),
+                   help="inputs relative to each wearer's reference (wearer: features, or M3Sense's EDA and "
+                        "TEMP levels) or absolute (none); both: a row of each (feature models, with --folds). "
+                        "Default: wearer for feature models, none for m3sense. With --folds, windows without a "
+                        "wearer reference are left out, so every model is scored on the same windows")
     p.add_argument("--min-confidence", type=float, default=0.5,
                    help="feature models: below this calibrated confidence the answer is withheld (default 0.5)")
     add_calibration_options(p)
@@ -186,8 +188,14 @@ def _train(args) -> int:
     if kinds != ("m3sense",):
         from inference.train_features import train_features
 
+        args.calibration = args.calibration or "wearer"
         return train_features(args, kinds, windows=_windows, calibration=calibration_config(args),
                               print_scores=_print_scores)
+    args.calibration = args.calibration or "none"
+    if args.calibration == "both":
+        raise UserError("--calibration both is for feature models; train m3sense once per mode")
+    calibrated = args.calibration == "wearer"
+    cal = calibration_config(args)
     import numpy as np
     import torch
 
@@ -212,15 +220,20 @@ def _train(args) -> int:
         raise UserError("--epochs must be >= 1, --hop-s > 0 and --batch-size >= 2")
     # windows of a labelled source outside its label intervals are not used (give the source to
     # --unlabeled as well to train the alignment loss on them)
-    labelled = [(src, w.subset(np.flatnonzero(w.labelled)))
-                for src, w in _windows(args.data, cfg=cfg, hop_s=args.hop_s, no_cache=args.no_cache)]
-    unlabeled = _windows(args.unlabeled, cfg=cfg, hop_s=args.hop_s, no_cache=args.no_cache, unlabeled=True)
+    # (calibrated, or scored over folds: only windows that have a wearer reference)
+    only_calibrated = calibrated or bool(args.folds)
+    labelled = [(src, w.subset(np.flatnonzero(w.labelled & (w.calibrated if only_calibrated else True))))
+                for src, w in _windows(args.data, cfg=cfg, hop_s=args.hop_s, no_cache=args.no_cache, calibration=cal)]
+    unlabeled = [(src, w.subset(np.flatnonzero(w.calibrated)) if calibrated else w)
+                 for src, w in _windows(args.unlabeled, cfg=cfg, hop_s=args.hop_s, no_cache=args.no_cache,
+                                        unlabeled=True, calibration=cal)]
     ws = WindowSet.concat([w for _, w in labelled + unlabeled])
     if not ws.labelled.any():
         raise UserError("no labelled windows in the --data sources")
 
     def fit(split, prefix=""):
-        norm = Normalizer.fit(ws.subset(np.concatenate([split.train, split.unlabeled])))
+        norm = Normalizer.fit(ws.subset(np.concatenate([split.train, split.unlabeled])),
+                              relative=("eda", "temp") if calibrated else ())
         model = init_model(cfg, tc.seed)
         prog = _Progress(tc.epochs, prefix)
         unl = ws.subset(split.unlabeled).without_labels()
@@ -272,6 +285,7 @@ def _train(args) -> int:
         "val_subjects": sorted(set(ws.groups[split.val].tolist())) if args.protocol == "subjects" else None,
         "seed": args.seed,
         "epochs": args.epochs,
+        "calibration": cal.to_json() if calibrated else None,
         "best_epoch": res.best_epoch,
         "hop_s": args.hop_s,
         "train_config": {k: getattr(tc, k) for k in tc.__dataclass_fields__},

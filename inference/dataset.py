@@ -242,6 +242,10 @@ def windows_from_messages(
     )
 
 
+#: The reference feature a modality is expressed relative to, when its model is calibrated.
+REFERENCE_LEVEL = {"eda": "eda_mean_us", "temp": "temp_mean_c"}
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Normalizer:
     """Per-modality input scaling, stored in the checkpoint.
@@ -249,29 +253,41 @@ class Normalizer:
     BVP is standardised per window (its amplitude depends on the sensor's contact and the
     wearer's skin, not on the affect; its shape and rate carry the information); EDA, TEMP and
     ACC are standardised with training-set statistics, because their level is the signal
-    (a stressed wearer's EDA is higher, not just differently shaped).
+    (a stressed wearer's EDA is higher, not just differently shaped). ``relative`` modalities
+    (a calibrated model) first have the wearer's reference level subtracted
+    (:data:`REFERENCE_LEVEL`), since levels differ tenfold between people.
     """
 
     per_window: tuple[str, ...]
     mean: Mapping[str, float]
     std: Mapping[str, float]
+    relative: tuple[str, ...] = ()
 
     @staticmethod
-    def fit(ws: WindowSet, per_window: Sequence[str] = ("bvp",)) -> Normalizer:
+    def fit(ws: WindowSet, per_window: Sequence[str] = ("bvp",), relative: Sequence[str] = ()) -> Normalizer:
+        relative = tuple(m for m in relative if m in ws.modalities and m not in per_window)
+        levels = reference_levels(ws.ref_mean, relative) if relative else {}
         mean, std = {}, {}
         for i, m in enumerate(ws.modalities):
             if m in per_window:
                 continue
-            v = ws.inputs[m][ws.present[:, i]]
+            x = ws.inputs[m] - levels[m][:, None, None] if m in levels else ws.inputs[m]
+            v = x[ws.present[:, i]]
             v = v[np.isfinite(v)]
             mean[m] = float(v.mean()) if v.size else 0.0
             sd = float(v.std()) if v.size else 1.0
             std[m] = sd if sd > 1e-6 else 1.0
-        return Normalizer(per_window=tuple(m for m in per_window if m in ws.modalities), mean=mean, std=std)
+        return Normalizer(per_window=tuple(m for m in per_window if m in ws.modalities), mean=mean, std=std,
+                          relative=relative)
 
-    def apply(self, m: str, x: np.ndarray) -> np.ndarray:
-        """x: (..., samples, channels) in sensor units → float32, no NaN, clipped to ±CLIP_SD."""
+    def apply(self, m: str, x: np.ndarray, level: np.ndarray | None = None) -> np.ndarray:
+        """x: (..., samples, channels) in sensor units → float32, no NaN, clipped to ±CLIP_SD;
+        ``level`` (...,) the wearer's reference level, required for a relative modality."""
         x = np.asarray(x, dtype=np.float32)
+        if m in self.relative:
+            if level is None:
+                raise ValueError(f"{m} is read relative to the wearer: its reference level is needed")
+            x = x - np.asarray(level, dtype=np.float32)[..., None, None]
         if m in self.per_window:
             with warnings.catch_warnings():  # an all-NaN (absent) window has no mean: it becomes zeros
                 warnings.simplefilter("ignore", RuntimeWarning)
@@ -284,15 +300,30 @@ class Normalizer:
 
     def to_json(self) -> dict:
         out: dict[str, dict] = {m: {"mode": "per_window"} for m in self.per_window}
-        out.update({m: {"mode": "global", "mean": self.mean[m], "std": self.std[m]} for m in self.mean})
+        out.update({m: {"mode": "wearer" if m in self.relative else "global", "mean": self.mean[m],
+                        "std": self.std[m]} | ({"reference": REFERENCE_LEVEL[m]} if m in self.relative else {})
+                    for m in self.mean})
         return out
 
     @staticmethod
     def from_json(d: Mapping) -> Normalizer:
         per = tuple(m for m, v in d.items() if v["mode"] == "per_window")
-        glob = {m: v for m, v in d.items() if v["mode"] == "global"}
+        glob = {m: v for m, v in d.items() if v["mode"] in ("global", "wearer")}
+        unknown = [m for m, v in d.items() if v["mode"] not in ("per_window", "global", "wearer")]
+        if unknown:
+            raise ValueError(f"unknown normalisation mode for {unknown}")
         for m, v in glob.items():
             if not (math.isfinite(v["mean"]) and math.isfinite(v["std"]) and v["std"] > 0):
                 raise ValueError(f"bad normalisation statistics for {m}: {v}")
         return Normalizer(per_window=per, mean={m: float(v["mean"]) for m, v in glob.items()},
-                          std={m: float(v["std"]) for m, v in glob.items()})
+                          std={m: float(v["std"]) for m, v in glob.items()},
+                          relative=tuple(m for m, v in glob.items() if v["mode"] == "wearer"))
+
+
+def reference_levels(ref_mean: np.ndarray | None, modalities: Sequence[str]) -> dict[str, np.ndarray]:
+    """(N,) reference level per relative modality, from (N, F) reference feature means."""
+    from inference.features import FEATURES
+
+    if ref_mean is None:
+        raise ValueError("these windows carry no wearer reference")
+    return {m: ref_mean[:, FEATURES.index(REFERENCE_LEVEL[m])] for m in modalities if m in REFERENCE_LEVEL}

@@ -19,7 +19,7 @@ One row per window, in :data:`FEATURES` order, from the window arrays preprocess
 ``hr_bpm``          heart rate from BVP beats (NaN with fewer than three plausible beats)
 ``ibi_sd_s``        SDNN of the beat intervals (s)
 ``ibi_rmssd_s``     RMSSD of successive intervals (s)
-``bvp_sd``          BVP amplitude (SD after removing the 1 s moving mean): vasoconstriction
+``bvp_sd``          BVP amplitude (SD in the pulse band): vasoconstriction
 ``bvp_p90p10``      BVP spread between its 90th and 10th percentiles
 ``acc_mag_g``       mean |acc| (g)
 ``acc_mag_sd_g``    SD of |acc| (g): movement
@@ -31,7 +31,7 @@ One row per window, in :data:`FEATURES` order, from the window arrays preprocess
 ``acc_jolt_g``      largest SD of |acc| over 1 s blocks (g): a brief jolt of the arm
 ==================  =====================================================================
 
-Beats are peaks of the detrended BVP at least 0.33 s apart (≤ 180 bpm) with intervals kept
+Beats are peaks of the BVP band-passed to 0.6–3.5 Hz, at least 0.33 s apart (≤ 180 bpm) with intervals kept
 between 0.33 and 1.5 s; within 20 s that is enough for rate and short-term variability, not
 for frequency-domain HRV. The features are causal per window: nothing looks past its end.
 """
@@ -41,7 +41,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import numpy as np
-from scipy.signal import find_peaks
+from scipy.signal import butter, find_peaks, sosfiltfilt
 
 FEATURES: tuple[str, ...] = (
     "eda_mean_us", "eda_sd_us", "eda_min_us", "eda_max_us", "eda_slope_us_s", "scr_count", "scr_amp_us", "eda_log",
@@ -54,6 +54,9 @@ FEATURES: tuple[str, ...] = (
 _FS = {"bvp": 64.0, "eda": 4.0, "temp": 4.0, "acc": 32.0}
 SCR_MIN_PROMINENCE_US = 0.01
 _MIN_IBI_S, _MAX_IBI_S = 0.33, 1.5
+#: The pulse band (40–210 bpm) the beat detector looks in; filtered forward and backward within
+#: the window (the window is complete when it is answered, so this looks at nothing later).
+_PULSE_BAND = butter(2, (0.6, 3.5), btype="bandpass", fs=64.0, output="sos")
 
 
 def _slope(x: np.ndarray, fs: float) -> np.ndarray:
@@ -69,13 +72,23 @@ def _scr(eda: np.ndarray) -> tuple[float, float]:
     return float(len(prom)), float(prom.mean()) if len(prom) else 0.0
 
 
+def _min_beat_distance(x: np.ndarray, fs: float) -> int:
+    """Samples between two accepted peaks: 60 % of the dominant beat period (autocorrelation
+    peak between 0.33 and 1.5 s), so a dicrotic wave or a harmonic is never a second beat."""
+    lo, hi = int(fs * _MIN_IBI_S), int(fs * _MAX_IBI_S)
+    spec = np.fft.rfft(x - x.mean(), 2 * len(x))
+    ac = np.fft.irfft(spec * np.conj(spec))[: hi + 1]
+    period = lo + int(np.argmax(ac[lo: hi + 1]))
+    return max(lo, int(0.6 * period))
+
+
 def _beats(bvp_detrended: np.ndarray, fs: float) -> tuple[float, float, float, float, float]:
     """Heart rate (bpm), SDNN and RMSSD (s), the beat-rate range (bpm) and the beat amplitude
     ratio of one window's detrended BVP; NaN when fewer than three plausible intervals remain."""
     sd = float(bvp_detrended.std())
     if not sd > 0:
         return (np.nan,) * 5
-    peaks, props = find_peaks(bvp_detrended, distance=int(fs * _MIN_IBI_S), prominence=0.3 * sd)
+    peaks, props = find_peaks(bvp_detrended, distance=_min_beat_distance(bvp_detrended, fs), prominence=0.3 * sd)
     ibi = np.diff(peaks) / fs
     ibi = ibi[(ibi > _MIN_IBI_S) & (ibi < _MAX_IBI_S)]
     if len(ibi) < 3:
@@ -105,11 +118,9 @@ def window_features(signals: Mapping[str, np.ndarray]) -> np.ndarray:
     out[:, 8] = temp.mean(axis=1)
     out[:, 9] = temp.std(axis=1)
     out[:, 10] = _slope(temp, _FS["temp"])
-    k = int(_FS["bvp"])
-    kernel = np.ones(k) / k
     for i in range(n):
         out[i, 5:7] = _scr(eda[i])
-        detrended = bvp[i] - np.convolve(bvp[i], kernel, mode="same")
+        detrended = sosfiltfilt(_PULSE_BAND, bvp[i]) if np.ptp(bvp[i]) > 0 else np.zeros_like(bvp[i])
         out[i, [11, 12, 13, 19, 20]] = _beats(detrended, _FS["bvp"])
         out[i, 14] = detrended.std()
         p90, p10 = np.percentile(detrended, (90, 10))

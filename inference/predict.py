@@ -19,7 +19,7 @@ import torch
 
 from bus import Message
 from inference.checkpoint import Checkpoint
-from inference.dataset import is_low_quality, window_inputs
+from inference.dataset import is_low_quality, reference_levels, window_inputs
 
 BACKENDS = ("onnx", "torch")
 
@@ -61,11 +61,27 @@ class Predictor:
     def model_id(self) -> str:
         return self.checkpoint.model_id
 
-    def probs(self, inputs: Mapping[str, np.ndarray], present: np.ndarray) -> dict[str, np.ndarray]:
+    @property
+    def calibration_config(self):
+        """The calibration settings a calibrated checkpoint was trained with (None otherwise)."""
+        from inference.calibration import CalibrationConfig
+
+        cal = self.checkpoint.provenance.get("calibration")
+        return CalibrationConfig(**cal) if self.needs_reference and cal else None
+
+    @property
+    def needs_reference(self) -> bool:
+        """The network reads some inputs relative to the wearer (a calibrated checkpoint)."""
+        return bool(self.checkpoint.normalizer.relative)
+
+    def probs(self, inputs: Mapping[str, np.ndarray], present: np.ndarray,
+              ref_mean: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """``inputs[m]``: (B, samples, channels) in sensor units; ``present``: (B, M) bool in
-        the model's modality order. Returns (B, classes) float32 per task."""
+        the model's modality order; ``ref_mean`` (B, F) the wearers' reference features, needed
+        by a calibrated checkpoint. Returns (B, classes) float32 per task."""
         norm = self.checkpoint.normalizer
-        x = {m: norm.apply(m, inputs[m]) for m in self.modalities}
+        levels = reference_levels(ref_mean, norm.relative) if norm.relative else {}
+        x = {m: norm.apply(m, inputs[m], levels.get(m)) for m in self.modalities}
         present = np.asarray(present, dtype=bool)
         if self.backend == "onnx":
             return self._onnx.run(x, present)

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from inference.dataset import Normalizer, WindowSet
+from inference.dataset import Normalizer, WindowSet, reference_levels
 from inference.metrics import collapse, score_all
 from inference.model import M3Sense, ModelConfig, kl_to_standard_normal
 
@@ -144,8 +144,9 @@ class Tensors:
 
 
 def to_tensors(ws: WindowSet, normalizer: Normalizer) -> Tensors:
+    levels = reference_levels(ws.ref_mean, normalizer.relative) if normalizer.relative else {}
     return Tensors(
-        inputs={m: torch.from_numpy(normalizer.apply(m, v)) for m, v in ws.inputs.items()},
+        inputs={m: torch.from_numpy(normalizer.apply(m, v, levels.get(m))) for m, v in ws.inputs.items()},
         present=torch.from_numpy(ws.present.copy()),
         labels=torch.from_numpy(ws.labels.copy()),
     )

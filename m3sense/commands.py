@@ -39,7 +39,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "PNG timeline. Everything is written under --out. The recordings are synthetic.",
     )
     d.add_argument("--out", type=Path, default=Path("m3sense-demo"), help="output folder (default ./m3sense-demo)")
-    d.add_argument("--minutes", type=float, default=12.0, help="session length per device (default 12)")
+    d.add_argument("--minutes", type=float, default=30.0,
+                   help="session length per device (default 30: each wearer marks a rest at the start, "
+                        "the stress model answers once it is over)")
     d.add_argument("--devices", type=int, default=3, help="number of simulated wristbands (default 3)")
     d.add_argument("--seed", type=int, default=2022, help="simulation seed (default 2022)")
     d.add_argument("--speed", type=speed, default=math.inf, help="N x real time, or 'max' (default max)")
@@ -110,7 +112,8 @@ def _demo(args: argparse.Namespace) -> int:
         stale.unlink(missing_ok=True)
     print(f"demo: simulating {args.devices} wristband(s), {args.minutes:g} min each (synthetic) -> {rec_dir}",
           file=sys.stderr)
-    for rec in simulate_recordings(minutes=args.minutes, seed=args.seed, subjects=args.devices, labels="all"):
+    for rec in simulate_recordings(minutes=args.minutes, seed=args.seed, subjects=args.devices, labels="all",
+                                   mark_rest=True):
         write_e4_export(rec, rec_dir / rec.device)
     recordings = read_source(rec_dir)
     sink = f"sqlite:///{db}"

@@ -54,6 +54,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--labels", choices=("all", "stress", "anxiety", "emotion", "none"), default="all",
                    help="which tasks' labels to write (like WESAD: stress; VerBIO: anxiety; K-EmoCon: emotion)")
     s.add_argument("--no-faults", action="store_true", help="no motion bursts and no off-wrist stretches")
+    s.add_argument("--mark-rest", action="store_true",
+                   help="each wearer marks the baseline as their rest with the E4 button (a double press at "
+                        "its start, a press at its end): their calibration then needs no 30-minute search")
     s.set_defaults(func=_simulate)
 
 
@@ -95,7 +98,7 @@ def _simulate(args: argparse.Namespace) -> int:
     out = Path(args.out)
     faults = not args.no_faults
     for rec in simulate_recordings(minutes=args.minutes, seed=args.seed, subjects=args.subjects, labels=args.labels,
-                                   off_wrist=faults, motion=faults):
+                                   off_wrist=faults, motion=faults, mark_rest=args.mark_rest):
         folder = write_e4_export(rec, out / rec.device)
         print(folder)
     return 0

@@ -1,0 +1,81 @@
+"""The rules every answer follows (low quality, calibrating, uncertain, ok), the shipped bundle,
+and button presses riding on windows into the wearer's calibration."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import preprocess
+from inference.answer import Answerer, Calibrations, load_answerer
+from inference.baselines import load_feature_model, make_estimator, save_feature_model
+from inference.calibration import CalibrationConfig
+from inference.features import message_features
+from m3sense.errors import DataError, UserError
+from replay.simulate import simulate_recordings
+from tests.model_helpers import one_torch_thread  # noqa: F401  (autouse fixture)
+
+
+@pytest.fixture(scope="module")
+def wearer_windows():
+    """A simulated wearer who marks a rest with the E4 button: its windows as bus messages."""
+    rec = simulate_recordings(minutes=16, seed=77, subjects=1, mark_rest=True, off_wrist=False)[0]
+    return rec, [w.to_message() for w in preprocess.recording_windows(rec)]
+
+
+def test_presses_ride_on_windows_and_mark_the_rest(wearer_windows):
+    rec, msgs = wearer_windows
+    carried = sorted({t for m in msgs for t in m.meta["tags"]})
+    assert carried == pytest.approx(sorted(rec.tags_s.tolist()))
+    answerer = load_answerer()
+    cals = Calibrations(answerer.calibration_config)
+    answers = answerer.answer_windows(msgs, cals)
+    stress = [a["stress"] for a in answers]
+    first = next(i for i, a in enumerate(stress) if a.status != "calibrating")
+    assert first > 0 and all(a.status == "calibrating" and a.label is None for a in stress[:first])
+    ref = cals.get(rec.device).reference
+    assert ref.kind == "tag" and stress[first].calibration == ref.id
+    assert msgs[first].t0_s >= ref.t_end_s - 20  # answered only once the marked rest is over
+    # anxiety and emotion come from the uncalibrated network: answered from the start
+    assert answers[0]["anxiety"].status in ("ok", "low_quality")
+
+
+def test_low_quality_windows_get_no_answer():
+    rec = simulate_recordings(minutes=16, seed=77, subjects=1)[0]
+    off = [w.to_message() for w in preprocess.recording_windows(rec) if w.quality.off_wrist]
+    assert off, "the simulated session has an off-wrist stretch"
+    answers = load_answerer().answer_windows(off, Calibrations(CalibrationConfig()))
+    assert all(a.status == "low_quality" and a.label is None and a.confidence is None
+               for per in answers for a in per.values())
+
+
+def test_below_its_confidence_threshold_an_answer_is_withheld(tmp_path, wearer_windows):
+    _, msgs = wearer_windows
+    x = message_features(msgs[:90])
+    y = np.random.default_rng(0).integers(0, 3, len(x))  # labels that say nothing: unsure answers
+    path = save_feature_model(tmp_path / "unsure.onnx", make_estimator("lr", 0).fit(x, y), kind="lr", task="stress",
+                              classes=("baseline", "stress", "amusement"), calibrated=False, calibration=None,
+                              floor=None, temperature=1.0, min_confidence=0.99, provenance={})
+    fm = load_feature_model(path)
+    answers = Answerer({"stress": fm}, model_id=fm.model_id).answer_windows(msgs[:40], None)
+    usable = [a["stress"] for a in answers if a["stress"].status != "low_quality"]
+    assert usable and all(a.status == "uncertain" and a.label is None and a.probs for a in usable)
+
+
+def test_the_shipped_bundle(tmp_path):
+    answerer = load_answerer()
+    info = answerer.info()
+    assert set(answerer.tasks) == {"stress", "anxiety", "emotion"}
+    assert info["tasks"]["stress"]["calibration"] == "wearer"
+    assert info["calibration"] == CalibrationConfig().to_json()
+    only = load_answerer(tasks=["anxiety"])
+    assert only.tasks == ("anxiety",) and only.calibration_config is None
+    with pytest.raises(UserError):
+        load_answerer(tmp_path / "missing.bundle.json")
+    bad = tmp_path / "bad.bundle.json"
+    stress = answerer.models["stress"].path
+    bad.write_text(json.dumps({"format": "m3sense-bundle", "tasks": {"emotion": str(stress)}}))
+    with pytest.raises(DataError, match="answers stress"):
+        load_answerer(bad)
