@@ -456,5 +456,6 @@ def read_affect(target: InfluxTarget, *, device: str | None = None, since_s: flo
                 probs=tuple(sorted((c[2:], float(v)) for c, v in row.items() if c.startswith("p_") and v is not None)),
                 status=row.get("status"), off_wrist=row.get("off_wrist"), motion=row.get("motion"),
                 missing_fraction=_float(row.get("missing_fraction")), true_label=row.get("true_label"),
+                calibration=row.get("calibration"),
             ))
     return sorted(out, key=lambda r: (r.time_s, r.device, r.task))

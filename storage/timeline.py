@@ -48,6 +48,7 @@ def as_json(r: AffectRecord) -> dict[str, Any]:
         "true_label": r.true_label,
         "source": r.source,
         "model": r.model,
+        "calibration": r.calibration,
         "t_start": r.t_start_s,
     }
 
