@@ -56,8 +56,9 @@ class Answer:
 
 
 class Calibrations:
-    """Per-device calibrators of one node, saved to ``store`` whenever a reference changes and
-    at :meth:`save_all` (so a restart neither forgets a wearer nor restarts a search needlessly)."""
+    """Per-device calibrators of one node, saved to ``store`` after every window while a device is
+    still gathering its reference (a search or a marked rest under way) and whenever a reference
+    changes, so a restart, even after a crash, answers exactly as an uninterrupted node would."""
 
     def __init__(self, config: CalibrationConfig, store: CalibrationStore | None = None) -> None:
         self.config, self.store = config, store
@@ -82,8 +83,9 @@ class Calibrations:
         tags = [t for t in (msg.meta.get("tags") or ()) if isinstance(t, (int, float))]
         ref = cal.push(t_start_s=msg.t0_s, usable=is_usable_for_reference(quality, self.config),
                        features=features, tags_s=tags)
-        if ref is not before and self.store is not None:
+        if self.store is not None and (ref is not before or cal.gathering or tags):
             self.store.save(msg.device, cal)
+        if ref is not before:
             log.info("calibration of %s: reference %s (%d windows)", msg.device, ref.id if ref else None,
                      ref.n_windows if ref else 0)
         return ref

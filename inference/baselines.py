@@ -202,6 +202,7 @@ def load_feature_model(path: str | Path) -> FeatureModel:
         raise DataError(meta_path, f"bad temperature {t}")
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
+    opts.log_severity_level = 3  # skl2onnx graphs carry an unused initializer ORT warns about on every load
     sess = ort.InferenceSession(blob, opts, providers=["CPUExecutionProvider"])
     cal = meta.get("calibration_config")
     return FeatureModel(

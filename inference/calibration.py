@@ -155,6 +155,11 @@ class Calibrator:
     def reference(self) -> Reference | None:
         return self._s.reference
 
+    @property
+    def gathering(self) -> bool:
+        """Still collecting windows for a reference (a search or a marked rest under way)."""
+        return self._s.searching or self._s.tag_s is not None
+
     def push(self, *, t_start_s: float, usable: bool, features: np.ndarray, tags_s: Sequence[float] = ()) -> Reference | None:
         """Take one window; return the reference in force for it (None: still calibrating)."""
         cfg, s = self.config, self._s

@@ -81,7 +81,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     msub = p.add_subparsers(dest="model_command", metavar="ACTION")
     msub.required = True
     q = msub.add_parser("info", help="architecture, size, tasks, modalities and training provenance")
-    q.add_argument("path", nargs="?", type=Path, default=None, help="checkpoint (default: the shipped weights)")
+    q.add_argument("path", nargs="?", type=Path, default=None,
+                   help="checkpoint, feature model (.onnx) or bundle (default: the shipped bundle)")
     q.add_argument("--json", action="store_true")
     q.set_defaults(func=_info)
 
@@ -378,6 +379,10 @@ def _evaluation_config(answerer):
 
 
 def _info(args) -> int:
+    from inference.answer import _kind_of
+
+    if args.path is None or _kind_of(args.path) != "m3sense":
+        return _bundle_info(args)
     info = _load(args.path).info()
     if args.json:
         print(json.dumps(info, indent=2))
@@ -392,6 +397,28 @@ def _info(args) -> int:
         print(f"  {t} ({' / '.join(classes)}): learned from {learned}{score}")
     print(f"trained on: {'; '.join(info['trained_on'])}\nseed {prov.get('seed')}, {prov.get('epochs')} epochs, "
           f"code {prov.get('code_version')}\ncommand: {prov.get('command')}")
+    return 0
+
+
+def _bundle_info(args) -> int:
+    """What answers each task (a bundle, or one feature model), with its held-out figures."""
+    from inference.answer import load_answerer
+
+    info = load_answerer(args.path).info()
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"{info['model']}  ({info['path']})")
+    if info["calibration"]:
+        c = info["calibration"]
+        print(f"wearer calibration: the calmest {c['minutes']:g} min of the first {c['search_minutes']:g} min of usable "
+              "data, or a rest marked with a double press")
+    for t, m in info["tasks"].items():
+        held = (m.get("provenance") or {}).get("held_out") or {}
+        score = (f"; held out: accuracy {100 * held['accuracy']:.1f} %, macro-F1 {held['macro_f1']:.3f}"
+                 if "accuracy" in held else "")
+        cal = f", {m['calibration']} calibration" if m.get("calibration") else ""
+        print(f"  {t} ({' / '.join(m['classes'])}): {m['model']} ({m['kind']}{cal}){score}")
     return 0
 
 

@@ -19,7 +19,7 @@ import torch
 
 from bus import Message
 from inference.checkpoint import Checkpoint
-from inference.dataset import is_low_quality, reference_levels, window_inputs
+from inference.dataset import reference_levels
 
 BACKENDS = ("onnx", "torch")
 
@@ -91,33 +91,13 @@ class Predictor:
         return {t: torch.softmax(out.logits[t], dim=-1).numpy() for t in self.tasks}
 
     def predict_messages(self, windows: Sequence[Message]) -> list[dict[str, dict]]:
-        """The ``tasks`` field of the affect message for each window message (interfaces.md):
-        per task ``{"label", "confidence", "probs", "status"}``. Low-quality windows (off wrist,
-        mostly missing, or no modality present) get label None and status "low_quality" and
-        are not run through the model at all."""
-        results: list[dict[str, dict] | None] = [None] * len(windows)
-        batch_idx, xs, ps = [], {m: [] for m in self.modalities}, []
-        for i, msg in enumerate(windows):
-            x, p = window_inputs(msg.arrays, msg.meta, self.modalities, self.shapes)
-            if is_low_quality(msg.meta) or not p.any():
-                results[i] = {t: {"label": None, "confidence": None, "probs": {}, "status": "low_quality"}
-                              for t in self.tasks}
-                continue
-            batch_idx.append(i)
-            ps.append(p)
-            for m in self.modalities:
-                xs[m].append(x[m])
-        if batch_idx:
-            probs = self.probs({m: np.stack(v) for m, v in xs.items()}, np.stack(ps))
-            for k, i in enumerate(batch_idx):
-                res = {}
-                for t in self.tasks:
-                    pr = probs[t][k]
-                    best = int(pr.argmax())
-                    res[t] = {"label": self.classes[t][best], "confidence": float(pr[best]),
-                              "probs": {c: float(v) for c, v in zip(self.classes[t], pr)}, "status": "ok"}
-                results[i] = res
-        return results  # type: ignore[return-value]
+        """The ``tasks`` field of the affect message for each window message: per task
+        ``{"label", "confidence", "probs", "status", "model", "calibration"}``, by the rules of
+        :class:`inference.answer.Answerer` (low-quality windows are not run through the model)."""
+        from inference.answer import Answerer
+
+        answerer = Answerer({t: self for t in self.tasks}, model_id=self.model_id)
+        return [{t: a.to_json() for t, a in answers.items()} for answers in answerer.answer_windows(windows, None)]
 
 
 def affect_meta(window: Message, tasks: Mapping[str, dict], model_id: str) -> dict:

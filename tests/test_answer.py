@@ -11,11 +11,14 @@ import pytest
 import preprocess
 from inference.answer import Answerer, Calibrations, load_answerer
 from inference.baselines import load_feature_model, make_estimator, save_feature_model
-from inference.calibration import CalibrationConfig
+from inference.calibration import CalibrationConfig, CalibrationStore
 from inference.features import message_features
 from m3sense.errors import DataError, UserError
 from replay.simulate import simulate_recordings
+from tests.conftest import run_cli
 from tests.model_helpers import one_torch_thread  # noqa: F401  (autouse fixture)
+
+__all__ = ["one_torch_thread"]
 
 
 @pytest.fixture(scope="module")
@@ -79,3 +82,20 @@ def test_the_shipped_bundle(tmp_path):
     bad.write_text(json.dumps({"format": "m3sense-bundle", "tasks": {"emotion": str(stress)}}))
     with pytest.raises(DataError, match="answers stress"):
         load_answerer(bad)
+
+
+def test_a_restarted_node_keeps_its_wearers_and_the_cli_shows_and_resets_them(tmp_path, wearer_windows):
+    rec, msgs = wearer_windows
+    answerer = load_answerer()
+    whole = answerer.answer_windows(msgs, Calibrations(answerer.calibration_config))
+    store = CalibrationStore(tmp_path / "state")
+    cut = len(msgs) // 4  # mid-rest: the node dies before the reference exists
+    first = answerer.answer_windows(msgs[:cut], Calibrations(answerer.calibration_config, store))
+    again = answerer.answer_windows(msgs[cut:], Calibrations(answerer.calibration_config, store))
+    assert [a["stress"] for a in first + again] == [a["stress"] for a in whole]
+    shown = json.loads(run_cli("calibration", "show", rec.device, "--state-dir", str(store.folder), "--json",
+                               check=True).stdout)
+    assert shown[rec.device]["reference"]["kind"] == "tag"
+    assert run_cli("calibration", "reset", rec.device, "--state-dir", str(store.folder)).returncode == 0
+    assert run_cli("calibration", "show", rec.device, "--state-dir", str(store.folder)).returncode == 2
+    assert run_cli("calibration", "reset", rec.device, "--state-dir", str(store.folder)).returncode == 1

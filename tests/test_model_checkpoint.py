@@ -117,7 +117,8 @@ def test_predictor_backends_agree_and_answer_messages(saved, tmp_path):
     ok = out[0]["stress"]
     assert ok["status"] == "ok" and ok["label"] in TINY.classes["stress"]
     assert ok["confidence"] == pytest.approx(max(ok["probs"].values()))
-    assert out[1]["stress"] == {"label": None, "confidence": None, "probs": {}, "status": "low_quality"}
+    assert out[1]["stress"] == {"label": None, "confidence": None, "probs": {}, "status": "low_quality",
+                                "model": pred.model_id, "calibration": None}
     assert out[2]["emotion"]["status"] == "ok"
     meta = affect_meta(msgs[0], out[0], pred.model_id)
     assert meta["t_start"] == msgs[0].t0_s and meta["t_end"] == msgs[0].t0_s + 20.0
