@@ -85,6 +85,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="checkpoint, feature model (.onnx) or bundle (default: the shipped bundle)")
     q.add_argument("--json", action="store_true")
     q.set_defaults(func=_info)
+    q = msub.add_parser("calibrate-confidence", help="fit the network's confidence temperature per task",
+                        description="Fits, per task, the temperature that makes the network's confidence the "
+                                    "probability of being right on SOURCE (people the network never saw; not the "
+                                    "ones you will evaluate on) and writes it into the checkpoint's JSON.")
+    q.add_argument("path", type=Path, help="M3Sense checkpoint (.safetensors or .json)")
+    q.add_argument("--data", action="append", required=True, metavar="SOURCE")
+    q.add_argument("--hop-s", type=float, default=10.0)
+    q.set_defaults(func=_calibrate_confidence)
 
     p = sub.add_parser("infer", help="answer window/ messages with affect/ predictions (M3Sense)",
                        description="Subscribes window/, micro-batches windows across devices (a batch runs when full "
@@ -334,6 +342,7 @@ def _evaluate(args) -> int:
     import numpy as np
 
     from inference.answer import load_answerer
+    from inference.baselines import expected_calibration_error
     from inference.calibration import CalibrationConfig
     from inference.dataset import WindowSet
     from inference.train import detailed_scores
@@ -361,6 +370,7 @@ def _evaluate(args) -> int:
         ok = status[has] == "ok"
         s["coverage"] = {k: int(((status == k) & labelled).sum()) for k in ("ok", "uncertain", "calibrating", "low_quality")}
         s["answered_accuracy"] = float((probs.argmax(1) == one.labels[:, 0])[ok].mean()) if ok.any() else None
+        s["ece"], s["reliability"] = expected_calibration_error(probs, one.labels[:, 0])
         s["model"] = answers[idx[0]][t].model
         scores[t] = s
     _print_scores(scores, args.json, f"{answerer.model_id} on {', '.join(args.data)}")
@@ -397,6 +407,44 @@ def _info(args) -> int:
         print(f"  {t} ({' / '.join(classes)}): learned from {learned}{score}")
     print(f"trained on: {'; '.join(info['trained_on'])}\nseed {prov.get('seed')}, {prov.get('epochs')} epochs, "
           f"code {prov.get('code_version')}\ncommand: {prov.get('command')}")
+    return 0
+
+
+def _calibrate_confidence(args) -> int:
+    import numpy as np
+
+    from inference.baselines import expected_calibration_error, fit_temperature, scaled
+    from inference.checkpoint import _pair
+    from inference.dataset import WindowSet
+    from inference.predict import Predictor
+
+    ckpt = _load(args.path)
+    pred = Predictor(ckpt, backend="onnx")
+    pred.temperature = {t: 1.0 for t in pred.tasks}
+    cfg = ckpt.config
+    ws = WindowSet.concat([w for _, w in _windows(args.data, cfg=cfg, hop_s=args.hop_s, no_cache=False)])
+    ws = ws.subset(np.flatnonzero(ws.labelled))
+    probs = [pred.probs({m: ws.inputs[m][i:i + 256] for m in cfg.modalities}, ws.present[i:i + 256])
+             for i in range(0, len(ws), 256)]
+    fitted, report = {}, {}
+    for j, t in enumerate(cfg.tasks):
+        has = ws.labels[:, j] >= 0
+        if not has.any():
+            continue
+        p = np.concatenate([b[t] for b in probs])[has]
+        y = ws.labels[has, j]
+        fitted[t] = fit_temperature(p, y)
+        report[t] = {"windows": int(has.sum()), "temperature": fitted[t],
+                     "ece_before": expected_calibration_error(p, y)[0],
+                     "ece_after": expected_calibration_error(scaled(p, fitted[t]), y)[0]}
+    if not fitted:
+        raise UserError("no labelled windows for the network's tasks in --data")
+    _, meta_path = _pair(args.path)
+    doc = json.loads(meta_path.read_text())
+    doc.setdefault("provenance", {})["confidence"] = {"temperature": fitted, "fitted_on": list(args.data),
+                                                      "report": report}
+    meta_path.write_text(json.dumps(doc, indent=2))
+    print(json.dumps(report, indent=2))
     return 0
 
 

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from bus import Message
+from inference.baselines import scaled
 from inference.checkpoint import Checkpoint
 from inference.dataset import reference_levels
 
@@ -43,6 +44,9 @@ class Predictor:
         self.modalities = cfg.modalities
         self.shapes = {m: cfg.input_shape(m) for m in cfg.modalities}
         self.classes = {t: tuple(cfg.classes[t]) for t in self.tasks}
+        #: per task the confidence temperature fitted on held-out people (1: none fitted)
+        fitted = (checkpoint.provenance.get("confidence") or {}).get("temperature") or {}
+        self.temperature = {t: float(fitted.get(t, 1.0)) for t in self.tasks}
         if backend == "onnx":
             from inference.onnx_export import OnnxRunner, export_onnx
 
@@ -84,11 +88,14 @@ class Predictor:
         x = {m: norm.apply(m, inputs[m], levels.get(m)) for m in self.modalities}
         present = np.asarray(present, dtype=bool)
         if self.backend == "onnx":
-            return self._onnx.run(x, present)
-        with torch.no_grad():
-            out = self.checkpoint.model({m: torch.from_numpy(v) for m, v in x.items()},
-                                        torch.from_numpy(present), self.tasks)
-        return {t: torch.softmax(out.logits[t], dim=-1).numpy() for t in self.tasks}
+            probs = self._onnx.run(x, present)
+        else:
+            with torch.no_grad():
+                out = self.checkpoint.model({m: torch.from_numpy(v) for m, v in x.items()},
+                                            torch.from_numpy(present), self.tasks)
+            probs = {t: torch.softmax(out.logits[t], dim=-1).numpy() for t in self.tasks}
+        return {t: scaled(p, self.temperature[t]).astype(np.float32) if self.temperature[t] != 1.0 else p
+                for t, p in probs.items()}
 
     def predict_messages(self, windows: Sequence[Message]) -> list[dict[str, dict]]:
         """The ``tasks`` field of the affect message for each window message: per task
