@@ -35,6 +35,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import re
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -55,6 +56,15 @@ _MAX_NDIM = 4
 _FIXED = struct.Struct("<BBBBqdd")
 _DIMS = tuple(struct.Struct(f"<{n}I") for n in range(_MAX_NDIM + 1))
 _HAS_TAIL = 1
+#: Bounds a well-formed message stays far inside; what exceeds them is hostile or broken, and
+#: rejecting it here keeps every stage's handlers free of recursion, overflow and huge buffers.
+MAX_TAIL_BYTES = 64 * 1024          # a window's or affect answer's metadata is under 2 KiB
+MAX_TAIL_DEPTH = 16                 # the deepest real tail is 3 levels
+MAX_TIME_S = 2.0**33                # Unix seconds, about the year 2242 (0 is allowed: tests, relative clocks)
+MIN_RATE_HZ, MAX_RATE_HZ = 1e-3, 1e4  # a positive rate outside these is no wearable's
+_MAX_INT_DIGITS = 19                # JSON integers must fit an int64
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+_OPEN, _CLOSE = np.frombuffer(b"[{", np.uint8), np.frombuffer(b"]}", np.uint8)
 
 
 class MalformedMessage(ValueError):
@@ -177,6 +187,42 @@ def _tail_arrays(doc: dict, frames: Sequence[Any]) -> dict[str, np.ndarray]:
     return arrays
 
 
+def _bounded_int(text: str) -> int:
+    if len(text.lstrip("-")) > _MAX_INT_DIGITS:
+        raise MalformedMessage("json_number", f"a {len(text)}-digit integer in the JSON tail")
+    return int(text)
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise MalformedMessage("json_number", f"{text[:32]} in the JSON tail")
+    return value
+
+
+def _no_constant(text: str) -> float:
+    raise MalformedMessage("json_number", f"{text} in the JSON tail")
+
+
+def _json_tail(tail: bytes) -> Any:
+    """The tail parsed, after checking what ``json.loads`` cannot bound: size, nesting depth
+    (measured on the bytes with strings blanked, so nothing recurses), and numbers that no
+    stage could use (non-finite floats, integers beyond int64)."""
+    if len(tail) > MAX_TAIL_BYTES:
+        raise MalformedMessage("json_size", f"{len(tail)}-byte JSON tail, at most {MAX_TAIL_BYTES}")
+    if tail.count(b"[") + tail.count(b"{") > MAX_TAIL_DEPTH:  # else it cannot nest deeper
+        b = np.frombuffer(_JSON_STRING.sub(b'""', tail), np.uint8)
+        depth = np.cumsum(np.isin(b, _OPEN).astype(np.int32) - np.isin(b, _CLOSE))
+        if depth.size and depth.max() > MAX_TAIL_DEPTH:
+            raise MalformedMessage("json_depth", f"JSON tail nested {depth.max()} deep, at most {MAX_TAIL_DEPTH}")
+    try:
+        return json.loads(tail, parse_int=_bounded_int, parse_float=_finite_float, parse_constant=_no_constant)
+    except (UnicodeDecodeError, ValueError) as exc:
+        if isinstance(exc, MalformedMessage):
+            raise
+        raise MalformedMessage("header", "the header's JSON tail is not UTF-8 JSON") from None
+
+
 def decode(frames: Sequence[Any]) -> Message:
     """Parse frames from ``recv_multipart`` (bytes or zmq.Frame); arrays view the frames.
 
@@ -201,16 +247,17 @@ def decode(frames: Sequence[Any]) -> Message:
         raise MalformedMessage("shape", f"{ndim} dimensions in a {len(head)}-byte header")
     if seq < 0 or not math.isfinite(t0) or not (math.isfinite(fs) and fs >= 0) or flags & ~_HAS_TAIL:
         raise MalformedMessage("header", f"seq={seq} t0={t0} fs={fs} flags={flags}")
+    if not 0 <= t0 < MAX_TIME_S:
+        raise MalformedMessage("time", f"t0={t0} is not a Unix time in [0, {MAX_TIME_S:.0f})")
+    if fs and not MIN_RATE_HZ <= fs <= MAX_RATE_HZ:
+        raise MalformedMessage("rate", f"fs={fs} Hz outside [{MIN_RATE_HZ}, {MAX_RATE_HZ}]")
     end = _FIXED.size + 4 * ndim
     shape = _DIMS[ndim].unpack_from(head, _FIXED.size)
     samples = _array(frames[2], _BY_CODE[code], shape, "samples")
     arrays: dict[str, np.ndarray] = {}
     meta: dict[str, Any] = {}
     if flags & _HAS_TAIL:
-        try:
-            doc = json.loads(head[end:])
-        except (UnicodeDecodeError, ValueError):
-            raise MalformedMessage("header", "the header's JSON tail is not UTF-8 JSON") from None
+        doc = _json_tail(head[end:])
         if type(doc) is not dict or type(doc.get("x", {})) is not dict:
             raise MalformedMessage("header", "the JSON tail is not an object with an object 'x'")
         arrays = _tail_arrays(doc, frames[3:])

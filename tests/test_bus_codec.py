@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from bus import DTYPES, GapTracker, MalformedMessage, Message, decode, encode, parse_topic, topic_for
+from bus.message import MAX_RATE_HZ, MAX_TAIL_DEPTH, MAX_TIME_S, MIN_RATE_HZ
 
 names = st.text(alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-:", min_size=1, max_size=20)
 finite = st.floats(allow_nan=False, allow_infinity=False, width=64)
@@ -27,7 +28,8 @@ def messages(draw: st.DrawFn) -> Message:
     modality = draw(names) if kind == "raw" else kind
     return Message(
         kind=kind, device=draw(names), modality=modality, seq=draw(st.integers(0, 2**62)),
-        t0_s=draw(finite), fs_hz=draw(st.floats(0, 1e6)), samples=draw(arrays),
+        t0_s=draw(st.floats(0, MAX_TIME_S, exclude_max=True)),
+        fs_hz=draw(st.just(0.0) | st.floats(MIN_RATE_HZ, MAX_RATE_HZ)), samples=draw(arrays),
         arrays=draw(st.dictionaries(names, arrays, max_size=3)),
         meta=draw(st.dictionaries(st.text(max_size=8), json_values, max_size=4)),
     )
@@ -75,7 +77,8 @@ def test_arbitrary_frames_never_crash_the_decoder(frames: list[bytes]) -> None:
     try:
         decode(frames)
     except MalformedMessage as exc:
-        assert exc.reason in {"frames", "header", "version", "topic", "dtype", "shape", "length"}
+        assert exc.reason in {"frames", "header", "version", "topic", "dtype", "shape", "length", "time", "rate",
+                              "json_size", "json_depth", "json_number"}
 
 
 @settings(max_examples=300, deadline=None)
@@ -92,6 +95,38 @@ def test_damaged_frames_are_rejected_or_decoded_never_crash(msg: Message, data: 
         decode([bytes(f) for f in frames])
     except MalformedMessage:
         pass
+
+
+def _with_tail(tail: bytes) -> list[bytes]:
+    """A window message's frames with ``tail`` as its JSON tail (the encoder would refuse it)."""
+    topic, head, samples = (bytes(f) for f in encode(
+        Message(kind="window", device="d", modality="window", seq=0, t0_s=1.7e9, fs_hz=0.0, meta={"a": 1})))
+    return [topic, head[:-len(b'{"x":{"a":1}}')] + tail, samples]
+
+
+@pytest.mark.parametrize(("tail", "reason"), [
+    (b'{"x":' + b"[" * 100_000 + b"]" * 100_000 + b"}", "json_size"),
+    (b'{"x":{"a":' + b"[" * 20_000 + b"]" * 20_000 + b"}}", "json_depth"),
+    (b'{"x":{"t_end":1' + b"0" * 400 + b"}}", "json_number"),
+    (b'{"x":{"t_end":1e400}}', "json_number"),
+    (b'{"x":{"t_end":NaN}}', "json_number"),
+])
+def test_hostile_json_tails_are_rejected_before_any_stage_sees_them(tail: bytes, reason: str) -> None:
+    with pytest.raises(MalformedMessage) as err:
+        decode(_with_tail(tail))
+    assert err.value.reason == reason
+    deep = MAX_TAIL_DEPTH - 2  # inside {"x":{...}}: as deep as allowed, brackets in strings not counted
+    ok = b'{"x":{"a":' + b"[" * deep + b"]" * deep + b',"s":"[[[[[[[[[[[[[[[[[[[[\\""}}'
+    assert decode(_with_tail(ok)).meta["s"] == "[" * 20 + '"'
+
+
+@pytest.mark.parametrize(("t0", "fs", "reason"), [
+    (1e300, 4.0, "time"), (-1e12, 4.0, "time"), (1.7e9, 1e-300, "rate"), (1.7e9, 1e9, "rate")])
+def test_absurd_times_and_rates_are_rejected(t0: float, fs: float, reason: str) -> None:
+    frames = encode(Message(kind="raw", device="d", modality="eda", seq=0, t0_s=t0, fs_hz=fs, samples=np.zeros(3)))
+    with pytest.raises(MalformedMessage) as err:
+        decode([bytes(f) for f in frames])
+    assert err.value.reason == reason
 
 
 def test_truncated_payload_names_its_reason() -> None:
