@@ -13,3 +13,18 @@ BLE_EDA_FLOOR_US = 1e6 / (2**24 - 1)  # 0.0596 µS
 #: the ten real WESAD wrists no worn second stays below it (0.07 would flag six; Kleckner et
 #: al.'s 0.05 misses the BLE floor).
 OFF_WRIST_EDA_US = 0.06
+
+#: Native sample rates of the E4's regular streams (Hz); HR is the 1 Hz stream of E4 Connect
+#: exports and the BLE path's derived heart rate.
+RATES_HZ = {"bvp": 64.0, "acc": 32.0, "eda": 4.0, "temp": 4.0, "hr": 1.0}
+
+#: How far a stated rate may stray from the native one, as a factor either way. E4 clocks drift
+#: by ppm; a rate off by more than this is a broken or hostile sender or file, refused rather
+#: than stretched over absurd spans (nearer ones are placed by their timestamps and flagged).
+RATE_FACTOR = 2.0
+
+
+def rate_is_plausible(modality: str, fs_hz: float) -> bool:
+    """Whether ``fs_hz`` is within :data:`RATE_FACTOR` of ``modality``'s native rate."""
+    nominal = RATES_HZ[modality]
+    return nominal / RATE_FACTOR <= fs_hz <= nominal * RATE_FACTOR

@@ -55,6 +55,7 @@ async def serve(
         c["bus_received"] = sub.stats.received
         c["bus_missing"] = sub.stats.gaps
         c["bus_malformed"] = sum(sub.stats.malformed.values())
+        c.update({f"bus_malformed_{k}": v for k, v in sub.stats.malformed.items()})
         c["devices_open"] = len(pre.devices)
         return c
 

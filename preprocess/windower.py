@@ -36,7 +36,9 @@ grid start again.
 
 Bad input (NaN/inf samples, negative EDA, a header rate that disagrees with the nominal rate
 or with where the previous chunk ended, malformed shapes) is counted in ``counters`` and
-flagged in the quality of the windows it touches; it never raises.
+flagged in the quality of the windows it touches; it never raises. A chunk whose rate is more
+than a factor ``e4.RATE_FACTOR`` off the nominal one, or that holds more than ``MAX_MESSAGE_WINDOWS``
+windows' worth of samples, is dropped whole (``bad_rate``, ``oversized``).
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from bus import LABEL, RAW, STATUS, Message
+from e4 import rate_is_plausible
 from preprocess.filters import FILTERS, StreamingFilter
 from preprocess.quality import QualityRules, assess
 from preprocess.window import LABEL_CLASSES, MODALITIES, RATES_HZ, SIZES, WIDTHS, WINDOW_S, Window
@@ -62,6 +65,10 @@ _TIMING = 16   # placed from a chunk whose rate or start disagreed with the cloc
 _GRID_QUANTUM_S = 0.25  # hops must be whole numbers of the 4 Hz sample period
 _MAX_PENDING_TAGS = 64  # button presses not yet inside a window; more is no person pressing
 _SAMPLE_KEYS = {m: f"samples_{m}" for m in MODALITIES}
+#: The most samples one message may carry, in windows' worth (15: 5 minutes). A wristband packet
+#: holds at most 1.5 s, a whole test recording a few minutes; one message of days would become
+#: thousands of windows at once.
+MAX_MESSAGE_WINDOWS = 15
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -365,8 +372,12 @@ class DeviceWindower:
         n = samples.shape[0]
         if not n:
             return []
-        if not (math.isfinite(fs) and fs > 0):
+        if not rate_is_plausible(m, fs):
             self.counters["bad_rate"] += 1
+            self.counters["dropped_samples"] += n
+            return []
+        if n > MAX_MESSAGE_WINDOWS * stream.size:
+            self.counters["oversized"] += 1
             self.counters["dropped_samples"] += n
             return []
         self.counters[_SAMPLE_KEYS[m]] += n
@@ -425,7 +436,7 @@ class DeviceWindower:
         meta = msg.meta
         task, label, start, end = meta.get("task"), meta.get("label"), meta.get("start_s"), meta.get("end_s")
         if (
-            task not in LABEL_CLASSES or not isinstance(label, str)
+            not isinstance(task, str) or task not in LABEL_CLASSES or not isinstance(label, str)
             or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in (start, end))
             or not start < end
         ):
