@@ -146,7 +146,7 @@ def _run_store(args: argparse.Namespace, target):
                             received=node.records, written=c.written,
                             spooled=c.pending, spool_dir=getattr(sink, "spool_dir", None), dropped=c.dropped,
                             refused=c.rejected, affect_records=c.affect_written, interrupted=interrupted,
-                            error=sink.last_error, failure=failure)
+                            error=sink.last_error, failure=failure, malformed=node.malformed())
 
     return asyncio.run(main())
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from collections.abc import Callable
 
 from bus import AFFECT, RAW, STATUS, Message, Subscriber, topic_for
@@ -50,6 +51,11 @@ class StoreNode:
         self._progress = asyncio.Event()
         self._gaps: dict[str, int] = {}  # sequence gaps per topic already recorded
         self.on_device_end = on_device_end
+
+    def malformed(self) -> Counter:
+        """Messages dropped as malformed, by kind: by the bus decoder, then by the record builders."""
+        bus = self.subscriber.stats.malformed if self.subscriber is not None else Counter()
+        return bus + self.builder.rejected
 
     async def wait_processed(self, n: int, timeout_s: float) -> None:
         """Return once ``n`` messages have been processed (a handshake for tests and ``run``)."""

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from bus import AFFECT, RAW, STATUS, Message
+from bus.message import MAX_TIME_S
+from e4 import RATES_HZ, rate_is_plausible
 
 from storage.physio import PhysioDownsampler
 
@@ -103,9 +105,20 @@ def _source(value: Any) -> str:
 def _finite(value: Any, what: str, *, optional: bool = True) -> float | None:
     if value is None and optional:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise Rejected("value", f"{what} is {value!r}")
-    return float(value)
+    try:
+        if not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value):
+            return float(value)
+    except OverflowError:  # an integer beyond any float
+        pass
+    raise Rejected("value", f"{what} is {value!r:.40}")
+
+
+def _time(value: Any, what: str) -> float:
+    """A Unix time the bus could carry (a window's end of 1e300 s is no time a sink can store)."""
+    t = _finite(value, what, optional=False)
+    if not 0 <= t < MAX_TIME_S:
+        raise Rejected("time", f"{what} is {value!r}")
+    return t
 
 
 def _flag(value: Any) -> bool | None:
@@ -118,8 +131,8 @@ def affect_records(msg: Message) -> list[AffectRecord]:
     tasks = meta.get("tasks")
     if not isinstance(tasks, Mapping) or not tasks:
         raise Rejected("affect", "meta.tasks missing or empty")
-    t_end = _finite(meta.get("t_end", msg.t0_s), "t_end", optional=False)
-    t_start = _finite(meta.get("t_start", t_end), "t_start", optional=False)
+    t_end = _time(meta.get("t_end", msg.t0_s), "t_end")
+    t_start = _time(meta.get("t_start", t_end), "t_start")
     quality = meta.get("quality") if isinstance(meta.get("quality"), Mapping) else {}
     truth = meta.get("labels") if isinstance(meta.get("labels"), Mapping) else {}
     model = meta.get("model")
@@ -207,6 +220,8 @@ class RecordBuilder:
                 out.append(status_record(msg, self._source.get(msg.device, "unknown")))
                 return out
             if msg.kind == RAW:
+                if msg.fs_hz and msg.modality in RATES_HZ and not rate_is_plausible(msg.modality, msg.fs_hz):
+                    raise Rejected("rate", f"{msg.topic} at {msg.fs_hz} Hz")
                 return self._physio_records(msg.device, self._physio.push(msg))
         except Rejected as exc:
             self.rejected[exc.reason] += 1

@@ -8,7 +8,8 @@ the store failed); 2 for bad input; 130 after Ctrl-C, whatever was stored by the
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 
@@ -28,6 +29,7 @@ class StoreOutcome:
     bad_input: str | None = None  # a UserError before anything ran
     failure: str | None = None    # what ended the store before it finished
     error: str | None = None      # why the sink's latest write failed
+    malformed: Mapping[str, int] = field(default_factory=dict)  # messages dropped as malformed, by kind
 
     @property
     def exit_code(self) -> int:
@@ -60,6 +62,9 @@ class StoreOutcome:
         lost = self.dropped + self.refused
         parts.append(f"{lost} lost ({self.refused} refused by the server, {self.dropped} dropped: spool full)"
                      if lost else "none lost")
+        if self.malformed:
+            kinds = ", ".join(f"{k} {v}" for k, v in sorted(self.malformed.items()))
+            parts.append(f"{sum(self.malformed.values())} malformed messages dropped ({kinds})")
         if self.error and (self.spooled or lost):
             parts.append(f"last error: {self.error}")
         head = "failed" if self.failure else "interrupted" if self.interrupted else None
