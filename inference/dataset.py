@@ -26,6 +26,29 @@ MAX_MISSING_FRACTION = 0.3
 CLIP_SD = 8.0
 
 
+def window_meta_problem(meta: Mapping) -> str | None:
+    """The field that makes a window message's meta unreadable (None: it is readable).
+
+    What the answering code reads without checking: a finite ``t_end``, objects for
+    ``quality``, ``present`` and ``labels``, a number for the missing fraction, a list of tags.
+    A window failing this is dropped and counted by the node, not answered.
+    """
+    def number(v: object) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+    if not number(meta.get("t_end")):
+        return "t_end"
+    for key in ("quality", "present", "labels"):
+        if not isinstance(meta.get(key) or {}, Mapping):
+            return key
+    missing = (meta.get("quality") or {}).get("missing_fraction")
+    if missing is not None and not number(missing):
+        return "quality"
+    if not isinstance(meta.get("tags") or [], list):
+        return "tags"
+    return None
+
+
 def is_low_quality(meta: Mapping) -> bool:
     """True for a window no model should answer for: off-wrist, or mostly missing."""
     q = meta.get("quality") or {}

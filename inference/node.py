@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from bus import AFFECT, WINDOW, Message, Publisher, Subscriber
+from inference.dataset import window_meta_problem
 
 log = logging.getLogger(__name__)
 
@@ -131,8 +132,16 @@ async def serve(
                 except TimeoutError:
                     msg = None
                 now = loop.time()
-                if msg is not None:
-                    counters["windows"] += not is_end_marker(msg)
+                if msg is not None and not is_end_marker(msg):
+                    problem = window_meta_problem(msg.meta)
+                    if problem is not None:
+                        if not counters[f"malformed_{problem}"]:
+                            log.warning("dropping a window of %s with unreadable meta %r; further ones are "
+                                        "only counted", msg.device, problem)
+                        counters[f"malformed_{problem}"] += 1
+                        msg = None
+                    else:
+                        counters["windows"] += 1
                 for due in batcher.push(msg, now) if msg is not None else batcher.due(now):
                     await run(pub, due)
         finally:
@@ -142,5 +151,6 @@ async def serve(
             await pub.flush()
             counters["bus_missing"] = sub.stats.gaps
             counters["bus_malformed"] = sum(sub.stats.malformed.values())
+            counters.update({f"bus_malformed_{k}": v for k, v in sub.stats.malformed.items()})
             if report is not None:
                 report(counters)
