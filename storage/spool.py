@@ -21,8 +21,8 @@ class Spool:
     def __init__(self, folder: Path, *, max_bytes: int) -> None:
         self.folder = folder
         self.max_bytes = max_bytes
-        folder.mkdir(parents=True, exist_ok=True)
-        self._lock = open(folder / "lock", "w")
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)  # spooled points are health data: owner only
+        self._lock = open(_private(folder / "lock"), "w")
         try:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -51,7 +51,7 @@ class Spool:
     def _write(self, data: bytes, n: int) -> None:
         path = self.folder / f"{self._next:016d}.lp"
         tmp = path.with_suffix(".tmp")
-        with open(tmp, "wb") as f:
+        with open(_private(tmp), "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
@@ -80,6 +80,11 @@ class Spool:
     def close(self) -> None:
         fcntl.flock(self._lock, fcntl.LOCK_UN)
         self._lock.close()
+
+
+def _private(path: Path) -> int:
+    """A descriptor of ``path``, truncated for writing and created 0600 if new."""
+    return os.open(path, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
 
 
 def _count_lines(path: Path) -> int:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
@@ -88,6 +89,8 @@ def connect(path: Path, *, create: bool = True) -> sqlite3.Connection:
     """Open (and with ``create`` set up) a store; refuses a file of another schema version."""
     if not create and not path.exists():
         raise FileNotFoundError(f"{path}: no such store")
+    if create:  # health data: a new store is the owner's alone (SQLite gives its -wal and -shm the same mode)
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
     conn = sqlite3.connect(path, check_same_thread=False)
     version = conn.execute("PRAGMA user_version").fetchone()[0]
     if version not in (0, 1, SCHEMA_VERSION):
@@ -121,7 +124,7 @@ class SqliteSink:
         return f"SqliteSink({str(self.path)!r})"
 
     async def __aenter__(self) -> "SqliteSink":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._conn = await asyncio.to_thread(connect, self.path)
         return self
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import sqlite3
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +16,7 @@ import pytest
 from bus import Hub, Publisher
 from m3sense.cli import main
 from storage import RecordBuilder, SqliteSink, StoreNode, device_topics
+from storage.spool import Spool
 from storage.sqlite import connect
 from tests.conftest import Proc, run_cli
 from tests.servers import affect_meta
@@ -270,3 +273,31 @@ def test_replayed_recording_into_the_store(tmp_path: Path, bus_address: str, hub
                         WHERE a.signal = 'hr_bpm' AND b.signal = 'hr_device_bpm'""")
     assert len(pairs) > 120
     assert np.median([abs(a - b) for a, b in pairs]) < 8.0
+
+
+def test_stores_and_spools_are_created_for_their_owner_only(tmp_path: Path) -> None:
+    """Health data: a new SQLite store (with its WAL files) 0600 in a new folder 0700; the
+    InfluxDB spool's folder 0700 and its batch and lock files 0600, whatever the umask lets others have."""
+    def mode(p: Path) -> int:
+        return stat.S_IMODE(os.stat(p).st_mode)
+
+    old = os.umask(0o022)
+    try:
+        db = tmp_path / "new" / "m3.db"
+
+        async def write() -> None:
+            async with SqliteSink(db) as sink:
+                await sink.write([])
+                assert {mode(p) for p in db.parent.glob("m3.db*")} == {0o600}  # db, -wal, -shm while open
+                assert len(list(db.parent.glob("m3.db*"))) == 3
+
+        asyncio.run(write())
+        assert mode(db.parent) == 0o700 and mode(db) == 0o600
+        spool = Spool(tmp_path / "spool", max_bytes=2**20)
+        assert spool.put(["m,d=x v=1 1"])
+        spool.close()
+        files = list((tmp_path / "spool").iterdir())
+        assert mode(tmp_path / "spool") == 0o700 and {p.name for p in files} >= {"lock"} and len(files) == 2
+        assert {mode(p) for p in files} == {0o600}
+    finally:
+        os.umask(old)
