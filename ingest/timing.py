@@ -122,7 +122,7 @@ class StreamClock:
             return by_time, "arrival"
         m = self.counter_modulus
         by_counter = (counter - self._last_counter - 1) % m
-        if by_counter == m - 1:  # the same counter again: a repeat, not 63 lost packets
+        if by_counter == m - 1 and by_time < m // 2:  # the same counter again, on time: a repeat, not 63 lost
             self.stats.anomalies["counter_repeat"] += 1
             return 0, "counter"
         if by_time >= m:  # silence longer than a wrap: the counter gives the residue only

@@ -224,6 +224,16 @@ def test_lost_packets_are_found_exactly_with_counters_or_without(data: st.DataOb
         assert abs(step - (k2 - k1) * PKT_S) <= 0.005 * PKT_S + 1e-9, (k1, k2)
 
 
+@pytest.mark.parametrize("burst", [62, 63, 64, 65])
+def test_a_burst_of_one_counter_wrap_less_one_is_loss_not_a_repeat(burst: int) -> None:
+    """63 lost packets leave the 6-bit counter one short of where it was, as a repeated packet
+    does; the arrival time tells them apart (Hypothesis found this one)."""
+    clock = StreamClock(fs_hz=FS, samples_per_packet=SPP, counter_modulus=64)
+    kept = [k for k in range(200) if not 10 <= k < 10 + burst]
+    stamps = [clock.push(1000.0 + (k + 1) * PKT_S + 0.03, SPP, k % 64) for k in kept]
+    assert sum(s.missing for s in stamps) == SPP * burst
+
+
 def test_reconnect_backoff_grows_caps_and_spreads() -> None:
     import random
 
