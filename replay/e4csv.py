@@ -7,7 +7,11 @@ time (Unix s, UTC) and the rate (Hz), one value per column; ``IBI.csv`` starts w
 its own start and rate. ``labels.csv`` (``start,end,task,label``) is m3sense's ground
 truth companion, the format of the shared WESAD recordings.
 
-Every error names the file and, where one is to blame, the line (1-based).
+Every error names the file and, where one is to blame, the line (1-based). What is read is
+also checked for plausibility, so that a damaged file fails here, before anything is published,
+rather than hanging the replay clock or failing half-way: start times within 2000–2100, rates
+within ``e4.RATE_FACTOR`` of the E4's own, finite values, IBI beats and tags inside the
+recording, and no file (or zip member, by its directory entry) over :data:`MAX_FILE_BYTES`.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from e4 import RATE_FACTOR, rate_is_plausible
 from m3sense.errors import DataError
 from replay.recording import PERIODIC, LabelInterval, Recording, Signal
 
@@ -30,6 +35,14 @@ _COLUMNS = {"acc": 3}
 #: decimals the real exports print, so written values read back identical
 _DECIMALS = {"bvp": 2, "eda": 6, "temp": 2, "hr": 2}
 _STAMP = re.compile(r"_?E4_Data$", re.IGNORECASE)
+#: Start times an E4 session can have (Unix s): 2000-01-01 to 2100-01-01. Outside them a replay
+#: at real speed would wait for decades; inside, the timestamps are the files' own.
+MIN_START_S, MAX_START_S = 946_684_800.0, 4_102_444_800.0
+#: The largest file read (bytes). An E4 holds at most about 60 h, whose BVP.csv is about 110 MB;
+#: parsing takes several times a file's size in memory, so a 1 GiB file would take gigabytes.
+MAX_FILE_BYTES = 192 * 2**20
+#: How far (s) beats and tags may lie outside the recording's signals.
+_EDGE_S = 60.0
 
 
 def _numbers(text: str, path: str, first_line: int, columns: int) -> np.ndarray:
@@ -40,6 +53,10 @@ def _numbers(text: str, path: str, first_line: int, columns: int) -> np.ndarray:
     try:
         values = np.array(",".join(lines).split(","), dtype=np.float64) if lines else np.zeros(0)
         if values.size == len(lines) * columns:
+            finite = np.isfinite(values)
+            if not finite.all():
+                row = int(np.flatnonzero(~finite)[0]) // columns
+                raise DataError(path, f"not a finite number: {lines[row].strip()[:60]!r}", first_line + row)
             return values.reshape(len(lines), columns) if columns > 1 else values
     except ValueError:
         pass
@@ -65,6 +82,13 @@ def _header_value(cells: list[str], path: str, line: int, what: str) -> float:
     return values.pop()
 
 
+def _start_time(cells: list[str], path: str, line: int) -> float:
+    t0 = _header_value(cells, path, line, "start time")
+    if not MIN_START_S <= t0 < MAX_START_S:
+        raise DataError(path, f"start time {t0:g} is not a Unix time between 2000 and 2100", line)
+    return t0
+
+
 def parse_periodic(text: str, path: str, modality: str) -> Signal:
     columns = _COLUMNS.get(modality, 1)
     head = text.split("\n", 2)
@@ -73,10 +97,13 @@ def parse_periodic(text: str, path: str, modality: str) -> Signal:
     start_cells, rate_cells = head[0].split(","), head[1].split(",")
     if len(start_cells) != columns or len(rate_cells) != columns:
         raise DataError(path, f"header rows must have {columns} column(s)", 1 if len(start_cells) != columns else 2)
-    t0 = _header_value(start_cells, path, 1, "start time")
+    t0 = _start_time(start_cells, path, 1)
     fs = _header_value(rate_cells, path, 2, "sample rate")
     if fs <= 0:
         raise DataError(path, f"sample rate must be positive, got {fs}", 2)
+    if not rate_is_plausible(modality, fs):
+        raise DataError(path, f"sample rate {fs} Hz is no E4 {modality.upper()} rate (its own is "
+                        f"{PERIODIC[modality][0]:g} Hz; accepted within a factor {RATE_FACTOR:g})", 2)
     values = _numbers(head[2] if len(head) > 2 else "", path, 3, columns)
     nominal, dtype = PERIODIC[modality]
     if dtype is np.int16:
@@ -91,8 +118,11 @@ def parse_ibi(text: str, path: str) -> tuple[float, np.ndarray, np.ndarray]:
     cells = head[0].split(",")
     if not head[0].strip() or len(cells) != 2 or cells[1].strip().upper() != "IBI":
         raise DataError(path, f"first row must be '<start>, IBI', got {head[0].strip()[:60]!r}", 1)
-    t0 = _header_value(cells[:1], path, 1, "start time")
+    t0 = _start_time(cells[:1], path, 1)
     rows = _numbers(head[1] if len(head) > 1 else "", path, 2, 2).reshape(-1, 2)
+    bad = np.flatnonzero((rows[:, 0] < 0) | (rows[:, 1] <= 0))
+    if bad.size:
+        raise DataError(path, f"offset and interval must be >= 0 and > 0, got {rows[bad[0]].tolist()}", 2 + int(bad[0]))
     return t0, t0 + rows[:, 0], rows[:, 1]
 
 
@@ -130,12 +160,21 @@ def device_name(path: Path) -> str:
     return re.sub(r"[^A-Za-z0-9_.:\-]", "_", stem)[:64] or "e4"
 
 
+def _check_size(size: int, where: str) -> None:
+    if size > MAX_FILE_BYTES:
+        raise DataError(where, f"{size / 2**20:.0f} MiB, more than any E4 session writes "
+                        f"(at most {MAX_FILE_BYTES / 2**20:.0f} MiB per file are read)")
+
+
 def _reader(path: Path) -> tuple[Callable[[str], str | None], str]:
     """A function mapping an E4 file name to its text (None if absent), and how to name files in errors."""
     if path.is_dir():
         def read_dir(name: str) -> str | None:
             f = path / name
-            return f.read_text(encoding="utf-8-sig", errors="replace") if f.is_file() else None
+            if not f.is_file():
+                return None
+            _check_size(f.stat().st_size, str(f))
+            return f.read_text(encoding="utf-8-sig", errors="replace")
         return read_dir, str(path)
     try:
         archive = zipfile.ZipFile(path)
@@ -147,7 +186,8 @@ def _reader(path: Path) -> tuple[Callable[[str], str | None], str]:
         member = members.get(name)
         if member is None:
             return None
-        with archive.open(member) as fh:
+        _check_size(archive.getinfo(member).file_size, f"{path}!{name}")  # the directory's word: nothing inflated yet
+        with archive.open(member) as fh:  # and reading stops at that size, whatever the data holds
             return io.TextIOWrapper(fh, encoding="utf-8-sig", errors="replace").read()
     return read_zip, f"{path}!"
 
@@ -185,10 +225,23 @@ def read_e4_export(path: str | Path, device: str | None = None) -> Recording:
         _, ibi_t, ibi = parse_ibi(text, name("IBI.csv"))
     tags = parse_tags(text, name("tags.csv")) if (text := read("tags.csv")) is not None else np.zeros(0)
     labels = parse_labels(text, name("labels.csv")) if (text := read("labels.csv")) is not None else ()
+    start = min(sig.t0_s for sig in signals.values())
+    end = max(sig.t0_s + len(sig.values) / sig.fs_hz for sig in signals.values())
+    _inside(ibi_t, start, end, name("IBI.csv"), 2, "beat")
+    _inside(tags, start, end, name("tags.csv"), 1, "button press")
     return Recording(
         device=device or device_name(path), source=str(path), signals=signals,
         ibi_t_s=ibi_t, ibi_s=ibi, tags_s=tags, labels=labels,
     )
+
+
+def _inside(times: np.ndarray, start: float, end: float, path: str, first_line: int, what: str) -> None:
+    """Events must fall within the recording (give or take :data:`_EDGE_S`): one far outside
+    would hold the replay clock for as long."""
+    out = np.flatnonzero((times < start - _EDGE_S) | (times > end + _EDGE_S))
+    if out.size:
+        raise DataError(path, f"{what} at {times[out[0]]:.3f} s is outside the recording "
+                        f"({start:.3f} to {end:.3f} s)", first_line + int(out[0]))
 
 
 def find_exports(path: str | Path) -> list[Path]:

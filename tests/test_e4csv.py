@@ -86,6 +86,17 @@ def test_writer_round_trips_and_a_folder_of_exports_is_one_source(tmp_path: Path
         ("BVP.csv", f"{T0}\n-64.0\n1.0\n", "BVP.csv:2", "positive"),
         ("IBI.csv", f"{T0}, HR\n1.0,0.8\n", "IBI.csv:1", "IBI"),
         ("labels.csv", "start,end,task,label\n10,5,stress,baseline\n", "labels.csv:2", "start < end"),
+        # files that once hung the replay clock or failed after publishing had begun (issue 12)
+        ("BVP.csv", f"{T0}\n0.001\n1.0\n", "BVP.csv:2", "no E4 BVP rate"),
+        ("EDA.csv", f"{T0}\n1e-300\n0.1\n", "EDA.csv:2", "no E4 EDA rate"),
+        ("TEMP.csv", "0\n4.0\n32.1\n", "TEMP.csv:1", "between 2000 and 2100"),
+        ("BVP.csv", "-1e12\n64.0\n1.0\n", "BVP.csv:1", "between 2000 and 2100"),
+        ("ACC.csv", "1e300,1e300,1e300\n32,32,32\n1,2,3\n", "ACC.csv:1", "between 2000 and 2100"),
+        ("IBI.csv", f"{T0}, IBI\n14.3,0.76\n1e15,0.8\n", "IBI.csv:3", "outside the recording"),
+        ("IBI.csv", f"{T0}, IBI\n14.3,0.76\nnan,nan\n", "IBI.csv:3", "not a finite number"),
+        ("tags.csv", f"{T0 + 1}\nnan\n", "tags.csv:2", "not a finite number"),
+        ("tags.csv", f"{T0 + 1}\n{T0 + 86400}\n", "tags.csv:2", "outside the recording"),
+        ("EDA.csv", f"{T0}\n4.0\n0.1\ninf\n", "EDA.csv:4", "not a finite number"),
     ],
 )
 def test_bad_files_are_named_with_their_line(tmp_path: Path, name: str, text: str, where: str, what: str) -> None:
@@ -93,6 +104,29 @@ def test_bad_files_are_named_with_their_line(tmp_path: Path, name: str, text: st
     with pytest.raises(DataError) as err:
         read_e4_export(folder)
     assert where in str(err.value) and what in str(err.value)
+
+
+def test_files_larger_than_any_e4_session_are_refused_before_reading(tmp_path: Path) -> None:
+    """A 1 GiB CSV (sparse: nothing is written) and a zip member inflating to 1 GiB are refused
+    from their size in the folder and in the zip directory, without being read."""
+    folder = write(tmp_path / "big", FILES)
+    with open(folder / "BVP.csv", "r+b") as f:
+        f.truncate(2**30)
+    with pytest.raises(DataError, match=r"BVP\.csv: 1024 MiB, more than any E4 session writes"):
+        read_e4_export(folder)
+    z = tmp_path / "S9_E4_Data.zip"
+    with zipfile.ZipFile(z, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+        for name, text in FILES.items():
+            if name != "EDA.csv":
+                zf.writestr(name, text)
+        with zf.open("EDA.csv", "w", force_zip64=True) as member:
+            member.write(f"{T0}\n4.0\n".encode())
+            zeros = b"0\n" * 2**19
+            for _ in range(2**10):
+                member.write(zeros)
+    assert z.stat().st_size < 16 * 2**20
+    with pytest.raises(DataError, match=r"!EDA\.csv: 1024 MiB, more than any E4 session writes"):
+        read_e4_export(z)
 
 
 def test_a_folder_or_zip_without_e4_files_is_refused(tmp_path: Path) -> None:
@@ -118,3 +152,13 @@ def test_cli_reports_bad_input_in_one_line_with_exit_code_2(tmp_path: Path) -> N
                  ["replay", str(folder), "--bus", "udp://x"]):
         proc = run_cli(*args)
         assert proc.returncode == 2 and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("command", ["replay", "run"])
+def test_cli_refuses_a_file_that_would_hang_the_replay_clock(tmp_path: Path, command: str) -> None:
+    """A start time of 0 once made the replay wait about 1.7e9 s; now: one line, exit 2, at once."""
+    folder = write(tmp_path / "epoch", {**FILES, "TEMP.csv": "0\n4.0\n32.1\n"})
+    proc = run_cli(command, str(folder), "--speed", "1", "--bus", "tcp://127.0.0.1:1", timeout=60)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "TEMP.csv:1" in lines[0] and "between 2000 and 2100" in lines[0]
