@@ -111,6 +111,9 @@ class Answerer:
         for t, m in self.models.items():
             if t not in self._features:
                 self._nets.setdefault(id(m), (m, []))[1].append(t)
+        if len(self._nets) > 1:
+            raise DataError(path or "bundle", "a bundle may hold one M3Sense network (one forward pass answers its tasks)")
+        self._net = next(iter(self._nets.values()))[0] if self._nets else None
         configs = {m.calibration_config for m in self.models.values() if m.needs_reference}
         if len(configs) > 1:
             raise DataError(path or "bundle", "its models were calibrated with different settings")
@@ -181,8 +184,9 @@ class Answerer:
         from inference.features import FEATURES, message_features
 
         n = len(windows)
-        mods = sorted({m for net, _ in self._nets.values() for m in net.modalities})
-        shapes = {m: s for net, _ in self._nets.values() for m, s in net.shapes.items()}
+        net = self._net
+        mods = list(net.modalities) if net else []
+        shapes = dict(net.shapes) if net else {}
         inputs = {m: [] for m in mods}
         present = []
         for msg in windows:
@@ -206,23 +210,12 @@ class Answerer:
                 ref = calibrations.push(msg, features[i])
                 if ref is not None:
                     ref_mean[i], ref_sd[i], ref_ids[i] = ref.mean, ref.sd, ref.id
-        # the network sees its own modality order
-        net_present = {}
-        for net, _ in self._nets.values():
-            net_present[id(net)] = present_arr[:, [mods.index(m) for m in net.modalities]]
-        return self._answer_nets(inputs, net_present, features, ref_mean, ref_sd, ref_ids.astype(str), low)
-
-    def _answer_nets(self, inputs, net_present, features, ref_mean, ref_sd, ref_ids, low):
-        # one present matrix per network (the common case is one network)
-        if len(self._nets) > 1:
-            raise DataError(self.path or "bundle", "a bundle may hold one M3Sense network")
-        present = next(iter(net_present.values())) if net_present else np.zeros((len(low), 0), bool)
-        return self._answer(inputs, present, features, ref_mean, ref_sd, ref_ids, low)
+        return self._answer(inputs, present_arr, features, ref_mean, ref_sd, ref_ids.astype(str), low)
 
     def answer_set(self, ws) -> list[dict[str, Answer]]:
         """Offline: a :class:`inference.dataset.WindowSet` with references
         (:func:`inference.dataset.with_references`)."""
-        net = next(iter(self._nets.values()), (None, []))[0]
+        net = self._net
         present = ws.present[:, [ws.modalities.index(m) for m in net.modalities]] if net else np.zeros((len(ws), 0), bool)
         inputs = {m: ws.inputs[m] for m in (net.modalities if net else ())}
         low = (ws.off_wrist | (ws.missing > _max_missing())) | ~ws.present.any(axis=1)
