@@ -50,7 +50,8 @@ class RawSender:
     """Frames straight onto the hub, in order, as any process on the host could send them.
 
     An XPUB socket learns the subscriptions the hub forwards: once it has seen ``prefixes``,
-    nothing it sends on them is dropped on the way to those subscribers.
+    nothing it sends on them is dropped on the way to those subscribers. It closes with linger
+    0, dropping what it has not sent yet: close it once the receiver has answered.
     """
 
     def __init__(self, hub: Hub) -> None:
@@ -215,11 +216,12 @@ def test_store_survives_hostile_messages(hub: Hub, procs: list[Proc], tmp_path: 
             # the end marker: once the store reports it, everything before it is in the sink
             await sender.send(_frames(Message(kind="affect", device="dev1", modality="affect", seq=1, t0_s=t_end,
                                               fs_hz=0.0, meta={"event": "end"})))
+            # the sender closes with linger 0: only once the store has everything
+            await asyncio.to_thread(store.wait_for_stderr, "end of device dev1")
         finally:
             sender.close()
 
     asyncio.run(scenario())
-    store.wait_for_stderr("end of device dev1")
     summary = _last_report(store, "store:")
     assert "5 malformed messages dropped (json_number 1, json_size 1, rate 2, time 1)" in summary
     with sqlite3.connect(db) as conn:
