@@ -137,8 +137,17 @@ def window_features(signals: Mapping[str, np.ndarray]) -> np.ndarray:
     return out.astype(np.float32)
 
 
+_SHAPES = {"bvp": (1280,), "eda": (80,), "temp": (80,), "acc": (640, 3)}
+
+
 def message_features(windows) -> np.ndarray:
     """(B, F) features of window messages (``preprocess`` window arrays), the one call the
-    live node and the training path share."""
-    return window_features({m: np.stack([np.asarray(w.arrays[m], dtype=np.float32) for w in windows])
-                            for m in ("bvp", "eda", "temp", "acc")})
+    live node and the training path share. A window whose arrays are missing or of the wrong
+    size (nothing preprocess makes) gets NaN features rather than stopping the node."""
+    out = np.full((len(windows), len(FEATURES)), np.nan, np.float32)
+    good = [i for i, w in enumerate(windows)
+            if all(np.size(w.arrays.get(m, ())) == int(np.prod(shape)) for m, shape in _SHAPES.items())]
+    if good:
+        out[good] = window_features({m: np.stack([np.asarray(windows[i].arrays[m], dtype=np.float32).reshape(shape)
+                                                  for i in good]) for m, shape in _SHAPES.items()})
+    return out

@@ -99,3 +99,15 @@ def test_a_restarted_node_keeps_its_wearers_and_the_cli_shows_and_resets_them(tm
     assert run_cli("calibration", "reset", rec.device, "--state-dir", str(store.folder)).returncode == 0
     assert run_cli("calibration", "show", rec.device, "--state-dir", str(store.folder)).returncode == 2
     assert run_cli("calibration", "reset", rec.device, "--state-dir", str(store.folder)).returncode == 1
+
+
+def test_a_window_with_missing_or_odd_arrays_is_answered_low_quality_not_a_crash(wearer_windows):
+    from bus import Message
+
+    _, msgs = wearer_windows
+    good = msgs[40]
+    odd = Message(kind=good.kind, device=good.device, modality=good.modality, seq=1, t0_s=good.t0_s + 5,
+                  fs_hz=0.0, arrays={"bvp": good.arrays["bvp"][:100]}, meta=good.meta)
+    answers = load_answerer().answer_windows([good, odd], Calibrations(CalibrationConfig()))
+    assert answers[0]["anxiety"].status in ("ok", "uncertain")
+    assert {a.status for a in answers[1].values()} <= {"low_quality", "calibrating"}
