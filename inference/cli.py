@@ -18,7 +18,7 @@ PROTOCOLS = ("paper", "subjects")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train M3Sense (Algorithm 1) and score it on a held-out part",
+    p = sub.add_parser("train", help="train M3Sense (Algorithm 1) or a feature baseline and score it on held-out people",
                        description="Train on windows made from labelled recordings by the preprocess code path. "
                                    "SOURCE is an E4 Connect folder/zip with labels.csv (or a folder of them), or "
                                    "'synthetic?minutes=30&subjects=6&seed=1'; add '?tasks=a,b' (or '&tasks=') to keep "
@@ -52,7 +52,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-cache", action="store_true", help="do not cache windows in the temp folder")
     p.add_argument("--json", action="store_true", help="print the test scores as one JSON object")
     p.add_argument("--model", default="m3sense", metavar="KIND[,KIND]",
-                   help="m3sense (the network) or a feature baseline: rf, et, dt, lda, lr, svm; several "
+                   help="m3sense (the network) or a feature baseline: rf, et, dt, lda, lr, svm, ens (soft vote "
+                        "of rf, et, lda, lr); several "
                         "(comma-separated) with --folds give one table over the same windows and folds")
     p.add_argument("--calibration", default=None, choices=("wearer", "none", "both"),
                    help="inputs relative to each wearer's reference (wearer: features, or M3Sense's EDA and "
