@@ -46,11 +46,22 @@ def _overflowing_export(tmp_path: Path) -> Path:
     return src
 
 
-def test_a_stage_that_dies_makes_run_exit_1_naming_it(tmp_path: Path) -> None:
+def test_the_issues_overflowing_start_time_is_now_bad_input(tmp_path: Path) -> None:
+    """Once a start time of 1e300 killed preprocess mid-run; the reader now refuses it up front."""
     proc = run_cli("run", str(_overflowing_export(tmp_path)), "--sink", f"sqlite:///{tmp_path / 'a.db'}", timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "ACC.csv:1: start time 1e+300" in proc.stderr and not (tmp_path / "a.db").exists()
+
+
+def test_a_stage_that_dies_makes_run_exit_1_naming_it(tmp_path: Path) -> None:
+    src = tmp_path / "rec"
+    run_cli("simulate", str(src), "--minutes", "2", "--seed", "4", "--subjects", "1", check=True)
+    bundle = tmp_path / "bad.bundle.json"  # infer dies loading it: a part that does not exist
+    bundle.write_text('{"format": "m3sense-bundle", "tasks": {"stress": "nowhere.onnx"}}')
+    proc = run_cli("run", str(src), "--sink", f"sqlite:///{tmp_path / 'a.db'}", "--model", str(bundle), timeout=300)
     assert proc.returncode == 1, proc.stderr[-2000:]
     tail = proc.stderr[proc.stderr.index("run: 0 affect windows"):]
-    assert "run: stage preprocess" in tail and "[preprocess] OverflowError" in tail  # its own words, at the end
+    assert "run: stage infer exited with code 2" in tail and "[infer] m3sense infer: error:" in tail  # its own words
 
 
 def test_run_into_an_unreachable_influxdb_exits_1_saying_what_waits_where(tmp_path: Path,
