@@ -101,6 +101,9 @@ def _tap(args: argparse.Namespace) -> int:
         sub = Subscriber(args.bus, args.topic or [""])
         try:
             async with sub:
+                # a readiness line, so a script can start publishers only once the tap listens
+                print(f"tap: subscribed to {' '.join(args.topic or ['(everything)'])} on {args.bus}", file=sys.stderr,
+                      flush=True)
                 while args.count is None or seen < args.count:
                     try:
                         msg = await sub.recv(args.idle_exit)

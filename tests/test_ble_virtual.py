@@ -313,6 +313,7 @@ def test_cli_stream_virtual_three_with_tap(bus_address, procs, tmp_path) -> None
         tap = Proc(["tap", "--bus", bus_address, "--json", "--topic", "raw/", "--topic", "status/",
                     "--idle-exit", "5"], stdout=fh)
         procs.append(tap)
+        tap.wait_for_stderr("tap: subscribed")
         raw_log = tmp_path / "raw.jsonl"
         ble = Proc(["ble", "stream", "--bus", bus_address, "--virtual", "3", "--time-scale", "20",
                     "--duration", "40", "--minutes", "1", "--drop", "0.02", "--disconnect-every", "12",

@@ -116,6 +116,7 @@ def test_cli_replay_preprocess_tap(tmp_path: Path, bus_address: str, procs: list
     tap = Proc(["tap", "--bus", bus_address, "--topic", "window/", "--json", "--count", str(len(expected) + 1),
                 "--idle-exit", "60"], stdout=tap_file)
     procs.append(tap)
+    tap.wait_for_stderr("tap: subscribed")  # windows published before the tap listens would be lost to it
     run_cli("replay", str(out), "--bus", bus_address, "--speed", "max", "--wait", "60", check=True)
     assert tap.popen.wait(timeout=60) == 0
     tap_file.close()
