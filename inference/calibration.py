@@ -178,12 +178,11 @@ class Calibrator:
             if s.first_usable_s is None and usable and on_grid:
                 s.first_usable_s = t_start_s
             if s.first_usable_s is not None:
-                over = t_start_s >= s.first_usable_s + cfg.search_minutes * 60.0
-                if usable and on_grid and not over:
+                if t_start_s >= s.first_usable_s + cfg.search_minutes * 60.0:
+                    self._settle(t_start_s)
+                if s.searching and usable and on_grid:
                     s.cand_t.append(t_start_s)
                     s.cand_f.append(f)
-                if over:
-                    self._settle()
         return s.reference
 
     def _press(self, press: float) -> None:
@@ -215,10 +214,15 @@ class Calibrator:
             s.searching = False
         s.tag_s, s.tag_t, s.tag_f = None, [], []
 
-    def _settle(self) -> None:
-        """The calmest stretch of the search span with enough usable windows becomes the
-        reference; without one the span grows until one exists."""
+    def _settle(self, now_s: float) -> None:
+        """The calmest stretch of the candidates (usable windows before ``now_s``) with enough
+        usable windows becomes the reference. Without one, the search goes on over the latest
+        ``search_minutes`` of windows, so a wearer who was rarely usable at first is calibrated
+        as soon as a quiet stretch comes, and the candidates stay bounded."""
         cfg, s = self.config, self._s
+        horizon = now_s - cfg.search_minutes * 60.0
+        keep = [i for i, t0 in enumerate(s.cand_t) if t0 >= horizon]
+        s.cand_t, s.cand_f = [s.cand_t[i] for i in keep], [s.cand_f[i] for i in keep]
         t, f = np.array(s.cand_t), np.array(s.cand_f).reshape(len(s.cand_t), len(FEATURES))
         best = None
         for k in range(len(t)):
@@ -230,7 +234,6 @@ class Calibrator:
             if best is None or score < best[0]:
                 best = (score, sel)
         if best is None:
-            s.first_usable_s = s.first_usable_s + cfg.grid_s if s.first_usable_s is not None else None
             return
         s.reference, s.searching, s.cand_t, s.cand_f = _reference("calm", t[best[1]], f[best[1]]), False, [], []
 

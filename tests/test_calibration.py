@@ -129,3 +129,19 @@ def test_relative_features_use_the_floor():
 def test_bad_settings_are_refused():
     with pytest.raises(ValueError):
         CalibrationConfig(minutes=20, search_minutes=10)
+
+
+def test_a_wearer_rarely_usable_at_first_is_calibrated_once_a_quiet_stretch_comes():
+    cfg = CalibrationConfig(minutes=10, search_minutes=30)
+    t, f = session(90, still=(50.0, 60.0))
+    m = (t - T0) / 60.0
+    usable = (m >= 40) | (np.arange(len(t)) % 3 == 0)  # the first 40 minutes: a third of the windows only
+    refs = references_over(t, usable, f, [], cfg)
+    first = next(i for i, r in enumerate(refs) if r)
+    ref = refs[first]
+    # the search went on past its first 30 minutes (too few usable windows there) and settled as soon
+    # as ten minutes with enough usable windows existed, on those windows only
+    assert ref.kind == "calm" and ref.n_windows >= cfg.min_windows
+    inside = (t >= ref.t_start_s) & (t + 20 <= ref.t_end_s)
+    assert ref.n_windows == int((inside & usable).sum())
+    assert T0 + 40 * 60 < t[first] <= T0 + 51 * 60
