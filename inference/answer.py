@@ -63,6 +63,7 @@ class Calibrations:
     def __init__(self, config: CalibrationConfig, store: CalibrationStore | None = None) -> None:
         self.config, self.store = config, store
         self._by_device: dict[str, Calibrator] = {}
+        self._unwritable = False
 
     def get(self, device: str) -> Calibrator:
         cal = self._by_device.get(device)
@@ -84,7 +85,7 @@ class Calibrations:
         ref = cal.push(t_start_s=msg.t0_s, usable=is_usable_for_reference(quality, self.config),
                        features=features, tags_s=tags)
         if self.store is not None and (ref is not before or cal.gathering or tags):
-            self.store.save(msg.device, cal)
+            self._save(msg.device, cal)
         if ref is not before:
             log.info("calibration of %s: reference %s (%d windows)", msg.device, ref.id if ref else None,
                      ref.n_windows if ref else 0)
@@ -93,7 +94,18 @@ class Calibrations:
     def save_all(self) -> None:
         if self.store is not None:
             for device, cal in self._by_device.items():
-                self.store.save(device, cal)
+                self._save(device, cal)
+
+    def _save(self, device: str, cal: Calibrator) -> None:
+        """A state folder that cannot be written costs the restart memory, not the answers:
+        said once, then the node goes on."""
+        try:
+            self.store.save(device, cal)
+        except OSError as exc:
+            if not self._unwritable:
+                log.error("calibration state cannot be kept in %s (%s): a restart will calibrate wearers again",
+                          self.store.folder, exc)
+            self._unwritable = True
 
 
 class Answerer:
@@ -231,8 +243,8 @@ def _max_missing() -> float:
 def _kind_of(path: Path) -> str:
     if path.suffix == ".onnx":
         return "feature"
-    if path.suffix == ".safetensors":
-        return "m3sense"
+    if path.suffix == ".safetensors" or (not path.exists() and path.with_suffix(".safetensors").exists()):
+        return "m3sense"  # a checkpoint, named by its weights or by its common stem
     try:
         fmt = json.loads(path.read_text()).get("format")
     except (OSError, ValueError, AttributeError) as exc:

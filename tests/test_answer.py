@@ -111,3 +111,13 @@ def test_a_window_with_missing_or_odd_arrays_is_answered_low_quality_not_a_crash
     answers = load_answerer().answer_windows([good, odd], Calibrations(CalibrationConfig()))
     assert answers[0]["anxiety"].status in ("ok", "uncertain")
     assert {a.status for a in answers[1].values()} <= {"low_quality", "calibrating"}
+
+
+def test_an_unwritable_state_folder_costs_memory_not_answers(tmp_path, wearer_windows):
+    _, msgs = wearer_windows
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the state folder should be")
+    answerer = load_answerer()
+    kept = answerer.answer_windows(msgs, Calibrations(answerer.calibration_config, CalibrationStore(blocker / "cal")))
+    plain = answerer.answer_windows(msgs, Calibrations(answerer.calibration_config))
+    assert [a["stress"] for a in kept] == [a["stress"] for a in plain]
