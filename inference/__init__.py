@@ -1,11 +1,12 @@
-"""M3Sense inference: the network, training (Algorithm 1), evaluation, checkpoints, prediction.
+"""Inference: per-wearer calibration, wrist features and feature baselines, the M3Sense network,
+training (Algorithm 1), evaluation, checkpoints, answering.
 
-What the inference node and ``demo`` use::
+What the inference node uses::
 
-    ckpt = load_checkpoint()            # the shipped default weights (or a path)
-    pred = Predictor(ckpt, tasks=("stress",), backend="onnx")
-    results = pred.predict_messages(window_messages)   # per window: {task: {label, confidence, probs, status}}
-    meta = affect_meta(window_message, results[0], pred.model_id)
+    answerer = load_answerer()          # the shipped default bundle (or a checkpoint / .onnx / bundle path)
+    cals = Calibrations(answerer.calibration_config, CalibrationStore(folder))
+    answers = answerer.answer_windows(window_messages, cals)   # per window: {task: Answer}
+    meta = affect_meta(window_message, {t: a.to_json() for t, a in answers[0].items()}, answerer.model_id)
 
 The names below are imported on first use: ``inference.cli`` lives in this package and
 ``m3sense --help`` must not pay for importing torch.
@@ -21,6 +22,12 @@ _WHERE = {
     "FUSIONS": "model", "M3Sense": "model", "ModelConfig": "model", "ModelOutput": "model",
     "count_parameters": "model", "kl_to_standard_normal": "model",
     "Predictor": "predict", "affect_meta": "predict",
+    "Answer": "answer", "Answerer": "answer", "Calibrations": "answer", "DEFAULT_BUNDLE": "answer",
+    "load_answerer": "answer",
+    "CalibrationConfig": "calibration", "CalibrationStore": "calibration", "Calibrator": "calibration",
+    "Reference": "calibration",
+    "FEATURES": "features", "window_features": "features",
+    "KINDS": "baselines", "FeatureModel": "baselines", "load_feature_model": "baselines",
 }
 
 __all__ = sorted(_WHERE)
