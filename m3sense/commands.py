@@ -26,7 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--sink", default="sqlite:///m3sense.db",
                    help="where results go: sqlite:///PATH.db (default sqlite:///m3sense.db) or influx://HOST:PORT?bucket=B "
                         "(token from $INFLUX_TOKEN)")
-    r.add_argument("--model", help="checkpoint file, feature model (.onnx) or bundle (.bundle.json); default: the shipped bundle")
+    r.add_argument("--model", help="checkpoint file, feature model (.onnx) or bundle (.bundle.json); "
+                                    "default: the shipped bundle")
     r.add_argument("--tasks", help="comma-separated subset of stress,anxiety,emotion (default all)")
     add_bus_option(r)
     r.set_defaults(func=_run, bus=None)  # run starts its own hub: on a free loopback port unless --bus names one
@@ -45,7 +46,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--devices", type=int, default=3, help="number of simulated wristbands (default 3)")
     d.add_argument("--seed", type=int, default=2022, help="simulation seed (default 2022)")
     d.add_argument("--speed", type=speed, default=math.inf, help="N x real time, or 'max' (default max)")
-    d.add_argument("--model", help="checkpoint file, feature model (.onnx) or bundle (.bundle.json); default: the shipped bundle")
+    d.add_argument("--model", help="checkpoint file, feature model (.onnx) or bundle (.bundle.json); "
+                                    "default: the shipped bundle")
     d.set_defaults(func=_demo)
 
 
