@@ -124,13 +124,14 @@ class Answerer:
             if t not in self._features:
                 self._nets.setdefault(id(m), (m, []))[1].append(t)
         if len(self._nets) > 1:
-            raise DataError(path or "bundle", "a bundle may hold one M3Sense network (one forward pass answers its tasks)")
+            raise DataError(path or "bundle",
+                            "a bundle may hold one M3Sense network (one forward pass answers its tasks)")
         self._net = next(iter(self._nets.values()))[0] if self._nets else None
         configs = {m.calibration_config for m in self.models.values() if m.needs_reference}
         if len(configs) > 1:
             raise DataError(path or "bundle", "its models were calibrated with different settings")
         self.calibration_config: CalibrationConfig | None = next(iter(configs), None)
-        self.classes = {t: tuple(m.classes[t]) if t not in self._features else m.classes for t, m in self.models.items()}
+        self.classes = {t: m.classes if t in self._features else tuple(m.classes[t]) for t, m in self.models.items()}
 
     @property
     def needs_features(self) -> bool:
@@ -228,7 +229,8 @@ class Answerer:
         """Offline: a :class:`inference.dataset.WindowSet` with references
         (:func:`inference.dataset.with_references`)."""
         net = self._net
-        present = ws.present[:, [ws.modalities.index(m) for m in net.modalities]] if net else np.zeros((len(ws), 0), bool)
+        present = (ws.present[:, [ws.modalities.index(m) for m in net.modalities]] if net
+                   else np.zeros((len(ws), 0), bool))
         inputs = {m: ws.inputs[m] for m in (net.modalities if net else ())}
         low = (ws.off_wrist | (ws.missing > _max_missing())) | ~ws.present.any(axis=1)
         return self._answer(inputs, present, ws.features, ws.ref_mean, ws.ref_sd, ws.ref_id.astype(str), low)

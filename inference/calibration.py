@@ -160,7 +160,8 @@ class Calibrator:
         """Still collecting windows for a reference (a search or a marked rest under way)."""
         return self._s.searching or self._s.tag_s is not None
 
-    def push(self, *, t_start_s: float, usable: bool, features: np.ndarray, tags_s: Sequence[float] = ()) -> Reference | None:
+    def push(self, *, t_start_s: float, usable: bool, features: np.ndarray,
+             tags_s: Sequence[float] = ()) -> Reference | None:
         """Take one window; return the reference in force for it (None: still calibrating)."""
         cfg, s = self.config, self._s
         for press in sorted(float(x) for x in tags_s):

@@ -18,7 +18,8 @@ PROTOCOLS = ("paper", "subjects")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train M3Sense (Algorithm 1) or a feature baseline and score it on held-out people",
+    p = sub.add_parser("train",
+                       help="train M3Sense (Algorithm 1) or a feature baseline and score it on held-out people",
                        description="Train on windows made from labelled recordings by the preprocess code path. "
                                    "SOURCE is an E4 Connect folder/zip with labels.csv (or a folder of them), or "
                                    "'synthetic?minutes=30&subjects=6&seed=1'; add '?tasks=a,b' (or '&tasks=') to keep "
@@ -369,7 +370,8 @@ def _evaluate(args) -> int:
         s = detailed_scores(one, {t: probs}, {t: answerer.classes[t]})[t]
         labelled = ws.labels[:, j] >= 0
         ok = status[has] == "ok"
-        s["coverage"] = {k: int(((status == k) & labelled).sum()) for k in ("ok", "uncertain", "calibrating", "low_quality")}
+        s["coverage"] = {k: int(((status == k) & labelled).sum())
+                         for k in ("ok", "uncertain", "calibrating", "low_quality")}
         s["answered_accuracy"] = float((probs.argmax(1) == one.labels[:, 0])[ok].mean()) if ok.any() else None
         s["ece"], s["reliability"] = expected_calibration_error(probs, one.labels[:, 0])
         s["model"] = answers[idx[0]][t].model
@@ -460,8 +462,8 @@ def _bundle_info(args) -> int:
     print(f"{info['model']}  ({info['path']})")
     if info["calibration"]:
         c = info["calibration"]
-        print(f"wearer calibration: the calmest {c['minutes']:g} min of the first {c['search_minutes']:g} min of usable "
-              "data, or a rest marked with a double press")
+        print(f"wearer calibration: the calmest {c['minutes']:g} min of the first {c['search_minutes']:g} min of "
+              "usable data, or a rest marked with a double press")
     for t, m in info["tasks"].items():
         held = (m.get("provenance") or {}).get("held_out") or {}
         score = (f"; held out: accuracy {100 * held['accuracy']:.1f} %, macro-F1 {held['macro_f1']:.3f}"
