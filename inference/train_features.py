@@ -1,4 +1,4 @@
-"""``m3sense train --model rf|et|dt|lda|lr|svm``: feature baselines, their leave-subjects-out
+"""``m3sense train --model rf|et|dt|lda|lr|svm|ens``: feature baselines, their leave-subjects-out
 table and the files they ship as.
 
 Every row of one run sees the same windows (labelled windows for which a wearer reference
@@ -16,10 +16,6 @@ from pathlib import Path
 import numpy as np
 
 from m3sense.errors import UserError
-
-#: Below this calibrated confidence a feature model's answer is withheld (status "uncertain").
-DEFAULT_MIN_CONFIDENCE = 0.5
-
 
 def _csv(text: str) -> tuple[str, ...]:
     return tuple(x.strip() for x in text.split(",") if x.strip())
