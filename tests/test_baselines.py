@@ -97,3 +97,27 @@ def test_leave_subjects_out_never_trains_on_the_test_person():
     assert cal.shape == (len(y), 3) and len(temps) == 3
     np.testing.assert_allclose(cal.sum(axis=1), 1.0, atol=1e-6)
     assert (cal.argmax(1) == y).mean() > 0.5  # the class signal carries across people (chance: 1/3)
+
+
+def test_train_table_then_ship_and_evaluate_a_feature_model(tmp_path):
+    """The CLI end to end on simulated wearers who mark their rest: one table over the same
+    windows and folds, a shipped ONNX model, and evaluate running it with calibration."""
+    from tests.conftest import run_cli
+
+    data = "synthetic?minutes=25&subjects=3&seed=5&mark_rest=true"
+    table = json.loads(run_cli("train", "--model", "lr,dt", "--data", data, "--tasks", "stress", "--folds", "3",
+                               "--calibration", "both", "--json", "--no-cache", timeout=600, check=True).stdout)
+    assert set(table["rows"]) == {"lr (wearer)", "lr (absolute)", "dt (wearer)", "dt (absolute)"}
+    sizes = {row["stress"]["n_windows"] for row in table["rows"].values()}
+    assert len(sizes) == 1 and sizes.pop() > 50  # the same windows for every row
+    out = tmp_path / "stress-lr.onnx"
+    run_cli("train", "--model", "lr", "--data", data, "--tasks", "stress", "--out", str(out), "--no-cache",
+            timeout=600, check=True)
+    meta = json.loads(out.with_suffix(".json").read_text())
+    assert meta["calibration"] == "wearer" and meta["provenance"]["held_out"]["n_windows"] > 50
+    scores = json.loads(run_cli("evaluate", "--model", str(out), "--data", data, "--json", "--no-cache",
+                                timeout=600, check=True).stdout)["stress"]
+    assert scores["model"].startswith("lr-stress-") and scores["coverage"]["calibrating"] > 0
+    assert scores["n_windows"] == scores["coverage"]["ok"] + scores["coverage"]["uncertain"]
+    # in-sample (the model learned these people): a check of the plumbing, not of the model
+    assert 0 <= scores["ece"] <= 1 and scores["accuracy"] > 0.6
