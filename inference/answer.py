@@ -31,7 +31,7 @@ import numpy as np
 
 from bus import Message
 from inference.calibration import CalibrationConfig, CalibrationStore, Calibrator, is_usable_for_reference
-from inference.dataset import is_low_quality, window_inputs
+from inference.dataset import MAX_MISSING_FRACTION, is_low_quality, window_inputs
 from m3sense.errors import DataError, UserError
 
 log = logging.getLogger(__name__)
@@ -232,14 +232,8 @@ class Answerer:
         present = (ws.present[:, [ws.modalities.index(m) for m in net.modalities]] if net
                    else np.zeros((len(ws), 0), bool))
         inputs = {m: ws.inputs[m] for m in (net.modalities if net else ())}
-        low = (ws.off_wrist | (ws.missing > _max_missing())) | ~ws.present.any(axis=1)
+        low = (ws.off_wrist | (ws.missing > MAX_MISSING_FRACTION)) | ~ws.present.any(axis=1)
         return self._answer(inputs, present, ws.features, ws.ref_mean, ws.ref_sd, ws.ref_id.astype(str), low)
-
-
-def _max_missing() -> float:
-    from inference.dataset import MAX_MISSING_FRACTION
-
-    return MAX_MISSING_FRACTION
 
 
 def _kind_of(path: Path) -> str:

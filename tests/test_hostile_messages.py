@@ -71,6 +71,25 @@ class RawSender:
         self._sock.close(linger=0)
 
 
+def _send_and_collect(hub: Hub, wait: list[str], output: str, frames: list[list[bytes]]) -> list[Message]:
+    """Send ``frames`` once ``wait`` topics have subscribers, then collect ``output`` up to its end marker."""
+    async def scenario() -> list[Message]:
+        sender = RawSender(hub)
+        try:
+            async with Subscriber(hub.address, [output]) as sub:
+                await sender.wait_for(wait)
+                for f in frames:
+                    await sender.send(f)
+                got = []
+                while not got or got[-1].meta.get("event") != "end":
+                    got.append(await sub.recv(60))
+                return got
+        finally:
+            sender.close()
+
+    return asyncio.run(scenario())
+
+
 def _counters(line: str) -> dict[str, int]:
     return {k: int(v) for k, v in re.findall(r"(\w+) (\d+)", line)}
 
@@ -103,23 +122,8 @@ def test_preprocess_survives_hostile_messages(hub: Hub, procs: list[Proc]) -> No
     rec = make_recording(40.0, seed=3, device="dev1")
     valid = [msg for _, msg in recording_messages(rec)]
 
-    async def scenario() -> list[Message]:
-        sender = RawSender(hub)
-        try:
-            async with Subscriber(hub.address, ["window/dev1/"]) as sub:
-                await sender.wait_for(["raw/", "label/", "status/", "window/dev1/"])
-                for frames in hostile:
-                    await sender.send(frames)
-                for msg in valid:
-                    await sender.send(_frames(msg))
-                got = []
-                while not got or got[-1].meta.get("event") != "end":
-                    got.append(await sub.recv(60))
-                return got
-        finally:
-            sender.close()
-
-    got = asyncio.run(scenario())
+    got = _send_and_collect(hub, ["raw/", "label/", "status/", "window/dev1/"], "window/dev1/",
+                            hostile + [_frames(msg) for msg in valid])
     windows = got[:-1]
     assert [w.t0_s - T0 for w in windows] == [0.0, 5.0, 10.0, 15.0, 20.0]
     c = _counters(_last_report(pre, "preprocess:"))
@@ -157,23 +161,8 @@ def test_infer_survives_hostile_windows(hub: Hub, procs: list[Proc], tiny_model:
     end = Message(kind="window", device="w1", modality="window", seq=0, t0_s=T0 + 40, fs_hz=0.0,
                   meta={"event": "end"})
 
-    async def scenario() -> list[Message]:
-        sender = RawSender(hub)
-        try:
-            async with Subscriber(hub.address, ["affect/w1/"]) as sub:
-                await sender.wait_for(["window/", "affect/w1/"])
-                for frames in hostile:
-                    await sender.send(frames)
-                for seq, msg in enumerate([*good, end]):
-                    await sender.send(_frames(dataclasses.replace(msg, seq=seq)))
-                got = []
-                while not got or got[-1].meta.get("event") != "end":
-                    got.append(await sub.recv(60))
-                return got
-        finally:
-            sender.close()
-
-    got = asyncio.run(scenario())
+    got = _send_and_collect(hub, ["window/", "affect/w1/"], "affect/w1/",
+                            hostile + [_frames(dataclasses.replace(msg, seq=seq)) for seq, msg in enumerate([*good, end])])
     assert [m.meta["t_start"] for m in got[:-1]] == [m.t0_s for m in good]
     assert all(m.meta["tasks"]["stress"]["status"] in ("ok", "uncertain") for m in got[:-1])
     c = _counters(_last_report(infer, "infer: ") + ",")
