@@ -53,6 +53,9 @@ class LinkConfig:
     backoff_initial_s: float = 0.5
     backoff_max_s: float = 30.0
     derive_heart: bool = True
+    #: put the wristband's address and advertised name (which may hold its serial) in its status
+    #: events; off by default, so nothing downstream of ingest learns them (see ingest.pseudonym)
+    store_address: bool = False
 
 
 def backoff_s(attempt: int, config: LinkConfig, rng: random.Random) -> float:
@@ -76,11 +79,12 @@ PLATFORM = BleBackend()
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Wristband:
     address: str
-    device: str  # the bus device id
+    device: str  # the bus device id: a pseudonym (ingest.pseudonym) unless the user named it
 
 
 def device_id(address: str) -> str:
-    """Bus device id of a wristband address: its hex digits, lower case (``e40000000001``)."""
+    """The address's hex digits, lower case (``e40000000001``): not pseudonymous, so only for
+    tests and benchmarks; ``ble stream`` names wristbands with :func:`ingest.pseudonym.pseudonym`."""
     return "".join(ch for ch in address.lower() if ch.isalnum())
 
 
@@ -185,8 +189,10 @@ class Link:
                                 samples=emit.samples, meta=emit.meta)
 
     async def report(self, event: str, **meta: Any) -> None:
-        """Publish a status event of this wristband."""
-        await self._publish(status(self.clock.now(), event, address=self.band.address, **meta))
+        """Publish a status event of this wristband (with its address only if the config says so)."""
+        if self.config.store_address:
+            meta = {"address": self.band.address, **meta}
+        await self._publish(status(self.clock.now(), event, **meta))
 
     def _on_notify(self, char: str, data: bytearray) -> None:
         """bleak's callback: stamp, queue, return (nothing slow on the radio's path)."""
@@ -237,7 +243,7 @@ class Link:
             await client.write_gatt_char(codec.CHARACTERISTICS["command"],
                                          codec.start_command(cfg.layout, self.clock.now()), response=True)
             self.stats.connects += 1
-            await self.report("connected", name=client.name)
+            await self.report("connected", **({"name": client.name} if cfg.store_address else {}))
             waiters = [asyncio.create_task(lost.wait()), asyncio.create_task(self._watchdog())]
             done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
             return "watchdog" if waiters[1] in done else "lost"

@@ -73,6 +73,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     st.add_argument("--watchdog", type=float, default=5.0, metavar="S",
                     help="reconnect when a connected wristband sends no BVP/ACC for S seconds (default 5)")
     st.add_argument("--no-heart", action="store_true", help="do not derive hr/ibi from BVP")
+    _add_privacy_options(st)
     st.add_argument("--wait", type=float, default=0.0, metavar="S",
                     help="first wait up to S seconds for a subscriber to each wristband's BVP (default: don't)")
     v = st.add_argument_group("virtual wristbands (--virtual)")
@@ -89,6 +90,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="go silent (still 'connected') S seconds into each connection")
     _add_layout_options(st)
     st.set_defaults(func=_stream)
+
+    ps = bsub.add_parser("pseudonym", help="print the bus device id of wristband addresses (map ids back)",
+                         description="The device id `ble stream` gives each ADDRESS under this installation's key: "
+                                     "how a study maps its stored ids back to its wristbands.")
+    ps.add_argument("address", nargs="+", help="wristband address or serial")
+    ps.add_argument("--device-key", type=Path, metavar="FILE", help=_KEY_HELP)
+    ps.set_defaults(func=_pseudonym)
 
     d = bsub.add_parser("decode", help="decode one notification (hex), or replay a raw log, as JSON",
                         description="`ble decode --char eda HEX` prints the samples of one packet; "
@@ -124,6 +132,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.set_defaults(func=_e4_client)
 
 
+_KEY_HELP = "key of the pseudonymous device ids (default $XDG_STATE_HOME/m3sense/device-key, made 0600 on first use)"
+
+
+def _add_privacy_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device-key", type=Path, metavar="FILE", help=_KEY_HELP)
+    p.add_argument("--store-address", action="store_true",
+                   help="put each wristband's address and name in its status events (default: only its pseudonym)")
+
+
+def _pseudonym(args: argparse.Namespace) -> int:
+    from ingest.pseudonym import load_or_create_key, pseudonym
+
+    key = load_or_create_key(args.device_key)
+    for address in args.address:
+        print(f"{address}\t{pseudonym(key, address)}")
+    return 0
+
+
 def _scan(args: argparse.Namespace) -> int:
     from ingest.ble import PLATFORM, scan
 
@@ -148,15 +174,17 @@ def _scan(args: argparse.Namespace) -> int:
 
 
 def _bands(args: argparse.Namespace, virtual: list[str]) -> list[Any]:
-    from ingest.ble import Wristband, device_id
+    from ingest.ble import Wristband
+    from ingest.pseudonym import load_or_create_key, pseudonym
 
     specs = args.device or virtual
     if not specs:
         raise UserError("name at least one --device ADDRESS (or use --virtual N)")
+    key = None if all("=" in spec for spec in specs) else load_or_create_key(args.device_key)
     bands = []
     for spec in specs:
         address, _, name = spec.partition("=")
-        bands.append(Wristband(address=address, device=name or device_id(address)))
+        bands.append(Wristband(address=address, device=name or pseudonym(key, address)))
     from bus import valid_name
 
     bad = [b.device for b in bands if not valid_name(b.device)]
@@ -187,7 +215,8 @@ def _stream(args: argparse.Namespace) -> int:
     elif args.time_scale != 1.0:
         raise UserError("--time-scale needs --virtual: a real wristband streams in real time")
     bands = _bands(args, virtual)
-    config = LinkConfig(layout=layout, watchdog_s=args.watchdog, derive_heart=not args.no_heart)
+    config = LinkConfig(layout=layout, watchdog_s=args.watchdog, derive_heart=not args.no_heart,
+                        store_address=args.store_address)
     raw_log = RawLog(args.raw_log) if args.raw_log else None
 
     async def run() -> list[Any]:
@@ -211,7 +240,8 @@ def _stream(args: argparse.Namespace) -> int:
         if raw_log is not None:
             raw_log.close()
     for link in links:
-        print(json.dumps({"device": link.band.device, "address": link.band.address, **link.stats.as_dict()}),
+        address = {"address": link.band.address} if args.store_address else {}
+        print(json.dumps({"device": link.band.device, **address, **link.stats.as_dict()}),
               file=sys.stderr)
     return 0
 

@@ -84,3 +84,10 @@ def procs() -> Iterator[list[Proc]]:
     yield started
     for p in reversed(started):
         p.stop()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_state_home(tmp_path_factory) -> None:
+    """State a command keeps between runs (the device key, spools, calibration) goes to a
+    temporary folder, never the user's ``~/.local/state``."""
+    os.environ["XDG_STATE_HOME"] = str(tmp_path_factory.mktemp("state"))

@@ -171,7 +171,7 @@ def test_watchdog_reconnects_a_zombie_link(hub, bus_address, recordings) -> None
     faults = Faults(zombie_after_s=10.0)
     got, links, radio, _ = asyncio.run(run_virtual(
         bus_address, recordings, n=1, scale=10.0, duration_s=40.0, faults=faults,
-        config=LinkConfig(watchdog_s=0.3, backoff_initial_s=0.05)))
+        config=LinkConfig(watchdog_s=0.3, backoff_initial_s=0.05, store_address=True)))
     (link,) = links
     device = radio.lookup(link.band.address)
     assert device is not None and device.stats.zombies >= 1 and device.stats.link_drops == 0
