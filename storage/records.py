@@ -2,7 +2,8 @@
 
 One :class:`AffectRecord` per window and task (timestamp = the window's end), one
 :class:`PhysioRecord` per device, signal and second (downsampled raw physiology for
-dashboards), one :class:`StatusRecord` per status event. Every record carries
+dashboards), one :class:`StatusRecord` per status event, one :class:`AlertRecord` per alert
+event (made by :mod:`storage.alerts` from affect records, not from the bus). Every record carries
 ``source`` (``live``, ``replay`` or ``unknown``): replayed data never shares a series
 with live data, so it cannot overwrite it in InfluxDB, where a point's identity is
 measurement + tags + time.
@@ -84,7 +85,21 @@ class StatusRecord:
     detail: str
 
 
-Record = AffectRecord | PhysioRecord | StatusRecord
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AlertRecord:
+    """An alert rule deciding at a window's end: ``event`` is ``raise`` or ``clear``;
+    ``confidence`` the mean probability of the rule's label over the dwell that decided it."""
+
+    time_s: float                       # the end of the window that decided it
+    device: str
+    task: str
+    rule: str
+    event: str                          # "raise" | "clear"
+    confidence: float
+    text: str
+
+
+Record = AffectRecord | PhysioRecord | StatusRecord | AlertRecord
 
 #: meta keys of a status event that may carry its number, in order of preference.
 _STATUS_VALUE_KEYS = ("value", "fraction", "gap_s", "duration_s", "missing_s")

@@ -16,12 +16,18 @@ _AGO = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 _UNIT_S = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
+def parse_duration(text: str) -> float | None:
+    """``90s``, ``30m``, ``2h``, ``1d`` in seconds; None if ``text`` is not such a duration."""
+    m = _AGO.match(text)
+    return float(m.group(1)) * _UNIT_S[m.group(2)] if m else None
+
+
 def parse_since(text: str, now_s: float) -> float:
     """``--since``: Unix seconds (``1495437325``), a duration back from now (``90s``,
     ``30m``, ``2h``, ``1d``) or an ISO 8601 time (UTC unless it names a zone)."""
-    m = _AGO.match(text)
-    if m:
-        return now_s - float(m.group(1)) * _UNIT_S[m.group(2)]
+    ago = parse_duration(text)
+    if ago is not None:
+        return now_s - ago
     try:
         return float(text)
     except ValueError:
