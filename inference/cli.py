@@ -61,6 +61,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "TEMP levels) or absolute (none); both: a row of each (feature models, with --folds). "
                         "Default: wearer for feature models, none for m3sense. With --folds, windows without a "
                         "wearer reference are left out, so every model is scored on the same windows")
+    p.add_argument("--init", type=Path, default=None, metavar="CHECKPOINT",
+                   help="transfer: start from this M3Sense checkpoint and learn --tasks (new or not) on its "
+                        "representation; its other tasks are kept as they are (use with --freeze encoders)")
+    p.add_argument("--freeze", choices=("encoders",), default=None,
+                   help="with --init: encoders, fusion, domain alignment and the checkpoint's other tasks stay "
+                        "fixed; only the task networks of --tasks learn (a few labelled recordings suffice)")
     p.add_argument("--min-confidence", type=float, default=0.5,
                    help="feature models: below this calibrated confidence the answer is withheld (default 0.5)")
     add_calibration_options(p)
@@ -202,19 +208,30 @@ def _train(args) -> int:
         args.calibration = args.calibration or "wearer"
         return train_features(args, kinds, windows=_windows, calibration=calibration_config(args),
                               print_scores=_print_scores)
+    if (args.init is None) != (args.freeze is None):
+        raise UserError("--init CHECKPOINT and --freeze encoders go together")
+    init = _load(args.init) if args.init is not None else None
+    if init is not None:
+        args.calibration = args.calibration or ("wearer" if init.normalizer.relative else "none")
+        if (args.calibration == "wearer") != bool(init.normalizer.relative):
+            raise UserError(f"--calibration {args.calibration}: {args.init} was trained with "
+                            f"calibration {'wearer' if init.normalizer.relative else 'none'}")
     args.calibration = args.calibration or "none"
     if args.calibration == "both":
         raise UserError("--calibration both is for feature models; train m3sense once per mode")
     calibrated = args.calibration == "wearer"
     cal = calibration_config(args)
+    from dataclasses import replace
+
     import numpy as np
     import torch
 
     from inference.checkpoint import save_checkpoint
-    from inference.dataset import Normalizer, WindowSet
+    from inference.dataset import WindowSet
     from inference.model import ModelConfig, count_parameters
-    from inference.train import (TrainConfig, detailed_scores, init_model, predict_probs, split_paper,
-                                 split_subjects, to_tensors, train_model)
+    from inference.train import (TrainConfig, detailed_scores, fit_split, init_model, predict_probs, split_paper,
+                                 split_subjects, to_tensors)
+    from inference.transfer import frozen_parts, transfer_config, transfer_model
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -223,6 +240,8 @@ def _train(args) -> int:
         tasks = _csv(args.tasks)
         cfg = ModelConfig(fusion=args.fusion, tasks=tasks, modalities=_csv(args.modalities),
                           classes={t: base.classes[t] for t in tasks if t in base.classes})
+        if init is not None:  # the checkpoint fixes the architecture; only its --tasks learn
+            cfg = transfer_config(init.config, tasks, base.classes)
         tc = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
                          gamma=args.gamma, seed=args.seed)
     except (ValueError, KeyError) as exc:
@@ -238,20 +257,20 @@ def _train(args) -> int:
     unlabeled = [(src, w.subset(np.flatnonzero(w.calibrated)) if calibrated else w)
                  for src, w in _windows(args.unlabeled, cfg=cfg, hop_s=args.hop_s, no_cache=args.no_cache,
                                         unlabeled=True, calibration=cal)]
+    if init is not None:  # the kept tasks learn nothing here: only the labels of --tasks count
+        learned = np.array([t in tasks for t in cfg.tasks])
+        labelled = [(src, w.subset(np.flatnonzero((w.labels[:, learned] >= 0).any(axis=1)))) for src, w in labelled]
+        labelled = [(src, replace(w, labels=np.where(learned[None, :], w.labels, -1))) for src, w in labelled]
     ws = WindowSet.concat([w for _, w in labelled + unlabeled])
     if not ws.labelled.any():
         raise UserError("no labelled windows in the --data sources")
 
     def fit(split, prefix=""):
-        norm = Normalizer.fit(ws.subset(np.concatenate([split.train, split.unlabeled])),
-                              relative=("eda", "temp") if calibrated else ())
-        model = init_model(cfg, tc.seed)
         prog = _Progress(tc.epochs, prefix)
-        unl = ws.subset(split.unlabeled).without_labels()
-        res = train_model(model, tc, to_tensors(ws.subset(split.train), norm),
-                          to_tensors(ws.subset(split.val), norm) if len(split.val) else None,
-                          to_tensors(unl, norm) if len(unl) else None, on_step=prog.step, on_epoch=prog.epoch)
-        return res, norm
+        model = transfer_model(init.model, tasks, base.classes, tc.seed) if init is not None else init_model(cfg, tc.seed)
+        return fit_split(ws, split, tc, model=model, relative=("eda", "temp") if calibrated else (),
+                         normalizer=init.normalizer if init is not None else None,
+                         on_step=prog.step, on_epoch=prog.epoch)
 
     if args.folds and args.protocol != "subjects":
         raise UserError("--folds goes with --protocol subjects")
@@ -288,6 +307,8 @@ def _train(args) -> int:
     provenance = {
         "trained_on": [src.name for src, _ in labelled] + [f"{src.name} (unlabeled)" for src, _ in unlabeled],
         "tasks_learned_from": {t: sorted(set(train_ws.sources[train_ws.labels[:, j] >= 0].tolist()))
+                               if init is None or t in tasks else
+                               list(init.provenance.get("tasks_learned_from", {}).get(t, []))
                                for j, t in enumerate(cfg.tasks)},
         "protocol": args.protocol,
         "split_windows": {"train": len(split.train), "val": len(split.val), "test": len(split.test),
@@ -301,7 +322,10 @@ def _train(args) -> int:
         "hop_s": args.hop_s,
         "train_config": {k: getattr(tc, k) for k in tc.__dataclass_fields__},
         "command": "m3sense " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
-        "held_out": {t: _headline(s) for t, s in scores.items()},
+        "held_out": ({t: v for t, v in init.provenance.get("held_out", {}).items() if t not in tasks}
+                     if init is not None else {}) | {t: _headline(s) for t, s in scores.items()},
+        **({"init": {"model": init.model_id, "path": str(init.path), "learned": list(tasks),
+                     "frozen": frozen_parts(res.model)}} if init is not None else {}),
         "history": [{"epoch": h.epoch, "loss": round(h.loss, 4), "ce": round(h.ce, 4), "kl": round(h.kl, 4),
                      "val": h.val} for h in res.history],
     }

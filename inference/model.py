@@ -23,12 +23,14 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from e4 import CHANNELS, RATES_HZ, TASK_CLASSES
+
 FUSIONS = ("cam", "hamlet", "keyless", "sum")
 
 #: Channels per sample of each E4 modality the model can take (ACC has three axes).
-MODALITY_CHANNELS = {"bvp": 1, "eda": 1, "temp": 1, "acc": 3}
+MODALITY_CHANNELS = {m: CHANNELS[m] for m in ("bvp", "eda", "temp", "acc")}
 #: E4 rates (Hz); with ``window_s`` they fix each modality's samples per window.
-MODALITY_FS_HZ = {"bvp": 64.0, "eda": 4.0, "temp": 4.0, "acc": 32.0}
+MODALITY_FS_HZ = {m: RATES_HZ[m] for m in MODALITY_CHANNELS}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -38,11 +40,7 @@ class ModelConfig:
     tasks: tuple[str, ...] = ("stress", "anxiety", "emotion")
     #: class names per task, in logit order
     classes: Mapping[str, tuple[str, ...]] = field(
-        default_factory=lambda: {
-            "stress": ("baseline", "stress", "amusement"),
-            "anxiety": ("low", "high"),
-            "emotion": ("low", "high"),
-        }
+        default_factory=lambda: dict(TASK_CLASSES)
     )
     modalities: tuple[str, ...] = ("bvp", "eda", "temp")
     fusion: str = "cam"
@@ -348,6 +346,22 @@ class M3Sense(nn.Module):
         self.task_encoders = nn.ModuleDict({t: TaskEncoder(self.fusion.out_dim, cfg) for t in cfg.tasks})
         self.recognition = RecognitionNetwork(cfg)
         self.heads = nn.ModuleDict({t: TaskLearningNetwork(len(cfg.classes[t]), cfg) for t in cfg.tasks})
+        self._frozen: list[nn.Module] = []  # plain list: not submodules twice over
+
+    def freeze(self, modules: Sequence[nn.Module]) -> None:
+        """Fix these submodules for good: no gradients, and their BatchNorm statistics and
+        dropout stay as in eval mode even while the rest trains. Transfer needs both: a head
+        learned from a few recordings must not move the representation the other tasks read."""
+        for m in modules:
+            m.requires_grad_(False)
+            m.eval()
+            self._frozen.append(m)
+
+    def train(self, mode: bool = True) -> M3Sense:
+        super().train(mode)
+        for m in self._frozen:
+            m.eval()
+        return self
 
     def task_indices(self, tasks: Sequence[str] | None) -> tuple[list[str], Tensor]:
         names = list(self.cfg.tasks if tasks is None else tasks)

@@ -214,7 +214,8 @@ def train_model(
     tasks = model.cfg.tasks
     n_classes = [len(model.cfg.classes[t]) for t in tasks]
     weights = class_weights(train.labels.numpy(), n_classes) if tc.balance_classes else [None] * len(tasks)
-    opt = torch.optim.Adam(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    trainable = [p for p in model.parameters() if p.requires_grad]  # frozen parts (transfer) stay as loaded
+    opt = torch.optim.Adam(trainable, lr=tc.lr, weight_decay=tc.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(opt, T_0=tc.t0_epochs, T_mult=tc.t_mult)
     g = torch.Generator().manual_seed(tc.seed)
     history: list[EpochLog] = []
@@ -269,6 +270,19 @@ def train_model(
     model.load_state_dict(best[2])
     model.eval()
     return TrainResult(model=model, best_epoch=best[1], history=tuple(history))
+
+
+def fit_split(ws: WindowSet, split: Split, tc: TrainConfig, *, model: M3Sense, relative: Sequence[str] = (),
+              normalizer: Normalizer | None = None, on_step=None, on_epoch=None) -> tuple[TrainResult, Normalizer]:
+    """Train ``model`` on one split of ``ws``: the normaliser is fitted on the training and
+    unlabelled parts (no test window shapes it), unless one is given (a transferred model must
+    see its inputs scaled as its frozen encoders learned them)."""
+    norm = normalizer or Normalizer.fit(ws.subset(np.concatenate([split.train, split.unlabeled])), relative=relative)
+    unl = ws.subset(split.unlabeled).without_labels()
+    res = train_model(model, tc, to_tensors(ws.subset(split.train), norm),
+                      to_tensors(ws.subset(split.val), norm) if len(split.val) else None,
+                      to_tensors(unl, norm) if len(unl) else None, on_step=on_step, on_epoch=on_epoch)
+    return res, norm
 
 
 def _batches(n: int, size: int, g: torch.Generator) -> list[torch.Tensor]:

@@ -46,7 +46,7 @@ from influxdb_client.client.write_api import SYNCHRONOUS
 from urllib3.exceptions import HTTPError as Urllib3Error
 
 from m3sense.errors import UserError
-from storage.records import AffectRecord, PhysioRecord, Record
+from storage.records import AffectRecord, AlertRecord, PhysioRecord, Record
 from storage.sink import SinkCounters
 from storage.spool import Spool
 from storage.target import InfluxTarget
@@ -57,6 +57,7 @@ AFFECT_MEASUREMENT = "affect"
 PHYSIO_MEASUREMENT = "physio"
 STATUS_MEASUREMENT = "device_status"
 _REJECTED_STATUS = (400, 413, 422)  # the batch itself is bad: sending it again cannot help
+ALERT_MEASUREMENT = "alerts"  # tags device, task, rule; fields event, confidence, text (Grafana annotations)
 _AUTH_STATUS = (401, 403)
 _NO_ANSWER = (urllib.error.URLError, OSError, http.client.HTTPException)
 
@@ -89,6 +90,9 @@ def to_point(r: Record) -> Point:
             p.field("calibration", r.calibration)
     elif isinstance(r, PhysioRecord):
         p = Point(PHYSIO_MEASUREMENT).tag("device", r.device).tag("source", r.source).field(r.signal, float(r.value))
+    elif isinstance(r, AlertRecord):
+        p = (Point(ALERT_MEASUREMENT).tag("device", r.device).tag("task", r.task).tag("rule", r.rule)
+             .field("event", r.event).field("confidence", float(r.confidence)).field("text", r.text))
     else:
         p = (Point(STATUS_MEASUREMENT).tag("device", r.device).tag("source", r.source).tag("event", r.event)
              .field("detail", r.detail))
@@ -459,3 +463,18 @@ def read_affect(target: InfluxTarget, *, device: str | None = None, since_s: flo
                 calibration=row.get("calibration"),
             ))
     return sorted(out, key=lambda r: (r.time_s, r.device, r.task))
+
+
+def read_alerts(target: InfluxTarget, *, device: str | None = None, since_s: float | None = None) -> list[AlertRecord]:
+    """Alert events back from InfluxDB, in the order of :func:`storage.sqlite.read_alerts`."""
+    where = [f"time >= {_us(since_s) if since_s is not None else 0}u"]
+    if device is not None:
+        where.append(f'"device" = {_literal(device)}')
+    out = []
+    for series in influxql(target, f'SELECT * FROM "{ALERT_MEASUREMENT}" WHERE {" AND ".join(where)}'):
+        cols = series["columns"]
+        for values in series["values"]:
+            row = dict(zip(cols, values))
+            out.append(AlertRecord(time_s=row["time"] / 1e6, device=row["device"], task=row["task"], rule=row["rule"],
+                                   event=row["event"], confidence=float(row["confidence"]), text=row.get("text") or ""))
+    return sorted(out, key=lambda r: (r.time_s, r.device, r.rule))
