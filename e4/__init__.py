@@ -23,6 +23,17 @@ RATES_HZ = {"bvp": 64.0, "acc": 32.0, "eda": 4.0, "temp": 4.0, "hr": 1.0}
 #: than stretched over absurd spans (nearer ones are placed by their timestamps and flagged).
 RATE_FACTOR = 2.0
 
+#: Values per sample of each periodic stream: ACC carries three axes, the others one.
+CHANNELS = {"bvp": 1, "acc": 3, "eda": 1, "temp": 1, "hr": 1}
+
+#: The classes each task's model predicts, in logit order; a window under any other label gets
+#: none (WESAD's meditation is not a stress class). Checkpoints store their own copy.
+TASK_CLASSES: dict[str, tuple[str, ...]] = {
+    "stress": ("baseline", "stress", "amusement"),
+    "anxiety": ("low", "high"),
+    "emotion": ("low", "high"),
+}
+
 
 def rate_is_plausible(modality: str, fs_hz: float) -> bool:
     """Whether ``fs_hz`` is within :data:`RATE_FACTOR` of ``modality``'s native rate."""

@@ -28,6 +28,8 @@ from typing import Literal
 
 import numpy as np
 
+from e4 import RATES_HZ
+
 BASE_UUID = "0000{:04x}-0000-1000-8000-00805f9b34fb"
 
 
@@ -59,7 +61,7 @@ UUID_TO_CHAR: dict[str, str] = {u: name for name, u in CHARACTERISTICS.items()}
 
 #: notify characteristics we subscribe to, periodic streams first.
 STREAMS = ("bvp", "acc", "temp", "eda", "button", "battery")
-PERIODIC_RATES_HZ = {"bvp": 64.0, "acc": 32.0, "temp": 4.0, "eda": 4.0}
+PERIODIC_RATES_HZ = {c: RATES_HZ[c] for c in ("bvp", "acc", "temp", "eda")}
 
 BVP_PACKET_BYTES = 20
 BVP_PAIRS = 11

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from bus import Message, Publisher, Subscriber
+from e4 import RATES_HZ as E4_RATES_HZ
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ STREAM_OF = {
 TOKENS = ("acc", "bvp", "gsr", "tmp", "ibi", "bat", "tag")
 #: line prefix -> bus modality (the client side; E4_Temp is what one doc page says)
 MODALITY_OF = {prefix: m for m, (_, prefix) in STREAM_OF.items()} | {"E4_Temp": "temp", "E4_Hr": "hr"}
-RATES_HZ = {"acc": 32.0, "bvp": 64.0, "eda": 4.0, "temp": 4.0}
+RATES_HZ = {m: E4_RATES_HZ[m] for m in ("acc", "bvp", "eda", "temp")}
 #: Empatica's server sent BVP at the E4's PPG scale, 0.9 nW per count (e4-facts.md section 0);
 #: BVP that is still in device counts (BLE, ``meta["unit"] == "counts"``) is converted to it,
 #: BVP from exports and other servers already is in it.

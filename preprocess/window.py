@@ -37,24 +37,21 @@ from typing import Any
 import numpy as np
 
 from bus import WINDOW, Message
+from e4 import CHANNELS, TASK_CLASSES
+from e4 import RATES_HZ as E4_RATES_HZ
 
 WINDOW_S = 20.0
 
 #: Rates (Hz) of the window arrays, in the order they are listed everywhere.
-RATES_HZ: dict[str, float] = {"bvp": 64.0, "eda": 4.0, "temp": 4.0, "acc": 32.0}
+RATES_HZ: dict[str, float] = {m: E4_RATES_HZ[m] for m in ("bvp", "eda", "temp", "acc")}
 MODALITIES = tuple(RATES_HZ)
 #: Samples per window of each modality.
 SIZES: dict[str, int] = {m: int(WINDOW_S * fs) for m, fs in RATES_HZ.items()}
 #: Trailing shape of one sample (ACC is three axes).
-WIDTHS: dict[str, int] = {"bvp": 1, "eda": 1, "temp": 1, "acc": 3}
+WIDTHS: dict[str, int] = {m: CHANNELS[m] for m in MODALITIES}
 
-#: The classes each task's model predicts; a window under any other label gets none
-#: (WESAD's meditation is not a stress class).
-LABEL_CLASSES: dict[str, tuple[str, ...]] = {
-    "stress": ("baseline", "stress", "amusement"),
-    "anxiety": ("low", "high"),
-    "emotion": ("low", "high"),
-}
+#: The classes each task's model predicts (:data:`e4.TASK_CLASSES`).
+LABEL_CLASSES: dict[str, tuple[str, ...]] = TASK_CLASSES
 
 
 def array_shape(modality: str) -> tuple[int, ...]:

@@ -11,14 +11,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from e4 import RATES_HZ
+
 #: Periodic E4 streams, their nominal rates (Hz) and the dtype used in memory and on the bus.
 #: ACC counts are 1/64 g integers; the other streams keep the export's float values.
 PERIODIC = {
-    "acc": (32.0, np.int16),
-    "bvp": (64.0, np.float64),
-    "eda": (4.0, np.float64),
-    "temp": (4.0, np.float64),
-    "hr": (1.0, np.float64),
+    "acc": (RATES_HZ["acc"], np.int16),
+    "bvp": (RATES_HZ["bvp"], np.float64),
+    "eda": (RATES_HZ["eda"], np.float64),
+    "temp": (RATES_HZ["temp"], np.float64),
+    "hr": (RATES_HZ["hr"], np.float64),
 }
 
 TASKS = ("stress", "anxiety", "emotion")
