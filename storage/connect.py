@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from storage import influx, sqlite
-from storage.records import AffectRecord
+from storage.records import AffectRecord, AlertRecord
 from storage.sink import Sink
 from storage.target import InfluxTarget, SqliteTarget, Target
 
@@ -35,3 +35,10 @@ def read_affect(target: Target, *, device: str | None = None, since_s: float | N
     if isinstance(target, SqliteTarget):
         return sqlite.read_affect(target.path, device=device, since_s=since_s)
     return influx.read_affect(target, device=device, since_s=since_s)
+
+
+def read_alerts(target: Target, *, device: str | None = None, since_s: float | None = None) -> list[AlertRecord]:
+    """The stored alert events in time order (then device, rule)."""
+    if isinstance(target, SqliteTarget):
+        return sqlite.read_alerts(target.path, device=device, since_s=since_s)
+    return influx.read_alerts(target, device=device, since_s=since_s)

@@ -1,12 +1,14 @@
 """The embedded store: one SQLite file, WAL mode, batched inserts.
 
-Schema (``PRAGMA user_version = 1``); times are Unix seconds (UTC, REAL):
+Schema (``PRAGMA user_version = 3``); times are Unix seconds (UTC, REAL):
 
 - ``affect``: one row per window and task, ``time_s`` = window end. Primary key
   (device, task, source, model, time_s): writing the same window again replaces it, the
   same rule as an InfluxDB point, so SQLite and InfluxDB hold the same thing.
 - ``physio``: one row per device, source, signal and second (``time_s`` = end of it).
 - ``device_status``: one row per status event.
+- ``alerts``: one row per alert event (``raise`` or ``clear``) of a rule, ``t_s`` = the end
+  of the window that decided it (:mod:`storage.alerts`).
 
 WAL lets ``m3sense timeline`` and dashboards read while the store writes. Inserts run
 in a worker thread, a batch per transaction, so the event loop never waits on the disk.
@@ -21,10 +23,10 @@ import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
 
-from storage.records import AffectRecord, PhysioRecord, Record, StatusRecord
+from storage.records import AffectRecord, AlertRecord, PhysioRecord, Record, StatusRecord
 from storage.sink import SinkCounters
 
-SCHEMA_VERSION = 2  # 2: affect.calibration (version 1 files are migrated)
+SCHEMA_VERSION = 3  # 2: affect.calibration; 3: the alerts table (older files are migrated in place)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS affect (
@@ -63,6 +65,16 @@ CREATE TABLE IF NOT EXISTS device_status (
     detail   TEXT NOT NULL,   -- the rest of the event's meta, JSON
     PRIMARY KEY (device, source, event, time_s)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS alerts (
+    t_s        REAL NOT NULL,   -- end of the window that decided it, Unix s UTC
+    device     TEXT NOT NULL,
+    task       TEXT NOT NULL,
+    rule       TEXT NOT NULL,   -- the rule's name in the rules file
+    event      TEXT NOT NULL,   -- raise | clear
+    confidence REAL NOT NULL,   -- mean p(label) over the dwell that decided it
+    text       TEXT NOT NULL,
+    PRIMARY KEY (device, rule, t_s)
+) WITHOUT ROWID;
 """
 
 _INSERT = {
@@ -82,6 +94,10 @@ _INSERT = {
         "INSERT OR REPLACE INTO device_status VALUES (?,?,?,?,?,?)",
         lambda r: (r.time_s, r.device, r.source, r.event, r.value, r.detail),
     ),
+    AlertRecord: (
+        "INSERT OR REPLACE INTO alerts VALUES (?,?,?,?,?,?,?)",
+        lambda r: (r.time_s, r.device, r.task, r.rule, r.event, r.confidence, r.text),
+    ),
 }
 
 
@@ -93,15 +109,15 @@ def connect(path: Path, *, create: bool = True) -> sqlite3.Connection:
         os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
     conn = sqlite3.connect(path, check_same_thread=False)
     version = conn.execute("PRAGMA user_version").fetchone()[0]
-    if version not in (0, 1, SCHEMA_VERSION):
+    if version not in (0, 1, 2, SCHEMA_VERSION):
         conn.close()
         raise ValueError(f"{path}: store schema version {version}, this code reads {SCHEMA_VERSION}")
     if create:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across crashes of the process
-        if version == 1:  # the one change since: a column, added in place
+        if version == 1:  # version 2 added a column, in place
             conn.execute("ALTER TABLE affect ADD COLUMN calibration TEXT")
-        conn.executescript(SCHEMA)
+        conn.executescript(SCHEMA)  # version 3 added a table: CREATE ... IF NOT EXISTS adds it in place
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         conn.commit()
     return conn
@@ -185,3 +201,21 @@ def read_affect(path: Path, *, device: str | None = None, since_s: float | None 
         )
         for r in rows
     ]
+
+
+def read_alerts(path: Path, *, device: str | None = None, since_s: float | None = None) -> list[AlertRecord]:
+    """Alert events of a store in time order (then device, rule); none in a store without the table."""
+    conn = connect(path, create=False)
+    try:
+        if not conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'alerts'").fetchone():
+            return []
+        sql = "SELECT t_s, device, task, rule, event, confidence, text FROM alerts WHERE t_s >= ?"
+        args: list = [since_s if since_s is not None else float("-inf")]
+        if device is not None:
+            sql += " AND device = ?"
+            args.append(device)
+        rows = conn.execute(sql + " ORDER BY t_s, device, rule", args).fetchall()
+    finally:
+        conn.close()
+    return [AlertRecord(time_s=r[0], device=r[1], task=r[2], rule=r[3], event=r[4], confidence=r[5], text=r[6])
+            for r in rows]
