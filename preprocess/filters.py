@@ -39,6 +39,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import signal
 
+from e4 import RATES_HZ
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class FilterSpec:
@@ -73,9 +75,9 @@ def _designed(spec: FilterSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.
 
 #: The filters of paper section 5.3 at the E4's rates (see the module docstring for why).
 FILTERS: dict[str, FilterSpec] = {
-    "bvp": FilterSpec(fs_hz=64.0, lowpass_hz=8.0, lowpass_order=4, fir_taps=33, fir_cutoff_hz=12.0),
-    "eda": FilterSpec(fs_hz=4.0, lowpass_hz=1.0, lowpass_order=2, fir_taps=9, fir_cutoff_hz=0.5),
-    "temp": FilterSpec(fs_hz=4.0, lowpass_hz=0.5, lowpass_order=2, fir_taps=9, fir_cutoff_hz=0.5),
+    "bvp": FilterSpec(fs_hz=RATES_HZ["bvp"], lowpass_hz=8.0, lowpass_order=4, fir_taps=33, fir_cutoff_hz=12.0),
+    "eda": FilterSpec(fs_hz=RATES_HZ["eda"], lowpass_hz=1.0, lowpass_order=2, fir_taps=9, fir_cutoff_hz=0.5),
+    "temp": FilterSpec(fs_hz=RATES_HZ["temp"], lowpass_hz=0.5, lowpass_order=2, fir_taps=9, fir_cutoff_hz=0.5),
 }
 
 
