@@ -3,9 +3,10 @@
 Schema (the same on 1.x, 2.x and 3.x; time precision µs):
 
 - ``affect``: tags ``device``, ``task``, ``source``, ``model``; fields ``label`` (string,
-  absent for a low-quality window), ``confidence``, ``p_<class>`` (floats), ``status``
-  (string), ``off_wrist``, ``motion`` (booleans), ``missing_fraction``, ``t_start_s``
-  (floats), ``true_label`` (string, replays only). Time = window end.
+  absent for a low-quality window), ``confidence``, ``p_<class>`` (floats), ``status``,
+  ``state`` (strings; ``state`` is the label or why there is none, for state timelines),
+  ``off_wrist``, ``motion`` (booleans), ``missing_fraction``, ``t_start_s`` (floats),
+  ``true_label`` (string, replays only). Time = window end.
 - ``physio``: tags ``device``, ``source``; one field per point among ``eda_us``,
   ``temp_c``, ``hr_bpm``, ``hr_device_bpm``. Time = end of the 1 s bin.
 - ``device_status``: tags ``device``, ``source``, ``event``; fields ``value`` (float, if
@@ -49,6 +50,7 @@ from m3sense.errors import UserError
 from storage.records import AffectRecord, AlertRecord, PhysioRecord, Record
 from storage.sink import SinkCounters
 from storage.spool import Spool
+from storage.states import window_state
 from storage.target import InfluxTarget
 
 log = logging.getLogger(__name__)
@@ -56,8 +58,8 @@ log = logging.getLogger(__name__)
 AFFECT_MEASUREMENT = "affect"
 PHYSIO_MEASUREMENT = "physio"
 STATUS_MEASUREMENT = "device_status"
-_REJECTED_STATUS = (400, 413, 422)  # the batch itself is bad: sending it again cannot help
 ALERT_MEASUREMENT = "alerts"  # tags device, task, rule; fields event, confidence, text (Grafana annotations)
+_REJECTED_STATUS = (400, 413, 422)  # the batch itself is bad: sending it again cannot help
 _AUTH_STATUS = (401, 403)
 _NO_ANSWER = (urllib.error.URLError, OSError, http.client.HTTPException)
 
@@ -71,7 +73,8 @@ def to_point(r: Record) -> Point:
     if isinstance(r, AffectRecord):
         p = (Point(AFFECT_MEASUREMENT).tag("device", r.device).tag("task", r.task)
              .tag("source", r.source).tag("model", r.model)
-             .field("status", r.status).field("t_start_s", float(r.t_start_s)))
+             .field("status", r.status).field("t_start_s", float(r.t_start_s))
+             .field("state", window_state(r.label, r.status, r.off_wrist)))
         if r.label is not None:
             p.field("label", r.label)
         if r.confidence is not None:
@@ -88,11 +91,11 @@ def to_point(r: Record) -> Point:
             p.field("true_label", r.true_label)
         if r.calibration is not None:
             p.field("calibration", r.calibration)
-    elif isinstance(r, PhysioRecord):
-        p = Point(PHYSIO_MEASUREMENT).tag("device", r.device).tag("source", r.source).field(r.signal, float(r.value))
     elif isinstance(r, AlertRecord):
         p = (Point(ALERT_MEASUREMENT).tag("device", r.device).tag("task", r.task).tag("rule", r.rule)
              .field("event", r.event).field("confidence", float(r.confidence)).field("text", r.text))
+    elif isinstance(r, PhysioRecord):
+        p = Point(PHYSIO_MEASUREMENT).tag("device", r.device).tag("source", r.source).field(r.signal, float(r.value))
     else:
         p = (Point(STATUS_MEASUREMENT).tag("device", r.device).tag("source", r.source).tag("event", r.event)
              .field("detail", r.detail))
