@@ -25,6 +25,7 @@ COMMAND_MODULES = (
     "ingest.cli",
     "preprocess.cli",
     "storage.cli",
+    "labstream.cli",
     "m3sense.commands",
 )
 
