@@ -1,8 +1,9 @@
 """Data sources for training and evaluation, named by one string each.
 
 ``PATH`` is anything ``replay`` can read (an E4 Connect folder or zip with ``labels.csv``, or
-a folder of them, such as the WESAD subjects); the later readers for the original WESAD,
-K-EmoCon and VerBIO layouts plug in behind the same call. ``synthetic`` is the simulator.
+a folder of them, such as the WESAD subjects, or a data set in its original layout, optionally
+prefixed: ``wesad:PATH``, ``kemocon:PATH``, ``verbio:PATH``, ``unlabelled:PATH``; see
+``replay.layouts``). ``synthetic`` is the simulator.
 Options follow a ``?`` as in a URL query:
 
 - ``synthetic?minutes=30&subjects=6&seed=1``: simulator arguments (bare ``synthetic`` means
@@ -66,12 +67,19 @@ def parse_source(spec: str) -> SourceSpec:
     tasks = params.pop("tasks", None)
     if location == SYNTHETIC:
         params = SYNTHETIC_DEFAULTS | params
-    if location != SYNTHETIC and not Path(location).exists():
+    if location != SYNTHETIC and not _source_path(location).exists():
         raise UserError(f"data source {location!r}: no such file or folder (or say 'synthetic')")
     if location != SYNTHETIC and params:
         raise UserError(f"data source {spec!r}: only 'tasks=' applies to a path")
     return SourceSpec(spec=spec, location=location, params=params,
                       tasks=tuple(t for t in tasks.split(",") if t) if tasks is not None else None)
+
+
+def _source_path(location: str) -> Path:
+    """The path of a source, without a layout prefix such as ``wesad:`` (see ``replay.layouts``)."""
+    from replay.layouts import split_source
+
+    return split_source(location)[1]
 
 
 def _value(text: str) -> int | float | bool | str:

@@ -259,9 +259,12 @@ def find_exports(path: str | Path) -> list[Path]:
 
 
 def read_source(path: str | Path) -> list[Recording]:
-    """Every recording of a source (one export, or a folder of them); all read before any is used,
-    so a bad file anywhere fails the whole source before anything is published."""
-    recordings = [read_e4_export(p) for p in find_exports(path)]
+    """Every recording of a source (one export, or a folder of them, or a data set in its original
+    layout: see :mod:`replay.layouts`); all read before any is used, so a bad file anywhere fails
+    the whole source before anything is published."""
+    from replay.layouts import read_layout
+
+    recordings = read_layout(path)
     seen: set[str] = set()
     for rec in recordings:
         if rec.device in seen:
