@@ -72,6 +72,60 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_calibration_options(p)
     p.set_defaults(func=_train)
 
+    p = sub.add_parser(
+        "experiment", help="reproduce a table or figure of the paper (table2, table4, table5, fig7, fig8)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Runs one of the paper's experiments over one set of windows and folds and writes NAME.md "
+                    "(table), NAME.csv (mean and SD per row and task), NAME-seeds.csv, NAME.json and NAME.png "
+                    "into --out. Every row sees the same windows (labelled, with a wearer reference, every "
+                    "--modalities present) and the same folds; seeds change the models, not the folds.\n\n"
+                    "  table2  feature models (RF, DT, ET, LDA, LR, SVM), one network per task without alignment "
+                    "(Non-Attention, Keyless, HAMLET) and the four M3Sense variants, per task\n"
+                    "  table4  M3Sense (--fusion) learning each combination of two or more tasks\n"
+                    "  table5  the four M3Sense variants without (γ = 0) and with unlabelled data "
+                    "(--unlabeled, or the paper split's unlabelled 10 %%)\n"
+                    "  fig7    transfer to a task the model never saw (paper 6.3): per target task, a model "
+                    "from scratch on --few labelled recordings, M3Sense trained on the other tasks then "
+                    "frozen with a new head learned from the same few, and M3Sense on every task and label\n"
+                    "  fig8    modality combinations for --models\n\n"
+                    "Progress (one line per row and fold) goes to stderr. Exit 1 when some row could not be "
+                    "scored for some task (it is marked in the table).")
+    p.add_argument("name", choices=("table2", "table4", "table5", "fig7", "fig8"), metavar="NAME",
+                   help="table2, table4, table5, fig7 or fig8")
+    p.add_argument("--data", action="append", required=True, metavar="SOURCE",
+                   help="labelled source, as for train (repeatable)")
+    p.add_argument("--unlabeled", action="append", default=[], metavar="SOURCE",
+                   help="source whose labels are dropped: it trains the alignment loss of the rows that use "
+                        "unlabelled data (repeatable)")
+    p.add_argument("--out", type=Path, default=None, help="folder for the results (default m3sense-experiments/NAME)")
+    p.add_argument("--split", choices=("subjects", "paper"), default="subjects",
+                   help="subjects: leave-subjects-out folds (default); paper: the paper's stratified window split, "
+                        "where one person's windows sit on both sides")
+    p.add_argument("--folds", type=int, default=None,
+                   help="subjects split: folds over the recordings (default one per recording, at most 10)")
+    p.add_argument("--seeds", default="1,2,3", metavar="A,B", help="model seeds; the spread is over them")
+    p.add_argument("--split-seed", type=int, default=0, help="fixes the folds (or the paper split) for every row")
+    p.add_argument("--tasks", default=None, help="default: every task the data labels")
+    p.add_argument("--modalities", default="bvp,eda,temp")
+    p.add_argument("--rows", default=None, metavar="ID,ID", help="only these rows (their ids are in NAME.csv)")
+    p.add_argument("--fusion", default="cam", choices=("cam", "hamlet", "keyless", "sum"),
+                   help="table4, fig7: the M3Sense variant")
+    p.add_argument("--models", default="rf,m3sense-cam", metavar="KIND,KIND",
+                   help="fig8: feature models and m3sense-FUSION networks (default rf,m3sense-cam)")
+    p.add_argument("--target", default=None, metavar="TASK,TASK", help="fig7: the unseen tasks (default every task)")
+    p.add_argument("--few", type=int, default=2, help="fig7: labelled recordings the new head learns from")
+    p.add_argument("--calibration", choices=("none", "wearer"), default="none",
+                   help="none: absolute inputs, as in the paper (default); wearer: relative to each wearer")
+    p.add_argument("--epochs", type=int, default=10, help="per network (the paper trained 65)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--gamma", type=float, default=0.3, help="weight of the alignment (KL) loss where it is used")
+    p.add_argument("--hop-s", type=float, default=10.0)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--no-cache", action="store_true", help="do not cache windows in the temp folder")
+    add_calibration_options(p)
+    p.set_defaults(func=_experiment)
+
     p = sub.add_parser("evaluate", help="score a trained model on every labelled window of a source",
                        description="Scores every labelled window that gets an answer (status ok or uncertain), "
                                    "with each wearer calibrated as live; coverage counts the windows that were "
@@ -333,6 +387,91 @@ def _train(args) -> int:
     print(f"saved {path} ({count_parameters(res.model)} parameters, best epoch {res.best_epoch})", file=sys.stderr)
     _print_scores(scores, args.json, f"held-out test part ({args.protocol} protocol, {len(test)} windows)")
     return 0
+
+
+def _experiment(args) -> int:
+    """Load the windows once, run the rows, write the files; the table is also printed."""
+    import numpy as np
+    import torch
+
+    from inference.dataset import WindowSet
+    from inference.experiment_report import markdown, write_all
+    from inference.experiments import Setup, rows_for, run, summarise
+    from inference.model import ModelConfig
+    from inference.train import TrainConfig
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    base = ModelConfig()
+    mods = _csv(args.modalities)
+    try:
+        seeds = tuple(int(x) for x in _csv(args.seeds))
+        cfg = ModelConfig(tasks=tuple(base.classes), modalities=mods, classes=base.classes)
+        tc = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, gamma=args.gamma)
+    except ValueError as exc:
+        raise UserError(f"--seeds/--modalities: {exc}") from exc
+    if not seeds or args.epochs < 1 or args.batch_size < 2 or args.few < 1:
+        raise UserError("--seeds needs a seed, --epochs >= 1, --batch-size >= 2, --few >= 1")
+    cal = calibration_config(args)
+
+    def usable(w):  # the windows every row can read: a wearer reference and every modality present
+        return w.subset(np.flatnonzero(w.calibrated & w.present.all(axis=1)))
+
+    ws = WindowSet.concat([w for _, w in _windows(args.data, cfg=cfg, hop_s=args.hop_s, no_cache=args.no_cache,
+                                                  calibration=cal)])
+    ws = usable(ws.subset(np.flatnonzero(ws.labelled)))
+    tasks = _csv(args.tasks) if args.tasks else tuple(t for j, t in enumerate(cfg.tasks)
+                                                      if (ws.labels[:, j] >= 0).any())
+    bad = [t for t in tasks if t not in cfg.tasks]
+    if bad or not tasks:
+        raise UserError(f"--tasks {','.join(bad)}: known tasks are {', '.join(cfg.tasks)}" if bad else
+                        "no labelled window with a wearer reference in --data (recordings need about "
+                        f"{cal.search_minutes:g} min of usable data before their labels)")
+    ws = ws.select(mods, tasks)
+    ws = ws.subset(np.flatnonzero(ws.labelled))
+    unl = None
+    if args.unlabeled:
+        unl = usable(WindowSet.concat([w for _, w in _windows(args.unlabeled, cfg=cfg, hop_s=args.hop_s,
+                                                              no_cache=args.no_cache, unlabeled=True,
+                                                              calibration=cal)])).select(mods, tasks)
+    if args.name == "table5" and not args.unlabeled and args.split != "paper":
+        raise UserError("table5 compares training without and with unlabelled data: give --unlabeled SOURCE "
+                        "(or --split paper, whose 10 % unlabelled part serves)")
+    n_rec = len(np.unique(ws.groups))
+    folds = args.folds or min(n_rec, 10)
+    setup = Setup(split=args.split, folds=folds, split_seed=args.split_seed, seeds=seeds, train=tc,
+                  calibrated=args.calibration == "wearer", few=args.few)
+    try:
+        rows = rows_for(args.name, tasks=tasks, modalities=mods, fusion=args.fusion, models=_csv(args.models),
+                        targets=_csv(args.target) if args.target else None)
+        if args.rows:
+            wanted = _csv(args.rows)
+            unknown = [r for r in wanted if r not in {row.id for row in rows}]
+            if unknown:
+                raise ValueError(f"--rows {','.join(unknown)}: {args.name} has rows {', '.join(r.id for r in rows)}")
+            rows = [r for r in rows if r.id in wanted]
+        print(f"experiment {args.name}: {len(rows)} rows x {len(seeds)} seeds over {len(ws)} windows of {n_rec} "
+              f"recordings ({'paper split' if args.split == 'paper' else f'{folds} folds'}), tasks "
+              f"{','.join(tasks)}", file=sys.stderr, flush=True)
+        records = run(rows, ws, setup, unlabeled=unl, progress=lambda line: print(
+            f"{args.name} {line}", file=sys.stderr, flush=True))
+    except ValueError as exc:
+        raise UserError(str(exc)) from exc
+    summary = summarise(rows, records)
+    meta = {"experiment": args.name, "split": args.split, "folds": folds if args.split == "subjects" else None,
+            "split_seed": args.split_seed, "seeds": list(seeds), "windows": len(ws), "recordings": n_rec,
+            "tasks": list(tasks), "modalities": list(mods), "epochs": args.epochs, "calibration": args.calibration,
+            "few": args.few if args.name == "fig7" else None, "data": list(args.data),
+            "unlabeled": list(args.unlabeled), "unlabeled_windows": 0 if unl is None else len(unl),
+            "command": "m3sense " + " ".join(shlex.quote(a) for a in sys.argv[1:])}
+    out = args.out or Path("m3sense-experiments") / args.name
+    paths = write_all(out, args.name, summary, records, meta)
+    print(markdown(args.name, summary, meta))
+    missing = [f"{c['row']}/{c['task']}" for c in summary if not c["seeds"]]
+    print(f"experiment {args.name}: wrote {', '.join(str(p) for p in paths)}; "
+          f"{len(summary) - len(missing)} of {len(summary)} row/task cells scored"
+          + (f", not scored: {', '.join(missing)}" if missing else ""), file=sys.stderr)
+    return 1 if missing else 0
 
 
 def _headline(s: dict) -> dict:
