@@ -166,7 +166,7 @@ def _labels(data: dict, path: Path, wrist: dict[str, np.ndarray]) -> np.ndarray:
     codes = label.astype(np.float64)
     bad = np.flatnonzero(~np.isin(codes, np.arange(8)))
     if bad.size:
-        raise DataError(path, f"['label'][{int(bad[0])}] is {label[bad[0]]!r}, not a protocol code 0-7")
+        raise DataError(path, f"['label'][{int(bad[0])}] is {label[bad[0]].item()!r}, not a protocol code 0-7")
     duration = codes.size / LABEL_HZ
     for key, (modality, fs) in WRIST.items():
         if abs(len(wrist[modality]) / fs - duration) > 1.0:
