@@ -27,7 +27,7 @@ def check_times(times_s: np.ndarray, path: str, first_line: int, lines: np.ndarr
     if bad.size:
         i = int(bad[0])
         line = int(lines[i]) if lines is not None else first_line + i
-        raise DataError(path, f"time stamp {times_s[i]!r} s is not a Unix time between 2000 and 2100", line)
+        raise DataError(path, f"time stamp {float(times_s[i])!r} s is not a Unix time between 2000 and 2100", line)
 
 
 def grid_signal(modality: str, times_s: np.ndarray, values: np.ndarray, path: str,
