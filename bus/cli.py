@@ -1,4 +1,4 @@
-"""``m3sense hub`` and ``m3sense tap``, and the ``--bus`` option every command shares."""
+"""``m3sense hub``, ``m3sense tap`` and ``m3sense keys``, and the ``--bus`` options every command shares."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import json
 import math
 import sys
+from pathlib import Path
 from typing import Any
 
 from bus.endpoints import DEFAULT_BUS, BadBusAddress, hub_endpoints
@@ -25,6 +26,43 @@ def add_bus_option(parser: argparse.ArgumentParser) -> None:
         help=f"hub address, tcp://HOST:PORT (publishers use PORT, subscribers PORT+1) or ipc://PATH "
              f"(default {DEFAULT_BUS})",
     )
+    parser.add_argument(
+        "--bus-keys", type=Path, metavar="DIR",
+        help="encrypt and authenticate the bus with CURVE keys from DIR (hub.key, client.key_secret; the hub "
+             "also hub.key_secret and allowed/): needed for a tcp:// address that is not loopback, "
+             "accepted on any (see `m3sense keys`)",
+    )
+    parser.add_argument(
+        "--insecure", action="store_true",
+        help="accept a non-loopback address without keys: plain text that anyone on the network can read "
+             "and write (a warning is printed)",
+    )
+
+
+def apply_bus_security(args: argparse.Namespace) -> None:
+    """Set the process's bus security from ``--bus-keys``/``--insecure`` before the command runs, and
+    refuse early, in one line, what would fail later: a plain non-loopback address, a missing key file.
+
+    ``m3sense main`` calls it for every command that has the options. The keys a command needs
+    follow from what it is: ``hub`` serves, ``run`` serves and connects, the others connect."""
+    from bus.security import BusSecurity, BusSecurityError, check_address, configure
+    from m3sense.errors import UserError
+
+    keys = args.bus_keys
+    if keys is not None and not keys.is_dir():
+        raise UserError(f"--bus-keys {keys}: no such folder (make one: m3sense keys init --dir {keys})")
+    security = BusSecurity(keys=keys, insecure=args.insecure)
+    try:
+        if args.bus is not None:  # run without --bus: its own hub on a free loopback port
+            check_address(args.bus, security)
+        if security.curve:
+            if args.command in ("hub", "run"):
+                security.server_keys()
+            if args.command != "hub":
+                security.client_keys()
+    except BusSecurityError as exc:
+        raise UserError(str(exc)) from None
+    configure(security)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -51,6 +89,87 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--idle-exit", type=float, metavar="S", help="exit after S seconds without a message")
     t.set_defaults(func=_tap)
 
+    k = sub.add_parser(
+        "keys", help="make and allow the CURVE keys of an authenticated bus",
+        description="Keys live in one folder per host, given to every command as --bus-keys DIR: hub.key (the hub's "
+                    "public key, on every host), hub.key_secret (only on the hub's host), client.key and "
+                    "client.key_secret (this host's stages), allowed/*.key (the clients the hub admits). "
+                    "Secret files are made 0600 and never overwritten.",
+    )
+    ksub = k.add_subparsers(dest="keys_command", metavar="ACTION")
+    ksub.required = True
+    ki = ksub.add_parser("init", help="one host: a hub pair, a client pair, and that client allowed")
+    ki.add_argument("--dir", type=Path, required=True, help="the keys folder (made if missing)")
+    ki.set_defaults(func=_keys_init)
+    kn = ksub.add_parser("new", help="make a key pair NAME.key and NAME.key_secret (hub, client, or any name)")
+    kn.add_argument("name", help="hub for the hub's pair, client for a host's stages")
+    kn.add_argument("--dir", type=Path, required=True, help="the keys folder (made if missing)")
+    kn.set_defaults(func=_keys_new)
+    ka = ksub.add_parser("allow", help="admit a client: copy its public key (NAME.key) into DIR/allowed/")
+    ka.add_argument("public_key", type=Path, help="the client's public key file, e.g. its client.key")
+    ka.add_argument("--dir", type=Path, required=True, help="the hub's keys folder")
+    ka.add_argument("--name", help="the name to allow it under (default: the file's name), e.g. the host's")
+    ka.set_defaults(func=_keys_allow)
+    kl = ksub.add_parser("list", help="print the hub's, this host's and the allowed public keys")
+    kl.add_argument("--dir", type=Path, required=True, help="the keys folder")
+    kl.set_defaults(func=_keys_list)
+
+
+def _keys_call(fn: Any, *fn_args: Any) -> Any:
+    from bus.security import BusSecurityError
+    from m3sense.errors import UserError
+
+    try:
+        return fn(*fn_args)
+    except BusSecurityError as exc:
+        raise UserError(str(exc)) from None
+    except OSError as exc:
+        raise UserError(f"{exc.filename or ''}: {exc.strerror or exc}") from None
+
+
+def _keys_init(args: argparse.Namespace) -> int:
+    from bus.security import init_folder
+
+    for path in _keys_call(init_folder, args.dir):
+        print(path)
+    print(f"keys: run the hub and every stage with --bus-keys {args.dir}; on another host, copy hub.key there, "
+          f"make its client pair (m3sense keys new client --dir DIR) and allow its client.key here", file=sys.stderr)
+    return 0
+
+
+def _keys_new(args: argparse.Namespace) -> int:
+    from bus.security import new_keypair
+
+    for path in _keys_call(new_keypair, args.dir, args.name):
+        print(path)
+    return 0
+
+
+def _keys_allow(args: argparse.Namespace) -> int:
+    from bus.security import allow_key
+
+    print(_keys_call(allow_key, args.dir, args.public_key, args.name))
+    return 0
+
+
+def _keys_list(args: argparse.Namespace) -> int:
+    from bus.security import ALLOWED, CLIENT, HUB, PUBLIC_SUFFIX, read_key_file
+
+    def show(path: Path) -> None:
+        public, _ = _keys_call(lambda: read_key_file(path, secret=False))
+        print(f"{path}\t{public.decode()}")
+
+    if not args.dir.is_dir():
+        from m3sense.errors import UserError
+
+        raise UserError(f"{args.dir}: no such folder")
+    for name in (HUB, CLIENT):
+        if (args.dir / (name + PUBLIC_SUFFIX)).is_file():
+            show(args.dir / (name + PUBLIC_SUFFIX))
+    for path in sorted((args.dir / ALLOWED).glob("*" + PUBLIC_SUFFIX)):
+        show(path)
+    return 0
+
 
 def _hub(args: argparse.Namespace) -> int:
     import signal
@@ -67,11 +186,16 @@ def _hub(args: argparse.Namespace) -> int:
         print(f"m3sense hub: error: {exc}", file=sys.stderr)
         return 2
     ep = hub.endpoints
-    print(f"hub: publishers connect to {ep.publishers}, subscribers to {ep.subscribers}", file=sys.stderr, flush=True)
+    guard = (f"CURVE, clients allowed from {hub.security.keys}/allowed" if hub.security.curve
+             else "plain, no authentication")
+    print(f"hub: publishers connect to {ep.publishers}, subscribers to {ep.subscribers} ({guard})", file=sys.stderr,
+          flush=True)
     try:
         stop.wait()
     finally:
         hub.stop()
+    if hub.allow_list is not None and hub.allow_list.refused:
+        print(f"hub: refused {hub.allow_list.refused} connection(s) with unknown keys", file=sys.stderr)
     return 0
 
 

@@ -5,6 +5,9 @@ Publishers connect to its XSUB side, subscribers to its XPUB side (see
 lets a publisher wait for its subscribers instead of sleeping. ``XPUB_NODROP``
 makes a slow subscriber push back on publishers rather than lose messages
 silently; the high-water marks bound the memory that push-back may hold.
+
+With keys (:mod:`bus.security`) both sides are CURVE servers behind a ZAP allow-list, on a
+context of the hub's own: ZAP is per context, and one context holds one ZAP handler.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import threading
 import zmq
 
 from bus.endpoints import hub_endpoints
+from bus.security import BusSecurity, check_address, current, secure_server, start_authenticator
 
 HWM = 100_000  # messages per pipe before back-pressure
 
@@ -25,10 +29,17 @@ class Hub:
     it in the foreground.
     """
 
-    def __init__(self, address: str, context: zmq.Context | None = None) -> None:
+    def __init__(self, address: str, context: zmq.Context | None = None, *,
+                 security: BusSecurity | None = None) -> None:
         self.address = address
         self.endpoints = hub_endpoints(address)
+        self.security = security or current()
+        check_address(address, self.security)
+        self._given_ctx = context
+        self._own_ctx = False
         self._ctx = context or zmq.Context.instance()
+        self._auth = None
+        self.allow_list = None  # with keys: the ZAP allow-list, whose ``refused`` counts unknown keys
         self._control_addr = f"inproc://hub-control-{id(self)}"
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
@@ -45,6 +56,8 @@ class Hub:
             xpub.setsockopt(zmq.SNDHWM, HWM)
             xpub.setsockopt(zmq.XPUB_NODROP, 1)
             xpub.setsockopt(zmq.XPUB_VERBOSE, 1)
+            for s in (xsub, xpub):
+                secure_server(s, self.security)
             xsub.bind(self.endpoints.publishers)
             xpub.bind(self.endpoints.subscribers)
             control.bind(self._control_addr)
@@ -64,10 +77,15 @@ class Hub:
                 s.close(linger=0)
 
     def start(self) -> "Hub":
+        if self.security.curve and self._auth is None:
+            if self._given_ctx is None:
+                self._ctx, self._own_ctx = zmq.Context(), True
+            self._auth, self.allow_list = start_authenticator(self._ctx, self.security)  # before any bind
         self._thread = threading.Thread(target=self._serve, name="m3sense-hub", daemon=True)
         self._thread.start()
         self._ready.wait()
         if self._error is not None:
+            self._stop_auth()
             raise OSError(f"hub cannot bind {self.address}: {self._error}") from self._error
         return self
 
@@ -81,6 +99,15 @@ class Hub:
         self._thread.join(timeout=5)
         ctl.close(linger=0)
         self._thread = None
+        self._stop_auth()
+
+    def _stop_auth(self) -> None:
+        if self._auth is not None:
+            self._auth.stop()
+            self._auth = None
+        if self._own_ctx:
+            self._ctx.term()
+            self._own_ctx = False
 
     def __enter__(self) -> "Hub":
         return self.start()

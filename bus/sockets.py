@@ -33,6 +33,7 @@ import zmq.asyncio
 from bus.endpoints import hub_endpoints
 from bus.hub import HWM
 from bus.message import MalformedMessage, Message, decode, encode
+from bus.security import BusSecurity, check_address, current, secure_client
 from bus.sequence import BusStats, GapTracker, SequenceCounter
 from bus.topics import RAW, SYNC, topic_for
 
@@ -50,8 +51,10 @@ def _context() -> zmq.asyncio.Context:
 class Publisher:
     """Numbers and sends messages; ``async with`` it, then :meth:`publish`."""
 
-    def __init__(self, bus: str, *, flush_timeout_s: float = 30.0) -> None:
+    def __init__(self, bus: str, *, flush_timeout_s: float = 30.0, security: BusSecurity | None = None) -> None:
         self.endpoints = hub_endpoints(bus)
+        self.security = security or current()  # CURVE keys (bus.security); the process's unless given
+        check_address(bus, self.security)
         self._ctx = _context()
         self._sock: zmq.asyncio.Socket | None = None
         self._echo: zmq.asyncio.Socket | None = None
@@ -68,9 +71,11 @@ class Publisher:
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SNDHWM, HWM)
         sock.setsockopt(zmq.XPUB_NODROP, 1)  # block, never drop, when the hub pushes back
+        secure_client(sock, self.security)
         sock.connect(self.endpoints.publishers)
         echo = self._ctx.socket(zmq.SUB)
         echo.setsockopt(zmq.LINGER, 0)
+        secure_client(echo, self.security)
         echo.connect(self.endpoints.subscribers)
         echo.setsockopt(zmq.SUBSCRIBE, self._sync_topic.encode())
         self._sock, self._echo = sock, echo
@@ -196,8 +201,11 @@ class Publisher:
 class Subscriber:
     """Decoded messages under some topic prefixes; ``stats`` says what arrived and what was lost."""
 
-    def __init__(self, bus: str, prefixes: Iterable[str] = ("",), *, hwm: int = HWM) -> None:
+    def __init__(self, bus: str, prefixes: Iterable[str] = ("",), *, hwm: int = HWM,
+                 security: BusSecurity | None = None) -> None:
         self.endpoints = hub_endpoints(bus)
+        self.security = security or current()
+        check_address(bus, self.security)
         self.prefixes = list(prefixes)
         self._ctx = _context()
         self._sock: zmq.asyncio.Socket | None = None
@@ -211,6 +219,7 @@ class Subscriber:
         sock = self._ctx.socket(zmq.SUB)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.RCVHWM, self._hwm)
+        secure_client(sock, self.security)
         sock.connect(self.endpoints.subscribers)
         for p in self.prefixes:
             sock.setsockopt(zmq.SUBSCRIBE, p.encode())

@@ -52,6 +52,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
     )
     try:
+        if hasattr(args, "bus_keys"):  # bus security (bus/cli.py): keys read and refusals said before anything runs
+            from bus.cli import apply_bus_security
+            apply_bus_security(args)
         return int(args.func(args) or 0)
     except UserError as exc:
         print(f"m3sense {args.command}: error: {exc}", file=sys.stderr)

@@ -167,16 +167,19 @@ class Stage:
 
 def stage_commands(cfg: PipelineConfig, bus: str) -> list[tuple[str, list[str]]]:
     """The stages, downstream first (the order they start in)."""
+    from bus.security import current
+
+    on_bus = ["--bus", bus, *current().as_args()]  # run's bus keys (or --insecure) go to its stages too
     # a replay starts every wearer from the recording's beginning: its calibration starts afresh too
-    infer = ["infer", "--bus", bus, "--state-dir", "none"]
+    infer = ["infer", *on_bus, "--state-dir", "none"]
     if cfg.model:
         infer += ["--model", cfg.model]
     if cfg.tasks:
         infer += ["--tasks", cfg.tasks]
     return [
-        ("store", ["store", "--bus", bus, "--sink", cfg.sink, "--json"]),
+        ("store", ["store", *on_bus, "--sink", cfg.sink, "--json"]),
         ("infer", infer),
-        ("preprocess", ["preprocess", "--bus", bus]),
+        ("preprocess", ["preprocess", *on_bus]),
     ]
 
 
