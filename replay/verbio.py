@@ -78,8 +78,9 @@ def _float(value: object, path: Path, line: int, what: str) -> float:
     return out
 
 
-def _stage_table(path: Path, columns: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(times_s, values, rows)`` of one E4 workbook with ``columns`` value columns."""
+def _stage_table(path: Path, columns: int, may_be_empty: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(times_s, values, rows)`` of one E4 workbook with ``columns`` value columns (the IBI
+    workbook may hold no beat at all, as an E4's IBI.csv may)."""
     rows = _sheet_rows(path)
     if not rows:
         raise DataError(path, "empty sheet: expected a 'Time (s)' header row", 1)
@@ -91,7 +92,7 @@ def _stage_table(path: Path, columns: int) -> tuple[np.ndarray, np.ndarray, np.n
         raise DataError(path, f"header must be '{TIME_COLUMN}' and {columns} signal column(s), got {list(header)[:6]}",
                         head_line)
     body = rows[1:]
-    if not body:
+    if not body and not may_be_empty:
         raise DataError(path, "no samples", head_line)
     table = np.empty((len(body), 1 + columns))
     lines = np.empty(len(body), dtype=np.int64)
@@ -150,7 +151,7 @@ def read_session(folder: Path, pid: str, session: str, score: float | None) -> R
         raise DataError(folder, f"no VerBIO E4 workbook here: none of E4_EDA_{STAGE}.xlsx, E4_BVP_{STAGE}.xlsx, ...")
     ibi_t = ibi = np.zeros(0)
     if (f := folder / f"E4_IBI_{STAGE}.xlsx").is_file():
-        ibi_t, ibi, lines = _stage_table(f, 1)
+        ibi_t, ibi, lines = _stage_table(f, 1, may_be_empty=True)
         bad = np.flatnonzero(ibi <= 0)
         if bad.size:
             raise DataError(f, f"an interval must be > 0 s, got {ibi[bad[0]]:g}", int(lines[bad[0]]))

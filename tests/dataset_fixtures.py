@@ -215,8 +215,8 @@ def write_kemocon(root: Path, *, pids: tuple[int, ...] = (1, 31), seed: int = 9)
 def _workbook(path: Path, header: list[str], rows) -> None:
     import openpyxl
 
-    book = openpyxl.Workbook()
-    sheet = book.active
+    book = openpyxl.Workbook(write_only=True)  # streams rows: the fixture's many rows write quickly
+    sheet = book.create_sheet("Sheet1")
     sheet.append(header)
     for row in rows:
         sheet.append(list(row))
