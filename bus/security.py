@@ -57,11 +57,15 @@ def is_loopback(address: str) -> bool:
     elsewhere; names are not resolved, so a name is never taken for loopback."""
     if address.startswith("ipc://") or address.startswith("inproc://"):
         return True
-    host = urlsplit(address).hostname or ""
+    return is_loopback_host(urlsplit(address).hostname or "")
+
+
+def is_loopback_host(host: str) -> bool:
+    """A host name or address (of a bind or a connect) that only this host can reach."""
     if host == "localhost":
         return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
 

@@ -113,10 +113,17 @@ def register(sub: argparse._SubParsersAction) -> None:
         "e4-server", help="serve the bus's live streams in the E4 streaming-server protocol",
         description="Speak the line protocol of Empatica's (discontinued, Windows-only) E4 streaming server on TCP, "
                     "fed from the bus (ble stream, replay, virtual wristbands), so clients written for it work "
-                    "again. Wristbands appear in device_list once they publish on the bus.")
+                    "again. Wristbands appear in device_list once they publish on the bus. It listens on loopback; "
+                    "a wider --host needs --allow or --token-file (or --insecure, which admits anyone).")
     add_bus_option(e)
     e.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     e.add_argument("--port", type=int, default=28000, help="TCP port (default 28000, the vendor's; 0 = any free)")
+    e.add_argument("--allow", action="append", default=[], metavar="ADDR[/BITS]",
+                   help="admit clients from this address or network (repeatable); with --allow or --token-file "
+                        "the rules hold for this host's clients too (--allow 127.0.0.1 lets them in)")
+    e.add_argument("--token-file", type=Path, metavar="FILE",
+                   help="admit other clients whose first command is 'server_auth TOKEN', TOKEN being this file's "
+                        "first line (at least 16 characters; a file keeps it out of ps)")
     e.set_defaults(func=_e4_server)
 
     c = sub.add_parser(
@@ -129,6 +136,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--device", metavar="ID", help="wristband id on the server (default: the first listed)")
     c.add_argument("--as", dest="bus_device", metavar="NAME", help="device id on the bus (default: the server's id)")
     c.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
+    c.add_argument("--token-file", type=Path, metavar="FILE",
+                   help="send 'server_auth TOKEN' first, TOKEN being this file's first line (an m3sense e4-server "
+                        "with --token-file)")
     c.set_defaults(func=_e4_client)
 
 
@@ -304,14 +314,52 @@ def _stop_on_signal(stop: asyncio.Event) -> None:
         loop.add_signal_handler(sig, stop.set)
 
 
+def _read_token(path: Path | None) -> str | None:
+    """The token in a file's first line; one-line errors for a missing, empty or short one."""
+    from ingest.e4server import MIN_TOKEN_CHARS
+
+    if path is None:
+        return None
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"--token-file {path}: cannot read it ({getattr(exc, 'strerror', None) or exc})") from None
+    token = lines[0].strip() if lines else ""
+    if len(token) < MIN_TOKEN_CHARS or any(c.isspace() for c in token):
+        raise UserError(f"--token-file {path}: the first line must be a token of at least {MIN_TOKEN_CHARS} "
+                        f"characters without spaces (e.g. from: python -c 'import secrets; print(secrets.token_urlsafe())')")
+    return token
+
+
+def _e4_access(args: argparse.Namespace) -> Any:
+    """Who may use the e4-server; refuses a listener beyond loopback that nothing guards."""
+    from bus.security import is_loopback_host
+    from ingest.e4server import Access, parse_allow
+
+    try:
+        allow = tuple(parse_allow(a) for a in args.allow)
+    except ValueError as exc:
+        raise UserError(f"--allow: {exc}") from None
+    access = Access(allow=allow, token=_read_token(args.token_file))
+    if not is_loopback_host(args.host) and not access.guarded:
+        if not args.insecure:
+            raise UserError(f"--host {args.host} is not loopback: give --allow ADDR[/BITS] or --token-file FILE "
+                            f"(or --insecure to admit anyone who can reach it)")
+        print(f"e4-server: warning: listening on {args.host} with no allow-list or token: anyone who reaches it "
+              f"can read the wristbands' data", file=sys.stderr)
+    return access
+
+
 def _e4_server(args: argparse.Namespace) -> int:
     from ingest.e4server import serve
+
+    access = _e4_access(args)
 
     async def run() -> Any:
         stop = asyncio.Event()
         _stop_on_signal(stop)
         return await serve(
-            args.bus, args.host, args.port, stop=stop,
+            args.bus, args.host, args.port, stop=stop, access=access,
             ready=lambda port: print(f"e4-server: listening on {args.host}:{port}", file=sys.stderr, flush=True),
             on_device=lambda d: print(f"e4-server: device {d} on the bus", file=sys.stderr, flush=True))
 
@@ -319,8 +367,8 @@ def _e4_server(args: argparse.Namespace) -> int:
         stats = asyncio.run(run())
     except OSError as exc:
         raise UserError(f"cannot listen on {args.host}:{args.port}: {exc}") from None
-    print(f"e4-server: {stats.clients} client(s), {stats.lines} data lines, {stats.dropped_clients} dropped",
-          file=sys.stderr)
+    print(f"e4-server: {stats.clients} client(s), {stats.lines} data lines, {stats.dropped_clients} dropped, "
+          f"{stats.refused_clients} refused", file=sys.stderr)
     return 0
 
 
@@ -331,12 +379,13 @@ def _e4_client(args: argparse.Namespace) -> int:
     host, _, port = args.server.rpartition(":")
     if not host or not port.isdigit():
         raise UserError(f"--server {args.server!r} must be HOST:PORT")
+    token = _read_token(args.token_file)
 
     async def run() -> E4ServerSource:
         stop = asyncio.Event()
         _stop_on_signal(stop)
         async with Publisher(args.bus) as pub:
-            source = E4ServerSource(host, int(port), pub, device=args.device, bus_device=args.bus_device)
+            source = E4ServerSource(host, int(port), pub, device=args.device, bus_device=args.bus_device, token=token)
             task = asyncio.create_task(source.run())
             enders = [asyncio.create_task(stop.wait())]
             if args.duration is not None:

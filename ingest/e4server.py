@@ -11,6 +11,13 @@ reply lines out), :func:`data_lines` (a bus message as data lines), :class:`Line
 ``E4_Temp``/``E4_Temperature`` accepted) and :class:`SampleBatcher`. The asyncio edges are
 :func:`serve` and :class:`E4ServerSource`.
 
+Access (:class:`Access`). The vendor's protocol has no authentication, so the server listens on
+loopback by default. Anything wider needs an allow-list of client addresses (what an unchanged
+client can live with) or a token: a first command line ``server_auth TOKEN`` answered
+``R server_auth OK``. It is shaped like every other command and reply, so a client that lets
+its user add a command line (or a wrapper that writes one) works without changing its parser.
+Other clients get one clear ``ERR`` reply and are disconnected.
+
 Streams: ``E4_Hr`` goes out with each ``E4_Ibi`` (as 60/IBI, as the vendor sent HR with each
 beat); m3sense's own 1 Hz ``hr`` is not repeated. Unsolicited ``R connection lost to device``
 and ``R connection re-established to device`` lines follow the wristband's link status.
@@ -19,6 +26,8 @@ and ``R connection re-established to device`` lines follow the wristband's link 
 from __future__ import annotations
 
 import asyncio
+import hmac
+import ipaddress
 import logging
 import math
 import time
@@ -49,6 +58,42 @@ RATES_HZ = {m: E4_RATES_HZ[m] for m in ("acc", "bvp", "eda", "temp")}
 #: BVP from exports and other servers already is in it.
 BVP_NW_PER_COUNT = 0.9
 MAX_LINE = 4096
+AUTH_COMMAND = "server_auth"
+MIN_TOKEN_CHARS = 16
+
+
+@dataclass(frozen=True, slots=True)
+class Access:
+    """Who may use the server. No rule: anyone who can connect (a loopback listener's default).
+    With rules, they hold for every client, this host's too: clients from the ``allow``
+    networks as they are, others with ``token`` when there is one, nobody else."""
+
+    allow: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    token: str | None = None
+
+    @property
+    def guarded(self) -> bool:
+        return bool(self.allow) or self.token is not None
+
+    def admits(self, peer: str | None) -> bool:
+        """Whether a client from ``peer`` needs no token."""
+        if not self.guarded:
+            return True
+        try:
+            ip = ipaddress.ip_address((peer or "").split("%")[0])
+        except ValueError:
+            return False
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        return any(ip in net for net in self.allow)
+
+    def token_ok(self, given: str) -> bool:
+        return self.token is not None and hmac.compare_digest(given.encode(), self.token.encode())
+
+
+def parse_allow(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """An address or network (``10.0.0.7``, ``192.168.1.0/24``); ValueError otherwise."""
+    return ipaddress.ip_network(text, strict=False)
 
 
 def _num(x: float) -> str:
@@ -86,8 +131,12 @@ def data_lines(msg: Message) -> list[tuple[str, str]]:
 class E4ServerSession:
     """One TCP client of the server. ``devices()`` names the wristbands available now."""
 
-    def __init__(self, devices: Callable[[], Sequence[str]]) -> None:
+    def __init__(self, devices: Callable[[], Sequence[str]], *, peer: str | None = None,
+                 access: Access | None = None) -> None:
         self._devices = devices
+        self.peer = peer
+        self._access = access or Access()
+        self.authorized = self._access.admits(peer)
         self._buffer = b""
         self.bound: str | None = None
         self.subscriptions: set[str] = set()
@@ -117,6 +166,13 @@ class E4ServerSession:
 
     def _command(self, words: list[str]) -> str:
         cmd, args = words[0], words[1:]
+        if cmd == AUTH_COMMAND:
+            return self._auth(args)
+        if not self.authorized:
+            if self._access.token is None:
+                self.closing = True
+                return f"R {cmd} ERR access denied: client address {self.peer} is not allowed"
+            return f"R {cmd} ERR authentication required: send {AUTH_COMMAND} TOKEN first"
         known = set(self._devices())
         if cmd == "server_status":
             return "R server_status OK"
@@ -155,12 +211,24 @@ class E4ServerSession:
             return f"R pause {args[0].upper()}"
         return f"R {cmd} ERR unknown command"
 
+    def _auth(self, args: list[str]) -> str:
+        if self.authorized:
+            return f"R {AUTH_COMMAND} OK"
+        if len(args) == 1 and self._access.token_ok(args[0]):
+            self.authorized = True
+            return f"R {AUTH_COMMAND} OK"
+        self.closing = True  # one guess per connection
+        if self._access.token is None:
+            return f"R {AUTH_COMMAND} ERR access denied: client address {self.peer} is not allowed"
+        return f"R {AUTH_COMMAND} ERR wrong token"
+
 
 @dataclass(slots=True)
 class ServerStats:
     clients: int = 0
     lines: int = 0
     dropped_clients: int = 0
+    refused_clients: int = 0  # left or were sent away without being admitted (address, token)
 
 
 async def serve(
@@ -172,8 +240,12 @@ async def serve(
     on_device: Callable[[str], None] | None = None,
     max_buffer_bytes: int = 4 << 20,
     stop: asyncio.Event | None = None,
+    access: Access | None = None,
 ) -> ServerStats:
     """Serve the bus's live streams in the E4 line protocol until ``stop`` is set.
+
+    ``access`` says who may (default: anyone who can connect; the CLI listens on loopback
+    unless given an allow-list, a token or ``--insecure``).
 
     ``ready(port)`` runs once listening (port 0 picks a free port); ``on_device(id)`` when a
     wristband first appears on the bus. A client that does not keep up (more than
@@ -194,7 +266,9 @@ async def serve(
             writer.close()
 
     async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        session = E4ServerSession(lambda: [d for d, up in devices.items() if up])
+        peer = writer.get_extra_info("peername")
+        session = E4ServerSession(lambda: [d for d, up in devices.items() if up],
+                                  peer=peer[0] if peer else None, access=access)
         sessions[session] = writer
         stats.clients += 1
         try:
@@ -207,6 +281,9 @@ async def serve(
         except ConnectionError:
             pass
         finally:
+            if not session.authorized:
+                stats.refused_clients += 1
+                log.warning("e4-server: refused a client from %s", session.peer)
             del sessions[session]
             writer.close()
             try:
@@ -235,7 +312,7 @@ async def serve(
         lines = data_lines(msg)
         if not lines:
             return
-        for s in [s for s in sessions if s.bound == msg.device and not s.paused]:
+        for s in [s for s in sessions if s.bound == msg.device and not s.paused and s.authorized]:
             mine = [line for token, line in lines if token in s.subscriptions]
             if mine:
                 stats.lines += len(mine)
@@ -353,8 +430,9 @@ class E4ServerSource:
     """Reads one wristband from an E4 streaming server and publishes it on the bus."""
 
     def __init__(self, host: str, port: int, pub: Publisher, *, device: str | None = None,
-                 bus_device: str | None = None, timeout_s: float = 10.0) -> None:
+                 bus_device: str | None = None, timeout_s: float = 10.0, token: str | None = None) -> None:
         self.host, self.port = host, port
+        self._token = token
         self.device = device
         self.bus_device = bus_device
         self._pub = pub
@@ -383,7 +461,8 @@ class E4ServerSource:
         await writer.drain()
         words = await self._reply(reader, line.split()[0])
         if "ERR" in words:
-            raise ConnectionError(f"server refused {line!r}: {' '.join(words)}")
+            said = f"{AUTH_COMMAND} ..." if line.startswith(AUTH_COMMAND) else line  # never echo the token
+            raise ConnectionError(f"server refused {said!r}: {' '.join(words)}")
         return words
 
     async def run(self) -> None:
@@ -391,6 +470,8 @@ class E4ServerSource:
         or the server closes. Raises ConnectionError when the server says no."""
         reader, writer = await asyncio.wait_for(asyncio.open_connection(self.host, self.port), self._timeout_s)
         try:
+            if self._token is not None:
+                await self._command(reader, writer, f"{AUTH_COMMAND} {self._token}")
             listing = " ".join(await self._command(reader, writer, "device_list"))
             ids = [part.split()[0] for part in listing.split("|")[1:] if part.strip()]
             device = self.device or (ids[0] if ids else None)
