@@ -1,4 +1,4 @@
-"""``m3sense store`` and ``m3sense timeline``."""
+"""``m3sense store``, ``m3sense timeline`` and ``m3sense alerts``."""
 
 from __future__ import annotations
 
@@ -15,12 +15,23 @@ _SINK_HELP = (
     "(v2 API: 1.8+, 2.x, 3.x; a 1.x server is detected), influxs://... for HTTPS "
     "(token from $INFLUX_TOKEN or --token-file, never the command line)"
 )
+_MQTT_SINK_HELP = (
+    "; or mqtt://HOST:PORT[?user=U&prefix=m3sense&discovery=homeassistant] (mqtts:// for TLS, ca=PATH): "
+    "live state, availability, Home Assistant discovery and alerts (user from user= or $MQTT_USERNAME, "
+    "password from $MQTT_PASSWORD or --mqtt-password-file). Repeat --sink to write to several at once"
+)
 
 
-def _add_sink_options(p: argparse.ArgumentParser, default: str | None = None) -> None:
-    p.add_argument("--sink", required=default is None, default=default, help=_SINK_HELP)
+def _add_sink_options(p: argparse.ArgumentParser, default: str | None = None, *, several: bool = False) -> None:
+    if several:  # store: --sink again and again, each sink gets every record
+        p.add_argument("--sink", required=True, action="append", help=_SINK_HELP + _MQTT_SINK_HELP)
+    else:
+        p.add_argument("--sink", required=default is None, default=default, help=_SINK_HELP)
     p.add_argument("--token-file", type=Path, metavar="FILE",
                    help="read the InfluxDB token (1.x: user:password) from FILE instead of $INFLUX_TOKEN")
+    if several:
+        p.add_argument("--mqtt-password-file", type=Path, metavar="FILE",
+                       help="read the MQTT password from FILE instead of $MQTT_PASSWORD")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -36,7 +47,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         ),
     )
     add_bus_option(s)
-    _add_sink_options(s)
+    _add_sink_options(s, several=True)
+    s.add_argument("--alerts", type=Path, metavar="RULES.toml",
+                   help="run the alert rules of this TOML file over the affect records; their raise/clear events "
+                        "go to every sink (see deploy/alerts.toml)")
     s.add_argument("--spool-dir", type=Path, help="InfluxDB spool folder (default $XDG_STATE_HOME/m3sense/spool/...)")
     s.add_argument("--max-spool-mb", type=float, default=512.0, help="spool bound; past it points are dropped (default 512)")
     s.add_argument("--flush-interval", type=float, default=1.0, metavar="S", help="flush the sink every S seconds")
@@ -57,20 +71,54 @@ def register(sub: argparse._SubParsersAction) -> None:
     out.add_argument("--plot", type=Path, metavar="PNG", help="draw the timeline per task into a PNG")
     t.set_defaults(func=_timeline)
 
+    a = sub.add_parser(
+        "alerts", help="list the stored alert events (raise/clear) of the --alerts rules",
+        description="Read the alert events a store with --alerts kept (SQLite table alerts, InfluxDB measurement "
+                    "alerts) in time order.",
+    )
+    _add_sink_options(a)
+    a.add_argument("--device", help="only this device")
+    a.add_argument("--since", help="Unix seconds, a duration back from now (30m, 2h, 1d) or an ISO 8601 time")
+    a.add_argument("--json", action="store_true",
+                   help="one JSON object per line: t_s, time_iso, device, task, rule, event, confidence, text")
+    a.set_defaults(func=_alerts)
 
-def _target(args: argparse.Namespace):
+
+def _target(args: argparse.Namespace, sink: str | None = None):
+    """The target of ``sink`` (default ``--sink``) with its credentials from the environment or files."""
     import os
 
-    from storage.target import InfluxTarget, parse_sink, read_token
+    from storage.target import MQTT_USER_ENV, InfluxTarget, MqttTarget, parse_sink, read_mqtt_password, read_token
 
-    target = parse_sink(args.sink)
+    target = parse_sink(args.sink if sink is None else sink)
     if isinstance(target, InfluxTarget):
         target = target.with_token(read_token(args.token_file, os.environ))
         if target.api == "v1" and target.token and ":" not in target.token:
             raise UserError("InfluxDB 1.x takes credentials as user:password ($INFLUX_TOKEN or --token-file)")
-    elif args.token_file is not None:
+    elif isinstance(target, MqttTarget):
+        target = target.with_credentials(os.environ.get(MQTT_USER_ENV) or None,
+                                         read_mqtt_password(getattr(args, "mqtt_password_file", None), os.environ))
+    if sink is None and args.token_file is not None and not isinstance(target, InfluxTarget):
         raise UserError("--token-file is for InfluxDB sinks")
     return target
+
+
+def _targets(args: argparse.Namespace) -> list:
+    """Every ``--sink`` of ``store``, checked together."""
+    from storage.target import InfluxTarget, MqttTarget
+
+    targets = [_target(args, s) for s in args.sink]
+    addresses = [t.address for t in targets]
+    if len(set(addresses)) != len(addresses):
+        raise UserError("the same --sink is given twice")
+    kinds = {type(t) for t in targets}
+    if args.token_file is not None and InfluxTarget not in kinds:
+        raise UserError("--token-file is for InfluxDB sinks")
+    if args.mqtt_password_file is not None and MqttTarget not in kinds:
+        raise UserError("--mqtt-password-file is for MQTT sinks")
+    if args.spool_dir is not None and sum(isinstance(t, InfluxTarget) for t in targets) > 1:
+        raise UserError("--spool-dir names one spool: give it with a single InfluxDB sink")
+    return targets
 
 
 def _store(args: argparse.Namespace) -> int:
@@ -81,13 +129,21 @@ def _store(args: argparse.Namespace) -> int:
 
     from storage.report import StoreOutcome
 
+    from storage.sinks_report import combine
+
     outcome = StoreOutcome()
+    per_sink = None
     try:
-        target = _target(args)
-        outcome = StoreOutcome(sink=target.address)
+        targets = _targets(args)
+        outcome = StoreOutcome(sink=targets[0].address)
         if args.flush_interval <= 0 or args.max_spool_mb <= 0:
             raise UserError("--flush-interval and --max-spool-mb must be > 0")
-        outcome = _run_store(args, target)
+        rules = None
+        if args.alerts is not None:
+            from storage.alerts import load_rules
+
+            rules = load_rules(args.alerts)
+        outcome, per_sink = _run_store(args, targets, rules)
     except UserError as exc:
         outcome = dataclasses.replace(outcome, bad_input=str(exc))
         raise
@@ -95,27 +151,39 @@ def _store(args: argparse.Namespace) -> int:
         outcome = dataclasses.replace(outcome, interrupted=True)
         raise
     finally:
+        report, summary, code = outcome.as_json(), outcome.summary(), outcome.exit_code
+        if per_sink is not None:  # every sink counted: the first one's fields, then "sinks" (and "alerts")
+            report, summary, code = combine(report, summary, code, *per_sink)
         if args.json:
-            print(json.dumps(outcome.as_json()), flush=True)
-    print(outcome.summary(), file=sys.stderr, flush=True)
-    return outcome.exit_code
+            print(json.dumps(report), flush=True)
+    print(summary, file=sys.stderr, flush=True)
+    return code
 
 
-def _run_store(args: argparse.Namespace, target):
-    """Bus → sink until SIGINT/SIGTERM, then the :class:`StoreOutcome`. A store that breaks
-    (say, the spool's disk fails) still says what it stored by then."""
+def _run_store(args: argparse.Namespace, targets: list, rules: list | None):
+    """Bus → sinks until SIGINT/SIGTERM, then the :class:`StoreOutcome` (of the first sink)
+    and what every sink and the alert rules did. A store that breaks (say, the spool's disk
+    fails) still says what it stored by then."""
     import asyncio
     import logging
     import signal
 
+    from storage.alerts import AlertEngine
     from storage.connect import open_sink
+    from storage.fanout import FanoutSink
     from storage.node import StoreNode
     from storage.report import StoreOutcome
+    from storage.sinks_report import SinkReport
     from storage.target import InfluxTarget
 
+    target = targets[0]  # the first sink reports as the only one did
     influx = isinstance(target, InfluxTarget)
-    options = {"max_spool_bytes": int(args.max_spool_mb * 2**20)} if influx else {}
     interrupted = False
+
+    def sink_for(t):
+        if isinstance(t, InfluxTarget):
+            return open_sink(t, spool_dir=args.spool_dir, max_spool_bytes=int(args.max_spool_mb * 2**20))
+        return open_sink(t)
 
     async def main() -> StoreOutcome:
         stop = asyncio.Event()
@@ -128,13 +196,19 @@ def _run_store(args: argparse.Namespace, target):
 
         loop.add_signal_handler(signal.SIGINT, on_sigint)
         loop.add_signal_handler(signal.SIGTERM, stop.set)
-        sink = open_sink(target, spool_dir=args.spool_dir, **options)
-        node = StoreNode(args.bus, sink, flush_interval_s=args.flush_interval,
+        sinks = [sink_for(t) for t in targets]
+        sink = sinks[0]
+        engine = AlertEngine(rules) if rules else None
+        fanout = FanoutSink(sinks, alerts=engine)
+        node = StoreNode(args.bus, fanout, flush_interval_s=args.flush_interval,
                          on_device_end=lambda d: print(f"store: end of device {d}", file=sys.stderr, flush=True))
         failure = None
         try:
-            async with sink:
-                print(f"store: {target!r} <- {args.bus}", file=sys.stderr, flush=True)
+            async with fanout:
+                for s in sinks:
+                    print(f"store: {s!r} <- {args.bus}", file=sys.stderr, flush=True)
+                if engine is not None:
+                    await _resume_alerts(engine, targets)
                 await node.run(stop)
         except UserError:
             raise
@@ -146,9 +220,57 @@ def _run_store(args: argparse.Namespace, target):
                             received=node.records, written=c.written,
                             spooled=c.pending, spool_dir=getattr(sink, "spool_dir", None), dropped=c.dropped,
                             refused=c.rejected, affect_records=c.affect_written, interrupted=interrupted,
-                            error=sink.last_error, failure=failure, malformed=node.malformed())
+                            error=sink.last_error, failure=failure, malformed=node.malformed()), (
+            [SinkReport.of(t.address, s.counters, s.last_error) for t, s in zip(targets, sinks)],
+            None if engine is None else {"raised": engine.raised, "cleared": engine.cleared})
 
     return asyncio.run(main())
+
+
+async def _resume_alerts(engine, targets: list) -> None:
+    """Give the engine the alert events the first SQLite or InfluxDB sink already holds, so a
+    restarted store does not raise again what is raised, nor forget a cooldown."""
+    import asyncio
+
+    from storage.connect import read_alerts
+    from storage.target import MqttTarget
+
+    for t in targets:
+        if isinstance(t, MqttTarget):
+            continue
+        try:
+            events = await asyncio.to_thread(read_alerts, t)
+        except (UserError, FileNotFoundError, ValueError, OSError) as exc:
+            print(f"store: alert state not restored from {t.address} ({exc}); rules start afresh",
+                  file=sys.stderr, flush=True)
+            return
+        engine.resume(events)
+        print(f"store: alert rules resumed from {len(events)} stored events", file=sys.stderr, flush=True)
+        return
+
+
+def _alerts(args: argparse.Namespace) -> int:
+    import json
+    import time
+    from datetime import datetime, timezone
+
+    from storage.connect import read_alerts
+    from storage.timeline import parse_since
+
+    target = _target(args)
+    since = parse_since(args.since, time.time()) if args.since else None
+    try:
+        events = read_alerts(target, device=args.device, since_s=since)
+    except FileNotFoundError as exc:
+        raise UserError(str(exc)) from None
+    for e in events:
+        when = datetime.fromtimestamp(e.time_s, timezone.utc).isoformat(timespec="seconds")
+        if args.json:
+            print(json.dumps({"t_s": e.time_s, "time_iso": when, "device": e.device, "task": e.task, "rule": e.rule,
+                              "event": e.event, "confidence": e.confidence, "text": e.text}, separators=(",", ":")))
+        else:
+            print(f"{when} {e.device} {e.rule} {e.event} {e.confidence:.2f} {e.text}")
+    return 0
 
 
 def _timeline(args: argparse.Namespace) -> int:

@@ -8,10 +8,11 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 
+from m3sense.errors import UserError
 from storage import influx, sqlite
 from storage.records import AffectRecord, AlertRecord
 from storage.sink import Sink
-from storage.target import InfluxTarget, SqliteTarget, Target
+from storage.target import InfluxTarget, MqttTarget, SqliteTarget, Target
 
 
 def default_spool_dir(target: InfluxTarget, environ: Mapping[str, str] = os.environ) -> Path:
@@ -27,11 +28,16 @@ def open_sink(target: Target, *, spool_dir: Path | None = None, **options: float
     """The sink for a target (use it with ``async with``); ``options`` go to its constructor."""
     if isinstance(target, SqliteTarget):
         return sqlite.SqliteSink(target.path, **options)
+    if isinstance(target, MqttTarget):
+        from storage.mqtt import MqttSink  # aiomqtt loads only for an MQTT sink
+
+        return MqttSink(target, **options)
     return influx.InfluxSink(target, spool_dir=spool_dir or default_spool_dir(target), **options)
 
 
 def read_affect(target: Target, *, device: str | None = None, since_s: float | None = None) -> list[AffectRecord]:
     """The stored affect records in time order (then device, task)."""
+    _readable(target)
     if isinstance(target, SqliteTarget):
         return sqlite.read_affect(target.path, device=device, since_s=since_s)
     return influx.read_affect(target, device=device, since_s=since_s)
@@ -39,6 +45,13 @@ def read_affect(target: Target, *, device: str | None = None, since_s: float | N
 
 def read_alerts(target: Target, *, device: str | None = None, since_s: float | None = None) -> list[AlertRecord]:
     """The stored alert events in time order (then device, rule)."""
+    _readable(target)
     if isinstance(target, SqliteTarget):
         return sqlite.read_alerts(target.path, device=device, since_s=since_s)
     return influx.read_alerts(target, device=device, since_s=since_s)
+
+
+def _readable(target: Target) -> None:
+    if isinstance(target, MqttTarget):
+        raise UserError(f"{target.address}: MQTT keeps only the latest state; read history from a sqlite: or "
+                        "influx:// sink")

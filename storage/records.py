@@ -102,7 +102,7 @@ class AlertRecord:
 Record = AffectRecord | PhysioRecord | StatusRecord | AlertRecord
 
 #: meta keys of a status event that may carry its number, in order of preference.
-_STATUS_VALUE_KEYS = ("value", "fraction", "gap_s", "duration_s", "missing_s")
+_STATUS_VALUE_KEYS = ("value", "fraction", "battery", "gap_s", "duration_s", "missing_s")
 
 
 class Rejected(ValueError):

@@ -13,6 +13,11 @@ SINK is one of:
   with ``/write``; ``api=v1`` or ``api=v2`` says which API instead of finding out.
   ``influxs://`` is HTTPS; ``http://`` and ``https://`` URLs are accepted too.
 
+- ``mqtt://HOST:PORT[?user=U&prefix=m3sense&discovery=homeassistant&client_id=ID]``: an
+  MQTT broker (states, availability, Home Assistant discovery, alerts: :mod:`storage.mqtt`);
+  ``mqtts://`` is TLS (``ca=PATH`` for a private CA). The user name comes from ``user=`` or
+  ``$MQTT_USERNAME``, the password from ``$MQTT_PASSWORD`` or ``--mqtt-password-file``.
+
 Plain HTTP to anything but a loopback address is refused unless the URL says
 ``insecure=1``: physiology is health data and a token must not cross a network in clear.
 The token never appears in SINK, argv or a log line: it comes from the environment
@@ -22,6 +27,7 @@ The token never appears in SINK, argv or a log line: it comes from the environme
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -30,10 +36,15 @@ from urllib.parse import parse_qs, urlsplit
 from m3sense.errors import UserError
 
 TOKEN_ENV = "INFLUX_TOKEN"
+MQTT_USER_ENV = "MQTT_USERNAME"
+MQTT_PASSWORD_ENV = "MQTT_PASSWORD"
 _SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
 _INFLUX_SCHEMES = {"influx": "http", "influxs": "https", "http": "http", "https": "https"}
 _INFLUX_PARAMS = {"bucket", "org", "db", "rp", "api", "insecure"}
 _APIS = ("v1", "v2")
+_MQTT_SCHEMES = {"mqtt": False, "mqtts": True}
+_MQTT_PARAMS = {"user", "prefix", "discovery", "client_id", "ca", "insecure"}
+_TOPIC_ROOT = re.compile(r"^[A-Za-z0-9_-]{1,64}(/[A-Za-z0-9_-]{1,64}){0,3}$")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -83,7 +94,36 @@ class InfluxTarget:
         return replace(self, token=token)
 
 
-Target = SqliteTarget | InfluxTarget
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MqttTarget:
+    """An MQTT broker; ``password`` is kept out of ``repr``. ``discovery`` is the Home
+    Assistant discovery prefix ("" for none)."""
+
+    host: str
+    port: int
+    tls: bool = False
+    username: str | None = None
+    prefix: str = "m3sense"
+    discovery: str = "homeassistant"
+    client_id: str | None = None
+    ca_file: Path | None = None
+    insecure: bool = False
+    password: str | None = field(default=None, repr=False)
+
+    @property
+    def address(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        query = [f"user={self.username}"] if self.username else []
+        query += [f"prefix={self.prefix}"] if self.prefix != "m3sense" else []
+        query += [f"discovery={self.discovery or 'none'}"] if self.discovery != "homeassistant" else []
+        query += ["insecure=1"] if self.insecure else []
+        return f"{'mqtts' if self.tls else 'mqtt'}://{host}:{self.port}" + ("?" + "&".join(query) if query else "")
+
+    def with_credentials(self, username: str | None, password: str | None) -> "MqttTarget":
+        return replace(self, username=self.username or username, password=password)
+
+
+Target = SqliteTarget | InfluxTarget | MqttTarget
 
 
 def _loopback(host: str) -> bool:
@@ -103,13 +143,15 @@ def parse_sink(sink: str) -> Target:
             raise UserError(f"sink {sink!r}: write sqlite:PATH, sqlite:///relative.db or sqlite:////absolute.db")
         return SqliteTarget(path=Path(path))
     parts = urlsplit(sink)
+    if parts.scheme in _MQTT_SCHEMES:
+        return _parse_mqtt(sink)
     scheme = _INFLUX_SCHEMES.get(parts.scheme)
     if scheme is None:
         if "://" not in sink and sink.endswith(_SQLITE_SUFFIXES):
             return SqliteTarget(path=Path(sink))
         raise UserError(
-            f"sink {sink!r}: expected sqlite:PATH, PATH.db, influx://HOST:PORT?db=DB (1.x) "
-            "or influx://HOST:PORT?bucket=B[&org=O]"
+            f"sink {sink!r}: expected sqlite:PATH, PATH.db, influx://HOST:PORT?db=DB (1.x), "
+            "influx://HOST:PORT?bucket=B[&org=O] or mqtt://HOST:PORT"
         )
     try:
         port = parts.port
@@ -136,6 +178,57 @@ def parse_sink(sink: str) -> Target:
     netloc = f"{host}:{port}" if port else host
     return InfluxTarget(url=f"{scheme}://{netloc}{parts.path.rstrip('/')}", bucket=bucket,
                         org=params.get("org") or "-", api=api)
+
+
+def _parse_mqtt(sink: str) -> MqttTarget:
+    parts = urlsplit(sink)
+    tls = _MQTT_SCHEMES[parts.scheme]
+    try:
+        port = parts.port or (8883 if tls else 1883)
+    except ValueError:
+        raise UserError(f"sink {sink!r}: bad port") from None
+    if not parts.hostname:
+        raise UserError(f"sink {sink!r}: no host")
+    if parts.username or parts.password:
+        raise UserError(f"sink {sink!r}: no credentials in the URL; user= names the user, "
+                        f"${MQTT_PASSWORD_ENV} or --mqtt-password-file gives the password")
+    if parts.path not in ("", "/"):
+        raise UserError(f"sink {sink!r}: the topic root goes in prefix=, not in a path")
+    query = parse_qs(parts.query, keep_blank_values=True)
+    unknown = set(query) - _MQTT_PARAMS
+    if unknown:
+        raise UserError(f"sink {sink!r}: unknown parameter(s) {', '.join(sorted(unknown))}")
+    if any(len(v) > 1 for v in query.values()):
+        raise UserError(f"sink {sink!r}: a parameter is given twice")
+    params = {k: v[0] for k, v in query.items()}
+    prefix = params.get("prefix", "m3sense")
+    discovery = params.get("discovery", "homeassistant")
+    discovery = "" if discovery in ("none", "0", "off") else discovery
+    for name, value in (("prefix", prefix), ("discovery", discovery)):
+        if value and not _TOPIC_ROOT.match(value):
+            raise UserError(f"sink {sink!r}: {name}= must be topic levels of letters, digits, _ or -")
+    insecure = params.get("insecure") in ("1", "true")
+    if not tls and not _loopback(parts.hostname) and not insecure:
+        raise UserError(f"sink {sink!r}: plain MQTT to a remote host sends health data and the password in "
+                        "clear; use mqtts:// (TLS) or add insecure=1")
+    if "ca" in params and not tls:
+        raise UserError(f"sink {sink!r}: ca= is for mqtts://")
+    return MqttTarget(host=parts.hostname, port=port, tls=tls, username=params.get("user") or None, prefix=prefix,
+                      discovery=discovery, client_id=params.get("client_id") or None,
+                      ca_file=Path(params["ca"]) if params.get("ca") else None, insecure=insecure)
+
+
+def read_mqtt_password(password_file: Path | None, environ: Mapping[str, str]) -> str | None:
+    """The MQTT password from ``--mqtt-password-file`` if given, else ``$MQTT_PASSWORD``, else None."""
+    if password_file is not None:
+        try:
+            password = password_file.read_text().strip("\r\n")
+        except OSError as exc:
+            raise UserError(f"--mqtt-password-file {password_file}: {exc.strerror}") from None
+        if not password:
+            raise UserError(f"--mqtt-password-file {password_file}: file is empty")
+        return password
+    return environ.get(MQTT_PASSWORD_ENV) or None
 
 
 def _bucket_and_api(sink: str, params: Mapping[str, str]) -> tuple[str, str | None]:

@@ -395,3 +395,107 @@ async def outage_scenario(server: InfluxServer, proxy: V2WriteProxy, bus: str, s
     return {**outage, "windows": len(sent_windows), "records": 3 * len(sent_windows),
             "window_ends_us": [round(t * 1e6) for t in sent_windows], "points": len(series_values(stored)),
             "stored_times_us": times, "counters": sink.counters.as_dict()}
+
+
+# --- Mosquitto (MQTT) for the MQTT sink tests ----------------------------------------------
+
+MOSQUITTO = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
+MOSQUITTO_SUB = shutil.which("mosquitto_sub")
+MOSQUITTO_PASSWD = shutil.which("mosquitto_passwd")
+
+
+class MosquittoServer:
+    """Mosquitto 2.0 on a free loopback port, no anonymous access, with a password file (made
+    with ``mosquitto_passwd -b``) and an ACL: user ``m3sense`` (``password``) may write the
+    m3sense and Home Assistant discovery trees, user ``reader`` (``reader_password``) may only
+    read them. No persistence: a restart (``stop()`` then ``start()``, same port) forgets every
+    retained message, the hardest case for a client. Logs are kept in ``log``."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.password = os.urandom(8).hex()
+        self.reader_password = os.urandom(8).hex()
+        passwd = folder / "passwd"
+        for user, password in (("m3sense", self.password), ("reader", self.reader_password)):
+            subprocess.run([MOSQUITTO_PASSWD, *(["-c"] if user == "m3sense" else []), "-b", str(passwd), user, password],
+                           check=True, capture_output=True, timeout=30)
+        acl = folder / "acl"
+        acl.write_text("user m3sense\ntopic readwrite m3sense/#\ntopic readwrite homeassistant/#\n\n"
+                       "user reader\ntopic read m3sense/#\ntopic read homeassistant/#\n")
+        self.config = folder / "mosquitto.conf"
+        self.config.write_text(
+            f"per_listener_settings false\nallow_anonymous false\npassword_file {passwd}\nacl_file {acl}\n"
+            f"persistence false\nlog_dest stderr\nlog_type error\nlog_type warning\nlog_type notice\n"
+            f"log_type information\nconnection_messages true\nuser root\nlistener {self.port} 127.0.0.1\n")
+        self._proc: subprocess.Popen | None = None
+        self.log: list[str] = []
+
+    def start(self, timeout_s: float = 30.0) -> "MosquittoServer":
+        assert MOSQUITTO is not None
+        proc = subprocess.Popen([MOSQUITTO, "-c", str(self.config)], stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+        self._proc = proc
+        ready: queue.Queue[bool] = queue.Queue()
+
+        def read() -> None:
+            told = False
+            for line in proc.stdout:
+                self.log.append(line)
+                if not told and " running" in line:  # "mosquitto version 2.0.x running"
+                    ready.put(True)
+                    told = True
+            if not told:
+                ready.put(False)
+
+        threading.Thread(target=read, daemon=True, name="mosquitto-log").start()
+        try:
+            ok = ready.get(timeout=timeout_s)
+        except queue.Empty:
+            ok = False
+        if not ok:
+            self.stop()
+            raise RuntimeError("mosquitto did not start:\n" + "".join(self.log[-30:]))
+        return self
+
+    def stop(self) -> None:
+        if self._proc is not None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+            self._proc = None
+
+    def sink(self, query: str = "user=m3sense") -> str:
+        return f"mqtt://127.0.0.1:{self.port}?{query}"
+
+    def retained(self, *topics: str, timeout_s: float = 2.0) -> dict[str, str]:
+        """Every retained message under ``topics`` as the ``reader`` sees it, read with
+        ``mosquitto_sub --retained-only``: a broker sends them at once on subscribing; the
+        command ends at the first message that is not retained or after ``timeout_s``."""
+        assert MOSQUITTO_SUB is not None
+        out = subprocess.run(
+            [MOSQUITTO_SUB, "-h", "127.0.0.1", "-p", str(self.port), "-u", "reader", "-P", self.reader_password,
+             "-q", "1", "--retained-only", "-W", str(max(1, int(timeout_s))), "-F", "%t\t%p",
+             *[a for t in (topics or ("#",)) for a in ("-t", t)]],
+            capture_output=True, text=True, timeout=timeout_s + 10)
+        messages = {}
+        for line in out.stdout.splitlines():
+            topic, _, payload = line.partition("\t")
+            messages[topic] = payload
+        return messages
+
+
+@pytest.fixture
+def mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MosquittoServer]:
+    """A fresh broker per test (it starts in well under a second)."""
+    if MOSQUITTO is None or MOSQUITTO_PASSWD is None or MOSQUITTO_SUB is None:
+        pytest.skip("mosquitto not installed (apt-get install mosquitto mosquitto-clients)")
+    server = MosquittoServer(tmp_path_factory.mktemp("mosquitto")).start()
+    try:
+        yield server
+    finally:
+        server.stop()
