@@ -23,9 +23,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     r.add_argument("source", help="an E4 export folder or zip, or a folder holding several")
     r.add_argument("--speed", type=speed, default=math.inf, help="N x real time, or 'max' (default max)")
-    r.add_argument("--sink", default="sqlite:///m3sense.db",
-                   help="where results go: sqlite:///PATH.db (default sqlite:///m3sense.db) or influx://HOST:PORT?bucket=B "
-                        "(token from $INFLUX_TOKEN)")
+    r.add_argument("--sink", action="append",
+                   help="where results go: sqlite:///PATH.db (default sqlite:///m3sense.db), influx://HOST:PORT?bucket=B "
+                        "(token from $INFLUX_TOKEN) or mqtt://HOST:PORT[?user=U] (password from $MQTT_PASSWORD); "
+                        "repeat it to write to several at once")
+    r.add_argument("--alerts", type=Path, metavar="RULES.toml", help="run these alert rules in the store (see `store --alerts`)")
+    r.add_argument("--mqtt-password-file", type=Path, metavar="FILE", help="the MQTT password, instead of $MQTT_PASSWORD")
     r.add_argument("--model", help="checkpoint file, feature model (.onnx) or bundle (.bundle.json); "
                                     "default: the shipped bundle")
     r.add_argument("--tasks", help="comma-separated subset of stress,anxiety,emotion (default all)")
@@ -58,13 +61,17 @@ def _run(args: argparse.Namespace) -> int:
     from replay.e4csv import read_source
 
     recordings = read_source(args.source)
-    cfg = PipelineConfig(sink=args.sink, speed=args.speed, model=args.model, tasks=args.tasks, bus=args.bus)
+    sinks = args.sink or ["sqlite:///m3sense.db"]
+    extra = [a for s in sinks[1:] for a in ("--sink", s)]
+    extra += ["--alerts", str(args.alerts)] if args.alerts else []
+    extra += ["--mqtt-password-file", str(args.mqtt_password_file)] if args.mqtt_password_file else []
+    cfg = PipelineConfig(sink=sinks[0], store_args=tuple(extra), speed=args.speed, model=args.model, tasks=args.tasks, bus=args.bus)
     view = LiveView(args.tasks.split(",") if args.tasks else TASKS)
 
     async def main() -> int:
         result = await run_pipeline(recordings, cfg, on_affect=view.update)
         view.draw()
-        code, lines = outcome(result, args.sink, len(recordings))
+        code, lines = outcome(result, sinks[0], len(recordings))
         print("\n".join(lines), file=sys.stderr)
         return code
 

@@ -57,6 +57,8 @@ class PipelineConfig:
     tasks: str | None = None
     start_timeout_s: float = 120.0
     drain_timeout_s: float = 300.0
+    #: more store flags (further --sink, --alerts, --mqtt-password-file), given to the store as they are
+    store_args: tuple[str, ...] = ()
 
 
 @dataclass(slots=True)
@@ -177,7 +179,7 @@ def stage_commands(cfg: PipelineConfig, bus: str) -> list[tuple[str, list[str]]]
     if cfg.tasks:
         infer += ["--tasks", cfg.tasks]
     return [
-        ("store", ["store", *on_bus, "--sink", cfg.sink, "--json"]),
+        ("store", ["store", *on_bus, "--sink", cfg.sink, *cfg.store_args, "--json"]),
         ("infer", infer),
         ("preprocess", ["preprocess", *on_bus]),
     ]
