@@ -20,6 +20,7 @@ import io
 import math
 import re
 import zipfile
+import zlib
 from collections.abc import Callable, Iterable
 from pathlib import Path, PurePosixPath
 
@@ -130,7 +131,10 @@ def parse_tags(text: str, path: str) -> np.ndarray:
     return _numbers(text, path, 1, 1)
 
 
-def parse_labels(text: str, path: str) -> tuple[LabelInterval, ...]:
+def parse_labels(text: str, path: str, span: tuple[float, float] | None = None) -> tuple[LabelInterval, ...]:
+    """The intervals; with ``span`` (the recording's start and end), each must start within it
+    (give or take :data:`_EDGE_S`): replay publishes a label at its start, so one far outside
+    would hold the replay clock, and one outside the bus's time range would be dropped there."""
     lines = text.splitlines()
     if not lines or [c.strip() for c in lines[0].split(",")] != ["start", "end", "task", "label"]:
         raise DataError(path, "first row must be 'start,end,task,label'", 1)
@@ -149,6 +153,9 @@ def parse_labels(text: str, path: str) -> tuple[LabelInterval, ...]:
             raise DataError(path, f"interval must have finite start < end, got {start}, {end}", i)
         if not cells[2] or not cells[3]:
             raise DataError(path, "task and label must not be empty", i)
+        if span is not None and not span[0] - _EDGE_S <= start <= span[1] + _EDGE_S:
+            raise DataError(path, f"interval starting at {start:.3f} s is outside the recording "
+                            f"({span[0]:.3f} to {span[1]:.3f} s)", i)
         out.append(LabelInterval(start_s=start, end_s=end, task=cells[2], label=cells[3]))
     return tuple(out)
 
@@ -158,6 +165,10 @@ def device_name(path: Path) -> str:
     stem = path.stem if path.suffix.lower() == ".zip" else path.name
     stem = _STAMP.sub("", stem) or stem
     return re.sub(r"[^A-Za-z0-9_.:\-]", "_", stem)[:64] or "e4"
+
+
+#: What opening or inflating a damaged, encrypted or oddly compressed zip member raises.
+_ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError, OSError)
 
 
 def _check_size(size: int, where: str) -> None:
@@ -178,7 +189,7 @@ def _reader(path: Path) -> tuple[Callable[[str], str | None], str]:
         return read_dir, str(path)
     try:
         archive = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError) as exc:
+    except _ZIP_ERRORS as exc:
         raise DataError(path, f"not a readable zip ({exc})") from None
     members = {PurePosixPath(n).name: n for n in archive.namelist() if not n.endswith("/")}
 
@@ -187,8 +198,11 @@ def _reader(path: Path) -> tuple[Callable[[str], str | None], str]:
         if member is None:
             return None
         _check_size(archive.getinfo(member).file_size, f"{path}!{name}")  # the directory's word: nothing inflated yet
-        with archive.open(member) as fh:  # and reading stops at that size, whatever the data holds
-            return io.TextIOWrapper(fh, encoding="utf-8-sig", errors="replace").read()
+        try:
+            with archive.open(member) as fh:  # and reading stops at that size, whatever the data holds
+                return io.TextIOWrapper(fh, encoding="utf-8-sig", errors="replace").read()
+        except _ZIP_ERRORS as exc:  # found by fuzzing: a damaged member raised from zipfile or zlib
+            raise DataError(f"{path}!{name}", f"damaged zip member ({exc})") from None
     return read_zip, f"{path}!"
 
 
@@ -196,8 +210,11 @@ def is_e4_export(path: Path) -> bool:
     if path.is_dir():
         return any((path / f).is_file() for f in SIGNAL_FILES)
     if path.suffix.lower() == ".zip" and zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as z:
-            names = {PurePosixPath(n).name for n in z.namelist()}
+        try:
+            with zipfile.ZipFile(path) as z:
+                names = {PurePosixPath(n).name for n in z.namelist()}
+        except _ZIP_ERRORS:
+            return True  # a damaged zip: reading it says so, naming it
         return any(f in names for f in SIGNAL_FILES)
     return False
 
@@ -224,9 +241,9 @@ def read_e4_export(path: str | Path, device: str | None = None) -> Recording:
     if (text := read("IBI.csv")) is not None and text.strip():
         _, ibi_t, ibi = parse_ibi(text, name("IBI.csv"))
     tags = parse_tags(text, name("tags.csv")) if (text := read("tags.csv")) is not None else np.zeros(0)
-    labels = parse_labels(text, name("labels.csv")) if (text := read("labels.csv")) is not None else ()
     start = min(sig.t0_s for sig in signals.values())
     end = max(sig.t0_s + len(sig.values) / sig.fs_hz for sig in signals.values())
+    labels = parse_labels(text, name("labels.csv"), (start, end)) if (text := read("labels.csv")) is not None else ()
     _inside(ibi_t, start, end, name("IBI.csv"), 2, "beat")
     _inside(tags, start, end, name("tags.csv"), 1, "button press")
     return Recording(

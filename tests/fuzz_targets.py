@@ -1,0 +1,454 @@
+"""Fuzz targets (issue 12, item 5): every edge where bytes from outside become data.
+
+Each :class:`Target` pairs a Hypothesis strategy with a check that feeds one generated case to
+the real code and states the only acceptable outcomes: the documented rejection
+(:class:`~bus.message.MalformedMessage` with a reason, a :class:`~m3sense.errors.DataError`
+naming the file, a :class:`~ingest.codec.DecodeError`, a count in a stage's rejection counters)
+or a clean result that the next stage accepts. Anything else escapes the check as a crash.
+
+Strategies come in two flavours because they find different bugs: raw bytes (does anything
+crash on garbage?) and structure-aware ones (a valid message or file with one or a few fields
+made hostile, which gets past the first checks into the code behind them).
+
+``tests/test_fuzz.py`` runs each target under pytest (``M3SENSE_FUZZ_EXAMPLES`` cases, 200 by
+default, marker ``fuzz``); ``bench/fuzz.py`` runs them as a campaign and counts cases and crashes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import json
+import math
+import os
+import struct
+import tempfile
+import zipfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from bus import Message, MalformedMessage, decode, encode
+from bus.message import DTYPE_CODES, MAX_RATE_HZ, MAX_TIME_S, MIN_RATE_HZ
+from bus.topics import MODALITIES, parse_topic
+from e4 import RATES_HZ
+from m3sense.errors import DataError
+from replay.e4csv import FILES
+
+EXAMPLES = int(os.environ.get("M3SENSE_FUZZ_EXAMPLES", "200"))
+
+
+def fuzz_settings(examples: int = EXAMPLES) -> settings:
+    """No deadline (a shared 2-core machine), no example database in the checkout."""
+    return settings(max_examples=examples, deadline=None, database=None, print_blob=True,
+                    suppress_health_check=list(HealthCheck), phases=[p for p in Phase if p != Phase.explain])
+
+
+# --------------------------------------------------------------------------------------------
+# Shared value strategies
+
+T0 = 1_600_000_000.0
+#: floats that break arithmetic: non-finite, huge, tiny, negative, zero
+HOSTILE_FLOATS = st.sampled_from([math.nan, math.inf, -math.inf, 1e300, -1e300, 1e-300, -1.0, 0.0, 2.0**63,
+                                  MAX_TIME_S, -0.0, 5e-324, 1.7976931348623157e308])
+ANY_FLOAT = st.floats() | HOSTILE_FLOATS
+DEVICES = st.sampled_from(["d1", "d2", "x"]) | st.from_regex(r"[A-Za-z0-9_.:\-]{1,64}", fullmatch=True)
+JSON_SCALARS = (st.none() | st.booleans() | st.integers(-2**63, 2**63 - 1)
+                | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=12))
+JSON = st.recursive(JSON_SCALARS, lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=8), c, max_size=4),
+                    max_leaves=12)
+
+
+def arrays(max_dims: int = 2, max_side: int = 6) -> st.SearchStrategy[np.ndarray]:
+    """Any bus dtype and a small shape, values including NaN and infinities."""
+    return st.sampled_from(DTYPE_CODES).flatmap(lambda dt: hnp.arrays(
+        np.dtype(dt), hnp.array_shapes(min_dims=0, max_dims=max_dims, min_side=0, max_side=max_side)))
+
+
+def _meta_for(kind: str) -> st.SearchStrategy[dict]:
+    """Meta a real message of ``kind`` has, each field sometimes replaced by any JSON value."""
+    times = st.floats(T0 - 100, T0 + 1000) | HOSTILE_FLOATS.filter(math.isfinite) | st.integers()
+    fields: dict[str, st.SearchStrategy] = {
+        "label": {"task": st.sampled_from(["stress", "anxiety", "emotion"]), "label": st.text(max_size=10),
+                  "start_s": times, "end_s": times},
+        "status": {"event": st.sampled_from(["start", "end", "announce", "gap", "battery", "connected",
+                                             "on_wrist", "bad_packet", "tag"]),
+                   "source": st.sampled_from(["replay", "live", "sim"]), "missing_samples": st.integers(),
+                   "duration_s": times, "battery": st.floats(0, 1), "on_wrist": st.booleans(),
+                   "stream": st.sampled_from(list(MODALITIES))},
+        "raw": {"unit": st.just("counts")},
+        "window": {"t_end": times, "source": st.just("replay")},
+        "affect": {"t_end": times, "t_start": times, "model": st.text(max_size=8), "source": st.just("live"),
+                   "tasks": st.dictionaries(st.sampled_from(["stress", "anxiety", "emotion", "x"]),
+                                            st.fixed_dictionaries({"probs": st.dictionaries(st.text(max_size=6),
+                                                                                            JSON, max_size=3),
+                                                                   "label": JSON, "status": JSON}), max_size=3)},
+    }.get(kind, {})
+    return st.fixed_dictionaries({}, optional={k: s | JSON for k, s in fields.items()}) | st.dictionaries(
+        st.text(max_size=8), JSON, max_size=4)
+
+
+@st.composite
+def messages(draw: st.DrawFn, kinds: tuple[str, ...] = ("raw", "window", "affect", "label", "status")) -> Message:
+    """A message the encoder accepts, fields drawn from their plausible ranges and beyond."""
+    kind = draw(st.sampled_from(kinds))
+    modality = draw(st.sampled_from(list(MODALITIES)) | st.from_regex(r"[a-z]{1,8}", fullmatch=True)) \
+        if kind == "raw" else kind
+    rate = st.sampled_from([0.0, 1.0, 4.0, 32.0, 64.0]) | st.floats(MIN_RATE_HZ, MAX_RATE_HZ)
+    t0 = st.floats(T0 - 1e4, T0 + 1e4) | st.floats(0, MAX_TIME_S, exclude_max=True) | st.sampled_from([0.0, T0])
+    named = st.dictionaries(st.text(st.characters(codec="ascii"), min_size=1, max_size=10), arrays(), max_size=3)
+    return Message(kind=kind, device=draw(DEVICES), modality=modality, seq=draw(st.integers(0, 2**63 - 1)),
+                   t0_s=draw(t0), fs_hz=draw(rate), samples=draw(arrays()), arrays=draw(named),
+                   meta=draw(_meta_for(kind)))
+
+
+def frames_of(msg: Message) -> list[bytes]:
+    """The frames as ZeroMQ sends them: the buffer of each (``bytes(a)`` of a 0-d array is not)."""
+    return [f if isinstance(f, bytes) else memoryview(f).tobytes() for f in encode(msg)]
+
+
+# --------------------------------------------------------------------------------------------
+# Hostile edits of encoded frames (header layout: see bus.message)
+
+_FIXED = struct.Struct("<BBBBqdd")
+
+
+def _set_field(frames: list[bytes], index: int, value: Any) -> list[bytes]:
+    head = bytearray(frames[1])
+    if len(head) < _FIXED.size:
+        return frames
+    fields = list(_FIXED.unpack_from(head))
+    fields[index] = value
+    try:
+        _FIXED.pack_into(head, 0, *fields)
+    except struct.error:
+        return frames
+    return [frames[0], bytes(head), *frames[2:]]
+
+
+def _with_tail(frames: list[bytes], tail: bytes) -> list[bytes]:
+    head = frames[1]
+    if len(head) < _FIXED.size:
+        return frames
+    end = _FIXED.size + 4 * min(head[2], 4)
+    return [frames[0], head[:3] + bytes([head[3] | 1]) + head[4:end] + tail, *frames[2:]]
+
+
+HOSTILE_TAILS = st.one_of(
+    st.integers(1, 200_000).map(lambda d: b'{"x":{"a":' + b"[" * d + b"]" * d + b"}}"),
+    st.integers(1, 500).map(lambda n: b'{"x":{"n":1' + b"0" * n + b"}}"),
+    st.sampled_from([b'{"x":{"n":NaN}}', b'{"x":{"n":Infinity}}', b'{"x":{"n":1e999}}', b'{"x":[]}', b"[]",
+                     b'{"a":5}', b'{"a":[["s","float64",[4294967296,0]]]}', b'{"a":[["s","float64",[0,-1]]]}',
+                     b'{"a":[["s","float65",[1]]]}', b'{"a":[["s","float64",[1,1,1,1,1]]]}', b'{"a":[[1,2,3]]}',
+                     b'{"a":[["s","float64",[1]],["s","float64",[1]]]}', b"\xff\xfe", b"", b"{", b"null",
+                     b'{"x":{"t_end":"soon"}}', b'{"x":{"quality":"x"}}', b'{"x":{"tasks":[]}}']),
+    JSON.map(lambda v: json.dumps({"x": {"v": v}}).encode()),
+    JSON.map(lambda v: json.dumps(v).encode()),
+    st.binary(max_size=64),
+)
+
+
+@st.composite
+def mutated_frames(draw: st.DrawFn) -> list[bytes]:
+    """A valid message's frames after one to three hostile edits."""
+    frames = frames_of(draw(messages()))
+    for _ in range(draw(st.integers(1, 3))):
+        op = draw(st.sampled_from(["field", "byte", "tail", "cut_head", "samples", "frames", "topic"]))
+        if op == "field":
+            index = draw(st.integers(0, 6))
+            value = draw(([st.integers(0, 255)] * 4 + [st.integers(-2**63, 2**63 - 1)] + [ANY_FLOAT] * 2)[index])
+            frames = _set_field(frames, index, value)
+        elif op == "byte" and frames[1]:
+            head = bytearray(frames[1])
+            head[draw(st.integers(0, len(head) - 1))] = draw(st.integers(0, 255))
+            frames = [frames[0], bytes(head), *frames[2:]]
+        elif op == "tail":
+            frames = _with_tail(frames, draw(HOSTILE_TAILS))
+        elif op == "cut_head":
+            frames = [frames[0], frames[1][:draw(st.integers(0, len(frames[1])))], *frames[2:]]
+        elif op == "samples":
+            i = draw(st.integers(2, max(2, len(frames) - 1)))
+            if i < len(frames):
+                frames = [*frames[:i], draw(st.binary(max_size=80) | st.just(frames[i][:-1] or b"\0")), *frames[i + 1:]]
+        elif op == "frames":
+            frames = draw(st.sampled_from([frames[:-1], frames + [b""], frames + [b"\0" * 8], frames[:2]]))
+        else:
+            frames = [draw(st.binary(max_size=40) | st.sampled_from(
+                [b"raw/eda/", b"raw//d1/", b"window/d1", b"affect/d1/x/", b"_sync/d1/", b"raw/eda/d 1/"])),
+                *frames[1:]]
+    return frames
+
+
+RANDOM_FRAMES = st.lists(st.binary(max_size=120), max_size=6)
+
+
+# --------------------------------------------------------------------------------------------
+# Targets
+
+
+@dataclass(frozen=True)
+class Target:
+    """``harness()`` yields the check for one case (a context manager, for the resources it needs)."""
+
+    name: str
+    strategy: st.SearchStrategy
+    harness: Callable[[], contextlib.AbstractContextManager[Callable[[Any], None]]]
+    what: str
+
+
+@contextlib.contextmanager
+def _stateless(check: Callable[[Any], None]) -> Iterator[Callable[[Any], None]]:
+    yield check
+
+
+def check_decoded(msg: Message) -> None:
+    """What :func:`bus.decode` promises about a message it returns, and that it re-encodes to itself."""
+    parse_topic(msg.topic)
+    assert 0 <= msg.t0_s < MAX_TIME_S and msg.seq >= 0
+    assert msg.fs_hz == 0 or MIN_RATE_HZ <= msg.fs_hz <= MAX_RATE_HZ
+    assert isinstance(msg.meta, dict) and msg.samples.ndim <= 4
+    again = decode(frames_of(msg))
+    assert (again.topic, again.seq, again.t0_s, again.fs_hz) == (msg.topic, msg.seq, msg.t0_s, msg.fs_hz)
+    assert again.meta == msg.meta and again.samples.tobytes() == msg.samples.tobytes()
+    assert {k: a.tobytes() for k, a in again.arrays.items()} == {k: a.tobytes() for k, a in msg.arrays.items()}
+
+
+def decode_or_reject(frames: list[bytes]) -> Message | None:
+    try:
+        msg = decode(frames)
+    except MalformedMessage as exc:
+        assert exc.reason and exc.reason.isidentifier(), exc
+        return None
+    check_decoded(msg)
+    return msg
+
+
+def _decode_check(frames: list[bytes]) -> None:
+    decode_or_reject(frames)
+
+
+BUS_RANDOM = Target("bus_decode_random", RANDOM_FRAMES, lambda: _stateless(_decode_check),
+                    "bus.message.decode on lists of random frames")
+BUS_MUTATED = Target("bus_decode_mutated", mutated_frames(), lambda: _stateless(_decode_check),
+                     "bus.message.decode on valid messages with hostile header fields, JSON tails and frames")
+
+
+# --------------------------------------------------------------------------------------------
+# Readers: E4 Connect exports (folder and zip)
+
+NUMBER_TEXT = st.one_of(
+    st.floats(-1e3, 1e3).map(lambda v: f"{v:.3f}"),
+    st.integers(-200, 200).map(str),
+    st.floats().map(repr),
+    HOSTILE_FLOATS.map(repr),
+    st.sampled_from(["", " ", "nan", "NaN", "inf", "-inf", "1e999", "x", "1,2", "0x10", "--1", " 3 ", "1_000",
+                     "\x00", "１", "1e-400"]),
+)
+def mostly(good: st.SearchStrategy, bad: st.SearchStrategy, odds: int = 4) -> st.SearchStrategy:
+    """``good`` ``odds`` times as often as ``bad``: hostile values, but enough valid files that
+    the checks behind the first ones run too."""
+    return st.sampled_from([good] * odds + [bad]).flatmap(lambda s: s)
+
+
+START_TEXT = mostly(st.floats(T0 - 1e6, T0 + 1e6).map(lambda v: f"{v:.6f}"),
+                    st.sampled_from(["0", "-1e12", "1e300", "nan", "946684800", "4102444800", "abc", ""]) | NUMBER_TEXT)
+
+
+def rate_text(nominal: float) -> st.SearchStrategy[str]:
+    return mostly(st.sampled_from([f"{nominal:g}", f"{nominal:.6f}", f"{nominal * 1.5:g}"]),
+                  st.sampled_from(["128", "2", "0.001", "1e-300", "0", "-4", "nan", "inf", "1e9"]) | NUMBER_TEXT)
+
+
+@st.composite
+def periodic_csv(draw: st.DrawFn, columns: int, nominal: float) -> str:
+    """An export file: start row, rate row, value rows, with a few cells or rows made hostile.
+    The value rows come from one drawn seed (drawing each cell would make generation, not the
+    reader, the cost of a case)."""
+    def row(cell: st.SearchStrategy[str]) -> list[str]:
+        n = columns + draw(st.sampled_from([0] * 8 + [-1, 1]))
+        return [draw(cell)] * n if draw(st.booleans()) else [draw(cell) for _ in range(n)]
+
+    n = draw(st.integers(0, 60))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    if columns == 3:
+        values = [[str(v) for v in r] for r in rng.integers(-100, 100, (n, 3)).tolist()]
+    else:
+        values = [[f"{v:.2f}"] for v in rng.uniform(0, 100, n).tolist()]
+    rows = [row(START_TEXT), row(rate_text(nominal)), *values]
+    for _ in range(draw(st.integers(0, 3)) if n else 0):
+        i = 2 + draw(st.integers(0, n - 1))
+        if draw(st.booleans()):
+            rows[i] = [draw(st.text(max_size=20))]
+        else:
+            rows[i][draw(st.integers(0, len(rows[i]) - 1))] = draw(NUMBER_TEXT)
+    end = draw(st.sampled_from(["\n", "", "\n\n", " \n"]))
+    return draw(st.sampled_from(["\n", "\r\n"])).join(", ".join(r) for r in rows) + end
+
+
+@st.composite
+def ibi_csv(draw: st.DrawFn) -> str:
+    rows = [f"{draw(START_TEXT)}, {draw(st.sampled_from(['IBI', 'ibi', ' IBI', 'x', '']))}"]
+    good = st.tuples(st.floats(0, 600), st.floats(0.3, 1.5)).map(lambda r: f"{r[0]:.6f},{r[1]:.6f}")
+    bad = st.tuples(NUMBER_TEXT, NUMBER_TEXT).map(",".join)
+    rows += draw(st.lists(good | bad, max_size=20))
+    return "\n".join(rows) + "\n"
+
+
+@st.composite
+def labels_csv(draw: st.DrawFn) -> str:
+    header = draw(st.sampled_from(["start,end,task,label"] * 5 + ["start,end,task", "", "x"]))
+    time = st.floats(T0 - 100, T0 + 700).map(lambda v: f"{v:.3f}") | START_TEXT
+    good = st.tuples(time, time, st.sampled_from(["stress", "anxiety", "emotion", ""]),
+                     st.sampled_from(["baseline", "stress", "amusement", "high", "low", "", "a b"]))
+    rows = draw(st.lists(good.map(",".join) | st.text(max_size=30), max_size=8))
+    return "\n".join([header, *rows]) + "\n"
+
+
+def _valid_periodic(t0: float, modality: str, n: int, rng: np.random.Generator) -> str:
+    columns, fs = (3 if modality == "acc" else 1), RATES_HZ[modality]
+    head = [", ".join([f"{t0:.6f}"] * columns), ", ".join([f"{fs:.6f}"] * columns)]
+    if columns == 3:
+        rows = [",".join(map(str, r)) for r in rng.integers(-100, 100, (n, 3)).tolist()]
+    else:
+        rows = [f"{v:.2f}" for v in rng.uniform(0.1, 100, n).tolist()]
+    return "\n".join(head + rows) + "\n"
+
+
+@st.composite
+def export_files(draw: st.DrawFn) -> dict[str, str | bytes]:
+    """A valid export (signals, beats, tags and labels inside it), then up to three of its files
+    replaced by hostile versions: structured ones, random text, random bytes, or none at all."""
+    t0 = draw(st.floats(T0 - 1e6, T0 + 1e6))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    files: dict[str, str | bytes] = {}
+    for modality, name in FILES.items():
+        if modality == "eda" or draw(st.integers(0, 3)):
+            files[name] = _valid_periodic(t0, modality, draw(st.integers(0, 80)), rng)
+    span = 20.0
+    offsets = np.sort(rng.uniform(0, span, draw(st.integers(0, 6))))
+    files["IBI.csv"] = f"{t0:.6f}, IBI\n" + "".join(f"{o:.6f},{rng.uniform(0.4, 1.2):.6f}\n" for o in offsets)
+    files["tags.csv"] = "".join(f"{t0 + o:.6f}\n" for o in rng.uniform(0, span, draw(st.integers(0, 3))))
+    if draw(st.booleans()):
+        a, b = sorted(rng.uniform(0, span, 2).tolist())
+        files["labels.csv"] = f"start,end,task,label\n{t0 + a:.3f},{t0 + b + 1:.3f},stress,stress\n"
+    hostile = {**{name: periodic_csv(3 if m == "acc" else 1, RATES_HZ[m]) for m, name in FILES.items()},
+               "IBI.csv": ibi_csv(), "labels.csv": labels_csv(),
+               "tags.csv": st.lists(START_TEXT | NUMBER_TEXT, max_size=5).map(lambda r: "\n".join(r) + "\n")}
+    for name in draw(st.lists(st.sampled_from(sorted(hostile)), max_size=3, unique=True)):
+        files[name] = draw(mostly(hostile[name], st.text(max_size=200) | st.binary(max_size=200) | st.none(), 3))
+    return {k: v for k, v in files.items() if v is not None}
+
+
+def check_recording(rec: Any) -> None:
+    """What a reader promises about a recording it returns: the checks of the module docstring,
+    and that every message replaying it would publish is one the bus accepts (else it would be
+    dropped downstream: a silent loss after the reader said yes)."""
+    from e4 import rate_is_plausible
+    from replay import recording_messages
+    from replay.e4csv import MAX_START_S, MIN_START_S
+
+    assert rec.signals
+    for modality, sig in rec.signals.items():
+        assert MIN_START_S <= sig.t0_s < MAX_START_S and rate_is_plausible(modality, sig.fs_hz), (modality, sig)
+        assert np.isfinite(sig.values).all()
+    for times in (rec.ibi_t_s, rec.ibi_s, rec.tags_s):
+        assert np.isfinite(times).all()
+    n = 0
+    for _, msg in recording_messages(rec):
+        decoded = decode(frames_of(msg))  # MalformedMessage here is a crash of the check: a reader bug
+        assert decoded.topic == msg.topic
+        n += 1
+    assert n >= 2
+
+
+def _write_zip(files: dict[str, str | bytes], nested: bool) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for name, content in files.items():
+            z.writestr(f"S1_E4_Data/{name}" if nested else name, content)
+    return buf.getvalue()
+
+
+@contextlib.contextmanager
+def _reader_harness() -> Iterator[Callable[[Any], None]]:
+    from replay.e4csv import read_source
+
+    with tempfile.TemporaryDirectory(prefix="m3sense-fuzz-") as tmp:
+        root = Path(tmp)
+        count = [0]
+
+        def check(case: tuple[dict[str, str | bytes], str]) -> None:
+            files, form = case
+            count[0] += 1
+            if form == "folder":
+                where = root / f"c{count[0]}" / "S1_E4_Data"
+                where.mkdir(parents=True)
+                for name, content in files.items():
+                    (where / name).write_bytes(content if isinstance(content, bytes) else content.encode())
+            else:
+                where = root / f"c{count[0]}_E4_Data.zip"
+                where.write_bytes(_write_zip(files, nested=form == "zip_nested"))
+            try:
+                recordings = read_source(where)
+            except DataError as exc:  # the documented refusal: one line naming the file (and line)
+                assert str(exc).startswith(str(where)) and "\n" not in str(exc), exc
+                return
+            for rec in recordings:
+                check_recording(rec)
+
+        yield check
+
+
+E4_EXPORTS = Target("e4_export_reader", st.tuples(export_files(), st.sampled_from(["folder", "zip", "zip_nested"])),
+                    _reader_harness, "replay.e4csv.read_source on generated export folders and zips")
+
+
+@contextlib.contextmanager
+def _random_zip_harness() -> Iterator[Callable[[Any], None]]:
+    from replay.e4csv import read_source
+
+    with tempfile.TemporaryDirectory(prefix="m3sense-fuzz-") as tmp:
+        count = [0]
+
+        def check(case: tuple[dict[str, str | bytes], int, int]) -> None:
+            files, at, byte = case
+            count[0] += 1
+            data = bytearray(_write_zip(files, nested=False))
+            if data:
+                data[at % len(data)] = byte  # a damaged archive: directory, headers or data
+            where = Path(tmp) / f"c{count[0]}.zip"
+            where.write_bytes(bytes(data))
+            try:
+                recordings = read_source(where)
+            except DataError as exc:
+                assert str(exc).startswith(str(where)) and "\n" not in str(exc), exc
+                return
+            for rec in recordings:
+                check_recording(rec)
+
+        yield check
+
+
+E4_ZIP_DAMAGED = Target("e4_zip_damaged", st.tuples(export_files(), st.integers(0, 2**16), st.integers(0, 255)),
+                        _random_zip_harness, "replay.e4csv.read_source on zips with one damaged byte")
+
+TARGETS = (BUS_RANDOM, BUS_MUTATED, E4_EXPORTS, E4_ZIP_DAMAGED)
+
+
+def run(target: Target, examples: int = EXAMPLES, counter: list[int] | None = None) -> None:
+    """Run ``examples`` cases of ``target`` (each case counted in ``counter[0]``); a crash
+    propagates as Hypothesis reports it: the shrunk case and its traceback."""
+    with target.harness() as check:
+        def case(value: Any) -> None:
+            if counter is not None:
+                counter[0] += 1
+            check(value)
+
+        given(target.strategy)(fuzz_settings(examples)(case))()

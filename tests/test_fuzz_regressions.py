@@ -1,0 +1,57 @@
+"""The crashes the fuzz targets found, each kept as a fixed case (issue 12, item 5): what the
+fuzzer found once must stay fixed whether or not a later random run happens upon it again."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from m3sense.errors import DataError
+from replay.e4csv import read_source
+
+EDA = "1600000000.000000\n4.000000\n1.0\n2.0\n3.0\n4.0\n5.0\n6.0\n7.0\n8.0\n"
+
+
+def _zip(path: Path, files: dict[str, str]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for name, text in files.items():
+            z.writestr(name, text)
+    path.write_bytes(buf.getvalue())
+    return buf.getvalue()
+
+
+def test_zip_member_with_a_damaged_local_header_is_a_data_error(tmp_path: Path) -> None:
+    path = tmp_path / "S1_E4_Data.zip"
+    data = bytearray(_zip(path, {"EDA.csv": EDA}))
+    data[0] = 0  # the member's local header signature (once zipfile.BadZipFile from read_source)
+    path.write_bytes(bytes(data))
+    with pytest.raises(DataError, match=r"S1_E4_Data\.zip!EDA\.csv: damaged zip member"):
+        read_source(path)
+
+
+def test_zip_needing_a_newer_zip_version_is_a_data_error(tmp_path: Path) -> None:
+    path = tmp_path / "S1_E4_Data.zip"
+    data = bytearray(_zip(path, {"EDA.csv": EDA}))
+    central = data.rindex(b"PK\x01\x02")
+    struct.pack_into("<B", data, central + 6, 64)  # "needs version 6.4" (once NotImplementedError)
+    path.write_bytes(bytes(data))
+    with pytest.raises(DataError, match="not a readable zip"):
+        read_source(path)
+
+
+@pytest.mark.parametrize("start, end", [(-1e12, 1600000001.0), (1600000000.0 + 1e6, 1600000000.0 + 2e6)])
+def test_label_interval_outside_the_recording_is_refused_with_its_line(tmp_path: Path, start: float,
+                                                                       end: float) -> None:
+    """A label before 1970 once passed the reader and was dropped by the bus as a bad time; one
+    days after the recording would have held a real-time replay for as long."""
+    folder = tmp_path / "S1"
+    folder.mkdir()
+    (folder / "EDA.csv").write_text(EDA)
+    (folder / "labels.csv").write_text(f"start,end,task,label\n\n{start},{end},stress,stress\n")
+    with pytest.raises(DataError, match=r"labels\.csv:3: interval starting at .* is outside the recording"):
+        read_source(folder)
