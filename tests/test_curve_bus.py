@@ -199,3 +199,17 @@ def test_keys_command_makes_private_pairs_and_an_allow_list(tmp_path: Path) -> N
     assert ok.returncode == 0 and (hub_dir / "allowed" / "other-host.key").is_file()
     listing = run_cli("keys", "list", "--dir", str(hub_dir), check=True).stdout.splitlines()
     assert len(listing) == 4  # hub, client, and two allowed clients
+
+
+def test_run_passes_its_keys_to_the_stages_it_starts(keys: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import bus.security
+    from m3sense.pipeline import PipelineConfig, stage_commands
+
+    monkeypatch.setattr(bus.security, "_current", BusSecurity(keys=keys))
+    stages = stage_commands(PipelineConfig(sink="sqlite:///x.db"), "tcp://127.0.0.1:5555")
+    assert [name for name, _ in stages] == ["store", "infer", "preprocess"]
+    for _, args in stages:
+        assert args[args.index("--bus-keys") + 1] == str(keys)
+    monkeypatch.setattr(bus.security, "_current", BusSecurity())
+    assert all("--bus-keys" not in args for _, args in stage_commands(PipelineConfig(sink="sqlite:///x.db"),
+                                                                       "tcp://127.0.0.1:5555"))
