@@ -114,6 +114,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="fig8: feature models and m3sense-FUSION networks (default rf,m3sense-cam)")
     p.add_argument("--target", default=None, metavar="TASK,TASK", help="fig7: the unseen tasks (default every task)")
     p.add_argument("--few", type=int, default=2, help="fig7: labelled recordings the new head learns from")
+    p.add_argument("--few-epochs", type=int, default=20,
+                   help="fig7: epochs of the from-scratch model and the new head on those few recordings "
+                        "(they hold a few batches; default 20)")
     p.add_argument("--calibration", choices=("none", "wearer"), default="none",
                    help="none: absolute inputs, as in the paper (default); wearer: relative to each wearer")
     p.add_argument("--epochs", type=int, default=10, help="per network (the paper trained 65)")
@@ -410,8 +413,8 @@ def _experiment(args) -> int:
         tc = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, gamma=args.gamma)
     except ValueError as exc:
         raise UserError(f"--seeds/--modalities: {exc}") from exc
-    if not seeds or args.epochs < 1 or args.batch_size < 2 or args.few < 1:
-        raise UserError("--seeds needs a seed, --epochs >= 1, --batch-size >= 2, --few >= 1")
+    if not seeds or min(args.epochs, args.few, args.few_epochs) < 1 or args.batch_size < 2:
+        raise UserError("--seeds needs a seed, --epochs, --few and --few-epochs >= 1, --batch-size >= 2")
     cal = calibration_config(args)
 
     def usable(w):  # the windows every row can read: a wearer reference and every modality present
@@ -440,7 +443,7 @@ def _experiment(args) -> int:
     n_rec = len(np.unique(ws.groups))
     folds = args.folds or min(n_rec, 10)
     setup = Setup(split=args.split, folds=folds, split_seed=args.split_seed, seeds=seeds, train=tc,
-                  calibrated=args.calibration == "wearer", few=args.few)
+                  calibrated=args.calibration == "wearer", few=args.few, few_epochs=args.few_epochs)
     try:
         rows = rows_for(args.name, tasks=tasks, modalities=mods, fusion=args.fusion, models=_csv(args.models),
                         targets=_csv(args.target) if args.target else None)
@@ -453,18 +456,28 @@ def _experiment(args) -> int:
         print(f"experiment {args.name}: {len(rows)} rows x {len(seeds)} seeds over {len(ws)} windows of {n_rec} "
               f"recordings ({'paper split' if args.split == 'paper' else f'{folds} folds'}), tasks "
               f"{','.join(tasks)}", file=sys.stderr, flush=True)
-        records = run(rows, ws, setup, unlabeled=unl, progress=lambda line: print(
+    except ValueError as exc:
+        raise UserError(str(exc)) from exc
+    meta = {"experiment": args.name, "split": args.split, "folds": folds if args.split == "subjects" else None,
+            "split_seed": args.split_seed, "seeds": list(seeds), "windows": len(ws), "recordings": n_rec,
+            "tasks": list(tasks), "modalities": list(mods), "epochs": args.epochs, "calibration": args.calibration,
+            "few": args.few if args.name == "fig7" else None,
+            "few_epochs": args.few_epochs if args.name == "fig7" else None, "data": list(args.data),
+            "unlabeled": list(args.unlabeled), "unlabeled_windows": 0 if unl is None else len(unl),
+            "command": "m3sense " + " ".join(shlex.quote(a) for a in sys.argv[1:])}
+    out = args.out or Path("m3sense-experiments") / args.name
+
+    def seed_done(records):  # the files always hold every finished seed
+        done = sorted({r["seed"] for r in records}, key=seeds.index)
+        write_all(out, args.name, summarise(rows, records), records, meta | {"seeds": done})
+        print(f"{args.name}: seed(s) {','.join(map(str, done))} done, files in {out}", file=sys.stderr, flush=True)
+
+    try:
+        records = run(rows, ws, setup, unlabeled=unl, seed_done=seed_done, progress=lambda line: print(
             f"{args.name} {line}", file=sys.stderr, flush=True))
     except ValueError as exc:
         raise UserError(str(exc)) from exc
     summary = summarise(rows, records)
-    meta = {"experiment": args.name, "split": args.split, "folds": folds if args.split == "subjects" else None,
-            "split_seed": args.split_seed, "seeds": list(seeds), "windows": len(ws), "recordings": n_rec,
-            "tasks": list(tasks), "modalities": list(mods), "epochs": args.epochs, "calibration": args.calibration,
-            "few": args.few if args.name == "fig7" else None, "data": list(args.data),
-            "unlabeled": list(args.unlabeled), "unlabeled_windows": 0 if unl is None else len(unl),
-            "command": "m3sense " + " ".join(shlex.quote(a) for a in sys.argv[1:])}
-    out = args.out or Path("m3sense-experiments") / args.name
     paths = write_all(out, args.name, summary, records, meta)
     print(markdown(args.name, summary, meta))
     missing = [f"{c['row']}/{c['task']}" for c in summary if not c["seeds"]]

@@ -76,7 +76,7 @@ def plot(path: Path, name: str, summary: Sequence[Mapping]) -> None:
     labels = {c["row"]: c["label"] for c in summary}
     tasks = list(dict.fromkeys(c["task"] for c in summary))
     width = 0.8 / len(tasks)
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.6 * len(rows) * len(tasks) + 2), 4.5))
+    fig, ax = plt.subplots(figsize=(min(14.0, max(6.0, 0.45 * len(rows) * len(tasks) + 2)), 5.0))
     for k, t in enumerate(tasks):
         cells = {c["row"]: c for c in summary if c["task"] == t}
         xs = [i + (k - (len(tasks) - 1) / 2) * width for i in range(len(rows))]

@@ -152,6 +152,7 @@ class Setup:
     train: TrainConfig = TrainConfig()
     calibrated: bool = False  # inputs relative to each wearer's reference (features, and M3Sense's EDA/TEMP)
     few: int = 2  # fig7: labelled recordings the new head learns from
+    few_epochs: int = 20  # fig7: epochs of the models learned from those few (a few batches per epoch)
 
 
 def parts(ws: WindowSet, setup: Setup) -> list[Split]:
@@ -194,7 +195,7 @@ def _feature_probs(row: Row, data: WindowSet, part: Split, seed: int, setup: Set
 
 def _fit(data: WindowSet, part: Split, tasks: Sequence[str], row: Row, seed: int, setup: Setup, *,
          train: np.ndarray | None = None, val: np.ndarray | None = None, unlabeled: np.ndarray, model=None,
-         normalizer=None, keep_labels: Sequence[str] | None = None):
+         normalizer=None, keep_labels: Sequence[str] | None = None, few: bool = False):
     """Train one network on ``tasks`` (labels of ``keep_labels`` only, if given) and give its
     test-part probabilities; None when the training side holds fewer than two labelled windows."""
     base = ModelConfig()
@@ -210,7 +211,8 @@ def _fit(data: WindowSet, part: Split, tasks: Sequence[str], row: Row, seed: int
     split = Split(train=train[has[train]], val=val[has[val]], test=part.test, unlabeled=unlabeled)
     if len(split.train) < 2:
         return None, None, None
-    tc = replace(setup.train, seed=seed, gamma=0.0 if row.no_alignment else setup.train.gamma)
+    tc = replace(setup.train, seed=seed, gamma=0.0 if row.no_alignment else setup.train.gamma,
+                 **({"epochs": setup.few_epochs} if few else {}))
     res, norm = fit_split(sub, split, tc, model=model if model is not None else init_model(cfg, seed),
                           relative=_relative(setup, cfg.modalities), normalizer=normalizer)
     return res.model, predict_probs(res.model, to_tensors(sub.subset(part.test), norm)), norm
@@ -232,14 +234,14 @@ def _network_probs(row: Row, data: WindowSet, part: Split, extra: np.ndarray, se
         return {target: p[target]} if p else {}
     few = few_recordings(data, part, target, setup.few, seed)
     if row.fig7 == "scratch":
-        _, p, _ = _fit(data, part, (target,), row, seed, setup, train=few, val=empty, unlabeled=empty)
+        _, p, _ = _fit(data, part, (target,), row, seed, setup, train=few, val=empty, unlabeled=empty, few=True)
         return {target: p[target]} if p else {}
     source, _, norm = _fit(data, part, others, row, seed, setup, unlabeled=unl)
     if source is None:
         return {}
     model = transfer_model(source, (target,), ModelConfig().classes, seed)
     _, p, _ = _fit(data, part, model.cfg.tasks, row, seed, setup, train=few, val=empty, unlabeled=empty,
-                   model=model, normalizer=norm, keep_labels=(target,))
+                   model=model, normalizer=norm, keep_labels=(target,), few=True)
     return {target: p[target]} if p else {}
 
 
@@ -254,8 +256,10 @@ def few_recordings(data: WindowSet, part: Split, task: str, n: int, seed: int) -
 
 
 def run(rows: Sequence[Row], ws: WindowSet, setup: Setup, *, unlabeled: WindowSet | None = None,
-        progress: Callable[[str], None] = lambda _: None) -> list[dict]:
-    """Score every row on every seed; one record per (row, task, seed) that could be scored."""
+        progress: Callable[[str], None] = lambda _: None,
+        seed_done: Callable[[list[dict]], None] = lambda _: None) -> list[dict]:
+    """Score every row on every seed; one record per (row, task, seed) that could be scored.
+    ``seed_done`` gets the records so far after each seed (a long run keeps its finished seeds)."""
     data = ws if unlabeled is None or not len(unlabeled) else WindowSet.concat([ws, unlabeled])
     extra = np.arange(len(ws), len(data))
     folds = parts(ws, setup)
@@ -282,6 +286,8 @@ def run(rows: Sequence[Row], ws: WindowSet, setup: Setup, *, unlabeled: WindowSe
                             "balanced_accuracy": s["balanced_accuracy"],
                             "stress_vs_rest": s["stress_vs_rest"]["accuracy"] if "stress_vs_rest" in s else None,
                             "folds_scored": sum(p is not None for p in probs[t])})
+        if k % len(rows) == 0:
+            seed_done(records)
     return records
 
 
