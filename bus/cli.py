@@ -180,9 +180,11 @@ def _hub(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    from bus.security import BusSecurityError
+
     try:
         hub = Hub(args.bus).start()
-    except OSError as exc:
+    except (OSError, BusSecurityError) as exc:
         print(f"m3sense hub: error: {exc}", file=sys.stderr)
         return 2
     ep = hub.endpoints

@@ -55,7 +55,7 @@ def is_loopback(address: str) -> bool:
     """True for ``ipc://`` (this host's file system) and ``tcp://`` on 127.0.0.0/8, ::1 or
     ``localhost``. Any other host (``*``, 0.0.0.0, a name, a LAN address) is reachable from
     elsewhere; names are not resolved, so a name is never taken for loopback."""
-    if address.startswith("ipc://") or address.startswith("inproc://"):
+    if address.startswith(("ipc://", "inproc://")):
         return True
     return is_loopback_host(urlsplit(address).hostname or "")
 

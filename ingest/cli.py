@@ -327,7 +327,8 @@ def _read_token(path: Path | None) -> str | None:
     token = lines[0].strip() if lines else ""
     if len(token) < MIN_TOKEN_CHARS or any(c.isspace() for c in token):
         raise UserError(f"--token-file {path}: the first line must be a token of at least {MIN_TOKEN_CHARS} "
-                        f"characters without spaces (e.g. from: python -c 'import secrets; print(secrets.token_urlsafe())')")
+                        "characters without spaces (e.g. from: python -c 'import secrets; "
+                        "print(secrets.token_urlsafe())')")
     return token
 
 
