@@ -29,6 +29,8 @@ import os
 import shutil
 import tempfile
 import threading
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -37,6 +39,7 @@ import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils import z85
+from zmq.utils.monitor import recv_monitor_message
 
 log = logging.getLogger(__name__)
 
@@ -184,13 +187,58 @@ _warned: set[str] = set()
 
 
 def secure_client(sock: zmq.Socket, security: BusSecurity) -> None:
-    """CURVE client options on a socket before it connects (no-op without keys)."""
+    """CURVE client options on a socket before it connects (no-op without keys).
+
+    A refused handshake is said once, as an error: ZeroMQ does not retry a connection that
+    authentication refused, so without it the command would wait in silence."""
     if not security.curve:
         return
     keys = security.client_keys()
     sock.curve_secretkey = keys.secret
     sock.curve_publickey = keys.public
     sock.curve_serverkey = keys.server
+    folder = security.keys
+
+    def say(event: int, endpoint: str) -> None:
+        if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+            log.error("bus: the hub at %s refused this host's key %s: allow it on the hub's host "
+                      "(m3sense keys allow client.key --dir DIR) and start this command again",
+                      endpoint, folder / (CLIENT + PUBLIC_SUFFIX))
+        else:
+            log.error("bus: no CURVE handshake with the hub at %s: does it run with --bus-keys, and is %s "
+                      "its public key?", endpoint, folder / (HUB + PUBLIC_SUFFIX))
+
+    watch_handshakes(sock, say)
+
+
+_FAILED = zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+
+
+def watch_handshakes(sock: zmq.Socket, say: Callable[[int, str], None]) -> None:
+    """``say(event, endpoint)`` for each failed handshake of ``sock`` (each kind of failure once
+    per endpoint), from a thread that reads the socket's monitor until the socket closes."""
+    address = f"inproc://m3sense-handshakes-{uuid.uuid4().hex}"
+    sock.monitor(address, _FAILED | zmq.EVENT_MONITOR_STOPPED)
+    mon = zmq.Context.shadow(sock.context.underlying).socket(zmq.PAIR)
+    mon.connect(address)
+
+    def read() -> None:
+        told: set[tuple[int, str]] = set()
+        try:
+            while True:
+                msg = recv_monitor_message(mon)
+                event, endpoint = msg["event"], msg["endpoint"].decode(errors="replace")
+                if event == zmq.EVENT_MONITOR_STOPPED:
+                    return
+                if (event, endpoint) not in told:
+                    told.add((event, endpoint))
+                    say(event, endpoint)
+        except zmq.ZMQError:
+            return
+        finally:
+            mon.close(linger=0)
+
+    threading.Thread(target=read, name="m3sense-bus-handshakes", daemon=True).start()
 
 
 def secure_server(sock: zmq.Socket, security: BusSecurity) -> None:
@@ -216,6 +264,13 @@ class AllowList:
         self._lock = threading.Lock()
 
     def callback(self, domain: str, key: bytes) -> bool:
+        try:
+            return self._admits(key)
+        except Exception:  # an exception here would end the ZAP thread, and every handshake would hang
+            log.exception("bus allow-list: refusing a client after an error")
+            return False
+
+    def _admits(self, key: bytes) -> bool:
         with self._lock:
             if key not in self.keys:
                 try:

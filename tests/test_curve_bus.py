@@ -213,3 +213,34 @@ def test_run_passes_its_keys_to_the_stages_it_starts(keys: Path, monkeypatch: py
     monkeypatch.setattr(bus.security, "_current", BusSecurity())
     assert all("--bus-keys" not in args for _, args in stage_commands(PipelineConfig(sink="sqlite:///x.db"),
                                                                        "tcp://127.0.0.1:5555"))
+
+
+def _wait_for_log(caplog: pytest.LogCaptureFixture, needle: str, timeout_s: float = 30) -> str:
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        found = [r.getMessage() for r in caplog.records if needle in r.getMessage()]
+        if found:
+            return found[0]
+        time.sleep(0.05)
+    raise AssertionError(f"no log line with {needle!r}: {caplog.text}")
+
+
+def test_a_refused_client_says_why(keys: Path, intruder_keys: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """ZeroMQ never retries a connection that authentication refused: the client says so once,
+    as an error naming its key, instead of waiting in silence."""
+    async def connect(bus: str, security: BusSecurity) -> None:
+        async with Subscriber(bus, ["affect/"], security=security):
+            await asyncio.to_thread(_wait_for_log, caplog, "bus: ")
+
+    caplog.set_level(logging.ERROR, logger="bus.security")
+    bus = free_bus_address()
+    with Hub(bus, security=BusSecurity(keys=keys)):
+        asyncio.run(connect(bus, BusSecurity(keys=intruder_keys)))
+    assert f"refused this host's key {intruder_keys}/client.key" in _wait_for_log(caplog, "refused this host's key")
+    caplog.clear()
+    bus = free_bus_address()
+    with Hub(bus, security=BusSecurity()):  # a hub without keys
+        asyncio.run(connect(bus, BusSecurity(keys=keys)))
+    assert "does it run with --bus-keys" in _wait_for_log(caplog, "no CURVE handshake")
