@@ -31,9 +31,11 @@ One row per window, in :data:`FEATURES` order, from the window arrays preprocess
 ``acc_jolt_g``      largest SD of |acc| over 1 s blocks (g): a brief jolt of the arm
 ==================  =====================================================================
 
-Beats are peaks of the BVP band-passed to 0.6–3.5 Hz, at least 0.33 s apart (≤ 180 bpm) with intervals kept
-between 0.33 and 1.5 s; within 20 s that is enough for rate and short-term variability, not
-for frequency-domain HRV. The features are causal per window: nothing looks past its end.
+Beats come from the one beat detector, :mod:`e4.beats`, run over the window from a cold start:
+``hr_bpm`` is its rate over the whole window, the variability features use the intervals it
+publishes (those consistent with their neighbours) and the amplitude ratio their heights in
+the pulse band; within 20 s that is enough for rate and short-term variability, not for
+frequency-domain HRV. The features are causal per window: nothing looks past its end.
 """
 
 from __future__ import annotations
@@ -43,6 +45,9 @@ from collections.abc import Mapping
 import numpy as np
 from scipy.signal import butter, find_peaks, sosfiltfilt
 
+from e4 import CHANNELS, RATES_HZ
+from e4.beats import BAND_HZ, rate_bpm, window_beats
+
 FEATURES: tuple[str, ...] = (
     "eda_mean_us", "eda_sd_us", "eda_min_us", "eda_max_us", "eda_slope_us_s", "scr_count", "scr_amp_us", "eda_log",
     "temp_mean_c", "temp_sd_c", "temp_slope_c_s",
@@ -50,13 +55,11 @@ FEATURES: tuple[str, ...] = (
     "acc_mag_g", "acc_mag_sd_g", "acc_sd_g",
     "hr_range_bpm", "beat_amp_ratio", "eda_max_rise_us_s", "acc_jolt_g",
 )
-#: Rates (Hz) the window arrays come at (preprocess's window contract).
-_FS = {"bvp": 64.0, "eda": 4.0, "temp": 4.0, "acc": 32.0}
+_FS = RATES_HZ
 SCR_MIN_PROMINENCE_US = 0.01
-_MIN_IBI_S, _MAX_IBI_S = 0.33, 1.5
-#: The pulse band (40–210 bpm) the beat detector looks in; filtered forward and backward within
-#: the window (the window is complete when it is answered, so this looks at nothing later).
-_PULSE_BAND = butter(2, (0.6, 3.5), btype="bandpass", fs=64.0, output="sos")
+#: The pulse band of the beat detector, filtered forward and backward within the window for the
+#: BVP amplitude features (the window is complete when it is answered: nothing later is used).
+_PULSE_BAND = butter(2, BAND_HZ, btype="bandpass", fs=RATES_HZ["bvp"], output="sos")
 
 
 def _slope(x: np.ndarray, fs: float) -> np.ndarray:
@@ -72,30 +75,19 @@ def _scr(eda: np.ndarray) -> tuple[float, float]:
     return float(len(prom)), float(prom.mean()) if len(prom) else 0.0
 
 
-def _min_beat_distance(x: np.ndarray, fs: float) -> int:
-    """Samples between two accepted peaks: 60 % of the dominant beat period (autocorrelation
-    peak between 0.33 and 1.5 s), so a dicrotic wave or a harmonic is never a second beat."""
-    lo, hi = int(fs * _MIN_IBI_S), int(fs * _MAX_IBI_S)
-    spec = np.fft.rfft(x - x.mean(), 2 * len(x))
-    ac = np.fft.irfft(spec * np.conj(spec))[: hi + 1]
-    period = lo + int(np.argmax(ac[lo: hi + 1]))
-    return max(lo, int(0.6 * period))
-
-
-def _beats(bvp_detrended: np.ndarray, fs: float) -> tuple[float, float, float, float, float]:
+def _beats(bvp: np.ndarray, fs: float) -> tuple[float, float, float, float, float]:
     """Heart rate (bpm), SDNN and RMSSD (s), the beat-rate range (bpm) and the beat amplitude
-    ratio of one window's detrended BVP; NaN when fewer than three plausible intervals remain."""
-    sd = float(bvp_detrended.std())
-    if not sd > 0:
+    ratio of one window's BVP; NaN where fewer than three intervals back them."""
+    if not np.ptp(bvp) > 0:
         return (np.nan,) * 5
-    peaks, props = find_peaks(bvp_detrended, distance=_min_beat_distance(bvp_detrended, fs), prominence=0.3 * sd)
-    ibi = np.diff(peaks) / fs
-    ibi = ibi[(ibi > _MIN_IBI_S) & (ibi < _MAX_IBI_S)]
-    if len(ibi) < 3:
-        return (np.nan,) * 5
+    peaks, beats = window_beats(bvp, fs)
+    hr = rate_bpm(peaks)
+    if len(beats) < 3:
+        return (np.nan if hr is None else hr,) + (np.nan,) * 4
+    ibi = np.array([b.ibi_s for b in beats])
     rate = 60.0 / ibi
-    lo, hi = np.percentile(props["prominences"], (10, 90))
-    return (60.0 / float(ibi.mean()), float(ibi.std()), float(np.sqrt(np.mean(np.diff(ibi) ** 2))),
+    lo, hi = np.percentile([b.amp for b in beats], (10, 90))
+    return (np.nan if hr is None else hr, float(ibi.std()), float(np.sqrt(np.mean(np.diff(ibi) ** 2))),
             float(rate.max() - rate.min()), float(lo / hi) if hi > 0 else np.nan)
 
 
@@ -121,7 +113,7 @@ def window_features(signals: Mapping[str, np.ndarray]) -> np.ndarray:
     for i in range(n):
         out[i, 5:7] = _scr(eda[i])
         detrended = sosfiltfilt(_PULSE_BAND, bvp[i]) if np.ptp(bvp[i]) > 0 else np.zeros_like(bvp[i])
-        out[i, [11, 12, 13, 19, 20]] = _beats(detrended, _FS["bvp"])
+        out[i, [11, 12, 13, 19, 20]] = _beats(bvp[i], _FS["bvp"])
         out[i, 14] = detrended.std()
         p90, p10 = np.percentile(detrended, (90, 10))
         out[i, 15] = p90 - p10
@@ -137,7 +129,8 @@ def window_features(signals: Mapping[str, np.ndarray]) -> np.ndarray:
     return out.astype(np.float32)
 
 
-_SHAPES = {"bvp": (1280,), "eda": (80,), "temp": (80,), "acc": (640, 3)}
+_SHAPES = {m: (round(20.0 * RATES_HZ[m]),) if CHANNELS[m] == 1 else (round(20.0 * RATES_HZ[m]), CHANNELS[m])
+           for m in ("bvp", "eda", "temp", "acc")}
 
 
 def message_features(windows) -> np.ndarray:

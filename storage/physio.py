@@ -4,7 +4,7 @@ Out of the raw streams come one value per device, signal and second:
 
 - ``eda_us`` (µS) and ``temp_c`` (°C): the mean of the samples in the second;
 - ``hr_device_bpm``: the mean of the device's own HR stream, where it sends one;
-- ``hr_bpm``: heart rate from BVP, by the causal beat detector :class:`BeatRate`.
+- ``hr_bpm``: heart rate from BVP, by the one causal beat detector (:class:`BeatRate`).
 
 Bins are whole seconds of the sample clock (``floor(t / bin_s)``), so how the samples
 were chunked into messages does not change the output, and each value is stamped with
@@ -15,13 +15,10 @@ bin arrives (or on ``flush``), so nothing here waits on a clock.
 
 from __future__ import annotations
 
-import math
-from collections import deque
-
 import numpy as np
-from scipy.signal import butter, lfilter, sosfilt, sosfilt_zi
 
 from bus import Message
+from e4.beats import BeatDetector
 
 #: raw modality -> stored signal, for the streams stored as a plain mean per bin.
 MEAN_SIGNALS = {"eda": "eda_us", "temp": "temp_c", "hr": "hr_device_bpm"}
@@ -69,101 +66,23 @@ class MeanBinner:
 
 
 class BeatRate:
-    """Heart rate from BVP with a causal beat detector, one value per bin.
+    """Heart rate from BVP, one value per bin: :class:`e4.beats.BeatDetector` (the one beat
+    detector; see there how beats and rates are found) with its rate reported at each bin end.
 
-    Theory of operation: a 2nd-order Butterworth band-pass (0.7–3.5 Hz, 42–210 bpm) with
-    state carried across chunks removes baseline wander and the dicrotic notch's higher
-    harmonics; an exponential moving mean of the squared output (time constant 2 s)
-    tracks the pulse amplitude. A beat is a local maximum of the filtered signal above
-    0.7 × the running RMS (about half a sinusoid's amplitude) at least ``refractory_s``
-    after the previous beat. At each bin end the rate is 60 / median of the inter-beat
-    intervals (0.33–1.5 s only) of the beats in the last ``window_s`` seconds; with fewer
-    than three such intervals (off-wrist, motion, start-up) the bin gets no value rather
-    than a guess. A gap of more than ``max_gap_s`` in the samples restarts the filter.
+    ``push(t0_s, samples)`` and ``flush()`` return ``(bin end in s, bpm)`` for each bin that
+    closed with a rate; a gap of more than ``max_gap_s`` in the samples restarts the detector.
     """
 
-    def __init__(self, fs_hz: float, *, bin_s: float = 1.0, window_s: float = 10.0,
-                 refractory_s: float = 0.35, max_gap_s: float = 0.5) -> None:
+    def __init__(self, fs_hz: float, *, bin_s: float = 1.0, window_s: float = 10.0, max_gap_s: float = 0.5) -> None:
         self.fs_hz = fs_hz
-        self.bin_s = bin_s
-        self.window_s = window_s
-        self.refractory_s = refractory_s
-        self.max_gap_s = max_gap_s
-        self._sos = butter(2, [0.7, 3.5], btype="bandpass", fs=fs_hz, output="sos")
-        self._a = math.exp(-1.0 / (2.0 * fs_hz))
-        self._zi: np.ndarray | None = None
-        self._env_zi = np.zeros(1)
-        self._tail_t: np.ndarray = np.zeros(0)   # last two filtered samples: their times,
-        self._tail_y: np.ndarray = np.zeros(0)   # values
-        self._tail_e: np.ndarray = np.zeros(0)   # and envelopes
-        self._beats: deque[float] = deque()
-        self._bin: int | None = None
-
-    def _restart(self, first: float) -> None:
-        self._zi = sosfilt_zi(self._sos) * first
-        self._env_zi = np.zeros(1)
-        self._tail_t = self._tail_y = self._tail_e = np.zeros(0)
-
-    def _rate(self, before_s: float) -> float | None:
-        beats = [b for b in self._beats if before_s - self.window_s <= b < before_s]
-        ibis = np.diff(beats)
-        ibis = ibis[(ibis >= 0.33) & (ibis <= 1.5)]
-        return 60.0 / float(np.median(ibis)) if ibis.size >= 3 else None
+        self._det = BeatDetector(fs_hz=fs_hz, hr_every_s=bin_s, hr_window_s=window_s, max_gap_s=max_gap_s)
 
     def push(self, t0_s: float, samples: np.ndarray) -> list[tuple[float, float]]:
-        """(bin end in s, bpm) for each bin that this chunk completed and that has a rate."""
-        x = np.asarray(samples, dtype=np.float64).reshape(-1)
-        if x.size == 0:
-            return []
-        if not np.all(np.isfinite(x)):  # a hole: carry nothing across it
-            x = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
-        t = t0_s + np.arange(x.size) / self.fs_hz
-        if self._zi is None or (self._tail_t.size and t[0] - self._tail_t[-1] > self.max_gap_s):
-            self._restart(x[0])
-        y, self._zi = sosfilt(self._sos, x, zi=self._zi)
-        env, self._env_zi = lfilter([1 - self._a], [1, -self._a], y * y, zi=self._env_zi)
-        et, ey, ee = np.r_[self._tail_t, t], np.r_[self._tail_y, y], np.r_[self._tail_e, env]
-        mid = slice(1, -1)
-        peak = (ey[mid] > ey[:-2]) & (ey[mid] >= ey[2:]) & (ey[mid] > 0.7 * np.sqrt(ee[mid]))
-        beats = et[mid][peak]
-        self._tail_t, self._tail_y, self._tail_e = et[-2:], ey[-2:], ee[-2:]
-        # A beat at sample k is known once sample k+1 has arrived: bins close at the first
-        # sample of a later bin and count the beats strictly before that sample.
-        idx = np.floor(t / self.bin_s).astype(np.int64)
-        out = []
-        edges = np.flatnonzero(np.r_[self._bin is None or idx[0] != self._bin, idx[1:] != idx[:-1]])
-        bi = 0
-        for j in edges.tolist():
-            while bi < beats.size and beats[bi] < t[j]:
-                self._add_beat(float(beats[bi]))
-                bi += 1
-            if self._bin is not None and idx[j] != self._bin:
-                bpm = self._rate(float(t[j]))
-                if bpm is not None:
-                    out.append(((self._bin + 1) * self.bin_s, bpm))
-            self._bin = int(idx[j])
-        for b in beats[bi:].tolist():
-            self._add_beat(b)
-        return out
-
-    def _add_beat(self, t: float) -> None:
-        if self._beats and t - self._beats[-1] < self.refractory_s:
-            return
-        self._beats.append(t)
-        while self._beats and self._beats[0] < t - self.window_s - 2.0:
-            self._beats.popleft()
+        return [(h.t_s, h.bpm) for h in self._det.push(t0_s, samples).hr]
 
     def flush(self) -> list[tuple[float, float]]:
         """The open bin's rate (counting every beat found so far); then start afresh."""
-        out = []
-        if self._bin is not None and self._tail_t.size:
-            bpm = self._rate(float(self._tail_t[-1]) + 1e-9)
-            if bpm is not None:
-                out.append(((self._bin + 1) * self.bin_s, bpm))
-        self._zi, self._bin = None, None
-        self._beats.clear()
-        self._tail_t = self._tail_y = self._tail_e = np.zeros(0)
-        return out
+        return [(h.t_s, h.bpm) for h in self._det.flush().hr]
 
 
 class PhysioDownsampler:
