@@ -406,10 +406,11 @@ MOSQUITTO_PASSWD = shutil.which("mosquitto_passwd")
 
 class MosquittoServer:
     """Mosquitto 2.0 on a free loopback port, no anonymous access, with a password file (made
-    with ``mosquitto_passwd -b``) and an ACL: user ``m3sense`` (``password``) may write the
-    m3sense and Home Assistant discovery trees, user ``reader`` (``reader_password``) may only
-    read them. No persistence: a restart (``stop()`` then ``start()``, same port) forgets every
-    retained message, the hardest case for a client. Logs are kept in ``log``."""
+    with ``mosquitto_passwd -b``) and the ACL shipped in ``deploy/mosquitto/acl``: user ``m3sense``
+    (``password``) may write the m3sense and Home Assistant discovery trees, user
+    ``homeassistant`` (``reader_password``) may only read them. No persistence: a restart
+    (``stop()`` then ``start()``, same port) forgets every retained message, the hardest case
+    for a client. Logs are kept in ``log``."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
@@ -418,12 +419,11 @@ class MosquittoServer:
         self.password = os.urandom(8).hex()
         self.reader_password = os.urandom(8).hex()
         passwd = folder / "passwd"
-        for user, password in (("m3sense", self.password), ("reader", self.reader_password)):
+        for user, password in (("m3sense", self.password), ("homeassistant", self.reader_password)):
             subprocess.run([MOSQUITTO_PASSWD, *(["-c"] if user == "m3sense" else []), "-b", str(passwd), user, password],
                            check=True, capture_output=True, timeout=30)
         acl = folder / "acl"
-        acl.write_text("user m3sense\ntopic readwrite m3sense/#\ntopic readwrite homeassistant/#\n\n"
-                       "user reader\ntopic read m3sense/#\ntopic read homeassistant/#\n")
+        acl.write_text((Path(__file__).resolve().parents[1] / "deploy" / "mosquitto" / "acl").read_text())
         self.config = folder / "mosquitto.conf"
         self.config.write_text(
             f"per_listener_settings false\nallow_anonymous false\npassword_file {passwd}\nacl_file {acl}\n"
@@ -460,11 +460,16 @@ class MosquittoServer:
         return self
 
     def stop(self) -> None:
+        """SIGTERM until it ends: one that comes just after start-up can go unheeded (seen here)."""
         if self._proc is not None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
+            for _ in range(20):
+                self._proc.terminate()
+                try:
+                    self._proc.wait(timeout=0.5)
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
+            else:
                 self._proc.kill()
                 self._proc.wait()
             self._proc = None
@@ -473,12 +478,12 @@ class MosquittoServer:
         return f"mqtt://127.0.0.1:{self.port}?{query}"
 
     def retained(self, *topics: str, timeout_s: float = 2.0) -> dict[str, str]:
-        """Every retained message under ``topics`` as the ``reader`` sees it, read with
+        """Every retained message under ``topics`` as Home Assistant's user sees it, read with
         ``mosquitto_sub --retained-only``: a broker sends them at once on subscribing; the
         command ends at the first message that is not retained or after ``timeout_s``."""
         assert MOSQUITTO_SUB is not None
         out = subprocess.run(
-            [MOSQUITTO_SUB, "-h", "127.0.0.1", "-p", str(self.port), "-u", "reader", "-P", self.reader_password,
+            [MOSQUITTO_SUB, "-h", "127.0.0.1", "-p", str(self.port), "-u", "homeassistant", "-P", self.reader_password,
              "-q", "1", "--retained-only", "-W", str(max(1, int(timeout_s))), "-F", "%t\t%p",
              *[a for t in (topics or ("#",)) for a in ("-t", t)]],
             capture_output=True, text=True, timeout=timeout_s + 10)

@@ -12,6 +12,7 @@ import time
 import aiomqtt
 import pytest
 
+from m3sense.errors import UserError
 from storage.mqtt import MqttSink
 from storage.records import AffectRecord, AlertRecord, PhysioRecord, StatusRecord
 from storage.target import parse_sink
@@ -49,9 +50,9 @@ def target(server: MosquittoServer, password: str | None = None):
 
 
 async def read_retained(server: MosquittoServer, topics: list[str], expect: int, timeout_s: float = 10.0) -> dict:
-    """The retained messages as a second client (user ``reader``, aiomqtt) receives them."""
+    """The retained messages as a second client (Home Assistant's user, aiomqtt) receives them."""
     got: dict[str, bytes] = {}
-    async with aiomqtt.Client("127.0.0.1", server.port, username="reader", password=server.reader_password) as c:
+    async with aiomqtt.Client("127.0.0.1", server.port, username="homeassistant", password=server.reader_password) as c:
         for t in topics:
             await c.subscribe(t, qos=1)
         async with asyncio.timeout(timeout_s):
@@ -216,3 +217,28 @@ def test_a_killed_store_shows_offline(mosquitto: MosquittoServer, bus_address: s
             assert time.monotonic() < deadline, "the store's availability never went offline"
     finally:
         p.stop()
+
+
+def test_the_shipped_acl_lets_home_assistant_read_but_not_write_states(mosquitto: MosquittoServer) -> None:
+    async def as_home_assistant() -> None:
+        async with aiomqtt.Client("127.0.0.1", mosquitto.port, username="homeassistant",
+                                  password=mosquitto.reader_password) as c:
+            await c.publish("m3sense/fake/stress/state", b'{"label":"stress"}', qos=1, retain=True)
+            await c.publish("homeassistant/status", b"online", qos=1, retain=True)
+
+    asyncio.run(as_home_assistant())
+    seen = mosquitto.retained("m3sense/#", "homeassistant/#")
+    assert seen == {"homeassistant/status": "online"}  # the ACL dropped the state it may not write
+
+
+def test_mqtt_sink_addresses() -> None:
+    t = parse_sink("mqtts://broker.example:8883?user=ha&ca=/etc/ca.pem&prefix=home/e4")
+    assert (t.host, t.port, t.tls, t.username, t.prefix, t.discovery) == ("broker.example", 8883, True, "ha",
+                                                                         "home/e4", "homeassistant")
+    assert t.with_credentials("other", "secret").username == "ha" and "secret" not in repr(t.with_credentials(None, "secret"))
+    assert parse_sink("mqtt://localhost?discovery=none").discovery == ""
+    for bad, why in [("mqtt://broker.example", "in clear"), ("mqtt://u:p@localhost", "no credentials"),
+                     ("mqtt://localhost?qos=2", "unknown parameter"), ("mqtt://localhost?prefix=a/%23", "topic levels"),
+                     ("mqtt://localhost?ca=/x.pem", "mqtts")]:
+        with pytest.raises(UserError, match=why):
+            parse_sink(bad)
