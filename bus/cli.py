@@ -196,8 +196,9 @@ def _hub(args: argparse.Namespace) -> int:
         stop.wait()
     finally:
         hub.stop()
-    if hub.allow_list is not None and hub.allow_list.refused:
-        print(f"hub: refused {hub.allow_list.refused} connection(s) with unknown keys", file=sys.stderr)
+    if hub.allow_list is not None and (hub.allow_list.refused or hub.refused_plain):
+        print(f"hub: refused {hub.allow_list.refused} connection(s) with unknown keys, {hub.refused_plain} "
+              f"without CURVE", file=sys.stderr)
     return 0
 
 

@@ -17,7 +17,7 @@ import threading
 import zmq
 
 from bus.endpoints import hub_endpoints
-from bus.security import BusSecurity, check_address, current, secure_server, start_authenticator
+from bus.security import BusSecurity, check_address, current, secure_server, start_authenticator, watch_handshakes
 
 HWM = 100_000  # messages per pipe before back-pressure
 
@@ -40,6 +40,7 @@ class Hub:
         self._ctx = context or zmq.Context.instance()
         self._auth = None
         self.allow_list = None  # with keys: the ZAP allow-list, whose ``refused`` counts unknown keys
+        self.refused_plain = 0  # with keys: handshakes that failed for want of CURVE (clients without keys)
         self._control_addr = f"inproc://hub-control-{id(self)}"
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
@@ -58,6 +59,8 @@ class Hub:
             xpub.setsockopt(zmq.XPUB_VERBOSE, 1)
             for s in (xsub, xpub):
                 secure_server(s, self.security)
+                if self.security.curve:
+                    watch_handshakes(s, self._count_plain, once=False)
             xsub.bind(self.endpoints.publishers)
             xpub.bind(self.endpoints.subscribers)
             control.bind(self._control_addr)
@@ -100,6 +103,10 @@ class Hub:
         ctl.close(linger=0)
         self._thread = None
         self._stop_auth()
+
+    def _count_plain(self, event: int, endpoint: str) -> None:
+        if event != zmq.EVENT_HANDSHAKE_FAILED_AUTH:  # those the allow-list counts
+            self.refused_plain += 1
 
     def _stop_auth(self) -> None:
         if self._auth is not None:

@@ -214,9 +214,9 @@ def secure_client(sock: zmq.Socket, security: BusSecurity) -> None:
 _FAILED = zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
 
 
-def watch_handshakes(sock: zmq.Socket, say: Callable[[int, str], None]) -> None:
-    """``say(event, endpoint)`` for each failed handshake of ``sock`` (each kind of failure once
-    per endpoint), from a thread that reads the socket's monitor until the socket closes."""
+def watch_handshakes(sock: zmq.Socket, say: Callable[[int, str], None], *, once: bool = True) -> None:
+    """``say(event, endpoint)`` for each failed handshake of ``sock`` (with ``once``, each kind of
+    failure once per endpoint), from a thread that reads the socket's monitor until it closes."""
     address = f"inproc://m3sense-handshakes-{uuid.uuid4().hex}"
     sock.monitor(address, _FAILED | zmq.EVENT_MONITOR_STOPPED)
     mon = zmq.Context.shadow(sock.context.underlying).socket(zmq.PAIR)
@@ -230,7 +230,7 @@ def watch_handshakes(sock: zmq.Socket, say: Callable[[int, str], None]) -> None:
                 event, endpoint = msg["event"], msg["endpoint"].decode(errors="replace")
                 if event == zmq.EVENT_MONITOR_STOPPED:
                     return
-                if (event, endpoint) not in told:
+                if not once or (event, endpoint) not in told:
                     told.add((event, endpoint))
                     say(event, endpoint)
         except zmq.ZMQError:
