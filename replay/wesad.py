@@ -210,7 +210,7 @@ def read_quest(path: Path) -> list[tuple[str, float, float]]:
     for key in ("ORDER", "START", "END"):
         if key not in rows:
             raise DataError(path, f"no '# {key};...' row (WESAD's protocol rows are # ORDER, # START, # END)")
-    order_line, names = rows["ORDER"]
+    names = rows["ORDER"][1]
     names = [n.strip() for n in names]
     while names and not names[-1]:
         names.pop()
@@ -271,7 +271,7 @@ def _matches(part: np.ndarray, sig: Signal | None, t0: float) -> bool:
     if sig is None:
         return True
     k = (t0 - sig.t0_s) * sig.fs_hz
-    j = int(round(k))
+    j = round(k)
     if abs(k - j) > 1e-6 or j < 0 or j + len(part) > sig.n:
         return False
     return bool(np.all(np.abs(sig.values[j:j + len(part)].astype(np.float64) - part) <= _TOLERANCE[sig.modality]))
@@ -336,5 +336,14 @@ def read_wesad(path: str | Path) -> list[Recording]:
     return [read_subject(p) for p in subjects]
 
 
-__all__ = ["ArraysOnly", "NOMINAL_START_S", "PROTOCOL", "is_wesad", "label_intervals", "load_pickle",
-           "read_quest", "read_subject", "read_wesad"]
+__all__ = [
+    "NOMINAL_START_S",
+    "PROTOCOL",
+    "ArraysOnly",
+    "is_wesad",
+    "label_intervals",
+    "load_pickle",
+    "read_quest",
+    "read_subject",
+    "read_wesad",
+]

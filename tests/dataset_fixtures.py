@@ -14,6 +14,7 @@ import pickle
 import shutil
 import zipfile
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
@@ -31,7 +32,7 @@ class Py2Pickler(pickle._Pickler):
     ``str`` opcodes (read back with ``encoding='latin1'``), numpy globals under ``numpy.core``."""
 
     dispatch = pickle._Pickler.dispatch.copy()
-    _GLOBALS = {_reconstruct: ("numpy.core.multiarray", "_reconstruct"), np.ndarray: ("numpy", "ndarray"),
+    _GLOBALS: ClassVar[dict] = {_reconstruct: ("numpy.core.multiarray", "_reconstruct"), np.ndarray: ("numpy", "ndarray"),
                 np.dtype: ("numpy", "dtype")}
 
     def _py2_str(self, data: bytes) -> None:
@@ -77,8 +78,8 @@ WESAD_SECONDS = 120
 
 def _quest(subject: str) -> str:
     """``SX_quest.csv`` as WESAD writes it: 26 ``;`` per row, minutes.seconds, then questionnaires."""
-    pad = lambda cells: ";".join(cells + [""] * (27 - len(cells)))  # noqa: E731
-    rows = [pad([f"# Subj", subject]),
+    pad = lambda cells: ";".join(cells + [""] * (27 - len(cells)))
+    rows = [pad(["# Subj", subject]),
             pad(["# ORDER", "Base", "TSST", "Fun", "Medi 1", "sRead"]),
             pad(["# START", "0.10", "0.45", "1.18", "1.40", "1.56"]),   # 0:10, 0:45, 1:18, 1:40, 1:56
             pad(["# END", "0.40", "1.15", "1.40", "1.55", "1.59"]),
@@ -186,7 +187,7 @@ def write_kemocon(root: Path, *, pids: tuple[int, ...] = (1, 31), seed: int = 9)
     subjects = ["pid,initTime,startTime,endTime"]
     starts = {}
     for pid, rec in zip(pids, recs):
-        init_ms = int(round(rec.start_s * 1000))
+        init_ms = round(rec.start_s * 1000)
         start_ms = init_ms + 30_000
         end_ms = start_ms + 60_000  # a one-minute debate: 12 ratings of 5 s
         subjects.append(f"{pid},{init_ms},{start_ms},{end_ms}")

@@ -14,8 +14,14 @@ from m3sense.errors import DataError
 from replay.e4csv import read_e4_export, read_source
 from replay.wesad import NOMINAL_START_S, load_pickle, read_quest
 from tests.conftest import run_cli
-from tests.dataset_fixtures import (WESAD_OFFSET_S, WESAD_SECONDS, wesad_codes, wesad_export_start,
-                                    write_py2_pickle, write_wesad_subject)
+from tests.dataset_fixtures import (
+    WESAD_OFFSET_S,
+    WESAD_SECONDS,
+    wesad_codes,
+    wesad_export_start,
+    write_py2_pickle,
+    write_wesad_subject,
+)
 
 
 @pytest.fixture(scope="module")
