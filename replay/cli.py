@@ -28,7 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
             "plus label/<device>/ from a labels.csv. Every file is read and checked before anything is published."
         ),
     )
-    p.add_argument("source", help="an E4 export folder or zip, or a folder holding several")
+    p.add_argument("source", help="an E4 export folder or zip, or a folder holding several, or a data set in "
+                                  "its original layout (wesad:PATH, kemocon:PATH, verbio:PATH, unlabelled:PATH)")
     add_bus_option(p)
     p.add_argument("--speed", type=speed, default=1.0, help="N x real time, or 'max' (default 1)")
     p.add_argument("--wait", type=_wait, default=10.0, metavar="S",
