@@ -56,7 +56,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--flush-interval", type=float, default=1.0, metavar="S", help="flush the sink every S seconds")
     s.add_argument("--json", action="store_true",
                    help="at exit print one JSON object on stdout: sink, written, spooled, spool_dir, dropped, "
-                        "refused, affect_records, exit_code")
+                        "refused, affect_records, exit_code (of the first sink), and with several sinks 'sinks' "
+                        "(the same counts per sink), with --alerts 'alerts' (raised, cleared)")
     s.set_defaults(func=_store)
 
     t = sub.add_parser(
