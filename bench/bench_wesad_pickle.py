@@ -20,8 +20,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from replay.e4csv import read_source  # noqa: E402
-from tests.dataset_fixtures import write_py2_pickle  # noqa: E402
+from replay.e4csv import read_source
+from tests.dataset_fixtures import write_py2_pickle
 
 SECONDS = 6079  # S2
 
