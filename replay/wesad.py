@@ -41,8 +41,8 @@ WRIST = {"ACC": ("acc", 32.0), "BVP": ("bvp", 64.0), "EDA": ("eda", 4.0), "TEMP"
 #: Where t = 0 of a pickle read without its E4 export is put (2017-05-22 00:00 UTC, the month
 #: WESAD's first sessions were recorded): the pickle has no clock of its own.
 NOMINAL_START_S = 1_495_411_200.0
-#: The largest pickle read (bytes): a real ``SX.pkl`` (chest at 700 Hz included) is about 1 GiB,
-#: and loading takes about its size in memory.
+#: The largest pickle read (bytes): S2's arrays (chest at 700 Hz included) take about 300 MiB in a
+#: binary pickle, more in a text one; loading takes about the arrays' size in memory.
 MAX_PKL_BYTES = 2 * 2**30
 #: ``SX_quest.csv`` phase names of the labelled conditions.
 QUEST_PHASES = {"Base": "baseline", "TSST": "stress", "Fun": "amusement", "Medi 1": "meditation",
