@@ -95,6 +95,8 @@ def read_key_file(path: Path, *, secret: bool) -> tuple[bytes, bytes | None]:
     public = _z85_key(public, path, "public")
     if secret:
         secret_key = _z85_key(secret_key, path, "secret")
+        if path.stat().st_mode & 0o077:
+            log.warning("%s: other users may read this secret key (chmod 600 it)", path)
     return public, secret_key
 
 
