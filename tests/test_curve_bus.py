@@ -249,3 +249,20 @@ def test_a_refused_client_says_why(keys: Path, intruder_keys: Path, caplog: pyte
     with Hub(bus, security=BusSecurity()):  # a hub without keys
         asyncio.run(connect(bus, BusSecurity(keys=keys)))
     assert "does it run with --bus-keys" in _wait_for_log(caplog, "no CURVE handshake")
+
+
+def test_a_key_allowed_while_the_hub_runs_is_admitted(keys: Path, intruder_keys: Path) -> None:
+    from bus.security import allow_key
+
+    async def reads(bus: str, reader: BusSecurity) -> Message:
+        async with Subscriber(bus, ["affect/"], security=reader) as sub, \
+                Publisher(bus, security=BusSecurity(keys=keys)) as pub:
+            assert not await pub.wait_for_subscribers(["affect/good/"], 30)
+            await pub.send(_affect("good"))
+            return await sub.recv(30)
+
+    bus = free_bus_address()
+    with Hub(bus, security=BusSecurity(keys=keys)) as hub:
+        allow_key(keys, intruder_keys / "client.key", "newcomer")
+        assert asyncio.run(reads(bus, BusSecurity(keys=intruder_keys))).device == "good"
+        assert hub.allow_list is not None and hub.allow_list.refused == 0
