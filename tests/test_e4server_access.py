@@ -172,3 +172,20 @@ def test_loopback_hosts_need_no_rules(host: str) -> None:
     from bus.security import is_loopback_host
 
     assert is_loopback_host(host) and not is_loopback_host("0.0.0.0") and not is_loopback_host("e4.lab.example")
+
+
+def test_an_unchanged_third_party_client_works_through_the_allow_list(hub, bus_address: str) -> None:
+    """open-e4-client (PyPI) cannot send a token (it refuses replies its command table does not
+    know), so an allow-list is what admits it."""
+    e4client = pytest.importorskip("e4client", reason="open-e4-client (PyPI) is the third-party client under test")
+
+    def listing(port: int) -> list[str]:
+        with e4client.E4StreamingClient("127.0.0.1", port) as client:
+            return [d.uid for d in client.list_connected_devices()]
+
+    async def body(port: int, pub: Publisher) -> list[str]:
+        return await asyncio.to_thread(listing, port)
+
+    access = Access(allow=(ipaddress.ip_network("127.0.0.1"),), token=TOKEN)
+    devices, stats = _with_server(bus_address, access, body)
+    assert devices == ["dev1"] and stats.refused_clients == 0
