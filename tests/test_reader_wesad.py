@@ -13,7 +13,7 @@ import pytest
 from m3sense.errors import DataError
 from replay.e4csv import read_e4_export, read_source
 from replay.wesad import NOMINAL_START_S, load_pickle, read_quest
-from tests.conftest import run_cli
+from tests.conftest import WESAD, run_cli
 from tests.dataset_fixtures import (
     WESAD_OFFSET_S,
     WESAD_SECONDS,
@@ -159,3 +159,42 @@ def test_an_oversized_zip_member_is_refused_before_inflating(tmp_path: Path, mon
         assert z.getinfo("BVP.csv").file_size > 1000
     with pytest.raises(DataError, match=r"S8_E4_Data\.zip!ACC\.csv: 0 MiB, more than any E4 session"):
         read_source(str(folder))
+
+
+REAL_S2 = WESAD / "S2"
+
+
+@pytest.mark.skipif(not REAL_S2.is_dir(), reason=f"WESAD E4 data not found at {REAL_S2}")
+def test_real_s2_export_with_a_pickle_cut_from_it(tmp_path: Path) -> None:
+    """The E4 side on real data: S2's real export zipped as WESAD ships it, and a pickle whose wrist
+    arrays are cut from it (as WESAD's are) with labels.csv's phases as 700 Hz codes. The reader must
+    find the cut in real signals (flat stretches, 2-decimal BVP) and put every phase back where
+    labels.csv has it. The chest arrays are left out: the reader does not use them."""
+    export = read_e4_export(REAL_S2)
+    folder = tmp_path / "S2"
+    folder.mkdir()
+    with zipfile.ZipFile(folder / "S2_E4_Data.zip", "w", zipfile.ZIP_DEFLATED) as z:
+        for name in ("ACC.csv", "BVP.csv", "EDA.csv", "TEMP.csv", "HR.csv", "IBI.csv", "info.txt"):
+            z.write(REAL_S2 / name, name)
+    codes = {"baseline": 1, "stress": 2, "amusement": 3, "meditation": 4}
+    # S2's pickle starts 1545 s into the export (physiology.md, from a published pickle-based notebook)
+    # and lasts 6079 s (e4-facts.md 4.2): its t = 0 is the chest's start, which SX_quest.csv counts from
+    t0 = export.signals["eda"].t0_s + 1545
+    seconds = min(6079, int(export.end_s - t0) - 1)
+    label = np.zeros(seconds * 700, dtype=np.int8)
+    for iv in export.labels:
+        label[round((iv.start_s - t0) * 700):round((iv.end_s - t0) * 700)] = codes[iv.label]
+    wrist = {}
+    for key, m in (("ACC", "acc"), ("BVP", "bvp"), ("EDA", "eda"), ("TEMP", "temp")):
+        sig = export.signals[m]
+        k = round((t0 - sig.t0_s) * sig.fs_hz)
+        a = sig.values[k:k + seconds * int(sig.fs_hz)].astype(np.float64)
+        wrist[key] = a if m == "acc" else a.reshape(-1, 1)
+    write_py2_pickle({"signal": {"chest": {}, "wrist": wrist}, "label": label, "subject": "S2"}, folder / "S2.pkl")
+    (folder / "S2_quest.csv").write_bytes((REAL_S2 / "S2_quest.csv").read_bytes())
+    rec = read_source(f"wesad:{folder}")[0]
+    assert rec.device == "S2" and rec.signals["bvp"].n == export.signals["bvp"].n
+    expected = [(iv.start_s, iv.end_s, iv.label) for iv in sorted(export.labels, key=lambda iv: iv.start_s)]
+    assert [iv.label for iv in rec.labels] == [e[2] for e in expected]
+    got = np.array([(iv.start_s, iv.end_s) for iv in rec.labels])
+    np.testing.assert_allclose(got, np.array([e[:2] for e in expected]), rtol=0, atol=1e-6)
