@@ -12,9 +12,9 @@ The names below are imported on first use: ``inference.cli`` lives in this packa
 ``m3sense --help`` must not pay for importing torch.
 """
 
-from importlib import import_module
+from m3sense.lazy import lazy_surface
 
-_WHERE = {
+__all__, __getattr__, __dir__ = lazy_surface(__name__, {
     "DEFAULT_MODEL": "checkpoint", "Checkpoint": "checkpoint", "load_checkpoint": "checkpoint",
     "save_checkpoint": "checkpoint",
     "MAX_MISSING_FRACTION": "dataset", "Normalizer": "dataset", "WindowSet": "dataset", "is_low_quality": "dataset",
@@ -28,14 +28,4 @@ _WHERE = {
     "Reference": "calibration",
     "FEATURES": "features", "window_features": "features",
     "KINDS": "baselines", "FeatureModel": "baselines", "load_feature_model": "baselines",
-}
-
-__all__ = sorted(_WHERE)
-
-
-def __getattr__(name: str):
-    if name in _WHERE:
-        value = getattr(import_module(f"inference.{_WHERE[name]}"), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'inference' has no attribute {name!r}")
+})

@@ -78,23 +78,24 @@ def _run(args: argparse.Namespace) -> int:
     return run_until_signal(main())
 
 
-def agreement(records: list) -> dict[str, dict[str, float | int]]:
-    """Per task: windows stored, windows predicted, windows with ground truth, agreement and
-    the majority-class rate (what always answering the commonest true label would score)."""
-    from collections import Counter
+def agreement(records: list) -> dict[str, dict]:
+    """Per task: windows stored, windows predicted, and :func:`inference.metrics.task_scores`
+    over the windows with both an answer and a ground truth (``accuracy`` is the agreement,
+    ``majority_accuracy`` what always answering the commonest true label would score)."""
+    import numpy as np
 
-    out: dict[str, dict[str, float | int]] = {}
+    from inference.metrics import task_scores
+
+    out: dict[str, dict] = {}
     for task in sorted({r.task for r in records}):
         rs = [r for r in records if r.task == task]
         judged = [r for r in rs if r.label is not None and r.true_label is not None]
-        truth = Counter(r.true_label for r in judged)
-        out[task] = {
-            "windows": len(rs),
-            "predicted": sum(r.label is not None for r in rs),
-            "with_truth": len(judged),
-            "agreement": sum(r.label == r.true_label for r in judged) / len(judged) if judged else math.nan,
-            "majority_rate": max(truth.values()) / len(judged) if judged else math.nan,
-        }
+        classes = sorted({r.label for r in judged} | {r.true_label for r in judged})
+        index = {c: i for i, c in enumerate(classes)}
+        y_true = np.array([index[r.true_label] for r in judged], dtype=np.int64)
+        y_pred = np.array([index[r.label] for r in judged], dtype=np.int64)
+        out[task] = {"windows": len(rs), "predicted": sum(r.label is not None for r in rs),
+                     **task_scores(y_true, y_pred, classes)}
     return out
 
 
@@ -144,7 +145,7 @@ def _demo(args: argparse.Namespace) -> int:
     print(f"\ndemo: {len({(r.device, r.time_s) for r in records})} windows stored in {db}")
     print("task      windows  predicted  agreement with simulated truth  (majority-class rate)")
     for task, s in agreement(records).items():
-        print(f"{task:9} {s['windows']:7d}  {s['predicted']:9d}  {s['agreement']:30.1%}  ({s['majority_rate']:.1%})")
+        print(f"{task:9} {s['windows']:7d}  {s['predicted']:9d}  {s['accuracy']:30.1%}  ({s['majority_accuracy']:.1%})")
     png = out / "timeline.png"
     plot_timeline(records, png)
     print(f"demo: timeline (true vs predicted per task) in {png}; finished in {time.monotonic() - started:.0f} s")
