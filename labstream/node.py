@@ -6,7 +6,6 @@ import asyncio
 import logging
 
 from bus import AFFECT, RAW, STATUS, Subscriber
-
 from labstream.outlets import Outlets
 from labstream.streams import chunks_of
 

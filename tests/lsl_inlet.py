@@ -8,6 +8,7 @@ the deadline passes), then print one JSON object describing what arrived.
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 
@@ -67,7 +68,8 @@ def main() -> None:
             "n": len(stamps), "unix_s": unix,
             "sums": np.nansum(np.asarray(values, dtype=np.float64), axis=0).tolist() if numeric and values else None,
             "values": None if numeric else values,
-            "numbers": [[None if v != v else v for v in row] for row in values] if numeric and len(values) < 50 else None,
+            "numbers": ([[None if math.isnan(v) else v for v in row] for row in values]
+                        if numeric and len(values) < 50 else None),
         }
     print(json.dumps(out), flush=True)
 

@@ -18,12 +18,25 @@ import pytest
 from bus import Message
 from storage import InfluxSink, RecordBuilder, parse_sink
 from storage.alerts import AlertEngine, rule_from_mapping
-from storage.influx import AFFECT_MEASUREMENT, ALERT_MEASUREMENT, PHYSIO_MEASUREMENT, STATUS_MEASUREMENT
+from storage.influx import (
+    AFFECT_MEASUREMENT,
+    ALERT_MEASUREMENT,
+    PHYSIO_MEASUREMENT,
+    STATUS_MEASUREMENT,
+)
 from storage.physio import SIGNALS
 from storage.records import CLASSES
 from storage.states import window_state
 from tests.conftest import REPO
-from tests.servers import NEEDS_INFLUXD, InfluxServer, V2WriteProxy, affect_meta, influx_proxy, influxd, series_values
+from tests.servers import (
+    NEEDS_INFLUXD,
+    InfluxServer,
+    V2WriteProxy,
+    affect_meta,
+    influx_proxy,
+    influxd,
+    series_values,
+)
 from tests.test_storage_records import T0, pulse_wave
 
 yaml = pytest.importorskip("yaml")
@@ -267,7 +280,7 @@ def test_every_dashboard_query_returns_its_series(influxd: InfluxServer, influx_
         rows = run(a["query"])
         assert rows and all(a["textColumn"] in r and a["titleColumn"] in r for r in rows), a["name"]
         if a["name"] == "Alerts":
-            assert sorted((r["device"] if "device" in r else None, r["event"], r["rule"]) for r in rows) == [
+            assert sorted((r.get("device"), r["event"], r["rule"]) for r in rows) == [
                 (None, "raise", "stress")] * len(DEVICES)
         else:
             assert sorted(r["event"] for r in rows) == sorted(["bus_gap", "gap"] * len(DEVICES))

@@ -107,7 +107,8 @@ def build() -> dict:
                     "Windows without a label have none, so the line breaks there."))
     panels.append(series_panel(
         5, "Windows without a label",
-        [per_interval(f'count("state") AS "{s.replace("_", " ")}"', "affect", f"""{task_is("stress")} AND "state" = '{s}'""")
+        [per_interval(f'count("state") AS "{s.replace("_", " ")}"', "affect",
+                      f"""{task_is("stress")} AND "state" = '{s}'""")
          for s in ("low_quality", "off_wrist", "calibrating", "uncertain")],
         (12, y, 12, 8), bars=True,
         description="Stress windows per interval that got no label, by reason (the other tasks share the quality "
@@ -145,8 +146,8 @@ def build() -> dict:
     panels.append({
         "id": 15, "type": "table", "title": "Device status events", "datasource": DATASOURCE,
         "gridPos": {"x": 0, "y": y, "w": 12, "h": 8},
-        "targets": [target("A", f'SELECT "event", "value", "detail" FROM "device_status" WHERE $timeFilter AND {FILTER} '
-                                'GROUP BY "device"', "table")],
+        "targets": [target("A", 'SELECT "event", "value", "detail" FROM "device_status" '
+                                f'WHERE $timeFilter AND {FILTER} GROUP BY "device"', "table")],
         "fieldConfig": {"defaults": {}, "overrides": []},
         "options": {"showHeader": True, "sortBy": [{"displayName": "Time", "desc": True}]},
     })
