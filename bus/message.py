@@ -16,12 +16,19 @@ Frames: ``[topic, header, samples, *arrays]``.
   4      i64    sequence number on this topic
   12     f64    time of the first sample, Unix seconds UTC
   20     f64    sample rate in Hz (0 for irregular and event streams)
-  28     u32[n] the samples' dimensions
+  28     u64    incarnation of the publisher (version 2 on; random per process, never 0)
+  36     u32[n] the samples' dimensions
   ...    JSON   ``{"a": [[name, dtype, shape], ...], "x": {metadata}}``
   ====== ====== ==========================================================
 
 - the array buffers themselves, raw little-endian bytes: handed to ZeroMQ without a copy
   and read back as read-only ``np.frombuffer`` views over the received frame (no second copy).
+
+The incarnation tells a restarted publisher from the one before it: its sequence numbers
+start again at 0, and a receiver that compared numbers alone would take them for late
+duplicates and miss the restart. Version 1 headers (no incarnation, dimensions at 28) still
+decode, with incarnation 0 ("unknown"); a version-1 reader refuses version 2 as ``version``,
+counted and logged once, so a mixed deployment fails loudly rather than silently.
 
 The binary header keeps the per-message cost of the bus close to bare pyzmq (see
 ``bench/bench_bus.py``); metadata that only some messages carry (a window's quality, a
@@ -45,7 +52,8 @@ import numpy as np
 
 from bus.topics import KINDS, RAW, parse_topic, topic_for
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+_READABLE_VERSIONS = (1, 2)
 
 #: dtypes that may cross the bus; the position is the wire code (always little-endian).
 DTYPE_CODES = ("float64", "float32", "int64", "int32", "int16", "int8", "uint32", "uint16", "uint8", "bool")
@@ -53,7 +61,10 @@ DTYPES: dict[str, np.dtype] = {name: np.dtype(name).newbyteorder("<") for name i
 _CODE = {DTYPES[name]: i for i, name in enumerate(DTYPE_CODES)}
 _BY_CODE = tuple(DTYPES[name] for name in DTYPE_CODES)
 _MAX_NDIM = 4
-_FIXED = struct.Struct("<BBBBqdd")
+_FIXED_V1 = struct.Struct("<BBBBqdd")
+_FIXED = struct.Struct("<BBBBqddQ")
+#: bytes before the dimensions in a header of the current version
+HEADER_SIZE = _FIXED.size
 _DIMS = tuple(struct.Struct(f"<{n}I") for n in range(_MAX_NDIM + 1))
 _HAS_TAIL = 1
 #: Bounds a well-formed message stays far inside; what exceeds them is hostile or broken, and
@@ -95,6 +106,8 @@ class Message:
     arrays: Mapping[str, np.ndarray] = field(default_factory=dict)
     meta: Mapping[str, Any] = field(default_factory=dict)
     version: int = SCHEMA_VERSION
+    #: the sending process's incarnation (0: not stamped yet, or a version-1 sender)
+    incarnation: int = 0
 
     @property
     def topic(self) -> str:
@@ -124,8 +137,9 @@ def _wire_array(a: np.ndarray) -> tuple[np.ndarray, int]:
     return np.ascontiguousarray(a, dtype=_BY_CODE[code]), code
 
 
-def encode(msg: Message) -> list[Any]:
-    """Frames for ``send_multipart(..., copy=False)``; array frames are the contiguous arrays themselves."""
+def encode(msg: Message, incarnation: int | None = None) -> list[Any]:
+    """Frames for ``send_multipart(..., copy=False)``; array frames are the contiguous arrays themselves.
+    ``incarnation`` (a publisher's own) replaces the message's when given."""
     samples, code = _wire_array(np.asarray(msg.samples))
     if samples.ndim > _MAX_NDIM:
         raise ValueError(f"arrays of more than {_MAX_NDIM} dimensions cannot cross the bus")
@@ -145,7 +159,14 @@ def encode(msg: Message) -> list[Any]:
             tail = json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
         except ValueError as exc:
             raise ValueError(f"{msg.topic}: metadata must be finite JSON ({exc})") from None
-    head = _FIXED.pack(msg.version, code, samples.ndim, _HAS_TAIL if tail else 0, msg.seq, msg.t0_s, msg.fs_hz)
+    flags = _HAS_TAIL if tail else 0
+    if msg.version == 1:
+        head = _FIXED_V1.pack(1, code, samples.ndim, flags, msg.seq, msg.t0_s, msg.fs_hz)
+    else:
+        inc = msg.incarnation if incarnation is None else incarnation
+        if not 0 <= inc < 2**64:
+            raise ValueError(f"{msg.topic}: incarnation {inc} does not fit a u64")
+        head = _FIXED.pack(msg.version, code, samples.ndim, flags, msg.seq, msg.t0_s, msg.fs_hz, inc)
     head += _DIMS[samples.ndim].pack(*samples.shape) + tail
     return [msg.topic.encode(), head, samples, *(a for _, a, _ in extra)]
 
@@ -236,14 +257,19 @@ def decode(frames: Sequence[Any]) -> Message:
     except (UnicodeDecodeError, ValueError):
         raise MalformedMessage("topic", "the topic is not kind/device/ or raw/modality/device/") from None
     head = bytes(_buffer(frames[1]))
-    if len(head) < _FIXED.size:
-        raise MalformedMessage("header", f"{len(head)}-byte header, need at least {_FIXED.size}")
-    version, code, ndim, flags, seq, t0, fs = _FIXED.unpack_from(head)
-    if version != SCHEMA_VERSION:
-        raise MalformedMessage("version", f"schema version {version}, this code reads {SCHEMA_VERSION}")
+    if len(head) < _FIXED_V1.size:
+        raise MalformedMessage("header", f"{len(head)}-byte header, need at least {_FIXED_V1.size}")
+    version = head[0]
+    if version not in _READABLE_VERSIONS:
+        raise MalformedMessage("version", f"schema version {version}, this code reads {_READABLE_VERSIONS}")
+    fixed = _FIXED if version == 2 else _FIXED_V1
+    if len(head) < fixed.size:
+        raise MalformedMessage("header", f"{len(head)}-byte header, need at least {fixed.size}")
+    version, code, ndim, flags, seq, t0, fs, *inc = fixed.unpack_from(head)
+    incarnation = inc[0] if inc else 0
     if code >= len(_BY_CODE):
         raise MalformedMessage("dtype", f"samples dtype code {code}")
-    if ndim > _MAX_NDIM or len(head) < _FIXED.size + 4 * ndim:
+    if ndim > _MAX_NDIM or len(head) < fixed.size + 4 * ndim:
         raise MalformedMessage("shape", f"{ndim} dimensions in a {len(head)}-byte header")
     if seq < 0 or not math.isfinite(t0) or not (math.isfinite(fs) and fs >= 0) or flags & ~_HAS_TAIL:
         raise MalformedMessage("header", f"seq={seq} t0={t0} fs={fs} flags={flags}")
@@ -251,8 +277,8 @@ def decode(frames: Sequence[Any]) -> Message:
         raise MalformedMessage("time", f"t0={t0} is not a Unix time in [0, {MAX_TIME_S:.0f})")
     if fs and not MIN_RATE_HZ <= fs <= MAX_RATE_HZ:
         raise MalformedMessage("rate", f"fs={fs} Hz outside [{MIN_RATE_HZ}, {MAX_RATE_HZ}]")
-    end = _FIXED.size + 4 * ndim
-    shape = _DIMS[ndim].unpack_from(head, _FIXED.size)
+    end = fixed.size + 4 * ndim
+    shape = _DIMS[ndim].unpack_from(head, fixed.size)
     samples = _array(frames[2], _BY_CODE[code], shape, "samples")
     arrays: dict[str, np.ndarray] = {}
     meta: dict[str, Any] = {}
@@ -265,7 +291,7 @@ def decode(frames: Sequence[Any]) -> Message:
     elif len(head) != end or len(frames) != 3:
         raise MalformedMessage("frames", f"{len(frames)} frames and {len(head) - end} stray header bytes")
     return Message(kind=kind, device=device, modality=modality, seq=seq, t0_s=t0, fs_hz=fs,
-                   samples=samples, arrays=arrays, meta=meta, version=version)
+                   samples=samples, arrays=arrays, meta=meta, version=version, incarnation=incarnation)
 
 
-__all__ = ["DTYPES", "DTYPE_CODES", "KINDS", "SCHEMA_VERSION", "MalformedMessage", "Message", "decode", "encode"]
+__all__ = ["DTYPES", "DTYPE_CODES", "HEADER_SIZE", "KINDS", "SCHEMA_VERSION", "MalformedMessage", "Message", "decode", "encode"]

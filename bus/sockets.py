@@ -34,7 +34,7 @@ from bus.endpoints import hub_endpoints
 from bus.hub import HWM
 from bus.message import MalformedMessage, Message, decode, encode
 from bus.security import BusSecurity, check_address, current, secure_client
-from bus.sequence import BusStats, GapTracker, SequenceCounter
+from bus.sequence import BusStats, GapTracker, SequenceCounter, new_incarnation
 from bus.topics import RAW, SYNC, topic_for
 
 log = logging.getLogger(__name__)
@@ -42,6 +42,7 @@ _SYNC_PREFIX = SYNC.encode() + b"/"
 _POLL_S = 0.1  # longest wait between looks at a publisher's subscriptions
 _STOP_POLL_S = 0.2  # longest an idle Subscriber.until takes to notice its stop event
 _FAIR_EVERY = 256  # messages a subscriber takes without waiting before it lets other tasks run
+_MARKER_EVERY_S = 0.25  # a flush re-sends its marker this often until one comes back
 
 
 def _context() -> zmq.asyncio.Context:
@@ -59,7 +60,10 @@ class Publisher:
         self._sock: zmq.asyncio.Socket | None = None
         self._echo: zmq.asyncio.Socket | None = None
         self._seq = SequenceCounter()
+        #: stamped on every message this publisher sends: a restarted process gets a new one
+        self.incarnation = new_incarnation()
         self._subs: Counter[bytes] = Counter()
+        self._arrived: set[bytes] = set()
         self._now: zmq.Socket | None = None
         self._streak = 0
         self._sync_topic = f"{SYNC}/{uuid.uuid4().hex}/"
@@ -110,8 +114,16 @@ class Publisher:
                 return
             if frame[:1] == b"\x01":
                 self._subs[frame[1:]] += 1
+                self._arrived.add(frame[1:])
             elif frame[:1] == b"\x00" and self._subs[frame[1:]] > 0:
                 self._subs[frame[1:]] -= 1
+
+    def new_subscriptions(self) -> list[str]:
+        """Subscription prefixes that arrived since the last call: how a replay learns that a
+        stage (re)started and must hear its devices again."""
+        self._take_subscriptions()
+        arrived, self._arrived = self._arrived, set()
+        return sorted(p.decode(errors="replace") for p in arrived)
 
     def _covered(self, topic: str) -> bool:
         t = topic.encode()
@@ -138,7 +150,7 @@ class Publisher:
     async def send(self, msg: Message) -> None:
         """Send a fully formed message (its ``seq`` as given)."""
         assert self._sock is not None, "use 'async with Publisher(...)'"
-        frames = encode(msg)
+        frames = encode(msg, self.incarnation if not msg.incarnation else None)
         self._streak += 1
         if self._streak >= _FAIR_EVERY:  # a long run of sends that never waited: let other tasks in
             self._streak = 0
@@ -177,25 +189,36 @@ class Publisher:
         """Take the next sequence number of a topic (for callers that build messages)."""
         return self._seq.next(topic)
 
-    async def flush(self) -> None:
-        """Return once everything sent so far has passed through the hub."""
+    async def flush(self) -> bool:
+        """Return once everything sent so far has passed through the hub (True), or after the
+        flush time-out with a warning (False).
+
+        The marker is sent again every 0.25 s until one of this flush's markers comes back:
+        after a hub restart the publisher's record of subscriptions still holds the old hub's
+        echo subscription, so a first marker can go out before the new hub has asked for it
+        and be dropped (which once cost every publisher a 30 s wait and a false warning)."""
         assert self._sock is not None and self._echo is not None
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._flush_timeout_s
         # Our own echo subscription reaches us through the hub: then the path back exists.
         uncovered = await self.wait_for_subscribers([self._sync_topic], self._flush_timeout_s)
-        marker = uuid.uuid4().hex.encode()
         if not uncovered:
-            await self._sock.send_multipart([self._sync_topic.encode(), marker])
-            try:
-                echo = self._echo
-                while (await asyncio.wait_for(echo.recv_multipart(), max(0.0, deadline - loop.time())))[-1] != marker:
-                    pass  # an older flush's marker
-                return
-            except TimeoutError:
-                pass
-        log.warning("bus flush timed out after %.0f s: is the hub at %s running?",
+            sent: set[bytes] = set()
+            while (remaining := deadline - loop.time()) > 0:
+                marker = uuid.uuid4().hex.encode()
+                sent.add(marker)
+                await self._sock.send_multipart([self._sync_topic.encode(), marker])
+                until = loop.time() + min(_MARKER_EVERY_S, remaining)
+                try:
+                    while True:  # older flushes' markers are skipped
+                        frames = await asyncio.wait_for(self._echo.recv_multipart(), max(0.0, until - loop.time()))
+                        if frames[-1] in sent:
+                            return True
+                except TimeoutError:
+                    continue
+        log.warning("bus flush timed out after %.0f s: no marker came back through the hub at %s",
                     self._flush_timeout_s, self.endpoints.publishers)
+        return False
 
 
 class Subscriber:
@@ -246,7 +269,7 @@ class Subscriber:
                 self._logged.add(exc.reason)
                 log.warning("dropping malformed bus message (%s); further ones of this kind are only counted", exc)
             return None
-        self.gaps.observe(msg.topic, msg.seq)
+        self.gaps.observe(msg.topic, msg.seq, msg.incarnation)
         return msg
 
     async def recv(self, timeout_s: float | None = None) -> Message:

@@ -19,16 +19,27 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from bus import AFFECT, WINDOW, Message, Publisher, Subscriber
+from bus import AFFECT, WINDOW, Message, Publisher, Subscriber, topic_for
 from inference.dataset import window_meta_problem
 
 log = logging.getLogger(__name__)
 
 SUBSCRIPTIONS = (f"{WINDOW}/",)
+END_WAIT_S = 60.0  # how long a device's end marker waits for a subscriber (a store being restarted)
 
 
 def is_end_marker(msg: Message) -> bool:
     return msg.meta.get("event") == "end"
+
+
+def lineage(window: Message) -> dict:
+    """Which window an answer is for: its preprocess incarnation and number, and its grid's hop.
+    The store counts from them the windows that never got an answer (see storage.positions)."""
+    hop = window.meta.get("hop_s")
+    out = {"window_incarnation": f"{window.incarnation:x}", "window_seq": window.seq}
+    if isinstance(hop, (int, float)) and not isinstance(hop, bool):
+        out["hop_s"] = hop
+    return out
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -112,14 +123,17 @@ async def serve(
             counters["batches"] += 1
             for msg, answers in zip(due.windows, results):
                 meta = affect_meta(msg, {t: a.to_json() for t, a in answers.items()}, predictor.model_id)
+                meta.update(lineage(msg))
                 counters["answered"] += 1
                 for status in {a.status for a in answers.values()} - {"ok"}:
                     counters[status] += 1
                 await pub.publish(AFFECT, msg.device, AFFECT, t0_s=meta["t_end"], fs_hz=0.0, meta=meta)
         for end in due.ends:
             counters["devices_ended"] += 1
+            if await pub.wait_for_subscribers([topic_for(AFFECT, end.device)], END_WAIT_S):
+                log.warning("no subscriber for affect/%s/ after %.0f s: its end marker is lost", end.device, END_WAIT_S)
             await pub.publish(AFFECT, end.device, AFFECT, t0_s=end.t0_s, fs_hz=0.0,
-                              meta={"event": "end", "model": predictor.model_id})
+                              meta={"event": "end", "model": predictor.model_id, **lineage(end)})
 
     async with Publisher(bus) as pub, Subscriber(bus, SUBSCRIPTIONS) as sub:
         if on_ready is not None:

@@ -10,6 +10,7 @@ onto the bus before the sockets close.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections import Counter
 from collections.abc import Callable
@@ -22,13 +23,23 @@ from preprocess.windower import WindowConfig
 log = logging.getLogger(__name__)
 
 SUBSCRIPTIONS = (f"{RAW}/", f"{LABEL}/", f"{STATUS}/")
+#: how long a device's end marker waits for a subscriber (an inference node being restarted):
+#: without it, everything downstream would wait for an end that was never delivered
+END_WAIT_S = 60.0
 
 
 async def _publish(pub: Publisher, pre: Preprocessor, windows: list[Window]) -> None:
     """The windows, then the end markers of the devices that closed (a device's end always
-    follows its last window: both go out in order on its one topic)."""
-    for item in [*windows, *pre.take_ended()]:
-        await pub.send(item.to_message(seq=pub.next_seq(topic_for(WINDOW, item.device))))
+    follows its last window: both go out in order on its one topic). Each says the hop of its
+    grid, so a store can count the windows lost across a restart of this stage."""
+    for window in windows:
+        msg = window.to_message(seq=pub.next_seq(topic_for(WINDOW, window.device)))
+        await pub.send(dataclasses.replace(msg, meta={**msg.meta, "hop_s": pre.config.hop_s}))
+    for end in pre.take_ended():
+        topic = topic_for(WINDOW, end.device)
+        if await pub.wait_for_subscribers([topic], END_WAIT_S):
+            log.warning("no subscriber for %s after %.0f s: its end marker is lost", topic, END_WAIT_S)
+        await pub.send(end.to_message(seq=pub.next_seq(topic)))
 
 
 async def serve(

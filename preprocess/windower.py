@@ -354,6 +354,9 @@ class DeviceWindower:
                 out = self.flush()
                 if msg.meta.get("source") in ("replay", "live"):
                     self.source = msg.meta["source"]
+            elif event == "announce":  # a replay telling a (re)started stage what its start said: no reset
+                if msg.meta.get("source") in ("replay", "live"):
+                    self.source = msg.meta["source"]
             elif event == "end":
                 out = self.flush()
         else:

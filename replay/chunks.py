@@ -78,6 +78,20 @@ def recording_messages(rec: Recording, *, source: str = "replay") -> Iterator[tu
                         fs_hz=0.0, meta={"event": "end", "source": source})
 
 
+def announcement(rec: Recording, now_s: float, *, source: str = "replay") -> list[Message]:
+    """What a stage that (re)subscribes mid-replay must hear to carry on as if it had seen the
+    start: the device's source (an ``announce`` status, which unlike ``start`` does not reset
+    anything) and every label interval not over by ``now_s``. Sequence numbers are 0: the
+    replay numbers them in its stream."""
+    device = rec.device
+    out = [Message(kind=STATUS, device=device, modality=STATUS, seq=0, t0_s=now_s, fs_hz=0.0,
+                   meta={"event": "announce", "source": source, "recording": rec.source})]
+    out += [Message(kind=LABEL, device=device, modality=LABEL, seq=0, t0_s=iv.start_s, fs_hz=0.0,
+                    meta={"task": iv.task, "label": iv.label, "start_s": iv.start_s, "end_s": iv.end_s})
+            for iv in rec.labels if iv.end_s > now_s]
+    return out
+
+
 def topics_of(rec: Recording) -> list[str]:
     """The topics a replay of ``rec`` publishes on (what it waits for subscribers of)."""
     topics = [topic_for(RAW, rec.device, m) for m in rec.signals]

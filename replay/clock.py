@@ -8,6 +8,7 @@ clock; ``math.inf`` publishes as fast as the bus takes it.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import heapq
 import logging
 import math
@@ -15,11 +16,12 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
-from bus import Message, Publisher
-from replay.chunks import recording_messages, topics_of
+from bus import LABEL, STATUS, Message, Publisher, SequenceCounter, topic_for
+from replay.chunks import announcement, recording_messages, topics_of
 from replay.recording import Recording
 
 log = logging.getLogger(__name__)
+_LOOK_EVERY = 64  # messages between looks for stages that (re)subscribed mid-replay
 
 
 @dataclass(slots=True)
@@ -31,6 +33,8 @@ class ReplayStats:
     #: wall-clock time (Unix s) at which every recording's start was replayed: at speed N, a sample
     #: recorded at ``t`` went out at ``started_unix_s + (t - recording start) / N``
     started_unix_s: float = 0.0
+    #: messages re-sent to stages that subscribed mid-replay (a device's source, its pending labels)
+    announced: int = 0
 
 
 def merged_messages(recordings: Sequence[Recording]) -> Iterator[tuple[float, Message]]:
@@ -65,14 +69,27 @@ async def replay(
     started = loop.time()
     stats.started_unix_s = time.time()
     next_report = started + 1.0
-    for offset, msg in merged_messages(recordings):
+    pub.new_subscriptions()  # those waited for above are no news
+    # status and label messages are renumbered here, so announcements can be slotted in between
+    numbers = SequenceCounter()
+    topics_by_device = {r.device: topics_of(r) + [topic_for(STATUS, r.device)] for r in recordings}
+    for i, (offset, msg) in enumerate(merged_messages(recordings)):
         if not math.isinf(speed):
             delay = started + offset / speed - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
+        if msg.kind in (STATUS, LABEL):
+            msg = dataclasses.replace(msg, seq=numbers.next(msg.topic))
         await pub.send(msg)
         stats.messages += 1
         stats.samples += msg.n
+        if i % _LOOK_EVERY == _LOOK_EVERY - 1 and (prefixes := pub.new_subscriptions()):
+            # a stage (re)started: tell it each device's source and the labels still to come
+            for rec in recordings:
+                if any(t.startswith(p) for t in topics_by_device[rec.device] for p in prefixes):
+                    for extra in announcement(rec, rec.start_s + offset):
+                        await pub.send(dataclasses.replace(extra, seq=numbers.next(extra.topic)))
+                        stats.announced += 1
         if progress is not None and loop.time() >= next_report:
             stats.wall_s = loop.time() - started
             progress(stats)

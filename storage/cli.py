@@ -54,6 +54,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--spool-dir", type=Path, help="InfluxDB spool folder (default $XDG_STATE_HOME/m3sense/spool/...)")
     s.add_argument("--max-spool-mb", type=float, default=512.0, help="spool bound; past it points are dropped (default 512)")
     s.add_argument("--flush-interval", type=float, default=1.0, metavar="S", help="flush the sink every S seconds")
+    s.add_argument("--positions", metavar="FILE|none",
+                   help="where each device's window stream stood at the last flush, so a restarted store counts "
+                        "the windows it lost (default $XDG_STATE_HOME/m3sense/positions/<sink>.json)")
     s.add_argument("--json", action="store_true",
                    help="at exit print one JSON object on stdout: sink, written, spooled, spool_dir, dropped, "
                         "refused, affect_records, exit_code (of the first sink), and with several sinks 'sinks' "
@@ -201,7 +204,10 @@ def _run_store(args: argparse.Namespace, targets: list, rules: list | None):
         sink = sinks[0]
         engine = AlertEngine(rules) if rules else None
         fanout = FanoutSink(sinks, alerts=engine)
-        node = StoreNode(args.bus, fanout, flush_interval_s=args.flush_interval,
+        from storage.positions import LedgerFile, default_positions_file
+
+        positions = None if args.positions == "none" else Path(args.positions or default_positions_file(target.address))
+        node = StoreNode(args.bus, fanout, flush_interval_s=args.flush_interval, ledger_file=LedgerFile(positions),
                          on_device_end=lambda d: print(f"store: end of device {d}", file=sys.stderr, flush=True))
         failure = None
         try:
@@ -221,7 +227,8 @@ def _run_store(args: argparse.Namespace, targets: list, rules: list | None):
                             received=node.records, written=c.written,
                             spooled=c.pending, spool_dir=getattr(sink, "spool_dir", None), dropped=c.dropped,
                             refused=c.rejected, affect_records=c.affect_written, interrupted=interrupted,
-                            error=sink.last_error, failure=failure, malformed=node.malformed()), (
+                            error=sink.last_error, failure=failure, malformed=node.malformed(),
+                            lost_windows=dict(node.ledger.lost)), (
             [SinkReport.of(t.address, s.counters, s.last_error) for t, s in zip(targets, sinks)],
             None if engine is None else {"raised": engine.raised, "cleared": engine.cleared})
 

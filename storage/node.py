@@ -10,6 +10,11 @@ bins and flushes the sink, so a clean shutdown loses nothing. An end marker on
 ``affect/<device>/`` (meta ``{"event": "end"}``, sent by the inference node after a
 device's last window) flushes the sink and is reported through ``on_device_end``: that is
 how ``m3sense run`` knows a device is completely stored.
+
+Losses before the store are counted in windows by a :class:`WindowLedger` (see
+:mod:`storage.positions`) and stored as ``bus_gap`` status records with ``detail``
+``{"topic": "affect/<device>/", "unit": "windows", "by": ...}`` and the count as value; the
+ledger is saved after every flush, so a restarted store counts what it had not flushed.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from collections.abc import Callable
 
 from bus import AFFECT, RAW, STATUS, Message, Subscriber, topic_for
 
+from storage.positions import LedgerFile, WindowLedger, has_lineage
 from storage.records import RecordBuilder
 from storage.sink import Sink
 
@@ -39,7 +45,8 @@ class StoreNode:
     """``await node.run(stop)``; ``processed`` counts bus messages turned into records."""
 
     def __init__(self, bus: str, sink: Sink, *, flush_interval_s: float = 1.0, drain_s: float = 0.5,
-                 builder: RecordBuilder | None = None, on_device_end: Callable[[str], None] | None = None) -> None:
+                 builder: RecordBuilder | None = None, on_device_end: Callable[[str], None] | None = None,
+                 ledger_file: LedgerFile | None = None) -> None:
         self.bus = bus
         self.sink = sink
         self.flush_interval_s = flush_interval_s
@@ -51,6 +58,18 @@ class StoreNode:
         self._progress = asyncio.Event()
         self._gaps: dict[str, int] = {}  # sequence gaps per topic already recorded
         self.on_device_end = on_device_end
+        self.ledger_file = ledger_file or LedgerFile(None)
+        self.ledger: WindowLedger = self.ledger_file.load()
+
+    @property
+    def lost_windows(self) -> int:
+        """Windows that never reached this store (counted from their lineage, stored as bus_gap)."""
+        return sum(self.ledger.lost.values())
+
+    async def _flush(self) -> None:
+        snapshot = self.ledger.to_json()  # what was handed to the sink before this flush
+        await self.sink.flush()
+        self.ledger_file.save(snapshot)
 
     def malformed(self) -> Counter:
         """Messages dropped as malformed, by kind: by the bus decoder, then by the record builders."""
@@ -65,18 +84,36 @@ class StoreNode:
                 await self._progress.wait()
         await asyncio.wait_for(_wait(), timeout_s)
 
+    def _window_loss(self, msg: Message) -> list:
+        end = msg.meta.get("event") == "end"
+        t_start = msg.meta.get("t_start", msg.t0_s)
+        loss = self.ledger.observe(msg.device, msg.meta, t_start if isinstance(t_start, float) else msg.t0_s, end=end)
+        if loss is None:
+            return []
+        log.warning("store: %d window(s) of %s never arrived before %.0f (counted by %s); stored as bus_gap",
+                    loss.windows, msg.device, loss.time_s, loss.by)
+        return [self.builder.bus_gap(msg, loss.windows, unit="windows", by=loss.by)]
+
     async def _handle(self, sub: Subscriber, msg: Message) -> None:
         if msg.kind == AFFECT and msg.meta.get("event") == "end":
             # the inference node's end marker: everything of this device before it is in the sink
-            await self.sink.flush()
+            if gap := self._window_loss(msg):
+                await self.sink.write(gap)
+                self.records += len(gap)
+            await self._flush()
             if self.on_device_end is not None:
                 self.on_device_end(msg.device)
             self.processed += 1
             self._progress.set()
             return
         records = self.builder.push(msg)
+        lineage = msg.kind == AFFECT and has_lineage(msg.meta)
+        if lineage:  # counted in windows, whichever stage lost them
+            records += self._window_loss(msg)
         missed = sub.stats.gaps_by_topic[msg.topic] - self._gaps.get(msg.topic, 0)
-        if missed:
+        if missed and lineage:
+            self._gaps[msg.topic] = sub.stats.gaps_by_topic[msg.topic]
+        elif missed:
             self._gaps[msg.topic] = sub.stats.gaps_by_topic[msg.topic]
             records.append(self.builder.bus_gap(msg, missed))
         if records:
@@ -104,11 +141,11 @@ class StoreNode:
                 if tail:
                     await self.sink.write(tail)
                     self.records += len(tail)
-                await self.sink.flush()
+                await self._flush()
                 log.info("store: %d messages, %d records, bus %s, sink %s, rejected %s", self.processed,
                          self.records, sub.stats.as_dict(), self.sink.counters.as_dict(), dict(self.builder.rejected))
 
     async def _flush_periodically(self) -> None:
         while True:
             await asyncio.sleep(self.flush_interval_s)
-            await self.sink.flush()
+            await self._flush()

@@ -244,12 +244,12 @@ class RecordBuilder:
         self.rejected["kind"] += 1
         return []
 
-    def bus_gap(self, msg: Message, missed: int) -> StatusRecord:
+    def bus_gap(self, msg: Message, missed: int, **detail: Any) -> StatusRecord:
         """A ``bus_gap`` status event: ``missed`` messages of ``msg``'s topic never reached
         the store (its sequence numbers jumped), so dashboards show the loss beside the data."""
         return StatusRecord(time_s=msg.t0_s, device=msg.device, source=self._source.get(msg.device, "unknown"),
                             event="bus_gap", value=float(missed),
-                            detail=json.dumps({"topic": msg.topic}, separators=(",", ":")))
+                            detail=json.dumps({"topic": msg.topic, **detail}, separators=(",", ":")))
 
     def flush(self) -> list[Record]:
         out: list[Record] = []

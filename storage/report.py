@@ -30,6 +30,7 @@ class StoreOutcome:
     failure: str | None = None    # what ended the store before it finished
     error: str | None = None      # why the sink's latest write failed
     malformed: Mapping[str, int] = field(default_factory=dict)  # messages dropped as malformed, by kind
+    lost_windows: Mapping[str, int] = field(default_factory=dict)  # windows that never arrived, by device (bus_gap rows)
 
     @property
     def exit_code(self) -> int:
@@ -37,14 +38,15 @@ class StoreOutcome:
             return 2
         if self.interrupted:
             return 130
-        return 1 if self.failure or self.spooled or self.dropped or self.refused else 0
+        return 1 if self.failure or self.spooled or self.dropped or self.refused or self.lost_windows else 0
 
     def as_json(self) -> dict:
         """The one object ``store --json`` prints (``m3sense run`` reads these keys)."""
         return {"sink": self.sink, "written": self.written, "spooled": self.spooled,
                 "spool_dir": None if self.spool_dir is None else str(self.spool_dir), "dropped": self.dropped,
                 "refused": self.refused, "affect_records": self.affect_records, "exit_code": self.exit_code,
-                "received": self.received, "error": self.bad_input or self.failure or self.error}
+                "received": self.received, "error": self.bad_input or self.failure or self.error,
+                "lost_windows": sum(self.lost_windows.values()), "lost_windows_by_device": dict(self.lost_windows)}
 
     def summary(self) -> str:
         """The last line on stderr: what reached the sink, what waits where, what was lost."""
@@ -62,6 +64,9 @@ class StoreOutcome:
         lost = self.dropped + self.refused
         parts.append(f"{lost} lost ({self.refused} refused by the server, {self.dropped} dropped: spool full)"
                      if lost else "none lost")
+        if self.lost_windows:
+            each = ", ".join(f"{d} {n}" for d, n in sorted(self.lost_windows.items()))
+            parts.append(f"{sum(self.lost_windows.values())} windows never arrived ({each}), stored as bus_gap")
         if self.malformed:
             kinds = ", ".join(f"{k} {v}" for k, v in sorted(self.malformed.items()))
             parts.append(f"{sum(self.malformed.values())} malformed messages dropped ({kinds})")

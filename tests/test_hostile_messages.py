@@ -19,6 +19,7 @@ import zmq
 import zmq.asyncio
 
 from bus import Hub, Message, Subscriber, encode
+from bus.message import HEADER_SIZE
 from inference.checkpoint import save_checkpoint
 from inference.dataset import Normalizer
 from inference.model import M3Sense, ModelConfig
@@ -36,7 +37,7 @@ def _frames(msg: Message) -> list[bytes]:
 def _deep_json(msg: Message, depth: int) -> list[bytes]:
     """``msg`` with its JSON tail replaced by one nested ``depth`` deep (the encoder would refuse it)."""
     topic, head, *rest = _frames(msg)
-    fixed = 28 + 4 * np.asarray(msg.samples).ndim
+    fixed = HEADER_SIZE + 4 * np.asarray(msg.samples).ndim
     tail = b'{"x":{"a":' + b"[" * depth + b"]" * depth + b"}}"
     flags = head[3] | 1  # a JSON tail follows
     return [topic, head[:3] + bytes([flags]) + head[4:fixed] + tail, *rest]
