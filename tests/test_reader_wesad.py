@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from m3sense.errors import DataError
 from replay.e4csv import read_e4_export, read_source
@@ -198,3 +200,35 @@ def test_real_s2_export_with_a_pickle_cut_from_it(tmp_path: Path) -> None:
     assert [iv.label for iv in rec.labels] == [e[2] for e in expected]
     got = np.array([(iv.start_s, iv.end_s) for iv in rec.labels])
     np.testing.assert_allclose(got, np.array([e[:2] for e in expected]), rtol=0, atol=1e-6)
+
+
+def _tiny_pickle() -> bytes:
+    import io
+
+    from tests.dataset_fixtures import Py2Pickler
+
+    wrist = {"ACC": np.zeros((64, 3)), "BVP": np.zeros((128, 1)), "EDA": np.ones((8, 1)), "TEMP": np.ones((8, 1))}
+    buf = io.BytesIO()
+    Py2Pickler(buf, protocol=2).dump({"signal": {"wrist": wrist}, "label": np.ones(1400, dtype=np.int32),
+                                      "subject": "S4"})
+    return buf.getvalue()
+
+
+TINY = _tiny_pickle()
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(edits=st.lists(st.tuples(st.integers(0, len(TINY) - 1), st.integers(0, 255)), min_size=1, max_size=4),
+       cut=st.integers(1, len(TINY)))
+def test_a_damaged_pickle_is_read_or_named_never_a_crash(tmp_path: Path, edits, cut: int) -> None:
+    raw = bytearray(TINY)
+    for at, byte in edits:
+        raw[at] = byte
+    path = tmp_path / "S4.pkl"
+    path.write_bytes(bytes(raw[:cut]))
+    try:
+        rec = read_source(f"wesad:{path}")[0]
+    except DataError as exc:
+        assert str(exc).startswith(f"{path}") and "\n" not in str(exc)
+    else:
+        assert set(rec.signals) <= {"acc", "bvp", "eda", "temp"}
