@@ -85,3 +85,17 @@ def test_a_prefix_on_a_missing_path_is_bad_input(tmp_path: Path) -> None:
         parse_source(f"kemocon:{tmp_path / 'nothing'}")
     proc = run_cli("replay", f"verbio:{tmp_path / 'nothing'}", "--wait", "0")
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_a_malformed_file_stops_train_and_evaluate_in_one_line(tmp_path: Path) -> None:
+    write_kemocon(tmp_path / "KE", pids=(4,))
+    notes = tmp_path / "KE" / "raw" / "emotion_annotations" / "self_annotations" / "P4.self.csv"
+    notes.write_text(notes.read_text().replace("\n10,", "\n11,", 1))
+    for args in (["train", "--data", f"kemocon:{tmp_path / 'KE'}", "--epochs", "1", "--no-cache",
+                  "--out", str(tmp_path / "m.safetensors")],
+                 ["evaluate", "--data", f"kemocon:{tmp_path / 'KE'}", "--no-cache"]):
+        proc = run_cli(*args)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and "P4.self.csv:3: seconds must be a positive multiple of 5" in lines[0]
+    assert not (tmp_path / "m.safetensors").exists()
