@@ -119,8 +119,10 @@ def _serial_rows(header: list[str], rows: list[tuple[int, list[str]]], path: Pat
     return [(i, cells) for i, cells in rows if cells[-1] == keep]
 
 
-def _stamped(path: Path, pid: int, stream: str, columns: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(times_s, values, lines)`` of one E4 file; ``columns`` are the value columns."""
+def _stamped(path: Path, pid: int, stream: str, columns: tuple[str, ...],
+             may_be_empty: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(times_s, values, lines)`` of one E4 file; ``columns`` are the value columns (an IBI file
+    may hold no beat at all)."""
     header, rows = _rows(_text(path), path)
     expected = ("timestamp", *columns)
     if tuple(header[:len(expected)]) != expected or len(header) not in (len(expected), len(expected) + 1) \
@@ -129,6 +131,8 @@ def _stamped(path: Path, pid: int, stream: str, columns: tuple[str, ...]) -> tup
                         f"got {','.join(header)[:80]!r}", 1)
     rows = _serial_rows(header, rows, path, pid, stream)
     if not rows:
+        if may_be_empty:
+            return np.zeros(0), np.zeros(0), np.zeros(0, dtype=np.int64)
         raise DataError(path, "no samples")
     lines = np.array([i for i, _ in rows], dtype=np.int64)
     try:
@@ -161,7 +165,7 @@ def read_participant(folder: Path, pid: int, debate: tuple[float, float] | None,
         raise DataError(folder, f"no K-EmoCon E4 file here: none of {', '.join(_FILES.values())}")
     ibi_t = ibi = np.zeros(0)
     if (f := folder / "E4_IBI.csv").is_file():
-        ibi_t, ibi, lines = _stamped(f, pid, "ibi", ("value",))
+        ibi_t, ibi, lines = _stamped(f, pid, "ibi", ("value",), may_be_empty=True)
         bad = np.flatnonzero(ibi <= 0)
         if bad.size:
             raise DataError(f, f"an interval must be > 0 s, got {ibi[bad[0]]}", int(lines[bad[0]]))

@@ -63,7 +63,9 @@ def test_gaps_are_missing_not_invented_and_longer_annotations_are_cut_from_the_s
     extra = [f"{5 * i},1,1,1,1,1,1,1,,,,,,,,,,,,,,," for i in range(1, 3)]  # two early low rows, then 12 more
     renumbered = [f"{5 * (i + 3)},{r.split(',', 1)[1]}" for i, r in enumerate(rows[1:])]
     notes.write_text("\n".join([rows[0], *extra, *renumbered]) + "\n")
+    (tmp_path / "raw" / "e4_data" / "4" / "E4_IBI.csv").write_text("timestamp,value,device_serial\n")  # no beat
     rec = read_source(str(tmp_path))[0]
+    assert rec.ibi_s.size == 0
     values = rec.signals["eda"].values
     assert np.isnan(values).sum() in (19, 20) and np.isfinite(values[:38]).all()
     assert rec.signals["eda"].n == 480
