@@ -23,6 +23,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     r.add_argument("source", help="an E4 export folder or zip, or a folder holding several")
     r.add_argument("--speed", type=speed, default=math.inf, help="N x real time, or 'max' (default max)")
+    r.add_argument("--max-restarts", type=int, default=3, metavar="N",
+                   help="start a stage that dies again at most N times (default 3; 0: a dead stage stops the run)")
     r.add_argument("--sink", action="append",
                    help="where results go: sqlite:///PATH.db (default sqlite:///m3sense.db), influx://HOST:PORT?bucket=B "
                         "(token from $INFLUX_TOKEN) or mqtt://HOST:PORT[?user=U] (password from $MQTT_PASSWORD); "
@@ -65,7 +67,8 @@ def _run(args: argparse.Namespace) -> int:
     extra = [a for s in sinks[1:] for a in ("--sink", s)]
     extra += ["--alerts", str(args.alerts)] if args.alerts else []
     extra += ["--mqtt-password-file", str(args.mqtt_password_file)] if args.mqtt_password_file else []
-    cfg = PipelineConfig(sink=sinks[0], store_args=tuple(extra), speed=args.speed, model=args.model, tasks=args.tasks, bus=args.bus)
+    cfg = PipelineConfig(sink=sinks[0], store_args=tuple(extra), speed=args.speed, model=args.model, tasks=args.tasks, bus=args.bus,
+                         max_restarts=max(0, args.max_restarts))
     view = LiveView(args.tasks.split(",") if args.tasks else TASKS)
 
     async def main() -> int:

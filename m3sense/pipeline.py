@@ -14,8 +14,14 @@ reports ``end of device <device>`` on stderr. When every device has ended, the s
 get SIGTERM, flush and exit. Ctrl-C takes the same path from wherever it is.
 
 Supervision. The stages are watched all the time, not only at the end: a stage that exits
-before it is asked to stops the run at once, and the result names it with its last stderr
-lines. The store runs with ``--json`` and says at exit what reached the sink, what waits in
+before it is asked to (a crash, a ``kill -9``) is started again, at most ``max_restarts``
+times per stage, and the run goes on; what it lost on the way is counted by the store in
+windows and stored as ``bus_gap`` rows (see ``storage/positions.py``: the store of a run
+keeps its positions in the run's own temporary folder, so a restarted store counts what it
+had not flushed). A stage that exits with code 2 (bad input: it would fail the same way
+again) or dies once more than allowed stops the run at once, and the result names it with
+its last stderr lines. A run with a restart or a loss ends with exit code 1. The store
+runs with ``--json`` and says at exit what reached the sink, what waits in
 its spool and what was lost; :func:`outcome` turns that into run's last line and exit code.
 Each stage is in its own process group (Ctrl-C reaches only ``run``, which stops them in
 order) and, on Linux, is signalled by the kernel when ``run`` dies, even of SIGKILL.
@@ -31,7 +37,8 @@ import math
 import os
 import signal
 import sys
-from collections import deque
+import tempfile
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -57,6 +64,8 @@ class PipelineConfig:
     tasks: str | None = None
     start_timeout_s: float = 120.0
     drain_timeout_s: float = 300.0
+    #: how often each stage may be started again after dying (0: a dead stage stops the run)
+    max_restarts: int = 3
     #: more store flags (further --sink, --alerts, --mqtt-password-file), given to the store as they are
     store_args: tuple[str, ...] = ()
 
@@ -74,6 +83,9 @@ class PipelineResult:
     #: the object ``store --json`` printed at exit; None if it printed none
     store: dict[str, Any] | None = None
     tails: dict[str, list[str]] = field(default_factory=dict)
+    #: restarts per stage, and how each death was seen ("killed by SIGKILL while replaying ...")
+    restarts: Counter = field(default_factory=Counter)
+    deaths: list[str] = field(default_factory=list)
 
 
 def _die_with_parent(parent: int, sig: signal.Signals) -> None:
@@ -104,6 +116,12 @@ class Stage:
         self.stdout = b""
         self.stopping = False
         self._readers: list[asyncio.Task] = []
+
+    def how_it_ended(self) -> str:
+        code = None if self.proc is None else self.proc.returncode
+        if code is not None and code < 0:
+            return f"was killed by {signal.Signals(-code).name}"
+        return f"exited with code {code}"
 
     async def start(self) -> None:
         parent = os.getpid()
@@ -167,8 +185,9 @@ class Stage:
         return None
 
 
-def stage_commands(cfg: PipelineConfig, bus: str) -> list[tuple[str, list[str]]]:
-    """The stages, downstream first (the order they start in)."""
+def stage_commands(cfg: PipelineConfig, bus: str, positions: str = "none") -> list[tuple[str, list[str]]]:
+    """The stages, downstream first (the order they start in). ``positions`` is the store's
+    ledger file: one per run, so a restarted store counts its losses and a new run starts afresh."""
     from bus.security import current
 
     on_bus = ["--bus", bus, *current().as_args()]  # run's bus keys (or --insecure) go to its stages too
@@ -179,7 +198,7 @@ def stage_commands(cfg: PipelineConfig, bus: str) -> list[tuple[str, list[str]]]
     if cfg.tasks:
         infer += ["--tasks", cfg.tasks]
     return [
-        ("store", ["store", *on_bus, "--sink", cfg.sink, *cfg.store_args, "--json"]),
+        ("store", ["store", *on_bus, "--sink", cfg.sink, *cfg.store_args, "--json", "--positions", positions]),
         ("infer", infer),
         ("preprocess", ["preprocess", *on_bus]),
     ]
@@ -223,10 +242,10 @@ async def run_pipeline(
     ended and the store's report. A stage that exits early ends the run at once."""
     bus = cfg.bus or free_bus_address()
     result = PipelineResult()
-    with Hub(bus):
+    with Hub(bus), tempfile.TemporaryDirectory(prefix="m3sense-run-") as state:
         stages = [Stage(name, args, capture=name == "store",
                         orphan_signal=signal.SIGTERM if name == "store" else signal.SIGKILL)
-                  for name, args in stage_commands(cfg, bus)]
+                  for name, args in stage_commands(cfg, bus, os.path.join(state, "positions.json"))]
         tasks: list[asyncio.Task] = []
         try:
             async with Subscriber(bus, ["affect/"]) as affect_sub:
@@ -242,16 +261,13 @@ async def run_pipeline(
 
                 tasks.append(asyncio.create_task(watch()))
                 flow = asyncio.create_task(_flow(recordings, cfg, bus, stages[0], result))
-                exits = [asyncio.create_task(s.exited()) for s in stages]
-                tasks += [flow, *exits]
-                done, _ = await asyncio.wait([flow, *exits], return_when=asyncio.FIRST_COMPLETED)
-                if flow in done:
+                tasks.append(flow)
+                result.died = await _supervise(stages, flow, cfg.max_restarts, result, tasks)
+                if result.died is None:
                     try:
                         flow.result()
                     except _TimedOut as exc:
                         result.failure = str(exc)
-                else:  # a stage exited before it was asked to
-                    result.died = next(t for t in exits if t in done).result().name
         finally:
             for t in tasks:
                 t.cancel()
@@ -261,6 +277,32 @@ async def run_pipeline(
             result.store = stages[0].report()
             result.tails = {s.name: list(s.tail) for s in stages}
     return result
+
+
+async def _supervise(stages: list[Stage], flow: asyncio.Task, max_restarts: int, result: PipelineResult,
+                     tasks: list[asyncio.Task]) -> str | None:
+    """Wait for ``flow``, starting again each stage that dies on the way (up to ``max_restarts``
+    times each); returns the name of a stage that died for good, or None when ``flow`` ended."""
+    exits = {asyncio.create_task(s.exited()): s for s in stages}
+    tasks += list(exits)
+    while True:
+        done, _ = await asyncio.wait([flow, *exits], return_when=asyncio.FIRST_COMPLETED)
+        if flow in done:
+            return None
+        for task in [t for t in done if t in exits]:
+            stage = exits.pop(task)
+            death = f"{stage.how_it_ended()} while {result.phase}"
+            if stage.proc.returncode == 2 or result.restarts[stage.name] >= max_restarts:
+                return stage.name
+            result.restarts[stage.name] += 1
+            result.deaths.append(f"{stage.name} {death}")
+            print(f"run: stage {stage.name} {death}; starting it again ({result.restarts[stage.name]} of at most "
+                  f"{max_restarts})", file=sys.stderr, flush=True)
+            await asyncio.gather(*stage._readers)  # its last words, before the new process speaks
+            await stage.start()
+            again = asyncio.create_task(stage.exited())
+            exits[again] = stage
+            tasks.append(again)
 
 
 def outcome(result: PipelineResult, sink: str, devices: int) -> tuple[int, list[str]]:
@@ -283,7 +325,15 @@ def outcome(result: PipelineResult, sink: str, devices: int) -> tuple[int, list[
                          "`m3sense run` with this sink sends them first")
         lost = dropped + refused
         parts.append(f"{lost} lost ({refused} refused by the sink, {dropped} dropped)" if lost else "none lost")
+        windows = int(store.get("lost_windows", 0) or 0)
+        if windows:
+            each = store.get("lost_windows_by_device") or {}
+            per = ", ".join(f"{d} {n}" for d, n in sorted(each.items()))
+            parts.append(f"{windows} windows never reached the store ({per}; stored as bus_gap rows)")
         lines.append("; ".join(parts))
+    if result.restarts:
+        restarted = ", ".join(f"{name} {n} time(s)" for name, n in sorted(result.restarts.items()))
+        lines.append(f"run: restarted {restarted}: " + "; ".join(result.deaths))
     failed = [name for name, code in result.exit_codes.items()
               if code != 0 and (name != "store" or store is None)]  # a store that reported speaks for itself
     if result.failure:
@@ -295,5 +345,5 @@ def outcome(result: PipelineResult, sink: str, devices: int) -> tuple[int, list[
         lines.append(f"run: stage {name} {how}; its last messages:")
         lines += [f"  [{name}] {line}" for line in result.tails.get(name, [])] or ["  (none)"]
     ok = (store is not None and store.get("exit_code") == 0 and not result.died and not failed
-          and not result.failure)
+          and not result.failure and not result.restarts)
     return (0 if ok else 1), lines

@@ -5,6 +5,9 @@ Every affect answer carries its window's lineage (``window_incarnation``, ``wind
 the preprocess process that cut it and its number on ``window/<device>/``) and the window
 hop (``hop_s``). Between two answers the store has seen:
 
+- the first answer of a device: windows are numbered from 0 by each preprocess process,
+  so those numbered below it never reached the store (an inference node that died before
+  answering; a store started after the stream began counts what it missed too);
 - same preprocess incarnation: the window numbers say exactly how many windows never
   reached the store, whoever dropped them (an inference node that died with windows in its
   batch, or was not running while preprocess published, or the store's own restart);
@@ -81,11 +84,13 @@ class WindowLedger:
         hop = _hop(meta)
         pos = self._pos.get(device)
         missed, by = 0, "sequence"
-        if pos is not None and inc == pos.incarnation:
+        if pos is None:  # the first answer of a device: the windows numbered below it never came
+            missed = seq
+        elif inc == pos.incarnation:
             if seq <= pos.seq:
                 return None  # a duplicate or a late answer: nothing new, nothing lost
             missed = seq - pos.seq - 1
-        elif pos is not None and pos.t_start_s is not None and not end:
+        elif pos.t_start_s is not None and not end:
             step = hop or pos.hop_s
             if step and t_start_s > pos.t_start_s:
                 missed, by = max(0, round((t_start_s - pos.t_start_s) / step) - 1), "grid"

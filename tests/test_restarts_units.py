@@ -70,6 +70,8 @@ def test_the_ledger_counts_lost_windows_by_number_then_by_grid() -> None:
     assert ledger.observe("d", _answer("c", 0, t0 + 900), t0 + 900) is None  # a new stream after an end
     assert ledger.lost == {"d": 9}
     assert ledger.observe("x", {"window_seq": 3}, t0) is None  # no lineage: nothing can be said
+    first = ledger.observe("y", _answer("z", 4, t0), t0)  # windows 0 .. 3 of that stream never came
+    assert (first.windows, first.by) == (4, "sequence")
 
 
 def test_the_ledger_survives_a_restart_through_its_file(tmp_path) -> None:

@@ -1,9 +1,11 @@
-"""``m3sense run`` tells the truth: exit codes, a stage that dies, a run that is killed."""
+"""``m3sense run`` tells the truth: exit codes, a stage that dies (and is started again), a run that is killed."""
 
 from __future__ import annotations
 
 import os
+import re
 import select
+import sqlite3
 import signal
 import subprocess
 from pathlib import Path
@@ -11,7 +13,10 @@ from pathlib import Path
 import pytest
 
 from m3sense.pipeline import PipelineResult, outcome
+from preprocess.offline import recording_windows
+from replay.e4csv import read_source
 from tests.conftest import REPO, m3sense_cmd, run_cli
+from tests.test_restarts import model  # noqa: F401  (the tiny model fixture)
 
 STORE_OK = {"sink": "sqlite:/x.db", "written": 120, "spooled": 0, "spool_dir": None, "dropped": 0, "refused": 0,
             "affect_records": 60, "exit_code": 0}
@@ -84,13 +89,13 @@ def test_bad_input_exits_2(tmp_path: Path) -> None:
 
 
 class _Run:
-    """``m3sense run`` at real speed on an 8-minute recording, read up to the start of the replay."""
+    """``m3sense run`` (by default at real speed on an 8-minute recording), read up to the start of the replay."""
 
-    def __init__(self, tmp_path: Path) -> None:
-        src = tmp_path / "rec"
-        run_cli("simulate", str(src), "--minutes", "8", "--seed", "4", "--subjects", "1", check=True)
-        self.popen = subprocess.Popen(m3sense_cmd("run", str(src), "--speed", "1", "--sink",
-                                                  f"sqlite:///{tmp_path / 'a.db'}"),
+    def __init__(self, tmp_path: Path, *extra: str, minutes: str = "8", speed: str = "1") -> None:
+        self.src = src = tmp_path / "rec"
+        run_cli("simulate", str(src), "--minutes", minutes, "--seed", "4", "--subjects", "1", "--no-faults", check=True)
+        self.popen = subprocess.Popen(m3sense_cmd("run", str(src), "--speed", speed, "--sink",
+                                                  f"sqlite:///{tmp_path / 'a.db'}", *extra),
                                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=REPO,
                                       env={**os.environ, "PYTHONUNBUFFERED": "1"})
         self.err = []
@@ -122,8 +127,31 @@ def _gone_within(pid: int, timeout_s: float) -> bool:
 
 
 @pytest.mark.skipif(not hasattr(os, "pidfd_open"), reason="needs Linux pidfds")
-def test_a_stage_killed_mid_run_stops_the_run_at_once(tmp_path: Path) -> None:
-    run = _Run(tmp_path)
+def test_a_stage_killed_mid_run_is_started_again_and_the_run_says_what_was_lost(tmp_path: Path, model: Path) -> None:
+    run = _Run(tmp_path, "--model", str(model), "--tasks", "stress", minutes="6", speed="20")
+    try:
+        os.kill(run.stages["infer"], signal.SIGKILL)
+        assert run.popen.wait(timeout=300) == 1
+        rest = run.popen.stderr.read()
+        assert ("run: stage infer was killed by SIGKILL while replaying the recordings; starting it again "
+                "(1 of at most 3)") in rest
+        lines = rest.rstrip().splitlines()
+        assert lines[-1] == "run: restarted infer 1 time(s): infer was killed by SIGKILL while replaying the recordings"
+        said = re.search(r"; (\d+) windows never reached the store \(sim01 \1; stored as bus_gap rows\)", lines[-2])
+        assert said, rest[-3000:]
+        lost = int(said.group(1))
+        with sqlite3.connect(tmp_path / "a.db") as conn:
+            stored = conn.execute("SELECT count(DISTINCT t_start_s) FROM affect").fetchone()[0]
+            gaps = conn.execute("SELECT sum(value) FROM device_status WHERE event = 'bus_gap'").fetchone()[0]
+        (rec,) = read_source(run.src)
+        assert lost > 0 and gaps == lost and stored + lost == len(recording_windows(rec))
+    finally:
+        run.stop()
+
+
+@pytest.mark.skipif(not hasattr(os, "pidfd_open"), reason="needs Linux pidfds")
+def test_with_no_restarts_allowed_a_stage_killed_mid_run_stops_the_run_at_once(tmp_path: Path) -> None:
+    run = _Run(tmp_path, "--max-restarts", "0")
     try:
         assert set(run.stages) == {"store", "infer", "preprocess"}
         os.kill(run.stages["infer"], signal.SIGKILL)
