@@ -111,7 +111,6 @@ def discovery_config(layout: Layout, device: str, key: str) -> tuple[str, dict[s
     uid = f"m3sense_{entity_id(device)}_{key}"
     config: dict[str, Any] = {
         "unique_id": uid,
-        "object_id": uid,
         "availability": [{"topic": layout.store_availability}, {"topic": layout.availability(device)}],
         "availability_mode": "all",
         "payload_available": ONLINE,

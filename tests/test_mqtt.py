@@ -45,6 +45,15 @@ def session(device: str, n: int, start: float = T0) -> list:
     return out
 
 
+#: the keys Home Assistant's MQTT discovery reads for these components (its sensor and binary_sensor
+#: platform schemas, the common availability/device/origin ones included), and the device classes used
+_COMMON = {"name", "unique_id", "state_topic", "value_template", "availability", "availability_mode",
+           "payload_available", "payload_not_available", "qos", "device", "origin", "icon",
+           "json_attributes_topic", "entity_category", "device_class"}
+HA_KEYS = {"sensor": _COMMON | {"unit_of_measurement", "state_class"}, "binary_sensor": _COMMON}
+HA_DEVICE_CLASSES = {"sensor": {None, "battery", "temperature"}, "binary_sensor": {None, "problem"}}
+
+
 def target(server: MosquittoServer, password: str | None = None):
     return parse_sink(server.sink()).with_credentials(None, password or server.password)
 
@@ -109,6 +118,8 @@ async def _retained_states_availability_and_home_assistant_discovery(mosquitto: 
         ids = [c["unique_id"] for c in configs.values()]
         assert len(ids) == len(set(ids)) == len(configs)
         for topic, c in configs.items():
+            assert set(c) <= HA_KEYS[topic.split("/")[1]], set(c) - HA_KEYS[topic.split("/")[1]]
+            assert c.get("device_class") in HA_DEVICE_CLASSES[topic.split("/")[1]]
             assert topic.split("/")[2] == c["unique_id"]
             assert c["device"]["identifiers"] and c["device"]["name"] and c["name"]
             assert c["state_topic"] in seen, c
