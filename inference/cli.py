@@ -417,8 +417,8 @@ def _experiment(args) -> int:
         raise UserError("--seeds needs a seed, --epochs, --few and --few-epochs >= 1, --batch-size >= 2")
     cal = calibration_config(args)
 
-    def usable(w):  # the windows every row can read: a wearer reference and every modality present
-        return w.subset(np.flatnonzero(w.calibrated & w.present.all(axis=1)))
+    def usable(w, reference=True):  # what every row can read: every modality present, a wearer reference
+        return w.subset(np.flatnonzero(w.present.all(axis=1) & (w.calibrated if reference else True)))
 
     ws = WindowSet.concat([w for _, w in _windows(args.data, cfg=cfg, hop_s=args.hop_s, no_cache=args.no_cache,
                                                   calibration=cal)])
@@ -436,7 +436,11 @@ def _experiment(args) -> int:
     if args.unlabeled:
         unl = usable(WindowSet.concat([w for _, w in _windows(args.unlabeled, cfg=cfg, hop_s=args.hop_s,
                                                               no_cache=args.no_cache, unlabeled=True,
-                                                              calibration=cal)])).select(mods, tasks)
+                                                              calibration=cal)]),
+                     reference=args.calibration == "wearer").select(mods, tasks)
+        if not len(unl):
+            raise UserError("--unlabeled gave no window with every --modalities present"
+                            + (" and a wearer reference" if args.calibration == "wearer" else ""))
     if args.name == "table5" and not args.unlabeled and args.split != "paper":
         raise UserError("table5 compares training without and with unlabelled data: give --unlabeled SOURCE "
                         "(or --split paper, whose 10 % unlabelled part serves)")
