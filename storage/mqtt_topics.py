@@ -159,6 +159,7 @@ def discovery_config(layout: Layout, device: str, key: str) -> tuple[str, dict[s
 class _Device:
     entities: set[str] = field(default_factory=set)
     online: bool = False
+    ended: bool = False  # went offline by an end/disconnected event
     physio: dict[str, float] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=lambda: {"t": None, "event": None, "battery": None, "on_wrist": None})
 
@@ -177,12 +178,14 @@ class MessageBuilder:
     def _control(self, topic: str, payload: bytes) -> Outgoing:
         return Outgoing(topic, payload, control=True)
 
-    def _device(self, device: str, out: list[Outgoing]) -> _Device:
+    def _device(self, device: str, out: list[Outgoing], r: Record) -> _Device:
+        """The device's state; online again with any record but the physiology a stream's end
+        flushes after its ``end`` event (those come after the device went offline)."""
         d = self._devices.get(device)
         if d is None:
             d = self._devices[device] = _Device()
-        if not d.online:
-            d.online = True
+        if not d.online and not (d.ended and isinstance(r, PhysioRecord)):
+            d.online, d.ended = True, False
             out.append(self._control(self.layout.availability(device), ONLINE.encode()))
         return d
 
@@ -199,7 +202,7 @@ class MessageBuilder:
         out: list[Outgoing] = []
         physio: dict[str, int] = {}
         for r in records:
-            d = self._device(r.device, out)
+            d = self._device(r.device, out, r)
             if isinstance(r, AffectRecord):
                 for key in (r.task, f"{r.task}_confidence"):
                     self._entity(d, r.device, key, out)
@@ -240,7 +243,7 @@ class MessageBuilder:
             self._entity(d, r.device, "on_wrist", out)
         out.append(self._info(r.device, d, 1))
         if r.event in _OFFLINE_EVENTS and d.online:  # (a later record, a start, brings it back online)
-            d.online = False
+            d.online, d.ended = False, True
             out.append(self._control(self.layout.availability(r.device), OFFLINE.encode()))
         return out
 

@@ -253,3 +253,47 @@ def test_mqtt_sink_addresses() -> None:
                      ("mqtt://localhost?ca=/x.pem", "mqtts")]:
         with pytest.raises(UserError, match=why):
             parse_sink(bad)
+
+
+def test_store_counts_per_sink_what_a_broker_gone_for_good_lost(mosquitto: MosquittoServer, bus_address: str,
+                                                                tmp_path) -> None:
+    """SQLite gets everything, the broker goes away mid-stream and never comes back: the store
+    says so per sink, in its JSON, its last line and exit code 1."""
+    from bus import Hub, Publisher
+    from storage.node import device_topics
+    from tests.servers import affect_meta
+
+    pw = tmp_path / "mqtt-password"
+    pw.write_text(mosquitto.password)
+    db = tmp_path / "a.db"
+    with Hub(bus_address):
+        p = Proc(["store", "--bus", bus_address, "--sink", f"sqlite:{db}", "--sink", mosquitto.sink(),
+                  "--mqtt-password-file", str(pw), "--json"])
+        try:
+            p.wait_for_stderr("store: SqliteSink(")
+
+            async def publish(ends: list[float]) -> None:
+                async with Publisher(bus_address) as pub:
+                    assert await pub.wait_for_subscribers(device_topics("dev1"), 30) == []
+                    for t in ends:
+                        await pub.publish("affect", "dev1", t0_s=t, fs_hz=0, meta=affect_meta(t))
+
+            asyncio.run(publish([T0 + 10 * i for i in range(5)]))
+            deadline = time.monotonic() + 30  # the handshake: the last window before the outage is on the broker
+            while json.loads(mosquitto.retained("m3sense/dev1/emotion/state", timeout_s=1).get(
+                    "m3sense/dev1/emotion/state", '{"t": 0}'))["t"] != T0 + 40:
+                assert time.monotonic() < deadline
+            mosquitto.stop()
+            asyncio.run(publish([T0 + 10 * i for i in range(5, 9)]))
+            p.popen.send_signal(signal.SIGTERM)
+            out, err = p.popen.communicate(timeout=90)
+        finally:
+            p.stop()
+    assert p.popen.returncode == 1, err
+    report = json.loads(out.splitlines()[-1])
+    sqlite_report, mqtt_report = report["sinks"]
+    assert report["exit_code"] == 1 and report["written"] == sqlite_report["written"] == 27
+    assert (sqlite_report["dropped"], mqtt_report["written"], mqtt_report["dropped"]) == (0, 15, 12)
+    assert "buffered when the store stopped" in mqtt_report["error"]
+    last = err.splitlines()[-1]
+    assert "12 lost" in last and "mqtt://127.0.0.1" in last
