@@ -9,12 +9,21 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bus.endpoints import DEFAULT_BUS, BadBusAddress, hub_endpoints
+from bus.endpoints import (
+    DEFAULT_BUS,
+    BadBusAddress,
+    check_bus_address,
+    is_nats,
+    nats_servers,
+)
+
+#: commands whose subscribers only watch: on NATS they take no durable consumer unless --consumer names one
+_WATCHERS = ("tap", "run")
 
 
 def _bus_address(text: str) -> str:
     try:
-        hub_endpoints(text)
+        check_bus_address(text)
     except BadBusAddress as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
     return text
@@ -24,7 +33,12 @@ def add_bus_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--bus", type=_bus_address, default=DEFAULT_BUS,
         help=f"hub address, tcp://HOST:PORT (publishers use PORT, subscribers PORT+1) or ipc://PATH "
-             f"(default {DEFAULT_BUS})",
+             f"(default {DEFAULT_BUS}); or nats://HOST:4222 (comma-separated for a cluster) for NATS JetStream",
+    )
+    parser.add_argument(
+        "--consumer", metavar="NAME",
+        help="on a nats:// bus, the durable consumer this stage resumes from after a restart (default: the "
+             "command's name; tap and run's own watcher take none and see only what flows from now on)",
     )
     parser.add_argument(
         "--bus-keys", type=Path, metavar="DIR",
@@ -54,7 +68,8 @@ def apply_bus_security(args: argparse.Namespace) -> None:
     security = BusSecurity(keys=keys, insecure=args.insecure)
     try:
         if args.bus is not None:  # run without --bus: its own hub on a free loopback port
-            check_address(args.bus, security)
+            for address in nats_servers(args.bus) if is_nats(args.bus) else [args.bus]:
+                check_address(address, security)
         if security.curve:
             if args.command in ("hub", "run"):
                 security.server_keys()
@@ -63,6 +78,10 @@ def apply_bus_security(args: argparse.Namespace) -> None:
     except BusSecurityError as exc:
         raise UserError(str(exc)) from None
     configure(security)
+    if args.bus is not None and is_nats(args.bus):
+        from bus.nats_backend import configure_consumer
+
+        configure_consumer(args.consumer or (None if args.command in _WATCHERS else args.command))
 
 
 def register(sub: argparse._SubParsersAction) -> None:

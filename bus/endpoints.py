@@ -5,6 +5,9 @@
 - ``ipc://PATH``: publishers connect to ``ipc://PATH.in``, subscribers to ``ipc://PATH.out``.
 
 Every command takes the same ``--bus`` address, whichever side it talks to.
+
+- ``nats://HOST:PORT`` (or several, comma-separated, for a cluster): NATS JetStream instead of a
+  hub (:mod:`bus.nats_backend`); no hub endpoints derive from it.
 """
 
 from __future__ import annotations
@@ -42,7 +45,36 @@ def hub_endpoints(address: str) -> HubEndpoints:
             raise BadBusAddress(f"bus address {address!r} must be tcp://HOST:PORT with PORT < 65535")
         host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
         return HubEndpoints(f"tcp://{host}:{port}", f"tcp://{host}:{port + 1}")
-    raise BadBusAddress(f"bus address {address!r} must start with tcp:// or ipc://")
+    raise BadBusAddress(f"bus address {address!r} must start with tcp://, ipc:// or nats://")
+
+
+NATS_SCHEME = "nats://"
+
+
+def is_nats(address: str) -> bool:
+    return address.startswith(NATS_SCHEME)
+
+
+def nats_servers(address: str) -> list[str]:
+    """``nats://HOST:PORT[,nats://HOST:PORT...]`` as the list of server URLs; BadBusAddress otherwise."""
+    servers = [a.strip() for a in address.split(",")]
+    for server in servers:
+        parts = urlsplit(server)
+        try:
+            port = parts.port
+        except ValueError:
+            port = None
+        if parts.scheme != "nats" or not parts.hostname or port is None or parts.path not in ("", "/"):
+            raise BadBusAddress(f"bus address {server!r} must be nats://HOST:PORT (several: comma-separated)")
+    return servers
+
+
+def check_bus_address(address: str) -> None:
+    """Raise BadBusAddress unless ``address`` names a hub or NATS servers."""
+    if is_nats(address):
+        nats_servers(address)
+    else:
+        hub_endpoints(address)
 
 
 def free_bus_address(host: str = "127.0.0.1") -> str:

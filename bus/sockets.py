@@ -30,7 +30,7 @@ import numpy as np
 import zmq
 import zmq.asyncio
 
-from bus.endpoints import hub_endpoints
+from bus.endpoints import hub_endpoints, is_nats
 from bus.hub import HWM
 from bus.message import MalformedMessage, Message, decode, encode
 from bus.security import BusSecurity, check_address, current, secure_client
@@ -50,7 +50,17 @@ def _context() -> zmq.asyncio.Context:
 
 
 class Publisher:
-    """Numbers and sends messages; ``async with`` it, then :meth:`publish`."""
+    """Numbers and sends messages; ``async with`` it, then :meth:`publish`.
+
+    A ``nats://`` address makes a :class:`bus.nats_backend.NatsPublisher` instead (chosen in
+    ``__new__``, so every call site, ``isinstance`` and type hint stay as they are)."""
+
+    def __new__(cls, bus: str, *args: Any, **kwargs: Any) -> "Publisher":
+        if cls is Publisher and is_nats(bus):
+            from bus.nats_backend import NatsPublisher
+
+            return super().__new__(NatsPublisher)
+        return super().__new__(cls)
 
     def __init__(self, bus: str, *, flush_timeout_s: float = 30.0, security: BusSecurity | None = None) -> None:
         self.endpoints = hub_endpoints(bus)
@@ -222,10 +232,20 @@ class Publisher:
 
 
 class Subscriber:
-    """Decoded messages under some topic prefixes; ``stats`` says what arrived and what was lost."""
+    """Decoded messages under some topic prefixes; ``stats`` says what arrived and what was lost.
+
+    A ``nats://`` address makes a :class:`bus.nats_backend.NatsSubscriber` (a durable JetStream
+    consumer) instead. ``acks`` and :meth:`done` only matter there: ZeroMQ acknowledges nothing."""
+
+    def __new__(cls, bus: str, *args: Any, **kwargs: Any) -> Any:
+        if cls is Subscriber and is_nats(bus):
+            from bus.nats_backend import NatsSubscriber
+
+            return NatsSubscriber(bus, *args, **kwargs)  # not a Subscriber: __init__ below is not called
+        return super().__new__(cls)
 
     def __init__(self, bus: str, prefixes: Iterable[str] = ("",), *, hwm: int = HWM,
-                 security: BusSecurity | None = None) -> None:
+                 security: BusSecurity | None = None, acks: str = "next") -> None:
         self.endpoints = hub_endpoints(bus)
         self.security = security or current()
         check_address(bus, self.security)
@@ -257,6 +277,9 @@ class Subscriber:
         if self._sock is not None:
             self._sock.close(linger=0)
             self._sock = None
+
+    def done(self, msg: Message) -> None:
+        """A handled message (``acks="explicit"`` on NATS); nothing to acknowledge on ZeroMQ."""
 
     def _accept(self, frames: list[Any]) -> Message | None:
         if frames[0].startswith(_SYNC_PREFIX):

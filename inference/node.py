@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -61,6 +62,11 @@ class MicroBatcher:
         self._oldest_s: float | None = None
 
     @property
+    def pending(self) -> int:
+        """Windows waiting for their batch."""
+        return len(self._pending)
+
+    @property
     def deadline_s(self) -> float | None:
         """When the pending batch must run (None when nothing is pending)."""
         return None if self._oldest_s is None else self._oldest_s + self.max_wait_s
@@ -101,10 +107,12 @@ async def serve(
     on_ready: Callable[[], None] | None = None,
     report: Callable[[Counter], None] | None = None,
     calibrations=None,
+    metrics=None,
 ) -> None:
     """Answer windows until cancelled. ``predictor`` is an :class:`inference.answer.Answerer`
     (or a bare :class:`inference.Predictor`); ``calibrations`` the wearers' calibrators
-    (:class:`inference.answer.Calibrations`; a fresh, unsaved set if None)."""
+    (:class:`inference.answer.Calibrations`; a fresh, unsaved set if None); ``metrics`` a
+    :class:`bus.metrics.StageMetrics` to serve the counters from."""
     from inference.answer import Answerer, Calibrations
     from inference.calibration import CalibrationConfig
     from inference.predict import affect_meta
@@ -119,7 +127,10 @@ async def serve(
 
     async def run(pub: Publisher, due: Due) -> None:
         if due.windows:
+            started = time.perf_counter()
             results = await asyncio.to_thread(predictor.answer_windows, list(due.windows), calibrations)
+            if metrics is not None:
+                metrics.observe(time.perf_counter() - started)
             counters["batches"] += 1
             for msg, answers in zip(due.windows, results):
                 meta = affect_meta(msg, {t: a.to_json() for t, a in answers.items()}, predictor.model_id)
@@ -128,14 +139,21 @@ async def serve(
                 for status in {a.status for a in answers.values()} - {"ok"}:
                     counters[status] += 1
                 await pub.publish(AFFECT, msg.device, AFFECT, t0_s=meta["t_end"], fs_hz=0.0, meta=meta)
+                sub.done(msg)  # on NATS: acknowledged once its answer is stored (a kill -9 before: sent again)
         for end in due.ends:
             counters["devices_ended"] += 1
             if await pub.wait_for_subscribers([topic_for(AFFECT, end.device)], END_WAIT_S):
                 log.warning("no subscriber for affect/%s/ after %.0f s: its end marker is lost", end.device, END_WAIT_S)
             await pub.publish(AFFECT, end.device, AFFECT, t0_s=end.t0_s, fs_hz=0.0,
                               meta={"event": "end", "model": predictor.model_id, **lineage(end)})
+            sub.done(end)
 
-    async with Publisher(bus) as pub, Subscriber(bus, SUBSCRIPTIONS) as sub:
+    async with Publisher(bus) as pub, Subscriber(bus, SUBSCRIPTIONS, acks="explicit") as sub:
+        if metrics is not None:
+            from bus.metrics import bus_snapshot
+
+            metrics.watch(lambda: bus_snapshot(sub.stats, published=pub.sent, queue_depth=batcher.pending,
+                                               drops={k: v for k, v in counters.items() if k.startswith("malformed_")}))
         if on_ready is not None:
             on_ready()
         try:
@@ -153,6 +171,7 @@ async def serve(
                             log.warning("dropping a window of %s with unreadable meta %r; further ones are "
                                         "only counted", msg.device, problem)
                         counters[f"malformed_{problem}"] += 1
+                        sub.done(msg)
                         msg = None
                     else:
                         counters["windows"] += 1

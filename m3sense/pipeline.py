@@ -30,6 +30,7 @@ order) and, on Linux, is signalled by the kernel when ``run`` dies, even of SIGK
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import json
 import logging
@@ -44,6 +45,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bus import Hub, Message, Publisher, Subscriber, free_bus_address, topic_for
+from bus.endpoints import is_nats
 from replay.clock import ReplayStats, replay
 from replay.recording import Recording
 
@@ -242,7 +244,8 @@ async def run_pipeline(
     ended and the store's report. A stage that exits early ends the run at once."""
     bus = cfg.bus or free_bus_address()
     result = PipelineResult()
-    with Hub(bus), tempfile.TemporaryDirectory(prefix="m3sense-run-") as state:
+    hub = contextlib.nullcontext() if is_nats(bus) else Hub(bus)  # nats://: the user's servers carry it, no hub
+    with hub, tempfile.TemporaryDirectory(prefix="m3sense-run-") as state:
         stages = [Stage(name, args, capture=name == "store",
                         orphan_signal=signal.SIGTERM if name == "store" else signal.SIGKILL)
                   for name, args in stage_commands(cfg, bus, os.path.join(state, "positions.json"))]
