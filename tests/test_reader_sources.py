@@ -56,6 +56,7 @@ def test_replay_publishes_what_the_reader_read(layouts: dict[str, str], layout: 
     assert bool(labels) == (layout != "unlabelled")
 
 
+@pytest.mark.slow
 def test_train_and_evaluate_take_every_layout(layouts: dict[str, str], tmp_path: Path) -> None:
     model = tmp_path / "m.safetensors"
     data = [arg for name in ("wesad", "kemocon", "verbio") for arg in ("--data", layouts[name])]
@@ -74,6 +75,7 @@ def test_train_and_evaluate_take_every_layout(layouts: dict[str, str], tmp_path:
             + scores[task]["coverage"]["low_quality"] == int((ws.labels >= 0).sum()) > 0
 
 
+@pytest.mark.slow
 def test_run_stores_a_kemocon_source(layouts: dict[str, str], tmp_path: Path) -> None:
     proc = run_cli("run", layouts["kemocon"], "--sink", f"sqlite:///{tmp_path / 'a.db'}", timeout=300, check=True)
     assert "end of device kemocon-p01" in proc.stderr and "end of device kemocon-p31" in proc.stderr
