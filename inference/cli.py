@@ -174,6 +174,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--state-dir", default=None, metavar="DIR",
                    help="where each wearer's calibration is kept across restarts (default "
                         "$XDG_STATE_HOME/m3sense/calibration; 'none' keeps it in memory only)")
+    from bus.metrics import add_metrics_options
+
+    add_metrics_options(p)
     p.set_defaults(func=_infer)
 
     p = sub.add_parser("calibration", help="show or reset the wearers' calibration kept by infer",
@@ -724,12 +727,14 @@ def _infer(args) -> int:
         print(f"infer: {answerer.model_id} ({args.backend}), tasks {','.join(answerer.tasks)}{where}, "
               f"listening on {args.bus}", file=sys.stderr, flush=True)
 
+    from bus.metrics import start_metrics
+
     def report(c) -> None:
         print("infer: " + ", ".join(f"{k} {v}" for k, v in sorted(c.items())), file=sys.stderr, flush=True)
 
     return run_until_signal(_serve_zero(serve(args.bus, answerer, max_batch=args.max_batch,
                                               max_wait_s=args.max_wait_ms / 1000, on_ready=ready, report=report,
-                                              calibrations=calibrations)))
+                                              calibrations=calibrations, metrics=start_metrics(args, "infer"))))
 
 
 async def _serve_zero(coro) -> int:

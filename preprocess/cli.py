@@ -7,6 +7,7 @@ import sys
 from collections import Counter
 
 from bus.cli import add_bus_option
+from bus.metrics import add_metrics_options
 from m3sense.argtypes import positive_seconds
 
 
@@ -32,6 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="close a device silent for S seconds and free its state (default 120)")
     p.add_argument("--report-every", type=positive_seconds, default=30.0, metavar="S",
                    help="print counters every S seconds (default 30)")
+    add_metrics_options(p)
     p.set_defaults(func=_preprocess)
 
 
@@ -45,6 +47,7 @@ def format_counters(c: Counter) -> str:
 
 
 def _preprocess(args: argparse.Namespace) -> int:
+    from bus.metrics import start_metrics
     from m3sense.aio import run_until_signal
     from m3sense.errors import UserError
     from preprocess.node import SUBSCRIPTIONS, serve
@@ -62,4 +65,5 @@ def _preprocess(args: argparse.Namespace) -> int:
         print(f"preprocess: {format_counters(c)}", file=sys.stderr, flush=True)
 
     return run_until_signal(serve(args.bus, config, device_timeout_s=args.device_timeout,
-                                  report_every_s=args.report_every, on_ready=ready, report=report))
+                                  report_every_s=args.report_every, on_ready=ready, report=report,
+                                  metrics=start_metrics(args, "preprocess")))

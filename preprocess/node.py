@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import time
 from collections import Counter
 from collections.abc import Callable
 
@@ -26,6 +27,9 @@ SUBSCRIPTIONS = (f"{RAW}/", f"{LABEL}/", f"{STATUS}/")
 #: how long a device's end marker waits for a subscriber (an inference node being restarted):
 #: without it, everything downstream would wait for an end that was never delivered
 END_WAIT_S = 60.0
+#: the counters that are data the stage refused (served as m3sense_drops_total{kind})
+DROPS = ("bad_rate", "oversized", "malformed", "bad_labels", "bad_tags", "invalid_samples", "negative_eda",
+         "dropped_samples")
 
 
 async def _publish(pub: Publisher, pre: Preprocessor, windows: list[Window]) -> None:
@@ -50,12 +54,13 @@ async def serve(
     report_every_s: float = 30.0,
     on_ready: Callable[[], None] | None = None,
     report: Callable[[Counter], None] | None = None,
+    metrics=None,
 ) -> None:
     """Run until cancelled (the windows still pending are published first).
 
     ``on_ready`` is called once the sockets are connected and subscribed; ``report`` gets
     the counters (bus gaps and malformed messages included) every ``report_every_s`` and at
-    the end.
+    the end; ``metrics`` (a :class:`bus.metrics.StageMetrics`) serves them to Prometheus.
     """
     pre = Preprocessor(config, device_timeout_s=device_timeout_s)
     loop = asyncio.get_running_loop()
@@ -71,6 +76,11 @@ async def serve(
         return c
 
     async with Publisher(bus) as pub, Subscriber(bus, SUBSCRIPTIONS) as sub:
+        if metrics is not None:
+            from bus.metrics import bus_snapshot
+
+            metrics.watch(lambda: bus_snapshot(sub.stats, drops={k: v for k, v in pre.counters().items() if k in DROPS},
+                                               published=pub.sent, queue_depth=pre.nbytes()))
         if on_ready is not None:
             on_ready()
         next_expire = loop.time() + tick_s
@@ -83,7 +93,10 @@ async def serve(
                     msg = None
                 now = loop.time()
                 if msg is not None:
+                    started = time.perf_counter()
                     await _publish(pub, pre, pre.push(msg, now_s=now))
+                    if metrics is not None:
+                        metrics.observe(time.perf_counter() - started)
                 if now >= next_expire:
                     await _publish(pub, pre, pre.expire(now))
                     next_expire = now + tick_s

@@ -54,6 +54,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--spool-dir", type=Path, help="InfluxDB spool folder (default $XDG_STATE_HOME/m3sense/spool/...)")
     s.add_argument("--max-spool-mb", type=float, default=512.0, help="spool bound; past it points are dropped (default 512)")
     s.add_argument("--flush-interval", type=float, default=1.0, metavar="S", help="flush the sink every S seconds")
+    from bus.metrics import add_metrics_options
+
+    add_metrics_options(s)
     s.add_argument("--positions", metavar="FILE|none",
                    help="where each device's window stream stood at the last flush, so a restarted store counts "
                         "the windows it lost (default $XDG_STATE_HOME/m3sense/positions/<sink>.json)")
@@ -207,7 +210,10 @@ def _run_store(args: argparse.Namespace, targets: list, rules: list | None):
         from storage.positions import LedgerFile, default_positions_file
 
         positions = None if args.positions == "none" else Path(args.positions or default_positions_file(target.address))
+        from bus.metrics import start_metrics
+
         node = StoreNode(args.bus, fanout, flush_interval_s=args.flush_interval, ledger_file=LedgerFile(positions),
+                         metrics=start_metrics(args, "store"),
                          on_device_end=lambda d: print(f"store: end of device {d}", file=sys.stderr, flush=True))
         failure = None
         try:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import Counter
 from collections.abc import Callable
 
@@ -46,7 +47,7 @@ class StoreNode:
 
     def __init__(self, bus: str, sink: Sink, *, flush_interval_s: float = 1.0, drain_s: float = 0.5,
                  builder: RecordBuilder | None = None, on_device_end: Callable[[str], None] | None = None,
-                 ledger_file: LedgerFile | None = None) -> None:
+                 ledger_file: LedgerFile | None = None, metrics=None) -> None:
         self.bus = bus
         self.sink = sink
         self.flush_interval_s = flush_interval_s
@@ -60,6 +61,7 @@ class StoreNode:
         self.on_device_end = on_device_end
         self.ledger_file = ledger_file or LedgerFile(None)
         self.ledger: WindowLedger = self.ledger_file.load()
+        self.metrics = metrics  # a bus.metrics.StageMetrics, or None
 
     @property
     def lost_windows(self) -> int:
@@ -125,10 +127,19 @@ class StoreNode:
     async def run(self, stop: asyncio.Event) -> None:
         async with Subscriber(self.bus, PREFIXES) as sub:
             self.subscriber = sub
+            if self.metrics is not None:
+                from bus.metrics import bus_snapshot
+
+                self.metrics.watch(lambda: bus_snapshot(
+                    sub.stats, drops=dict(self.builder.rejected), published=self.records,
+                    queue_depth=self.sink.counters.pending, lost_windows=dict(self.ledger.lost)))
             flusher = asyncio.create_task(self._flush_periodically())
             try:
                 async for msg in sub.until(stop):
+                    started = time.perf_counter()
                     await self._handle(sub, msg)
+                    if self.metrics is not None:
+                        self.metrics.observe(time.perf_counter() - started)
                 while True:  # drain what is already on its way
                     try:
                         msg = await sub.recv(self.drain_s)
