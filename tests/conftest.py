@@ -16,6 +16,33 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 WESAD = SHARED_DATA / "wesad-e4"
 
+#: CI installs every server the tests start and has ``../shared/data``: there a test that would
+#: skip for want of one fails instead, so a broken install step cannot pass with fewer tests.
+REQUIRE_ALL = os.environ.get("M3SENSE_REQUIRE_ALL") == "1"
+
+
+def needs(available: bool, reason: str) -> pytest.MarkDecorator:
+    """``skipif(not available)``; under ``M3SENSE_REQUIRE_ALL=1`` a mark that fails the test."""
+    if available or not REQUIRE_ALL:
+        return pytest.mark.skipif(not available, reason=reason)
+    return pytest.mark.m3sense_missing(reason=reason)
+
+
+def skip_or_fail(reason: str) -> None:
+    """``pytest.skip`` (in a fixture or test); ``pytest.fail`` under ``M3SENSE_REQUIRE_ALL=1``."""
+    if REQUIRE_ALL:
+        pytest.fail(f"M3SENSE_REQUIRE_ALL=1 but {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "m3sense_missing(reason): a required server or data set is absent")
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    for mark in item.iter_markers("m3sense_missing"):
+        pytest.fail(f"M3SENSE_REQUIRE_ALL=1 but {mark.kwargs['reason']}", pytrace=False)
+
 
 @pytest.fixture
 def bus_address() -> str:

@@ -16,10 +16,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import needs
 from tests.servers import free_port
 
 NATS_SERVER = shutil.which("nats-server")
-NEEDS_NATS = pytest.mark.skipif(NATS_SERVER is None, reason="nats-server not installed (apt-get install nats-server)")
+NEEDS_NATS = needs(NATS_SERVER is not None, reason="nats-server not installed (apt-get install nats-server)")
 
 
 class NatsServer:

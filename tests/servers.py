@@ -35,9 +35,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import needs, skip_or_fail
+
 INFLUXD = shutil.which("influxd")
 INFLUX_CLI = shutil.which("influx")
-NEEDS_INFLUXD = pytest.mark.skipif(INFLUXD is None, reason="influxd not installed (apt-get install influxdb influxdb-client)")
+NEEDS_INFLUXD = needs(INFLUXD is not None, reason="influxd not installed (apt-get install influxdb influxdb-client)")
 DATABASE = "m3sense"
 
 _PRECISION_V1 = {"ns": "n", "us": "u", "ms": "ms", "s": "s"}
@@ -265,7 +267,7 @@ class V2WriteProxy:
 @pytest.fixture(scope="module")
 def influxd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InfluxServer]:
     if INFLUXD is None:
-        pytest.skip("influxd not installed (apt-get install influxdb influxdb-client)")
+        skip_or_fail("influxd not installed (apt-get install influxdb influxdb-client)")
     server = InfluxServer(tmp_path_factory.mktemp("influxd")).start()
     try:
         server.query(f'CREATE DATABASE "{DATABASE}"', db=None)
@@ -278,7 +280,7 @@ def influxd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InfluxServer]:
 def influxd_auth(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InfluxServer]:
     """influxd with authentication on, an admin (``credentials``) and database ``m3sense``."""
     if INFLUXD is None:
-        pytest.skip("influxd not installed (apt-get install influxdb influxdb-client)")
+        skip_or_fail("influxd not installed (apt-get install influxdb influxdb-client)")
     server = InfluxServer(tmp_path_factory.mktemp("influxd-auth"), auth=True).start()
     try:
         user, password = server.credentials.split(":")
@@ -498,7 +500,7 @@ class MosquittoServer:
 def mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MosquittoServer]:
     """A fresh broker per test (it starts in well under a second)."""
     if MOSQUITTO is None or MOSQUITTO_PASSWD is None or MOSQUITTO_SUB is None:
-        pytest.skip("mosquitto not installed (apt-get install mosquitto mosquitto-clients)")
+        skip_or_fail("mosquitto not installed (apt-get install mosquitto mosquitto-clients)")
     server = MosquittoServer(tmp_path_factory.mktemp("mosquitto")).start()
     try:
         yield server

@@ -11,7 +11,7 @@ from inference.metrics import score_all
 from inference.predict import Predictor
 from inference.sources import parse_source, source_windows
 from inference.train import detailed_scores
-from tests.conftest import WESAD
+from tests.conftest import WESAD, needs
 from tests.model_helpers import one_torch_thread  # noqa: F401  (autouse fixture)
 
 pytestmark = pytest.mark.skipif(not DEFAULT_MODEL.is_file(), reason="no default weights in this checkout")
@@ -70,7 +70,7 @@ def test_above_chance_on_held_out_synthetic_subjects(ckpt, tmp_path):
     assert stress["accuracy"] > 0.42 and stress["macro_f1"] > 0.42 and stress["balanced_accuracy"] > 0.42, stress
 
 
-@pytest.mark.skipif(not WESAD.is_dir(), reason=f"{WESAD} is absent (the real WESAD recordings are only in CI)")
+@needs(WESAD.is_dir(), reason=f"{WESAD} is absent (the real WESAD recordings are only in CI)")
 def test_stress_on_held_out_wesad_subjects(ckpt, tmp_path):
     """The WESAD subjects the default weights were not trained on (their test part)."""
     held = [s for s in ckpt.provenance["test_subjects"] if (WESAD / s).is_dir()]

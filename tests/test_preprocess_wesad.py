@@ -9,10 +9,10 @@ import pytest
 
 from preprocess import recording_windows
 from replay import read_e4_export
-from tests.conftest import WESAD
+from tests.conftest import WESAD, needs
 
 S2 = WESAD / "S2"
-pytestmark = pytest.mark.skipif(not S2.is_dir(), reason=f"WESAD E4 data not found at {S2}")
+pytestmark = needs(S2.is_dir(), reason=f"WESAD E4 data not found at {S2}")
 
 
 @pytest.mark.slow

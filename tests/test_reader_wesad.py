@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from m3sense.errors import DataError
 from replay.e4csv import read_e4_export, read_source
 from replay.wesad import NOMINAL_START_S, load_pickle, read_quest
-from tests.conftest import WESAD, run_cli
+from tests.conftest import WESAD, needs, run_cli
 from tests.dataset_fixtures import (
     WESAD_OFFSET_S,
     WESAD_SECONDS,
@@ -166,7 +166,7 @@ def test_an_oversized_zip_member_is_refused_before_inflating(tmp_path: Path, mon
 REAL_S2 = WESAD / "S2"
 
 
-@pytest.mark.skipif(not REAL_S2.is_dir(), reason=f"WESAD E4 data not found at {REAL_S2}")
+@needs(REAL_S2.is_dir(), reason=f"WESAD E4 data not found at {REAL_S2}")
 def test_real_s2_export_with_a_pickle_cut_from_it(tmp_path: Path) -> None:
     """The E4 side on real data: S2's real export zipped as WESAD ships it, and a pickle whose wrist
     arrays are cut from it (as WESAD's are) with labels.csv's phases as 700 Hz codes. The reader must

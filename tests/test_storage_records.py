@@ -17,7 +17,7 @@ from storage import (
     AffectRecord, BeatRate, InfluxTarget, MeanBinner, PhysioRecord, RecordBuilder, SqliteTarget, StatusRecord,
     affect_records, parse_since, parse_sink, read_token,
 )
-from tests.conftest import WESAD
+from tests.conftest import WESAD, needs
 from tests.servers import affect_meta
 
 T0 = 1_700_000_000.0
@@ -181,7 +181,7 @@ def _e4_csv(path: Path) -> tuple[float, float, np.ndarray]:
     return float(a[0, 0]), float(a[1, 0]), a[2:, 0]
 
 
-@pytest.mark.skipif(not WESAD.is_dir(), reason="real WESAD E4 data not present at ../shared/data/wesad-e4")
+@needs(WESAD.is_dir(), reason="real WESAD E4 data not present at ../shared/data/wesad-e4")
 def test_beat_rate_agrees_with_the_e4s_own_heart_rate_on_real_data() -> None:
     """Oracle: the HR.csv the E4 computed on-device, for 20 minutes of subject S2."""
     t0, fs, bvp = _e4_csv(WESAD / "S2" / "BVP.csv")
