@@ -31,6 +31,7 @@ from bleak import BleakClient, BleakScanner
 from bleak.exc import BleakError
 
 from bus import Publisher
+from bus.message import MAX_TIME_S
 from ingest import codec
 from ingest.clocks import SystemClock
 from ingest.device import DeviceIngest, Emit, IngestStats, status
@@ -124,12 +125,17 @@ class RawRecord:
 
 
 def read_raw_log(path: Path) -> Iterator[RawRecord]:
-    """The notifications of a raw log; a damaged line is skipped with a warning."""
+    """The notifications of a raw log; a damaged line is skipped with a warning (an arrival time
+    that is not a Unix time the bus can carry is damage too: found by fuzzing, an infinite one
+    became an infinite timestamp)."""
     with open(path, encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, 1):
             try:
                 obj = json.loads(line)
-                yield RawRecord(t_s=float(obj["t"]), device=str(obj["device"]), char=str(obj["char"]),
+                t_s = float(obj["t"])
+                if not 0 <= t_s < MAX_TIME_S:
+                    raise ValueError(f"arrival time {t_s} is not a Unix time")
+                yield RawRecord(t_s=t_s, device=str(obj["device"]), char=str(obj["char"]),
                                 data=bytes.fromhex(obj["data"]))
             except (ValueError, KeyError, TypeError) as exc:
                 log.warning("%s:%d: not a raw-log record (%s)", path, lineno, exc)

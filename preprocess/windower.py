@@ -30,7 +30,7 @@ windows independent of how the stream was cut into chunks and of reordering, as 
 chunk is later than ``late_s``.
 
 *Breaks.* Data more than ``max_gap_s`` after everything seen so far (device off, clock jump
-forward), or that far before the next window (clock jump back), ends the current stretch: its
+forward), or that far before the next window or the newest data (clock jump back), ends the current stretch: its
 windows are flushed (all that end by its last sample; none reaches past it) and the filters and
 grid start again.
 
@@ -389,6 +389,9 @@ class DeviceWindower:
         if self._newest_s is not None and (
             t_first > self._newest_s + self.config.max_gap_s
             or (self._emitted and t_first + (n - 1) / fs < self._next_k * self.config.hop_s - self.config.max_gap_s)
+            # before the first window too (found by fuzzing: a chunk at t=0 beside data of today
+            # made the buffers span 54 years of slots, terabytes)
+            or t_first + (n - 1) / fs < self._newest_s - WINDOW_S - self.config.late_s - self.config.max_gap_s
         ):
             self.counters["clock_jumps"] += 1
             out = self.flush()

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import io
 import json
 import math
@@ -439,7 +440,374 @@ def _random_zip_harness() -> Iterator[Callable[[Any], None]]:
 E4_ZIP_DAMAGED = Target("e4_zip_damaged", st.tuples(export_files(), st.integers(0, 2**16), st.integers(0, 255)),
                         _random_zip_harness, "replay.e4csv.read_source on zips with one damaged byte")
 
-TARGETS = (BUS_RANDOM, BUS_MUTATED, E4_EXPORTS, E4_ZIP_DAMAGED)
+
+# --------------------------------------------------------------------------------------------
+# BLE: the E4 packet decoders, one wristband's ingest pipeline, and the raw-log reader
+
+def _layouts() -> st.SearchStrategy:
+    from ingest.codec import Layout
+
+    return mostly(st.just(Layout()), st.builds(
+        Layout, temp_samples=st.integers(1, 8), eda_samples=st.integers(1, 8), acc_samples=st.integers(1, 8),
+        counter_byteorder=st.sampled_from(["big", "little"]), bvp_counter=st.booleans(),
+        eda_counter=st.booleans(), acc_counter=st.booleans(), temp_offset_c=st.floats(-300, 0)))
+
+
+def _packet(char: str, layout: Any, rng: np.random.Generator) -> bytes:
+    """A well-formed notification of ``char`` with random content and counter."""
+    from ingest import codec
+
+    counter = int(rng.integers(0, 2**16))
+    if char == "bvp":
+        return codec.encode_bvp(rng.integers(-64, 64, (codec.BVP_PAIRS, 2)), counter % 64)
+    if char == "eda":
+        return codec.encode_eda(rng.choice([0.0, 0.05, 1.0, 5.0, 40.0], layout.eda_samples) * rng.uniform(0.5, 2),
+                                counter, layout)
+    if char == "temp":
+        return codec.encode_temp(rng.uniform(20, 40, layout.temp_samples), layout)
+    if char == "acc":
+        return codec.encode_acc(rng.integers(-128, 128, (layout.acc_samples, 3)), counter, layout)
+    if char == "battery":
+        return codec.encode_battery(float(rng.uniform(0, 1)))
+    return codec.encode_button(bool(rng.integers(0, 2)))
+
+
+@st.composite
+def packets(draw: st.DrawFn, layout: Any, rng: np.random.Generator | None = None) -> tuple[str, bytes]:
+    """(characteristic, notification): a well-formed packet of random content, sometimes with a
+    byte changed, cut or added; or random bytes for a random characteristic."""
+    from ingest import codec
+
+    char = draw(st.sampled_from(codec.STREAMS))
+    data = _packet(char, layout, rng or np.random.default_rng(draw(st.integers(0, 2**32 - 1))))
+    edit = draw(st.sampled_from(["none"] * 6 + ["byte", "cut", "grow", "random"]))
+    if edit == "byte":
+        b = bytearray(data)
+        b[draw(st.integers(0, len(b) - 1))] = draw(st.integers(0, 255))
+        data = bytes(b)
+    elif edit == "cut":
+        data = data[:draw(st.integers(0, len(data) - 1))]
+    elif edit == "grow":
+        data += draw(st.binary(min_size=1, max_size=4))
+    elif edit == "random":
+        char, data = draw(st.sampled_from([*codec.STREAMS, "command", "x"])), draw(st.binary(max_size=24))
+    return char, data
+
+
+def _check_packet(case: tuple[Any, tuple[str, bytes]]) -> None:
+    from ingest import codec
+
+    layout, (char, data) = case
+    try:
+        pkt = codec.decode(char, data, layout)
+    except codec.DecodeError as exc:
+        assert exc.reason.isidentifier() and exc.char == char
+        return
+    assert pkt.char == char and len(pkt.values) >= 1
+    if pkt.values.dtype.kind == "f":
+        assert np.isfinite(pkt.values).all()
+    if char in codec.PERIODIC_RATES_HZ:
+        assert len(pkt.values) == layout.samples_per_packet(char)
+
+
+BLE_DECODE = Target("ble_decode", _layouts().flatmap(lambda lay: st.tuples(st.just(lay), packets(lay))),
+                    lambda: _stateless(_check_packet), "ingest.codec.decode on E4 notifications, valid and damaged")
+
+
+def _notifications(layout: Any, codes: list[int]) -> list[tuple[str, bytes, float]]:
+    """One notification per code (a single drawn integer each keeps generation cheap; its bits
+    choose the step since the last arrival, the characteristic and the damage, and seed the
+    content): nominal spacing with jitter, sometimes a clock stepping back, a long silence or
+    a reconnect ("link"); mostly well-formed packets, sometimes a byte changed, cut or added,
+    or random bytes."""
+    from ingest import codec
+
+    t, out = T0, []
+    for code in codes:
+        rng = np.random.default_rng(code)
+        step = code % 64
+        t += (rng.uniform(0, 0.2) if step < 56 else -rng.uniform(0, 5) if step < 59
+              else rng.uniform(0, 3600) if step < 63 else 0.0)
+        if step == 63:
+            out.append(("link", b"", t))
+            continue
+        char = codec.STREAMS[(code >> 6) % len(codec.STREAMS)]
+        data = _packet(char, layout, rng)
+        edit = (code >> 9) % 16
+        if edit == 12:
+            b = bytearray(data)
+            b[int(rng.integers(0, len(b)))] = int(rng.integers(0, 256))
+            data = bytes(b)
+        elif edit == 13:
+            data = data[:int(rng.integers(0, len(data)))]
+        elif edit == 14:
+            data += rng.bytes(int(rng.integers(1, 5)))
+        elif edit == 15:
+            char, data = [*codec.STREAMS, "command", "x"][int(rng.integers(0, 8))], rng.bytes(int(rng.integers(0, 25)))
+        out.append((char, data, t))
+    return out
+
+
+NOTIFICATION_RUNS = st.tuples(_layouts(), st.lists(st.integers(0, 2**32 - 1), min_size=1, max_size=60)).map(
+    lambda c: (c[0], _notifications(*c)))
+
+
+def emit_message(emit: Any, device: str, seq: int) -> Message:
+    return Message(kind=emit.kind, device=device, modality=emit.modality if emit.kind == "raw" else emit.kind,
+                   seq=seq, t0_s=emit.t0_s, fs_hz=emit.fs_hz, samples=emit.samples, meta=emit.meta)
+
+
+def _check_ingest(case: tuple[Any, list[tuple[str, bytes, float]]]) -> None:
+    """Every notification is decoded or counted as bad, and each message made is one the bus accepts."""
+    from ingest.device import DeviceIngest
+
+    layout, run = case
+    ingest = DeviceIngest(layout=layout)
+    for seq, (char, data, arrival) in enumerate(run):
+        if char == "link":
+            ingest.relink()
+            continue
+        for emit in ingest.packet(char, data, arrival):
+            decode(frames_of(emit_message(emit, "e4-0123456789abcdef", seq)))
+
+
+BLE_INGEST = Target("ble_device_ingest", NOTIFICATION_RUNS, lambda: _stateless(_check_ingest),
+                    "ingest.device.DeviceIngest (decode, timestamps, gaps, beats) on notification runs")
+
+
+RAW_LOG_LINES = st.lists(st.one_of(
+    st.fixed_dictionaries({"t": mostly(st.floats(T0, T0 + 100), ANY_FLOAT | JSON), "device": mostly(DEVICES, JSON),
+                           "char": mostly(st.sampled_from(["bvp", "eda", "temp", "acc", "battery", "button", "link"]),
+                                          JSON),
+                           "data": mostly(st.binary(max_size=24).map(bytes.hex), JSON)}).map(
+        lambda d: json.dumps(d)),
+    st.text(max_size=60)), max_size=30)
+
+
+@contextlib.contextmanager
+def _raw_log_harness() -> Iterator[Callable[[Any], None]]:
+    from ingest.ble import replay_raw_log
+
+    with tempfile.TemporaryDirectory(prefix="m3sense-fuzz-") as tmp:
+        path = Path(tmp) / "raw.jsonl"
+
+        def check(lines: list[str]) -> None:
+            path.write_text("\n".join(lines) + "\n", encoding="utf-8", errors="surrogatepass")
+            for device, emit in replay_raw_log(path):
+                assert isinstance(device, str) and math.isfinite(emit.t0_s) and math.isfinite(emit.fs_hz)
+
+        yield check
+
+
+RAW_LOG = Target("ble_raw_log_reader", RAW_LOG_LINES, _raw_log_harness,
+                 "ingest.ble.replay_raw_log (ble decode --raw-log) on damaged JSON-lines logs")
+
+
+# --------------------------------------------------------------------------------------------
+# The stages' message handlers, fed decoded messages in-process: a valid replay stream with
+# hostile messages and hostile edits of its own messages mixed in
+
+
+@functools.lru_cache(maxsize=8)
+def _base_stream(seed: int) -> tuple[Message, ...]:
+    """A replayed 30 s wristband (labelled) as the bus carries it: what the handlers normally get."""
+    from replay import LabelInterval, recording_messages
+    from tests.preprocess_helpers import T0 as REC_T0
+    from tests.preprocess_helpers import make_recording
+
+    rec = make_recording(30.0, seed=seed, device="d1",
+                         labels=[LabelInterval(start_s=REC_T0, end_s=REC_T0 + 30, task="stress", label="stress")])
+    return tuple(msg for _, msg in recording_messages(rec))
+
+
+@st.composite
+def hostile_edit(draw: st.DrawFn, msg: Message) -> Message:
+    """``msg`` with one field made hostile, still a message the encoder accepts."""
+    what = draw(st.sampled_from(["samples", "t0", "fs", "meta", "meta_field", "device", "arrays"]))
+    if what == "samples":
+        return replace(msg, samples=draw(arrays() | st.sampled_from([
+            np.full(6, np.nan), np.full(6, np.inf), np.full(6, 1e308), np.zeros((6, 4)), np.zeros(0),
+            np.ones(50_000), np.full(11, -1e300)])))
+    if what == "t0":
+        return replace(msg, t0_s=draw(st.sampled_from([0.0, MAX_TIME_S - 1, msg.t0_s + 1e6, msg.t0_s - 1e6])
+                                      | st.floats(0, MAX_TIME_S, exclude_max=True)))
+    if what == "fs":
+        return replace(msg, fs_hz=draw(st.sampled_from([0.0, MIN_RATE_HZ, MAX_RATE_HZ, msg.fs_hz * 2.0001])
+                                       | st.floats(MIN_RATE_HZ, MAX_RATE_HZ)))
+    if what == "meta":
+        return replace(msg, meta=draw(_meta_for(msg.kind)))
+    if what == "meta_field":
+        key = draw(st.sampled_from([*msg.meta, "event", "source", "task", "label", "t_end", "quality", "tasks"]))
+        return replace(msg, meta={**msg.meta, key: draw(JSON | HOSTILE_FLOATS.filter(math.isfinite))})
+    if what == "device":
+        return replace(msg, device=draw(DEVICES))
+    return replace(msg, arrays=draw(st.dictionaries(st.sampled_from(["bvp", "eda", "bvp_mask", "x"]), arrays(),
+                                                    max_size=3)))
+
+
+@st.composite
+def hostile_streams(draw: st.DrawFn, kinds: tuple[str, ...], base: Callable[[int], tuple[Message, ...]]) -> list:
+    """Frames: a base stream in order, with some of its messages edited or dropped and hostile
+    messages (valid-looking or mutated frames) inserted."""
+    stream = list(base(draw(st.integers(0, 7))))
+    for _ in range(draw(st.integers(0, 4))):
+        i = draw(st.integers(0, len(stream) - 1))
+        stream[i] = draw(hostile_edit(stream[i])) if draw(st.booleans()) else stream[i]
+    out: list[list[bytes]] = [frames_of(m) for m in stream]
+    for _ in range(draw(st.integers(0, 4))):
+        extra = draw(st.sampled_from(["message", "mutated"]))
+        frames = frames_of(draw(messages(kinds))) if extra == "message" else draw(mutated_frames())
+        out.insert(draw(st.integers(0, len(out))), frames)
+    if draw(st.integers(0, 9)) == 0:
+        del out[draw(st.integers(0, len(out) - 1))]  # one lost on the way
+    return out
+
+
+def _receiver() -> Any:
+    """A real Subscriber's receive path (decode, malformed counts, sequence gaps) without a socket."""
+    from bus import Subscriber
+
+    return Subscriber("tcp://127.0.0.1:9", [""])
+
+
+@contextlib.contextmanager
+def _preprocess_harness() -> Iterator[Callable[[Any], None]]:
+    from preprocess.preprocessor import Preprocessor
+
+    def check(stream: list[list[bytes]]) -> None:
+        pre, sub, seq = Preprocessor(device_timeout_s=30.0), _receiver(), 0
+        for k, frames in enumerate(stream):
+            msg = sub._accept(frames)
+            now = k * 0.05
+            out = pre.push(msg, now_s=now) if msg is not None else []
+            out += pre.expire(now)
+            for item in [*out, *pre.take_ended()]:  # what preprocess.node._publish sends
+                check_decoded(decode(frames_of(item.to_message(seq=seq))))
+                seq += 1
+        for item in [*pre.flush(), *pre.take_ended()]:
+            check_decoded(decode(frames_of(item.to_message(seq=seq))))
+
+    yield check
+
+
+PREPROCESS = Target("preprocess_handler", hostile_streams(("raw", "label", "status", "window", "affect"), _base_stream),
+                    _preprocess_harness, "preprocess.Preprocessor push/expire/flush on hostile streams; every "
+                    "window and end marker it makes must decode")
+
+
+@functools.lru_cache(maxsize=8)
+def _store_stream(seed: int) -> tuple[Message, ...]:
+    """A replayed wristband and the affect answers for it."""
+    from tests.servers import affect_meta
+
+    base = list(_base_stream(seed))
+    t = base[0].t0_s
+    answers = [Message(kind="affect", device="d1", modality="affect", seq=k, t0_s=t + 20 + 5 * k, fs_hz=0.0,
+                       meta=affect_meta(t + 20 + 5 * k, low_quality=k == 1)) for k in range(3)]
+    end = Message(kind="affect", device="d1", modality="affect", seq=3, t0_s=t + 40, fs_hz=0.0,
+                  meta={"event": "end"})
+    return (*base[:-1], *answers, base[-1], end)
+
+
+@contextlib.contextmanager
+def _store_harness() -> Iterator[Callable[[Any], None]]:
+    """The store node's own handler (``StoreNode._handle``) into a real SQLite file."""
+    from storage.node import StoreNode
+    from storage.sqlite import SqliteSink
+
+    loop = asyncio.new_event_loop()
+    with tempfile.TemporaryDirectory(prefix="m3sense-fuzz-") as tmp:
+        count = [0]
+
+        async def one(stream: list[list[bytes]]) -> None:
+            count[0] += 1
+            async with SqliteSink(Path(tmp) / f"c{count[0] % 4}.db") as sink:
+                node, sub = StoreNode("tcp://127.0.0.1:9", sink), _receiver()
+                for frames in stream:
+                    msg = sub._accept(frames)
+                    if msg is not None:
+                        await node._handle(sub, msg)
+                await sink.write(node.builder.flush())
+
+        try:
+            yield lambda stream: loop.run_until_complete(one(stream))
+        finally:
+            loop.close()
+
+
+STORE = Target("store_handler", hostile_streams(("raw", "status", "affect", "window", "label"), _store_stream),
+               _store_harness, "storage.node.StoreNode._handle on hostile streams, into SQLite")
+
+
+@functools.lru_cache(maxsize=8)
+def _window_message(seed: int) -> Message:
+    from tests.model_helpers import window
+
+    return window(device="d1", t0=T0 + 5 * seed, seed=seed, labels={"stress": "stress"}).to_message(seq=seed)
+
+
+@st.composite
+def hostile_windows(draw: st.DrawFn) -> list[list[bytes]]:
+    """A few window messages, each valid or with hostile fields (meta values, quality fields,
+    arrays of any shape, dtype or value), then the device's end marker."""
+    out = []
+    for k in range(draw(st.integers(1, 4))):
+        msg = replace(_window_message(draw(st.integers(0, 7))), seq=k)
+        for _ in range(draw(st.integers(0, 3))):
+            what = draw(st.sampled_from(["edit", "quality", "array"]))
+            if what == "edit":
+                msg = draw(hostile_edit(msg))
+            elif what == "quality":
+                q = dict(msg.meta.get("quality") or {})
+                q[draw(st.sampled_from([*q, "x"]))] = draw(JSON | HOSTILE_FLOATS.filter(math.isfinite))
+                msg = replace(msg, meta={**msg.meta, "quality": q})
+            else:
+                name = draw(st.sampled_from([*msg.arrays, "x"]))
+                a = draw(arrays(max_dims=2, max_side=8) | st.sampled_from(
+                    [np.full_like(msg.arrays.get(name, np.zeros(80)), np.nan), np.full((1280,), 1e308),
+                     np.zeros((80, 3)), np.full((640, 3), -np.inf)]))
+                msg = replace(msg, arrays={**msg.arrays, name: a})
+        out.append(frames_of(msg))
+    end = Message(kind="window", device="d1", modality="window", seq=len(out), t0_s=T0 + 60, fs_hz=0.0,
+                  meta={"event": "end"})
+    return out + [frames_of(end)]
+
+
+@contextlib.contextmanager
+def _infer_harness() -> Iterator[Callable[[Any], None]]:
+    """The infer node's path for each message, in its order (inference.node.serve): the meta
+    check, the node's MicroBatcher, the shipped model's answers with fresh calibrations, and
+    the affect message, which the bus must accept."""
+    from inference.answer import Calibrations, load_answerer
+    from inference.calibration import CalibrationConfig
+    from inference.dataset import window_meta_problem
+    from inference.node import MicroBatcher, is_end_marker
+    from inference.predict import affect_meta
+
+    answerer = load_answerer(None, backend="onnx", threads=1)
+
+    def check(stream: list[list[bytes]]) -> None:
+        calibrations = Calibrations(answerer.calibration_config or CalibrationConfig())
+        batcher, sub = MicroBatcher(max_batch=4, max_wait_s=0.0), _receiver()
+        for k, frames in enumerate(stream):
+            msg = sub._accept(frames)
+            if msg is None or (not is_end_marker(msg) and window_meta_problem(msg.meta) is not None):
+                continue  # counted and dropped by the node
+            for due in batcher.push(msg, float(k)):
+                results = answerer.answer_windows(list(due.windows), calibrations) if due.windows else []
+                for window, answers in zip(due.windows, results):
+                    meta = affect_meta(window, answers, answerer.model_id)
+                    check_decoded(decode(frames_of(Message(kind="affect", device=window.device, modality="affect",
+                                                           seq=0, t0_s=meta["t_end"], fs_hz=0.0, meta=meta))))
+
+    yield check
+
+
+INFER = Target("infer_handler", hostile_windows(), _infer_harness,
+               "inference: window meta check, MicroBatcher and the shipped model's answers on hostile windows")
+
+TARGETS = (BUS_RANDOM, BUS_MUTATED, E4_EXPORTS, E4_ZIP_DAMAGED, BLE_DECODE, BLE_INGEST, RAW_LOG,
+           PREPROCESS, STORE, INFER)
 
 
 def run(target: Target, examples: int = EXAMPLES, counter: list[int] | None = None) -> None:

@@ -55,3 +55,23 @@ def test_label_interval_outside_the_recording_is_refused_with_its_line(tmp_path:
     (folder / "labels.csv").write_text(f"start,end,task,label\n\n{start},{end},stress,stress\n")
     with pytest.raises(DataError, match=r"labels\.csv:3: interval starting at .* is outside the recording"):
         read_source(folder)
+
+
+def test_a_chunk_from_long_ago_before_the_first_window_is_a_clock_jump_not_terabytes() -> None:
+    """Found by the preprocess target: before any window was out, an EDA chunk stamped t=0
+    beside today's data made the windower reserve buffers for every slot in between."""
+    import numpy as np
+
+    from bus import Message
+    from preprocess.preprocessor import Preprocessor
+    from replay import recording_messages
+    from tests.preprocess_helpers import make_recording
+
+    pre = Preprocessor()
+    stream = [msg for _, msg in recording_messages(make_recording(10.0, seed=1, device="d1"))]
+    for msg in stream[:-1]:  # ten seconds of data: no window yet
+        pre.push(msg, now_s=0.0)
+    ancient = Message(kind="raw", device="d1", modality="eda", seq=0, t0_s=0.0, fs_hz=4.0, samples=np.ones(6))
+    pre.push(ancient, now_s=0.0)
+    assert pre.counters()["clock_jumps"] == 1
+    assert pre.nbytes() < 2**20
