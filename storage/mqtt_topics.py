@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -255,8 +255,3 @@ class MessageBuilder:
                 d.online = False
                 out.append(self._control(self.layout.availability(device), OFFLINE.encode()))
         return out
-
-
-def discovery_keys(messages: Iterable[Outgoing]) -> list[str]:
-    """The discovery config topics among ``messages`` (for logs and tests)."""
-    return [m.topic for m in messages if m.topic.endswith("/config")]
