@@ -6,7 +6,7 @@ What the inference node uses::
     answerer = load_answerer()          # the shipped default bundle (or a checkpoint / .onnx / bundle path)
     cals = Calibrations(answerer.calibration_config, CalibrationStore(folder))
     answers = answerer.answer_windows(window_messages, cals)   # per window: {task: Answer}
-    meta = affect_meta(window_message, {t: a.to_json() for t, a in answers[0].items()}, answerer.model_id)
+    meta = affect_meta(window_message, answers[0], answerer.model_id)
 
 The names below are imported on first use: ``inference.cli`` lives in this package and
 ``m3sense --help`` must not pay for importing torch.

@@ -133,7 +133,7 @@ async def serve(
                 metrics.observe(time.perf_counter() - started)
             counters["batches"] += 1
             for msg, answers in zip(due.windows, results):
-                meta = affect_meta(msg, {t: a.to_json() for t, a in answers.items()}, predictor.model_id)
+                meta = affect_meta(msg, answers, predictor.model_id)
                 meta.update(lineage(msg))
                 counters["answered"] += 1
                 for status in {a.status for a in answers.values()} - {"ok"}:

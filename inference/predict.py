@@ -12,7 +12,9 @@ import hashlib
 import os
 import tempfile
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -21,6 +23,9 @@ from bus import Message
 from inference.baselines import scaled
 from inference.checkpoint import Checkpoint
 from inference.dataset import reference_levels
+
+if TYPE_CHECKING:
+    from inference.answer import Answer
 
 BACKENDS = ("onnx", "torch")
 
@@ -107,18 +112,39 @@ class Predictor:
         return [{t: a.to_json() for t, a in answers.items()} for answers in answerer.answer_windows(windows, None)]
 
 
-def affect_meta(window: Message, tasks: Mapping[str, dict], model_id: str) -> dict:
-    """The meta of the ``affect`` message answering ``window`` (interfaces.md). A replayed
-    window's ground truth rides along as ``labels``, so stores can keep prediction and truth side by side."""
-    meta = {
-        "t_end": float(window.meta.get("t_end", window.t0_s)),
-        "t_start": float(window.t0_s),
-        "model": model_id,
-        "source": window.meta.get("source", "live"),
-        "quality": dict(window.meta.get("quality") or {}),
-        "tasks": dict(tasks),
-    }
-    truth = window.meta.get("labels")
-    if isinstance(truth, Mapping) and any(v is not None for v in truth.values()):
-        meta["labels"] = dict(truth)
-    return meta
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AffectMeta:
+    """What an ``affect`` message says about one window (notes/interfaces.md), typed up to the
+    bus: the answers stay :class:`inference.answer.Answer` records until :meth:`to_meta`
+    writes the wire form that storage reads back (and checks, as it does any bus input)."""
+
+    t_end_s: float
+    t_start_s: float
+    model: str
+    source: str
+    quality: Mapping[str, Any]
+    answers: Mapping[str, Answer]
+    #: a replayed window's ground truth per task, so stores keep prediction and truth side by side
+    labels: Mapping[str, str | None] | None = None
+
+    @classmethod
+    def for_window(cls, window: Message, answers: Mapping[str, Answer], model_id: str) -> AffectMeta:
+        truth = window.meta.get("labels")
+        return cls(t_end_s=float(window.meta.get("t_end", window.t0_s)), t_start_s=float(window.t0_s),
+                   model=model_id, source=window.meta.get("source", "live"),
+                   quality=dict(window.meta.get("quality") or {}), answers=dict(answers),
+                   labels=dict(truth) if isinstance(truth, Mapping) and any(v is not None for v in truth.values())
+                   else None)
+
+    def to_meta(self) -> dict[str, Any]:
+        meta: dict[str, Any] = {"t_end": self.t_end_s, "t_start": self.t_start_s, "model": self.model,
+                                "source": self.source, "quality": dict(self.quality),
+                                "tasks": {t: a.to_json() for t, a in self.answers.items()}}
+        if self.labels is not None:
+            meta["labels"] = dict(self.labels)
+        return meta
+
+
+def affect_meta(window: Message, answers: Mapping[str, Answer], model_id: str) -> dict[str, Any]:
+    """The meta of the ``affect`` message answering ``window``: :class:`AffectMeta`'s wire form."""
+    return AffectMeta.for_window(window, answers, model_id).to_meta()
