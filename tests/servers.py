@@ -414,10 +414,12 @@ class MosquittoServer:
     (``stop()`` then ``start()``, same port) forgets every retained message, the hardest case
     for a client. Logs are kept in ``log``."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, *, tls: bool = False) -> None:
         self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
+        self.tls_port = free_port() if tls else None
+        self.ca_file = folder / "ca.pem" if tls else None
         self.password = os.urandom(8).hex()
         self.reader_password = os.urandom(8).hex()
         passwd = folder / "passwd"
@@ -430,9 +432,27 @@ class MosquittoServer:
         self.config.write_text(
             f"per_listener_settings false\nallow_anonymous false\npassword_file {passwd}\nacl_file {acl}\n"
             f"persistence false\nlog_dest stderr\nlog_type error\nlog_type warning\nlog_type notice\n"
-            f"log_type information\nconnection_messages true\nuser root\nlistener {self.port} 127.0.0.1\n")
+            f"log_type information\nconnection_messages true\nuser root\nlistener {self.port} 127.0.0.1\n"
+            + (self._tls_listener() if tls else ""))
         self._proc: subprocess.Popen | None = None
         self.log: list[str] = []
+
+    def _tls_listener(self) -> str:
+        """A second listener with TLS: a throw-away CA (``ca_file``) signs a certificate for 127.0.0.1."""
+        d = self.folder
+
+        def openssl(*args: str) -> None:
+            subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)
+
+        openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(d / "ca.key"), "-out", str(d / "ca.pem"),
+                "-days", "2", "-subj", "/CN=m3sense test CA")
+        openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(d / "server.key"), "-out", str(d / "server.csr"),
+                "-subj", "/CN=127.0.0.1")
+        (d / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+        openssl("x509", "-req", "-in", str(d / "server.csr"), "-CA", str(d / "ca.pem"), "-CAkey", str(d / "ca.key"),
+                "-CAcreateserial", "-out", str(d / "server.pem"), "-days", "2", "-extfile", str(d / "san.ext"))
+        return (f"listener {self.tls_port} 127.0.0.1\ncafile {d / 'ca.pem'}\ncertfile {d / 'server.pem'}\n"
+                f"keyfile {d / 'server.key'}\n")
 
     def start(self, timeout_s: float = 30.0) -> "MosquittoServer":
         assert MOSQUITTO is not None
@@ -502,6 +522,18 @@ def mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MosquittoSer
     if MOSQUITTO is None or MOSQUITTO_PASSWD is None or MOSQUITTO_SUB is None:
         skip_or_fail("mosquitto not installed (apt-get install mosquitto mosquitto-clients)")
     server = MosquittoServer(tmp_path_factory.mktemp("mosquitto")).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def mosquitto_tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MosquittoServer]:
+    """A broker with a TLS listener too (``tls_port``, its CA in ``ca_file``), made with openssl."""
+    if MOSQUITTO is None or MOSQUITTO_PASSWD is None or MOSQUITTO_SUB is None or shutil.which("openssl") is None:
+        skip_or_fail("mosquitto or openssl not installed (apt-get install mosquitto mosquitto-clients openssl)")
+    server = MosquittoServer(tmp_path_factory.mktemp("mosquitto-tls"), tls=True).start()
     try:
         yield server
     finally:

@@ -19,8 +19,8 @@ from storage.target import parse_sink
 from tests.conftest import Proc, run_cli
 from tests.servers import MosquittoServer
 
-__all__ = ["mosquitto"]  # the fixture, used below
-from tests.servers import mosquitto  # noqa: E402,F401
+__all__ = ["mosquitto", "mosquitto_tls"]  # the fixtures, used below
+from tests.servers import mosquitto, mosquitto_tls  # noqa: E402,F401
 
 T0 = 1_700_000_000.0
 
@@ -297,3 +297,22 @@ def test_store_counts_per_sink_what_a_broker_gone_for_good_lost(mosquitto: Mosqu
     assert "buffered when the store stopped" in mqtt_report["error"]
     last = err.splitlines()[-1]
     assert "12 lost" in last and "mqtt://127.0.0.1" in last
+
+
+def test_tls_with_the_brokers_ca_and_refused_without_it(mosquitto_tls: MosquittoServer) -> None:
+    server = mosquitto_tls
+    good = parse_sink(f"mqtts://127.0.0.1:{server.tls_port}?user=m3sense&ca={server.ca_file}")
+    unknown_ca = parse_sink(f"mqtts://127.0.0.1:{server.tls_port}?user=m3sense")
+
+    async def main() -> None:
+        records = session("dev1", 3)
+        async with MqttSink(good.with_credentials(None, server.password)) as sink:
+            assert sink.connected
+            await sink.write(records)
+            await sink.flush()
+            assert sink.counters.written == len(records)
+        async with MqttSink(unknown_ca.with_credentials(None, server.password), close_timeout_s=0.2) as sink:
+            assert not sink.connected and "certificate verify failed" in sink.last_error.lower()
+
+    asyncio.run(main())
+    assert json.loads(server.retained("m3sense/dev1/stress/state")["m3sense/dev1/stress/state"])["t"] == T0 + 20
