@@ -279,6 +279,9 @@ def decode(frames: Sequence[Any]) -> Message:
         raise MalformedMessage("rate", f"fs={fs} Hz outside [{MIN_RATE_HZ}, {MAX_RATE_HZ}]")
     end = fixed.size + 4 * ndim
     shape = _DIMS[ndim].unpack_from(head, fixed.size)
+    if fs and t0 + (shape[0] if ndim else 1) / fs >= MAX_TIME_S:  # the last sample too (found by fuzzing:
+        # a chunk ending past the bound made preprocess publish an end marker the bus refused)
+        raise MalformedMessage("time", f"samples from t0={t0} at {fs} Hz end after {MAX_TIME_S:.0f}")
     samples = _array(frames[2], _BY_CODE[code], shape, "samples")
     arrays: dict[str, np.ndarray] = {}
     meta: dict[str, Any] = {}
@@ -294,4 +297,5 @@ def decode(frames: Sequence[Any]) -> Message:
                    samples=samples, arrays=arrays, meta=meta, version=version, incarnation=incarnation)
 
 
-__all__ = ["DTYPES", "DTYPE_CODES", "HEADER_SIZE", "KINDS", "SCHEMA_VERSION", "MalformedMessage", "Message", "decode", "encode"]
+__all__ = ["DTYPES", "DTYPE_CODES", "HEADER_SIZE", "KINDS", "SCHEMA_VERSION", "MalformedMessage", "Message", "decode",
+           "encode"]

@@ -87,7 +87,7 @@ class StageMetrics:
     def observe(self, seconds: float) -> None:
         self._latency.observe(seconds)
 
-    def timer(self) -> "_Timer":
+    def timer(self) -> _Timer:
         return _Timer(self)
 
     def describe(self) -> list:
@@ -158,7 +158,7 @@ class _Timer:
     def __enter__(self) -> None:
         self._t = time.perf_counter()
 
-    def __exit__(self, *_: Any) -> None:
+    def __exit__(self, *_: object) -> None:
         self._m.observe(time.perf_counter() - self._t)
 
 
@@ -184,7 +184,8 @@ def start_metrics(args: argparse.Namespace, stage: str) -> StageMetrics | None:
     try:
         host, bound = metrics.serve(args.metrics_host, port)
     except OSError as exc:
-        raise UserError(f"--metrics-port {port}: cannot listen on {args.metrics_host} ({exc.strerror or exc})") from None
+        why = exc.strerror or exc
+        raise UserError(f"--metrics-port {port}: cannot listen on {args.metrics_host} ({why})") from None
     try:
         wide = not ipaddress.ip_address(host).is_loopback
     except ValueError:

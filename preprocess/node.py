@@ -32,7 +32,7 @@ DROPS = ("bad_rate", "oversized", "malformed", "bad_labels", "bad_tags", "invali
          "dropped_samples")
 
 
-async def _publish(pub: Publisher, pre: Preprocessor, windows: list[Window]) -> None:
+async def _publish(pub: Publisher, pre: Preprocessor, windows: list[Window], end_wait_s: float = END_WAIT_S) -> None:
     """The windows, then the end markers of the devices that closed (a device's end always
     follows its last window: both go out in order on its one topic). Each says the hop of its
     grid, so a store can count the windows lost across a restart of this stage."""
@@ -41,8 +41,8 @@ async def _publish(pub: Publisher, pre: Preprocessor, windows: list[Window]) -> 
         await pub.send(dataclasses.replace(msg, meta={**msg.meta, "hop_s": pre.config.hop_s}))
     for end in pre.take_ended():
         topic = topic_for(WINDOW, end.device)
-        if await pub.wait_for_subscribers([topic], END_WAIT_S):
-            log.warning("no subscriber for %s after %.0f s: its end marker is lost", topic, END_WAIT_S)
+        if await pub.wait_for_subscribers([topic], end_wait_s):
+            log.warning("no subscriber for %s after %.0f s: its end marker is lost", topic, end_wait_s)
         await pub.send(end.to_message(seq=pub.next_seq(topic)))
 
 
@@ -106,7 +106,7 @@ async def serve(
         finally:
             # runs on cancellation too: the pending windows still reach the bus (the
             # publisher only flushes by itself on a normal exit)
-            await _publish(pub, pre, pre.flush())
+            await _publish(pub, pre, pre.flush(), end_wait_s=0)  # stopping: no waiting for anyone
             await pub.flush()
             if report is not None:
                 report(totals(sub))

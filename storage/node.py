@@ -26,7 +26,6 @@ from collections import Counter
 from collections.abc import Callable
 
 from bus import AFFECT, RAW, STATUS, Message, Subscriber, topic_for
-
 from storage.positions import LedgerFile, WindowLedger, has_lineage
 from storage.records import RecordBuilder
 from storage.sink import Sink

@@ -105,7 +105,7 @@ class WindowLedger:
                           separators=(",", ":"), sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> "WindowLedger":
+    def from_json(cls, text: str) -> WindowLedger:
         """A ledger from :meth:`to_json`; entries that do not parse are left out (a fresh start for them)."""
         try:
             doc = json.loads(text)

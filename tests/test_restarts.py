@@ -36,7 +36,8 @@ def model(tmp_path_factory) -> Path:
     config = ModelConfig(cnn_channels=(8, 4), embed_dim=16, lstm_hidden=16, fusion_dim=16, task_dim=24,
                          fc_dims=(24, 16), latent_dim=8, head_hidden=8)
     norm = Normalizer(per_window=("bvp",), mean={"eda": 2.0, "temp": 33.0}, std={"eda": 1.0, "temp": 1.0})
-    return save_checkpoint(tmp_path_factory.mktemp("restarts") / "tiny", M3Sense(config), norm, {"trained_on": ["test"]})
+    folder = tmp_path_factory.mktemp("restarts")
+    return save_checkpoint(folder / "tiny", M3Sense(config), norm, {"trained_on": ["test"]})
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +129,8 @@ def test_kill_9_of_preprocess_keeps_source_and_ground_truth(hub: Hub, procs: lis
     pipe.replay_killing(src, "preprocess")
     lost = _assert_every_window_accounted_for(pipe, truth)
     with sqlite3.connect(pipe.db) as conn:
-        rows = conn.execute("SELECT device, t_start_s, source, true_label FROM affect WHERE task = 'emotion'").fetchall()
+        rows = conn.execute("SELECT device, t_start_s, source, true_label FROM affect "
+                            "WHERE task = 'emotion'").fetchall()
         gaps = conn.execute("SELECT detail FROM device_status WHERE event = 'bus_gap'").fetchall()
     assert {source for _, _, source, _ in rows} == {"replay"}  # not "live": the restarted stage was told
     # every window, before and after the restart, carries the ground truth the offline path gives it

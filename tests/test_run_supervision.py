@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 import re
 import select
-import sqlite3
 import signal
+import sqlite3
 import subprocess
 from pathlib import Path
 
@@ -127,7 +127,8 @@ def _gone_within(pid: int, timeout_s: float) -> bool:
 
 
 @pytest.mark.skipif(not hasattr(os, "pidfd_open"), reason="needs Linux pidfds")
-def test_a_stage_killed_mid_run_is_started_again_and_the_run_says_what_was_lost(tmp_path: Path, model: Path) -> None:
+def test_a_stage_killed_mid_run_is_started_again_and_the_run_says_what_was_lost(tmp_path: Path,
+                                                                             model: Path) -> None:  # noqa: F811
     run = _Run(tmp_path, "--model", str(model), "--tasks", "stress", minutes="6", speed="20")
     try:
         os.kill(run.stages["infer"], signal.SIGKILL)
