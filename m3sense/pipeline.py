@@ -323,6 +323,8 @@ def outcome(result: PipelineResult, sink: str, devices: int) -> tuple[int, list[
         where = store.get("sink") or sink
         parts.append(f"{written} records ({store.get('affect_records', 0)} affect) written to {where}"
                      if written else f"nothing reached {where}")
+        if result.restarts.get("store"):  # a killed store reports nothing: what it wrote is in the sink, uncounted
+            parts[-1] += " by the store started last"
         if spooled:
             parts.append(f"{spooled} points wait in the spool {store.get('spool_dir')}; the next `m3sense store` or "
                          "`m3sense run` with this sink sends them first")

@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
@@ -26,13 +26,15 @@ arrays = st.sampled_from(sorted(DTYPES)).flatmap(
 def messages(draw: st.DrawFn) -> Message:
     kind = draw(st.sampled_from(["raw", "window", "affect", "label", "status"]))
     modality = draw(names) if kind == "raw" else kind
-    return Message(
+    msg = Message(
         kind=kind, device=draw(names), modality=modality, seq=draw(st.integers(0, 2**62)),
         t0_s=draw(st.floats(0, MAX_TIME_S, exclude_max=True)),
         fs_hz=draw(st.just(0.0) | st.floats(MIN_RATE_HZ, MAX_RATE_HZ)), samples=draw(arrays),
         arrays=draw(st.dictionaries(names, arrays, max_size=3)),
         meta=draw(st.dictionaries(st.text(max_size=8), json_values, max_size=4)),
     )
+    assume(not msg.fs_hz or msg.t0_s + msg.n / msg.fs_hz < MAX_TIME_S)  # its last sample is within range too
+    return msg
 
 
 def _same(a: np.ndarray, b: np.ndarray) -> bool:

@@ -75,3 +75,21 @@ def test_a_chunk_from_long_ago_before_the_first_window_is_a_clock_jump_not_terab
     pre.push(ancient, now_s=0.0)
     assert pre.counters()["clock_jumps"] == 1
     assert pre.nbytes() < 2**20
+
+
+def test_a_raw_chunk_ending_after_the_bus_time_bound_is_malformed() -> None:
+    """Found by the preprocess target: a chunk starting just inside the bound but ending past it
+    was accepted, and preprocess's end marker for that device (at the data's end) was then
+    refused by every stage downstream."""
+    import numpy as np
+
+    from bus import Message, MalformedMessage, decode, encode
+    from bus.message import MAX_TIME_S
+
+    chunk = Message(kind="raw", device="d1", modality="eda", seq=0, t0_s=MAX_TIME_S - 1, fs_hz=4.0,
+                    samples=np.ones(8))
+    with pytest.raises(MalformedMessage) as exc:
+        decode([bytes(f) for f in encode(chunk)])
+    assert exc.value.reason == "time"
+    ok = Message(kind="raw", device="d1", modality="eda", seq=0, t0_s=MAX_TIME_S - 3, fs_hz=4.0, samples=np.ones(8))
+    assert decode([bytes(f) for f in encode(ok)]).t0_s == MAX_TIME_S - 3
