@@ -8,6 +8,7 @@ import select
 import signal
 import sqlite3
 import subprocess
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -35,6 +36,17 @@ def test_outcome_is_0_only_when_everything_reached_the_sink() -> None:
     code, lines = outcome(PipelineResult(store=None, exit_codes={"store": 1}, tails={"store": ["boom"]}), "x", 1)
     assert code == 1 and "unknown" in lines[0] and lines[-2:] == ["run: stage store exited with code 1 when asked "
                                                                   "to stop; its last messages:", "  [store] boom"]
+
+
+def test_outcome_of_a_run_whose_store_was_restarted_names_the_restart_and_the_lost_windows() -> None:
+    store = {**STORE_OK, "lost_windows": 7, "lost_windows_by_device": {"s1": 7}, "exit_code": 1}
+    result = PipelineResult(store=store, exit_codes={"preprocess": 0, "infer": 0, "store": 0},
+                            restarts=Counter(store=1), deaths=["store was killed by SIGKILL while replaying"])
+    code, lines = outcome(result, "sqlite:/x.db", 1)
+    assert code == 1
+    assert "written to sqlite:/x.db by the store started last; none lost; 7 windows never reached the store " \
+           "(s1 7; stored as bus_gap rows)" in lines[0]
+    assert lines[-1] == "run: restarted store 1 time(s): store was killed by SIGKILL while replaying"
 
 
 def _overflowing_export(tmp_path: Path) -> Path:
