@@ -196,8 +196,9 @@ def _feature_probs(row: Row, data: WindowSet, part: Split, seed: int, setup: Set
 def _fit(data: WindowSet, part: Split, tasks: Sequence[str], row: Row, seed: int, setup: Setup, *,
          train: np.ndarray | None = None, val: np.ndarray | None = None, unlabeled: np.ndarray, model=None,
          normalizer=None, keep_labels: Sequence[str] | None = None, few: bool = False):
-    """Train one network on ``tasks`` (labels of ``keep_labels`` only, if given) and give its
-    test-part probabilities; None when the training side holds fewer than two labelled windows."""
+    """Train one network on ``tasks`` (labels of ``keep_labels`` only, if given): (model, its
+    test-part probabilities, its normaliser), all None when the training side holds fewer than two
+    labelled windows."""
     base = ModelConfig()
     cfg = model.cfg if model is not None else ModelConfig(
         fusion=row.model, tasks=tuple(tasks), modalities=row.modalities, classes={t: base.classes[t] for t in tasks})
