@@ -28,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-n", "--cases", type=int, default=10_000, help="cases per target (default 10000)")
     p.add_argument("--only", help="comma-separated target names (default: all)")
+    p.add_argument("--seconds", type=float, help="stop a target after this long (its row says how many cases ran)")
     p.add_argument("--json", action="store_true", help="one JSON object per target instead of a table row")
     args = p.parse_args(argv)
     logging.disable(logging.WARNING)  # the readers' and decoders' own warnings, thousands of them
@@ -40,20 +41,24 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{'target':<22} {'cases':>7} {'crashes':>7} {'seconds':>8}  what")
     crashed = 0
     for name in names:
-        target, counter, crashes = by_name[name], [0], 0
+        target, counter, crashes, timed_out = by_name[name], [0], 0, False
         start = time.perf_counter()
+        until = None if args.seconds is None else start + args.seconds
         try:
-            ft.run(target, args.cases, counter)
+            ft.run(target, args.cases, counter, until=until)
+        except ft.TimeUp:
+            timed_out = True
         except Exception as exc:  # a crash: Hypothesis re-raises it (several as an ExceptionGroup)
             crashes = len(exc.exceptions) if isinstance(exc, BaseExceptionGroup) else 1
             traceback.print_exc(file=sys.stderr)
         seconds = time.perf_counter() - start
         crashed += crashes
+        note = f" (stopped after {args.seconds:g} s)" if timed_out else ""
         if args.json:
-            print(json.dumps({"target": name, "cases": counter[0], "crashes": crashes, "seconds": round(seconds, 1)}),
-                  flush=True)
+            print(json.dumps({"target": name, "cases": counter[0], "crashes": crashes, "seconds": round(seconds, 1),
+                              "timed_out": timed_out}), flush=True)
         else:
-            print(f"{name:<22} {counter[0]:>7} {crashes:>7} {seconds:>8.1f}  {target.what}", flush=True)
+            print(f"{name:<22} {counter[0]:>7} {crashes:>7} {seconds:>8.1f}  {target.what}{note}", flush=True)
     return 1 if crashed else 0
 
 

@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import re
 import zipfile
+import zlib
 from pathlib import Path
+from xml.etree import ElementTree
 
 import numpy as np
 
@@ -43,6 +45,10 @@ _STREAMS = {"acc": "ACC", "bvp": "BVP", "eda": "EDA", "temp": "TEMP", "hr": "HR"
 _PID = re.compile(r"^P\d{3}$")
 
 
+#: What a damaged workbook raises from zipfile, zlib or the XML parser (the last two found by fuzzing).
+_BOOK_ERRORS = (zipfile.BadZipFile, OSError, KeyError, ValueError, EOFError, zlib.error, ElementTree.ParseError)
+
+
 def _sheet_rows(path: Path) -> list[tuple[int, tuple]]:
     """``(row number, values)`` of the first sheet's non-empty rows, after checking the workbook's
     members are within the E4 reader's size bound (an .xlsx is a zip; nothing is inflated first)."""
@@ -55,13 +61,15 @@ def _sheet_rows(path: Path) -> list[tuple[int, tuple]]:
                 if info.file_size > MAX_FILE_BYTES:
                     _check_size(info.file_size, f"{path}!{info.filename}")
         book = openpyxl.load_workbook(path, read_only=True, data_only=True)
-    except (zipfile.BadZipFile, OSError, KeyError, ValueError) as exc:
+    except _BOOK_ERRORS as exc:
         raise DataError(path, f"not a readable .xlsx workbook ({type(exc).__name__}: {str(exc)[:60]})") from None
     try:
         if not book.worksheets:
             raise DataError(path, "the workbook has no sheet")
         return [(i, row) for i, row in enumerate(book.worksheets[0].iter_rows(values_only=True), start=1)
                 if any(v is not None and v != "" for v in row)]
+    except _BOOK_ERRORS as exc:  # read_only parses the sheet as it goes: damage shows up here too
+        raise DataError(path, f"not a readable .xlsx workbook ({type(exc).__name__}: {str(exc)[:60]})") from None
     finally:
         book.close()
 

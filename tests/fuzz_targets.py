@@ -37,13 +37,13 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from bus import Message, MalformedMessage, decode, encode
-from bus.message import DTYPE_CODES, MAX_RATE_HZ, MAX_TIME_S, MIN_RATE_HZ
+from bus.message import _FIXED, _FIXED_V1, DTYPE_CODES, MAX_RATE_HZ, MAX_TIME_S, MIN_RATE_HZ
 from bus.topics import MODALITIES, parse_topic
 from e4 import RATES_HZ
 from m3sense.errors import DataError
 from replay.e4csv import FILES
 
-EXAMPLES = int(os.environ.get("M3SENSE_FUZZ_EXAMPLES", "200"))
+EXAMPLES = int(os.environ.get("M3SENSE_FUZZ_EXAMPLES", "40"))
 
 
 def fuzz_settings(examples: int = EXAMPLES) -> settings:
@@ -129,18 +129,22 @@ def frames_of(msg: Message) -> list[bytes]:
 
 # --------------------------------------------------------------------------------------------
 # Hostile edits of encoded frames (header layout: see bus.message)
-
-_FIXED = struct.Struct("<BBBBqdd")
+def _fixed(head: bytes) -> struct.Struct:
+    """The fixed part of a header of this version (v1 has no incarnation)."""
+    return _FIXED_V1 if head[:1] == b"\x01" else _FIXED
 
 
 def _set_field(frames: list[bytes], index: int, value: Any) -> list[bytes]:
     head = bytearray(frames[1])
-    if len(head) < _FIXED.size:
+    fixed = _fixed(head)
+    if len(head) < fixed.size:
         return frames
-    fields = list(_FIXED.unpack_from(head))
+    fields = list(fixed.unpack_from(head))
+    if index >= len(fields):
+        return frames
     fields[index] = value
     try:
-        _FIXED.pack_into(head, 0, *fields)
+        fixed.pack_into(head, 0, *fields)
     except struct.error:
         return frames
     return [frames[0], bytes(head), *frames[2:]]
@@ -148,9 +152,9 @@ def _set_field(frames: list[bytes], index: int, value: Any) -> list[bytes]:
 
 def _with_tail(frames: list[bytes], tail: bytes) -> list[bytes]:
     head = frames[1]
-    if len(head) < _FIXED.size:
+    if len(head) < _fixed(head).size:
         return frames
-    end = _FIXED.size + 4 * min(head[2], 4)
+    end = _fixed(head).size + 4 * min(head[2], 4)
     return [frames[0], head[:3] + bytes([head[3] | 1]) + head[4:end] + tail, *frames[2:]]
 
 
@@ -175,8 +179,9 @@ def mutated_frames(draw: st.DrawFn) -> list[bytes]:
     for _ in range(draw(st.integers(1, 3))):
         op = draw(st.sampled_from(["field", "byte", "tail", "cut_head", "samples", "frames", "topic"]))
         if op == "field":
-            index = draw(st.integers(0, 6))
-            value = draw(([st.integers(0, 255)] * 4 + [st.integers(-2**63, 2**63 - 1)] + [ANY_FLOAT] * 2)[index])
+            index = draw(st.integers(0, 7))
+            value = draw(([st.integers(0, 255)] * 4 + [st.integers(-2**63, 2**63 - 1)] + [ANY_FLOAT] * 2
+                          + [st.integers(0, 2**64 - 1)])[index])
             frames = _set_field(frames, index, value)
         elif op == "byte" and frames[1]:
             head = bytearray(frames[1])
@@ -359,7 +364,7 @@ def export_files(draw: st.DrawFn) -> dict[str, str | bytes]:
     return {k: v for k, v in files.items() if v is not None}
 
 
-def check_recording(rec: Any) -> None:
+def check_recording(rec: Any, missing: bool = False) -> None:
     """What a reader promises about a recording it returns: the checks of the module docstring,
     and that every message replaying it would publish is one the bus accepts (else it would be
     dropped downstream: a silent loss after the reader said yes)."""
@@ -370,7 +375,9 @@ def check_recording(rec: Any) -> None:
     assert rec.signals
     for modality, sig in rec.signals.items():
         assert MIN_START_S <= sig.t0_s < MAX_START_S and rate_is_plausible(modality, sig.fs_hz), (modality, sig)
-        assert np.isfinite(sig.values).all()
+        # NaN marks a slot nobody filled, for readers of per-sample stamps (replay.timed); E4 exports
+        # hold no such thing and their reader refuses non-finite values
+        assert (~np.isinf(sig.values)).all() if missing else np.isfinite(sig.values).all()
     for times in (rec.ibi_t_s, rec.ibi_s, rec.tags_s):
         assert np.isfinite(times).all()
     n = 0
@@ -452,6 +459,86 @@ def _random_zip_harness() -> Iterator[Callable[[Any], None]]:
 E4_ZIP_DAMAGED = Target("e4_zip_damaged", st.tuples(export_files(), st.integers(0, 2**16), st.integers(0, 255)),
                         _random_zip_harness, "replay.e4csv.read_source on zips with one damaged byte")
 
+
+
+# --------------------------------------------------------------------------------------------
+# Readers of data sets in their own layouts (WESAD, K-EmoCon, VerBIO, unlabelled folders): a valid
+# small copy of each (the reader tests' fixtures), one of its files damaged per case
+
+def _pristine_datasets(root: Path) -> dict[str, tuple[str, list[Path]]]:
+    """name -> (source string, the files one case may damage)."""
+    from replay import simulate_recordings
+    from replay.e4csv import write_e4_export
+    from tests.dataset_fixtures import write_kemocon, write_verbio, write_wesad_subject
+
+    write_wesad_subject(root / "wesad" / "WESAD", "S5", seed=5)
+    write_kemocon(root / "kemocon", pids=(1,))
+    write_verbio(root / "verbio", {"PRE": {"P001": 30}}, seconds=30, seed=3)
+    for i, rec in enumerate(simulate_recordings(minutes=0.5, seed=2, subjects=2, labels="none")):
+        write_e4_export(rec, root / "unlabelled" / f"person{i}" / "session1")
+    sources = {"wesad": "wesad:", "kemocon": "kemocon:", "verbio": "verbio:", "unlabelled": "unlabelled:"}
+    return {name: (prefix, sorted(p for p in (root / name).rglob("*") if p.is_file()))
+            for name, prefix in sources.items()}
+
+
+def _damage(data: bytes, how: int, at: int, text: str) -> bytes:
+    """One damage of a file: a byte changed, cut short, garbage appended, or a line replaced
+    with hostile text (what a valid file with one bad row looks like)."""
+    if not data:
+        return text.encode()
+    i = at % len(data)
+    if how == 0:
+        return data[:i] + bytes([(data[i] + 1 + at // len(data)) % 256]) + data[i + 1:]
+    if how == 1:
+        return data[:i]
+    if how == 2:
+        return data + text.encode("utf-8", "surrogatepass")
+    lines = data.split(b"\n")
+    lines[at % len(lines)] = text.encode("utf-8", "surrogatepass")
+    return b"\n".join(lines)
+
+
+DATASET_CASES = st.tuples(st.sampled_from(["wesad", "kemocon", "verbio", "unlabelled"]), st.integers(0, 2**16),
+                          st.integers(0, 3), st.integers(0, 2**24),
+                          mostly(st.lists(NUMBER_TEXT, min_size=1, max_size=6).map(",".join), st.text(max_size=40)))
+
+
+@contextlib.contextmanager
+def _dataset_harness() -> Iterator[Callable[[Any], None]]:
+    import shutil
+
+    from replay.e4csv import read_source
+
+    with tempfile.TemporaryDirectory(prefix="m3sense-fuzz-") as tmp:
+        pristine = _pristine_datasets(Path(tmp) / "pristine")
+        count = [0]
+
+        def check(case: tuple[str, int, int, int, str]) -> None:
+            name, which, how, at, text = case
+            count[0] += 1
+            prefix, files = pristine[name]
+            src = Path(tmp) / "pristine" / name
+            dst = Path(tmp) / f"c{count[0]}"
+            shutil.copytree(src, dst, copy_function=os.link)  # hard links: only the damaged file is new
+            victim = dst / files[which % len(files)].relative_to(src)
+            data = victim.read_bytes()
+            victim.unlink()
+            victim.write_bytes(_damage(data, how, at, text))
+            try:
+                recordings = read_source(f"{prefix}{dst}")
+            except DataError as exc:
+                assert str(exc).startswith(str(dst)) and "\n" not in str(exc), exc
+                return
+            finally:
+                shutil.rmtree(dst)
+            for rec in recordings:
+                check_recording(rec, missing=name in ("kemocon", "verbio"))
+
+        yield check
+
+
+DATASETS = Target("dataset_readers", DATASET_CASES, _dataset_harness,
+                  "replay readers of WESAD, K-EmoCon, VerBIO and unlabelled folders, one file of a valid copy damaged")
 
 # --------------------------------------------------------------------------------------------
 # BLE: the E4 packet decoders, one wristband's ingest pipeline, and the raw-log reader
@@ -820,14 +907,24 @@ INFER = Target("infer_handler", hostile_windows(), _infer_harness,
                "inference: window meta check, MicroBatcher and the shipped model's answers on hostile windows")
 
 TARGETS = (BUS_RANDOM, BUS_MUTATED, E4_EXPORTS, E4_ZIP_DAMAGED, BLE_DECODE, BLE_INGEST, RAW_LOG,
-           PREPROCESS, STORE, INFER)
+           PREPROCESS, STORE, INFER, DATASETS)
 
 
-def run(target: Target, examples: int = EXAMPLES, counter: list[int] | None = None) -> None:
+class TimeUp(Exception):
+    """Raised in place of further cases once a campaign's time for a target is over."""
+
+
+def run(target: Target, examples: int = EXAMPLES, counter: list[int] | None = None,
+        until: float | None = None) -> None:
     """Run ``examples`` cases of ``target`` (each case counted in ``counter[0]``); a crash
-    propagates as Hypothesis reports it: the shrunk case and its traceback."""
+    propagates as Hypothesis reports it: the shrunk case and its traceback. With ``until``
+    (a ``time.perf_counter()`` value), cases after it raise :class:`TimeUp` instead of running."""
+    import time
+
     with target.harness() as check:
         def case(value: Any) -> None:
+            if until is not None and time.perf_counter() > until:
+                raise TimeUp
             if counter is not None:
                 counter[0] += 1
             check(value)

@@ -93,3 +93,21 @@ def test_a_raw_chunk_ending_after_the_bus_time_bound_is_malformed() -> None:
     assert exc.value.reason == "time"
     ok = Message(kind="raw", device="d1", modality="eda", seq=0, t0_s=MAX_TIME_S - 3, fs_hz=4.0, samples=np.ones(8))
     assert decode([bytes(f) for f in encode(ok)]).t0_s == MAX_TIME_S - 3
+
+
+def test_a_verbio_workbook_with_broken_sheet_xml_is_a_data_error(tmp_path: Path) -> None:
+    """Found by the data-set reader target: damage inside an .xlsx raised the XML parser's (or
+    zlib's) error from openpyxl, once while the sheet was read rather than opened."""
+    from tests.dataset_fixtures import write_verbio
+
+    write_verbio(tmp_path, {"PRE": {"P001": 30}}, seconds=30, seed=3)
+    book = next(tmp_path.glob("P001/PRE/E4_EDA*.xlsx"))
+    with zipfile.ZipFile(book) as z:
+        members = {i.filename: z.read(i.filename) for i in z.infolist()}
+    sheet = next(n for n in members if n.startswith("xl/worksheets/"))
+    members[sheet] = members[sheet][:len(members[sheet]) // 2] + b"<<&"
+    with zipfile.ZipFile(book, "w") as z:
+        for name, data in members.items():
+            z.writestr(name, data)
+    with pytest.raises(DataError, match=r"E4_EDA.*\.xlsx: not a readable \.xlsx workbook \(ParseError"):
+        read_source(f"verbio:{tmp_path}")
