@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -110,7 +109,6 @@ def main() -> None:
     rows: dict[str, list[tuple[str, float, float, float, float]]] = {d: [] for d in dets}
     for name, t0, fs, bvp, ibi_t, ibi, (hr_t, hr) in sources(a.minutes, subjects, seeds):
         for d in dets:
-            runner: Callable[..., tuple[np.ndarray, np.ndarray]]
             if d == "inference.features":
                 times, est = window_rates(t0, fs, bvp)
                 span = WINDOW_S

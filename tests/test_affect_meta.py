@@ -51,4 +51,4 @@ def test_answers_reach_storage_as_the_records_they_were(labels: dict | None) -> 
 def test_typed_meta_is_frozen() -> None:
     typed = AffectMeta.for_window(window(None), ANSWERS, "m-1")
     with pytest.raises(dataclasses.FrozenInstanceError):
-        setattr(typed, "model", "other")
+        typed.__setattr__("model", "other")
