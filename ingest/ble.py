@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import random
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -107,7 +108,9 @@ class RawLog:
     """Every notification with its arrival time, one JSON object a line (replayable)."""
 
     def __init__(self, path: Path) -> None:
-        self._fh: IO[str] = open(path, "a", encoding="utf-8")
+        # owner-only, like every file of physiology m3sense writes (the notifications are raw signals)
+        self._fh: IO[str] = os.fdopen(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "a",
+                                      encoding="utf-8")
 
     def write(self, device: str, char: str, data: bytes, arrival_s: float) -> None:
         self._fh.write(json.dumps({"t": arrival_s, "device": device, "char": char, "data": data.hex()}) + "\n")

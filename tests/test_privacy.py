@@ -138,3 +138,12 @@ def test_store_address_puts_it_in_the_status_events_only_when_asked(hub: Hub, pr
         details = [d for (d,) in conn.execute("SELECT detail FROM device_status WHERE event = 'connected'")]
     assert details and all(f'"address":"{ADDRESS}"' in d for d in details)
     assert ADDRESS.encode() in _database_bytes(db)  # the byte search above would have found it
+
+
+def test_raw_log_is_created_owner_only(tmp_path: Path) -> None:
+    from ingest.ble import RawLog
+
+    log = RawLog(tmp_path / "raw.jsonl")
+    log.write("e4-0123456789abcdef", "eda", b"\x00" * 20, 1_600_000_000.0)
+    log.close()
+    assert stat.S_IMODE((tmp_path / "raw.jsonl").stat().st_mode) == 0o600
