@@ -39,6 +39,7 @@ import weakref
 from collections import deque
 from collections.abc import Iterable, Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 import nats
 import nats.errors
@@ -193,6 +194,18 @@ async def connect(bus: str, servers: list[str]) -> Any:
     async def quiet(_exc: Exception) -> None:  # nats-py would log every failed attempt at length
         return None
 
+    # nats-py retries a first connection forever when reconnecting is allowed: probe the servers first
+    for server in servers:
+        parts = urlsplit(server)
+        try:
+            _, writer = await asyncio.wait_for(asyncio.open_connection(parts.hostname, parts.port), _CONNECT_TIMEOUT_S)
+        except (OSError, TimeoutError):
+            continue
+        writer.close()
+        break
+    else:
+        raise NatsUnreachable(f"NATS server at {bus} is unreachable (no answer on {', '.join(servers)}); "
+                              f"start one with: nats-server -js -p PORT -sd DIR")
     try:
         nc = await nats.connect(servers=servers, connect_timeout=_CONNECT_TIMEOUT_S, max_reconnect_attempts=-1,
                                 allow_reconnect=True, error_cb=quiet)

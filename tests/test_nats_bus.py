@@ -1,0 +1,174 @@
+"""The bus on NATS JetStream (``--bus nats://``), against a real ``nats-server -js`` on a loopback port.
+
+What must hold: topics map to subjects and back (device ids with ``.`` included); the codec's
+frames cross intact, arrays and metadata too, and a broken payload is a counted malformed message;
+a durable consumer gets what was sent while its stage was away; ``m3sense run`` on NATS stores
+exactly the rows the ZeroMQ ``run`` stores; and an inference worker killed with SIGKILL in the
+middle of a stream, once restarted, resumes its durable consumer: every window of every device is
+stored, once, and none is counted lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from bus import Publisher, Subscriber
+from bus.message import MalformedMessage
+from bus.nats_backend import (
+    NatsPublisher,
+    NatsSubscriber,
+    filter_for,
+    pack,
+    subject_for,
+    topic_of,
+    unpack,
+)
+from tests.conftest import Proc, run_cli
+from tests.nats_servers import NEEDS_NATS, NatsServer, nats_server
+from tests.servers import free_port
+from tests.test_restarts import Pipeline, model, recording
+
+__all__ = ["model", "nats_server", "recording"]  # fixtures used below
+
+
+@pytest.mark.parametrize(("topic", "subject"), [
+    ("raw/bvp/S2/", "m3s.raw.bvp.S2"),
+    ("window/dev.1/", "m3s.window.dev%2E1"),
+    ("affect/a%2Eb/", "m3s.affect.a%252Eb"),
+    ("status/A0:1-x_y/", "m3s.status.A0:1-x_y"),
+])
+def test_topics_map_to_subjects_and_back(topic: str, subject: str) -> None:
+    assert subject_for(topic) == subject
+    assert topic_of(subject) == topic
+
+
+def test_a_stage_filters_on_the_narrowest_subject_covering_its_prefixes() -> None:
+    assert filter_for(["window/"]) == "m3s.window.>"
+    assert filter_for(["raw/bvp/", "raw/eda/"]) == "m3s.raw.>"
+    assert filter_for(["raw/", "label/", "status/"]) == "m3s.>"
+    assert filter_for([""]) == "m3s.>"
+    assert filter_for(["window/d.1/"]) == "m3s.window.d%2E1.>"
+
+
+def test_payload_framing_round_trips_and_refuses_what_does_not_fit() -> None:
+    frames = [b"head", b"", np.arange(3, dtype=np.int16).tobytes()]
+    assert [bytes(f.buffer) for f in unpack(pack(frames))] == frames
+    payload = pack(frames)
+    for broken in (payload[:-1], payload + b"x", payload[:3], (10**6).to_bytes(4, "little") + payload[4:]):
+        with pytest.raises(MalformedMessage) as err:
+            unpack(broken)
+        assert err.value.reason == "framing"
+
+
+def _same(a: np.ndarray, b: np.ndarray) -> bool:
+    return a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a, b)
+
+
+@NEEDS_NATS
+def test_publish_and_receive_arrays_and_metadata(nats_server: NatsServer) -> None:
+    bus = nats_server.bus
+    acc = np.arange(96, dtype=np.int16).reshape(32, 3)
+    arrays = {"bvp": np.linspace(0, 1, 3840, dtype=np.float32), "mask": np.array([True, False])}
+    meta = {"t_end": 1700000060.5, "labels": {"stress": "rest"}, "lineage": [1, 2, 3]}
+
+    async def scenario() -> None:
+        async with NatsSubscriber(bus, ["raw/acc/", "window/"], consumer="roundtrip") as sub, \
+                Subscriber(bus, ["window/"]) as live:
+            async with Publisher(bus) as pub:
+                assert isinstance(pub, NatsPublisher) and isinstance(live, NatsSubscriber)
+                assert await pub.wait_for_subscribers(["raw/acc/dev.1/", "window/dev.1/"], 5) == []
+                assert await pub.wait_for_subscribers(["raw/bvp/dev.1/"], 0.3) == ["raw/bvp/dev.1/"]
+                await pub.publish("raw", "dev.1", "acc", t0_s=1700000000.0, fs_hz=32.0, samples=acc)
+                await pub.publish("raw", "dev.1", "bvp", t0_s=1700000000.0, fs_hz=64.0, samples=np.ones(64))
+                await pub.publish("window", "dev.1", t0_s=1700000000.5, fs_hz=0.0, arrays=arrays, meta=meta)
+                assert await pub.flush() and pub.refused == 0
+            first, second = await sub.recv(5), await sub.recv(5)
+            assert (first.topic, first.seq, first.fs_hz, first.t0_s) == ("raw/acc/dev.1/", 0, 32.0, 1700000000.0)
+            assert _same(first.samples, acc)
+            assert second.topic == "window/dev.1/" and second.meta == meta
+            assert second.arrays.keys() == arrays.keys() and all(_same(second.arrays[k], arrays[k]) for k in arrays)
+            assert (await live.recv(5)).meta == meta  # a plain subscription sees the flow too
+            with pytest.raises(TimeoutError):
+                await sub.recv(0.3)  # raw/bvp/ was not asked for
+            assert sub.stats.received == 2 and sub.stats.gaps == 0 and not sub.stats.malformed
+
+    asyncio.run(scenario())
+
+
+@NEEDS_NATS
+def test_a_durable_consumer_gets_what_was_sent_while_its_stage_was_away(nats_server: NatsServer) -> None:
+    bus = nats_server.bus
+
+    async def scenario() -> list[int]:
+        async with Publisher(bus) as pub:
+            async with NatsSubscriber(bus, ["status/"], consumer="away") as sub:
+                await pub.publish("status", "d1", t0_s=1.0, fs_hz=0.0, meta={"i": 0})
+                assert (await sub.recv(5)).meta == {"i": 0}
+            for i in range(1, 6):  # nobody listens now
+                await pub.publish("status", "d1", t0_s=1.0 + i, fs_hz=0.0, meta={"i": i})
+            assert await pub.flush()
+        async with NatsSubscriber(bus, ["status/"], consumer="away") as again:
+            got = [(await again.recv(5)).meta["i"] for _ in range(5)]
+            with pytest.raises(TimeoutError):
+                await again.recv(0.5)  # the first one was acknowledged: not delivered twice
+        return got
+
+    assert asyncio.run(scenario()) == [1, 2, 3, 4, 5]
+
+
+def test_an_unreachable_nats_server_is_one_line() -> None:
+    proc = run_cli("tap", "--bus", f"nats://127.0.0.1:{free_port()}", "--idle-exit", "1", timeout=60)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    said = [line for line in lines if "unreachable" in line]
+    assert said == lines[-1:] and "nats-server -js" in said[0], proc.stderr  # one line, the last
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.fixture(scope="module")
+def short_recording(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    src = tmp_path_factory.mktemp("nats") / "rec"
+    run_cli("simulate", str(src), "--minutes", "3", "--seed", "11", "--subjects", "1", "--no-faults", check=True)
+    return src
+
+
+def _rows(db: Path) -> dict[str, list[tuple]]:
+    with sqlite3.connect(db) as conn:
+        tables = [t for (t,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
+        return {t: sorted(conn.execute(f"SELECT * FROM {t}").fetchall(), key=repr) for t in tables}
+
+
+@NEEDS_NATS
+def test_run_on_nats_stores_what_run_on_zeromq_stores(nats_server: NatsServer, short_recording: Path, model: Path,
+                                                      tmp_path: Path) -> None:
+    stored = {}
+    for name, bus in (("zeromq", []), ("nats", ["--bus", nats_server.bus])):
+        db = tmp_path / f"{name}.db"
+        proc = run_cli("run", str(short_recording), *bus, "--sink", f"sqlite:{db}", "--model", str(model),
+                       "--tasks", "stress,emotion", timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert "none lost" in proc.stderr.splitlines()[-1]
+        stored[name] = _rows(db)
+    assert len(stored["nats"]["affect"]) > 20
+    assert stored["nats"] == stored["zeromq"]
+
+
+@NEEDS_NATS
+def test_kill_9_of_infer_resumes_its_durable_consumer(nats_server: NatsServer, procs: list[Proc], tmp_path: Path,
+                                                       model: Path, recording, monkeypatch) -> None:
+    monkeypatch.setenv("M3SENSE_NATS_ACK_WAIT_S", "3")  # what the dead worker held comes again after 3 s
+    src, truth = recording
+    pipe = Pipeline(SimpleNamespace(address=nats_server.bus), procs, tmp_path, model)
+    pipe.replay_killing(src, "infer")
+    windows, lost = pipe.stored()
+    assert windows == {device: len(expected) for device, expected in truth.items()}, (windows, lost)
+    assert lost == {}, "a resumed durable consumer loses no window"
+    with sqlite3.connect(pipe.db) as conn:
+        per_window = conn.execute("SELECT count(*), count(DISTINCT device || task || t_start_s) FROM affect").fetchone()
+    assert per_window[0] == per_window[1] == 2 * sum(len(e) for e in truth.values())  # two tasks, once each
