@@ -654,7 +654,8 @@ def _detected_beats(rng: np.random.Generator, prof: SubjectProfile, beats: np.nd
                     ) -> tuple[np.ndarray, np.ndarray]:
     """IBI rows as the E4 writes them: a row needs both of its beats kept; beats are lost more
     with arm activity (WESAD: 71 % of meditation, 48 % baseline, 13 % TSST) and in runs."""
-    times = np.round(beats * 64.0) / 64.0
+    fs = PERIODIC["bvp"][0]  # the E4 times beats on its BVP grid
+    times = np.round(beats * fs) / fs
     activity = np.interp(beats, t_acc, acc_sd)
     worn = _worn(beats, on)
     p_keep = prof.beat_quality * np.exp(-((activity / 2.8) ** 1.5)) * worn

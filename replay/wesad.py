@@ -31,13 +31,14 @@ from pathlib import Path
 
 import numpy as np
 
+from e4 import RATES_HZ
 from m3sense.errors import DataError
 from replay.e4csv import device_name, read_e4_export
 from replay.recording import LabelInterval, Recording, Signal
 
 LABEL_HZ = 700.0
 PROTOCOL = {1: "baseline", 2: "stress", 3: "amusement", 4: "meditation"}  # 0, 5, 6, 7: not used
-WRIST = {"ACC": ("acc", 32.0), "BVP": ("bvp", 64.0), "EDA": ("eda", 4.0), "TEMP": ("temp", 4.0)}
+WRIST = {name: (m, RATES_HZ[m]) for name, m in (("ACC", "acc"), ("BVP", "bvp"), ("EDA", "eda"), ("TEMP", "temp"))}
 #: Where t = 0 of a pickle read without its E4 export is put (2017-05-22 00:00 UTC, the month
 #: WESAD's first sessions were recorded): the pickle has no clock of its own.
 NOMINAL_START_S = 1_495_411_200.0
