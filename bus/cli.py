@@ -196,6 +196,10 @@ def _hub(args: argparse.Namespace) -> int:
 
     from bus.hub import Hub
 
+    if is_nats(args.bus):
+        from m3sense.errors import UserError
+
+        raise UserError(f"{args.bus} is a NATS bus: it has no hub, its servers carry it (nats-server -js -p PORT -sd DIR)")
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

@@ -131,6 +131,11 @@ def test_an_unreachable_nats_server_is_one_line() -> None:
     assert "Traceback" not in proc.stderr
 
 
+def test_hub_refuses_a_nats_address_in_one_line() -> None:
+    proc = run_cli("hub", "--bus", "nats://127.0.0.1:4222", timeout=60)
+    assert proc.returncode == 2 and "no hub" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
 @pytest.fixture(scope="module")
 def short_recording(tmp_path_factory: pytest.TempPathFactory) -> Path:
     src = tmp_path_factory.mktemp("nats") / "rec"
