@@ -36,8 +36,15 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from bus import Message, MalformedMessage, decode, encode
-from bus.message import _FIXED, _FIXED_V1, DTYPE_CODES, MAX_RATE_HZ, MAX_TIME_S, MIN_RATE_HZ
+from bus import MalformedMessage, Message, decode, encode
+from bus.message import (
+    _FIXED,
+    _FIXED_V1,
+    DTYPE_CODES,
+    MAX_RATE_HZ,
+    MAX_TIME_S,
+    MIN_RATE_HZ,
+)
 from bus.topics import MODALITIES, parse_topic
 from e4 import RATES_HZ
 from m3sense.errors import DataError
@@ -64,7 +71,8 @@ _NAME_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.:
 DEVICES = st.sampled_from(["d1", "d2", "x"]) | st.text(_NAME_CHARS, min_size=1, max_size=64)
 JSON_SCALARS = (st.none() | st.booleans() | st.integers(-2**63, 2**63 - 1)
                 | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=12))
-JSON = st.recursive(JSON_SCALARS, lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=8), c, max_size=4),
+JSON = st.recursive(JSON_SCALARS,
+                    lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=8), c, max_size=4),
                     max_leaves=12)
 
 

@@ -83,7 +83,7 @@ def test_a_raw_chunk_ending_after_the_bus_time_bound_is_malformed() -> None:
     refused by every stage downstream."""
     import numpy as np
 
-    from bus import Message, MalformedMessage, decode, encode
+    from bus import MalformedMessage, Message, decode, encode
     from bus.message import MAX_TIME_S
 
     chunk = Message(kind="raw", device="d1", modality="eda", seq=0, t0_s=MAX_TIME_S - 1, fs_hz=4.0,
