@@ -49,7 +49,9 @@ def main(argv: list[str] | None = None) -> int:
         except ft.TimeUp:
             timed_out = True
         except Exception as exc:  # noqa: BLE001 - any crash is what is counted (Hypothesis re-raises it)
-            crashes = len(exc.exceptions) if isinstance(exc, BaseExceptionGroup) else 1
+            found = list(exc.exceptions) if isinstance(exc, BaseExceptionGroup) else [exc]
+            timed_out = any(isinstance(e, ft.TimeUp) for e in found)
+            crashes = sum(not isinstance(e, ft.TimeUp) for e in found)
             traceback.print_exc(file=sys.stderr)
         seconds = time.perf_counter() - start
         crashed += crashes

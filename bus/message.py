@@ -180,7 +180,10 @@ def _array(frame: Any, dt: np.dtype, shape: Sequence[int], what: str) -> np.ndar
     expected = math.prod(shape) * dt.itemsize
     if len(buf) != expected:
         raise MalformedMessage("length", f"{what}: {len(buf)} bytes for shape {tuple(shape)} of {dt}")
-    return np.frombuffer(buf, dtype=dt).reshape(shape)
+    try:
+        return np.frombuffer(buf, dtype=dt).reshape(shape)
+    except ValueError:  # found by fuzzing: an empty shape whose other sides overflow numpy's size
+        raise MalformedMessage("shape", f"{what}: shape {tuple(shape)} of {dt}") from None
 
 
 @functools.lru_cache(maxsize=65536)

@@ -111,3 +111,23 @@ def test_a_verbio_workbook_with_broken_sheet_xml_is_a_data_error(tmp_path: Path)
             z.writestr(name, data)
     with pytest.raises(DataError, match=r"E4_EDA.*\.xlsx: not a readable \.xlsx workbook \(ParseError"):
         read_source(f"verbio:{tmp_path}")
+
+
+@pytest.mark.parametrize("shape", [[0, 10**18, 10**18], [0, 2**40, 2**40, 2**40]])
+def test_an_empty_array_with_huge_sides_is_malformed(shape: list[int]) -> None:
+    """Found by the bus target: numpy's "array is too big" (a plain ValueError, which no stage
+    catches) escaped from decode for a zero-size shape whose other sides overflow."""
+    import json
+
+    import numpy as np
+
+    from bus import Message, MalformedMessage, decode, encode
+
+    msg = Message(kind="window", device="d1", modality="window", seq=0, t0_s=1.6e9, fs_hz=0.0,
+                  arrays={"bvp": np.zeros(0)})
+    topic, head, samples, _ = [f if isinstance(f, bytes) else memoryview(f).tobytes() for f in encode(msg)]
+    tail = json.dumps({"a": [["bvp", "float64", shape]]}).encode()
+    head = head[:head.index(b"{")] + tail
+    with pytest.raises(MalformedMessage) as exc:
+        decode([topic, head, samples, b""])
+    assert exc.value.reason == "shape"
