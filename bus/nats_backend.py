@@ -62,6 +62,7 @@ STREAM_MAX_BYTES = 8 * 1024**3     # 8 GiB, about two days of 1,000 wristbands' 
 ACK_WAIT_S = float(os.environ.get("M3SENSE_NATS_ACK_WAIT_S", "30"))  # unacknowledged -> delivered again after this
 FETCH_BATCH = 256
 FETCH_BATCH_EXPLICIT = 32          # explicit acks wait for the work (a model batch): fetch no more than that holds
+RESEND_AFTER_S = 5.0               # a publication unanswered this long is sent again (same message id)
 ACK_EVERY = 64                     # handled messages acknowledged together (or sooner when idle)
 MAX_FRAMES = 64                    # header + samples + named arrays; a real message has at most 8
 _FRAMING = struct.Struct("<I")
@@ -215,8 +216,15 @@ async def connect(bus: str, servers: list[str]) -> Any:
     return nc
 
 
-async def ensure_stream(js: Any, bus: str) -> None:
-    """Create the stream with its limits if absent; a stream already there is used as it is."""
+def _replicas(nc: Any) -> int:
+    """Copies of the stream: one per server of a cluster, up to 3 (a single server: 1)."""
+    info = getattr(nc, "_server_info", None) or {}
+    return max(1, min(3, len(info.get("connect_urls") or []))) if info.get("cluster") else 1
+
+
+async def ensure_stream(js: Any, bus: str, replicas: int = 1) -> None:
+    """Create the stream with its limits if absent (on a cluster, kept on up to 3 servers, so one
+    can die); a stream already there is used as it is."""
     try:
         await js.stream_info(STREAM)
         return
@@ -228,7 +236,7 @@ async def ensure_stream(js: Any, bus: str) -> None:
         await js.add_stream(api.StreamConfig(
             name=STREAM, subjects=[f"{SUBJECT_ROOT}.>"], retention=api.RetentionPolicy.LIMITS,
             max_age=STREAM_MAX_AGE_S, max_bytes=STREAM_MAX_BYTES, storage=api.StorageType.FILE,
-            discard=api.DiscardPolicy.OLD))
+            discard=api.DiscardPolicy.OLD, num_replicas=replicas))
     except nats.js.errors.BadRequestError:  # another process created it meanwhile
         await js.stream_info(STREAM)
 
@@ -246,6 +254,12 @@ def _prefixes_of(info: Any) -> list[str] | None:
 
 # -- publisher ---------------------------------------------------------------------------------
 
+def _lost_on_the_way(fut: asyncio.Future) -> bool:
+    """An answer that says the publication may not have reached a stream leader (a server died,
+    a leader is being elected): worth sending again, unlike a refusal by the stream itself."""
+    return not fut.cancelled() and isinstance(fut.exception(), (nats.errors.NoRespondersError, TimeoutError))
+
+
 class NatsPublisher(Publisher):
     """:class:`bus.sockets.Publisher` on JetStream: numbering and ``publish`` are the same."""
 
@@ -260,7 +274,8 @@ class NatsPublisher(Publisher):
         self._flush_timeout_s = flush_timeout_s
         self._nc: Any = None
         self._js: Any = None
-        self._acks: deque[asyncio.Future] = deque()
+        #: (acknowledgement, subject, payload, message id) of each publication not yet acknowledged
+        self._acks: deque[tuple[asyncio.Future, str, bytes, str]] = deque()
         self._consumers_seen: set[str] | None = None
         self._arrived: set[str] = set()
         self._watch: asyncio.Task | None = None
@@ -273,7 +288,7 @@ class NatsPublisher(Publisher):
         self._nc = await connect(self.bus, self.servers)
         self._js = self._nc.jetstream()
         try:
-            await ensure_stream(self._js, self.bus)
+            await ensure_stream(self._js, self.bus, _replicas(self._nc))
         except BaseException:
             await self._nc.close()
             raise
@@ -303,10 +318,12 @@ class NatsPublisher(Publisher):
         assert self._js is not None, "use 'async with Publisher(...)'"
         frames = encode(msg, self.incarnation if not msg.incarnation else None)
         topic = bytes(frames[0]).decode()
-        fut = await self._js.publish_async(subject_for(topic), pack(frames[1:]))
-        self._acks.append(fut)
-        while self._acks and self._acks[0].done():
-            self._settle(self._acks.popleft())
+        subject, payload = subject_for(topic), pack(frames[1:])
+        msg_id = f"{self.incarnation:x}-{topic}{msg.seq}"  # JetStream drops a re-sent copy (2-minute window)
+        fut = await self._js.publish_async(subject, payload, headers={"Nats-Msg-Id": msg_id})
+        self._acks.append((fut, subject, payload, msg_id))
+        while self._acks and self._acks[0][0].done() and not _lost_on_the_way(self._acks[0][0]):
+            self._settle(self._acks.popleft()[0])
         self.sent += 1
 
     def _settle(self, fut: asyncio.Future) -> None:
@@ -317,20 +334,40 @@ class NatsPublisher(Publisher):
                             "cancelled" if fut.cancelled() else fut.exception())
 
     async def stored(self, timeout_s: float) -> bool:
-        """Wait until the server has acknowledged every publication so far; False at the time-out."""
+        """Wait until the server has acknowledged every publication so far; False at the time-out.
+
+        Publications without an answer after :data:`RESEND_AFTER_S` are sent again, in order, with
+        the same message id: written into the socket of a server that has just died, they were lost
+        on the way (the client notices a dead server only later), and the stream keeps one copy."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
         pending = list(self._acks)
         self._acks.clear()
-        if pending:
-            done, late = await asyncio.wait(pending, timeout=timeout_s)
-            for fut in done:
-                self._settle(fut)
-            if late:
+        while pending:
+            wait = min(RESEND_AFTER_S, max(0.0, deadline - loop.time()))
+            await asyncio.wait([p[0] for p in pending], timeout=wait)
+            late = []
+            for entry in pending:
+                if entry[0].done() and not _lost_on_the_way(entry[0]):
+                    self._settle(entry[0])
+                else:
+                    late.append(entry)
+            if late and loop.time() >= deadline:
                 self.refused += len(late)
-                for fut in late:
-                    fut.cancel()
+                for entry in late:
+                    entry[0].cancel()
                 log.warning("%d publication(s) to %s had no JetStream acknowledgement after %.0f s", len(late),
                             self.bus, timeout_s)
                 return False
+            pending = []
+            if late and not any(not e[0].done() for e in late):
+                await asyncio.sleep(min(0.5, max(0.0, deadline - loop.time())))  # no responders: let a leader come
+            for fut, subject, payload, msg_id in late:
+                fut.cancel()
+                again = await self._js.publish_async(subject, payload, headers={"Nats-Msg-Id": msg_id})
+                pending.append((again, subject, payload, msg_id))
+            if pending:
+                log.info("sent %d unacknowledged publication(s) to %s again", len(pending), self.bus)
         return True
 
     async def flush(self) -> bool:
@@ -429,7 +466,7 @@ class NatsSubscriber:
         try:
             if self.consumer:
                 js = self._nc.jetstream()
-                await ensure_stream(js, self.bus)
+                await ensure_stream(js, self.bus, _replicas(self._nc))
                 self._sub = await self._durable(js)
             else:
                 self._sub = await self._nc.subscribe(self.subject)

@@ -1,6 +1,7 @@
 """A real ``nats-server`` with JetStream on a free loopback port, its storage in a temporary folder.
 
-Fixture: ``nats_server`` (a started :class:`NatsServer`; ``.bus`` is the ``nats://`` address).
+Fixtures: ``nats_server`` (a started :class:`NatsServer`; ``.bus`` is the ``nats://`` address) and
+``nats_cluster`` (three of them routed into one JetStream cluster; ``.bus`` lists all three).
 ``start()`` returns once the server logs that it is ready for connections (no polling); ``stop()``
 ends it. Skipped where ``nats-server`` is not installed (``apt-get install nats-server``).
 """
@@ -11,6 +12,7 @@ import queue
 import shutil
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,9 +28,13 @@ NEEDS_NATS = needs(NATS_SERVER is not None, reason="nats-server not installed (a
 class NatsServer:
     """``nats-server -js`` on 127.0.0.1:``port`` with JetStream storage under ``folder``."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, cluster: list[str] | None = None, name: str = "n1",
+                 cluster_port: int | None = None) -> None:
         self.folder = folder
         self.port = free_port()
+        self.name = name
+        self.cluster_port = cluster_port
+        self.routes = cluster
         self._proc: subprocess.Popen | None = None
         self.log: list[str] = []
 
@@ -38,8 +44,11 @@ class NatsServer:
 
     def start(self, timeout_s: float = 30.0) -> NatsServer:
         assert NATS_SERVER is not None
-        proc = subprocess.Popen([NATS_SERVER, "-js", "-a", "127.0.0.1", "-p", str(self.port), "-sd", str(self.folder)],
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        args = [NATS_SERVER, "-js", "-a", "127.0.0.1", "-p", str(self.port), "-sd", str(self.folder), "-n", self.name]
+        if self.routes is not None:
+            args += ["--cluster_name", "m3s", "--cluster", f"nats://127.0.0.1:{self.cluster_port}",
+                     "--routes", ",".join(self.routes)]
+        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self._proc = proc
         ready: queue.Queue[bool] = queue.Queue()
 
@@ -81,3 +90,39 @@ def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
         yield server
     finally:
         server.stop()
+
+
+class NatsCluster:
+    """Three ``nats-server -js`` routed into one cluster on loopback; ``.bus`` names all three."""
+
+    def __init__(self, folder: Path) -> None:
+        ports = [free_port() for _ in range(3)]
+        routes = [f"nats://127.0.0.1:{p}" for p in ports]
+        self.servers = [NatsServer(folder / f"n{i}", routes, f"n{i}", ports[i]) for i in range(3)]
+
+    @property
+    def bus(self) -> str:
+        return ",".join(s.bus for s in self.servers)
+
+    def start(self, timeout_s: float = 60.0) -> NatsCluster:
+        for s in self.servers:
+            s.start(timeout_s)
+        deadline = time.monotonic() + timeout_s  # JetStream answers once the cluster has elected a leader
+        while not any("new metadata leader" in line for s in self.servers for line in s.log):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the NATS cluster elected no JetStream leader:\n" + "".join(self.servers[0].log[-30:]))
+            time.sleep(0.1)
+        return self
+
+    def stop(self) -> None:
+        for s in self.servers:
+            s.stop()
+
+
+@pytest.fixture
+def nats_cluster(tmp_path: Path) -> Iterator[NatsCluster]:
+    cluster = NatsCluster(tmp_path / "cluster").start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()

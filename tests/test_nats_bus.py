@@ -30,11 +30,17 @@ from bus.nats_backend import (
     unpack,
 )
 from tests.conftest import Proc, run_cli
-from tests.nats_servers import NEEDS_NATS, NatsServer, nats_server
+from tests.nats_servers import (
+    NEEDS_NATS,
+    NatsCluster,
+    NatsServer,
+    nats_cluster,
+    nats_server,
+)
 from tests.servers import free_port
 from tests.test_restarts import Pipeline, model, recording
 
-__all__ = ["model", "nats_server", "recording"]  # fixtures used below
+__all__ = ["model", "nats_cluster", "nats_server", "recording"]  # fixtures used below
 
 
 @pytest.mark.parametrize(("topic", "subject"), [
@@ -120,6 +126,34 @@ def test_a_durable_consumer_gets_what_was_sent_while_its_stage_was_away(nats_ser
         return got
 
     assert asyncio.run(scenario()) == [1, 2, 3, 4, 5]
+
+
+@NEEDS_NATS
+def test_a_three_server_cluster_loses_nothing_when_a_server_dies(nats_cluster: NatsCluster) -> None:
+    """The stream is kept on all three servers: kill -9 the one the publisher talks to mid-stream,
+    and the durable consumer still gets every message once, in order."""
+    bus = nats_cluster.bus
+
+    async def scenario() -> tuple[list[int], int]:
+        async with Publisher(bus, flush_timeout_s=60) as pub, \
+                NatsSubscriber(bus, ["raw/"], consumer="cluster") as sub:
+            assert await pub.wait_for_subscribers(["raw/eda/d1/"], 10) == []
+            for i in range(200):
+                await pub.publish("raw", "d1", "eda", t0_s=1000.0 + i, fs_hz=4.0, samples=np.full(4, float(i)))
+            assert await pub.flush()
+            got = [(await sub.recv(10)).seq for _ in range(100)]
+            victim = next(s for s in nats_cluster.servers if str(s.port) in pub._nc.connected_url.netloc)
+            victim._proc.kill()
+            for i in range(200, 400):
+                await pub.publish("raw", "d1", "eda", t0_s=1000.0 + i, fs_hz=4.0, samples=np.full(4, float(i)))
+            assert await pub.flush()
+            got += [(await sub.recv(30)).seq for _ in range(300)]
+            with pytest.raises(TimeoutError):
+                await sub.recv(1.0)
+            return got, pub.refused
+
+    got, refused = asyncio.run(scenario())
+    assert got == list(range(400)) and refused == 0
 
 
 def test_an_unreachable_nats_server_is_one_line() -> None:
