@@ -449,7 +449,9 @@ class DeviceWindower:
             self.counters["bad_labels"] += 1
             return
         self.counters["labels"] += 1
-        self._labels.append((float(start), float(end), task, label))
+        interval = (float(start), float(end), task, label)
+        if interval not in self._labels:  # a replay re-announcing its labels to a restarted stage
+            self._labels.append(interval)
 
     # ---- output ------------------------------------------------------------------------------
 

@@ -67,6 +67,11 @@ class StoreNode:
         """Windows that never reached this store (counted from their lineage, stored as bus_gap)."""
         return sum(self.ledger.lost.values())
 
+    def _taken(self) -> int:
+        """Records the sink has taken off its buffer (stored, spooled or lost), to see it commit a batch."""
+        c = self.sink.counters
+        return c.written + c.spooled + c.dropped + c.rejected
+
     async def _flush(self) -> None:
         snapshot = self.ledger.to_json()  # what was handed to the sink before this flush
         await self.sink.flush()
@@ -118,8 +123,11 @@ class StoreNode:
             self._gaps[msg.topic] = sub.stats.gaps_by_topic[msg.topic]
             records.append(self.builder.bus_gap(msg, missed))
         if records:
+            taken = self._taken()
             await self.sink.write(records)
             self.records += len(records)
+            if self._taken() != taken:  # the sink committed a full batch by itself, these records included
+                self.ledger_file.save(self.ledger.to_json())
         self.processed += 1
         self._progress.set()
 
