@@ -11,6 +11,7 @@ stored, once, and none is counted lost.
 from __future__ import annotations
 
 import asyncio
+import re
 import sqlite3
 from pathlib import Path
 from types import SimpleNamespace
@@ -211,3 +212,7 @@ def test_kill_9_of_infer_resumes_its_durable_consumer(nats_server: NatsServer, p
     with sqlite3.connect(pipe.db) as conn:
         per_window = conn.execute("SELECT count(*), count(DISTINCT device || task || t_start_s) FROM affect").fetchone()
     assert per_window[0] == per_window[1] == 2 * sum(len(e) for e in truth.values())  # two tasks, once each
+    restarted = pipe.stages["infer"].popen
+    restarted.terminate()
+    answered = re.search(r"infer: answered (\d+)", restarted.communicate(timeout=30)[1])
+    assert answered and int(answered.group(1)) > 0, "the kill came after the stream: it tested nothing"
