@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from bus import Message
+from bus.message import MAX_TIME_S
 
 #: A window with more than this fraction of its samples missing, or flagged off-wrist, gives
 #: no answer (status "low_quality") and is left out of training and scoring. Set from
@@ -36,8 +37,8 @@ def window_meta_problem(meta: Mapping) -> str | None:
     def number(v: object) -> bool:
         return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
-    if not number(meta.get("t_end")):
-        return "t_end"
+    if not number(meta.get("t_end")) or not 0 <= meta["t_end"] < MAX_TIME_S:  # found by fuzzing: t_end 1e300
+        return "t_end"  # became an affect message at that time, which every store refused
     for key in ("quality", "present", "labels"):
         if not isinstance(meta.get(key) or {}, Mapping):
             return key

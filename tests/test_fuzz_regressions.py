@@ -131,3 +131,15 @@ def test_an_empty_array_with_huge_sides_is_malformed(shape: list[int]) -> None:
     with pytest.raises(MalformedMessage) as exc:
         decode([topic, head, samples, b""])
     assert exc.value.reason == "shape"
+
+
+def test_a_window_ending_beyond_the_bus_time_range_is_unreadable_meta() -> None:
+    """Found by the infer target: a window whose meta said t_end 1e300 was answered, and the
+    answer (an affect message at that time) was refused by every store."""
+    from inference.dataset import window_meta_problem
+    from tests.model_helpers import window
+
+    meta = dict(window(t0=1_600_000_000.0).to_message().meta)
+    assert window_meta_problem(meta) is None
+    assert window_meta_problem({**meta, "t_end": 1e300}) == "t_end"
+    assert window_meta_problem({**meta, "t_end": -5.0}) == "t_end"
