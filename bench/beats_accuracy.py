@@ -44,11 +44,11 @@ def streaming_rates(name: str, t0: float, fs: float, bvp: np.ndarray) -> tuple[n
     if name == "ingest.beats":
         det = importlib.import_module("ingest.beats").BeatDetector(fs_hz=fs)
         for i in range(0, bvp.size, 11):
-            out += [(h.t_s, h.bpm) for h in det.push(t0 + i / fs, bvp[i:i + 11]).hr]
+            out += [(h.t_s, h.bpm) for h in det.push(t0 + i / fs, bvp[i : i + 11]).hr]
     else:
         br = importlib.import_module("storage.physio").BeatRate(fs)
         for i in range(0, bvp.size, 11):
-            out += br.push(t0 + i / fs, bvp[i:i + 11])
+            out += br.push(t0 + i / fs, bvp[i : i + 11])
     a = np.array(out, dtype=float).reshape(-1, 2)
     return a[:, 0], a[:, 1]
 
@@ -59,10 +59,16 @@ def window_rates(t0: float, fs: float, bvp: np.ndarray) -> tuple[np.ndarray, np.
 
     n, hop = int(WINDOW_S * fs), int(HOP_S * fs)
     starts = np.arange(0, bvp.size - n + 1, hop)
-    wins = np.stack([bvp[s:s + n] for s in starts])
+    wins = np.stack([bvp[s : s + n] for s in starts])
     k = len(starts)
-    f = window_features({"bvp": wins, "eda": np.ones((k, 80)), "temp": np.full((k, 80), 33.0),
-                         "acc": np.tile([0.0, 0.0, 1.0], (k, 640, 1))})
+    f = window_features(
+        {
+            "bvp": wins,
+            "eda": np.ones((k, 80)),
+            "temp": np.full((k, 80), 33.0),
+            "acc": np.tile([0.0, 0.0, 1.0], (k, 640, 1)),
+        }
+    )
     return t0 + (starts + n) / fs, f[:, FEATURES.index("hr_bpm")].astype(float)
 
 
@@ -92,14 +98,23 @@ def sources(minutes: float, subjects: list[str], sim_seeds: list[int]):
     for seed in sim_seeds:
         rec = simulate_recordings(minutes=minutes, seed=seed, off_wrist=False, motion=False)[0]
         b, h = rec.signals["bvp"], rec.signals["hr"]
-        yield (f"sim{seed}", b.t0_s, b.fs_hz, np.asarray(b.values, float), rec.ibi_t_s, rec.ibi_s,
-               (h.t0_s + np.arange(h.n) / h.fs_hz, np.asarray(h.values, float)))
+        yield (
+            f"sim{seed}",
+            b.t0_s,
+            b.fs_hz,
+            np.asarray(b.values, float),
+            rec.ibi_t_s,
+            rec.ibi_s,
+            (h.t0_s + np.arange(h.n) / h.fs_hz, np.asarray(h.values, float)),
+        )
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--minutes", type=float, default=20.0)
-    ap.add_argument("--subjects", default=",".join(sorted((p.name for p in WESAD.glob("S*")), key=lambda s: int(s[1:]))))
+    ap.add_argument(
+        "--subjects", default=",".join(sorted((p.name for p in WESAD.glob("S*")), key=lambda s: int(s[1:])))
+    )
     ap.add_argument("--sim-seeds", default="0,1,2")
     ap.add_argument("--detectors", default="ingest.beats,storage.physio,inference.features")
     a = ap.parse_args()
@@ -124,16 +139,21 @@ def main() -> None:
             ok = np.isfinite(est) & np.isfinite(hr_ref)
             hr_med = float(np.median(np.abs(est[ok] - hr_ref[ok]))) if ok.any() else np.nan
             rows[d].append((name, med, p90, cov, hr_med))
-            print(f"{d:20s} {name:6s} IBI-ref median {med:5.1f} p90 {p90:5.1f} bpm, coverage {cov:5.1%};"
-                  f" vs HR.csv median {hr_med:5.1f}", flush=True)
+            print(
+                f"{d:20s} {name:6s} IBI-ref median {med:5.1f} p90 {p90:5.1f} bpm, coverage {cov:5.1%};"
+                f" vs HR.csv median {hr_med:5.1f}",
+                flush=True,
+            )
     print("\nsummary (mean over sources of each figure):")
     for d, r in rows.items():
         for kind in ("S", "sim"):
             sel = [x for x in r if x[0].startswith(kind)]
             if sel:
                 m = np.nanmean(np.array([x[1:] for x in sel]), axis=0)
-                print(f"{d:20s} {'WESAD' if kind == 'S' else 'sim':5s} median {m[0]:5.2f} p90 {m[1]:5.2f} bpm,"
-                      f" coverage {m[2]:5.1%}, vs HR.csv median {m[3]:5.2f}  ({len(sel)} sources)")
+                print(
+                    f"{d:20s} {'WESAD' if kind == 'S' else 'sim':5s} median {m[0]:5.2f} p90 {m[1]:5.2f} bpm,"
+                    f" coverage {m[2]:5.1%}, vs HR.csv median {m[3]:5.2f}  ({len(sel)} sources)"
+                )
 
 
 if __name__ == "__main__":

@@ -42,8 +42,12 @@ def bare_subscriber(endpoint: str, n: int, ready, result) -> None:
 
 def bare(bus: str, n: int) -> float:
     ep = hub_endpoints(bus)
-    frames = [bytes(f) for f in encode(Message(kind="raw", device="bench", modality="bvp", seq=123456, t0_s=1.7e9,
-                                               fs_hz=64.0, samples=SAMPLES))]
+    frames = [
+        bytes(f)
+        for f in encode(
+            Message(kind="raw", device="bench", modality="bvp", seq=123456, t0_s=1.7e9, fs_hz=64.0, samples=SAMPLES)
+        )
+    ]
     ready, result = mp.Event(), mp.Queue()
     p = mp.Process(target=bare_subscriber, args=(ep.subscribers, n, ready, result))
     p.start()
@@ -70,6 +74,7 @@ def bus_subscriber(bus: str, n: int, result) -> None:
             for _ in range(n - 1):
                 await sub.recv()
             result.put((time.perf_counter() - t0, sub.stats.gaps, sub.stats.received))
+
     asyncio.run(main())
 
 
@@ -83,6 +88,7 @@ def ours(bus: str, n: int) -> float:
             await pub.wait_for_subscribers(["raw/bvp/bench/"])
             for i in range(n):
                 await pub.publish("raw", "bench", "bvp", t0_s=1.7e9 + i * 11 / 64, fs_hz=64.0, samples=SAMPLES)
+
     asyncio.run(main())
     elapsed, gaps, received = result.get()
     p.join()
@@ -100,6 +106,7 @@ def replay_subscriber(bus: str, n: int, result) -> None:
                 t0 = t0 or time.perf_counter()
                 samples += msg.n
             result.put((time.perf_counter() - t0, sub.stats.gaps, samples))
+
     asyncio.run(main())
 
 
@@ -117,12 +124,15 @@ def replay_run(bus: str, minutes: float) -> None:
     async def main():
         async with Publisher(bus) as pub:
             return await replay([rec], pub, speed=float("inf"), wait_s=None)
+
     stats = asyncio.run(main())
     elapsed, gaps, samples = result.get()
     p.join()
-    print(f"replay of a {minutes:.0f}-minute session: {stats.messages} messages, {samples} samples, "
-          f"publisher {stats.wall_s:.2f} s, delivered in {elapsed:.2f} s, gaps {gaps}: "
-          f"{rec.duration_s / max(stats.wall_s, elapsed):.0f}x real time")
+    print(
+        f"replay of a {minutes:.0f}-minute session: {stats.messages} messages, {samples} samples, "
+        f"publisher {stats.wall_s:.2f} s, delivered in {elapsed:.2f} s, gaps {gaps}: "
+        f"{rec.duration_s / max(stats.wall_s, elapsed):.0f}x real time"
+    )
 
 
 def main() -> None:
@@ -135,10 +145,14 @@ def main() -> None:
     with Hub(bus):
         t_bare = bare(bus, n)
         t_ours = ours(bus, n)
-        print(f"bare pyzmq via proxy : {n / t_bare:10.0f} msg/s {11 * n / t_bare:12.0f} samples/s "
-              f"({1e6 * t_bare / n:.1f} us/msg)")
-        print(f"m3sense bus          : {n / t_ours:10.0f} msg/s {11 * n / t_ours:12.0f} samples/s "
-              f"({1e6 * t_ours / n:.1f} us/msg)")
+        print(
+            f"bare pyzmq via proxy : {n / t_bare:10.0f} msg/s {11 * n / t_bare:12.0f} samples/s "
+            f"({1e6 * t_bare / n:.1f} us/msg)"
+        )
+        print(
+            f"m3sense bus          : {n / t_ours:10.0f} msg/s {11 * n / t_ours:12.0f} samples/s "
+            f"({1e6 * t_ours / n:.1f} us/msg)"
+        )
         print(f"bus cost per message : {t_ours / t_bare:.2f}x bare pyzmq (aim <= 2x)")
         replay_run(bus, args.minutes)
 

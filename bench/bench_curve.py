@@ -63,12 +63,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         keys = Path(tmp) / "keys"
         init_folder(keys)
-        for label, samples in (("11 samples", np.arange(11, dtype=np.float64)),
-                               ("2048 samples", np.arange(2048, dtype=np.float64))):
+        for label, samples in (
+            ("11 samples", np.arange(11, dtype=np.float64)),
+            ("2048 samples", np.arange(2048, dtype=np.float64)),
+        ):
             plain = measure(args.messages, samples, None)
             curve = measure(args.messages, samples, keys)
-            print(f"{label:>13}: plain {plain:9,.0f} msg/s, CURVE {curve:9,.0f} msg/s ({curve / plain:.0%} of plain; "
-                  f"{curve * samples.nbytes / 2**20:,.1f} MiB/s of samples)")
+            print(
+                f"{label:>13}: plain {plain:9,.0f} msg/s, CURVE {curve:9,.0f} msg/s ({curve / plain:.0%} of plain; "
+                f"{curve * samples.nbytes / 2**20:,.1f} MiB/s of samples)"
+            )
 
 
 if __name__ == "__main__":

@@ -78,8 +78,10 @@ def main() -> None:
                 s = timed(fn, args.seconds)
                 best[(name, b)] = max(best.get((name, b), 0.0), b / s)
                 print(f"| {name} | {threads} | {b} | {1000 * s:.1f} | {b / s:,.0f} |", flush=True)
-    print(f"\npaper (Table 7, P100 GPU): {PAPER_MS_PER_BATCH_OF_2:.0f} ms per batch of 2 = "
-          f"{2 / PAPER_MS_PER_BATCH_OF_2 * 1000:.1f} windows/s")
+    print(
+        f"\npaper (Table 7, P100 GPU): {PAPER_MS_PER_BATCH_OF_2:.0f} ms per batch of 2 = "
+        f"{2 / PAPER_MS_PER_BATCH_OF_2 * 1000:.1f} windows/s"
+    )
     for b in BATCHES:
         e, o = best[("pytorch eager", b)], best[("onnxruntime", b)]
         print(f"batch {b}: best eager {e:,.0f} w/s, best onnxruntime {o:,.0f} w/s ({o / e:.2f}x)")

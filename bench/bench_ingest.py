@@ -29,7 +29,6 @@ from ingest.clocks import SystemClock
 from ingest.device import DeviceIngest
 from ingest.virtual import VirtualE4, VirtualRadio, virtual_address, virtual_recordings
 
-
 WARMUP_S = 2.0
 
 
@@ -127,8 +126,10 @@ def main() -> None:
     print(f"\nvirtual wristbands in real time, {args.seconds:g} s each (peripherals + ingest + bus in one process):")
     for n in counts:
         load, delivered = asyncio.run(serve_virtual(n, args.seconds, recordings))
-        print(f"  {n:3d} wristbands: CPU {100 * load:5.1f} % of one core, samples at {100 * delivered:5.1f} % of "
-              f"the nominal rates (extrapolated: {n / max(load, 1e-9):.0f} per core)")
+        print(
+            f"  {n:3d} wristbands: CPU {100 * load:5.1f} % of one core, samples at {100 * delivered:5.1f} % of "
+            f"the nominal rates (extrapolated: {n / max(load, 1e-9):.0f} per core)"
+        )
 
 
 if __name__ == "__main__":

@@ -19,12 +19,18 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from inference.baselines import (KINDS, feature_floor, load_feature_model, make_estimator, model_inputs,  # noqa: E402
-                                 save_feature_model)
-from inference.calibration import CalibrationConfig  # noqa: E402
-from inference.features import window_features  # noqa: E402
-from inference.model import ModelConfig  # noqa: E402
-from inference.sources import parse_source, source_windows  # noqa: E402
+from inference.baselines import (
+    KINDS,
+    feature_floor,
+    load_feature_model,
+    make_estimator,
+    model_inputs,
+    save_feature_model,
+)
+from inference.calibration import CalibrationConfig
+from inference.features import window_features
+from inference.model import ModelConfig
+from inference.sources import parse_source, source_windows
 
 
 def rate(fn, n_windows: int, repeat: int = 3) -> float:
@@ -47,8 +53,14 @@ def main() -> int:
 
     torch.set_num_threads(1)
     cfg = ModelConfig(tasks=("stress",), classes={"stress": ModelConfig().classes["stress"]})
-    ws = source_windows(parse_source(args.data), modalities=("bvp", "eda", "temp", "acc"), tasks=cfg.tasks,
-                        classes=cfg.classes, hop_s=10, calibration=CalibrationConfig())
+    ws = source_windows(
+        parse_source(args.data),
+        modalities=("bvp", "eda", "temp", "acc"),
+        tasks=cfg.tasks,
+        classes=cfg.classes,
+        hop_s=10,
+        calibration=CalibrationConfig(),
+    )
     ws = ws.subset(np.flatnonzero(ws.labelled & ws.calibrated))
     y = ws.labels[:, 0]
     n = len(ws)
@@ -56,8 +68,10 @@ def main() -> int:
     one = {m: v[:1] for m, v in sig.items()}
     big = {m: v[:256] for m, v in sig.items()}
     print(f"# {n} WESAD stress windows, one thread\n")
-    print(f"features alone: {rate(lambda: window_features(big), 256):,.0f} windows/s (batch 256), "
-          f"{rate(lambda: window_features(one), 1, 20):,.0f} (batch 1)\n")
+    print(
+        f"features alone: {rate(lambda: window_features(big), 256):,.0f} windows/s (batch 256), "
+        f"{rate(lambda: window_features(one), 1, 20):,.0f} (batch 1)\n"
+    )
     print("| model | fit on all windows | windows/s, batch 1 | windows/s, batch 256 |\n|---|---:|---:|---:|")
 
     from inference.checkpoint import load_checkpoint
@@ -65,12 +79,14 @@ def main() -> int:
     from inference.predict import Predictor
     from inference.train import TrainConfig, init_model, to_tensors, train_model
 
-    net_cfg = ModelConfig(tasks=("stress",), modalities=("bvp", "eda", "temp"),
-                          classes={"stress": cfg.classes["stress"]})
+    net_cfg = ModelConfig(
+        tasks=("stress",), modalities=("bvp", "eda", "temp"), classes={"stress": cfg.classes["stress"]}
+    )
     net_ws = ws.select(net_cfg.modalities, net_cfg.tasks)
     norm = Normalizer.fit(net_ws)
-    t_epoch = _timed(lambda: train_model(init_model(net_cfg, 333), TrainConfig(epochs=1), to_tensors(net_ws, norm),
-                                         None))
+    t_epoch = _timed(
+        lambda: train_model(init_model(net_cfg, 333), TrainConfig(epochs=1), to_tensors(net_ws, norm), None)
+    )
     pred = Predictor(load_checkpoint(), tasks=("stress",), threads=1)
     x = {m: net_ws.inputs[m] for m in net_cfg.modalities}
     r1 = rate(lambda: pred.probs({m: v[:1] for m, v in x.items()}, net_ws.present[:1]), 1, 20)
@@ -83,17 +99,29 @@ def main() -> int:
         for kind in args.kinds.split(","):
             est = make_estimator(kind, 0)
             t_fit = _timed(lambda: est.fit(xf, y))
-            path = save_feature_model(Path(tmp) / f"{kind}.onnx", est, kind=kind, task="stress",
-                                      classes=cfg.classes["stress"], calibrated=True, calibration=CalibrationConfig(),
-                                      floor=floor, temperature=1.0, min_confidence=0.0, provenance={})
+            path = save_feature_model(
+                Path(tmp) / f"{kind}.onnx",
+                est,
+                kind=kind,
+                task="stress",
+                classes=cfg.classes["stress"],
+                calibrated=True,
+                calibration=CalibrationConfig(),
+                floor=floor,
+                temperature=1.0,
+                min_confidence=0.0,
+                provenance={},
+            )
             fm = load_feature_model(path)
 
             def run(k: int) -> None:
                 f = window_features({m: v[:k] for m, v in sig.items()})
                 fm.probs(f, ws.ref_mean[:k], ws.ref_sd[:k])
 
-            print(f"| {kind} (features + ONNX Runtime) | {t_fit:.1f} s | {rate(lambda: run(1), 1, 20):,.0f} | "
-                  f"{rate(lambda: run(256), 256):,.0f} |")
+            print(
+                f"| {kind} (features + ONNX Runtime) | {t_fit:.1f} s | {rate(lambda: run(1), 1, 20):,.0f} | "
+                f"{rate(lambda: run(256), 256):,.0f} |"
+            )
     return 0
 
 

@@ -24,10 +24,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from storage.mqtt import MqttSink  # noqa: E402
-from storage.records import AffectRecord  # noqa: E402
-from storage.target import parse_sink  # noqa: E402
-from tests.servers import MosquittoServer  # noqa: E402
+from storage.mqtt import MqttSink
+from storage.records import AffectRecord
+from storage.target import parse_sink
+from tests.servers import MosquittoServer
 
 T0 = 1_700_000_000.0
 
@@ -37,9 +37,23 @@ def records(n: int) -> list[AffectRecord]:
     for i in range(n):
         device, task = f"e4-{i % 4}", ("stress", "anxiety", "emotion")[(i // 4) % 3]
         p = 0.5 + 0.4 * ((i * 7919) % 100) / 100
-        out.append(AffectRecord(time_s=T0 + i, t_start_s=T0 + i - 60, device=device, task=task, source="replay",
-                                model="bench", label="high", confidence=p, probs=(("high", p), ("low", 1 - p)),
-                                status="ok", off_wrist=False, motion=False, missing_fraction=0.0))
+        out.append(
+            AffectRecord(
+                time_s=T0 + i,
+                t_start_s=T0 + i - 60,
+                device=device,
+                task=task,
+                source="replay",
+                model="bench",
+                label="high",
+                confidence=p,
+                probs=(("high", p), ("low", 1 - p)),
+                status="ok",
+                off_wrist=False,
+                motion=False,
+                missing_fraction=0.0,
+            )
+        )
     return out
 
 
@@ -48,11 +62,15 @@ async def throughput(server: MosquittoServer, rs: list[AffectRecord]) -> dict:
     async with MqttSink(target) as sink:
         started = time.perf_counter()
         for i in range(0, len(rs), 10):
-            await sink.write(rs[i:i + 10])
+            await sink.write(rs[i : i + 10])
         await sink.flush()
         elapsed = time.perf_counter() - started
-        return {"records": len(rs), "seconds": round(elapsed, 2), "records_per_s": round(len(rs) / elapsed),
-                "counters": sink.counters.as_dict()}
+        return {
+            "records": len(rs),
+            "seconds": round(elapsed, 2),
+            "records_per_s": round(len(rs) / elapsed),
+            "counters": sink.counters.as_dict(),
+        }
 
 
 async def outage(server: MosquittoServer, rs: list[AffectRecord], outage_s: float) -> dict:
@@ -60,12 +78,12 @@ async def outage(server: MosquittoServer, rs: list[AffectRecord], outage_s: floa
     half = len(rs) // 2
     async with MqttSink(target, retry_min_s=0.2, retry_max_s=1.0) as sink:
         for i in range(0, half, 10):
-            await sink.write(rs[i:i + 10])
+            await sink.write(rs[i : i + 10])
         await sink.flush()
         server.stop()
         stopped = time.perf_counter()
         for i in range(half, len(rs), 10):
-            await sink.write(rs[i:i + 10])
+            await sink.write(rs[i : i + 10])
             await asyncio.sleep(outage_s * 10 / half)  # spread over the outage
         waiting = sink.counters.pending
         while time.perf_counter() - stopped < outage_s:
@@ -79,9 +97,15 @@ async def outage(server: MosquittoServer, rs: list[AffectRecord], outage_s: floa
             last[f"m3sense/{r.device}/{r.task}/state"] = r.time_s
         seen = server.retained("m3sense/+/+/state")
         back = {t: json.loads(p)["t"] for t, p in seen.items()}
-        return {"records": len(rs), "outage_s": outage_s, "pending_at_restart": waiting,
-                "seconds_to_drain_after_restart": round(drained_s, 2), "reconnects": sink.connects - 1,
-                "states_back_and_equal": back == last, "counters": sink.counters.as_dict()}
+        return {
+            "records": len(rs),
+            "outage_s": outage_s,
+            "pending_at_restart": waiting,
+            "seconds_to_drain_after_restart": round(drained_s, 2),
+            "reconnects": sink.connects - 1,
+            "states_back_and_equal": back == last,
+            "counters": sink.counters.as_dict(),
+        }
 
 
 def main() -> None:

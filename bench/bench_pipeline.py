@@ -38,32 +38,43 @@ def fast_replay(minutes: float, devices: int, folder: Path) -> None:
     recs = simulate_recordings(minutes=minutes, seed=77, subjects=devices)
     arrivals: list[float] = []
     started = time.perf_counter()
-    result = asyncio.run(run_pipeline(recs, PipelineConfig(sink=f"sqlite:///{folder / 'a.db'}"),
-                                      on_affect=lambda msg: arrivals.append(time.time())))
+    result = asyncio.run(
+        run_pipeline(
+            recs,
+            PipelineConfig(sink=f"sqlite:///{folder / 'a.db'}"),
+            on_affect=lambda msg: arrivals.append(time.time()),
+        )
+    )
     wall = time.perf_counter() - started
     streaming = arrivals[-1] - result.replay.started_unix_s  # first sample out to last affect in
     recorded = sum(r.duration_s for r in recs)
-    print(f"(a) {devices} x {minutes:.0f}-minute recordings end to end: {recorded / streaming:.0f}x real time "
-          f"while streaming ({streaming:.1f} s for {len(arrivals)} windows); {wall:.1f} s with the stages' "
-          f"start-up and shut-down")
+    print(
+        f"(a) {devices} x {minutes:.0f}-minute recordings end to end: {recorded / streaming:.0f}x real time "
+        f"while streaming ({streaming:.1f} s for {len(arrivals)} windows); {wall:.1f} s with the stages' "
+        f"start-up and shut-down"
+    )
 
     from inference import Predictor, load_checkpoint
+
     windows = [w.to_message() for r in recs for w in recording_windows(r)]
     predictor = Predictor(load_checkpoint(), backend="onnx")
     predictor.predict_messages(windows[:32])  # warm-up
     t0 = time.perf_counter()
     for i in range(0, len(windows), 32):
-        predictor.predict_messages(windows[i:i + 32])
+        predictor.predict_messages(windows[i : i + 32])
     model_rate = len(windows) / (time.perf_counter() - t0)
     e2e_rate = len(arrivals) / streaming
-    print(f"(c) end-to-end {e2e_rate:.0f} windows/s vs model-only {model_rate:.0f} windows/s: {e2e_rate / model_rate:.0%} "
-          f"(the end-to-end figure shares two cores between replay, preprocess, infer and store)")
+    print(
+        f"(c) end-to-end {e2e_rate:.0f} windows/s vs model-only {model_rate:.0f} windows/s: {e2e_rate / model_rate:.0%} "
+        f"(the end-to-end figure shares two cores between replay, preprocess, infer and store)"
+    )
 
 
 def real_time(n: int, seconds: float, folder: Path) -> None:
     recs = simulate_recordings(minutes=max(0.5, seconds / 60), seed=5, subjects=min(n, 99))
     # more than 99 devices: the same physiology under other device ids
     from dataclasses import replace
+
     recs = [replace(recs[i % len(recs)], device=f"dev{i:04d}") for i in range(n)]
     start_s = recs[0].start_s
     arrivals: list[tuple[float, float]] = []
@@ -73,17 +84,25 @@ def real_time(n: int, seconds: float, folder: Path) -> None:
 
     before_children, before_self = cpu_s(resource.RUSAGE_CHILDREN), cpu_s(resource.RUSAGE_SELF)
     t0 = time.perf_counter()
-    result = asyncio.run(run_pipeline(recs, PipelineConfig(sink=f"sqlite:///{folder / f'b{n}.db'}", speed=1.0),
-                                      on_affect=on_affect))
+    result = asyncio.run(
+        run_pipeline(recs, PipelineConfig(sink=f"sqlite:///{folder / f'b{n}.db'}", speed=1.0), on_affect=on_affect)
+    )
     wall = time.perf_counter() - t0
     cpu = cpu_s(resource.RUSAGE_CHILDREN) - before_children + cpu_s(resource.RUSAGE_SELF) - before_self
     started = result.replay.started_unix_s
     # a window ending at data time t closed on the replay's wall clock at started + (t - start)
-    lat = np.array([arrived - (started + (t_end - start_s)) for arrived, t_end in arrivals
-                    if t_end - start_s <= recs[0].duration_s])
-    p50, p99 = (np.percentile(lat, [50, 99]) if lat.size else (math.nan, math.nan))
-    print(f"(b) {n:5d} devices at real speed: {len(arrivals)} windows, latency p50 {p50:.2f} s, p99 {p99:.2f} s, "
-          f"CPU {cpu / wall:.2f} cores of 2 over {wall:.0f} s")
+    lat = np.array(
+        [
+            arrived - (started + (t_end - start_s))
+            for arrived, t_end in arrivals
+            if t_end - start_s <= recs[0].duration_s
+        ]
+    )
+    p50, p99 = np.percentile(lat, [50, 99]) if lat.size else (math.nan, math.nan)
+    print(
+        f"(b) {n:5d} devices at real speed: {len(arrivals)} windows, latency p50 {p50:.2f} s, p99 {p99:.2f} s, "
+        f"CPU {cpu / wall:.2f} cores of 2 over {wall:.0f} s"
+    )
 
 
 def main() -> None:

@@ -80,8 +80,14 @@ def run(tpl: list[tuple[float, Message]], duration_s: float, devices: int) -> di
     t = time.perf_counter()
     windows += len(pre.flush())
     busy += time.perf_counter() - t
-    return {"messages": msgs, "samples": samples, "windows": windows, "busy_s": busy, "floor_s": floor,
-            "realtime_x": devices * duration_s / busy}
+    return {
+        "messages": msgs,
+        "samples": samples,
+        "windows": windows,
+        "busy_s": busy,
+        "floor_s": floor,
+        "realtime_x": devices * duration_s / busy,
+    }
 
 
 def memory(tpl: list[tuple[float, Message]], duration_s: float, devices: int) -> tuple[float, float]:
@@ -105,8 +111,9 @@ def memory(tpl: list[tuple[float, Message]], duration_s: float, devices: int) ->
 
 def filter_floor(tpl: list[tuple[float, Message]]) -> float:
     """Seconds to filter one device's whole BVP, EDA and TEMP in one call each."""
-    signals = {m: np.concatenate([msg.samples for _, msg in tpl if msg.kind == "raw" and msg.modality == m])
-               for m in FILTERS}
+    signals = {
+        m: np.concatenate([msg.samples for _, msg in tpl if msg.kind == "raw" and msg.modality == m]) for m in FILTERS
+    }
     t = time.perf_counter()
     for m, x in signals.items():
         StreamingFilter(FILTERS[m]).offline(x)
@@ -117,22 +124,32 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--minutes", type=float, default=2.0, help="recorded minutes per device")
     ap.add_argument("--devices", type=int, nargs="+", default=[1, 100, 1000])
-    ap.add_argument("--memory-devices", type=int, default=100,
-                    help="devices in the (slow, traced) memory pass (default 100)")
+    ap.add_argument(
+        "--memory-devices", type=int, default=100, help="devices in the (slow, traced) memory pass (default 100)"
+    )
     args = ap.parse_args()
     tpl, duration_s = template(args.minutes)
-    print(f"one device: {len(tpl)} messages over {duration_s:.0f} s (packet cadence); "
-          f"filter floor {filter_floor(tpl) * 1e3:.2f} ms per device for the whole session")
-    print(f"{'devices':>7} {'msg/s':>9} {'samples/s':>10} {'windows/s':>9} {'x realtime':>10} {'capacity':>8} "
-          f"{'floor msg/s':>11} {'KiB/device':>10} {'buffers KiB':>11}")
+    print(
+        f"one device: {len(tpl)} messages over {duration_s:.0f} s (packet cadence); "
+        f"filter floor {filter_floor(tpl) * 1e3:.2f} ms per device for the whole session"
+    )
+    print(
+        f"{'devices':>7} {'msg/s':>9} {'samples/s':>10} {'windows/s':>9} {'x realtime':>10} {'capacity':>8} "
+        f"{'floor msg/s':>11} {'KiB/device':>10} {'buffers KiB':>11}"
+    )
     for n in args.devices:
         r = run(tpl, duration_s, n)
         held, buffers = memory(tpl, duration_s, min(n, args.memory_devices))
-        print(f"{n:>7} {r['messages'] / r['busy_s']:>9.0f} {r['samples'] / r['busy_s']:>10.0f} "
-              f"{r['windows'] / r['busy_s']:>9.0f} {r['realtime_x'] / n:>10.1f} {r['realtime_x']:>8.0f} "
-              f"{r['messages'] / r['floor_s']:>11.0f} {held / 1024:>10.0f} {buffers / 1024:>11.0f}", flush=True)
-    print(f"x realtime: how much faster than real time all N devices were processed on one core; capacity: "
-          f"devices one core keeps up with at this load; memory from a pass of at most {args.memory_devices} devices")
+        print(
+            f"{n:>7} {r['messages'] / r['busy_s']:>9.0f} {r['samples'] / r['busy_s']:>10.0f} "
+            f"{r['windows'] / r['busy_s']:>9.0f} {r['realtime_x'] / n:>10.1f} {r['realtime_x']:>8.0f} "
+            f"{r['messages'] / r['floor_s']:>11.0f} {held / 1024:>10.0f} {buffers / 1024:>11.0f}",
+            flush=True,
+        )
+    print(
+        f"x realtime: how much faster than real time all N devices were processed on one core; capacity: "
+        f"devices one core keeps up with at this load; memory from a pass of at most {args.memory_devices} devices"
+    )
 
 
 if __name__ == "__main__":

@@ -44,8 +44,7 @@ def phase_stats(rec: Recording, a: float, b: float) -> dict[str, float]:
     out["SCR>=0.01 /min"] = peaks.size / ((b - a) / 60.0)
     temp = rec.signals["temp"]
     sel = (times(temp) >= a) & (times(temp) < b)
-    out["TEMP slope (°C/min)"] = float(np.polyfit((times(temp)[sel] - a) / 60.0,
-                                                  temp.values[sel], 1)[0])
+    out["TEMP slope (°C/min)"] = float(np.polyfit((times(temp)[sel] - a) / 60.0, temp.values[sel], 1)[0])
     acc = rec.signals["acc"]
     sel = (times(acc) >= a) & (times(acc) < b)
     out["SD |ACC| (1/64 g)"] = float(np.linalg.norm(acc.values[sel].astype(float), axis=1).std())
@@ -84,14 +83,17 @@ def main() -> None:
     for _ in range(reps):
         rng.normal(size=n)
     floor_s = (time.perf_counter() - t) / reps
-    print(f"one subject, {args.minutes:g} min ({n} samples): {gen_s * 1000:.0f} ms "
-          f"({args.minutes * 60 / gen_s:.0f}x real time); floor, {n} normals: {floor_s * 1000:.1f} ms")
+    print(
+        f"one subject, {args.minutes:g} min ({n} samples): {gen_s * 1000:.0f} ms "
+        f"({args.minutes * 60 / gen_s:.0f}x real time); floor, {n} normals: {floor_s * 1000:.1f} ms"
+    )
 
     columns = {}
     for name, faults in (("simulated", True), ("simulated, no faults", False)):
         simulated = []
-        for s in simulate_sessions(minutes=max(args.minutes, 45.0), seed=args.seed,
-                                   subjects=args.subjects, off_wrist=faults, motion=faults):
+        for s in simulate_sessions(
+            minutes=max(args.minutes, 45.0), seed=args.seed, subjects=args.subjects, off_wrist=faults, motion=faults
+        ):
             stats = {}
             for p in s.phases:
                 if p.kind in PHASES and p.kind not in stats:
@@ -110,9 +112,11 @@ def main() -> None:
         columns[f"WESAD ({len(real)} subjects)"] = table(real)
     else:
         print(f"({WESAD} absent: simulated statistics only)")
-    print(f"\nper-phase mean ± SD over subjects; simulated: {args.subjects} subjects of "
-          f"{max(args.minutes, 45.0):g} min, seed {args.seed}, with and without motion bursts and "
-          "off-wrist stretches; phase edges trimmed 30 s")
+    print(
+        f"\nper-phase mean ± SD over subjects; simulated: {args.subjects} subjects of "
+        f"{max(args.minutes, 45.0):g} min, seed {args.seed}, with and without motion bursts and "
+        "off-wrist stretches; phase edges trimmed 30 s"
+    )
     for key in columns["simulated"]:
         print(f"\n{key}")
         for name, cells in columns.items():

@@ -27,10 +27,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests' server helpers
 
-from bus import free_bus_address  # noqa: E402
-from storage import AffectRecord, InfluxSink, PhysioRecord, SqliteSink, parse_sink, to_lines  # noqa: E402
-from storage.sqlite import _INSERT, connect  # noqa: E402
-from tests.servers import INFLUXD, InfluxServer, V2WriteProxy, outage_scenario  # noqa: E402
+from bus import free_bus_address
+from storage import AffectRecord, InfluxSink, PhysioRecord, SqliteSink, parse_sink, to_lines
+from storage.sqlite import _INSERT, connect
+from tests.servers import INFLUXD, InfluxServer, V2WriteProxy, outage_scenario
 
 T0 = 1_700_000_000.0
 
@@ -41,13 +41,30 @@ def make_records(n: int) -> list:
     k = 0
     while len(out) < n:
         t = T0 + 10 * k
-        out += [AffectRecord(time_s=t + 20, t_start_s=t, device=f"dev{k % 4}", task=task, source="replay",
-                             model="bench", label="stress", confidence=0.7,
-                             probs=(("amusement", 0.15), ("baseline", 0.15), ("stress", 0.7)), status="ok",
-                             off_wrist=False, motion=False, missing_fraction=0.0, true_label="stress")
-                for task in ("stress", "anxiety", "emotion")]
-        out += [PhysioRecord(time_s=t + s + 1, device=f"dev{k % 4}", source="replay", signal=sig, value=1.0 + s)
-                for s in range(10) for sig in ("eda_us", "temp_c", "hr_bpm")]
+        out += [
+            AffectRecord(
+                time_s=t + 20,
+                t_start_s=t,
+                device=f"dev{k % 4}",
+                task=task,
+                source="replay",
+                model="bench",
+                label="stress",
+                confidence=0.7,
+                probs=(("amusement", 0.15), ("baseline", 0.15), ("stress", 0.7)),
+                status="ok",
+                off_wrist=False,
+                motion=False,
+                missing_fraction=0.0,
+                true_label="stress",
+            )
+            for task in ("stress", "anxiety", "emotion")
+        ]
+        out += [
+            PhysioRecord(time_s=t + s + 1, device=f"dev{k % 4}", source="replay", signal=sig, value=1.0 + s)
+            for s in range(10)
+            for sig in ("eda_us", "temp_c", "hr_bpm")
+        ]
         k += 1
     return out[:n]
 
@@ -60,7 +77,7 @@ async def sqlite_sink(records: list, db: Path) -> float:
     start = time.perf_counter()
     async with SqliteSink(db) as sink:
         for i in range(0, len(records), 100):
-            await sink.write(records[i:i + 100])
+            await sink.write(records[i : i + 100])
     assert sink.counters.written == len(records)
     return time.perf_counter() - start
 
@@ -70,7 +87,7 @@ def sqlite_bare(records: list, db: Path) -> float:
     start = time.perf_counter()
     for i in range(0, len(records), 1000):
         groups: dict[type, list] = {}
-        for r in records[i:i + 1000]:
+        for r in records[i : i + 1000]:
             groups.setdefault(type(r), []).append(_INSERT[type(r)][1](r))
         with conn:
             for kind, rows in groups.items():
@@ -87,7 +104,7 @@ async def influx_sink(records: list, proxy: V2WriteProxy, spool: Path, max_queue
     start = time.perf_counter()
     async with InfluxSink(parse_sink(proxy.sink()), spool_dir=spool, batch_size=5000, max_queue=max_queue) as sink:
         for i in range(0, len(records), 100):
-            await sink.write(records[i:i + 100])
+            await sink.write(records[i : i + 100])
         await sink.flush()
     c = sink.counters
     assert c.written == len(records) and c.spooled == c.replayed and c.dropped == c.rejected == 0, c
@@ -97,7 +114,9 @@ async def influx_sink(records: list, proxy: V2WriteProxy, spool: Path, max_queue
 def influx_bare(lines: list[str], server: InfluxServer, db: str) -> float:
     start = time.perf_counter()
     for i in range(0, len(lines), 5000):
-        req = urllib.request.Request(f"{server.url}/write?db={db}&precision=u", data="\n".join(lines[i:i + 5000]).encode())
+        req = urllib.request.Request(
+            f"{server.url}/write?db={db}&precision=u", data="\n".join(lines[i : i + 5000]).encode()
+        )
         with urllib.request.urlopen(req, timeout=60) as resp:
             assert resp.status == 204
     return time.perf_counter() - start
@@ -139,18 +158,23 @@ def main() -> None:
             print(f"  InfluxSink via proxy  {rate(len(records), took)}  (queue unbounded: memory only)")
             assert count_points(server, "bare") == count_points(server, "m3sense") == len(records)
             took, spooled = asyncio.run(influx_sink(records, proxy, tmp / "spool", max_queue=20_000))
-            print(f"  InfluxSink via proxy  {rate(len(records), took)}  (queue bound 20,000: "
-                  f"{spooled:,} records went through the disk spool)")
+            print(
+                f"  InfluxSink via proxy  {rate(len(records), took)}  (queue bound 20,000: "
+                f"{spooled:,} records went through the disk spool)"
+            )
             if args.outage > 0:
                 server.query('DROP DATABASE "m3sense"', db=None)
                 server.query('CREATE DATABASE "m3sense"', db=None)
-                r = asyncio.run(outage_scenario(server, proxy, free_bus_address(), tmp / "outage-spool",
-                                                outage_s=args.outage))
+                r = asyncio.run(
+                    outage_scenario(server, proxy, free_bus_address(), tmp / "outage-spool", outage_s=args.outage)
+                )
                 c = r["counters"]
                 lost = r["records"] - r["points"]
-                print(f"outage of {r['outage_s']:.1f} s mid-stream: {r['windows']} windows, {r['records']} records sent; "
-                      f"{r['spooled_at_restart']} spooled by the restart; counters {c}; "
-                      f"InfluxDB holds {r['points']} points: {lost} lost")
+                print(
+                    f"outage of {r['outage_s']:.1f} s mid-stream: {r['windows']} windows, {r['records']} records sent; "
+                    f"{r['spooled_at_restart']} spooled by the restart; counters {c}; "
+                    f"InfluxDB holds {r['points']} points: {lost} lost"
+                )
         finally:
             proxy.close()
     finally:

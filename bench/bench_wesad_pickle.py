@@ -30,15 +30,24 @@ def main() -> None:
     rng = np.random.default_rng(0)
     n = SECONDS * 700
     label = np.zeros(n, dtype=np.int32)
-    label[600 * 700:1800 * 700] = 1
-    label[2400 * 700:3000 * 700] = 2
+    label[600 * 700 : 1800 * 700] = 1
+    label[2400 * 700 : 3000 * 700] = 2
     data = {
         "signal": {
-            "chest": {"ACC": rng.normal(0, 0.1, (n, 3)), "ECG": rng.normal(0, 1, (n, 1)),
-                      "EMG": rng.normal(0, 1, (n, 1)), "EDA": rng.normal(5, 1, (n, 1)),
-                      "Temp": rng.normal(33, 0.1, (n, 1)), "Resp": rng.normal(0, 1, (n, 1))},
-            "wrist": {"ACC": np.round(rng.normal(0, 20, (SECONDS * 32, 3))), "BVP": rng.normal(0, 50, (SECONDS * 64, 1)),
-                      "EDA": rng.uniform(0.1, 5, (SECONDS * 4, 1)), "TEMP": rng.normal(33, 0.5, (SECONDS * 4, 1))},
+            "chest": {
+                "ACC": rng.normal(0, 0.1, (n, 3)),
+                "ECG": rng.normal(0, 1, (n, 1)),
+                "EMG": rng.normal(0, 1, (n, 1)),
+                "EDA": rng.normal(5, 1, (n, 1)),
+                "Temp": rng.normal(33, 0.1, (n, 1)),
+                "Resp": rng.normal(0, 1, (n, 1)),
+            },
+            "wrist": {
+                "ACC": np.round(rng.normal(0, 20, (SECONDS * 32, 3))),
+                "BVP": rng.normal(0, 50, (SECONDS * 64, 1)),
+                "EDA": rng.uniform(0.1, 5, (SECONDS * 4, 1)),
+                "TEMP": rng.normal(33, 0.5, (SECONDS * 4, 1)),
+            },
         },
         "label": label,
         "subject": "S2",
@@ -51,8 +60,10 @@ def main() -> None:
         rec = read_source(f"wesad:{path}")[0]
         took = time.perf_counter() - t
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"SX.pkl {size / 2**20:.0f} MiB ({SECONDS} s): read in {took:.1f} s, {len(rec.labels)} label intervals, "
-          f"peak RSS {peak:.0f} MiB")
+    print(
+        f"SX.pkl {size / 2**20:.0f} MiB ({SECONDS} s): read in {took:.1f} s, {len(rec.labels)} label intervals, "
+        f"peak RSS {peak:.0f} MiB"
+    )
 
 
 if __name__ == "__main__":

@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
             ft.run(target, args.cases, counter, until=until)
         except ft.TimeUp:
             timed_out = True
-        except Exception as exc:  # noqa: BLE001 - any crash is what is counted (Hypothesis re-raises it)
+        except Exception as exc:
             found = list(exc.exceptions) if isinstance(exc, BaseExceptionGroup) else [exc]
             timed_out = any(isinstance(e, ft.TimeUp) for e in found)
             crashes = sum(not isinstance(e, ft.TimeUp) for e in found)
@@ -57,8 +57,18 @@ def main(argv: list[str] | None = None) -> int:
         crashed += crashes
         note = f" (stopped after {args.seconds:g} s)" if timed_out else ""
         if args.json:
-            print(json.dumps({"target": name, "cases": counter[0], "crashes": crashes, "seconds": round(seconds, 1),
-                              "timed_out": timed_out}), flush=True)
+            print(
+                json.dumps(
+                    {
+                        "target": name,
+                        "cases": counter[0],
+                        "crashes": crashes,
+                        "seconds": round(seconds, 1),
+                        "timed_out": timed_out,
+                    }
+                ),
+                flush=True,
+            )
         else:
             print(f"{name:<22} {counter[0]:>7} {crashes:>7} {seconds:>8.1f}  {target.what}{note}", flush=True)
     return 1 if crashed else 0

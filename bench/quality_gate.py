@@ -19,11 +19,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from inference.baselines import feature_floor, fold_groups, make_estimator, model_inputs  # noqa: E402
-from inference.calibration import CalibrationConfig  # noqa: E402
-from inference.features import window_features  # noqa: E402
-from inference.model import ModelConfig  # noqa: E402
-from inference.sources import parse_source, source_windows  # noqa: E402
+from inference.baselines import feature_floor, fold_groups, make_estimator, model_inputs
+from inference.calibration import CalibrationConfig
+from inference.features import window_features
+from inference.model import ModelConfig
+from inference.sources import parse_source, source_windows
 
 SHARES = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
 
@@ -37,7 +37,7 @@ def hold_last(x: np.ndarray, share: float, rng: np.random.Generator) -> np.ndarr
     k = int(round(share * n))
     for i in range(len(x)):
         start = int(rng.integers(1, n - k + 1)) if k < n else 0
-        out[i, start:start + k] = out[i, max(start - 1, 0)]
+        out[i, start : start + k] = out[i, max(start - 1, 0)]
     return out
 
 
@@ -49,8 +49,14 @@ def main() -> int:
     ap.add_argument("--plot", type=Path, default=None)
     args = ap.parse_args()
     cfg = ModelConfig(tasks=("stress",), modalities=("bvp", "eda", "temp", "acc"))
-    ws = source_windows(parse_source(args.data), modalities=cfg.modalities, tasks=cfg.tasks, classes=cfg.classes,
-                        hop_s=10, calibration=CalibrationConfig())
+    ws = source_windows(
+        parse_source(args.data),
+        modalities=cfg.modalities,
+        tasks=cfg.tasks,
+        classes=cfg.classes,
+        hop_s=10,
+        calibration=CalibrationConfig(),
+    )
     ws = ws.subset(np.flatnonzero(ws.labelled & ws.calibrated))
     y = ws.labels[:, 0]
     rng = np.random.default_rng(0)
@@ -59,7 +65,8 @@ def main() -> int:
         test = np.isin(ws.groups, fold)
         floor = feature_floor(ws.features[~test])
         est = make_estimator(args.kind, 0).fit(
-            model_inputs(ws.features[~test], ws.ref_mean[~test], ws.ref_sd[~test], True, floor), y[~test])
+            model_inputs(ws.features[~test], ws.ref_mean[~test], ws.ref_sd[~test], True, floor), y[~test]
+        )
         for share in SHARES:
             sig = {m: hold_last(ws.inputs[m][test], share, rng) for m in ("bvp", "eda", "temp", "acc")}
             f = window_features(sig)
@@ -87,8 +94,9 @@ def main() -> int:
 
         fig, ax = plt.subplots(1, 2, figsize=(9, 3.4))
         ax[0].plot(SHARES, [100 * right[s].mean() for s in SHARES], "o-")
-        ax[0].set(xlabel="share of the window missing (held last value)", ylabel="accuracy %",
-                  title="stress, held-out people")
+        ax[0].set(
+            xlabel="share of the window missing (held last value)", ylabel="accuracy %", title="stress, held-out people"
+        )
         ax[1].bar(range(len(motion_rows)), [100 * r[3] for r in motion_rows])
         ax[1].set_xticks(range(len(motion_rows)), ["0" if r[1] == 0 else f"≤{r[1]:g}" for r in motion_rows])
         ax[1].set(xlabel="share of 1 s blocks with motion", ylabel="accuracy %", title="by measured motion")

@@ -31,25 +31,31 @@ def _bus_address(text: str) -> str:
 
 def add_bus_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--bus", type=_bus_address, default=DEFAULT_BUS,
+        "--bus",
+        type=_bus_address,
+        default=DEFAULT_BUS,
         help=f"hub address, tcp://HOST:PORT (publishers use PORT, subscribers PORT+1) or ipc://PATH "
-             f"(default {DEFAULT_BUS}); or nats://HOST:4222 (comma-separated for a cluster) for NATS JetStream",
+        f"(default {DEFAULT_BUS}); or nats://HOST:4222 (comma-separated for a cluster) for NATS JetStream",
     )
     parser.add_argument(
-        "--consumer", metavar="NAME",
+        "--consumer",
+        metavar="NAME",
         help="on a nats:// bus, the durable consumer this stage resumes from after a restart (default: the "
-             "command's name; tap and run's own watcher take none and see only what flows from now on)",
+        "command's name; tap and run's own watcher take none and see only what flows from now on)",
     )
     parser.add_argument(
-        "--bus-keys", type=Path, metavar="DIR",
+        "--bus-keys",
+        type=Path,
+        metavar="DIR",
         help="encrypt and authenticate the bus with CURVE keys from DIR (hub.key, client.key_secret; the hub "
-             "also hub.key_secret and allowed/): needed for a tcp:// address that is not loopback, "
-             "accepted on any (see `m3sense keys`)",
+        "also hub.key_secret and allowed/): needed for a tcp:// address that is not loopback, "
+        "accepted on any (see `m3sense keys`)",
     )
     parser.add_argument(
-        "--insecure", action="store_true",
+        "--insecure",
+        action="store_true",
         help="accept a non-loopback address without keys: plain text that anyone on the network can read "
-             "and write (a warning is printed)",
+        "and write (a warning is printed)",
     )
 
 
@@ -60,7 +66,7 @@ def apply_bus_security(args: argparse.Namespace) -> None:
     ``m3sense main`` calls it for every command that has the options. The keys a command needs
     follow from what it is: ``hub`` serves, ``run`` serves and connects, the others connect."""
     from bus.security import BusSecurity, BusSecurityError, check_address, configure
-    from m3sense.errors import UserError
+    from common.errors import UserError
 
     keys = args.bus_keys
     if keys is not None and not keys.is_dir():
@@ -86,22 +92,28 @@ def apply_bus_security(args: argparse.Namespace) -> None:
 
 def register(sub: argparse._SubParsersAction) -> None:
     h = sub.add_parser(
-        "hub", help="run the bus hub (XSUB/XPUB forwarder) in the foreground",
+        "hub",
+        help="run the bus hub (XSUB/XPUB forwarder) in the foreground",
         description="Every stage connects to the hub. For --bus tcp://HOST:PORT it binds PORT for publishers "
-                    "and PORT+1 for subscribers; for ipc://PATH it binds PATH.in and PATH.out. Ctrl-C stops it.",
+        "and PORT+1 for subscribers; for ipc://PATH it binds PATH.in and PATH.out. Ctrl-C stops it.",
     )
     add_bus_option(h)
     h.set_defaults(func=_hub)
 
     t = sub.add_parser(
-        "tap", help="print bus messages as they flow, one line each",
+        "tap",
+        help="print bus messages as they flow, one line each",
         description="Subscribe and print each message: topic, sequence number, first-sample time, rate and sample "
-                    "count (with --json one JSON object per line, with the message's metadata fields). On exit it "
-                    "prints the counts of received, missing (sequence gaps) and malformed messages to stderr.",
+        "count (with --json one JSON object per line, with the message's metadata fields). On exit it "
+        "prints the counts of received, missing (sequence gaps) and malformed messages to stderr.",
     )
     add_bus_option(t)
-    t.add_argument("--topic", action="append", metavar="PREFIX",
-                   help="topic prefix to subscribe to, e.g. raw/bvp/ or window/S2/ (repeatable; default all)")
+    t.add_argument(
+        "--topic",
+        action="append",
+        metavar="PREFIX",
+        help="topic prefix to subscribe to, e.g. raw/bvp/ or window/S2/ (repeatable; default all)",
+    )
     t.add_argument("--json", action="store_true", help="one JSON object per line")
     t.add_argument("--values", action="store_true", help="include the samples (and named arrays)")
     t.add_argument("--count", type=int, metavar="N", help="exit after N messages")
@@ -109,11 +121,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.set_defaults(func=_tap)
 
     k = sub.add_parser(
-        "keys", help="make and allow the CURVE keys of an authenticated bus",
+        "keys",
+        help="make and allow the CURVE keys of an authenticated bus",
         description="Keys live in one folder per host, given to every command as --bus-keys DIR: hub.key (the hub's "
-                    "public key, on every host), hub.key_secret (only on the hub's host), client.key and "
-                    "client.key_secret (this host's stages), allowed/*.key (the clients the hub admits). "
-                    "Secret files are made 0600 and never overwritten.",
+        "public key, on every host), hub.key_secret (only on the hub's host), client.key and "
+        "client.key_secret (this host's stages), allowed/*.key (the clients the hub admits). "
+        "Secret files are made 0600 and never overwritten.",
     )
     ksub = k.add_subparsers(dest="keys_command", metavar="ACTION")
     ksub.required = True
@@ -136,7 +149,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _keys_call(fn: Any, *fn_args: Any) -> Any:
     from bus.security import BusSecurityError
-    from m3sense.errors import UserError
+    from common.errors import UserError
 
     try:
         return fn(*fn_args)
@@ -151,8 +164,11 @@ def _keys_init(args: argparse.Namespace) -> int:
 
     for path in _keys_call(init_folder, args.dir):
         print(path)
-    print(f"keys: run the hub and every stage with --bus-keys {args.dir}; on another host, copy hub.key there, "
-          f"make its client pair (m3sense keys new client --dir DIR) and allow its client.key here", file=sys.stderr)
+    print(
+        f"keys: run the hub and every stage with --bus-keys {args.dir}; on another host, copy hub.key there, "
+        f"make its client pair (m3sense keys new client --dir DIR) and allow its client.key here",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -179,7 +195,7 @@ def _keys_list(args: argparse.Namespace) -> int:
         print(f"{path}\t{public.decode()}")
 
     if not args.dir.is_dir():
-        from m3sense.errors import UserError
+        from common.errors import UserError
 
         raise UserError(f"{args.dir}: no such folder")
     for name in (HUB, CLIENT):
@@ -197,9 +213,11 @@ def _hub(args: argparse.Namespace) -> int:
     from bus.hub import Hub
 
     if is_nats(args.bus):
-        from m3sense.errors import UserError
+        from common.errors import UserError
 
-        raise UserError(f"{args.bus} is a NATS bus: it has no hub, its servers carry it (nats-server -js -p PORT -sd DIR)")
+        raise UserError(
+            f"{args.bus} is a NATS bus: it has no hub, its servers carry it (nats-server -js -p PORT -sd DIR)"
+        )
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -211,25 +229,39 @@ def _hub(args: argparse.Namespace) -> int:
         print(f"m3sense hub: error: {exc}", file=sys.stderr)
         return 2
     ep = hub.endpoints
-    guard = (f"CURVE, clients allowed from {hub.security.keys}/allowed" if hub.security.curve
-             else "plain, no authentication")
-    print(f"hub: publishers connect to {ep.publishers}, subscribers to {ep.subscribers} ({guard})", file=sys.stderr,
-          flush=True)
+    guard = (
+        f"CURVE, clients allowed from {hub.security.keys}/allowed" if hub.security.curve else "plain, no authentication"
+    )
+    print(
+        f"hub: publishers connect to {ep.publishers}, subscribers to {ep.subscribers} ({guard})",
+        file=sys.stderr,
+        flush=True,
+    )
     try:
         stop.wait()
     finally:
         hub.stop()
     if hub.allow_list is not None and (hub.allow_list.refused or hub.refused_plain):
-        print(f"hub: refused {hub.allow_list.refused} connection(s) with unknown keys, {hub.refused_plain} "
-              f"without CURVE", file=sys.stderr)
+        print(
+            f"hub: refused {hub.allow_list.refused} connection(s) with unknown keys, {hub.refused_plain} without CURVE",
+            file=sys.stderr,
+        )
     return 0
 
 
 def message_record(msg: Any, values: bool) -> dict[str, Any]:
     """The JSON form of a message that ``tap --json`` prints."""
     rec: dict[str, Any] = {k: v for k, v in msg.meta.items()}
-    rec.update(topic=msg.topic, kind=msg.kind, device=msg.device, modality=msg.modality, seq=msg.seq,
-               t0=msg.t0_s, fs=msg.fs_hz, n=msg.n)
+    rec.update(
+        topic=msg.topic,
+        kind=msg.kind,
+        device=msg.device,
+        modality=msg.modality,
+        seq=msg.seq,
+        t0=msg.t0_s,
+        fs=msg.fs_hz,
+        n=msg.n,
+    )
     if values:
         rec["values"] = msg.samples.tolist()
         if msg.arrays:
@@ -239,7 +271,7 @@ def message_record(msg: Any, values: bool) -> dict[str, Any]:
 
 def _tap(args: argparse.Namespace) -> int:
     from bus.sockets import Subscriber
-    from m3sense.aio import run_until_signal
+    from common.aio import run_until_signal
 
     out = sys.stdout
 
@@ -252,8 +284,11 @@ def _tap(args: argparse.Namespace) -> int:
         try:
             async with sub:
                 # a readiness line, so a script can start publishers only once the tap listens
-                print(f"tap: subscribed to {' '.join(args.topic or ['(everything)'])} on {args.bus}", file=sys.stderr,
-                      flush=True)
+                print(
+                    f"tap: subscribed to {' '.join(args.topic or ['(everything)'])} on {args.bus}",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 while args.count is None or seen < args.count:
                     try:
                         msg = await sub.recv(args.idle_exit)
@@ -272,8 +307,11 @@ def _tap(args: argparse.Namespace) -> int:
         finally:
             out.flush()
             st = sub.stats
-            print(f"tap: received {st.received}, missing {st.gaps}, late {st.late}, "
-                  f"malformed {sum(st.malformed.values())}", file=sys.stderr)
+            print(
+                f"tap: received {st.received}, missing {st.gaps}, late {st.late}, "
+                f"malformed {sum(st.malformed.values())}",
+                file=sys.stderr,
+            )
         return 0
 
     return run_until_signal(main())

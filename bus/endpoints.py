@@ -25,13 +25,13 @@ class BadBusAddress(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class HubEndpoints:
-    publishers: str   # where PUB/XPUB sockets connect (hub binds XSUB here)
+    publishers: str  # where PUB/XPUB sockets connect (hub binds XSUB here)
     subscribers: str  # where SUB sockets connect (hub binds XPUB here)
 
 
 def hub_endpoints(address: str) -> HubEndpoints:
     if address.startswith("ipc://"):
-        path = address[len("ipc://"):]
+        path = address[len("ipc://") :]
         if not path:
             raise BadBusAddress(f"bus address {address!r} names no path")
         return HubEndpoints(f"ipc://{path}.in", f"ipc://{path}.out")

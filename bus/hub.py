@@ -29,8 +29,9 @@ class Hub:
     it in the foreground.
     """
 
-    def __init__(self, address: str, context: zmq.Context | None = None, *,
-                 security: BusSecurity | None = None) -> None:
+    def __init__(
+        self, address: str, context: zmq.Context | None = None, *, security: BusSecurity | None = None
+    ) -> None:
         self.address = address
         self.endpoints = hub_endpoints(address)
         self.security = security or current()
@@ -79,7 +80,7 @@ class Hub:
             for s in (xsub, xpub, control):
                 s.close(linger=0)
 
-    def start(self) -> "Hub":
+    def start(self) -> Hub:
         if self.security.curve and self._auth is None:
             if self._given_ctx is None:
                 self._ctx, self._own_ctx = zmq.Context(), True
@@ -116,7 +117,7 @@ class Hub:
             self._ctx.term()
             self._own_ctx = False
 
-    def __enter__(self) -> "Hub":
+    def __enter__(self) -> Hub:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

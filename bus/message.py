@@ -69,11 +69,11 @@ _DIMS = tuple(struct.Struct(f"<{n}I") for n in range(_MAX_NDIM + 1))
 _HAS_TAIL = 1
 #: Bounds a well-formed message stays far inside; what exceeds them is hostile or broken, and
 #: rejecting it here keeps every stage's handlers free of recursion, overflow and huge buffers.
-MAX_TAIL_BYTES = 64 * 1024          # a window's or affect answer's metadata is under 2 KiB
-MAX_TAIL_DEPTH = 16                 # the deepest real tail is 3 levels
-MAX_TIME_S = 2.0**33                # Unix seconds, about the year 2242 (0 is allowed: tests, relative clocks)
+MAX_TAIL_BYTES = 64 * 1024  # a window's or affect answer's metadata is under 2 KiB
+MAX_TAIL_DEPTH = 16  # the deepest real tail is 3 levels
+MAX_TIME_S = 2.0**33  # Unix seconds, about the year 2242 (0 is allowed: tests, relative clocks)
 MIN_RATE_HZ, MAX_RATE_HZ = 1e-3, 1e4  # a positive rate outside these is no wearable's
-_MAX_INT_DIGITS = 19                # JSON integers must fit an int64
+_MAX_INT_DIGITS = 19  # JSON integers must fit an int64
 _JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
 _OPEN, _CLOSE = np.frombuffer(b"[{", np.uint8), np.frombuffer(b"]}", np.uint8)
 
@@ -296,9 +296,29 @@ def decode(frames: Sequence[Any]) -> Message:
         meta = doc.get("x", {})
     elif len(head) != end or len(frames) != 3:
         raise MalformedMessage("frames", f"{len(frames)} frames and {len(head) - end} stray header bytes")
-    return Message(kind=kind, device=device, modality=modality, seq=seq, t0_s=t0, fs_hz=fs,
-                   samples=samples, arrays=arrays, meta=meta, version=version, incarnation=incarnation)
+    return Message(
+        kind=kind,
+        device=device,
+        modality=modality,
+        seq=seq,
+        t0_s=t0,
+        fs_hz=fs,
+        samples=samples,
+        arrays=arrays,
+        meta=meta,
+        version=version,
+        incarnation=incarnation,
+    )
 
 
-__all__ = ["DTYPES", "DTYPE_CODES", "HEADER_SIZE", "KINDS", "SCHEMA_VERSION", "MalformedMessage", "Message", "decode",
-           "encode"]
+__all__ = [
+    "DTYPES",
+    "DTYPE_CODES",
+    "HEADER_SIZE",
+    "KINDS",
+    "SCHEMA_VERSION",
+    "MalformedMessage",
+    "Message",
+    "decode",
+    "encode",
+]

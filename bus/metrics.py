@@ -62,8 +62,13 @@ class Snapshot:
 
 def bus_snapshot(stats: Any, **more: Any) -> Snapshot:
     """A snapshot from a subscriber's :class:`bus.BusStats` plus the stage's own fields."""
-    return Snapshot(messages=stats.received, malformed=dict(stats.malformed), gaps=stats.gaps,
-                    upstream_restarts=stats.restarts, **more)
+    return Snapshot(
+        messages=stats.received,
+        malformed=dict(stats.malformed),
+        gaps=stats.gaps,
+        upstream_restarts=stats.restarts,
+        **more,
+    )
 
 
 class StageMetrics:
@@ -76,8 +81,13 @@ class StageMetrics:
         self.stage = stage
         self.registry = CollectorRegistry(auto_describe=True)
         ProcessCollector(registry=self.registry)  # process_start_time_seconds: a restart shows
-        self._latency = Histogram("m3sense_latency_seconds", "time to handle one message (infer: one batch)",
-                                  ["stage"], buckets=_BUCKETS, registry=self.registry).labels(stage)
+        self._latency = Histogram(
+            "m3sense_latency_seconds",
+            "time to handle one message (infer: one batch)",
+            ["stage"],
+            buckets=_BUCKETS,
+            registry=self.registry,
+        ).labels(stage)
         self._source: Callable[[], Snapshot] | None = None
         self.registry.register(self)
 
@@ -125,8 +135,9 @@ class StageMetrics:
         yield counter("m3sense_messages", "bus messages taken in", snap.messages)
         yield by("m3sense_malformed", "messages dropped as malformed, by kind", "kind", snap.malformed)
         yield counter("m3sense_gaps", "messages missing by sequence number", snap.gaps)
-        yield counter("m3sense_upstream_restarts", "publishers heard restarting (new incarnation)",
-                      snap.upstream_restarts)
+        yield counter(
+            "m3sense_upstream_restarts", "publishers heard restarting (new incarnation)", snap.upstream_restarts
+        )
         yield by("m3sense_drops", "what the stage refused or dropped itself, by kind", "kind", snap.drops)
         yield counter("m3sense_published", "messages (store: records) put out", snap.published)
         depth = GaugeMetricFamily("m3sense_queue_depth", "work waiting inside the stage", labels=["stage"])
@@ -163,17 +174,25 @@ class _Timer:
 
 
 def add_metrics_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--metrics-port", type=int, metavar="PORT",
-                   help="serve the stage's counters for Prometheus on http://HOST:PORT/metrics (0: any free port)")
-    p.add_argument("--metrics-host", default=DEFAULT_HOST, metavar="HOST",
-                   help=f"address of the metrics endpoint (default {DEFAULT_HOST}: this host only)")
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help="serve the stage's counters for Prometheus on http://HOST:PORT/metrics (0: any free port)",
+    )
+    p.add_argument(
+        "--metrics-host",
+        default=DEFAULT_HOST,
+        metavar="HOST",
+        help=f"address of the metrics endpoint (default {DEFAULT_HOST}: this host only)",
+    )
 
 
 def start_metrics(args: argparse.Namespace, stage: str) -> StageMetrics | None:
     """The stage's metrics, serving if ``--metrics-port`` was given (None otherwise); says where on stderr."""
     import sys
 
-    from m3sense.errors import UserError
+    from common.errors import UserError
 
     port = getattr(args, "metrics_port", None)
     if port is None:
@@ -191,7 +210,10 @@ def start_metrics(args: argparse.Namespace, stage: str) -> StageMetrics | None:
     except ValueError:
         wide = True
     if wide:
-        print(f"{stage}: warning: metrics on {host} are readable from the network (no authentication)",
-              file=sys.stderr, flush=True)
+        print(
+            f"{stage}: warning: metrics on {host} are readable from the network (no authentication)",
+            file=sys.stderr,
+            flush=True,
+        )
     print(f"{stage}: metrics on http://{host}:{bound}/metrics", file=sys.stderr, flush=True)
     return metrics

@@ -51,20 +51,20 @@ from bus.message import MalformedMessage, Message, decode, encode
 from bus.security import BusSecurity, BusSecurityError, check_address, current
 from bus.sequence import BusStats, GapTracker
 from bus.sockets import Publisher
-from m3sense.errors import UserError
+from common.errors import UserError
 
 log = logging.getLogger(__name__)
 
 STREAM = "M3SENSE"
 SUBJECT_ROOT = "m3s"
-STREAM_MAX_AGE_S = 24 * 3600.0     # a day: long enough for any stage to come back, short enough to bound the disk
-STREAM_MAX_BYTES = 8 * 1024**3     # 8 GiB, about two days of 1,000 wristbands' raw signals
+STREAM_MAX_AGE_S = 24 * 3600.0  # a day: long enough for any stage to come back, short enough to bound the disk
+STREAM_MAX_BYTES = 8 * 1024**3  # 8 GiB, about two days of 1,000 wristbands' raw signals
 ACK_WAIT_S = float(os.environ.get("M3SENSE_NATS_ACK_WAIT_S", "30"))  # unacknowledged -> delivered again after this
 FETCH_BATCH = 256
-FETCH_BATCH_EXPLICIT = 32          # explicit acks wait for the work (a model batch): fetch no more than that holds
-RESEND_AFTER_S = 5.0               # a publication unanswered this long is sent again (same message id)
-ACK_EVERY = 64                     # handled messages acknowledged together (or sooner when idle)
-MAX_FRAMES = 64                    # header + samples + named arrays; a real message has at most 8
+FETCH_BATCH_EXPLICIT = 32  # explicit acks wait for the work (a model batch): fetch no more than that holds
+RESEND_AFTER_S = 5.0  # a publication unanswered this long is sent again (same message id)
+ACK_EVERY = 64  # handled messages acknowledged together (or sooner when idle)
+MAX_FRAMES = 64  # header + samples + named arrays; a real message has at most 8
 _FRAMING = struct.Struct("<I")
 _DESCRIPTION = "m3sense prefixes "
 _CONNECT_TIMEOUT_S = 3.0
@@ -86,6 +86,7 @@ def configure_consumer(name: str | None) -> None:
 
 
 # -- subjects ----------------------------------------------------------------------------------
+
 
 def _escape(segment: str) -> str:
     return segment.replace("%", "%25").replace(".", "%2E")
@@ -139,6 +140,7 @@ def _covers(prefixes: Sequence[str], topic: str) -> bool:
 
 # -- payload framing ---------------------------------------------------------------------------
 
+
 def pack(frames: Sequence[Any]) -> bytes:
     """The frames after the topic as one payload: count, each length, then the bytes."""
     views = [memoryview(f).cast("B") if not isinstance(f, bytes) else f for f in frames]
@@ -169,7 +171,7 @@ def unpack(payload: bytes) -> list[Any]:
         raise MalformedMessage("framing", f"frame lengths sum to {sum(lengths)}, payload holds {len(data) - at}")
     frames = []
     for n in lengths:
-        frames.append(_Frame(data[at:at + n]))
+        frames.append(_Frame(data[at : at + n]))
         at += n
     return frames
 
@@ -180,11 +182,14 @@ def decode_nats(subject: str, payload: bytes) -> Message:
 
 # -- connection --------------------------------------------------------------------------------
 
+
 def _check_security(bus: str, security: BusSecurity) -> list[str]:
     servers = nats_servers(bus)
     if security.curve:
-        raise BusSecurityError("--bus-keys holds CURVE keys for the ZeroMQ bus; a nats:// bus has no TLS or "
-                               "NATS credentials support yet: use a loopback NATS server, or --insecure")
+        raise BusSecurityError(
+            "--bus-keys holds CURVE keys for the ZeroMQ bus; a nats:// bus has no TLS or "
+            "NATS credentials support yet: use a loopback NATS server, or --insecure"
+        )
     for server in servers:
         check_address(server, security)
     return servers
@@ -192,6 +197,7 @@ def _check_security(bus: str, security: BusSecurity) -> list[str]:
 
 async def connect(bus: str, servers: list[str]) -> Any:
     """A NATS connection with JetStream, or :class:`NatsUnreachable` in one line."""
+
     async def quiet(_exc: Exception) -> None:  # nats-py would log every failed attempt at length
         return None
 
@@ -205,14 +211,23 @@ async def connect(bus: str, servers: list[str]) -> Any:
         writer.close()
         break
     else:
-        raise NatsUnreachable(f"NATS server at {bus} is unreachable (no answer on {', '.join(servers)}); "
-                              f"start one with: nats-server -js -p PORT -sd DIR")
+        raise NatsUnreachable(
+            f"NATS server at {bus} is unreachable (no answer on {', '.join(servers)}); "
+            f"start one with: nats-server -js -p PORT -sd DIR"
+        )
     try:
-        nc = await nats.connect(servers=servers, connect_timeout=_CONNECT_TIMEOUT_S, max_reconnect_attempts=-1,
-                                allow_reconnect=True, error_cb=quiet)
+        nc = await nats.connect(
+            servers=servers,
+            connect_timeout=_CONNECT_TIMEOUT_S,
+            max_reconnect_attempts=-1,
+            allow_reconnect=True,
+            error_cb=quiet,
+        )
     except (nats.errors.NoServersError, OSError, TimeoutError) as exc:
-        raise NatsUnreachable(f"NATS server at {bus} is unreachable ({type(exc).__name__}: {exc}); "
-                              f"start one with: nats-server -js -p PORT -sd DIR") from None
+        raise NatsUnreachable(
+            f"NATS server at {bus} is unreachable ({type(exc).__name__}: {exc}); "
+            f"start one with: nats-server -js -p PORT -sd DIR"
+        ) from None
     return nc
 
 
@@ -233,10 +248,18 @@ async def ensure_stream(js: Any, bus: str, replicas: int = 1) -> None:
     except nats.errors.NoRespondersError:
         raise NatsUnreachable(f"NATS server at {bus} has no JetStream (start it with -js)") from None
     try:
-        await js.add_stream(api.StreamConfig(
-            name=STREAM, subjects=[f"{SUBJECT_ROOT}.>"], retention=api.RetentionPolicy.LIMITS,
-            max_age=STREAM_MAX_AGE_S, max_bytes=STREAM_MAX_BYTES, storage=api.StorageType.FILE,
-            discard=api.DiscardPolicy.OLD, num_replicas=replicas))
+        await js.add_stream(
+            api.StreamConfig(
+                name=STREAM,
+                subjects=[f"{SUBJECT_ROOT}.>"],
+                retention=api.RetentionPolicy.LIMITS,
+                max_age=STREAM_MAX_AGE_S,
+                max_bytes=STREAM_MAX_BYTES,
+                storage=api.StorageType.FILE,
+                discard=api.DiscardPolicy.OLD,
+                num_replicas=replicas,
+            )
+        )
     except nats.js.errors.BadRequestError:  # another process created it meanwhile
         await js.stream_info(STREAM)
 
@@ -245,7 +268,7 @@ def _prefixes_of(info: Any) -> list[str] | None:
     desc = getattr(info.config, "description", None) or ""
     if desc.startswith(_DESCRIPTION):
         try:
-            found = json.loads(desc[len(_DESCRIPTION):])
+            found = json.loads(desc[len(_DESCRIPTION) :])
         except ValueError:
             return None
         return [p for p in found if isinstance(p, str)]
@@ -253,6 +276,7 @@ def _prefixes_of(info: Any) -> list[str] | None:
 
 
 # -- publisher ---------------------------------------------------------------------------------
+
 
 def _lost_on_the_way(fut: asyncio.Future) -> bool:
     """An answer that says the publication may not have reached a stream leader (a server died,
@@ -330,8 +354,11 @@ class NatsPublisher(Publisher):
         if fut.cancelled() or fut.exception() is not None:
             self.refused += 1
             if self.refused == 1:
-                log.warning("NATS refused a publication on %s (%s); further ones are only counted", self.bus,
-                            "cancelled" if fut.cancelled() else fut.exception())
+                log.warning(
+                    "NATS refused a publication on %s (%s); further ones are only counted",
+                    self.bus,
+                    "cancelled" if fut.cancelled() else fut.exception(),
+                )
 
     async def stored(self, timeout_s: float) -> bool:
         """Wait until the server has acknowledged every publication so far; False at the time-out.
@@ -356,8 +383,12 @@ class NatsPublisher(Publisher):
                 self.refused += len(late)
                 for entry in late:
                     entry[0].cancel()
-                log.warning("%d publication(s) to %s had no JetStream acknowledgement after %.0f s", len(late),
-                            self.bus, timeout_s)
+                log.warning(
+                    "%d publication(s) to %s had no JetStream acknowledgement after %.0f s",
+                    len(late),
+                    self.bus,
+                    timeout_s,
+                )
                 return False
             pending = []
             if late and not any(not e[0].done() for e in late):
@@ -393,8 +424,9 @@ class NatsPublisher(Publisher):
         loop = asyncio.get_running_loop()
         deadline = None if timeout_s is None or math.isinf(timeout_s) else loop.time() + timeout_s
         while True:
-            covers = [_prefixes_of(c) or [_prefix_of_filter(c.config.filter_subject or "")]
-                      for c in await self._consumers()]
+            covers = [
+                _prefixes_of(c) or [_prefix_of_filter(c.config.filter_subject or "")] for c in await self._consumers()
+            ]
             pending = [t for t in pending if not any(_covers(ps, t) for ps in covers)]
             if not pending:
                 return []
@@ -435,12 +467,21 @@ async def _publications_stored(timeout_s: float = 30.0) -> bool:
 
 # -- subscriber --------------------------------------------------------------------------------
 
+
 class NatsSubscriber:
     """Decoded messages under some topic prefixes, from a durable JetStream consumer (``consumer``
     named) or a live core subscription; ``stats`` as on ZeroMQ."""
 
-    def __init__(self, bus: str, prefixes: Iterable[str] = ("",), *, hwm: int = 0,
-                 security: BusSecurity | None = None, consumer: str | None = None, acks: str = "next") -> None:
+    def __init__(
+        self,
+        bus: str,
+        prefixes: Iterable[str] = ("",),
+        *,
+        hwm: int = 0,
+        security: BusSecurity | None = None,
+        consumer: str | None = None,
+        acks: str = "next",
+    ) -> None:
         if acks not in ("next", "explicit"):
             raise ValueError(f"acks must be 'next' or 'explicit', not {acks!r}")
         self.bus = bus
@@ -485,11 +526,17 @@ class NatsSubscriber:
             raise NatsUnreachable(
                 f"consumer {self.consumer!r} on {self.bus} filters {info.config.filter_subject}, this stage needs "
                 f"{self.subject}: give --consumer another name, or delete it (nats consumer rm {STREAM} "
-                f"{self.consumer})")
+                f"{self.consumer})"
+            )
         config = api.ConsumerConfig(
-            durable_name=self.consumer, description=desc, deliver_policy=api.DeliverPolicy.NEW,
-            ack_policy=api.AckPolicy.EXPLICIT, ack_wait=ACK_WAIT_S, max_ack_pending=20_000,
-            filter_subject=self.subject)
+            durable_name=self.consumer,
+            description=desc,
+            deliver_policy=api.DeliverPolicy.NEW,
+            ack_policy=api.AckPolicy.EXPLICIT,
+            ack_wait=ACK_WAIT_S,
+            max_ack_pending=20_000,
+            filter_subject=self.subject,
+        )
         return await js.pull_subscribe(self.subject, durable=self.consumer, stream=STREAM, config=config)
 
     async def __aexit__(self, *_: Any) -> None:

@@ -103,8 +103,9 @@ def read_key_file(path: Path, *, secret: bool) -> tuple[bytes, bytes | None]:
 def read_allowed(folder: Path) -> set[bytes]:
     """The public keys in an allow-list folder (``*.key``); bad files are errors, not skipped."""
     if not folder.is_dir():
-        raise BusSecurityError(f"{folder}: no allow-list folder (add a client: m3sense keys allow FILE "
-                               f"--dir {folder.parent})")
+        raise BusSecurityError(
+            f"{folder}: no allow-list folder (add a client: m3sense keys allow FILE --dir {folder.parent})"
+        )
     return {read_key_file(p, secret=False)[0] for p in sorted(folder.glob("*" + PUBLIC_SUFFIX))}
 
 
@@ -148,15 +149,17 @@ class BusSecurity:
             public, secret = read_key_file(self.keys / (HUB + SECRET_SUFFIX), secret=True)
             allowed = self.keys / ALLOWED
             if not read_allowed(allowed):
-                raise BusSecurityError(f"{allowed}: no allowed client keys (add one: m3sense keys allow FILE "
-                                       f"--dir {self.keys})")
+                raise BusSecurityError(
+                    f"{allowed}: no allowed client keys (add one: m3sense keys allow FILE --dir {self.keys})"
+                )
             self._cache["server"] = ServerKeys(public, secret, allowed)  # type: ignore[arg-type]
         return self._cache["server"]
 
     def as_args(self) -> list[str]:
         """The same setting as command-line options, for the stages ``run`` starts."""
-        return (["--bus-keys", str(self.keys)] if self.keys is not None else []) + \
-            (["--insecure"] if self.insecure else [])
+        return (["--bus-keys", str(self.keys)] if self.keys is not None else []) + (
+            ["--insecure"] if self.insecure else []
+        )
 
 
 _current = BusSecurity()
@@ -179,7 +182,8 @@ def check_address(address: str, security: BusSecurity) -> None:
     if not security.insecure:
         raise BusSecurityError(
             f"bus {address} is not loopback: give --bus-keys DIR (make them with: m3sense keys init --dir DIR), "
-            f"or --insecure for plain text anyone on the network can read and write")
+            f"or --insecure for plain text anyone on the network can read and write"
+        )
     if address not in _warned:
         _warned.add(address)
         log.warning("bus %s is not loopback and has no keys: anyone who reaches it can read and publish", address)
@@ -203,12 +207,18 @@ def secure_client(sock: zmq.Socket, security: BusSecurity) -> None:
 
     def say(event: int, endpoint: str) -> None:
         if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
-            log.error("bus: the hub at %s refused this host's key %s: allow it on the hub's host "
-                      "(m3sense keys allow client.key --dir DIR) and start this command again",
-                      endpoint, folder / (CLIENT + PUBLIC_SUFFIX))
+            log.error(
+                "bus: the hub at %s refused this host's key %s: allow it on the hub's host "
+                "(m3sense keys allow client.key --dir DIR) and start this command again",
+                endpoint,
+                folder / (CLIENT + PUBLIC_SUFFIX),
+            )
         else:
-            log.error("bus: no CURVE handshake with the hub at %s: does it run with --bus-keys, and is %s "
-                      "its public key?", endpoint, folder / (HUB + PUBLIC_SUFFIX))
+            log.error(
+                "bus: no CURVE handshake with the hub at %s: does it run with --bus-keys, and is %s its public key?",
+                endpoint,
+                folder / (HUB + PUBLIC_SUFFIX),
+            )
 
     watch_handshakes(sock, say)
 

@@ -55,7 +55,7 @@ class Publisher:
     A ``nats://`` address makes a :class:`bus.nats_backend.NatsPublisher` instead (chosen in
     ``__new__``, so every call site, ``isinstance`` and type hint stay as they are)."""
 
-    def __new__(cls, bus: str, *args: Any, **kwargs: Any) -> "Publisher":
+    def __new__(cls, bus: str, *args: Any, **kwargs: Any) -> Publisher:
         if cls is Publisher and is_nats(bus):
             from bus.nats_backend import NatsPublisher
 
@@ -80,7 +80,7 @@ class Publisher:
         self._flush_timeout_s = flush_timeout_s
         self.sent = 0
 
-    async def __aenter__(self) -> "Publisher":
+    async def __aenter__(self) -> Publisher:
         sock = self._ctx.socket(zmq.XPUB)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SNDHWM, HWM)
@@ -187,10 +187,15 @@ class Publisher:
         """Number a message on its topic and send it; returns what was sent."""
         topic = topic_for(kind, device, modality if kind == RAW else None)
         msg = Message(
-            kind=kind, device=device, modality=modality or kind, seq=self._seq.next(topic),
-            t0_s=float(t0_s), fs_hz=float(fs_hz),
+            kind=kind,
+            device=device,
+            modality=modality or kind,
+            seq=self._seq.next(topic),
+            t0_s=float(t0_s),
+            fs_hz=float(fs_hz),
             samples=np.zeros(0) if samples is None else samples,
-            arrays=arrays or {}, meta=meta or {},
+            arrays=arrays or {},
+            meta=meta or {},
         )
         await self.send(msg)
         return msg
@@ -226,8 +231,11 @@ class Publisher:
                             return True
                 except TimeoutError:
                     continue
-        log.warning("bus flush timed out after %.0f s: no marker came back through the hub at %s",
-                    self._flush_timeout_s, self.endpoints.publishers)
+        log.warning(
+            "bus flush timed out after %.0f s: no marker came back through the hub at %s",
+            self._flush_timeout_s,
+            self.endpoints.publishers,
+        )
         return False
 
 
@@ -244,8 +252,15 @@ class Subscriber:
             return NatsSubscriber(bus, *args, **kwargs)  # not a Subscriber: __init__ below is not called
         return super().__new__(cls)
 
-    def __init__(self, bus: str, prefixes: Iterable[str] = ("",), *, hwm: int = HWM,
-                 security: BusSecurity | None = None, acks: str = "next") -> None:
+    def __init__(
+        self,
+        bus: str,
+        prefixes: Iterable[str] = ("",),
+        *,
+        hwm: int = HWM,
+        security: BusSecurity | None = None,
+        acks: str = "next",
+    ) -> None:
         self.endpoints = hub_endpoints(bus)
         self.security = security or current()
         check_address(bus, self.security)
@@ -258,7 +273,7 @@ class Subscriber:
         self._logged: set[str] = set()
         self._streak = 0
 
-    async def __aenter__(self) -> "Subscriber":
+    async def __aenter__(self) -> Subscriber:
         sock = self._ctx.socket(zmq.SUB)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.RCVHWM, self._hwm)

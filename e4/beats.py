@@ -70,8 +70,12 @@ class BeatOutput:
     hr: tuple[HeartRate, ...] = ()
 
 
-def rate_bpm(peak_times_s: np.ndarray, ibi_range_s: tuple[float, float] = IBI_RANGE_S,
-             max_change: float = 0.2, min_intervals: int = 3) -> float | None:
+def rate_bpm(
+    peak_times_s: np.ndarray,
+    ibi_range_s: tuple[float, float] = IBI_RANGE_S,
+    max_change: float = 0.2,
+    min_intervals: int = 3,
+) -> float | None:
     """60 / mean of the intervals between consecutive beats that are physiological and within
     ``max_change`` of their median (so a missed or an extra beat does not move it); None with
     fewer than ``min_intervals`` of them."""

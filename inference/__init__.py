@@ -12,20 +12,41 @@ The names below are imported on first use: ``inference.cli`` lives in this packa
 ``m3sense --help`` must not pay for importing torch.
 """
 
-from m3sense.lazy import lazy_surface
+from common.lazy import lazy_surface
 
-__all__, __getattr__, __dir__ = lazy_surface(__name__, {
-    "DEFAULT_MODEL": "checkpoint", "Checkpoint": "checkpoint", "load_checkpoint": "checkpoint",
-    "save_checkpoint": "checkpoint",
-    "MAX_MISSING_FRACTION": "dataset", "Normalizer": "dataset", "WindowSet": "dataset", "is_low_quality": "dataset",
-    "windows_from_messages": "dataset",
-    "FUSIONS": "model", "M3Sense": "model", "ModelConfig": "model", "ModelOutput": "model",
-    "count_parameters": "model", "kl_to_standard_normal": "model",
-    "Predictor": "predict", "affect_meta": "predict",
-    "Answer": "answer", "Answerer": "answer", "Calibrations": "answer", "DEFAULT_BUNDLE": "answer",
-    "load_answerer": "answer",
-    "CalibrationConfig": "calibration", "CalibrationStore": "calibration", "Calibrator": "calibration",
-    "Reference": "calibration",
-    "FEATURES": "features", "window_features": "features",
-    "KINDS": "baselines", "FeatureModel": "baselines", "load_feature_model": "baselines",
-})
+__all__, __getattr__, __dir__ = lazy_surface(
+    __name__,
+    {
+        "DEFAULT_MODEL": "checkpoint",
+        "Checkpoint": "checkpoint",
+        "load_checkpoint": "checkpoint",
+        "save_checkpoint": "checkpoint",
+        "MAX_MISSING_FRACTION": "dataset",
+        "Normalizer": "dataset",
+        "WindowSet": "dataset",
+        "is_low_quality": "dataset",
+        "windows_from_messages": "dataset",
+        "FUSIONS": "model",
+        "M3Sense": "model",
+        "ModelConfig": "model",
+        "ModelOutput": "model",
+        "count_parameters": "model",
+        "kl_to_standard_normal": "model",
+        "Predictor": "predict",
+        "affect_meta": "predict",
+        "Answer": "answer",
+        "Answerer": "answer",
+        "Calibrations": "answer",
+        "DEFAULT_BUNDLE": "answer",
+        "load_answerer": "answer",
+        "CalibrationConfig": "calibration",
+        "CalibrationStore": "calibration",
+        "Calibrator": "calibration",
+        "Reference": "calibration",
+        "FEATURES": "features",
+        "window_features": "features",
+        "KINDS": "baselines",
+        "FeatureModel": "baselines",
+        "load_feature_model": "baselines",
+    },
+)

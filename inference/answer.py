@@ -30,9 +30,9 @@ from pathlib import Path
 import numpy as np
 
 from bus import Message
+from common.errors import DataError, UserError
 from inference.calibration import CalibrationConfig, CalibrationStore, Calibrator, is_usable_for_reference
 from inference.dataset import MAX_MISSING_FRACTION, is_low_quality, window_inputs
-from m3sense.errors import DataError, UserError
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +51,14 @@ class Answer:
     calibration: str | None
 
     def to_json(self) -> dict:
-        return {"label": self.label, "confidence": self.confidence, "probs": dict(self.probs), "status": self.status,
-                "model": self.model, "calibration": self.calibration}
+        return {
+            "label": self.label,
+            "confidence": self.confidence,
+            "probs": dict(self.probs),
+            "status": self.status,
+            "model": self.model,
+            "calibration": self.calibration,
+        }
 
 
 class Calibrations:
@@ -82,13 +88,18 @@ class Calibrations:
         before = cal.reference
         quality = msg.meta.get("quality") if isinstance(msg.meta.get("quality"), Mapping) else {}
         tags = [t for t in (msg.meta.get("tags") or ()) if isinstance(t, (int, float))]
-        ref = cal.push(t_start_s=msg.t0_s, usable=is_usable_for_reference(quality, self.config),
-                       features=features, tags_s=tags)
+        ref = cal.push(
+            t_start_s=msg.t0_s, usable=is_usable_for_reference(quality, self.config), features=features, tags_s=tags
+        )
         if self.store is not None and (ref is not before or cal.gathering or tags):
             self._save(msg.device, cal)
         if ref is not before:
-            log.info("calibration of %s: reference %s (%d windows)", msg.device, ref.id if ref else None,
-                     ref.n_windows if ref else 0)
+            log.info(
+                "calibration of %s: reference %s (%d windows)",
+                msg.device,
+                ref.id if ref else None,
+                ref.n_windows if ref else 0,
+            )
         return ref
 
     def save_all(self) -> None:
@@ -103,8 +114,11 @@ class Calibrations:
             self.store.save(device, cal)
         except OSError as exc:
             if not self._unwritable:
-                log.error("calibration state cannot be kept in %s (%s): a restart will calibrate wearers again",
-                          self.store.folder, exc)
+                log.error(
+                    "calibration state cannot be kept in %s (%s): a restart will calibrate wearers again",
+                    self.store.folder,
+                    exc,
+                )
             self._unwritable = True
 
 
@@ -124,8 +138,9 @@ class Answerer:
             if t not in self._features:
                 self._nets.setdefault(id(m), (m, []))[1].append(t)
         if len(self._nets) > 1:
-            raise DataError(path or "bundle",
-                            "a bundle may hold one M3Sense network (one forward pass answers its tasks)")
+            raise DataError(
+                path or "bundle", "a bundle may hold one M3Sense network (one forward pass answers its tasks)"
+            )
         self._net = next(iter(self._nets.values()))[0] if self._nets else None
         configs = {m.calibration_config for m in self.models.values() if m.needs_reference}
         if len(configs) > 1:
@@ -139,11 +154,19 @@ class Answerer:
         return bool(self._features) or self.calibration_config is not None
 
     def info(self) -> dict:
-        return {"model": self.model_id, "path": str(self.path) if self.path else None,
-                "calibration": self.calibration_config.to_json() if self.calibration_config else None,
-                "tasks": {t: (m.info() if t in self._features else {"model": m.model_id, "kind": "m3sense",
-                                                                    "classes": list(m.classes[t])})
-                          for t, m in self.models.items()}}
+        return {
+            "model": self.model_id,
+            "path": str(self.path) if self.path else None,
+            "calibration": self.calibration_config.to_json() if self.calibration_config else None,
+            "tasks": {
+                t: (
+                    m.info()
+                    if t in self._features
+                    else {"model": m.model_id, "kind": "m3sense", "classes": list(m.classes[t])}
+                )
+                for t, m in self.models.items()
+            },
+        }
 
     # ---- one code path: a batch of per-window arrays ------------------------------------------
 
@@ -157,8 +180,11 @@ class Answerer:
             for t in tasks:
                 probs[t] = np.zeros((n, len(self.classes[t])), np.float32)
             if len(idx):
-                p = net.probs({m: inputs[m][idx] for m in net.modalities}, present[idx],
-                              ref_mean[idx] if net.needs_reference else None)
+                p = net.probs(
+                    {m: inputs[m][idx] for m in net.modalities},
+                    present[idx],
+                    ref_mean[idx] if net.needs_reference else None,
+                )
                 for t in tasks:
                     probs[t][idx] = p[t]
         for t, fm in self._features.items():
@@ -166,8 +192,11 @@ class Answerer:
             idx = np.flatnonzero(have)
             probs[t] = np.zeros((n, len(fm.classes)), np.float32)
             if len(idx):
-                probs[t][idx] = fm.probs(features[idx], ref_mean[idx] if fm.needs_reference else None,
-                                         ref_sd[idx] if fm.needs_reference else None)
+                probs[t][idx] = fm.probs(
+                    features[idx],
+                    ref_mean[idx] if fm.needs_reference else None,
+                    ref_sd[idx] if fm.needs_reference else None,
+                )
         for t, model in self.models.items():
             fm = self._features.get(t)
             mid = fm.model_id if fm else model.model_id
@@ -176,19 +205,26 @@ class Answerer:
             for i in range(n):
                 ref = (ref_ids[i] or None) if needs_ref else None
                 if low_quality[i]:
-                    out[i][t] = Answer(label=None, confidence=None, probs={}, status="low_quality", model=mid,
-                                       calibration=ref)
+                    out[i][t] = Answer(
+                        label=None, confidence=None, probs={}, status="low_quality", model=mid, calibration=ref
+                    )
                 elif needs_ref and ref is None:
-                    out[i][t] = Answer(label=None, confidence=None, probs={}, status="calibrating", model=mid,
-                                       calibration=None)
+                    out[i][t] = Answer(
+                        label=None, confidence=None, probs={}, status="calibrating", model=mid, calibration=None
+                    )
                 else:
                     pr = probs[t][i]
                     best = int(pr.argmax())
                     conf = float(pr[best])
                     sure = conf >= floor
-                    out[i][t] = Answer(label=self.classes[t][best] if sure else None, confidence=conf,
-                                       probs={c: float(v) for c, v in zip(self.classes[t], pr)},
-                                       status="ok" if sure else "uncertain", model=mid, calibration=ref)
+                    out[i][t] = Answer(
+                        label=self.classes[t][best] if sure else None,
+                        confidence=conf,
+                        probs={c: float(v) for c, v in zip(self.classes[t], pr)},
+                        status="ok" if sure else "uncertain",
+                        model=mid,
+                        calibration=ref,
+                    )
         return out
 
     def answer_windows(self, windows: Sequence[Message], calibrations: Calibrations | None) -> list[dict[str, Answer]]:
@@ -209,8 +245,9 @@ class Answerer:
             present.append(p)
         inputs = {m: np.stack(v) for m, v in inputs.items()} if n else {}
         present_arr = np.array(present, dtype=bool).reshape(n, len(mods))
-        low = np.array([is_low_quality(w.meta) or (bool(mods) and not p.any()) for w, p in zip(windows, present)],
-                       dtype=bool)
+        low = np.array(
+            [is_low_quality(w.meta) or (bool(mods) and not p.any()) for w, p in zip(windows, present)], dtype=bool
+        )
         f_count = len(FEATURES)
         features = np.full((n, f_count), np.nan, np.float32)
         ref_mean, ref_sd = np.full((n, f_count), np.nan, np.float32), np.full((n, f_count), np.nan, np.float32)
@@ -229,8 +266,9 @@ class Answerer:
         """Offline: a :class:`inference.dataset.WindowSet` with references
         (:func:`inference.dataset.with_references`)."""
         net = self._net
-        present = (ws.present[:, [ws.modalities.index(m) for m in net.modalities]] if net
-                   else np.zeros((len(ws), 0), bool))
+        present = (
+            ws.present[:, [ws.modalities.index(m) for m in net.modalities]] if net else np.zeros((len(ws), 0), bool)
+        )
         inputs = {m: ws.inputs[m] for m in (net.modalities if net else ())}
         low = (ws.off_wrist | (ws.missing > MAX_MISSING_FRACTION)) | ~ws.present.any(axis=1)
         return self._answer(inputs, present, ws.features, ws.ref_mean, ws.ref_sd, ws.ref_id.astype(str), low)
@@ -248,8 +286,9 @@ def _kind_of(path: Path) -> str:
     return {BUNDLE_FORMAT: "bundle", "m3sense-feature-model": "feature"}.get(fmt, "m3sense")
 
 
-def load_answerer(path: Path | None = None, *, tasks: Sequence[str] | None = None, backend: str = "onnx",
-                  threads: int | None = None) -> Answerer:
+def load_answerer(
+    path: Path | None = None, *, tasks: Sequence[str] | None = None, backend: str = "onnx", threads: int | None = None
+) -> Answerer:
     """An M3Sense checkpoint, a feature model (``.onnx``) or a bundle (``.bundle.json``);
     the shipped default bundle when ``path`` is None. ``tasks`` keeps only those tasks."""
     from inference.baselines import load_feature_model
@@ -289,7 +328,7 @@ def load_answerer(path: Path | None = None, *, tasks: Sequence[str] | None = Non
                 n = net(p, ts)
                 models.update({t: n for t in ts})
         models = {t: models[t] for t in chosen}
-        ids = "|".join(f"{t}={getattr(m, 'model_id')}" for t, m in models.items())
+        ids = "|".join(f"{t}={m.model_id}" for t, m in models.items())
         model_id = f"{spec.get('name', 'bundle')}-{hashlib.sha1(ids.encode()).hexdigest()[:12]}"
         return Answerer(models, model_id=model_id, path=path)
     if kind == "feature":

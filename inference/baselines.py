@@ -36,7 +36,7 @@ def make_estimator(kind: str, seed: int):
     LDA and LR (soft voting): their errors differ, and one of them alone swings by several
     points between feature sets on ten people."""
     from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
-    from sklearn.ensemble import ExtraTreesClassifier, RandomForestClassifier
+    from sklearn.ensemble import ExtraTreesClassifier, RandomForestClassifier, VotingClassifier
     from sklearn.impute import SimpleImputer
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
@@ -44,17 +44,21 @@ def make_estimator(kind: str, seed: int):
     from sklearn.svm import SVC
     from sklearn.tree import DecisionTreeClassifier
 
-    from sklearn.ensemble import VotingClassifier
-
     clf = {
-        "ens": lambda: VotingClassifier([(k, make_estimator(k, seed).steps[-1][1]) for k in ("rf", "et", "lda", "lr")],
-                                        voting="soft", flatten_transform=False),
-        "rf": lambda: RandomForestClassifier(200, min_samples_leaf=3, class_weight="balanced", random_state=seed,
-                                             n_jobs=1),
-        "et": lambda: ExtraTreesClassifier(200, min_samples_leaf=3, class_weight="balanced", random_state=seed,
-                                           n_jobs=1),
-        "dt": lambda: DecisionTreeClassifier(max_depth=8, min_samples_leaf=10, class_weight="balanced",
-                                             random_state=seed),
+        "ens": lambda: VotingClassifier(
+            [(k, make_estimator(k, seed).steps[-1][1]) for k in ("rf", "et", "lda", "lr")],
+            voting="soft",
+            flatten_transform=False,
+        ),
+        "rf": lambda: RandomForestClassifier(
+            200, min_samples_leaf=3, class_weight="balanced", random_state=seed, n_jobs=1
+        ),
+        "et": lambda: ExtraTreesClassifier(
+            200, min_samples_leaf=3, class_weight="balanced", random_state=seed, n_jobs=1
+        ),
+        "dt": lambda: DecisionTreeClassifier(
+            max_depth=8, min_samples_leaf=10, class_weight="balanced", random_state=seed
+        ),
         "lda": lambda: LinearDiscriminantAnalysis(),
         "lr": lambda: LogisticRegression(max_iter=2000, class_weight="balanced"),
         "svm": lambda: SVC(C=1.0, probability=True, class_weight="balanced", random_state=seed),
@@ -71,8 +75,13 @@ def feature_floor(features: np.ndarray) -> np.ndarray:
     return np.where(np.isfinite(sd) & (sd > 0), FLOOR_SHARE * sd, 1e-6).astype(np.float32)
 
 
-def model_inputs(features: np.ndarray, ref_mean: np.ndarray | None, ref_sd: np.ndarray | None,
-                 calibrated: bool, floor: np.ndarray | None) -> np.ndarray:
+def model_inputs(
+    features: np.ndarray,
+    ref_mean: np.ndarray | None,
+    ref_sd: np.ndarray | None,
+    calibrated: bool,
+    floor: np.ndarray | None,
+) -> np.ndarray:
     """What a feature model reads: absolute features, or features relative to the reference."""
     if not calibrated:
         return np.asarray(features, dtype=np.float32)
@@ -90,6 +99,7 @@ def scaled(probs: np.ndarray, temperature: float) -> np.ndarray:
 def fit_temperature(probs: np.ndarray, y: np.ndarray) -> float:
     """The T minimising the negative log-likelihood of held-out probabilities (grid then
     refine: one parameter, so no optimiser is needed)."""
+
     def nll(t: float) -> float:
         p = scaled(probs, t)[np.arange(len(y)), y]
         return float(-np.log(np.clip(p, 1e-9, 1)).mean())
@@ -111,8 +121,15 @@ def expected_calibration_error(probs: np.ndarray, y: np.ndarray, bins: int = 10)
         if sel.any():
             gap = abs(right[sel].mean() - conf[sel].mean())
             ece += sel.mean() * gap
-            table.append({"lo": float(lo), "hi": float(hi), "n": int(sel.sum()),
-                          "confidence": float(conf[sel].mean()), "accuracy": float(right[sel].mean())})
+            table.append(
+                {
+                    "lo": float(lo),
+                    "hi": float(hi),
+                    "n": int(sel.sum()),
+                    "confidence": float(conf[sel].mean()),
+                    "accuracy": float(right[sel].mean()),
+                }
+            )
     return float(ece), table
 
 
@@ -137,8 +154,9 @@ class FeatureModel:
     def needs_reference(self) -> bool:
         return self.calibration == "wearer"
 
-    def probs(self, features: np.ndarray, ref_mean: np.ndarray | None = None,
-              ref_sd: np.ndarray | None = None) -> np.ndarray:
+    def probs(
+        self, features: np.ndarray, ref_mean: np.ndarray | None = None, ref_sd: np.ndarray | None = None
+    ) -> np.ndarray:
         """(B, classes) calibrated probabilities for (B, F) features (and references)."""
         x = model_inputs(features, ref_mean, ref_sd, self.needs_reference, self.floor)
         if not len(x):
@@ -148,32 +166,61 @@ class FeatureModel:
         return scaled(p, self.temperature).astype(np.float32)
 
     def info(self) -> dict:
-        return {"model": self.model_id, "path": str(self.path), "kind": self.kind, "task": self.task,
-                "classes": list(self.classes), "calibration": self.calibration,
-                "temperature": self.temperature, "min_confidence": self.min_confidence,
-                "provenance": dict(self.provenance)}
+        return {
+            "model": self.model_id,
+            "path": str(self.path),
+            "kind": self.kind,
+            "task": self.task,
+            "classes": list(self.classes),
+            "calibration": self.calibration,
+            "temperature": self.temperature,
+            "min_confidence": self.min_confidence,
+            "provenance": dict(self.provenance),
+        }
 
 
-def save_feature_model(path: str | Path, pipeline, *, kind: str, task: str, classes: Sequence[str], calibrated: bool,
-                       calibration: CalibrationConfig | None, floor: np.ndarray | None, temperature: float,
-                       min_confidence: float, provenance: Mapping) -> Path:
+def save_feature_model(
+    path: str | Path,
+    pipeline,
+    *,
+    kind: str,
+    task: str,
+    classes: Sequence[str],
+    calibrated: bool,
+    calibration: CalibrationConfig | None,
+    floor: np.ndarray | None,
+    temperature: float,
+    min_confidence: float,
+    provenance: Mapping,
+) -> Path:
     """Write ``NAME.onnx`` and ``NAME.json``; returns the ONNX path."""
     from skl2onnx import to_onnx
     from skl2onnx.common.data_types import FloatTensorType
 
     path = Path(path).with_suffix(".onnx")
     path.parent.mkdir(parents=True, exist_ok=True)
-    onx = to_onnx(pipeline, initial_types=[("features", FloatTensorType([None, len(FEATURES)]))],
-                  options={id(pipeline.steps[-1][1]): {"zipmap": False}}, target_opset=17)
+    onx = to_onnx(
+        pipeline,
+        initial_types=[("features", FloatTensorType([None, len(FEATURES)]))],
+        options={id(pipeline.steps[-1][1]): {"zipmap": False}},
+        target_opset=17,
+    )
     blob = onx.SerializeToString()
     path.write_bytes(blob)
     meta = {
-        "format": FORMAT, "version": 1, "kind": kind, "task": task, "classes": list(classes),
-        "features": list(FEATURES), "calibration": "wearer" if calibrated else "none",
+        "format": FORMAT,
+        "version": 1,
+        "kind": kind,
+        "task": task,
+        "classes": list(classes),
+        "features": list(FEATURES),
+        "calibration": "wearer" if calibrated else "none",
         "calibration_config": calibration.to_json() if calibrated and calibration else None,
         "floor": [float(v) for v in floor] if floor is not None else None,
-        "temperature": float(temperature), "min_confidence": float(min_confidence),
-        "sha256": hashlib.sha256(blob).hexdigest(), "provenance": dict(provenance),
+        "temperature": float(temperature),
+        "min_confidence": float(min_confidence),
+        "sha256": hashlib.sha256(blob).hexdigest(),
+        "provenance": dict(provenance),
     }
     path.with_suffix(".json").write_text(json.dumps(meta, indent=1))
     return path
@@ -184,7 +231,7 @@ def load_feature_model(path: str | Path) -> FeatureModel:
     JSON names, or that was fitted on other features."""
     import onnxruntime as ort
 
-    from m3sense.errors import DataError
+    from common.errors import DataError
 
     onnx_path = Path(path).with_suffix(".onnx")
     meta_path = onnx_path.with_suffix(".json")
@@ -209,11 +256,18 @@ def load_feature_model(path: str | Path) -> FeatureModel:
     sess = ort.InferenceSession(blob, opts, providers=["CPUExecutionProvider"])
     cal = meta.get("calibration_config")
     return FeatureModel(
-        kind=meta["kind"], task=meta["task"], classes=tuple(meta["classes"]), calibration=meta["calibration"],
+        kind=meta["kind"],
+        task=meta["task"],
+        classes=tuple(meta["classes"]),
+        calibration=meta["calibration"],
         calibration_config=CalibrationConfig(**cal) if cal else None,
         floor=np.array(meta["floor"], dtype=np.float32) if meta.get("floor") else None,
-        temperature=t, min_confidence=float(meta.get("min_confidence", 0.0)), provenance=meta.get("provenance", {}),
-        model_id=f"{meta['kind']}-{meta['task']}-{digest[:12]}", path=onnx_path, _session=sess,
+        temperature=t,
+        min_confidence=float(meta.get("min_confidence", 0.0)),
+        provenance=meta.get("provenance", {}),
+        model_id=f"{meta['kind']}-{meta['task']}-{digest[:12]}",
+        path=onnx_path,
+        _session=sess,
     )
 
 
@@ -224,9 +278,18 @@ def fold_groups(groups: np.ndarray, folds: int, seed: int) -> list[np.ndarray]:
     return [f for f in np.array_split(order, folds) if len(f)]
 
 
-def cross_validate(features: np.ndarray, y: np.ndarray, groups: np.ndarray, folds: Sequence[np.ndarray], *,
-                   kind: str, seed: int, ref_mean=None, ref_sd=None, calibrated: bool,
-                   ) -> tuple[np.ndarray, np.ndarray, list[float]]:
+def cross_validate(
+    features: np.ndarray,
+    y: np.ndarray,
+    groups: np.ndarray,
+    folds: Sequence[np.ndarray],
+    *,
+    kind: str,
+    seed: int,
+    ref_mean=None,
+    ref_sd=None,
+    calibrated: bool,
+) -> tuple[np.ndarray, np.ndarray, list[float]]:
     """Leave-subjects-out: per fold, fit on the other recordings and predict this fold's.
     Returns out-of-fold probabilities (N, C) (calibrated by a temperature fitted on the other
     folds' out-of-fold outputs, so no window calibrates its own confidence), the raw ones, and

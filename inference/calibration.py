@@ -66,10 +66,16 @@ class CalibrationConfig:
     min_coverage: float = 0.8
 
     def __post_init__(self) -> None:
-        if not (self.minutes > 0 and self.search_minutes >= self.minutes and self.grid_s > 0
-                and 0 <= self.max_missing_fraction <= 1 and 0 < self.min_coverage <= 1):
-            raise ValueError(f"calibration needs minutes > 0, search_minutes >= minutes, grid_s > 0, "
-                             f"coverage in (0, 1]: {self}")
+        if not (
+            self.minutes > 0
+            and self.search_minutes >= self.minutes
+            and self.grid_s > 0
+            and 0 <= self.max_missing_fraction <= 1
+            and 0 < self.min_coverage <= 1
+        ):
+            raise ValueError(
+                f"calibration needs minutes > 0, search_minutes >= minutes, grid_s > 0, coverage in (0, 1]: {self}"
+            )
 
     @property
     def span_s(self) -> float:
@@ -103,8 +109,15 @@ class Reference:
         return f"{self.kind}@{self.t_start_s:.0f}-{self.t_end_s:.0f}"
 
     def to_json(self) -> dict:
-        return {"kind": self.kind, "t_start_s": self.t_start_s, "t_end_s": self.t_end_s, "n_windows": self.n_windows,
-                "features": list(FEATURES), "mean": [_num(v) for v in self.mean], "sd": [_num(v) for v in self.sd]}
+        return {
+            "kind": self.kind,
+            "t_start_s": self.t_start_s,
+            "t_end_s": self.t_end_s,
+            "n_windows": self.n_windows,
+            "features": list(FEATURES),
+            "mean": [_num(v) for v in self.mean],
+            "sd": [_num(v) for v in self.sd],
+        }
 
     @staticmethod
     def from_json(d: Mapping) -> Reference:
@@ -113,8 +126,14 @@ class Reference:
         mean, sd = (tuple(float("nan") if v is None else float(v) for v in d[k]) for k in ("mean", "sd"))
         if len(mean) != len(FEATURES) or len(sd) != len(FEATURES):
             raise ValueError("reference has the wrong number of features")
-        return Reference(kind=str(d["kind"]), t_start_s=float(d["t_start_s"]), t_end_s=float(d["t_end_s"]),
-                         n_windows=int(d["n_windows"]), mean=mean, sd=sd)
+        return Reference(
+            kind=str(d["kind"]),
+            t_start_s=float(d["t_start_s"]),
+            t_end_s=float(d["t_end_s"]),
+            n_windows=int(d["n_windows"]),
+            mean=mean,
+            sd=sd,
+        )
 
 
 def _num(v: float) -> float | None:
@@ -125,8 +144,14 @@ def _reference(kind: str, t: np.ndarray, f: np.ndarray) -> Reference:
     with warnings.catch_warnings():  # a feature with no value in any window (no beats) stays NaN
         warnings.simplefilter("ignore", RuntimeWarning)
         mean, sd = np.nanmean(f, axis=0), np.nanstd(f, axis=0)
-    return Reference(kind=kind, t_start_s=float(t[0]), t_end_s=float(t[-1]) + _WINDOW_S, n_windows=len(t),
-                     mean=tuple(float(v) for v in mean), sd=tuple(float(v) for v in sd))
+    return Reference(
+        kind=kind,
+        t_start_s=float(t[0]),
+        t_end_s=float(t[-1]) + _WINDOW_S,
+        n_windows=len(t),
+        mean=tuple(float(v) for v in mean),
+        sd=tuple(float(v) for v in sd),
+    )
 
 
 @dataclass(slots=True)
@@ -160,8 +185,9 @@ class Calibrator:
         """Still collecting windows for a reference (a search or a marked rest under way)."""
         return self._s.searching or self._s.tag_s is not None
 
-    def push(self, *, t_start_s: float, usable: bool, features: np.ndarray,
-             tags_s: Sequence[float] = ()) -> Reference | None:
+    def push(
+        self, *, t_start_s: float, usable: bool, features: np.ndarray, tags_s: Sequence[float] = ()
+    ) -> Reference | None:
         """Take one window; return the reference in force for it (None: still calibrating)."""
         cfg, s = self.config, self._s
         for press in sorted(float(x) for x in tags_s):
@@ -240,11 +266,19 @@ class Calibrator:
 
     def to_json(self) -> dict:
         s = self._s
-        return {"format": "m3sense-calibration", "version": 1, "config": self.config.to_json(),
-                "reference": s.reference.to_json() if s.reference else None, "searching": s.searching,
-                "first_usable_s": s.first_usable_s, "candidates": {"t_s": s.cand_t, "features": _nulls(s.cand_f)},
-                "tag": {"t0_s": s.tag_s, "t_s": s.tag_t, "features": _nulls(s.tag_f)}, "last_tag_s": _num(s.last_tag_s),
-                "prev_press_s": s.prev_press_s, "ignore_until_s": _num(s.ignore_until_s)}
+        return {
+            "format": "m3sense-calibration",
+            "version": 1,
+            "config": self.config.to_json(),
+            "reference": s.reference.to_json() if s.reference else None,
+            "searching": s.searching,
+            "first_usable_s": s.first_usable_s,
+            "candidates": {"t_s": s.cand_t, "features": _nulls(s.cand_f)},
+            "tag": {"t0_s": s.tag_s, "t_s": s.tag_t, "features": _nulls(s.tag_f)},
+            "last_tag_s": _num(s.last_tag_s),
+            "prev_press_s": s.prev_press_s,
+            "ignore_until_s": _num(s.ignore_until_s),
+        }
 
     @staticmethod
     def from_json(d: Mapping, config: CalibrationConfig | None = None) -> Calibrator:
@@ -282,14 +316,17 @@ def _floats(rows) -> list[list[float]]:
 def is_usable_for_reference(quality: Mapping, config: CalibrationConfig) -> bool:
     """On the wrist and at most ``max_missing_fraction`` missing."""
     try:
-        return not bool(quality.get("off_wrist", False)) and \
-            float(quality.get("missing_fraction", 1.0)) <= config.max_missing_fraction
+        return (
+            not bool(quality.get("off_wrist", False))
+            and float(quality.get("missing_fraction", 1.0)) <= config.max_missing_fraction
+        )
     except (TypeError, ValueError):
         return False
 
 
-def references_over(t_start_s: np.ndarray, usable: np.ndarray, features: np.ndarray, tags_s: Sequence[float],
-                    config: CalibrationConfig) -> list[Reference | None]:
+def references_over(
+    t_start_s: np.ndarray, usable: np.ndarray, features: np.ndarray, tags_s: Sequence[float], config: CalibrationConfig
+) -> list[Reference | None]:
     """The reference in force for each window of ONE device (windows in time order), as the
     live node would have it; ``tags_s`` are that device's button presses (Unix s)."""
     cal = Calibrator(config)

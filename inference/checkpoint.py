@@ -16,9 +16,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.errors import DataError
 from inference.dataset import Normalizer
 from inference.model import MODALITY_FS_HZ, M3Sense, ModelConfig, count_parameters
-from m3sense.errors import DataError
 
 FORMAT = "m3sense-checkpoint"
 FORMAT_VERSION = 1
@@ -72,10 +72,19 @@ def code_version() -> str:
         v = "unknown"
     root = Path(__file__).resolve().parents[1]
     try:
-        head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"], capture_output=True,
-                              text=True, timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        head = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
         return f"{v}+g{head}{'.dirty' if dirty else ''}"
     except (OSError, subprocess.SubprocessError):
         return v
@@ -101,8 +110,11 @@ def save_checkpoint(path: str | Path, model: M3Sense, normalizer: Normalizer, pr
         },
         "normalisation": normalizer.to_json(),
         "params": count_parameters(model),
-        "provenance": {"created_utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-                       "code_version": code_version(), **provenance},
+        "provenance": {
+            "created_utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "code_version": code_version(),
+            **provenance,
+        },
     }
     config.write_text(json.dumps(doc, indent=2) + "\n")
     return weights
@@ -145,5 +157,10 @@ def load_checkpoint(path: str | Path | None = None) -> Checkpoint:
         raise DataError(weights, f"weights do not fit the config in {config.name}: {exc}") from exc
     model.eval()
     digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:12]
-    return Checkpoint(model=model, normalizer=normalizer, provenance=doc.get("provenance", {}),
-                      model_id=f"m3sense-{cfg.fusion}-{digest}", path=weights)
+    return Checkpoint(
+        model=model,
+        normalizer=normalizer,
+        provenance=doc.get("provenance", {}),
+        model_id=f"m3sense-{cfg.fusion}-{digest}",
+        path=weights,
+    )

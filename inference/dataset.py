@@ -34,6 +34,7 @@ def window_meta_problem(meta: Mapping) -> str | None:
     ``quality``, ``present`` and ``labels``, a number for the missing fraction, a list of tags.
     A window failing this is dropped and counted by the node, not answered.
     """
+
     def number(v: object) -> bool:
         return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
@@ -86,8 +87,20 @@ class WindowSet:
     ref_sd: np.ndarray | None = None
     ref_id: np.ndarray | None = None
 
-    _PER_WINDOW = ("present", "labels", "groups", "sources", "t0_s", "features", "missing", "motion", "off_wrist",
-                   "ref_mean", "ref_sd", "ref_id")
+    _PER_WINDOW = (
+        "present",
+        "labels",
+        "groups",
+        "sources",
+        "t0_s",
+        "features",
+        "missing",
+        "motion",
+        "off_wrist",
+        "ref_mean",
+        "ref_sd",
+        "ref_id",
+    )
 
     def __post_init__(self) -> None:
         """Windows built without features or quality (hand-made sets in tests, old caches) get
@@ -95,9 +108,12 @@ class WindowSet:
         from inference.features import FEATURES
 
         n = len(self)
-        defaults = {"features": lambda: np.full((n, len(FEATURES)), np.nan, np.float32),
-                    "missing": lambda: np.zeros(n, np.float32), "motion": lambda: np.zeros(n, np.float32),
-                    "off_wrist": lambda: np.zeros(n, bool)}
+        defaults = {
+            "features": lambda: np.full((n, len(FEATURES)), np.nan, np.float32),
+            "missing": lambda: np.zeros(n, np.float32),
+            "motion": lambda: np.zeros(n, np.float32),
+            "off_wrist": lambda: np.zeros(n, bool),
+        }
         for k, make in defaults.items():
             if getattr(self, k) is None:
                 object.__setattr__(self, k, make())
@@ -107,16 +123,25 @@ class WindowSet:
 
     def subset(self, idx: np.ndarray | Sequence[int]) -> WindowSet:
         idx = np.asarray(idx, dtype=np.int64)
-        return replace(self, inputs={m: v[idx] for m, v in self.inputs.items()},
-                       **{k: getattr(self, k)[idx] for k in self._PER_WINDOW if getattr(self, k) is not None})
+        return replace(
+            self,
+            inputs={m: v[idx] for m, v in self.inputs.items()},
+            **{k: getattr(self, k)[idx] for k in self._PER_WINDOW if getattr(self, k) is not None},
+        )
 
     def select(self, modalities: Sequence[str], tasks: Sequence[str]) -> WindowSet:
         """The same windows with only these modalities and tasks (in this order); a window
         left with no present modality is dropped."""
         mi = [self.modalities.index(m) for m in modalities]
         ti = [self.tasks.index(t) for t in tasks]
-        ws = replace(self, modalities=tuple(modalities), tasks=tuple(tasks), inputs={m: self.inputs[m] for m in modalities},
-                     present=self.present[:, mi], labels=self.labels[:, ti])
+        ws = replace(
+            self,
+            modalities=tuple(modalities),
+            tasks=tuple(tasks),
+            inputs={m: self.inputs[m] for m in modalities},
+            present=self.present[:, mi],
+            labels=self.labels[:, ti],
+        )
         keep = ws.present.any(axis=1)
         return ws if keep.all() else ws.subset(np.flatnonzero(keep))
 
@@ -141,26 +166,53 @@ class WindowSet:
         if any(s.modalities != first.modalities or s.tasks != first.tasks for s in sets):
             raise ValueError("window sets differ in modalities or tasks")
         refs = all(s.ref_id is not None for s in sets)
-        cat = {k: np.concatenate([getattr(s, k) for s in sets]) for k in WindowSet._PER_WINDOW
-               if refs or not k.startswith("ref_")}
-        return replace(first, inputs={m: np.concatenate([s.inputs[m] for s in sets]) for m in first.modalities},
-                       tag_groups=np.concatenate([s.tag_groups for s in sets]),
-                       tag_s=np.concatenate([s.tag_s for s in sets]), **cat,
-                       **({} if refs else {"ref_mean": None, "ref_sd": None, "ref_id": None}))
+        cat = {
+            k: np.concatenate([getattr(s, k) for s in sets])
+            for k in WindowSet._PER_WINDOW
+            if refs or not k.startswith("ref_")
+        }
+        return replace(
+            first,
+            inputs={m: np.concatenate([s.inputs[m] for s in sets]) for m in first.modalities},
+            tag_groups=np.concatenate([s.tag_groups for s in sets]),
+            tag_s=np.concatenate([s.tag_s for s in sets]),
+            **cat,
+            **({} if refs else {"ref_mean": None, "ref_sd": None, "ref_id": None}),
+        )
 
-    _SAVED = ("present", "labels", "groups", "sources", "t0_s", "features", "missing", "motion", "off_wrist",
-              "tag_groups", "tag_s")
+    _SAVED = (
+        "present",
+        "labels",
+        "groups",
+        "sources",
+        "t0_s",
+        "features",
+        "missing",
+        "motion",
+        "off_wrist",
+        "tag_groups",
+        "tag_s",
+    )
 
     def save_npz(self, path) -> None:
-        np.savez(path, modalities=np.array(self.modalities), tasks=np.array(self.tasks),
-                 **{k: getattr(self, k) for k in self._SAVED}, **{f"x_{m}": v for m, v in self.inputs.items()})
+        np.savez(
+            path,
+            modalities=np.array(self.modalities),
+            tasks=np.array(self.tasks),
+            **{k: getattr(self, k) for k in self._SAVED},
+            **{f"x_{m}": v for m, v in self.inputs.items()},
+        )
 
     @staticmethod
     def load_npz(path) -> WindowSet:
         with np.load(path, allow_pickle=False) as z:
             modalities = tuple(str(m) for m in z["modalities"])
-            return WindowSet(modalities=modalities, tasks=tuple(str(t) for t in z["tasks"]),
-                             inputs={m: z[f"x_{m}"] for m in modalities}, **{k: z[k] for k in WindowSet._SAVED})
+            return WindowSet(
+                modalities=modalities,
+                tasks=tuple(str(t) for t in z["tasks"]),
+                inputs={m: z[f"x_{m}"] for m in modalities},
+                **{k: z[k] for k in WindowSet._SAVED},
+            )
 
 
 def with_references(ws: WindowSet, config) -> WindowSet:
@@ -176,8 +228,10 @@ def with_references(ws: WindowSet, config) -> WindowSet:
         idx = np.flatnonzero(ws.groups == g)
         if np.any(np.diff(ws.t0_s[idx]) <= 0):
             raise ValueError(f"windows of {g} are not in time order")
-        usable = [is_usable_for_reference({"off_wrist": bool(o), "missing_fraction": float(m)}, config)
-                  for o, m in zip(ws.off_wrist[idx], ws.missing[idx])]
+        usable = [
+            is_usable_for_reference({"off_wrist": bool(o), "missing_fraction": float(m)}, config)
+            for o, m in zip(ws.off_wrist[idx], ws.missing[idx])
+        ]
         refs = references_over(ws.t0_s[idx], np.array(usable), ws.features[idx], ws.tag_s[ws.tag_groups == g], config)
         for i, r in zip(idx, refs):
             if r is not None:
@@ -254,17 +308,20 @@ def windows_from_messages(
     quality = [msg.meta.get("quality") or {} for msg in kept]
     tags = sorted(set(tags))
     return WindowSet(
-        modalities=tuple(modalities), tasks=tuple(tasks),
+        modalities=tuple(modalities),
+        tasks=tuple(tasks),
         inputs={m: (np.stack(v) if v else np.zeros((0, *shapes[m]), np.float32)) for m, v in xs.items()},
         present=np.array(present, dtype=bool).reshape(n, len(modalities)),
         labels=np.array(labels, dtype=np.int64).reshape(n, len(tasks)),
-        groups=np.array(groups, dtype=str), sources=np.array([source] * n, dtype=str),
+        groups=np.array(groups, dtype=str),
+        sources=np.array([source] * n, dtype=str),
         t0_s=np.array(t0, dtype=np.float64),
         features=message_features(kept) if kept else np.zeros((0, len(FEATURES)), np.float32),
         missing=np.array([float(q.get("missing_fraction", 0.0) or 0.0) for q in quality], dtype=np.float32),
         motion=np.array([float(q.get("motion_fraction", 0.0) or 0.0) for q in quality], dtype=np.float32),
         off_wrist=np.array([bool(q.get("off_wrist", False)) for q in quality], dtype=bool),
-        tag_groups=np.array([device] * len(tags), dtype=str), tag_s=np.array(tags, dtype=np.float64),
+        tag_groups=np.array([device] * len(tags), dtype=str),
+        tag_s=np.array(tags, dtype=np.float64),
     )
 
 
@@ -303,8 +360,9 @@ class Normalizer:
             mean[m] = float(v.mean()) if v.size else 0.0
             sd = float(v.std()) if v.size else 1.0
             std[m] = sd if sd > 1e-6 else 1.0
-        return Normalizer(per_window=tuple(m for m in per_window if m in ws.modalities), mean=mean, std=std,
-                          relative=relative)
+        return Normalizer(
+            per_window=tuple(m for m in per_window if m in ws.modalities), mean=mean, std=std, relative=relative
+        )
 
     def apply(self, m: str, x: np.ndarray, level: np.ndarray | None = None) -> np.ndarray:
         """x: (..., samples, channels) in sensor units → float32, no NaN, clipped to ±CLIP_SD;
@@ -326,9 +384,13 @@ class Normalizer:
 
     def to_json(self) -> dict:
         out: dict[str, dict] = {m: {"mode": "per_window"} for m in self.per_window}
-        out.update({m: {"mode": "wearer" if m in self.relative else "global", "mean": self.mean[m],
-                        "std": self.std[m]} | ({"reference": REFERENCE_LEVEL[m]} if m in self.relative else {})
-                    for m in self.mean})
+        out.update(
+            {
+                m: {"mode": "wearer" if m in self.relative else "global", "mean": self.mean[m], "std": self.std[m]}
+                | ({"reference": REFERENCE_LEVEL[m]} if m in self.relative else {})
+                for m in self.mean
+            }
+        )
         return out
 
     @staticmethod
@@ -341,9 +403,12 @@ class Normalizer:
         for m, v in glob.items():
             if not (math.isfinite(v["mean"]) and math.isfinite(v["std"]) and v["std"] > 0):
                 raise ValueError(f"bad normalisation statistics for {m}: {v}")
-        return Normalizer(per_window=per, mean={m: float(v["mean"]) for m, v in glob.items()},
-                          std={m: float(v["std"]) for m, v in glob.items()},
-                          relative=tuple(m for m, v in glob.items() if v["mode"] == "wearer"))
+        return Normalizer(
+            per_window=per,
+            mean={m: float(v["mean"]) for m, v in glob.items()},
+            std={m: float(v["std"]) for m, v in glob.items()},
+            relative=tuple(m for m, v in glob.items() if v["mode"] == "wearer"),
+        )
 
 
 def reference_levels(ref_mean: np.ndarray | None, modalities: Sequence[str]) -> dict[str, np.ndarray]:

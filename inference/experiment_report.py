@@ -8,11 +8,35 @@ import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-SUMMARY_FIELDS = ("row", "label", "family", "task", "seeds", "windows", "folds_scored", "accuracy_mean",
-                  "accuracy_sd", "macro_f1_mean", "macro_f1_sd", "balanced_accuracy_mean", "balanced_accuracy_sd",
-                  "stress_vs_rest_mean", "stress_vs_rest_sd", "paper_accuracy")
-SEED_FIELDS = ("row", "task", "seed", "windows", "folds_scored", "accuracy", "macro_f1", "balanced_accuracy",
-               "stress_vs_rest")
+SUMMARY_FIELDS = (
+    "row",
+    "label",
+    "family",
+    "task",
+    "seeds",
+    "windows",
+    "folds_scored",
+    "accuracy_mean",
+    "accuracy_sd",
+    "macro_f1_mean",
+    "macro_f1_sd",
+    "balanced_accuracy_mean",
+    "balanced_accuracy_sd",
+    "stress_vs_rest_mean",
+    "stress_vs_rest_sd",
+    "paper_accuracy",
+)
+SEED_FIELDS = (
+    "row",
+    "task",
+    "seed",
+    "windows",
+    "folds_scored",
+    "accuracy",
+    "macro_f1",
+    "balanced_accuracy",
+    "stress_vs_rest",
+)
 
 
 def _pct(mean: float | None, sd: float | None) -> str:
@@ -48,12 +72,18 @@ def markdown(name: str, summary: Sequence[Mapping], meta: Mapping) -> str:
             c = cells.get("stress")
             line.append(_pct(c["stress_vs_rest_mean"], c["stress_vs_rest_sd"]) if c else "")
         lines.append("| " + " | ".join(line) + " |")
-    split = ("leave-subjects-out, " f"{meta['folds']} folds (held-out predictions pooled)"
-             if meta["split"] == "subjects" else "the paper's stratified window split (35/55/10 %)")
-    return (f"# {name}\n\n{len(meta['seeds'])} seed(s) {', '.join(map(str, meta['seeds']))} (mean ± SD over seeds); "
-            f"{split}; {meta['windows']} labelled windows from {meta['recordings']} recordings; "
-            f"{meta['epochs']} epochs; calibration {meta['calibration']}.\n\n" + "\n".join(lines)
-            + f"\n\ncommand: `{meta['command']}`\n")
+    split = (
+        f"leave-subjects-out, {meta['folds']} folds (held-out predictions pooled)"
+        if meta["split"] == "subjects"
+        else "the paper's stratified window split (35/55/10 %)"
+    )
+    return (
+        f"# {name}\n\n{len(meta['seeds'])} seed(s) {', '.join(map(str, meta['seeds']))} (mean ± SD over seeds); "
+        f"{split}; {meta['windows']} labelled windows from {meta['recordings']} recordings; "
+        f"{meta['epochs']} epochs; calibration {meta['calibration']}.\n\n"
+        + "\n".join(lines)
+        + f"\n\ncommand: `{meta['command']}`\n"
+    )
 
 
 def write_csv(path: Path, rows: Sequence[Mapping], fields: Sequence[str]) -> None:
@@ -83,11 +113,13 @@ def plot(path: Path, name: str, summary: Sequence[Mapping]) -> None:
         mean = [100 * (cells[r]["accuracy_mean"] or 0) if r in cells else 0 for r in rows]
         sd = [100 * (cells[r]["accuracy_sd"] or 0) if r in cells else 0 for r in rows]
         ax.bar(xs, mean, width, yerr=sd, capsize=2, label=t)
-        paper = [(x, cells[r]["paper_accuracy"]) for x, r in zip(xs, rows)
-                 if r in cells and cells[r]["paper_accuracy"] is not None]
+        paper = [
+            (x, cells[r]["paper_accuracy"])
+            for x, r in zip(xs, rows)
+            if r in cells and cells[r]["paper_accuracy"] is not None
+        ]
         if paper:
-            ax.scatter(*zip(*paper), marker="_", s=200, color="black", zorder=3,
-                       label="paper" if k == 0 else None)
+            ax.scatter(*zip(*paper), marker="_", s=200, color="black", zorder=3, label="paper" if k == 0 else None)
     ax.set_xticks(range(len(rows)), [labels[r] for r in rows], rotation=35, ha="right", fontsize=8)
     ax.set_ylabel("top-1 accuracy (%)")
     ax.set_ylim(0, 100)
@@ -98,12 +130,16 @@ def plot(path: Path, name: str, summary: Sequence[Mapping]) -> None:
     plt.close(fig)
 
 
-def write_all(out: Path, name: str, summary: Sequence[Mapping], records: Sequence[Mapping],
-              meta: Mapping) -> list[Path]:
+def write_all(
+    out: Path, name: str, summary: Sequence[Mapping], records: Sequence[Mapping], meta: Mapping
+) -> list[Path]:
     """NAME.md, NAME.csv, NAME-seeds.csv, NAME.json and NAME.png under ``out``."""
     out.mkdir(parents=True, exist_ok=True)
-    paths = [out / f"{name}.{ext}" for ext in ("md", "csv")] + [out / f"{name}-seeds.csv", out / f"{name}.json",
-                                                                  out / f"{name}.png"]
+    paths = [out / f"{name}.{ext}" for ext in ("md", "csv")] + [
+        out / f"{name}-seeds.csv",
+        out / f"{name}.json",
+        out / f"{name}.png",
+    ]
     paths[0].write_text(markdown(name, summary, meta))
     write_csv(paths[1], summary, SUMMARY_FIELDS)
     write_csv(paths[2], records, SEED_FIELDS)

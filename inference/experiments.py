@@ -26,8 +26,17 @@ from inference.baselines import KINDS, feature_floor, fold_groups, make_estimato
 from inference.dataset import WindowSet
 from inference.features import FEATURES
 from inference.model import FUSIONS, ModelConfig
-from inference.train import (Split, TrainConfig, detailed_scores, fit_split, init_model, predict_probs, split_paper,
-                             split_subjects, to_tensors)
+from inference.train import (
+    Split,
+    TrainConfig,
+    detailed_scores,
+    fit_split,
+    init_model,
+    predict_probs,
+    split_paper,
+    split_subjects,
+    to_tensors,
+)
 from inference.transfer import transfer_model
 
 NAMES = ("table2", "table4", "table5", "fig7", "fig8")
@@ -35,21 +44,51 @@ SPLITS = ("subjects", "paper")
 FEATURE_ROWS = ("rf", "dt", "et", "lda", "lr", "svm")  # the paper's order in Table 2
 FUSION_NAMES = {"sum": "Non-Attention", "keyless": "Keyless", "hamlet": "HAMLET", "cam": "CAM"}
 #: The paper's Table 2 (top-1 accuracy, %), by row id and task.
-_T2 = {"rf": (60.0, 46.9, 69.6), "dt": (50.5, 43.0, 61.8), "et": (61.9, 43.9, 71.5), "lda": (37.6, 45.1, 66.1),
-       "lr": (40.0, 48.1, 65.3), "svm": (48.0, 49.0, 67.2), "single-sum": (60.3, 62.0, 82.8),
-       "single-keyless": (64.0, 63.5, 82.8), "single-hamlet": (70.2, 63.5, 86.4), "m3sense-sum": (71.5, 75.2, 81.5),
-       "m3sense-keyless": (66.7, 75.2, 87.0), "m3sense-hamlet": (71.5, 75.2, 81.5), "m3sense-cam": (70.3, 75.2, 85.7)}
+_T2 = {
+    "rf": (60.0, 46.9, 69.6),
+    "dt": (50.5, 43.0, 61.8),
+    "et": (61.9, 43.9, 71.5),
+    "lda": (37.6, 45.1, 66.1),
+    "lr": (40.0, 48.1, 65.3),
+    "svm": (48.0, 49.0, 67.2),
+    "single-sum": (60.3, 62.0, 82.8),
+    "single-keyless": (64.0, 63.5, 82.8),
+    "single-hamlet": (70.2, 63.5, 86.4),
+    "m3sense-sum": (71.5, 75.2, 81.5),
+    "m3sense-keyless": (66.7, 75.2, 87.0),
+    "m3sense-hamlet": (71.5, 75.2, 81.5),
+    "m3sense-cam": (70.3, 75.2, 85.7),
+}
 #: Table 5: without and with unlabelled data.
-_T5 = {"sum-without": (54.9, 75.2, 81.5), "hamlet-without": (52.7, 75.2, 83.6), "keyless-without": (55.0, 75.2, 81.5),
-       "cam-without": (51.4, 75.2, 81.7), "sum-with": (71.5, 75.2, 81.5), "keyless-with": (66.7, 75.2, 87.0),
-       "hamlet-with": (71.5, 75.2, 81.5), "cam-with": (70.3, 75.2, 85.7)}
+_T5 = {
+    "sum-without": (54.9, 75.2, 81.5),
+    "hamlet-without": (52.7, 75.2, 83.6),
+    "keyless-without": (55.0, 75.2, 81.5),
+    "cam-without": (51.4, 75.2, 81.7),
+    "sum-with": (71.5, 75.2, 81.5),
+    "keyless-with": (66.7, 75.2, 87.0),
+    "hamlet-with": (71.5, 75.2, 81.5),
+    "cam-with": (70.3, 75.2, 85.7),
+}
 #: Table 4: task combinations (M3Sense), by the set of tasks learned together.
-_T4 = {frozenset(("anxiety", "emotion", "stress")): (60.2, 75.2, 82.7), frozenset(("anxiety", "emotion")): (63.5, 63.5, None),
-       frozenset(("anxiety", "stress")): (70.3, None, 85.8), frozenset(("emotion", "stress")): (None, 75.2, 82.4)}
+_T4 = {
+    frozenset(("anxiety", "emotion", "stress")): (60.2, 75.2, 82.7),
+    frozenset(("anxiety", "emotion")): (63.5, 63.5, None),
+    frozenset(("anxiety", "stress")): (70.3, None, 85.8),
+    frozenset(("emotion", "stress")): (None, 75.2, 82.4),
+}
 _PAPER_TASKS = ("anxiety", "emotion", "stress")
 #: The feature columns each modality contributes (fig8 drops a modality's features with it).
-_FEATURE_MODALITY = {"eda": "eda", "scr": "eda", "temp": "temp", "hr": "bvp", "ibi": "bvp", "bvp": "bvp",
-                     "beat": "bvp", "acc": "acc"}
+_FEATURE_MODALITY = {
+    "eda": "eda",
+    "scr": "eda",
+    "temp": "temp",
+    "hr": "bvp",
+    "ibi": "bvp",
+    "bvp": "bvp",
+    "beat": "bvp",
+    "acc": "acc",
+}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -81,37 +120,86 @@ def _paper(values, tasks) -> dict[str, float]:
     return {t: v for t, v in zip(_PAPER_TASKS, values) if v is not None and t in tasks}
 
 
-def rows_for(name: str, *, tasks: Sequence[str], modalities: Sequence[str], fusion: str = "cam",
-             models: Sequence[str] = ("rf", "m3sense-cam"), targets: Sequence[str] | None = None) -> list[Row]:
+def rows_for(
+    name: str,
+    *,
+    tasks: Sequence[str],
+    modalities: Sequence[str],
+    fusion: str = "cam",
+    models: Sequence[str] = ("rf", "m3sense-cam"),
+    targets: Sequence[str] | None = None,
+) -> list[Row]:
     """Every row of experiment ``name`` for these tasks and modalities."""
     tasks, mods = tuple(tasks), tuple(modalities)
     base = dict(tasks=tasks, modalities=mods)
     if name == "table2":
-        rows = [Row(id=k, label=k.upper(), family="features", model=k, paper=_paper(_T2[k], tasks), **base)
-                for k in FEATURE_ROWS]
-        rows += [Row(id=f"single-{f}", label=f"{FUSION_NAMES[f]} (one network per task)", family="deep baseline",
-                     model=f, single_task=True, no_alignment=True, paper=_paper(_T2[f"single-{f}"], tasks), **base)
-                 for f in ("sum", "keyless", "hamlet")]
-        rows += [Row(id=f"m3sense-{f}", label=f"M3Sense ({FUSION_NAMES[f]})", family="M3Sense", model=f,
-                     unlabeled=True, paper=_paper(_T2[f"m3sense-{f}"], tasks), **base)
-                 for f in ("sum", "keyless", "hamlet", "cam")]
+        rows = [
+            Row(id=k, label=k.upper(), family="features", model=k, paper=_paper(_T2[k], tasks), **base)
+            for k in FEATURE_ROWS
+        ]
+        rows += [
+            Row(
+                id=f"single-{f}",
+                label=f"{FUSION_NAMES[f]} (one network per task)",
+                family="deep baseline",
+                model=f,
+                single_task=True,
+                no_alignment=True,
+                paper=_paper(_T2[f"single-{f}"], tasks),
+                **base,
+            )
+            for f in ("sum", "keyless", "hamlet")
+        ]
+        rows += [
+            Row(
+                id=f"m3sense-{f}",
+                label=f"M3Sense ({FUSION_NAMES[f]})",
+                family="M3Sense",
+                model=f,
+                unlabeled=True,
+                paper=_paper(_T2[f"m3sense-{f}"], tasks),
+                **base,
+            )
+            for f in ("sum", "keyless", "hamlet", "cam")
+        ]
         return rows
     if name == "table4":
         combos = [c for n in range(len(tasks), 1, -1) for c in itertools.combinations(tasks, n)]
         if not combos:
             raise ValueError("table4 compares task combinations: it needs data labelled for two tasks or more")
-        return [Row(id="+".join(c), label=" + ".join(c), family=f"M3Sense ({FUSION_NAMES[fusion]})", model=fusion,
-                    tasks=c, modalities=mods, unlabeled=True, paper=_paper(_T4.get(frozenset(c), ()), c))
-                for c in combos]
+        return [
+            Row(
+                id="+".join(c),
+                label=" + ".join(c),
+                family=f"M3Sense ({FUSION_NAMES[fusion]})",
+                model=fusion,
+                tasks=c,
+                modalities=mods,
+                unlabeled=True,
+                paper=_paper(_T4.get(frozenset(c), ()), c),
+            )
+            for c in combos
+        ]
     if name == "table5":
-        return [Row(id=f"{f}-{w}", label=f"M3Sense ({FUSION_NAMES[f]}), {w} unlabelled data", family=f"{w} unlabelled",
-                    model=f, no_alignment=w == "without", unlabeled=w == "with", paper=_paper(_T5[f"{f}-{w}"], tasks),
-                    **base)
-                for w in ("without", "with") for f in ("sum", "keyless", "hamlet", "cam")]
+        return [
+            Row(
+                id=f"{f}-{w}",
+                label=f"M3Sense ({FUSION_NAMES[f]}), {w} unlabelled data",
+                family=f"{w} unlabelled",
+                model=f,
+                no_alignment=w == "without",
+                unlabeled=w == "with",
+                paper=_paper(_T5[f"{f}-{w}"], tasks),
+                **base,
+            )
+            for w in ("without", "with")
+            for f in ("sum", "keyless", "hamlet", "cam")
+        ]
     if name == "fig7":
         if len(tasks) < 2:
-            raise ValueError("fig7 transfers to a task the model never saw: it needs data labelled for two tasks "
-                             "or more")
+            raise ValueError(
+                "fig7 transfers to a task the model never saw: it needs data labelled for two tasks or more"
+            )
         rows = []
         for t in targets or tasks:
             if t not in tasks:
@@ -119,12 +207,29 @@ def rows_for(name: str, *, tasks: Sequence[str], modalities: Sequence[str], fusi
             others = tuple(x for x in tasks if x != t)
             src = "-".join(others)
             common = dict(model=fusion, modalities=mods, family=f"to {t}")
-            rows += [Row(id=f"scratch:{t}", label=f"{t}: from scratch on the few recordings", tasks=(t,),
-                         fig7="scratch", **common),
-                     Row(id=f"transfer:{src}>{t}", label=f"{t}: M3Sense({src}) frozen, new head on the few",
-                         tasks=(t, *others), fig7="transfer", **common),
-                     Row(id=f"all:{t}", label=f"{t}: M3Sense(all tasks), every training label (reference)",
-                         tasks=(t, *others), fig7="all", **common)]
+            rows += [
+                Row(
+                    id=f"scratch:{t}",
+                    label=f"{t}: from scratch on the few recordings",
+                    tasks=(t,),
+                    fig7="scratch",
+                    **common,
+                ),
+                Row(
+                    id=f"transfer:{src}>{t}",
+                    label=f"{t}: M3Sense({src}) frozen, new head on the few",
+                    tasks=(t, *others),
+                    fig7="transfer",
+                    **common,
+                ),
+                Row(
+                    id=f"all:{t}",
+                    label=f"{t}: M3Sense(all tasks), every training label (reference)",
+                    tasks=(t, *others),
+                    fig7="all",
+                    **common,
+                ),
+            ]
         return rows
     if name == "fig8":
         subsets = [c for n in range(len(mods), 0, -1) for c in itertools.combinations(mods, n)]
@@ -132,11 +237,22 @@ def rows_for(name: str, *, tasks: Sequence[str], modalities: Sequence[str], fusi
         for m in models:
             kind = m.removeprefix("m3sense-")
             if kind not in KINDS and kind not in FUSIONS:
-                raise ValueError(f"--models {m}: a feature model ({', '.join(KINDS)}) or m3sense-FUSION "
-                                 f"({', '.join(FUSIONS)})")
+                raise ValueError(
+                    f"--models {m}: a feature model ({', '.join(KINDS)}) or m3sense-FUSION ({', '.join(FUSIONS)})"
+                )
             label = kind.upper() if kind in KINDS else f"M3Sense ({FUSION_NAMES[kind]})"
-            rows += [Row(id=f"{m}:{'-'.join(c)}", label=f"{label}, {'-'.join(c).upper()}", family=label, model=kind,
-                         tasks=tasks, modalities=c, unlabeled=kind not in KINDS) for c in subsets]
+            rows += [
+                Row(
+                    id=f"{m}:{'-'.join(c)}",
+                    label=f"{label}, {'-'.join(c).upper()}",
+                    family=label,
+                    model=kind,
+                    tasks=tasks,
+                    modalities=c,
+                    unlabeled=kind not in KINDS,
+                )
+                for c in subsets
+            ]
         return rows
     raise ValueError(f"experiment must be one of {NAMES}, not {name!r}")
 
@@ -162,8 +278,10 @@ def parts(ws: WindowSet, setup: Setup) -> list[Split]:
     groups = np.unique(ws.groups)
     if not 2 <= setup.folds <= len(groups):
         raise ValueError(f"--folds must be between 2 and the number of recordings ({len(groups)})")
-    return [split_subjects(ws, setup.split_seed, test_groups=list(f))
-            for f in fold_groups(ws.groups, setup.folds, setup.split_seed)]
+    return [
+        split_subjects(ws, setup.split_seed, test_groups=list(f))
+        for f in fold_groups(ws.groups, setup.folds, setup.split_seed)
+    ]
 
 
 def feature_columns(modalities: Sequence[str]) -> np.ndarray:
@@ -193,15 +311,33 @@ def _feature_probs(row: Row, data: WindowSet, part: Split, seed: int, setup: Set
     return out
 
 
-def _fit(data: WindowSet, part: Split, tasks: Sequence[str], row: Row, seed: int, setup: Setup, *,
-         train: np.ndarray | None = None, val: np.ndarray | None = None, unlabeled: np.ndarray, model=None,
-         normalizer=None, keep_labels: Sequence[str] | None = None, few: bool = False):
+def _fit(
+    data: WindowSet,
+    part: Split,
+    tasks: Sequence[str],
+    row: Row,
+    seed: int,
+    setup: Setup,
+    *,
+    train: np.ndarray | None = None,
+    val: np.ndarray | None = None,
+    unlabeled: np.ndarray,
+    model=None,
+    normalizer=None,
+    keep_labels: Sequence[str] | None = None,
+    few: bool = False,
+):
     """Train one network on ``tasks`` (labels of ``keep_labels`` only, if given): (model, its
     test-part probabilities, its normaliser), all None when the training side holds fewer than two
     labelled windows."""
     base = ModelConfig()
-    cfg = model.cfg if model is not None else ModelConfig(
-        fusion=row.model, tasks=tuple(tasks), modalities=row.modalities, classes={t: base.classes[t] for t in tasks})
+    cfg = (
+        model.cfg
+        if model is not None
+        else ModelConfig(
+            fusion=row.model, tasks=tuple(tasks), modalities=row.modalities, classes={t: base.classes[t] for t in tasks}
+        )
+    )
     sub = data.select(cfg.modalities, cfg.tasks)
     if keep_labels is not None:
         keep = np.array([t in keep_labels for t in cfg.tasks])
@@ -212,20 +348,31 @@ def _fit(data: WindowSet, part: Split, tasks: Sequence[str], row: Row, seed: int
     split = Split(train=train[has[train]], val=val[has[val]], test=part.test, unlabeled=unlabeled)
     if len(split.train) < 2:
         return None, None, None
-    tc = replace(setup.train, seed=seed, gamma=0.0 if row.no_alignment else setup.train.gamma,
-                 **({"epochs": setup.few_epochs} if few else {}))
-    res, norm = fit_split(sub, split, tc, model=model if model is not None else init_model(cfg, seed),
-                          relative=_relative(setup, cfg.modalities), normalizer=normalizer)
+    tc = replace(
+        setup.train,
+        seed=seed,
+        gamma=0.0 if row.no_alignment else setup.train.gamma,
+        **({"epochs": setup.few_epochs} if few else {}),
+    )
+    res, norm = fit_split(
+        sub,
+        split,
+        tc,
+        model=model if model is not None else init_model(cfg, seed),
+        relative=_relative(setup, cfg.modalities),
+        normalizer=normalizer,
+    )
     return res.model, predict_probs(res.model, to_tensors(sub.subset(part.test), norm)), norm
 
 
-def _network_probs(row: Row, data: WindowSet, part: Split, extra: np.ndarray, seed: int,
-                   setup: Setup) -> dict[str, np.ndarray]:
+def _network_probs(
+    row: Row, data: WindowSet, part: Split, extra: np.ndarray, seed: int, setup: Setup
+) -> dict[str, np.ndarray]:
     empty = np.zeros(0, np.int64)
     unl = np.concatenate([part.unlabeled, extra]) if row.unlabeled else empty
     if row.fig7 is None:
         out = {}
-        for tasks in ([(t,) for t in row.tasks] if row.single_task else [row.tasks]):
+        for tasks in [(t,) for t in row.tasks] if row.single_task else [row.tasks]:
             _, p, _ = _fit(data, part, tasks, row, seed, setup, unlabeled=unl)
             out |= {t: v for t, v in (p or {}).items() if t in tasks}
         return out
@@ -241,8 +388,21 @@ def _network_probs(row: Row, data: WindowSet, part: Split, extra: np.ndarray, se
     if source is None:
         return {}
     model = transfer_model(source, (target,), ModelConfig().classes, seed)
-    _, p, _ = _fit(data, part, model.cfg.tasks, row, seed, setup, train=few, val=empty, unlabeled=empty,
-                   model=model, normalizer=norm, keep_labels=(target,), few=True)
+    _, p, _ = _fit(
+        data,
+        part,
+        model.cfg.tasks,
+        row,
+        seed,
+        setup,
+        train=few,
+        val=empty,
+        unlabeled=empty,
+        model=model,
+        normalizer=norm,
+        keep_labels=(target,),
+        few=True,
+    )
     return {target: p[target]} if p else {}
 
 
@@ -256,9 +416,15 @@ def few_recordings(data: WindowSet, part: Split, task: str, n: int, seed: int) -
     return train[np.isin(data.groups[train], chosen)]
 
 
-def run(rows: Sequence[Row], ws: WindowSet, setup: Setup, *, unlabeled: WindowSet | None = None,
-        progress: Callable[[str], None] = lambda _: None,
-        seed_done: Callable[[list[dict]], None] = lambda _: None) -> list[dict]:
+def run(
+    rows: Sequence[Row],
+    ws: WindowSet,
+    setup: Setup,
+    *,
+    unlabeled: WindowSet | None = None,
+    progress: Callable[[str], None] = lambda _: None,
+    seed_done: Callable[[list[dict]], None] = lambda _: None,
+) -> list[dict]:
     """Score every row on every seed; one record per (row, task, seed) that could be scored.
     ``seed_done`` gets the records so far after each seed (a long run keeps its finished seeds)."""
     data = ws if unlabeled is None or not len(unlabeled) else WindowSet.concat([ws, unlabeled])
@@ -270,8 +436,11 @@ def run(rows: Sequence[Row], ws: WindowSet, setup: Setup, *, unlabeled: WindowSe
         test_idx, probs = [], {t: [] for t in row.scored}
         for i, part in enumerate(folds, 1):
             progress(f"[{k}/{total}] seed {seed}, {row.id}: fold {i}/{len(folds)}")
-            p = (_feature_probs(row, data, part, seed, setup) if row.is_features
-                 else _network_probs(row, data, part, extra, seed, setup))
+            p = (
+                _feature_probs(row, data, part, seed, setup)
+                if row.is_features
+                else _network_probs(row, data, part, extra, seed, setup)
+            )
             test_idx.append(part.test)
             for t in row.scored:  # a fold with no model for t adds nothing to t's pooled score
                 probs[t].append(p.get(t))
@@ -280,13 +449,22 @@ def run(rows: Sequence[Row], ws: WindowSet, setup: Setup, *, unlabeled: WindowSe
             one = ws.subset(idx).select(ws.modalities, (t,))
             if not len(idx) or not (one.labels[:, 0] >= 0).any():
                 continue
-            s = detailed_scores(one, {t: np.concatenate([p for p in probs[t] if p is not None])},
-                                {t: ModelConfig().classes[t]})[t]
-            records.append({"row": row.id, "task": t, "seed": seed, "windows": s["n_windows"],
-                            "accuracy": s["accuracy"], "macro_f1": s["macro_f1"],
-                            "balanced_accuracy": s["balanced_accuracy"],
-                            "stress_vs_rest": s["stress_vs_rest"]["accuracy"] if "stress_vs_rest" in s else None,
-                            "folds_scored": sum(p is not None for p in probs[t])})
+            s = detailed_scores(
+                one, {t: np.concatenate([p for p in probs[t] if p is not None])}, {t: ModelConfig().classes[t]}
+            )[t]
+            records.append(
+                {
+                    "row": row.id,
+                    "task": t,
+                    "seed": seed,
+                    "windows": s["n_windows"],
+                    "accuracy": s["accuracy"],
+                    "macro_f1": s["macro_f1"],
+                    "balanced_accuracy": s["balanced_accuracy"],
+                    "stress_vs_rest": s["stress_vs_rest"]["accuracy"] if "stress_vs_rest" in s else None,
+                    "folds_scored": sum(p is not None for p in probs[t]),
+                }
+            )
         if k % len(rows) == 0:
             seed_done(records)
     return records
@@ -298,8 +476,14 @@ def summarise(rows: Sequence[Row], records: Sequence[dict]) -> list[dict]:
     for row in rows:
         for t in row.scored:
             rs = [r for r in records if r["row"] == row.id and r["task"] == t]
-            cell = {"row": row.id, "label": row.label, "family": row.family, "task": t, "seeds": len(rs),
-                    "paper_accuracy": (row.paper or {}).get(t)}
+            cell = {
+                "row": row.id,
+                "label": row.label,
+                "family": row.family,
+                "task": t,
+                "seeds": len(rs),
+                "paper_accuracy": (row.paper or {}).get(t),
+            }
             for key in ("accuracy", "macro_f1", "balanced_accuracy", "stress_vs_rest"):
                 v = np.array([r[key] for r in rs if r[key] is not None], dtype=float)
                 cell[f"{key}_mean"] = float(v.mean()) if len(v) else None

@@ -49,11 +49,29 @@ from e4 import CHANNELS, RATES_HZ
 from e4.beats import BAND_HZ, rate_bpm, window_beats
 
 FEATURES: tuple[str, ...] = (
-    "eda_mean_us", "eda_sd_us", "eda_min_us", "eda_max_us", "eda_slope_us_s", "scr_count", "scr_amp_us", "eda_log",
-    "temp_mean_c", "temp_sd_c", "temp_slope_c_s",
-    "hr_bpm", "ibi_sd_s", "ibi_rmssd_s", "bvp_sd", "bvp_p90p10",
-    "acc_mag_g", "acc_mag_sd_g", "acc_sd_g",
-    "hr_range_bpm", "beat_amp_ratio", "eda_max_rise_us_s", "acc_jolt_g",
+    "eda_mean_us",
+    "eda_sd_us",
+    "eda_min_us",
+    "eda_max_us",
+    "eda_slope_us_s",
+    "scr_count",
+    "scr_amp_us",
+    "eda_log",
+    "temp_mean_c",
+    "temp_sd_c",
+    "temp_slope_c_s",
+    "hr_bpm",
+    "ibi_sd_s",
+    "ibi_rmssd_s",
+    "bvp_sd",
+    "bvp_p90p10",
+    "acc_mag_g",
+    "acc_mag_sd_g",
+    "acc_sd_g",
+    "hr_range_bpm",
+    "beat_amp_ratio",
+    "eda_max_rise_us_s",
+    "acc_jolt_g",
 )
 _FS = RATES_HZ
 SCR_MIN_PROMINENCE_US = 0.01
@@ -87,8 +105,13 @@ def _beats(bvp: np.ndarray, fs: float) -> tuple[float, float, float, float, floa
     ibi = np.array([b.ibi_s for b in beats])
     rate = 60.0 / ibi
     lo, hi = np.percentile([b.amp for b in beats], (10, 90))
-    return (np.nan if hr is None else hr, float(ibi.std()), float(np.sqrt(np.mean(np.diff(ibi) ** 2))),
-            float(rate.max() - rate.min()), float(lo / hi) if hi > 0 else np.nan)
+    return (
+        np.nan if hr is None else hr,
+        float(ibi.std()),
+        float(np.sqrt(np.mean(np.diff(ibi) ** 2))),
+        float(rate.max() - rate.min()),
+        float(lo / hi) if hi > 0 else np.nan,
+    )
 
 
 def window_features(signals: Mapping[str, np.ndarray]) -> np.ndarray:
@@ -129,8 +152,10 @@ def window_features(signals: Mapping[str, np.ndarray]) -> np.ndarray:
     return out.astype(np.float32)
 
 
-_SHAPES = {m: (round(20.0 * RATES_HZ[m]),) if CHANNELS[m] == 1 else (round(20.0 * RATES_HZ[m]), CHANNELS[m])
-           for m in ("bvp", "eda", "temp", "acc")}
+_SHAPES = {
+    m: (round(20.0 * RATES_HZ[m]),) if CHANNELS[m] == 1 else (round(20.0 * RATES_HZ[m]), CHANNELS[m])
+    for m in ("bvp", "eda", "temp", "acc")
+}
 
 
 def message_features(windows) -> np.ndarray:
@@ -138,9 +163,16 @@ def message_features(windows) -> np.ndarray:
     live node and the training path share. A window whose arrays are missing or of the wrong
     size (nothing preprocess makes) gets NaN features rather than stopping the node."""
     out = np.full((len(windows), len(FEATURES)), np.nan, np.float32)
-    good = [i for i, w in enumerate(windows)
-            if all(np.size(w.arrays.get(m, ())) == int(np.prod(shape)) for m, shape in _SHAPES.items())]
+    good = [
+        i
+        for i, w in enumerate(windows)
+        if all(np.size(w.arrays.get(m, ())) == int(np.prod(shape)) for m, shape in _SHAPES.items())
+    ]
     if good:
-        out[good] = window_features({m: np.stack([np.asarray(windows[i].arrays[m], dtype=np.float32).reshape(shape)
-                                                  for i in good]) for m, shape in _SHAPES.items()})
+        out[good] = window_features(
+            {
+                m: np.stack([np.asarray(windows[i].arrays[m], dtype=np.float32).reshape(shape) for i in good])
+                for m, shape in _SHAPES.items()
+            }
+        )
     return out

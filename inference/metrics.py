@@ -49,8 +49,9 @@ def task_scores(y_true: np.ndarray, y_pred: np.ndarray, classes: Sequence[str]) 
     }
 
 
-def score_all(labels: np.ndarray, probs: Mapping[str, np.ndarray], tasks: Sequence[str],
-              classes: Mapping[str, Sequence[str]]) -> dict[str, dict]:
+def score_all(
+    labels: np.ndarray, probs: Mapping[str, np.ndarray], tasks: Sequence[str], classes: Mapping[str, Sequence[str]]
+) -> dict[str, dict]:
     """Per task in ``probs`` that has at least one labelled window: :func:`task_scores`."""
     out = {}
     for j, t in enumerate(tasks):
@@ -65,11 +66,15 @@ def collapse(y: np.ndarray, positive: int) -> np.ndarray:
 
 
 def markdown_table(scores: Mapping[str, dict]) -> str:
-    rows = ["| task | windows | accuracy | macro-F1 | balanced accuracy | always the commonest class |",
-            "|---|---:|---:|---:|---:|---:|"]
+    rows = [
+        "| task | windows | accuracy | macro-F1 | balanced accuracy | always the commonest class |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     for t, s in scores.items():
-        rows.append(f"| {t} | {s['n_windows']} | {100 * s['accuracy']:.1f} % | {s['macro_f1']:.3f} | "
-                    f"{100 * s['balanced_accuracy']:.1f} % | {100 * s['majority_accuracy']:.1f} % |")
+        rows.append(
+            f"| {t} | {s['n_windows']} | {100 * s['accuracy']:.1f} % | {s['macro_f1']:.3f} | "
+            f"{100 * s['balanced_accuracy']:.1f} % | {100 * s['majority_accuracy']:.1f} % |"
+        )
     out = ["\n".join(rows)]
     for t, s in scores.items():
         head = "| truth \\ predicted | " + " | ".join(s["classes"]) + " |"

@@ -39,9 +39,7 @@ class ModelConfig:
 
     tasks: tuple[str, ...] = ("stress", "anxiety", "emotion")
     #: class names per task, in logit order
-    classes: Mapping[str, tuple[str, ...]] = field(
-        default_factory=lambda: dict(TASK_CLASSES)
-    )
+    classes: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: dict(TASK_CLASSES))
     modalities: tuple[str, ...] = ("bvp", "eda", "temp")
     fusion: str = "cam"
     window_s: float = 20.0

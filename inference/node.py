@@ -80,7 +80,7 @@ class MicroBatcher:
         out = []
         while len(self._pending) >= self.max_batch:
             out.append(Due(windows=tuple(self._pending[: self.max_batch])))
-            self._pending = self._pending[self.max_batch:]
+            self._pending = self._pending[self.max_batch :]
             self._oldest_s = now_s if self._pending else None
         return out + self.due(now_s)
 
@@ -92,8 +92,10 @@ class MicroBatcher:
     def flush(self) -> list[Due]:
         if not self._pending:
             return []
-        out = [Due(windows=tuple(self._pending[i:i + self.max_batch]))
-               for i in range(0, len(self._pending), self.max_batch)]
+        out = [
+            Due(windows=tuple(self._pending[i : i + self.max_batch]))
+            for i in range(0, len(self._pending), self.max_batch)
+        ]
         self._pending, self._oldest_s = [], None
         return out
 
@@ -144,16 +146,28 @@ async def serve(
             counters["devices_ended"] += 1
             if await pub.wait_for_subscribers([topic_for(AFFECT, end.device)], END_WAIT_S):
                 log.warning("no subscriber for affect/%s/ after %.0f s: its end marker is lost", end.device, END_WAIT_S)
-            await pub.publish(AFFECT, end.device, AFFECT, t0_s=end.t0_s, fs_hz=0.0,
-                              meta={"event": "end", "model": predictor.model_id, **lineage(end)})
+            await pub.publish(
+                AFFECT,
+                end.device,
+                AFFECT,
+                t0_s=end.t0_s,
+                fs_hz=0.0,
+                meta={"event": "end", "model": predictor.model_id, **lineage(end)},
+            )
             sub.done(end)
 
     async with Publisher(bus) as pub, Subscriber(bus, SUBSCRIPTIONS, acks="explicit") as sub:
         if metrics is not None:
             from bus.metrics import bus_snapshot
 
-            metrics.watch(lambda: bus_snapshot(sub.stats, published=pub.sent, queue_depth=batcher.pending,
-                                               drops={k: v for k, v in counters.items() if k.startswith("malformed_")}))
+            metrics.watch(
+                lambda: bus_snapshot(
+                    sub.stats,
+                    published=pub.sent,
+                    queue_depth=batcher.pending,
+                    drops={k: v for k, v in counters.items() if k.startswith("malformed_")},
+                )
+            )
         if on_ready is not None:
             on_ready()
         try:
@@ -168,8 +182,11 @@ async def serve(
                     problem = window_meta_problem(msg.meta)
                     if problem is not None:
                         if not counters[f"malformed_{problem}"]:
-                            log.warning("dropping a window of %s with unreadable meta %r; further ones are "
-                                        "only counted", msg.device, problem)
+                            log.warning(
+                                "dropping a window of %s with unreadable meta %r; further ones are only counted",
+                                msg.device,
+                                problem,
+                            )
                         counters[f"malformed_{problem}"] += 1
                         sub.done(msg)
                         msg = None

@@ -56,8 +56,14 @@ def export_onnx(model: M3Sense, path: str | Path, tasks: Sequence[str] | None = 
         warnings.simplefilter("ignore", UserWarning)
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(
-            graph, example, str(path), input_names=names, output_names=outputs, opset_version=OPSET,
-            dynamic_axes={n: {0: "batch"} for n in names + outputs}, dynamo=False,
+            graph,
+            example,
+            str(path),
+            input_names=names,
+            output_names=outputs,
+            opset_version=OPSET,
+            dynamic_axes={n: {0: "batch"} for n in names + outputs},
+            dynamo=False,
         )
     return path
 

@@ -38,8 +38,15 @@ class Predictor:
     "torch". ``threads``: intra-op threads of either backend (None: the library default).
     """
 
-    def __init__(self, checkpoint: Checkpoint, *, tasks: Sequence[str] | None = None, backend: str = "onnx",
-                 threads: int | None = None, cache_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        checkpoint: Checkpoint,
+        *,
+        tasks: Sequence[str] | None = None,
+        backend: str = "onnx",
+        threads: int | None = None,
+        cache_dir: Path | None = None,
+    ) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, not {backend!r}")
         self.checkpoint = checkpoint
@@ -83,8 +90,9 @@ class Predictor:
         """The network reads some inputs relative to the wearer (a calibrated checkpoint)."""
         return bool(self.checkpoint.normalizer.relative)
 
-    def probs(self, inputs: Mapping[str, np.ndarray], present: np.ndarray,
-              ref_mean: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    def probs(
+        self, inputs: Mapping[str, np.ndarray], present: np.ndarray, ref_mean: np.ndarray | None = None
+    ) -> dict[str, np.ndarray]:
         """``inputs[m]``: (B, samples, channels) in sensor units; ``present``: (B, M) bool in
         the model's modality order; ``ref_mean`` (B, F) the wearers' reference features, needed
         by a calibrated checkpoint. Returns (B, classes) float32 per task."""
@@ -96,11 +104,14 @@ class Predictor:
             probs = self._onnx.run(x, present)
         else:
             with torch.no_grad():
-                out = self.checkpoint.model({m: torch.from_numpy(v) for m, v in x.items()},
-                                            torch.from_numpy(present), self.tasks)
+                out = self.checkpoint.model(
+                    {m: torch.from_numpy(v) for m, v in x.items()}, torch.from_numpy(present), self.tasks
+                )
             probs = {t: torch.softmax(out.logits[t], dim=-1).numpy() for t in self.tasks}
-        return {t: scaled(p, self.temperature[t]).astype(np.float32) if self.temperature[t] != 1.0 else p
-                for t, p in probs.items()}
+        return {
+            t: scaled(p, self.temperature[t]).astype(np.float32) if self.temperature[t] != 1.0 else p
+            for t, p in probs.items()
+        }
 
     def predict_messages(self, windows: Sequence[Message]) -> list[dict[str, dict]]:
         """The ``tasks`` field of the affect message for each window message: per task
@@ -130,16 +141,25 @@ class AffectMeta:
     @classmethod
     def for_window(cls, window: Message, answers: Mapping[str, Answer], model_id: str) -> AffectMeta:
         truth = window.meta.get("labels")
-        return cls(t_end_s=float(window.meta.get("t_end", window.t0_s)), t_start_s=float(window.t0_s),
-                   model=model_id, source=window.meta.get("source", "live"),
-                   quality=dict(window.meta.get("quality") or {}), answers=dict(answers),
-                   labels=dict(truth) if isinstance(truth, Mapping) and any(v is not None for v in truth.values())
-                   else None)
+        return cls(
+            t_end_s=float(window.meta.get("t_end", window.t0_s)),
+            t_start_s=float(window.t0_s),
+            model=model_id,
+            source=window.meta.get("source", "live"),
+            quality=dict(window.meta.get("quality") or {}),
+            answers=dict(answers),
+            labels=dict(truth) if isinstance(truth, Mapping) and any(v is not None for v in truth.values()) else None,
+        )
 
     def to_meta(self) -> dict[str, Any]:
-        meta: dict[str, Any] = {"t_end": self.t_end_s, "t_start": self.t_start_s, "model": self.model,
-                                "source": self.source, "quality": dict(self.quality),
-                                "tasks": {t: a.to_json() for t, a in self.answers.items()}}
+        meta: dict[str, Any] = {
+            "t_end": self.t_end_s,
+            "t_start": self.t_start_s,
+            "model": self.model,
+            "source": self.source,
+            "quality": dict(self.quality),
+            "tasks": {t: a.to_json() for t, a in self.answers.items()},
+        }
         if self.labels is not None:
             meta["labels"] = dict(self.labels)
         return meta

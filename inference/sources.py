@@ -28,10 +28,10 @@ from urllib.parse import parse_qsl
 
 import numpy as np
 
+from common.errors import UserError
 from inference.calibration import CalibrationConfig
 from inference.dataset import WindowSet, windows_from_messages, with_references
 from inference.model import MODALITY_CHANNELS
-from m3sense.errors import UserError
 
 SYNTHETIC = "synthetic"
 #: What a bare ``synthetic`` means (and what its provenance name then spells out).
@@ -71,8 +71,12 @@ def parse_source(spec: str) -> SourceSpec:
         raise UserError(f"data source {location!r}: no such file or folder (or say 'synthetic')")
     if location != SYNTHETIC and params:
         raise UserError(f"data source {spec!r}: only 'tasks=' applies to a path")
-    return SourceSpec(spec=spec, location=location, params=params,
-                      tasks=tuple(t for t in tasks.split(",") if t) if tasks is not None else None)
+    return SourceSpec(
+        spec=spec,
+        location=location,
+        params=params,
+        tasks=tuple(t for t in tasks.split(",") if t) if tasks is not None else None,
+    )
 
 
 def _source_path(location: str) -> Path:
@@ -113,8 +117,12 @@ def _code_digest() -> str:
     filter or simulator invalidates the cache."""
     root = Path(__file__).resolve().parents[1]  # replay/, preprocess/ and inference/ are siblings
     h = hashlib.sha1()
-    for f in [*sorted((root / "replay").glob("*.py")), *sorted((root / "preprocess").glob("*.py")),
-              root / "inference" / "dataset.py", root / "inference" / "features.py"]:
+    for f in [
+        *sorted((root / "replay").glob("*.py")),
+        *sorted((root / "preprocess").glob("*.py")),
+        root / "inference" / "dataset.py",
+        root / "inference" / "features.py",
+    ]:
         h.update(f.read_bytes())
     return h.hexdigest()[:12]
 
@@ -129,9 +137,17 @@ def recording_window_set(
         config = preprocess.WindowConfig(hop_s=hop_s)
     except ValueError as exc:
         raise UserError(f"--hop-s: {exc}") from exc
-    sets = [windows_from_messages((w.to_message() for w in preprocess.recording_windows(rec, config)),
-                                  modalities=modalities, shapes=shapes, tasks=tasks, classes=classes, source=source)
-            for rec in recordings]
+    sets = [
+        windows_from_messages(
+            (w.to_message() for w in preprocess.recording_windows(rec, config)),
+            modalities=modalities,
+            shapes=shapes,
+            tasks=tasks,
+            classes=classes,
+            source=source,
+        )
+        for rec in recordings
+    ]
     return WindowSet.concat(sets)
 
 
@@ -154,8 +170,10 @@ def source_windows(
 
     for t in tasks:
         if t not in preprocess.LABEL_CLASSES or tuple(classes[t]) != tuple(preprocess.LABEL_CLASSES[t]):
-            raise UserError(f"task {t!r} with classes {list(classes.get(t, ()))}: the data has "
-                            f"{ {k: list(v) for k, v in preprocess.LABEL_CLASSES.items()} }")
+            raise UserError(
+                f"task {t!r} with classes {list(classes.get(t, ()))}: the data has "
+                f"{ {k: list(v) for k, v in preprocess.LABEL_CLASSES.items()} }"
+            )
     all_tasks = tuple(preprocess.LABEL_CLASSES)
     all_modalities = tuple(preprocess.MODALITIES)
     path = None
@@ -166,11 +184,19 @@ def source_windows(
         ws = WindowSet.load_npz(path)
     else:
         shapes = {m: (preprocess.SIZES[m], MODALITY_CHANNELS[m]) for m in all_modalities}
-        ws = recording_window_set(read_recordings(src), modalities=all_modalities, shapes=shapes, tasks=all_tasks,
-                                  classes=preprocess.LABEL_CLASSES, source=src.name, hop_s=hop_s)
+        ws = recording_window_set(
+            read_recordings(src),
+            modalities=all_modalities,
+            shapes=shapes,
+            tasks=all_tasks,
+            classes=preprocess.LABEL_CLASSES,
+            source=src.name,
+            hop_s=hop_s,
+        )
         if src.synthetic:  # simulated devices are sim01, sim02, ... in every synthetic source
-            ws = replace(ws, groups=np.char.add(f"{src.name}/", ws.groups),
-                         tag_groups=np.char.add(f"{src.name}/", ws.tag_groups))
+            ws = replace(
+                ws, groups=np.char.add(f"{src.name}/", ws.groups), tag_groups=np.char.add(f"{src.name}/", ws.tag_groups)
+            )
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")

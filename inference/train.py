@@ -81,13 +81,19 @@ def split_paper(ws: WindowSet, seed: int) -> Split:
         n_train = round(0.75 * n_tv)
         parts["train"].append(idx[:n_train])
         parts["val"].append(idx[n_train:n_tv])
-        parts["test"].append(idx[n_tv:n_tv + n_test])
-        parts["unlabeled"].append(idx[n_tv + n_test:])
+        parts["test"].append(idx[n_tv : n_tv + n_test])
+        parts["unlabeled"].append(idx[n_tv + n_test :])
     return Split(**{k: np.sort(np.concatenate(v)) if v else np.zeros(0, np.int64) for k, v in parts.items()})
 
 
-def split_subjects(ws: WindowSet, seed: int, *, test_groups: Sequence[str] | None = None,
-                   test_fraction: float = 0.2, val_fraction: float = 0.1) -> Split:
+def split_subjects(
+    ws: WindowSet,
+    seed: int,
+    *,
+    test_groups: Sequence[str] | None = None,
+    test_fraction: float = 0.2,
+    val_fraction: float = 0.1,
+) -> Split:
     """Leave-subjects-out: whole recordings go to test (``test_groups``, or a fraction of each
     source's recordings) and to validation, so no window of a test subject is trained on.
     Windows without any label (unlabelled sources) go to ``unlabeled``."""
@@ -110,8 +116,12 @@ def split_subjects(ws: WindowSet, seed: int, *, test_groups: Sequence[str] | Non
             val_set.update(rest[: max(1, math.ceil(val_fraction * len(groups)))])
     in_test = np.isin(ws.groups, list(test_set)) & labelled
     in_val = np.isin(ws.groups, list(val_set)) & labelled
-    return Split(train=np.flatnonzero(labelled & ~in_test & ~in_val), val=np.flatnonzero(in_val),
-                 test=np.flatnonzero(in_test), unlabeled=np.flatnonzero(~labelled))
+    return Split(
+        train=np.flatnonzero(labelled & ~in_test & ~in_val),
+        val=np.flatnonzero(in_val),
+        test=np.flatnonzero(in_test),
+        unlabeled=np.flatnonzero(~labelled),
+    )
 
 
 def resolve_groups(names: Sequence[str], groups: np.ndarray) -> list[str]:
@@ -254,12 +264,18 @@ def train_model(
         val_scores = {}
         if val is not None and len(val):
             probs = predict_probs(model, val)
-            val_scores = {t: {"accuracy": s["accuracy"], "macro_f1": s["macro_f1"]}
-                          for t, s in score_all(val.labels.numpy(), probs, tasks, model.cfg.classes).items()}
+            val_scores = {
+                t: {"accuracy": s["accuracy"], "macro_f1": s["macro_f1"]}
+                for t, s in score_all(val.labels.numpy(), probs, tasks, model.cfg.classes).items()
+            }
         log = EpochLog(
-            epoch=epoch, loss=sums["loss"] / len(order), ce=sums["ce"] / len(order), kl=sums["kl"] / len(order),
+            epoch=epoch,
+            loss=sums["loss"] / len(order),
+            ce=sums["ce"] / len(order),
+            kl=sums["kl"] / len(order),
             train_acc={t: hits[0][j] / hits[1][j] for j, t in enumerate(tasks) if hits[1][j]},
-            val=val_scores, lr=opt.param_groups[0]["lr"],
+            val=val_scores,
+            lr=opt.param_groups[0]["lr"],
         )
         history.append(log)
         if on_epoch is not None:
@@ -272,16 +288,31 @@ def train_model(
     return TrainResult(model=model, best_epoch=best[1], history=tuple(history))
 
 
-def fit_split(ws: WindowSet, split: Split, tc: TrainConfig, *, model: M3Sense, relative: Sequence[str] = (),
-              normalizer: Normalizer | None = None, on_step=None, on_epoch=None) -> tuple[TrainResult, Normalizer]:
+def fit_split(
+    ws: WindowSet,
+    split: Split,
+    tc: TrainConfig,
+    *,
+    model: M3Sense,
+    relative: Sequence[str] = (),
+    normalizer: Normalizer | None = None,
+    on_step=None,
+    on_epoch=None,
+) -> tuple[TrainResult, Normalizer]:
     """Train ``model`` on one split of ``ws``: the normaliser is fitted on the training and
     unlabelled parts (no test window shapes it), unless one is given (a transferred model must
     see its inputs scaled as its frozen encoders learned them)."""
     norm = normalizer or Normalizer.fit(ws.subset(np.concatenate([split.train, split.unlabeled])), relative=relative)
     unl = ws.subset(split.unlabeled).without_labels()
-    res = train_model(model, tc, to_tensors(ws.subset(split.train), norm),
-                      to_tensors(ws.subset(split.val), norm) if len(split.val) else None,
-                      to_tensors(unl, norm) if len(unl) else None, on_step=on_step, on_epoch=on_epoch)
+    res = train_model(
+        model,
+        tc,
+        to_tensors(ws.subset(split.train), norm),
+        to_tensors(ws.subset(split.val), norm) if len(split.val) else None,
+        to_tensors(unl, norm) if len(unl) else None,
+        on_step=on_step,
+        on_epoch=on_epoch,
+    )
     return res, norm
 
 
@@ -292,8 +323,9 @@ def _batches(n: int, size: int, g: torch.Generator) -> list[torch.Tensor]:
 
 
 @torch.no_grad()
-def predict_probs(model: M3Sense, data: Tensors, batch_size: int = 256,
-                  tasks: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+def predict_probs(
+    model: M3Sense, data: Tensors, batch_size: int = 256, tasks: Sequence[str] | None = None
+) -> dict[str, np.ndarray]:
     """Softmax probabilities per task, (N, classes), in eval mode."""
     was_training = model.training
     model.eval()
@@ -305,8 +337,9 @@ def predict_probs(model: M3Sense, data: Tensors, batch_size: int = 256,
         for t in names:
             parts[t].append(torch.softmax(out.logits[t], dim=-1).numpy())
     model.train(was_training)
-    return {t: np.concatenate(v) if v else np.zeros((0, len(model.cfg.classes[t])), np.float32)
-            for t, v in parts.items()}
+    return {
+        t: np.concatenate(v) if v else np.zeros((0, len(model.cfg.classes[t])), np.float32) for t, v in parts.items()
+    }
 
 
 def detailed_scores(ws: WindowSet, probs: Mapping[str, np.ndarray], classes: Mapping[str, Sequence[str]]) -> dict:

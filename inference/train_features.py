@@ -15,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from m3sense.errors import UserError
+from common.errors import UserError
+
 
 def _csv(text: str) -> tuple[str, ...]:
     return tuple(x.strip() for x in text.split(",") if x.strip())
@@ -30,12 +31,15 @@ def load_windows(args, *, windows, calibration, tasks, need_reference: bool):
     if unknown:
         raise UserError(f"unknown task(s) {unknown}; known: {list(base.classes)}")
     cfg = ModelConfig(tasks=tasks, classes={t: base.classes[t] for t in tasks})
-    ws = WindowSet.concat([w for _, w in windows(args.data, cfg=cfg, hop_s=args.hop_s, no_cache=args.no_cache,
-                                                 calibration=calibration)])
+    ws = WindowSet.concat(
+        [w for _, w in windows(args.data, cfg=cfg, hop_s=args.hop_s, no_cache=args.no_cache, calibration=calibration)]
+    )
     keep = ws.labelled & ws.calibrated if need_reference else ws.labelled
     if not keep.any():
-        raise UserError("no labelled window has a wearer reference: recordings need at least "
-                        f"{calibration.search_minutes:g} min of usable data before their labels")
+        raise UserError(
+            "no labelled window has a wearer reference: recordings need at least "
+            f"{calibration.search_minutes:g} min of usable data before their labels"
+        )
     return ws.subset(np.flatnonzero(keep)), cfg
 
 
@@ -48,17 +52,31 @@ def task_scores(ws, j: int, task: str, kind: str, calibrated: bool, folds, seed:
     has = np.flatnonzero(ws.labels[:, j] >= 0)
     sub = ws.subset(has)
     y = sub.labels[:, j]
-    cal, raw, temps = cross_validate(sub.features, y, sub.groups, folds, kind=kind, seed=seed,
-                                     ref_mean=sub.ref_mean, ref_sd=sub.ref_sd, calibrated=calibrated)
+    cal, raw, temps = cross_validate(
+        sub.features,
+        y,
+        sub.groups,
+        folds,
+        kind=kind,
+        seed=seed,
+        ref_mean=sub.ref_mean,
+        ref_sd=sub.ref_sd,
+        calibrated=calibrated,
+    )
     one = sub.select(sub.modalities, (task,))
     s = detailed_scores(one, {task: cal}, classes)[task]
     s["ece"], s["reliability"] = expected_calibration_error(cal, y)
     s["ece_before_scaling"], _ = expected_calibration_error(raw, y)
     s["temperatures"] = temps
     conf = cal.max(axis=1)
-    s["confidence_curve"] = [{"min_confidence": th, "answered": float((conf >= th).mean()),
-                              "accuracy": float((cal.argmax(1) == y)[conf >= th].mean()) if (conf >= th).any() else None}
-                             for th in (0.0, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)]
+    s["confidence_curve"] = [
+        {
+            "min_confidence": th,
+            "answered": float((conf >= th).mean()),
+            "accuracy": float((cal.argmax(1) == y)[conf >= th].mean()) if (conf >= th).any() else None,
+        }
+        for th in (0.0, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+    ]
     return s, raw, y
 
 
@@ -67,8 +85,10 @@ def train_features(args, kinds, *, windows, calibration, print_scores) -> int:
 
     bad = [k for k in kinds if k not in KINDS]
     if bad:
-        raise UserError(f"--model {','.join(bad)}: feature models are {', '.join(KINDS)} "
-                        "(train m3sense in its own run: --model m3sense)")
+        raise UserError(
+            f"--model {','.join(bad)}: feature models are {', '.join(KINDS)} "
+            "(train m3sense in its own run: --model m3sense)"
+        )
     modes = {"wearer": (True,), "none": (False,), "both": (True, False)}[args.calibration]
     tasks = _csv(args.tasks)
     ws, cfg = load_windows(args, windows=windows, calibration=calibration, tasks=tasks, need_reference=True in modes)
@@ -82,8 +102,11 @@ def train_features(args, kinds, *, windows, calibration, print_scores) -> int:
             for calibrated in modes:
                 name = f"{kind} ({'wearer' if calibrated else 'absolute'})"
                 print(f"train: {name}, {args.folds}-fold leave-subjects-out", file=sys.stderr, flush=True)
-                rows[name] = {t: task_scores(ws, j, t, kind, calibrated, folds, args.seed, cfg.classes)[0]
-                              for j, t in enumerate(cfg.tasks) if (ws.labels[:, j] >= 0).any()}
+                rows[name] = {
+                    t: task_scores(ws, j, t, kind, calibrated, folds, args.seed, cfg.classes)[0]
+                    for j, t in enumerate(cfg.tasks)
+                    if (ws.labels[:, j] >= 0).any()
+                }
         title = f"{args.folds}-fold leave-subjects-out, pooled over all test folds ({len(ws)} windows)"
         if len(rows) == 1:
             print_scores(next(iter(rows.values())), args.json, title)
@@ -100,8 +123,14 @@ def train_features(args, kinds, *, windows, calibration, print_scores) -> int:
 def _fit_and_save(args, kind, calibrated, ws, cfg, calibration, print_scores, groups) -> int:
     """Fit on every window (nothing held out); the figures reported and stored are the
     leave-subjects-out figures of the same recipe, whose folds also fit the temperature."""
-    from inference.baselines import (feature_floor, fit_temperature, fold_groups, make_estimator, model_inputs,
-                                     save_feature_model)
+    from inference.baselines import (
+        feature_floor,
+        fit_temperature,
+        fold_groups,
+        make_estimator,
+        model_inputs,
+        save_feature_model,
+    )
     from inference.checkpoint import code_version
 
     if len(groups) < 2:
@@ -112,8 +141,11 @@ def _fit_and_save(args, kind, calibrated, ws, cfg, calibration, print_scores, gr
         has = np.flatnonzero(ws.labels[:, j] >= 0)
         if not len(has):
             continue
-        print(f"train: {kind} for {task}: leave-subjects-out over {len(folds)} folds, then all windows",
-              file=sys.stderr, flush=True)
+        print(
+            f"train: {kind} for {task}: leave-subjects-out over {len(folds)} folds, then all windows",
+            file=sys.stderr,
+            flush=True,
+        )
         s, raw, y = task_scores(ws, j, task, kind, calibrated, folds, args.seed, cfg.classes)
         scores[task] = s
         sub = ws.subset(has)
@@ -122,19 +154,32 @@ def _fit_and_save(args, kind, calibrated, ws, cfg, calibration, print_scores, gr
         est = make_estimator(kind, args.seed).fit(x, y)
         out = _out_path(args.out, task, len(cfg.tasks))
         provenance = {
-            "trained_on": list(args.data), "subjects": sorted(set(sub.groups.tolist())), "windows": len(sub),
-            "seed": args.seed, "hop_s": args.hop_s,
+            "trained_on": list(args.data),
+            "subjects": sorted(set(sub.groups.tolist())),
+            "windows": len(sub),
+            "seed": args.seed,
+            "hop_s": args.hop_s,
             "command": "m3sense " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
-            "held_out": {k: s[k] for k in ("n_windows", "accuracy", "macro_f1", "balanced_accuracy",
-                                          "majority_accuracy", "ece")}
+            "held_out": {
+                k: s[k] for k in ("n_windows", "accuracy", "macro_f1", "balanced_accuracy", "majority_accuracy", "ece")
+            }
             | ({"stress_vs_rest": s["stress_vs_rest"]} if "stress_vs_rest" in s else {}),
             "protocol": f"{len(folds)}-fold leave-subjects-out",
         }
         provenance["code_version"] = code_version()
-        path = save_feature_model(out, est, kind=kind, task=task, classes=cfg.classes[task], calibrated=calibrated,
-                                  calibration=calibration if calibrated else None, floor=floor,
-                                  temperature=fit_temperature(raw, y),
-                                  min_confidence=args.min_confidence, provenance=provenance)
+        path = save_feature_model(
+            out,
+            est,
+            kind=kind,
+            task=task,
+            classes=cfg.classes[task],
+            calibrated=calibrated,
+            calibration=calibration if calibrated else None,
+            floor=floor,
+            temperature=fit_temperature(raw, y),
+            min_confidence=args.min_confidence,
+            provenance=provenance,
+        )
         print(f"saved {path}", file=sys.stderr)
     print_scores(scores, args.json, f"{kind}: leave-subjects-out figures of this recipe ({len(folds)} folds)")
     return 0
@@ -147,12 +192,16 @@ def _out_path(out: Path, task: str, n_tasks: int) -> Path:
 
 def comparison_table(rows: dict) -> str:
     """Markdown: one line per model and task."""
-    lines = ["| model | task | accuracy | macro-F1 | balanced acc. | stress vs rest | ECE |",
-             "|---|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| model | task | accuracy | macro-F1 | balanced acc. | stress vs rest | ECE |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
     for name, by_task in rows.items():
         for t, s in by_task.items():
             b = s.get("stress_vs_rest")
             binary = f"{100 * b['accuracy']:.1f} %" if b else "-"
-            lines.append(f"| {name} | {t} | {100 * s['accuracy']:.1f} % | {s['macro_f1']:.3f} | "
-                         f"{100 * s['balanced_accuracy']:.1f} % | {binary} | {s['ece']:.3f} |")
+            lines.append(
+                f"| {name} | {t} | {100 * s['accuracy']:.1f} % | {s['macro_f1']:.3f} | "
+                f"{100 * s['balanced_accuracy']:.1f} % | {binary} | {s['ece']:.3f} |"
+            )
     return "\n".join(lines)

@@ -30,12 +30,12 @@ FREEZE = ("encoders",)
 def transfer_config(source: ModelConfig, tasks: Sequence[str], classes: Mapping[str, Sequence[str]]) -> ModelConfig:
     """The source's architecture answering its own tasks and then the new ones."""
     new = [t for t in tasks if t not in source.tasks]
-    return replace(source, tasks=(*source.tasks, *new),
-                   classes={**source.classes, **{t: tuple(classes[t]) for t in new}})
+    return replace(
+        source, tasks=(*source.tasks, *new), classes={**source.classes, **{t: tuple(classes[t]) for t in new}}
+    )
 
 
-def transfer_model(source: M3Sense, tasks: Sequence[str], classes: Mapping[str, Sequence[str]],
-                   seed: int) -> M3Sense:
+def transfer_model(source: M3Sense, tasks: Sequence[str], classes: Mapping[str, Sequence[str]], seed: int) -> M3Sense:
     """A model with ``source``'s representation frozen and trainable task networks for ``tasks``."""
     if not tasks:
         raise ValueError("transfer needs at least one task to learn")
@@ -52,8 +52,9 @@ def transfer_model(source: M3Sense, tasks: Sequence[str], classes: Mapping[str, 
         elif part == "fusion":
             if key == "fusion.query.weight":  # (fusion_dim, n_tasks): one column per task id
                 w = old[key]
-                state[key] = torch.cat([w, w.mean(dim=1, keepdim=True).expand(-1, state[key].shape[1] - w.shape[1])],
-                                       dim=1)
+                state[key] = torch.cat(
+                    [w, w.mean(dim=1, keepdim=True).expand(-1, state[key].shape[1] - w.shape[1])], dim=1
+                )
             else:
                 state[key] = old[key].clone()
         elif part == "task_encoders":
@@ -65,8 +66,15 @@ def transfer_model(source: M3Sense, tasks: Sequence[str], classes: Mapping[str, 
                 state[key] = old[key].clone()
     model.load_state_dict(state, strict=True)
     kept = [t for t in cfg.tasks if t not in tasks]
-    model.freeze([model.encoders, model.fusion, model.recognition,
-                  *(model.task_encoders[t] for t in kept), *(model.heads[t] for t in kept)])
+    model.freeze(
+        [
+            model.encoders,
+            model.fusion,
+            model.recognition,
+            *(model.task_encoders[t] for t in kept),
+            *(model.heads[t] for t in kept),
+        ]
+    )
     return model
 
 

@@ -99,9 +99,13 @@ class LinkStats:
     ingest: IngestStats = field(default_factory=IngestStats)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"connects": self.connects, "connect_failures": self.connect_failures,
-                "disconnects": self.disconnects, "watchdog_trips": self.watchdog_trips,
-                **self.ingest.as_dict()}
+        return {
+            "connects": self.connects,
+            "connect_failures": self.connect_failures,
+            "disconnects": self.disconnects,
+            "watchdog_trips": self.watchdog_trips,
+            **self.ingest.as_dict(),
+        }
 
 
 class RawLog:
@@ -109,8 +113,9 @@ class RawLog:
 
     def __init__(self, path: Path) -> None:
         # owner-only, like every file of physiology m3sense writes (the notifications are raw signals)
-        self._fh: IO[str] = os.fdopen(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "a",
-                                      encoding="utf-8")
+        self._fh: IO[str] = os.fdopen(
+            os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "a", encoding="utf-8"
+        )
 
     def write(self, device: str, char: str, data: bytes, arrival_s: float) -> None:
         self._fh.write(json.dumps({"t": arrival_s, "device": device, "char": char, "data": data.hex()}) + "\n")
@@ -138,8 +143,9 @@ def read_raw_log(path: Path) -> Iterator[RawRecord]:
                 t_s = float(obj["t"])
                 if not 0 <= t_s < MAX_TIME_S:
                     raise ValueError(f"arrival time {t_s} is not a Unix time")
-                yield RawRecord(t_s=t_s, device=str(obj["device"]), char=str(obj["char"]),
-                                data=bytes.fromhex(obj["data"]))
+                yield RawRecord(
+                    t_s=t_s, device=str(obj["device"]), char=str(obj["char"]), data=bytes.fromhex(obj["data"])
+                )
             except (ValueError, KeyError, TypeError) as exc:
                 log.warning("%s:%d: not a raw-log record (%s)", path, lineno, exc)
 
@@ -162,8 +168,11 @@ def replay_raw_log(path: Path, layout: codec.Layout = codec.DEFAULT_LAYOUT) -> I
 async def scan(timeout_s: float, backend: BleBackend = PLATFORM) -> list[tuple[str, str, int]]:
     """E4s advertising nearby: (address, name, RSSI dBm), strongest first."""
     found = await BleakScanner.discover(timeout_s, return_adv=True, **backend.scanner)
-    e4s = [(dev.address, adv.local_name or dev.name or "", adv.rssi) for dev, adv in found.values()
-           if (adv.local_name or dev.name or "").startswith("Empatica")]
+    e4s = [
+        (dev.address, adv.local_name or dev.name or "", adv.rssi)
+        for dev, adv in found.values()
+        if (adv.local_name or dev.name or "").startswith("Empatica")
+    ]
     return sorted(e4s, key=lambda e: -e[2])
 
 
@@ -194,8 +203,15 @@ class Link:
         self._last_data = 0.0
 
     async def _publish(self, emit: Emit) -> None:
-        await self._pub.publish(emit.kind, self.band.device, emit.modality, t0_s=emit.t0_s, fs_hz=emit.fs_hz,
-                                samples=emit.samples, meta=emit.meta)
+        await self._pub.publish(
+            emit.kind,
+            self.band.device,
+            emit.modality,
+            t0_s=emit.t0_s,
+            fs_hz=emit.fs_hz,
+            samples=emit.samples,
+            meta=emit.meta,
+        )
 
     async def report(self, event: str, **meta: Any) -> None:
         """Publish a status event of this wristband (with its address only if the config says so)."""
@@ -235,22 +251,26 @@ class Link:
     async def _session(self) -> str:
         """One connection, from scan to disconnect; returns why it ended."""
         cfg = self.config
-        device = await BleakScanner.find_device_by_address(self.band.address, cfg.scan_timeout_s,
-                                                           **self._backend.scanner)
+        device = await BleakScanner.find_device_by_address(
+            self.band.address, cfg.scan_timeout_s, **self._backend.scanner
+        )
         if device is None:
             raise BleakError(f"{self.band.address} not found in {cfg.scan_timeout_s:.0f} s")
         lost = asyncio.Event()
-        client = BleakClient(device, disconnected_callback=lambda _c: lost.set(),
-                             timeout=cfg.connect_timeout_s, **self._backend.client)
+        client = BleakClient(
+            device, disconnected_callback=lambda _c: lost.set(), timeout=cfg.connect_timeout_s, **self._backend.client
+        )
         await asyncio.wait_for(client.connect(), cfg.connect_timeout_s)
         waiters: list[asyncio.Task] = []
         try:
             self._queue.put_nowait(("link", b"", self.clock.now()))
             for char in codec.STREAMS:
-                await client.start_notify(codec.CHARACTERISTICS[char],
-                                          lambda _c, data, char=char: self._on_notify(char, data))
-            await client.write_gatt_char(codec.CHARACTERISTICS["command"],
-                                         codec.start_command(cfg.layout, self.clock.now()), response=True)
+                await client.start_notify(
+                    codec.CHARACTERISTICS[char], lambda _c, data, char=char: self._on_notify(char, data)
+                )
+            await client.write_gatt_char(
+                codec.CHARACTERISTICS["command"], codec.start_command(cfg.layout, self.clock.now()), response=True
+            )
             self.stats.connects += 1
             await self.report("connected", **({"name": client.name} if cfg.store_address else {}))
             waiters = [asyncio.create_task(lost.wait()), asyncio.create_task(self._watchdog())]

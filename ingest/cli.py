@@ -12,22 +12,41 @@ from pathlib import Path
 from typing import Any
 
 from bus.cli import add_bus_option
-from m3sense.errors import UserError
+from common.errors import UserError
 
 
 def _add_layout_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("packet layout (reverse-engineered; see e4-facts.md section 1)")
-    g.add_argument("--start-command", default="time", metavar="HEX|time",
-                   help="bytes written to 0x3E71 to start streaming: 'time' = 01 + uint32 LE Unix time "
-                        "(default), or hex such as 02")
-    g.add_argument("--temp-offset", type=float, default=-275.54, metavar="C",
-                   help="°C = raw * 0.02 + OFFSET (default -275.54; a plain thermopile gives -273.15)")
-    g.add_argument("--temp-samples", type=int, default=4, metavar="N",
-                   help="uint16 samples per 0x3EA6 packet (default 4; some notes say 8)")
-    g.add_argument("--counter-byteorder", choices=("big", "little"), default="big",
-                   help="byte order of the 2-byte EDA/ACC packet counters (default big)")
-    g.add_argument("--no-counters", action="store_true",
-                   help="ignore packet counters; find lost packets from arrival times only")
+    g.add_argument(
+        "--start-command",
+        default="time",
+        metavar="HEX|time",
+        help="bytes written to 0x3E71 to start streaming: 'time' = 01 + uint32 LE Unix time "
+        "(default), or hex such as 02",
+    )
+    g.add_argument(
+        "--temp-offset",
+        type=float,
+        default=-275.54,
+        metavar="C",
+        help="°C = raw * 0.02 + OFFSET (default -275.54; a plain thermopile gives -273.15)",
+    )
+    g.add_argument(
+        "--temp-samples",
+        type=int,
+        default=4,
+        metavar="N",
+        help="uint16 samples per 0x3EA6 packet (default 4; some notes say 8)",
+    )
+    g.add_argument(
+        "--counter-byteorder",
+        choices=("big", "little"),
+        default="big",
+        help="byte order of the 2-byte EDA/ACC packet counters (default big)",
+    )
+    g.add_argument(
+        "--no-counters", action="store_true", help="ignore packet counters; find lost packets from arrival times only"
+    )
 
 
 def _layout(args: argparse.Namespace) -> Any:
@@ -35,17 +54,26 @@ def _layout(args: argparse.Namespace) -> Any:
 
     counters = not args.no_counters
     try:
-        return Layout(start_command=args.start_command, temp_offset_c=args.temp_offset,
-                      temp_samples=args.temp_samples, counter_byteorder=args.counter_byteorder,
-                      bvp_counter=counters, eda_counter=counters, acc_counter=counters)
+        return Layout(
+            start_command=args.start_command,
+            temp_offset_c=args.temp_offset,
+            temp_samples=args.temp_samples,
+            counter_byteorder=args.counter_byteorder,
+            bvp_counter=counters,
+            eda_counter=counters,
+            acc_counter=counters,
+        )
     except ValueError as exc:
         raise UserError(str(exc)) from None
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    ble = sub.add_parser("ble", help="live E4 wristbands over Bluetooth LE (scan, stream, decode)",
-                         description="Talk to Empatica E4 wristbands directly over BLE (the vendor's server and "
-                                     "SDKs are gone). --virtual runs the same code against virtual wristbands.")
+    ble = sub.add_parser(
+        "ble",
+        help="live E4 wristbands over Bluetooth LE (scan, stream, decode)",
+        description="Talk to Empatica E4 wristbands directly over BLE (the vendor's server and "
+        "SDKs are gone). --virtual runs the same code against virtual wristbands.",
+    )
     bsub = ble.add_subparsers(dest="ble_command", metavar="ACTION")
     bsub.required = True
 
@@ -56,89 +84,144 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.set_defaults(func=_scan)
 
     st = bsub.add_parser(
-        "stream", help="stream wristbands to the bus, reconnecting as needed",
+        "stream",
+        help="stream wristbands to the bus, reconnecting as needed",
         description="Connect, subscribe, start streaming, and publish raw/<modality>/<device>/ (bvp, eda, temp, acc, "
-                    "hr and ibi derived from BVP, battery, tag) and status/<device>/ (connected, disconnected, "
-                    "battery, on_wrist, tag, gap, bad_packet). Timestamps are host time anchored at the first packet "
-                    "and advanced at the nominal rate. Ctrl-C stops cleanly.")
+        "hr and ibi derived from BVP, battery, tag) and status/<device>/ (connected, disconnected, "
+        "battery, on_wrist, tag, gap, bad_packet). Timestamps are host time anchored at the first packet "
+        "and advanced at the nominal rate. Ctrl-C stops cleanly.",
+    )
     add_bus_option(st)
-    st.add_argument("--device", action="append", default=[], metavar="ADDRESS[=ID]",
-                    help="wristband address, optionally with the bus device id to use (repeatable; "
-                         "with --virtual, default all virtual ones)")
+    st.add_argument(
+        "--device",
+        action="append",
+        default=[],
+        metavar="ADDRESS[=ID]",
+        help="wristband address, optionally with the bus device id to use (repeatable; "
+        "with --virtual, default all virtual ones)",
+    )
     st.add_argument("--virtual", type=int, default=0, metavar="N", help="stream N virtual wristbands")
     st.add_argument("--duration", type=float, metavar="S", help="stop after S seconds (host-clock seconds)")
-    st.add_argument("--raw-log", type=Path, metavar="FILE",
-                    help="append every notification with its arrival time (JSON lines; `ble decode --raw-log` "
-                         "replays it)")
-    st.add_argument("--watchdog", type=float, default=5.0, metavar="S",
-                    help="reconnect when a connected wristband sends no BVP/ACC for S seconds (default 5)")
+    st.add_argument(
+        "--raw-log",
+        type=Path,
+        metavar="FILE",
+        help="append every notification with its arrival time (JSON lines; `ble decode --raw-log` replays it)",
+    )
+    st.add_argument(
+        "--watchdog",
+        type=float,
+        default=5.0,
+        metavar="S",
+        help="reconnect when a connected wristband sends no BVP/ACC for S seconds (default 5)",
+    )
     st.add_argument("--no-heart", action="store_true", help="do not derive hr/ibi from BVP")
     _add_privacy_options(st)
-    st.add_argument("--wait", type=float, default=0.0, metavar="S",
-                    help="first wait up to S seconds for a subscriber to each wristband's BVP (default: don't)")
+    st.add_argument(
+        "--wait",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="first wait up to S seconds for a subscriber to each wristband's BVP (default: don't)",
+    )
     v = st.add_argument_group("virtual wristbands (--virtual)")
-    v.add_argument("--time-scale", type=float, default=1.0, metavar="K",
-                   help="run the virtual wristbands and the host clock K times faster than real time")
+    v.add_argument(
+        "--time-scale",
+        type=float,
+        default=1.0,
+        metavar="K",
+        help="run the virtual wristbands and the host clock K times faster than real time",
+    )
     v.add_argument("--seed", type=int, default=0, help="seed of the virtual signals and faults")
-    v.add_argument("--minutes", type=float, default=10.0, metavar="M",
-                   help="length of the synthetic session each virtual wristband loops (default 10)")
+    v.add_argument(
+        "--minutes",
+        type=float,
+        default=10.0,
+        metavar="M",
+        help="length of the synthetic session each virtual wristband loops (default 10)",
+    )
     v.add_argument("--drop", type=float, default=0.0, metavar="F", help="fraction of notifications lost")
     v.add_argument("--corrupt", type=float, default=0.0, metavar="F", help="fraction sent oversized")
     v.add_argument("--truncate", type=float, default=0.0, metavar="F", help="fraction sent truncated")
     v.add_argument("--disconnect-every", type=float, metavar="S", help="drop the link every S seconds")
-    v.add_argument("--zombie-after", type=float, metavar="S",
-                   help="go silent (still 'connected') S seconds into each connection")
+    v.add_argument(
+        "--zombie-after", type=float, metavar="S", help="go silent (still 'connected') S seconds into each connection"
+    )
     _add_layout_options(st)
     st.set_defaults(func=_stream)
 
-    ps = bsub.add_parser("pseudonym", help="print the bus device id of wristband addresses (map ids back)",
-                         description="The device id `ble stream` gives each ADDRESS under this installation's key: "
-                                     "how a study maps its stored ids back to its wristbands.")
+    ps = bsub.add_parser(
+        "pseudonym",
+        help="print the bus device id of wristband addresses (map ids back)",
+        description="The device id `ble stream` gives each ADDRESS under this installation's key: "
+        "how a study maps its stored ids back to its wristbands.",
+    )
     ps.add_argument("address", nargs="+", help="wristband address or serial")
     ps.add_argument("--device-key", type=Path, metavar="FILE", help=_KEY_HELP)
     ps.set_defaults(func=_pseudonym)
 
-    d = bsub.add_parser("decode", help="decode one notification (hex), or replay a raw log, as JSON",
-                        description="`ble decode --char eda HEX` prints the samples of one packet; "
-                                    "`ble decode --raw-log FILE` runs a raw log through the live decoders and "
-                                    "prints one JSON object per message they make.")
-    d.add_argument("--char", choices=("bvp", "eda", "temp", "acc", "battery", "button"),
-                   help="characteristic the packet came from")
+    d = bsub.add_parser(
+        "decode",
+        help="decode one notification (hex), or replay a raw log, as JSON",
+        description="`ble decode --char eda HEX` prints the samples of one packet; "
+        "`ble decode --raw-log FILE` runs a raw log through the live decoders and "
+        "prints one JSON object per message they make.",
+    )
+    d.add_argument(
+        "--char", choices=("bvp", "eda", "temp", "acc", "battery", "button"), help="characteristic the packet came from"
+    )
     d.add_argument("hex", nargs="?", help="the packet, hex (spaces and colons allowed)")
     d.add_argument("--raw-log", type=Path, metavar="FILE", help="replay a raw log instead")
     _add_layout_options(d)
     d.set_defaults(func=_decode)
 
     e = sub.add_parser(
-        "e4-server", help="serve the bus's live streams in the E4 streaming-server protocol",
+        "e4-server",
+        help="serve the bus's live streams in the E4 streaming-server protocol",
         description="Speak the line protocol of Empatica's (discontinued, Windows-only) E4 streaming server on TCP, "
-                    "fed from the bus (ble stream, replay, virtual wristbands), so clients written for it work "
-                    "again. Wristbands appear in device_list once they publish on the bus. It listens on loopback; "
-                    "a wider --host needs --allow or --token-file (or --insecure, which admits anyone).")
+        "fed from the bus (ble stream, replay, virtual wristbands), so clients written for it work "
+        "again. Wristbands appear in device_list once they publish on the bus. It listens on loopback; "
+        "a wider --host needs --allow or --token-file (or --insecure, which admits anyone).",
+    )
     add_bus_option(e)
     e.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     e.add_argument("--port", type=int, default=28000, help="TCP port (default 28000, the vendor's; 0 = any free)")
-    e.add_argument("--allow", action="append", default=[], metavar="ADDR[/BITS]",
-                   help="admit clients from this address or network (repeatable); with --allow or --token-file "
-                        "the rules hold for this host's clients too (--allow 127.0.0.1 lets them in)")
-    e.add_argument("--token-file", type=Path, metavar="FILE",
-                   help="admit other clients whose first command is 'server_auth TOKEN', TOKEN being this file's "
-                        "first line (at least 16 characters; a file keeps it out of ps)")
+    e.add_argument(
+        "--allow",
+        action="append",
+        default=[],
+        metavar="ADDR[/BITS]",
+        help="admit clients from this address or network (repeatable); with --allow or --token-file "
+        "the rules hold for this host's clients too (--allow 127.0.0.1 lets them in)",
+    )
+    e.add_argument(
+        "--token-file",
+        type=Path,
+        metavar="FILE",
+        help="admit other clients whose first command is 'server_auth TOKEN', TOKEN being this file's "
+        "first line (at least 16 characters; a file keeps it out of ps)",
+    )
     e.set_defaults(func=_e4_server)
 
     c = sub.add_parser(
-        "e4-client", help="read a wristband from an E4 streaming server onto the bus",
+        "e4-client",
+        help="read a wristband from an E4 streaming server onto the bus",
         description="Connect to a server speaking the E4 streaming-server protocol (the vendor's, or "
-                    "`m3sense e4-server`), subscribe to every stream of one wristband and publish it as "
-                    "raw/<modality>/<device>/.")
+        "`m3sense e4-server`), subscribe to every stream of one wristband and publish it as "
+        "raw/<modality>/<device>/.",
+    )
     add_bus_option(c)
     c.add_argument("--server", default="127.0.0.1:28000", metavar="HOST:PORT", help="default 127.0.0.1:28000")
     c.add_argument("--device", metavar="ID", help="wristband id on the server (default: the first listed)")
     c.add_argument("--as", dest="bus_device", metavar="NAME", help="device id on the bus (default: the server's id)")
     c.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
-    c.add_argument("--token-file", type=Path, metavar="FILE",
-                   help="send 'server_auth TOKEN' first, TOKEN being this file's first line (an m3sense e4-server "
-                        "with --token-file)")
+    c.add_argument(
+        "--token-file",
+        type=Path,
+        metavar="FILE",
+        help="send 'server_auth TOKEN' first, TOKEN being this file's first line (an m3sense e4-server "
+        "with --token-file)",
+    )
     c.set_defaults(func=_e4_client)
 
 
@@ -147,8 +230,11 @@ _KEY_HELP = "key of the pseudonymous device ids (default $XDG_STATE_HOME/m3sense
 
 def _add_privacy_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device-key", type=Path, metavar="FILE", help=_KEY_HELP)
-    p.add_argument("--store-address", action="store_true",
-                   help="put each wristband's address and name in its status events (default: only its pseudonym)")
+    p.add_argument(
+        "--store-address",
+        action="store_true",
+        help="put each wristband's address and name in its status events (default: only its pseudonym)",
+    )
 
 
 def _pseudonym(args: argparse.Namespace) -> int:
@@ -178,8 +264,11 @@ def _scan(args: argparse.Namespace) -> int:
     except (BleakError, OSError) as exc:  # no adapter, no BlueZ: the user's to fix
         raise UserError(f"cannot scan: {exc} (is there a Bluetooth adapter, and BlueZ with D-Bus on Linux?)") from None
     for address, name, rssi in found:
-        print(json.dumps({"address": address, "name": name, "rssi": rssi}) if args.json
-              else f"{address}  {rssi:4d} dBm  {name}")
+        print(
+            json.dumps({"address": address, "name": name, "rssi": rssi})
+            if args.json
+            else f"{address}  {rssi:4d} dBm  {name}"
+        )
     return 0
 
 
@@ -214,19 +303,28 @@ def _stream(args: argparse.Namespace) -> int:
     if args.virtual:
         from ingest.virtual import Faults, VirtualE4, VirtualRadio, virtual_address, virtual_recordings
 
-        faults = dict(drop_fraction=args.drop, corrupt_fraction=args.corrupt, truncate_fraction=args.truncate,
-                      disconnect_every_s=args.disconnect_every, zombie_after_s=args.zombie_after)
+        faults = dict(
+            drop_fraction=args.drop,
+            corrupt_fraction=args.corrupt,
+            truncate_fraction=args.truncate,
+            disconnect_every_s=args.disconnect_every,
+            zombie_after_s=args.zombie_after,
+        )
         radio = VirtualRadio()
         recordings = virtual_recordings(args.virtual, minutes=args.minutes, seed=args.seed)
         for i, rec in enumerate(recordings):
-            radio.add(VirtualE4(virtual_address(i), rec, clock=clock, layout=layout,
-                                faults=Faults(seed=args.seed + i, **faults)))
+            radio.add(
+                VirtualE4(
+                    virtual_address(i), rec, clock=clock, layout=layout, faults=Faults(seed=args.seed + i, **faults)
+                )
+            )
         backend, virtual = radio.backend(), list(radio.devices)
     elif args.time_scale != 1.0:
         raise UserError("--time-scale needs --virtual: a real wristband streams in real time")
     bands = _bands(args, virtual)
-    config = LinkConfig(layout=layout, watchdog_s=args.watchdog, derive_heart=not args.no_heart,
-                        store_address=args.store_address)
+    config = LinkConfig(
+        layout=layout, watchdog_s=args.watchdog, derive_heart=not args.no_heart, store_address=args.store_address
+    )
     raw_log = RawLog(args.raw_log) if args.raw_log else None
 
     async def run() -> list[Any]:
@@ -241,8 +339,16 @@ def _stream(args: argparse.Namespace) -> int:
                 if await pub.wait_for_subscribers(topics, args.wait):
                     print(f"ble: no subscriber after {args.wait:g} s; streaming anyway", file=sys.stderr)
             print(f"ble: streaming {len(bands)} wristband(s) to {args.bus}", file=sys.stderr, flush=True)
-            return await stream(pub, bands, config=config, clock=clock, backend=backend, raw_log=raw_log,
-                                duration_s=args.duration, stop=stop)
+            return await stream(
+                pub,
+                bands,
+                config=config,
+                clock=clock,
+                backend=backend,
+                raw_log=raw_log,
+                duration_s=args.duration,
+                stop=stop,
+            )
 
     try:
         links = asyncio.run(run())
@@ -251,8 +357,7 @@ def _stream(args: argparse.Namespace) -> int:
             raw_log.close()
     for link in links:
         address = {"address": link.band.address} if args.store_address else {}
-        print(json.dumps({"device": link.band.device, **address, **link.stats.as_dict()}),
-              file=sys.stderr)
+        print(json.dumps({"device": link.band.device, **address, **link.stats.as_dict()}), file=sys.stderr)
     return 0
 
 
@@ -280,8 +385,19 @@ def _decode(args: argparse.Namespace) -> int:
         from ingest.ble import replay_raw_log
 
         for device, emit in replay_raw_log(args.raw_log, layout):
-            print(json.dumps({"device": device, "kind": emit.kind, "modality": emit.modality, "t0_s": emit.t0_s,
-                              "fs_hz": emit.fs_hz, "samples": _jsonable(emit.samples), "meta": emit.meta}))
+            print(
+                json.dumps(
+                    {
+                        "device": device,
+                        "kind": emit.kind,
+                        "modality": emit.modality,
+                        "t0_s": emit.t0_s,
+                        "fs_hz": emit.fs_hz,
+                        "samples": _jsonable(emit.samples),
+                        "meta": emit.meta,
+                    }
+                )
+            )
         return 0
     if not args.char or args.hex is None:
         raise UserError("give --char NAME and the packet as HEX (or --raw-log FILE)")
@@ -294,16 +410,26 @@ def _decode(args: argparse.Namespace) -> int:
         pkt = codec.decode(args.char, data, layout)
     except codec.DecodeError as exc:
         raise UserError(f"cannot decode: {exc}") from None
-    out: dict[str, Any] = {"char": args.char, "uuid": codec.CHARACTERISTICS[args.char], "bytes": len(data),
-                           "counter": pkt.counter}
+    out: dict[str, Any] = {
+        "char": args.char,
+        "uuid": codec.CHARACTERISTICS[args.char],
+        "bytes": len(data),
+        "counter": pkt.counter,
+    }
     if args.char == "bvp":
         out["green_deltas"] = pkt.values[:, 0].tolist()
         out["red_deltas"] = pkt.values[:, 1].tolist()
         out["samples"] = codec.BvpIntegrator().push(pkt).tolist()
     else:
         out["samples"] = _jsonable(pkt.values)
-    out["unit"] = {"bvp": "counts (integrated green, from 0)", "eda": "µS", "temp": "°C", "acc": "1/64 g",
-                   "battery": "fraction", "button": "pressed"}[args.char]
+    out["unit"] = {
+        "bvp": "counts (integrated green, from 0)",
+        "eda": "µS",
+        "temp": "°C",
+        "acc": "1/64 g",
+        "battery": "fraction",
+        "button": "pressed",
+    }[args.char]
     print(json.dumps(out))
     return 0
 
@@ -326,9 +452,11 @@ def _read_token(path: Path | None) -> str | None:
         raise UserError(f"--token-file {path}: cannot read it ({getattr(exc, 'strerror', None) or exc})") from None
     token = lines[0].strip() if lines else ""
     if len(token) < MIN_TOKEN_CHARS or any(c.isspace() for c in token):
-        raise UserError(f"--token-file {path}: the first line must be a token of at least {MIN_TOKEN_CHARS} "
-                        "characters without spaces (e.g. from: python -c 'import secrets; "
-                        "print(secrets.token_urlsafe())')")
+        raise UserError(
+            f"--token-file {path}: the first line must be a token of at least {MIN_TOKEN_CHARS} "
+            "characters without spaces (e.g. from: python -c 'import secrets; "
+            "print(secrets.token_urlsafe())')"
+        )
     return token
 
 
@@ -344,10 +472,15 @@ def _e4_access(args: argparse.Namespace) -> Any:
     access = Access(allow=allow, token=_read_token(args.token_file))
     if not is_loopback_host(args.host) and not access.guarded:
         if not args.insecure:
-            raise UserError(f"--host {args.host} is not loopback: give --allow ADDR[/BITS] or --token-file FILE "
-                            f"(or --insecure to admit anyone who can reach it)")
-        print(f"e4-server: warning: listening on {args.host} with no allow-list or token: anyone who reaches it "
-              f"can read the wristbands' data", file=sys.stderr)
+            raise UserError(
+                f"--host {args.host} is not loopback: give --allow ADDR[/BITS] or --token-file FILE "
+                f"(or --insecure to admit anyone who can reach it)"
+            )
+        print(
+            f"e4-server: warning: listening on {args.host} with no allow-list or token: anyone who reaches it "
+            f"can read the wristbands' data",
+            file=sys.stderr,
+        )
     return access
 
 
@@ -360,16 +493,24 @@ def _e4_server(args: argparse.Namespace) -> int:
         stop = asyncio.Event()
         _stop_on_signal(stop)
         return await serve(
-            args.bus, args.host, args.port, stop=stop, access=access,
+            args.bus,
+            args.host,
+            args.port,
+            stop=stop,
+            access=access,
             ready=lambda port: print(f"e4-server: listening on {args.host}:{port}", file=sys.stderr, flush=True),
-            on_device=lambda d: print(f"e4-server: device {d} on the bus", file=sys.stderr, flush=True))
+            on_device=lambda d: print(f"e4-server: device {d} on the bus", file=sys.stderr, flush=True),
+        )
 
     try:
         stats = asyncio.run(run())
     except OSError as exc:
         raise UserError(f"cannot listen on {args.host}:{args.port}: {exc}") from None
-    print(f"e4-server: {stats.clients} client(s), {stats.lines} data lines, {stats.dropped_clients} dropped, "
-          f"{stats.refused_clients} refused", file=sys.stderr)
+    print(
+        f"e4-server: {stats.clients} client(s), {stats.lines} data lines, {stats.dropped_clients} dropped, "
+        f"{stats.refused_clients} refused",
+        file=sys.stderr,
+    )
     return 0
 
 

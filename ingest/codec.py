@@ -263,8 +263,12 @@ def encode_button(pressed: bool = True) -> bytes:
 
 
 _DECODERS = {
-    "bvp": decode_bvp, "eda": decode_eda, "temp": decode_temp, "acc": decode_acc,
-    "battery": decode_battery, "button": decode_button,
+    "bvp": decode_bvp,
+    "eda": decode_eda,
+    "temp": decode_temp,
+    "acc": decode_acc,
+    "battery": decode_battery,
+    "button": decode_button,
 }
 
 

@@ -40,8 +40,7 @@ class Emit:
 
 
 def status(at_s: float, event: str, **meta: Any) -> Emit:
-    return Emit(kind="status", modality="status", t0_s=at_s, fs_hz=0.0,
-                meta={"event": event, "source": "live", **meta})
+    return Emit(kind="status", modality="status", t0_s=at_s, fs_hz=0.0, meta={"event": event, "source": "live", **meta})
 
 
 @dataclass(slots=True)
@@ -53,8 +52,13 @@ class IngestStats:
     beats: int = 0
 
     def as_dict(self) -> dict[str, Any]:
-        return {"packets": dict(self.packets), "samples": dict(self.samples), "bad": dict(self.bad),
-                "missing_samples": dict(self.missing_samples), "beats": self.beats}
+        return {
+            "packets": dict(self.packets),
+            "samples": dict(self.samples),
+            "bad": dict(self.bad),
+            "missing_samples": dict(self.missing_samples),
+            "beats": self.beats,
+        }
 
 
 class DeviceIngest:
@@ -64,8 +68,11 @@ class DeviceIngest:
         self.layout = layout
         self.stats = IngestStats()
         self._clocks = {
-            char: StreamClock(fs_hz=fs, samples_per_packet=layout.samples_per_packet(char),
-                              counter_modulus=layout.counter_modulus(char))
+            char: StreamClock(
+                fs_hz=fs,
+                samples_per_packet=layout.samples_per_packet(char),
+                counter_modulus=layout.counter_modulus(char),
+            )
             for char, fs in codec.PERIODIC_RATES_HZ.items()
         }
         self._bvp = codec.BvpIntegrator()
@@ -97,13 +104,14 @@ class DeviceIngest:
         self.stats.packets[char] += 1
         if char == "battery":
             fraction = float(pkt.values[0])
-            return [Emit(kind="raw", modality="battery", t0_s=arrival_s, fs_hz=0.0, samples=pkt.values),
-                    status(arrival_s, "battery", battery=fraction)]
+            return [
+                Emit(kind="raw", modality="battery", t0_s=arrival_s, fs_hz=0.0, samples=pkt.values),
+                status(arrival_s, "battery", battery=fraction),
+            ]
         if char == "button":
             if not bool(pkt.values[0]):
                 return []
-            return [Emit(kind="raw", modality="tag", t0_s=arrival_s, fs_hz=0.0),
-                    status(arrival_s, "tag")]
+            return [Emit(kind="raw", modality="tag", t0_s=arrival_s, fs_hz=0.0), status(arrival_s, "tag")]
         return self._periodic(pkt, arrival_s)
 
     def _periodic(self, pkt: codec.Packet, arrival_s: float) -> list[Emit]:
@@ -131,13 +139,21 @@ class DeviceIngest:
         self.stats.missing_samples[char] += stamp.missing
         if char == "bvp" and self._beats is not None:
             self._beats.reset()  # an interval must not span lost samples
-        return status(arrival_s, "gap", stream=char, missing_samples=stamp.missing, start_s=stamp.gap_start_s,
-                      duration_s=stamp.missing / codec.PERIODIC_RATES_HZ[char], cause=stamp.cause)
+        return status(
+            arrival_s,
+            "gap",
+            stream=char,
+            missing_samples=stamp.missing,
+            start_s=stamp.gap_start_s,
+            duration_s=stamp.missing / codec.PERIODIC_RATES_HZ[char],
+            cause=stamp.cause,
+        )
 
     def _heart(self, beats: BeatOutput) -> list[Emit]:
         self.stats.beats += len(beats.beats)
-        out = [Emit(kind="raw", modality="ibi", t0_s=b.t_s, fs_hz=0.0, samples=np.array([b.ibi_s]))
-               for b in beats.beats]
+        out = [
+            Emit(kind="raw", modality="ibi", t0_s=b.t_s, fs_hz=0.0, samples=np.array([b.ibi_s])) for b in beats.beats
+        ]
         if beats.hr:
             # consecutive whole seconds make one 1 Hz message; a second without beats splits it
             run = [beats.hr[0]]
@@ -145,8 +161,9 @@ class DeviceIngest:
                 if h is not None and h.t_s == run[-1].t_s + 1.0:
                     run.append(h)
                     continue
-                out.append(Emit(kind="raw", modality="hr", t0_s=run[0].t_s, fs_hz=1.0,
-                                samples=np.array([r.bpm for r in run])))
+                out.append(
+                    Emit(kind="raw", modality="hr", t0_s=run[0].t_s, fs_hz=1.0, samples=np.array([r.bpm for r in run]))
+                )
                 if h is not None:
                     run = [h]
         return out

@@ -46,8 +46,13 @@ DEVICE_NAME = "Empatica_E4"
 
 #: bus modality -> (subscription token, line prefix)
 STREAM_OF = {
-    "acc": ("acc", "E4_Acc"), "bvp": ("bvp", "E4_Bvp"), "eda": ("gsr", "E4_Gsr"), "temp": ("tmp", "E4_Temperature"),
-    "ibi": ("ibi", "E4_Ibi"), "battery": ("bat", "E4_Battery"), "tag": ("tag", "E4_Tag"),
+    "acc": ("acc", "E4_Acc"),
+    "bvp": ("bvp", "E4_Bvp"),
+    "eda": ("gsr", "E4_Gsr"),
+    "temp": ("tmp", "E4_Temperature"),
+    "ibi": ("ibi", "E4_Ibi"),
+    "battery": ("bat", "E4_Battery"),
+    "tag": ("tag", "E4_Tag"),
 }
 TOKENS = ("acc", "bvp", "gsr", "tmp", "ibi", "bat", "tag")
 #: line prefix -> bus modality (the client side; E4_Temp is what one doc page says)
@@ -131,8 +136,9 @@ def data_lines(msg: Message) -> list[tuple[str, str]]:
 class E4ServerSession:
     """One TCP client of the server. ``devices()`` names the wristbands available now."""
 
-    def __init__(self, devices: Callable[[], Sequence[str]], *, peer: str | None = None,
-                 access: Access | None = None) -> None:
+    def __init__(
+        self, devices: Callable[[], Sequence[str]], *, peer: str | None = None, access: Access | None = None
+    ) -> None:
         self._devices = devices
         self.peer = peer
         self._access = access or Access()
@@ -267,8 +273,9 @@ async def serve(
 
     async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
-        session = E4ServerSession(lambda: [d for d, up in devices.items() if up],
-                                  peer=peer[0] if peer else None, access=access)
+        session = E4ServerSession(
+            lambda: [d for d, up in devices.items() if up], peer=peer[0] if peer else None, access=access
+        )
         sessions[session] = writer
         stats.clients += 1
         try:
@@ -429,8 +436,17 @@ CHUNKS = {"bvp": 11, "acc": 6, "eda": 6, "temp": 4}
 class E4ServerSource:
     """Reads one wristband from an E4 streaming server and publishes it on the bus."""
 
-    def __init__(self, host: str, port: int, pub: Publisher, *, device: str | None = None,
-                 bus_device: str | None = None, timeout_s: float = 10.0, token: str | None = None) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        pub: Publisher,
+        *,
+        device: str | None = None,
+        bus_device: str | None = None,
+        timeout_s: float = 10.0,
+        token: str | None = None,
+    ) -> None:
         self.host, self.port = host, port
         self._token = token
         self.device = device
@@ -484,9 +500,13 @@ class E4ServerSource:
             for token in TOKENS:
                 await self._command(reader, writer, f"device_subscribe {token} ON")
             await self._command(reader, writer, "pause OFF")
-            await self._pub.publish("status", name, t0_s=time.time(), fs_hz=0.0,
-                                    meta={"event": "connected", "source": "e4-server",
-                                          "server": f"{self.host}:{self.port}"})
+            await self._pub.publish(
+                "status",
+                name,
+                t0_s=time.time(),
+                fs_hz=0.0,
+                meta={"event": "connected", "source": "e4-server", "server": f"{self.host}:{self.port}"},
+            )
             batchers = {m: SampleBatcher(m, chunk=c) for m, c in CHUNKS.items()}
             try:
                 while True:
@@ -506,18 +526,25 @@ class E4ServerSource:
 
     async def _publish_chunk(self, name: str, batcher: SampleBatcher, t0: float, values: list) -> None:
         dtype = np.int16 if batcher.modality == "acc" else np.float64
-        await self._pub.publish("raw", name, batcher.modality, t0_s=t0, fs_hz=batcher.fs_hz,
-                                samples=np.asarray(values, dtype=dtype))
+        await self._pub.publish(
+            "raw", name, batcher.modality, t0_s=t0, fs_hz=batcher.fs_hz, samples=np.asarray(values, dtype=dtype)
+        )
         self.samples += len(values)
 
     async def _handle(self, name: str, item: Reply | Sample, batchers: dict[str, SampleBatcher]) -> None:
         if isinstance(item, Reply):
             self.notices.append(" ".join(item.words))
-            event = ("disconnected" if item.words[:2] == ("connection", "lost")
-                     else "connected" if item.words[:2] == ("connection", "re-established") else None)
+            event = (
+                "disconnected"
+                if item.words[:2] == ("connection", "lost")
+                else "connected"
+                if item.words[:2] == ("connection", "re-established")
+                else None
+            )
             if event:
-                await self._pub.publish("status", name, t0_s=time.time(), fs_hz=0.0,
-                                        meta={"event": event, "source": "e4-server"})
+                await self._pub.publish(
+                    "status", name, t0_s=time.time(), fs_hz=0.0, meta={"event": event, "source": "e4-server"}
+                )
             return
         batcher = batchers.get(item.modality)
         if batcher is not None:
@@ -526,8 +553,7 @@ class E4ServerSource:
         elif item.modality == "ibi" and item.values:
             await self._pub.publish("raw", name, "ibi", t0_s=item.t_s, fs_hz=0.0, samples=np.array(item.values[:1]))
         elif item.modality == "battery" and item.values:
-            await self._pub.publish("raw", name, "battery", t0_s=item.t_s, fs_hz=0.0,
-                                    samples=np.array(item.values[:1]))
+            await self._pub.publish("raw", name, "battery", t0_s=item.t_s, fs_hz=0.0, samples=np.array(item.values[:1]))
         elif item.modality == "tag":
             await self._pub.publish("raw", name, "tag", t0_s=item.t_s, fs_hz=0.0)
         # E4_Hr (per beat) is 60/IBI; the bus's hr is a 1 Hz stream, so it is not republished

@@ -21,7 +21,7 @@ import secrets
 import stat
 from pathlib import Path
 
-from m3sense.errors import UserError
+from common.errors import UserError
 
 KEY_BYTES = 32
 MIN_KEY_BYTES = 16
@@ -50,8 +50,10 @@ def default_key_path() -> Path:
 def _read_key(path: Path) -> bytes:
     mode = path.stat().st_mode
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise UserError(f"{path}: the device key is readable by others (mode {stat.S_IMODE(mode):04o}); "
-                        f"chmod 600 it, since anyone with it can link ids to addresses")
+        raise UserError(
+            f"{path}: the device key is readable by others (mode {stat.S_IMODE(mode):04o}); "
+            f"chmod 600 it, since anyone with it can link ids to addresses"
+        )
     text = path.read_text(encoding="ascii", errors="replace").strip()
     try:
         key = bytes.fromhex(text)

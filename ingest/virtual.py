@@ -147,7 +147,7 @@ class VirtualE4:
     def advertising(self) -> bool:
         return self._link is None
 
-    def attach(self, link: "VirtualBleakClient") -> None:
+    def attach(self, link: VirtualBleakClient) -> None:
         if self._link is not None:
             raise BleakError(f"{self.address} is already connected")
         self._link = link
@@ -156,7 +156,7 @@ class VirtualE4:
         self.stats.connections += 1
         self._task = asyncio.get_running_loop().create_task(self._run(link), name=f"virtual-e4-{self.address}")
 
-    def release(self, link: "VirtualBleakClient") -> asyncio.Task | None:
+    def release(self, link: VirtualBleakClient) -> asyncio.Task | None:
         """Forget the link; returns the streaming task, which the caller ends."""
         if self._link is not link:
             return None
@@ -166,7 +166,7 @@ class VirtualE4:
         task, self._task = self._task, None
         return task
 
-    async def detach(self, link: "VirtualBleakClient") -> None:
+    async def detach(self, link: VirtualBleakClient) -> None:
         task = self.release(link)
         await _cancel(task)
 
@@ -179,7 +179,7 @@ class VirtualE4:
     def write(self, char: str, data: bytes) -> None:
         if char != "command":
             raise BleakError(f"{char} is not writable")
-        if len(data) == 5 and data[0] == 0x01 or data == codec.start_command(self.layout, 0):
+        if (len(data) == 5 and data[0] == 0x01) or data == codec.start_command(self.layout, 0):
             self._streaming = True
         else:
             log.warning("virtual E4 %s ignores command %s", self.address, data.hex())
@@ -233,7 +233,7 @@ class VirtualE4:
         self.stats.sent[char] += 1
         callback(bytearray(data))
 
-    async def _run(self, link: "VirtualBleakClient") -> None:
+    async def _run(self, link: VirtualBleakClient) -> None:
         """Emit every packet at its due time, from now until the link goes."""
         now = self.clock.now()
         connected_at = now
@@ -293,8 +293,10 @@ class VirtualRadio:
 
     def backend(self) -> BleBackend:
         """What ``ingest.ble`` passes to bleak to reach these devices instead of a radio."""
-        return BleBackend(scanner={"backend": VirtualBleakScanner, "radio": self},
-                          client={"backend": VirtualBleakClient, "radio": self})
+        return BleBackend(
+            scanner={"backend": VirtualBleakScanner, "radio": self},
+            client={"backend": VirtualBleakClient, "radio": self},
+        )
 
 
 def _services() -> tuple[BleakGATTServiceCollection, dict[int, str]]:
@@ -313,7 +315,8 @@ def _services() -> tuple[BleakGATTServiceCollection, dict[int, str]]:
             handle += 1
             if "notify" in props:
                 collection.add_descriptor(
-                    BleakGATTDescriptor(None, handle, "00002902-0000-1000-8000-00805f9b34fb", char))
+                    BleakGATTDescriptor(None, handle, "00002902-0000-1000-8000-00805f9b34fb", char)
+                )
                 handle += 1
     return collection, names
 
@@ -322,8 +325,11 @@ class VirtualBleakClient(BaseBleakClient):
     """bleak client backend that talks to a :class:`VirtualE4` through a :class:`VirtualRadio`."""
 
     def __init__(self, address_or_ble_device: BLEDevice | str, *, radio: VirtualRadio, **kwargs: Any) -> None:
-        super().__init__(address_or_ble_device, disconnected_callback=kwargs.get("disconnected_callback"),
-                         timeout=kwargs.get("timeout", 10.0))
+        super().__init__(
+            address_or_ble_device,
+            disconnected_callback=kwargs.get("disconnected_callback"),
+            timeout=kwargs.get("timeout", 10.0),
+        )
         self._radio = radio
         self._device: VirtualE4 | None = None
         self._names: dict[int, str] = {}
@@ -426,8 +432,13 @@ class VirtualBleakScanner(BaseBleakScanner):
             if not device.advertising:
                 continue
             adv = AdvertisementData(
-                local_name=device.name, manufacturer_data={}, service_data={},
-                service_uuids=[], tx_power=None, rssi=device.rssi, platform_data=(),
+                local_name=device.name,
+                manufacturer_data={},
+                service_data={},
+                service_uuids=[],
+                tx_power=None,
+                rssi=device.rssi,
+                platform_data=(),
             )
             ble = self.create_or_update_device(device.address, device.address, device.name, None, adv)
             self.call_detection_callbacks(ble, adv)

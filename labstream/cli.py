@@ -7,7 +7,7 @@ import sys
 
 from bus.cli import add_bus_option
 from bus.topics import valid_name
-from m3sense.errors import UserError
+from common.errors import UserError
 
 
 def _device(text: str) -> str:
@@ -18,7 +18,8 @@ def _device(text: str) -> str:
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "lsl", help="publish the raw streams and the affect stream as LSL outlets (LabRecorder)",
+        "lsl",
+        help="publish the raw streams and the affect stream as LSL outlets (LabRecorder)",
         description=(
             "Subscribe to raw/, affect/ and status/ and publish, per device, LSL outlets EDA (4 Hz), BVP (64 Hz), "
             "TEMP (4 Hz), ACC (32 Hz, x/y/z), HR (1 Hz), IBI (irregular), Tags (markers), Affect (per window: "
@@ -31,9 +32,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         ),
     )
     add_bus_option(p)
-    p.add_argument("--device", action="append", default=[], type=_device, metavar="ID",
-                   help="create this device's outlets at start, so a recorder can select them before data flows "
-                        "(repeatable; other devices get outlets on their first message)")
+    p.add_argument(
+        "--device",
+        action="append",
+        default=[],
+        type=_device,
+        metavar="ID",
+        help="create this device's outlets at start, so a recorder can select them before data flows "
+        "(repeatable; other devices get outlets on their first message)",
+    )
     p.set_defaults(func=_lsl)
 
 
@@ -68,8 +75,11 @@ def _lsl(args: argparse.Namespace) -> int:
         task = asyncio.create_task(node.run(stop))
         while node.subscriber is None and not task.done():
             await asyncio.sleep(0.01)
-        print(f"lsl: outlets for {', '.join(args.device) or 'each device as it appears'} <- {args.bus}",
-              file=sys.stderr, flush=True)
+        print(
+            f"lsl: outlets for {', '.join(args.device) or 'each device as it appears'} <- {args.bus}",
+            file=sys.stderr,
+            flush=True,
+        )
         await task
         outlets.close()
         return node, outlets
@@ -79,8 +89,11 @@ def _lsl(args: argparse.Namespace) -> int:
     lost = sum(stats.gaps_by_topic.values()) if stats is not None else 0
     malformed = sum(stats.malformed.values()) if stats is not None else 0
     pushed = ", ".join(f"{d}/{s} {n}" for (d, s), n in sorted(outlets.pushed.items())) or "nothing"
-    print(f"lsl: {node.messages} messages; samples pushed: {pushed}; lost on the bus {lost}, malformed {malformed}",
-          file=sys.stderr, flush=True)
+    print(
+        f"lsl: {node.messages} messages; samples pushed: {pushed}; lost on the bus {lost}, malformed {malformed}",
+        file=sys.stderr,
+        flush=True,
+    )
     if interrupted:
         return 130
     return 1 if lost or malformed else 0

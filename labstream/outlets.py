@@ -19,8 +19,14 @@ _FORMATS = {"float32": pylsl.cf_float32, "string": pylsl.cf_string}
 
 def stream_info(spec: StreamSpec, device: str, clock: ClockMap) -> pylsl.StreamInfo:
     """The StreamInfo of ``spec`` for ``device``, with the XDF-style ``desc`` metadata."""
-    info = pylsl.StreamInfo(spec.name(device), spec.lsl_type, len(spec.channels), spec.nominal_hz,
-                            _FORMATS[spec.channel_format], spec.source_id(device))
+    info = pylsl.StreamInfo(
+        spec.name(device),
+        spec.lsl_type,
+        len(spec.channels),
+        spec.nominal_hz,
+        _FORMATS[spec.channel_format],
+        spec.source_id(device),
+    )
     desc = info.desc()
     channels = desc.append_child("channels")
     for name, unit in zip(spec.channels, spec.units):

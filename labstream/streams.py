@@ -45,8 +45,9 @@ class StreamSpec:
         return f"m3sense/{device}/{self.stream}"
 
 
-def _spec(stream: str, lsl_type: str, channels: tuple[str, ...], unit: str, nominal_hz: float,
-          channel_format: str = "float32") -> StreamSpec:
+def _spec(
+    stream: str, lsl_type: str, channels: tuple[str, ...], unit: str, nominal_hz: float, channel_format: str = "float32"
+) -> StreamSpec:
     return StreamSpec(stream, lsl_type, channels, (unit,) * len(channels), nominal_hz, channel_format)
 
 
@@ -126,15 +127,17 @@ def chunks_of(msg: Message) -> list[Chunk]:
             result = tasks.get(task)
             result = result if isinstance(result, Mapping) else {"status": "no_answer"}
             label = result.get("label") if isinstance(result.get("label"), str) else None
-            states.append(window_state(label, str(result.get("status") or "ok"), quality.get("off_wrist"))
-                          if task in tasks else "no_answer")
+            states.append(
+                window_state(label, str(result.get("status") or "ok"), quality.get("off_wrist"))
+                if task in tasks
+                else "no_answer"
+            )
             probs = result.get("probs") if isinstance(result.get("probs"), Mapping) else {}
             conf = result.get("confidence")
             numbers.append(_number(conf))
             numbers += [_number(probs.get(c)) for c in sorted(CLASSES[task])]
         t = np.array([float(t_end)])
-        return [Chunk(AFFECT_STATE, msg.device, [states], t),
-                Chunk(AFFECT_NUMBERS, msg.device, np.array([numbers]), t)]
+        return [Chunk(AFFECT_STATE, msg.device, [states], t), Chunk(AFFECT_NUMBERS, msg.device, np.array([numbers]), t)]
     return []
 
 

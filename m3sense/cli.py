@@ -15,7 +15,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from m3sense.errors import UserError
+from common.errors import UserError
 
 #: Packages whose ``cli.register`` adds sub-commands, in the order ``--help`` lists them.
 COMMAND_MODULES = (
@@ -54,6 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if hasattr(args, "bus_keys"):  # bus security (bus/cli.py): keys read and refusals said before anything runs
             from bus.cli import apply_bus_security
+
             apply_bus_security(args)
         return int(args.func(args) or 0)
     except UserError as exc:

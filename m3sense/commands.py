@@ -8,56 +8,76 @@ import sys
 from pathlib import Path
 
 from bus.cli import add_bus_option
-from m3sense.errors import UserError
-from m3sense.argtypes import speed
+from common.argtypes import speed
+from common.errors import UserError
 
 TASKS = ["stress", "anxiety", "emotion"]
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     r = sub.add_parser(
-        "run", help="replay a recording through preprocess, inference and storage",
+        "run",
+        help="replay a recording through preprocess, inference and storage",
         description="Start the hub, then preprocess, infer and store as child processes, and replay SOURCE "
-                    "(an E4 export folder or zip, or a folder of them) through them. Ends when storage has "
-                    "written every device's last window; Ctrl-C stops early with every buffer flushed.",
+        "(an E4 export folder or zip, or a folder of them) through them. Ends when storage has "
+        "written every device's last window; Ctrl-C stops early with every buffer flushed.",
     )
     r.add_argument("source", help="an E4 export folder or zip, or a folder holding several")
     r.add_argument("--speed", type=speed, default=math.inf, help="N x real time, or 'max' (default max)")
-    r.add_argument("--max-restarts", type=int, default=3, metavar="N",
-                   help="start a stage that dies again at most N times (default 3; 0: a dead stage stops the run)")
-    r.add_argument("--sink", action="append",
-                   help="where results go: sqlite:///PATH.db (default sqlite:///m3sense.db), influx://HOST:PORT?bucket=B "
-                        "(token from $INFLUX_TOKEN) or mqtt://HOST:PORT[?user=U] (password from $MQTT_PASSWORD); "
-                        "repeat it to write to several at once")
-    r.add_argument("--alerts", type=Path, metavar="RULES.toml", help="run these alert rules in the store (see `store --alerts`)")
-    r.add_argument("--mqtt-password-file", type=Path, metavar="FILE", help="the MQTT password, instead of $MQTT_PASSWORD")
-    r.add_argument("--model", help="checkpoint file, feature model (.onnx) or bundle (.bundle.json); "
-                                    "default: the shipped bundle")
+    r.add_argument(
+        "--max-restarts",
+        type=int,
+        default=3,
+        metavar="N",
+        help="start a stage that dies again at most N times (default 3; 0: a dead stage stops the run)",
+    )
+    r.add_argument(
+        "--sink",
+        action="append",
+        help="where results go: sqlite:///PATH.db (default sqlite:///m3sense.db), influx://HOST:PORT?bucket=B "
+        "(token from $INFLUX_TOKEN) or mqtt://HOST:PORT[?user=U] (password from $MQTT_PASSWORD); "
+        "repeat it to write to several at once",
+    )
+    r.add_argument(
+        "--alerts", type=Path, metavar="RULES.toml", help="run these alert rules in the store (see `store --alerts`)"
+    )
+    r.add_argument(
+        "--mqtt-password-file", type=Path, metavar="FILE", help="the MQTT password, instead of $MQTT_PASSWORD"
+    )
+    r.add_argument(
+        "--model", help="checkpoint file, feature model (.onnx) or bundle (.bundle.json); default: the shipped bundle"
+    )
     r.add_argument("--tasks", help="comma-separated subset of stress,anxiety,emotion (default all)")
     add_bus_option(r)
     r.set_defaults(func=_run, bus=None)  # run starts its own hub: on a free loopback port unless --bus names one
 
     d = sub.add_parser(
-        "demo", help="simulate a session and run it through the whole pipeline into SQLite",
+        "demo",
+        help="simulate a session and run it through the whole pipeline into SQLite",
         description="Simulate a few wristbands through phases of baseline, stress and amusement, replay them "
-                    "as fast as possible through preprocess, inference and storage (SQLite), show the live "
-                    "state per device, then summarise agreement with the simulated ground truth and draw a "
-                    "PNG timeline. Everything is written under --out. The recordings are synthetic.",
+        "as fast as possible through preprocess, inference and storage (SQLite), show the live "
+        "state per device, then summarise agreement with the simulated ground truth and draw a "
+        "PNG timeline. Everything is written under --out. The recordings are synthetic.",
     )
     d.add_argument("--out", type=Path, default=Path("m3sense-demo"), help="output folder (default ./m3sense-demo)")
-    d.add_argument("--minutes", type=float, default=30.0,
-                   help="session length per device (default 30: each wearer marks a rest at the start, "
-                        "the stress model answers once it is over)")
+    d.add_argument(
+        "--minutes",
+        type=float,
+        default=30.0,
+        help="session length per device (default 30: each wearer marks a rest at the start, "
+        "the stress model answers once it is over)",
+    )
     d.add_argument("--devices", type=int, default=3, help="number of simulated wristbands (default 3)")
     d.add_argument("--seed", type=int, default=2022, help="simulation seed (default 2022)")
     d.add_argument("--speed", type=speed, default=math.inf, help="N x real time, or 'max' (default max)")
-    d.add_argument("--model", help="checkpoint file, feature model (.onnx) or bundle (.bundle.json); "
-                                    "default: the shipped bundle")
+    d.add_argument(
+        "--model", help="checkpoint file, feature model (.onnx) or bundle (.bundle.json); default: the shipped bundle"
+    )
     d.set_defaults(func=_demo)
 
 
 def _run(args: argparse.Namespace) -> int:
-    from m3sense.aio import run_until_signal
+    from common.aio import run_until_signal
     from m3sense.liveview import LiveView
     from m3sense.pipeline import PipelineConfig, outcome, run_pipeline
     from replay.e4csv import read_source
@@ -67,8 +87,15 @@ def _run(args: argparse.Namespace) -> int:
     extra = [a for s in sinks[1:] for a in ("--sink", s)]
     extra += ["--alerts", str(args.alerts)] if args.alerts else []
     extra += ["--mqtt-password-file", str(args.mqtt_password_file)] if args.mqtt_password_file else []
-    cfg = PipelineConfig(sink=sinks[0], store_args=tuple(extra), speed=args.speed, model=args.model, tasks=args.tasks, bus=args.bus,
-                         max_restarts=max(0, args.max_restarts))
+    cfg = PipelineConfig(
+        sink=sinks[0],
+        store_args=tuple(extra),
+        speed=args.speed,
+        model=args.model,
+        tasks=args.tasks,
+        bus=args.bus,
+        max_restarts=max(0, args.max_restarts),
+    )
     view = LiveView(args.tasks.split(",") if args.tasks else TASKS)
 
     async def main() -> int:
@@ -97,15 +124,18 @@ def agreement(records: list) -> dict[str, dict]:
         index = {c: i for i, c in enumerate(classes)}
         y_true = np.array([index[r.true_label] for r in judged], dtype=np.int64)
         y_pred = np.array([index[r.label] for r in judged], dtype=np.int64)
-        out[task] = {"windows": len(rs), "predicted": sum(r.label is not None for r in rs),
-                     **task_scores(y_true, y_pred, classes)}
+        out[task] = {
+            "windows": len(rs),
+            "predicted": sum(r.label is not None for r in rs),
+            **task_scores(y_true, y_pred, classes),
+        }
     return out
 
 
 def _demo(args: argparse.Namespace) -> int:
     import time
 
-    from m3sense.aio import run_until_signal
+    from common.aio import run_until_signal
     from m3sense.liveview import LiveView
     from m3sense.pipeline import PipelineConfig, outcome, run_pipeline
     from replay.e4csv import read_source, write_e4_export
@@ -123,10 +153,13 @@ def _demo(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     for stale in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
         stale.unlink(missing_ok=True)
-    print(f"demo: simulating {args.devices} wristband(s), {args.minutes:g} min each (synthetic) -> {rec_dir}",
-          file=sys.stderr)
-    for rec in simulate_recordings(minutes=args.minutes, seed=args.seed, subjects=args.devices, labels="all",
-                                   mark_rest=True):
+    print(
+        f"demo: simulating {args.devices} wristband(s), {args.minutes:g} min each (synthetic) -> {rec_dir}",
+        file=sys.stderr,
+    )
+    for rec in simulate_recordings(
+        minutes=args.minutes, seed=args.seed, subjects=args.devices, labels="all", mark_rest=True
+    ):
         write_e4_export(rec, rec_dir / rec.device)
     recordings = read_source(rec_dir)
     sink = f"sqlite:///{db}"

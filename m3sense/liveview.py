@@ -32,8 +32,14 @@ def render(state: dict[str, Message], tasks: list[str]) -> list[str]:
             quality += f", {missing:.0%} missing"
         t_end = meta.get("t_end", msg.t0_s)
         results = meta.get("tasks", {}) if isinstance(meta.get("tasks"), dict) else {}
-        rows.append([device, time.strftime("%H:%M:%S", time.gmtime(t_end)),
-                     *(_cell(results.get(t, {})) if t in results else "" for t in tasks), quality])
+        rows.append(
+            [
+                device,
+                time.strftime("%H:%M:%S", time.gmtime(t_end)),
+                *(_cell(results.get(t, {})) if t in results else "" for t in tasks),
+                quality,
+            ]
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     return ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
 

@@ -105,8 +105,9 @@ class Stage:
     gets when ``run`` dies: the hub dies with ``run``, so a stage that only publishes has
     nothing left to flush (SIGKILL), while the store can still flush into its sink (SIGTERM)."""
 
-    def __init__(self, name: str, args: Sequence[str], *, capture: bool = False,
-                 orphan_signal: signal.Signals = signal.SIGKILL) -> None:
+    def __init__(
+        self, name: str, args: Sequence[str], *, capture: bool = False, orphan_signal: signal.Signals = signal.SIGKILL
+    ) -> None:
         self.name = name
         self.args = list(args)
         self.capture = capture
@@ -128,11 +129,16 @@ class Stage:
     async def start(self) -> None:
         parent = os.getpid()
         self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "m3sense", *self.args,
-            stdin=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+            sys.executable,
+            "-m",
+            "m3sense",
+            *self.args,
+            stdin=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE if self.capture else asyncio.subprocess.DEVNULL,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            process_group=0, preexec_fn=lambda: _die_with_parent(parent, self.orphan_signal),
+            process_group=0,
+            preexec_fn=lambda: _die_with_parent(parent, self.orphan_signal),
         )
         self._readers = [asyncio.create_task(self._read_stderr())]
         if self.capture:
@@ -210,8 +216,9 @@ class _TimedOut(Exception):
     pass
 
 
-async def _flow(recordings: Sequence[Recording], cfg: PipelineConfig, bus: str, store: Stage,
-                result: PipelineResult) -> None:
+async def _flow(
+    recordings: Sequence[Recording], cfg: PipelineConfig, bus: str, store: Stage, result: PipelineResult
+) -> None:
     """Wait for the stages' subscriptions, replay, wait until the store has every device."""
     devices = [r.device for r in recordings]
     result.phase = "waiting for the stages to subscribe"
@@ -246,9 +253,12 @@ async def run_pipeline(
     result = PipelineResult()
     hub = contextlib.nullcontext() if is_nats(bus) else Hub(bus)  # nats://: the user's servers carry it, no hub
     with hub, tempfile.TemporaryDirectory(prefix="m3sense-run-") as state:
-        stages = [Stage(name, args, capture=name == "store",
-                        orphan_signal=signal.SIGTERM if name == "store" else signal.SIGKILL)
-                  for name, args in stage_commands(cfg, bus, os.path.join(state, "positions.json"))]
+        stages = [
+            Stage(
+                name, args, capture=name == "store", orphan_signal=signal.SIGTERM if name == "store" else signal.SIGKILL
+            )
+            for name, args in stage_commands(cfg, bus, os.path.join(state, "positions.json"))
+        ]
         tasks: list[asyncio.Task] = []
         try:
             async with Subscriber(bus, ["affect/"]) as affect_sub:
@@ -282,8 +292,9 @@ async def run_pipeline(
     return result
 
 
-async def _supervise(stages: list[Stage], flow: asyncio.Task, max_restarts: int, result: PipelineResult,
-                     tasks: list[asyncio.Task]) -> str | None:
+async def _supervise(
+    stages: list[Stage], flow: asyncio.Task, max_restarts: int, result: PipelineResult, tasks: list[asyncio.Task]
+) -> str | None:
     """Wait for ``flow``, starting again each stage that dies on the way (up to ``max_restarts``
     times each); returns the name of a stage that died for good, or None when ``flow`` ended."""
     exits = {asyncio.create_task(s.exited()): s for s in stages}
@@ -299,8 +310,12 @@ async def _supervise(stages: list[Stage], flow: asyncio.Task, max_restarts: int,
                 return stage.name
             result.restarts[stage.name] += 1
             result.deaths.append(f"{stage.name} {death}")
-            print(f"run: stage {stage.name} {death}; starting it again ({result.restarts[stage.name]} of at most "
-                  f"{max_restarts})", file=sys.stderr, flush=True)
+            print(
+                f"run: stage {stage.name} {death}; starting it again ({result.restarts[stage.name]} of at most "
+                f"{max_restarts})",
+                file=sys.stderr,
+                flush=True,
+            )
             await asyncio.gather(*stage._readers)  # its last words, before the new process speaks
             await stage.start()
             again = asyncio.create_task(stage.exited())
@@ -321,13 +336,18 @@ def outcome(result: PipelineResult, sink: str, devices: int) -> tuple[int, list[
         written, spooled = int(store.get("written", 0)), int(store.get("spooled", 0))
         dropped, refused = int(store.get("dropped", 0)), int(store.get("refused", 0))
         where = store.get("sink") or sink
-        parts.append(f"{written} records ({store.get('affect_records', 0)} affect) written to {where}"
-                     if written else f"nothing reached {where}")
+        parts.append(
+            f"{written} records ({store.get('affect_records', 0)} affect) written to {where}"
+            if written
+            else f"nothing reached {where}"
+        )
         if result.restarts.get("store"):  # a killed store reports nothing: what it wrote is in the sink, uncounted
             parts[-1] += " by the store started last"
         if spooled:
-            parts.append(f"{spooled} points wait in the spool {store.get('spool_dir')}; the next `m3sense store` or "
-                         "`m3sense run` with this sink sends them first")
+            parts.append(
+                f"{spooled} points wait in the spool {store.get('spool_dir')}; the next `m3sense store` or "
+                "`m3sense run` with this sink sends them first"
+            )
         lost = dropped + refused
         parts.append(f"{lost} lost ({refused} refused by the sink, {dropped} dropped)" if lost else "none lost")
         windows = int(store.get("lost_windows", 0) or 0)
@@ -339,16 +359,27 @@ def outcome(result: PipelineResult, sink: str, devices: int) -> tuple[int, list[
     if result.restarts:
         restarted = ", ".join(f"{name} {n} time(s)" for name, n in sorted(result.restarts.items()))
         lines.append(f"run: restarted {restarted}: " + "; ".join(result.deaths))
-    failed = [name for name, code in result.exit_codes.items()
-              if code != 0 and (name != "store" or store is None)]  # a store that reported speaks for itself
+    failed = [
+        name for name, code in result.exit_codes.items() if code != 0 and (name != "store" or store is None)
+    ]  # a store that reported speaks for itself
     if result.failure:
         lines.append(f"run: stopped: {result.failure}")
     for name in ([result.died] if result.died else []) + [n for n in failed if n != result.died]:
         code = result.exit_codes.get(name)
-        end = f"was killed by {signal.Signals(-code).name}" if code is not None and code < 0 else f"exited with code {code}"
+        end = (
+            f"was killed by {signal.Signals(-code).name}"
+            if code is not None and code < 0
+            else f"exited with code {code}"
+        )
         how = f"{end} while {result.phase}" if name == result.died else f"{end} when asked to stop"
         lines.append(f"run: stage {name} {how}; its last messages:")
         lines += [f"  [{name}] {line}" for line in result.tails.get(name, [])] or ["  (none)"]
-    ok = (store is not None and store.get("exit_code") == 0 and not result.died and not failed
-          and not result.failure and not result.restarts)
+    ok = (
+        store is not None
+        and store.get("exit_code") == 0
+        and not result.died
+        and not failed
+        and not result.failure
+        and not result.restarts
+    )
     return (0 if ok else 1), lines

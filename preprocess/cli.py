@@ -8,7 +8,7 @@ from collections import Counter
 
 from bus.cli import add_bus_option
 from bus.metrics import add_metrics_options
-from m3sense.argtypes import positive_seconds
+from common.argtypes import positive_seconds
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -23,24 +23,64 @@ def register(sub: argparse._SubParsersAction) -> None:
         ),
     )
     add_bus_option(p)
-    p.add_argument("--hop", type=positive_seconds, default=5.0, metavar="S",
-                   help="seconds between window starts, a multiple of 0.25 (default 5: a fresh window every 5 s)")
-    p.add_argument("--late", type=positive_seconds, default=4.0, metavar="S",
-                   help="how long past a window's end to wait for a lagging modality (default 4)")
-    p.add_argument("--max-gap", type=positive_seconds, default=30.0, metavar="S",
-                   help="longest gap bridged inside a stream; longer ones restart it (default 30)")
-    p.add_argument("--device-timeout", type=positive_seconds, default=120.0, metavar="S",
-                   help="close a device silent for S seconds and free its state (default 120)")
-    p.add_argument("--report-every", type=positive_seconds, default=30.0, metavar="S",
-                   help="print counters every S seconds (default 30)")
+    p.add_argument(
+        "--hop",
+        type=positive_seconds,
+        default=5.0,
+        metavar="S",
+        help="seconds between window starts, a multiple of 0.25 (default 5: a fresh window every 5 s)",
+    )
+    p.add_argument(
+        "--late",
+        type=positive_seconds,
+        default=4.0,
+        metavar="S",
+        help="how long past a window's end to wait for a lagging modality (default 4)",
+    )
+    p.add_argument(
+        "--max-gap",
+        type=positive_seconds,
+        default=30.0,
+        metavar="S",
+        help="longest gap bridged inside a stream; longer ones restart it (default 30)",
+    )
+    p.add_argument(
+        "--device-timeout",
+        type=positive_seconds,
+        default=120.0,
+        metavar="S",
+        help="close a device silent for S seconds and free its state (default 120)",
+    )
+    p.add_argument(
+        "--report-every",
+        type=positive_seconds,
+        default=30.0,
+        metavar="S",
+        help="print counters every S seconds (default 30)",
+    )
     add_metrics_options(p)
     p.set_defaults(func=_preprocess)
 
 
 def format_counters(c: Counter) -> str:
-    keys = ("devices_open", "devices_opened", "devices_closed", "windows", "messages", "bus_missing",
-            "bus_malformed", "late_samples", "duplicate_samples", "invalid_samples", "negative_eda",
-            "rate_mismatch", "timing_mismatch", "clock_jumps", "malformed", "bad_labels")
+    keys = (
+        "devices_open",
+        "devices_opened",
+        "devices_closed",
+        "windows",
+        "messages",
+        "bus_missing",
+        "bus_malformed",
+        "late_samples",
+        "duplicate_samples",
+        "invalid_samples",
+        "negative_eda",
+        "rate_mismatch",
+        "timing_mismatch",
+        "clock_jumps",
+        "malformed",
+        "bad_labels",
+    )
     head = ", ".join(f"{k} {c.get(k, 0)}" for k in keys)
     rest = ", ".join(f"{k} {v}" for k, v in sorted(c.items()) if k not in keys)
     return head + (f"; {rest}" if rest else "")
@@ -48,8 +88,8 @@ def format_counters(c: Counter) -> str:
 
 def _preprocess(args: argparse.Namespace) -> int:
     from bus.metrics import start_metrics
-    from m3sense.aio import run_until_signal
-    from m3sense.errors import UserError
+    from common.aio import run_until_signal
+    from common.errors import UserError
     from preprocess.node import SUBSCRIPTIONS, serve
     from preprocess.windower import WindowConfig
 
@@ -64,6 +104,14 @@ def _preprocess(args: argparse.Namespace) -> int:
     def report(c: Counter) -> None:
         print(f"preprocess: {format_counters(c)}", file=sys.stderr, flush=True)
 
-    return run_until_signal(serve(args.bus, config, device_timeout_s=args.device_timeout,
-                                  report_every_s=args.report_every, on_ready=ready, report=report,
-                                  metrics=start_metrics(args, "preprocess")))
+    return run_until_signal(
+        serve(
+            args.bus,
+            config,
+            device_timeout_s=args.device_timeout,
+            report_every_s=args.report_every,
+            on_ready=ready,
+            report=report,
+            metrics=start_metrics(args, "preprocess"),
+        )
+    )

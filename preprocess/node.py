@@ -3,7 +3,7 @@
 Subscribes ``raw/``, ``label/`` and ``status/``, publishes each finished window on
 ``window/<device>/``, and after a device's last window its end marker (meta
 ``{"event": "end"}``) on the same topic. Devices are expired on the event loop's clock. Cancellation (SIGINT,
-SIGTERM through :func:`m3sense.aio.run_until_signal`) flushes every device's pending windows
+SIGTERM through :func:`common.aio.run_until_signal`) flushes every device's pending windows
 onto the bus before the sockets close.
 """
 
@@ -28,8 +28,16 @@ SUBSCRIPTIONS = (f"{RAW}/", f"{LABEL}/", f"{STATUS}/")
 #: without it, everything downstream would wait for an end that was never delivered
 END_WAIT_S = 60.0
 #: the counters that are data the stage refused (served as m3sense_drops_total{kind})
-DROPS = ("bad_rate", "oversized", "malformed", "bad_labels", "bad_tags", "invalid_samples", "negative_eda",
-         "dropped_samples")
+DROPS = (
+    "bad_rate",
+    "oversized",
+    "malformed",
+    "bad_labels",
+    "bad_tags",
+    "invalid_samples",
+    "negative_eda",
+    "dropped_samples",
+)
 
 
 async def _publish(pub: Publisher, pre: Preprocessor, windows: list[Window], end_wait_s: float = END_WAIT_S) -> None:
@@ -79,8 +87,14 @@ async def serve(
         if metrics is not None:
             from bus.metrics import bus_snapshot
 
-            metrics.watch(lambda: bus_snapshot(sub.stats, drops={k: v for k, v in pre.counters().items() if k in DROPS},
-                                               published=pub.sent, queue_depth=pre.nbytes()))
+            metrics.watch(
+                lambda: bus_snapshot(
+                    sub.stats,
+                    drops={k: v for k, v in pre.counters().items() if k in DROPS},
+                    published=pub.sent,
+                    queue_depth=pre.nbytes(),
+                )
+            )
         if on_ready is not None:
             on_ready()
         next_expire = loop.time() + tick_s

@@ -111,8 +111,7 @@ def assess(
     motion_fraction = float(moving.mean()) if nblocks else 0.0
 
     flat = tuple(
-        m for m, seconds in rules.flat_s
-        if _longest_constant_run(raw[m], ok[m]) >= max(2, round(seconds * RATES_HZ[m]))
+        m for m, seconds in rules.flat_s if _longest_constant_run(raw[m], ok[m]) >= max(2, round(seconds * RATES_HZ[m]))
     )
     saturated = []
     if (acc_ok[:, None] & (np.abs(acc) >= rules.acc_rail_g)).any():
@@ -125,9 +124,18 @@ def assess(
     eda_artifact = bool((both & (slope > rules.eda_max_slope_us_per_s)).any())
 
     return Quality(
-        off_wrist=bool(off_wrist), motion=bool(moving.any()), missing_fraction=missing_fraction, missing=missing,
-        off_wrist_fraction=off_wrist_fraction, motion_fraction=motion_fraction, flat=flat,
-        saturated=tuple(saturated), eda_artifact=eda_artifact, invalid_samples=int(invalid), late_samples=int(late),
-        duplicate_samples=int(duplicates), timing_mismatch=bool(timing_mismatch),
+        off_wrist=bool(off_wrist),
+        motion=bool(moving.any()),
+        missing_fraction=missing_fraction,
+        missing=missing,
+        off_wrist_fraction=off_wrist_fraction,
+        motion_fraction=motion_fraction,
+        flat=flat,
+        saturated=tuple(saturated),
+        eda_artifact=eda_artifact,
+        invalid_samples=int(invalid),
+        late_samples=int(late),
+        duplicate_samples=int(duplicates),
+        timing_mismatch=bool(timing_mismatch),
         usable=bool(not off_wrist and missing_fraction <= rules.usable_max_missing),
     )

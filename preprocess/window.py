@@ -102,15 +102,21 @@ class Quality:
         return d
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "Quality":
+    def from_dict(cls, d: Mapping[str, Any]) -> Quality:
         return cls(
-            off_wrist=bool(d["off_wrist"]), motion=bool(d["motion"]),
+            off_wrist=bool(d["off_wrist"]),
+            motion=bool(d["motion"]),
             missing_fraction=float(d["missing_fraction"]),
             missing={str(k): float(v) for k, v in d["missing"].items()},
-            off_wrist_fraction=float(d["off_wrist_fraction"]), motion_fraction=float(d["motion_fraction"]),
-            flat=tuple(d["flat"]), saturated=tuple(d["saturated"]), eda_artifact=bool(d["eda_artifact"]),
-            invalid_samples=int(d["invalid_samples"]), late_samples=int(d["late_samples"]),
-            duplicate_samples=int(d["duplicate_samples"]), timing_mismatch=bool(d["timing_mismatch"]),
+            off_wrist_fraction=float(d["off_wrist_fraction"]),
+            motion_fraction=float(d["motion_fraction"]),
+            flat=tuple(d["flat"]),
+            saturated=tuple(d["saturated"]),
+            eda_artifact=bool(d["eda_artifact"]),
+            invalid_samples=int(d["invalid_samples"]),
+            late_samples=int(d["late_samples"]),
+            duplicate_samples=int(d["duplicate_samples"]),
+            timing_mismatch=bool(d["timing_mismatch"]),
             usable=bool(d["usable"]),
         )
 
@@ -146,11 +152,19 @@ class Window:
             "rates_hz": dict(RATES_HZ),
             "tags": list(self.tags_s),
         }
-        return Message(kind=WINDOW, device=self.device, modality=WINDOW, seq=seq, t0_s=self.t_start_s,
-                       fs_hz=0.0, arrays=arrays, meta=meta)
+        return Message(
+            kind=WINDOW,
+            device=self.device,
+            modality=WINDOW,
+            seq=seq,
+            t0_s=self.t_start_s,
+            fs_hz=0.0,
+            arrays=arrays,
+            meta=meta,
+        )
 
     @classmethod
-    def from_message(cls, msg: Message) -> "Window":
+    def from_message(cls, msg: Message) -> Window:
         """Rebuild a window from a ``window`` message; raises ValueError if it is not one."""
         if msg.kind != WINDOW:
             raise ValueError(f"{msg.topic} is a {msg.kind} message, not a window")
@@ -159,7 +173,11 @@ class Window:
             masks = {m: np.asarray(msg.arrays[f"{m}_mask"], dtype=bool) for m in MODALITIES}
             meta = msg.meta
             window = cls(
-                device=msg.device, t_start_s=msg.t0_s, t_end_s=float(meta["t_end"]), signals=signals, masks=masks,
+                device=msg.device,
+                t_start_s=msg.t0_s,
+                t_end_s=float(meta["t_end"]),
+                signals=signals,
+                masks=masks,
                 present={m: bool(meta["present"][m]) for m in MODALITIES},
                 quality=Quality.from_dict(meta["quality"]),
                 labels={str(k): (None if v is None else str(v)) for k, v in meta["labels"].items()},
@@ -189,5 +207,12 @@ class DeviceEnd:
     source: str
 
     def to_message(self, seq: int = 0) -> Message:
-        return Message(kind=WINDOW, device=self.device, modality=WINDOW, seq=seq, t0_s=self.t_s, fs_hz=0.0,
-                       meta={"event": "end", "reason": self.reason, "source": self.source})
+        return Message(
+            kind=WINDOW,
+            device=self.device,
+            modality=WINDOW,
+            seq=seq,
+            t0_s=self.t_s,
+            fs_hz=0.0,
+            meta={"event": "end", "reason": self.reason, "source": self.source},
+        )

@@ -57,10 +57,10 @@ from preprocess.window import LABEL_CLASSES, MODALITIES, RATES_HZ, SIZES, WIDTHS
 
 # flag bits per slot
 _MEASURED = 1  # a valid sample arrived
-_INVALID = 2   # a sample arrived but was NaN/inf/negative EDA
-_LATE = 4      # a sample arrived after the filter had passed this slot
-_DUP = 8       # a second sample arrived for this slot (the first one is kept)
-_TIMING = 16   # placed from a chunk whose rate or start disagreed with the clock
+_INVALID = 2  # a sample arrived but was NaN/inf/negative EDA
+_LATE = 4  # a sample arrived after the filter had passed this slot
+_DUP = 8  # a second sample arrived for this slot (the first one is kept)
+_TIMING = 16  # placed from a chunk whose rate or start disagreed with the clock
 
 _GRID_QUANTUM_S = 0.25  # hops must be whole numbers of the 4 Hz sample period
 _MAX_PENDING_TAGS = 64  # button presses not yet inside a window; more is no person pressing
@@ -101,8 +101,27 @@ class WindowConfig:
 class _Stream:
     """One modality's buffers on the device grid (slots are absolute: round(t * fs))."""
 
-    __slots__ = ("fs", "width", "size", "delay", "filter", "base", "raw", "flags", "out", "has_out",
-                 "keep", "fin", "fed", "hold", "hold_slot", "lo", "hi", "contig", "next_slot")
+    __slots__ = (
+        "base",
+        "contig",
+        "delay",
+        "fed",
+        "filter",
+        "fin",
+        "flags",
+        "fs",
+        "has_out",
+        "hi",
+        "hold",
+        "hold_slot",
+        "keep",
+        "lo",
+        "next_slot",
+        "out",
+        "raw",
+        "size",
+        "width",
+    )
 
     def __init__(self, modality: str) -> None:
         self.fs = RATES_HZ[modality]
@@ -111,18 +130,18 @@ class _Stream:
         spec = FILTERS.get(modality)
         self.filter = StreamingFilter(spec) if spec else None
         self.delay = spec.delay_samples if spec else 0
-        self.base: int | None = None       # slot of index 0 of the arrays
+        self.base: int | None = None  # slot of index 0 of the arrays
         self.raw = self.out = np.zeros(0)
         self.flags = np.zeros(0, dtype=np.uint8)
         self.has_out = np.zeros(0, dtype=bool)
-        self.keep: int | None = None       # slots below are gone (their windows are out)
-        self.fin: int | None = None        # next slot the filter takes
-        self.fed = False                   # whether the filter took the slot before fin
+        self.keep: int | None = None  # slots below are gone (their windows are out)
+        self.fin: int | None = None  # next slot the filter takes
+        self.fed = False  # whether the filter took the slot before fin
         self.hold: np.ndarray | None = None  # last measured value fed to the filter
         self.hold_slot = 0
-        self.lo: int | None = None         # first and one-past-last slot with data
+        self.lo: int | None = None  # first and one-past-last slot with data
         self.hi: int | None = None
-        self.contig: int | None = None     # data is complete (or given up) below this slot
+        self.contig: int | None = None  # data is complete (or given up) below this slot
         self.next_slot: int | None = None  # where the next in-order chunk should start
 
     def nbytes(self) -> int:
@@ -147,11 +166,16 @@ class _Stream:
             if b > a:
                 src, dst = slice(a - self.base, b - self.base), slice(a - new_base, b - new_base)
                 raw[dst], out[dst], flags[dst], has_out[dst] = (
-                    self.raw[src], self.out[src], self.flags[src], self.has_out[src])
+                    self.raw[src],
+                    self.out[src],
+                    self.flags[src],
+                    self.has_out[src],
+                )
         self.base, self.raw, self.out, self.flags, self.has_out = new_base, raw, out, flags, has_out
 
-    def place_run(self, first: int, values: np.ndarray, valid: np.ndarray | None, timing: bool,
-                  counters: Counter) -> None:
+    def place_run(
+        self, first: int, values: np.ndarray, valid: np.ndarray | None, timing: bool, counters: Counter
+    ) -> None:
         """Store a chunk of consecutive slots from ``first`` (``valid`` None: all valid).
 
         The common case (a chunk in order onto empty slots ahead of the filter) is a few
@@ -160,8 +184,11 @@ class _Stream:
         n = len(values)
         last = first + n
         if (
-            self.lo is None or first < self.lo or valid is not None
-            or (self.keep is not None and first < self.keep) or (self.fin is not None and first < self.fin)
+            self.lo is None
+            or first < self.lo
+            or valid is not None
+            or (self.keep is not None and first < self.keep)
+            or (self.fin is not None and first < self.fin)
         ):
             if valid is None:
                 valid = np.ones(n, dtype=bool)
@@ -169,11 +196,11 @@ class _Stream:
             return
         self.reserve(first, last)
         i = first - self.base
-        flags = self.flags[i:i + n]
+        flags = self.flags[i : i + n]
         if flags.any():
             self.place(first + np.arange(n, dtype=np.int64), values, np.ones(n, dtype=bool), timing, counters)
             return
-        self.raw[i:i + n] = values
+        self.raw[i : i + n] = values
         flags[:] = (_MEASURED | _TIMING) if timing else _MEASURED
         if last > self.hi:
             self.hi = last
@@ -234,7 +261,7 @@ class _Stream:
     def _extend_contig(self) -> None:
         """Move ``contig`` to the first slot, at or after the filter, that still waits for data."""
         start = max(self.contig, self.fin) if self.fin is not None else self.contig
-        seg = self.flags[start - self.base:self.hi - self.base] & (_MEASURED | _INVALID)
+        seg = self.flags[start - self.base : self.hi - self.base] & (_MEASURED | _INVALID)
         empty = np.flatnonzero(seg == 0)
         self.contig = start + (int(empty[0]) if len(empty) else len(seg))
 
@@ -258,7 +285,7 @@ class _Stream:
         start = self.fin
         self.reserve(start, upto)
         i0, n = start - self.base, upto - start
-        measured = (self.flags[i0:i0 + n] & _MEASURED) != 0
+        measured = (self.flags[i0 : i0 + n] & _MEASURED) != 0
         pos = np.arange(n)
         last = np.maximum.accumulate(np.where(measured, pos, -1))
         if self.hold is None:
@@ -266,7 +293,7 @@ class _Stream:
         else:
             age = np.where(last >= 0, pos - last, pos + start - self.hold_slot)
         feed = age <= max_gap
-        x = self.raw[i0:i0 + n][np.maximum(last, 0)]
+        x = self.raw[i0 : i0 + n][np.maximum(last, 0)]
         if self.hold is not None:
             x[last < 0] = self.hold
         # runs of fed slots; a run that follows an unfed slot restarts the filter at its level
@@ -277,8 +304,8 @@ class _Stream:
             y = x[a:b] if self.filter is None else self.filter.push(x[a:b])
             o0 = start + a - self.delay - self.base
             skip = max(0, -o0)
-            self.out[o0 + skip:o0 + (b - a)] = y[skip:]
-            self.has_out[o0 + skip:o0 + (b - a)] = True
+            self.out[o0 + skip : o0 + (b - a)] = y[skip:]
+            self.has_out[o0 + skip : o0 + (b - a)] = True
         if measured.any():
             j = int(np.flatnonzero(measured)[-1])
             self.hold, self.hold_slot = x[j].copy(), start + j
@@ -324,7 +351,7 @@ class DeviceWindower:
 
     def _reset(self) -> None:
         self._streams = {m: _Stream(m) for m in MODALITIES}
-        self._next_k: int | None = None   # index of the next window (start = k * hop_s)
+        self._next_k: int | None = None  # index of the next window (start = k * hop_s)
         self._emitted = False
         self._newest_s: float | None = None  # end of the newest data of any modality
         self._wait: tuple[int, tuple[tuple[_Stream, int], ...], float] | None = None
@@ -442,8 +469,12 @@ class DeviceWindower:
         meta = msg.meta
         task, label, start, end = meta.get("task"), meta.get("label"), meta.get("start_s"), meta.get("end_s")
         if (
-            not isinstance(task, str) or task not in LABEL_CLASSES or not isinstance(label, str)
-            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in (start, end))
+            not isinstance(task, str)
+            or task not in LABEL_CLASSES
+            or not isinstance(label, str)
+            or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in (start, end)
+            )
             or not start < end
         ):
             self.counters["bad_labels"] += 1
@@ -486,8 +517,7 @@ class DeviceWindower:
         if not self._emitted:
             self._next_k = self._first_k()
         until = self._newest_s
-        while (self._next_k is not None and until is not None
-               and self._next_k * self.config.hop_s + WINDOW_S <= until):
+        while self._next_k is not None and until is not None and self._next_k * self.config.hop_s + WINDOW_S <= until:
             out.append(self._emit(self._next_k))
         self._reset()
         return out
@@ -511,9 +541,18 @@ class DeviceWindower:
         t_start = k * cfg.hop_s
         t_end = t_start + WINDOW_S
         present = {m: bool(masks[m].mean() >= cfg.min_present_fraction) for m in MODALITIES}
-        window = Window(device=self.device, t_start_s=t_start, t_end_s=t_end, signals=signals, masks=masks,
-                        present=present, quality=quality, labels=self._labels_for(t_start, t_end), source=self.source,
-                        tags_s=tuple(t for t in self._tags if t_start <= t < t_end))
+        window = Window(
+            device=self.device,
+            t_start_s=t_start,
+            t_end_s=t_end,
+            signals=signals,
+            masks=masks,
+            present=present,
+            quality=quality,
+            labels=self._labels_for(t_start, t_end),
+            source=self.source,
+            tags_s=tuple(t for t in self._tags if t_start <= t < t_end),
+        )
         self._next_k = k + 1
         self._emitted = True
         self.counters["windows"] += 1

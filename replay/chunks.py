@@ -31,7 +31,7 @@ def _periodic(rec: Recording, modality: str) -> Iterator[_Entry]:
     size = PACKET_SAMPLES[modality]
     step = (size - 1) / sig.fs_hz
     for start in range(0, sig.n, size):
-        chunk = sig.values[start:start + size]
+        chunk = sig.values[start : start + size]
         t0 = sig.t0_s + start / sig.fs_hz
         due = t0 + (step if len(chunk) == size else (len(chunk) - 1) / sig.fs_hz)
         yield due, 0, RAW, modality, t0, sig.fs_hz, chunk, None
@@ -62,8 +62,18 @@ def recording_messages(rec: Recording, *, source: str = "replay") -> Iterator[tu
     device = rec.device
     start = rec.start_s
     status_topic = topic_for(STATUS, device)
-    yield start, Message(kind=STATUS, device=device, modality=STATUS, seq=seq.next(status_topic), t0_s=start,
-                         fs_hz=0.0, meta={"event": "start", "source": source, "recording": rec.source})
+    yield (
+        start,
+        Message(
+            kind=STATUS,
+            device=device,
+            modality=STATUS,
+            seq=seq.next(status_topic),
+            t0_s=start,
+            fs_hz=0.0,
+            meta={"event": "start", "source": source, "recording": rec.source},
+        ),
+    )
     topics: dict[str, str] = {}
     streams = [_periodic(rec, m) for m in rec.signals] + [iter(sorted(_events(rec), key=_key))]
     last = start
@@ -72,10 +82,31 @@ def recording_messages(rec: Recording, *, source: str = "replay") -> Iterator[tu
         if topic is None:
             topic = topics[modality] = topic_for(kind, device, modality if kind == RAW else None)
         last = due if due > last else last
-        yield due, Message(kind=kind, device=device, modality=modality, seq=seq.next(topic), t0_s=t0,
-                           fs_hz=fs, samples=samples, meta=meta or {})
-    yield last, Message(kind=STATUS, device=device, modality=STATUS, seq=seq.next(status_topic), t0_s=last,
-                        fs_hz=0.0, meta={"event": "end", "source": source})
+        yield (
+            due,
+            Message(
+                kind=kind,
+                device=device,
+                modality=modality,
+                seq=seq.next(topic),
+                t0_s=t0,
+                fs_hz=fs,
+                samples=samples,
+                meta=meta or {},
+            ),
+        )
+    yield (
+        last,
+        Message(
+            kind=STATUS,
+            device=device,
+            modality=STATUS,
+            seq=seq.next(status_topic),
+            t0_s=last,
+            fs_hz=0.0,
+            meta={"event": "end", "source": source},
+        ),
+    )
 
 
 def announcement(rec: Recording, now_s: float, *, source: str = "replay") -> list[Message]:
@@ -84,11 +115,30 @@ def announcement(rec: Recording, now_s: float, *, source: str = "replay") -> lis
     anything) and every label interval not over by ``now_s``. Sequence numbers are 0: the
     replay numbers them in its stream."""
     device = rec.device
-    out = [Message(kind=STATUS, device=device, modality=STATUS, seq=0, t0_s=now_s, fs_hz=0.0,
-                   meta={"event": "announce", "source": source, "recording": rec.source})]
-    out += [Message(kind=LABEL, device=device, modality=LABEL, seq=0, t0_s=iv.start_s, fs_hz=0.0,
-                    meta={"task": iv.task, "label": iv.label, "start_s": iv.start_s, "end_s": iv.end_s})
-            for iv in rec.labels if iv.end_s > now_s]
+    out = [
+        Message(
+            kind=STATUS,
+            device=device,
+            modality=STATUS,
+            seq=0,
+            t0_s=now_s,
+            fs_hz=0.0,
+            meta={"event": "announce", "source": source, "recording": rec.source},
+        )
+    ]
+    out += [
+        Message(
+            kind=LABEL,
+            device=device,
+            modality=LABEL,
+            seq=0,
+            t0_s=iv.start_s,
+            fs_hz=0.0,
+            meta={"task": iv.task, "label": iv.label, "start_s": iv.start_s, "end_s": iv.end_s},
+        )
+        for iv in rec.labels
+        if iv.end_s > now_s
+    ]
     return out
 
 

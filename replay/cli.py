@@ -7,8 +7,8 @@ import math
 import sys
 
 from bus.cli import add_bus_option
-from m3sense.argtypes import speed
-from m3sense.errors import UserError
+from common.argtypes import speed
+from common.errors import UserError
 
 
 def _wait(text: str) -> float | None:
@@ -28,13 +28,21 @@ def register(sub: argparse._SubParsersAction) -> None:
             "plus label/<device>/ from a labels.csv. Every file is read and checked before anything is published."
         ),
     )
-    p.add_argument("source", help="an E4 export folder or zip, or a folder holding several, or a data set in "
-                                  "its original layout (wesad:PATH, kemocon:PATH, verbio:PATH, unlabelled:PATH)")
+    p.add_argument(
+        "source",
+        help="an E4 export folder or zip, or a folder holding several, or a data set in "
+        "its original layout (wesad:PATH, kemocon:PATH, verbio:PATH, unlabelled:PATH)",
+    )
     add_bus_option(p)
     p.add_argument("--speed", type=speed, default=1.0, help="N x real time, or 'max' (default 1)")
-    p.add_argument("--wait", type=_wait, default=10.0, metavar="S",
-                   help="wait up to S seconds for subscribers of every topic before streaming "
-                        "(0: don't wait, inf: wait forever; default 10)")
+    p.add_argument(
+        "--wait",
+        type=_wait,
+        default=10.0,
+        metavar="S",
+        help="wait up to S seconds for subscribers of every topic before streaming "
+        "(0: don't wait, inf: wait forever; default 10)",
+    )
     p.add_argument("--device", help="device id to publish under (one recording only; default from the file name)")
     p.set_defaults(func=_replay)
 
@@ -52,18 +60,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--minutes", type=float, required=True, help="session length per subject")
     s.add_argument("--seed", type=int, required=True)
     s.add_argument("--subjects", type=int, default=1)
-    s.add_argument("--labels", choices=("all", "stress", "anxiety", "emotion", "none"), default="all",
-                   help="which tasks' labels to write (like WESAD: stress; VerBIO: anxiety; K-EmoCon: emotion)")
+    s.add_argument(
+        "--labels",
+        choices=("all", "stress", "anxiety", "emotion", "none"),
+        default="all",
+        help="which tasks' labels to write (like WESAD: stress; VerBIO: anxiety; K-EmoCon: emotion)",
+    )
     s.add_argument("--no-faults", action="store_true", help="no motion bursts and no off-wrist stretches")
-    s.add_argument("--mark-rest", action="store_true",
-                   help="each wearer marks the baseline as their rest with the E4 button (a double press at "
-                        "its start, a press at its end): their calibration then needs no 30-minute search")
+    s.add_argument(
+        "--mark-rest",
+        action="store_true",
+        help="each wearer marks the baseline as their rest with the E4 button (a double press at "
+        "its start, a press at its end): their calibration then needs no 30-minute search",
+    )
     s.set_defaults(func=_simulate)
 
 
 def _replay(args: argparse.Namespace) -> int:
     from bus import Publisher
-    from m3sense.aio import run_until_signal
+    from common.aio import run_until_signal
     from replay.clock import ReplayStats, replay
     from replay.e4csv import read_source
 
@@ -72,6 +87,7 @@ def _replay(args: argparse.Namespace) -> int:
         if len(recordings) != 1:
             raise UserError(f"--device names one device, but {args.source} holds {len(recordings)} recordings")
         from dataclasses import replace
+
         recordings = [replace(recordings[0], device=args.device)]
 
     def progress(st: ReplayStats) -> None:
@@ -81,8 +97,11 @@ def _replay(args: argparse.Namespace) -> int:
         async with Publisher(args.bus) as pub:
             st = await replay(recordings, pub, speed=args.speed, wait_s=args.wait, progress=progress)
         ratio = st.recorded_s / st.wall_s if st.wall_s > 0 else math.inf
-        print(f"replay: done, {len(recordings)} device(s), {st.messages} messages, {st.samples} samples, "
-              f"{st.recorded_s:.0f} s recorded in {st.wall_s:.2f} s ({ratio:.0f}x real time)", file=sys.stderr)
+        print(
+            f"replay: done, {len(recordings)} device(s), {st.messages} messages, {st.samples} samples, "
+            f"{st.recorded_s:.0f} s recorded in {st.wall_s:.2f} s ({ratio:.0f}x real time)",
+            file=sys.stderr,
+        )
         return 0
 
     return run_until_signal(main())
@@ -98,8 +117,15 @@ def _simulate(args: argparse.Namespace) -> int:
         raise UserError("--minutes must be > 0 and --subjects >= 1")
     out = Path(args.out)
     faults = not args.no_faults
-    for rec in simulate_recordings(minutes=args.minutes, seed=args.seed, subjects=args.subjects, labels=args.labels,
-                                   off_wrist=faults, motion=faults, mark_rest=args.mark_rest):
+    for rec in simulate_recordings(
+        minutes=args.minutes,
+        seed=args.seed,
+        subjects=args.subjects,
+        labels=args.labels,
+        off_wrist=faults,
+        motion=faults,
+        mark_rest=args.mark_rest,
+    ):
         folder = write_e4_export(rec, out / rec.device)
         print(folder)
     return 0

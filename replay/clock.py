@@ -39,9 +39,11 @@ class ReplayStats:
 
 def merged_messages(recordings: Sequence[Recording]) -> Iterator[tuple[float, Message]]:
     """``(offset_s, message)`` of all recordings, by offset from each recording's own start."""
+
     def shifted(rec: Recording) -> Iterator[tuple[float, Message]]:
         start = rec.start_s
         return ((due - start, msg) for due, msg in recording_messages(rec))
+
     return heapq.merge(*(shifted(r) for r in recordings), key=lambda e: e[0])
 
 
@@ -62,8 +64,12 @@ async def replay(
     if wait_s != 0:
         missing = await pub.wait_for_subscribers(topics, wait_s)
         if missing:
-            log.warning("no subscriber for %d topic(s) after %.0f s (e.g. %s); replaying anyway",
-                        len(missing), wait_s, missing[0])
+            log.warning(
+                "no subscriber for %d topic(s) after %.0f s (e.g. %s); replaying anyway",
+                len(missing),
+                wait_s,
+                missing[0],
+            )
     loop = asyncio.get_running_loop()
     stats = ReplayStats(recorded_s=max((r.duration_s for r in recordings), default=0.0))
     started = loop.time()

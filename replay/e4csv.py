@@ -26,8 +26,8 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from common.errors import DataError
 from e4 import RATE_FACTOR, rate_is_plausible
-from m3sense.errors import DataError
 from replay.recording import PERIODIC, LabelInterval, Recording, Signal
 
 FILES = {"acc": "ACC.csv", "bvp": "BVP.csv", "eda": "EDA.csv", "temp": "TEMP.csv", "hr": "HR.csv"}
@@ -64,7 +64,9 @@ def _numbers(text: str, path: str, first_line: int, columns: int) -> np.ndarray:
     for i, line in enumerate(lines):
         cells = line.split(",")
         if len(cells) != columns:
-            raise DataError(path, f"expected {columns} comma-separated values, got {line.strip()[:60]!r}", first_line + i)
+            raise DataError(
+                path, f"expected {columns} comma-separated values, got {line.strip()[:60]!r}", first_line + i
+            )
         for cell in cells:
             try:
                 float(cell)
@@ -103,8 +105,12 @@ def parse_periodic(text: str, path: str, modality: str) -> Signal:
     if fs <= 0:
         raise DataError(path, f"sample rate must be positive, got {fs}", 2)
     if not rate_is_plausible(modality, fs):
-        raise DataError(path, f"sample rate {fs} Hz is no E4 {modality.upper()} rate (its own is "
-                        f"{PERIODIC[modality][0]:g} Hz; accepted within a factor {RATE_FACTOR:g})", 2)
+        raise DataError(
+            path,
+            f"sample rate {fs} Hz is no E4 {modality.upper()} rate (its own is "
+            f"{PERIODIC[modality][0]:g} Hz; accepted within a factor {RATE_FACTOR:g})",
+            2,
+        )
     values = _numbers(head[2] if len(head) > 2 else "", path, 3, columns)
     nominal, dtype = PERIODIC[modality]
     if dtype is np.int16:
@@ -154,8 +160,11 @@ def parse_labels(text: str, path: str, span: tuple[float, float] | None = None) 
         if not cells[2] or not cells[3]:
             raise DataError(path, "task and label must not be empty", i)
         if span is not None and not span[0] - _EDGE_S <= start <= span[1] + _EDGE_S:
-            raise DataError(path, f"interval starting at {start:.3f} s is outside the recording "
-                            f"({span[0]:.3f} to {span[1]:.3f} s)", i)
+            raise DataError(
+                path,
+                f"interval starting at {start:.3f} s is outside the recording ({span[0]:.3f} to {span[1]:.3f} s)",
+                i,
+            )
         out.append(LabelInterval(start_s=start, end_s=end, task=cells[2], label=cells[3]))
     return tuple(out)
 
@@ -173,19 +182,24 @@ _ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, Ru
 
 def _check_size(size: int, where: str) -> None:
     if size > MAX_FILE_BYTES:
-        raise DataError(where, f"{size / 2**20:.0f} MiB, more than any E4 session writes "
-                        f"(at most {MAX_FILE_BYTES / 2**20:.0f} MiB per file are read)")
+        raise DataError(
+            where,
+            f"{size / 2**20:.0f} MiB, more than any E4 session writes "
+            f"(at most {MAX_FILE_BYTES / 2**20:.0f} MiB per file are read)",
+        )
 
 
 def _reader(path: Path) -> tuple[Callable[[str], str | None], str]:
     """A function mapping an E4 file name to its text (None if absent), and how to name files in errors."""
     if path.is_dir():
+
         def read_dir(name: str) -> str | None:
             f = path / name
             if not f.is_file():
                 return None
             _check_size(f.stat().st_size, str(f))
             return f.read_text(encoding="utf-8-sig", errors="replace")
+
         return read_dir, str(path)
     try:
         archive = zipfile.ZipFile(path)
@@ -203,6 +217,7 @@ def _reader(path: Path) -> tuple[Callable[[str], str | None], str]:
                 return io.TextIOWrapper(fh, encoding="utf-8-sig", errors="replace").read()
         except _ZIP_ERRORS as exc:  # found by fuzzing: a damaged member raised from zipfile or zlib
             raise DataError(f"{path}!{name}", f"damaged zip member ({exc})") from None
+
     return read_zip, f"{path}!"
 
 
@@ -247,8 +262,13 @@ def read_e4_export(path: str | Path, device: str | None = None) -> Recording:
     _inside(ibi_t, start, end, name("IBI.csv"), 2, "beat")
     _inside(tags, start, end, name("tags.csv"), 1, "button press")
     return Recording(
-        device=device or device_name(path), source=str(path), signals=signals,
-        ibi_t_s=ibi_t, ibi_s=ibi, tags_s=tags, labels=labels,
+        device=device or device_name(path),
+        source=str(path),
+        signals=signals,
+        ibi_t_s=ibi_t,
+        ibi_s=ibi,
+        tags_s=tags,
+        labels=labels,
     )
 
 
@@ -257,8 +277,11 @@ def _inside(times: np.ndarray, start: float, end: float, path: str, first_line: 
     would hold the replay clock for as long."""
     out = np.flatnonzero((times < start - _EDGE_S) | (times > end + _EDGE_S))
     if out.size:
-        raise DataError(path, f"{what} at {times[out[0]]:.3f} s is outside the recording "
-                        f"({start:.3f} to {end:.3f} s)", first_line + int(out[0]))
+        raise DataError(
+            path,
+            f"{what} at {times[out[0]]:.3f} s is outside the recording ({start:.3f} to {end:.3f} s)",
+            first_line + int(out[0]),
+        )
 
 
 def find_exports(path: str | Path) -> list[Path]:
@@ -353,9 +376,7 @@ def write_e4_export(rec: Recording, folder: str | Path) -> Path:
     (folder / "tags.csv").write_text("".join(f"{t:.6f}\n" for t in rec.tags_s))
     (folder / "info.txt").write_text(INFO_TXT)
     if rec.labels:
-        rows = ["start,end,task,label"] + [
-            f"{iv.start_s:.3f},{iv.end_s:.3f},{iv.task},{iv.label}" for iv in rec.labels
-        ]
+        rows = ["start,end,task,label"] + [f"{iv.start_s:.3f},{iv.end_s:.3f},{iv.task},{iv.label}" for iv in rec.labels]
         (folder / "labels.csv").write_text("\n".join(rows) + "\n")
     return folder
 

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from m3sense.errors import DataError
+from common.errors import DataError
 from replay.e4csv import _check_size
 from replay.recording import LabelInterval, Recording, Signal
 from replay.timed import check_times, grid_signal
@@ -63,8 +63,9 @@ def _rows(text: str, path: Path) -> tuple[list[str], list[tuple[int, list[str]]]
     rows = [(i, [c.strip() for c in line.split(",")]) for i, line in enumerate(lines[1:], start=2) if line.strip()]
     for i, cells in rows:
         if len(cells) != len(header):
-            raise DataError(path, f"expected {len(header)} comma-separated values ({','.join(header)}), "
-                            f"got {len(cells)}", i)
+            raise DataError(
+                path, f"expected {len(header)} comma-separated values ({','.join(header)}), got {len(cells)}", i
+            )
     return header, rows
 
 
@@ -100,8 +101,9 @@ def read_subjects(path: Path) -> dict[int, tuple[float, float, float]]:
     return out
 
 
-def _serial_rows(header: list[str], rows: list[tuple[int, list[str]]], path: Path, pid: int,
-                 stream: str) -> list[tuple[int, list[str]]]:
+def _serial_rows(
+    header: list[str], rows: list[tuple[int, list[str]]], path: Path, pid: int, stream: str
+) -> list[tuple[int, list[str]]]:
     """Rows of the one wristband to keep (all rows when the file has no serial column)."""
     if header[-1] != "device_serial":
         return rows
@@ -113,22 +115,33 @@ def _serial_rows(header: list[str], rows: list[tuple[int, list[str]]], path: Pat
     if keep is None or keep not in serials:
         first = rows[0][1][-1]
         other = next(i for i, cells in rows if cells[-1] != first)
-        raise DataError(path, f"rows of wristbands {', '.join(sorted(serials))}: which one to keep is known "
-                        f"only for the participants the dataset's authors named ({', '.join(map(str, SERIAL_CHOICE))})",
-                        other)
+        raise DataError(
+            path,
+            f"rows of wristbands {', '.join(sorted(serials))}: which one to keep is known "
+            f"only for the participants the dataset's authors named ({', '.join(map(str, SERIAL_CHOICE))})",
+            other,
+        )
     return [(i, cells) for i, cells in rows if cells[-1] == keep]
 
 
-def _stamped(path: Path, pid: int, stream: str, columns: tuple[str, ...],
-             may_be_empty: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _stamped(
+    path: Path, pid: int, stream: str, columns: tuple[str, ...], may_be_empty: bool = False
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(times_s, values, lines)`` of one E4 file; ``columns`` are the value columns (an IBI file
     may hold no beat at all)."""
     header, rows = _rows(_text(path), path)
     expected = ("timestamp", *columns)
-    if tuple(header[:len(expected)]) != expected or len(header) not in (len(expected), len(expected) + 1) \
-            or (len(header) > len(expected) and header[-1] != "device_serial"):
-        raise DataError(path, f"header must be '{','.join(expected)}' or '{','.join(expected)},device_serial', "
-                        f"got {','.join(header)[:80]!r}", 1)
+    if (
+        tuple(header[: len(expected)]) != expected
+        or len(header) not in (len(expected), len(expected) + 1)
+        or (len(header) > len(expected) and header[-1] != "device_serial")
+    ):
+        raise DataError(
+            path,
+            f"header must be '{','.join(expected)}' or '{','.join(expected)},device_serial', "
+            f"got {','.join(header)[:80]!r}",
+            1,
+        )
     rows = _serial_rows(header, rows, path, pid, stream)
     if not rows:
         if may_be_empty:
@@ -136,7 +149,7 @@ def _stamped(path: Path, pid: int, stream: str, columns: tuple[str, ...],
         raise DataError(path, "no samples")
     lines = np.array([i for i, _ in rows], dtype=np.int64)
     try:
-        table = np.array([cells[:len(expected)] for _, cells in rows], dtype=np.float64)
+        table = np.array([cells[: len(expected)] for _, cells in rows], dtype=np.float64)
     except ValueError:
         for i, cells in rows:
             for name, cell in zip(expected, cells):
@@ -152,8 +165,7 @@ def _stamped(path: Path, pid: int, stream: str, columns: tuple[str, ...],
     return times, values, lines
 
 
-def read_participant(folder: Path, pid: int, debate: tuple[float, float] | None,
-                     annotations: Path | None) -> Recording:
+def read_participant(folder: Path, pid: int, debate: tuple[float, float] | None, annotations: Path | None) -> Recording:
     signals: dict[str, Signal] = {}
     for modality, name in _FILES.items():
         f = folder / name
@@ -176,8 +188,9 @@ def read_participant(folder: Path, pid: int, debate: tuple[float, float] | None,
         if debate is None:
             raise DataError(annotations, f"participant {pid} has annotations but no row in metadata/subjects.csv")
         labels = read_annotations(annotations, *debate)
-    return Recording(device=f"kemocon-p{pid:02d}", source=str(folder), signals=signals, ibi_t_s=ibi_t, ibi_s=ibi,
-                     labels=labels)
+    return Recording(
+        device=f"kemocon-p{pid:02d}", source=str(folder), signals=signals, ibi_t_s=ibi_t, ibi_s=ibi, labels=labels
+    )
 
 
 def emotion_label(valence: float, arousal: float) -> str:
@@ -205,8 +218,10 @@ def read_annotations(path: Path, start_s: float, end_s: float) -> tuple[LabelInt
         rated.append((seconds, emotion_label(valence, arousal)))
     fits = int((end_s - start_s) // ANNOTATION_S)
     if rated and rated[-1][0] > fits * ANNOTATION_S:  # longer than the debate: the authors cut from the
-        rated = [((i + 1) * ANNOTATION_S, label)    # beginning and count the rest from the debate's start
-                 for i, (_, label) in enumerate(rated[max(0, len(rated) - fits):])]
+        rated = [
+            ((i + 1) * ANNOTATION_S, label)  # beginning and count the rest from the debate's start
+            for i, (_, label) in enumerate(rated[max(0, len(rated) - fits) :])
+        ]
     out: list[LabelInterval] = []
     for seconds, label in rated:
         a, b = start_s + seconds - ANNOTATION_S, start_s + seconds
@@ -251,8 +266,7 @@ def read_kemocon(root: str | Path, perspective: str = "self") -> list[Recording]
     for folder in folders:
         pid = int(folder.name)
         times = subjects.get(pid)
-        out.append(read_participant(folder, pid, times[1:] if times else None,
-                                    notes / f"P{pid}.{perspective}.csv"))
+        out.append(read_participant(folder, pid, times[1:] if times else None, notes / f"P{pid}.{perspective}.csv"))
     return out
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from m3sense.errors import DataError
+from common.errors import DataError
 from replay.recording import Recording
 
 
@@ -34,6 +34,7 @@ def _kemocon(perspective: str) -> Callable[[Path], list[Recording]]:
         from replay.kemocon import read_kemocon
 
         return read_kemocon(path, perspective)
+
     return read
 
 

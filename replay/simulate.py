@@ -58,24 +58,35 @@ from scipy import signal as sps
 from scipy.ndimage import uniform_filter1d
 from scipy.special import ndtr
 
-from m3sense.errors import UserError
+from common.errors import UserError
 from replay.recording import PERIODIC, TASKS, LabelInterval, Recording, Signal
 
-__all__ = ["LABEL_MARGIN_S", "LABEL_MODES", "PHASE_LABELS", "BadSimulationArgument", "Phase",
-           "SimulatedSession", "SubjectProfile", "simulate_recordings", "simulate_sessions"]
+__all__ = [
+    "LABEL_MARGIN_S",
+    "LABEL_MODES",
+    "PHASE_LABELS",
+    "BadSimulationArgument",
+    "Phase",
+    "SimulatedSession",
+    "SubjectProfile",
+    "simulate_recordings",
+    "simulate_sessions",
+]
 
 LABEL_MODES = ("all", *TASKS, "none")
 
 #: Label of each task during each phase kind (None: the task has no class for it, e.g. meditation
 #: is not a stress class, as in WESAD).
-PHASE_LABELS: Mapping[str, Mapping[str, str | None]] = MappingProxyType({
-    "baseline": MappingProxyType({"stress": "baseline", "anxiety": "low", "emotion": "low"}),
-    "anticipation": MappingProxyType({"stress": None, "anxiety": "high", "emotion": "low"}),
-    "stress": MappingProxyType({"stress": "stress", "anxiety": "high", "emotion": "low"}),
-    "amusement": MappingProxyType({"stress": "amusement", "anxiety": "low", "emotion": "high"}),
-    "meditation": MappingProxyType({"stress": None, "anxiety": "low", "emotion": "low"}),
-    "chat": MappingProxyType({"stress": None, "anxiety": "low", "emotion": "high"}),
-})
+PHASE_LABELS: Mapping[str, Mapping[str, str | None]] = MappingProxyType(
+    {
+        "baseline": MappingProxyType({"stress": "baseline", "anxiety": "low", "emotion": "low"}),
+        "anticipation": MappingProxyType({"stress": None, "anxiety": "high", "emotion": "low"}),
+        "stress": MappingProxyType({"stress": "stress", "anxiety": "high", "emotion": "low"}),
+        "amusement": MappingProxyType({"stress": "amusement", "anxiety": "low", "emotion": "high"}),
+        "meditation": MappingProxyType({"stress": None, "anxiety": "low", "emotion": "low"}),
+        "chat": MappingProxyType({"stress": None, "anxiety": "low", "emotion": "high"}),
+    }
+)
 
 #: Unlabelled seconds kept at each phase edge (labels are conservative, as in real data sets).
 LABEL_MARGIN_S = 5.0
@@ -108,20 +119,70 @@ class _KindSpec:
 
 # acc_sd and bursts_per_min are set so that SD |ACC| over a phase, bursts included, lands near
 # WESAD's (baseline 2.2, TSST 5.3, amusement 1.3, meditation 0.6 counts).
-_KINDS: Mapping[str, _KindSpec] = MappingProxyType({
-    "baseline": _KindSpec(nominal_min=8, drive=0.0, acc_sd=1.4, bursts_per_min=0.12,
-                          scr_factor=1.0, resp_factor=1.0, rsa_factor=1.0, standing=False),
-    "anticipation": _KindSpec(nominal_min=3, drive=0.6, acc_sd=1.8, bursts_per_min=0.2,
-                              scr_factor=1.0, resp_factor=1.1, rsa_factor=0.9, standing=False),
-    "stress": _KindSpec(nominal_min=9, drive=1.0, acc_sd=3.8, bursts_per_min=0.4,
-                        scr_factor=1.0, resp_factor=1.2, rsa_factor=0.8, standing=True),
-    "amusement": _KindSpec(nominal_min=6, drive=0.0, acc_sd=0.6, bursts_per_min=0.05,
-                           scr_factor=0.5, resp_factor=1.0, rsa_factor=1.0, standing=False),
-    "meditation": _KindSpec(nominal_min=6, drive=-0.15, acc_sd=0.3, bursts_per_min=0.02,
-                            scr_factor=0.4, resp_factor=0.55, rsa_factor=1.6, standing=False),
-    "chat": _KindSpec(nominal_min=7, drive=0.0, acc_sd=2.5, bursts_per_min=0.3,
-                      scr_factor=1.0, resp_factor=1.1, rsa_factor=0.7, standing=False),
-})
+_KINDS: Mapping[str, _KindSpec] = MappingProxyType(
+    {
+        "baseline": _KindSpec(
+            nominal_min=8,
+            drive=0.0,
+            acc_sd=1.4,
+            bursts_per_min=0.12,
+            scr_factor=1.0,
+            resp_factor=1.0,
+            rsa_factor=1.0,
+            standing=False,
+        ),
+        "anticipation": _KindSpec(
+            nominal_min=3,
+            drive=0.6,
+            acc_sd=1.8,
+            bursts_per_min=0.2,
+            scr_factor=1.0,
+            resp_factor=1.1,
+            rsa_factor=0.9,
+            standing=False,
+        ),
+        "stress": _KindSpec(
+            nominal_min=9,
+            drive=1.0,
+            acc_sd=3.8,
+            bursts_per_min=0.4,
+            scr_factor=1.0,
+            resp_factor=1.2,
+            rsa_factor=0.8,
+            standing=True,
+        ),
+        "amusement": _KindSpec(
+            nominal_min=6,
+            drive=0.0,
+            acc_sd=0.6,
+            bursts_per_min=0.05,
+            scr_factor=0.5,
+            resp_factor=1.0,
+            rsa_factor=1.0,
+            standing=False,
+        ),
+        "meditation": _KindSpec(
+            nominal_min=6,
+            drive=-0.15,
+            acc_sd=0.3,
+            bursts_per_min=0.02,
+            scr_factor=0.4,
+            resp_factor=0.55,
+            rsa_factor=1.6,
+            standing=False,
+        ),
+        "chat": _KindSpec(
+            nominal_min=7,
+            drive=0.0,
+            acc_sd=2.5,
+            bursts_per_min=0.3,
+            scr_factor=1.0,
+            resp_factor=1.1,
+            rsa_factor=0.7,
+            standing=False,
+        ),
+    }
+)
 # Laughter is what marks the pleasant phases from a wrist (physiology.md §4: brief laugh-linked
 # bumps, no tonic shift): frequent enough that most 20 s windows of them hold a laugh. Amusement's
 # low scr_factor keeps its SCR rate, laugh SCRs included, near baseline, as in WESAD.
@@ -187,18 +248,44 @@ class SimulatedSession:
     subject: SubjectProfile
 
 
-def simulate_recordings(*, minutes: float, seed: int, subjects: int = 1, labels: str = "all",
-                        start_s: float = 1_700_000_000.0, off_wrist: bool = True,
-                        motion: bool = True, mark_rest: bool = False) -> list[Recording]:
+def simulate_recordings(
+    *,
+    minutes: float,
+    seed: int,
+    subjects: int = 1,
+    labels: str = "all",
+    start_s: float = 1_700_000_000.0,
+    off_wrist: bool = True,
+    motion: bool = True,
+    mark_rest: bool = False,
+) -> list[Recording]:
     """The recordings of :func:`simulate_sessions`, without the ground truth."""
-    return [s.recording for s in simulate_sessions(minutes=minutes, seed=seed, subjects=subjects,
-                                                   labels=labels, start_s=start_s,
-                                                   off_wrist=off_wrist, motion=motion, mark_rest=mark_rest)]
+    return [
+        s.recording
+        for s in simulate_sessions(
+            minutes=minutes,
+            seed=seed,
+            subjects=subjects,
+            labels=labels,
+            start_s=start_s,
+            off_wrist=off_wrist,
+            motion=motion,
+            mark_rest=mark_rest,
+        )
+    ]
 
 
-def simulate_sessions(*, minutes: float, seed: int, subjects: int = 1, labels: str = "all",
-                      start_s: float = 1_700_000_000.0, off_wrist: bool = True,
-                      motion: bool = True, mark_rest: bool = False) -> list[SimulatedSession]:
+def simulate_sessions(
+    *,
+    minutes: float,
+    seed: int,
+    subjects: int = 1,
+    labels: str = "all",
+    start_s: float = 1_700_000_000.0,
+    off_wrist: bool = True,
+    motion: bool = True,
+    mark_rest: bool = False,
+) -> list[SimulatedSession]:
     """Simulate ``subjects`` people (devices ``sim01``, ``sim02``, ...) for ``minutes`` each.
 
     ``labels``: "all" (intervals for every task), one task name (only that task, like WESAD,
@@ -219,27 +306,43 @@ def simulate_sessions(*, minutes: float, seed: int, subjects: int = 1, labels: s
         raise bad(f"labels must be one of {', '.join(LABEL_MODES)}, got {labels!r}")
     if not math.isfinite(start_s):
         raise bad(f"start_s must be finite, got {start_s!r}")
-    return [_simulate_subject(duration_s=float(minutes) * 60.0, seed=int(seed), index=i,
-                              label_mode=labels, start_s=float(start_s), off_wrist=off_wrist,
-                              motion=motion, mark_rest=bool(mark_rest))
-            for i in range(1, subjects + 1)]
+    return [
+        _simulate_subject(
+            duration_s=float(minutes) * 60.0,
+            seed=int(seed),
+            index=i,
+            label_mode=labels,
+            start_s=float(start_s),
+            off_wrist=off_wrist,
+            motion=motion,
+            mark_rest=bool(mark_rest),
+        )
+        for i in range(1, subjects + 1)
+    ]
 
 
 # ---------------------------------------------------------------------------------------------
 # one subject
 
-_STREAMS = ("profile", "schedule", "events", "heart", "eda", "temp", "acc", "motion", "offwrist",
-            "quality")
+_STREAMS = ("profile", "schedule", "events", "heart", "eda", "temp", "acc", "motion", "offwrist", "quality")
 
 
-def _simulate_subject(*, duration_s: float, seed: int, index: int, label_mode: str,
-                      start_s: float, off_wrist: bool, motion: bool, mark_rest: bool = False) -> SimulatedSession:
+def _simulate_subject(
+    *,
+    duration_s: float,
+    seed: int,
+    index: int,
+    label_mode: str,
+    start_s: float,
+    off_wrist: bool,
+    motion: bool,
+    mark_rest: bool = False,
+) -> SimulatedSession:
     seqs = np.random.SeedSequence([seed, index]).spawn(len(_STREAMS))
     rng = {name: np.random.default_rng(s) for name, s in zip(_STREAMS, seqs)}
     prof = _draw_profile(rng["profile"])
     kinds, bounds, phase_gain, activity_gain = _draw_schedule(rng["schedule"], duration_s)
-    drive = np.array([_KINDS[k].drive if k not in prof.arousal else prof.arousal[k]
-                      for k in kinds]) * phase_gain
+    drive = np.array([_KINDS[k].drive if k not in prof.arousal else prof.arousal[k] for k in kinds]) * phase_gain
     off = _draw_off_wrist(rng["offwrist"], duration_s) if off_wrist else []
     bursts = _draw_bursts(rng["motion"], duration_s, kinds, bounds, off) if motion else []
     laughs = _draw_laughs(rng["events"], kinds, bounds, prof.laugh_rate_factor)
@@ -248,8 +351,9 @@ def _simulate_subject(*, duration_s: float, seed: int, index: int, label_mode: s
     t = {m: np.arange(k) / PERIODIC[m][0] for m, k in n.items()}
     on_segments = _on_segments(off, duration_s)
 
-    acc, acc_dyn, acc_sd = _accelerometer(rng["acc"], prof, t["acc"], kinds, bounds,
-                                          activity_gain, bursts, laughs, on_segments)
+    acc, acc_dyn, acc_sd = _accelerometer(
+        rng["acc"], prof, t["acc"], kinds, bounds, activity_gain, bursts, laughs, on_segments
+    )
     beats, bvp_clean = _heart(rng["heart"], prof, t["bvp"], kinds, bounds, drive, laughs)
     bvp = _finish_bvp(rng["heart"], prof, t["bvp"], bvp_clean, t["acc"], acc_dyn, on_segments)
     ibi_t, ibi = _detected_beats(rng["quality"], prof, beats, t["acc"], acc_sd, on_segments)
@@ -257,26 +361,36 @@ def _simulate_subject(*, duration_s: float, seed: int, index: int, label_mode: s
     temp = _temp(rng["temp"], prof, t["temp"], bounds, drive, on_segments)
     hr = _hr_csv(ibi_t, ibi, duration_s, prof.hr_rest_bpm)
 
-    phases = tuple(Phase(kind=k, start_s=start_s + a, end_s=start_s + b)
-                   for k, (a, b) in zip(kinds, bounds))
+    phases = tuple(Phase(kind=k, start_s=start_s + a, end_s=start_s + b) for k, (a, b) in zip(kinds, bounds))
     values = {"bvp": bvp, "eda": eda, "temp": temp, "acc": acc}
-    signals = {m: Signal(modality=m, t0_s=start_s, fs_hz=PERIODIC[m][0],
-                         values=values[m].astype(PERIODIC[m][1]))
-               for m in ("acc", "bvp", "eda", "temp")}
-    signals["hr"] = Signal(modality="hr", t0_s=start_s + 10.0, fs_hz=PERIODIC["hr"][0],
-                           values=hr.astype(PERIODIC["hr"][1]))
+    signals = {
+        m: Signal(modality=m, t0_s=start_s, fs_hz=PERIODIC[m][0], values=values[m].astype(PERIODIC[m][1]))
+        for m in ("acc", "bvp", "eda", "temp")
+    }
+    signals["hr"] = Signal(
+        modality="hr", t0_s=start_s + 10.0, fs_hz=PERIODIC["hr"][0], values=hr.astype(PERIODIC["hr"][1])
+    )
     tags = np.array([a + rng["events"].uniform(0.2, 1.5) for a, _ in bounds[1:]]) + start_s
     if mark_rest:  # fixed offsets, no random draw: the rest of the session stays the same
         rest = bounds[0]
         tags = np.sort(np.concatenate([tags, start_s + np.array([rest[0] + 5.0, rest[0] + 5.8, rest[1] - 5.0])]))
-    recording = Recording(device=f"sim{index:02d}", source="synthetic", signals=signals,
-                          ibi_t_s=ibi_t + start_s, ibi_s=ibi, tags_s=tags,
-                          labels=_label_intervals(phases, label_mode))
+    recording = Recording(
+        device=f"sim{index:02d}",
+        source="synthetic",
+        signals=signals,
+        ibi_t_s=ibi_t + start_s,
+        ibi_s=ibi,
+        tags_s=tags,
+        labels=_label_intervals(phases, label_mode),
+    )
     return SimulatedSession(
-        recording=recording, phases=phases, subject=prof,
+        recording=recording,
+        phases=phases,
+        subject=prof,
         off_wrist_s=tuple((start_s + a, start_s + b) for a, b in off),
         motion_s=tuple((start_s + a, start_s + b) for a, b in _merge(bursts)),
-        laughs_s=tuple(float(start_s + x) for x in laughs))
+        laughs_s=tuple(float(start_s + x) for x in laughs),
+    )
 
 
 def _label_intervals(phases: Sequence[Phase], mode: str) -> tuple[LabelInterval, ...]:
@@ -284,9 +398,11 @@ def _label_intervals(phases: Sequence[Phase], mode: str) -> tuple[LabelInterval,
     out = []
     for ph in phases:
         margin = min(LABEL_MARGIN_S, 0.1 * (ph.end_s - ph.start_s))
-        out.extend(LabelInterval(start_s=ph.start_s + margin, end_s=ph.end_s - margin, task=task,
-                                 label=ph.labels[task])
-                   for task in tasks if ph.labels[task] is not None)
+        out.extend(
+            LabelInterval(start_s=ph.start_s + margin, end_s=ph.end_s - margin, task=task, label=ph.labels[task])
+            for task in tasks
+            if ph.labels[task] is not None
+        )
     return tuple(out)
 
 
@@ -308,29 +424,35 @@ def _draw_profile(rng: np.random.Generator) -> SubjectProfile:
     return SubjectProfile(
         hr_rest_bpm=float(np.clip(rng.normal(72.0, 9.0), 55.0, 95.0)),
         rmssd_rest_ms=float(np.clip(rng.normal(42.0, 15.0), 15.0, 90.0)),
-        hr_stress_gain_bpm=float(rng.uniform(0.0, 4.0) if hr_nonresponder
-                                 else np.clip(rng.normal(16.0, 9.0), 5.0, 40.0)),
+        hr_stress_gain_bpm=float(
+            rng.uniform(0.0, 4.0) if hr_nonresponder else np.clip(rng.normal(16.0, 9.0), 5.0, 40.0)
+        ),
         hrv_stress_drop=float(rng.uniform(0.2, 0.45)),
         resp_rest_hz=float(rng.uniform(0.2, 0.3)),
-        hr_offset_bpm=MappingProxyType({"amusement": float(rng.normal(-3.0, 5.0)),
-                                        "chat": float(rng.normal(3.0, 3.0)),
-                                        "meditation": float(rng.normal(-1.0, 2.0))}),
-        arousal=MappingProxyType({"amusement": float(rng.normal(0.05, 0.1)),
-                                  "chat": float(rng.uniform(0.1, 0.4))}),
+        hr_offset_bpm=MappingProxyType(
+            {
+                "amusement": float(rng.normal(-3.0, 5.0)),
+                "chat": float(rng.normal(3.0, 3.0)),
+                "meditation": float(rng.normal(-1.0, 2.0)),
+            }
+        ),
+        arousal=MappingProxyType({"amusement": float(rng.normal(0.05, 0.1)), "chat": float(rng.uniform(0.1, 0.4))}),
         eda_rest_us=eda_rest,
-        eda_stress_ln_ratio=float(rng.uniform(-0.15, 0.25) if eda_nonresponder
-                                  else np.clip(rng.normal(1.2, 0.5), 0.4, 2.2)),
+        eda_stress_ln_ratio=float(
+            rng.uniform(-0.15, 0.25) if eda_nonresponder else np.clip(rng.normal(1.2, 0.5), 0.4, 2.2)
+        ),
         scr_rest_per_min=float(np.clip(np.exp(rng.normal(math.log(5.0), 0.6)), 0.5, 15.0)),
-        scr_stress_factor=float(rng.uniform(1.0, 1.4) if eda_nonresponder
-                                else np.clip(np.exp(rng.normal(math.log(3.5), 0.4)), 1.5, 8.0)),
-        scr_amp_us=float(np.clip(0.02 * np.exp(rng.normal(0.0, 0.4)) * math.sqrt(eda_rest / 0.67),
-                                 0.008, 0.08)),
+        scr_stress_factor=float(
+            rng.uniform(1.0, 1.4) if eda_nonresponder else np.clip(np.exp(rng.normal(math.log(3.5), 0.4)), 1.5, 8.0)
+        ),
+        scr_amp_us=float(np.clip(0.02 * np.exp(rng.normal(0.0, 0.4)) * math.sqrt(eda_rest / 0.67), 0.008, 0.08)),
         scr_decay_s=float(rng.uniform(2.5, 6.0)),
         temp_skin_c=float(np.clip(rng.normal(33.4, 1.2), 30.5, 35.8)),
         temp_warmup_c=float(rng.uniform(0.3, 2.0)),
         temp_warmup_tau_s=float(rng.uniform(900.0, 1500.0)),
-        temp_stress_drop_c=float(rng.uniform(0.0, 0.2) if temp_nonresponder
-                                 else np.clip(rng.normal(2.0, 0.7), 0.5, 3.5)),
+        temp_stress_drop_c=float(
+            rng.uniform(0.0, 0.2) if temp_nonresponder else np.clip(rng.normal(2.0, 0.7), 0.5, 3.5)
+        ),
         temp_room_c=float(rng.uniform(23.0, 27.0)),
         bvp_pp=float(rng.uniform(30.0, 90.0)),
         bvp_rise_s=float(rng.uniform(0.11, 0.16)),
@@ -345,8 +467,9 @@ def _draw_profile(rng: np.random.Generator) -> SubjectProfile:
     )
 
 
-def _draw_schedule(rng: np.random.Generator, duration_s: float
-                   ) -> tuple[list[str], list[tuple[float, float]], np.ndarray, np.ndarray]:
+def _draw_schedule(
+    rng: np.random.Generator, duration_s: float
+) -> tuple[list[str], list[tuple[float, float]], np.ndarray, np.ndarray]:
     """Phase kinds and [start, end) in session seconds, plus per-phase response/activity gains.
 
     Baseline first (as in WESAD), then the stress block (anticipation + stress) and amusement in
@@ -378,8 +501,7 @@ def _draw_schedule(rng: np.random.Generator, duration_s: float
     edges = np.concatenate([[0.0], np.cumsum(lengths)])
     edges[-1] = duration_s
     bounds = [(float(a), float(b)) for a, b in zip(edges[:-1], edges[1:])]
-    return (candidates[:n], bounds, np.exp(rng.normal(0.0, 0.2, n)),
-            np.exp(rng.normal(0.0, 0.15, n)))
+    return (candidates[:n], bounds, np.exp(rng.normal(0.0, 0.2, n)), np.exp(rng.normal(0.0, 0.15, n)))
 
 
 def _draw_off_wrist(rng: np.random.Generator, duration_s: float) -> list[tuple[float, float]]:
@@ -397,17 +519,19 @@ def _draw_off_wrist(rng: np.random.Generator, duration_s: float) -> list[tuple[f
     return out
 
 
-def _draw_bursts(rng: np.random.Generator, duration_s: float, kinds: Sequence[str],
-                 bounds: Sequence[tuple[float, float]], off: Sequence[tuple[float, float]]
-                 ) -> list[tuple[float, float, float]]:
+def _draw_bursts(
+    rng: np.random.Generator,
+    duration_s: float,
+    kinds: Sequence[str],
+    bounds: Sequence[tuple[float, float]],
+    off: Sequence[tuple[float, float]],
+) -> list[tuple[float, float, float]]:
     """Gross motion (start, end, SD in 1/64 g): Poisson per phase, plus taking the band off and
     putting it on around each off-wrist stretch; none while the band lies still off-wrist."""
     out = []
     for kind, (a, b) in zip(kinds, bounds):
-        for start in np.sort(rng.uniform(a, b, rng.poisson(_KINDS[kind].bursts_per_min
-                                                           * (b - a) / 60.0))):
-            out.append((float(start), float(start + rng.uniform(2.0, 10.0)),
-                        float(rng.uniform(20.0, 50.0))))
+        for start in np.sort(rng.uniform(a, b, rng.poisson(_KINDS[kind].bursts_per_min * (b - a) / 60.0))):
+            out.append((float(start), float(start + rng.uniform(2.0, 10.0)), float(rng.uniform(20.0, 50.0))))
     for a, b in off:
         out.append((max(0.0, a - rng.uniform(2.0, 5.0)), a, float(rng.uniform(20.0, 40.0))))
         out.append((b, b + rng.uniform(2.0, 5.0), float(rng.uniform(20.0, 40.0))))
@@ -415,8 +539,9 @@ def _draw_bursts(rng: np.random.Generator, duration_s: float, kinds: Sequence[st
     return sorted(iv for iv in _clip_out(out, off) if iv[1] - iv[0] > 0.5)
 
 
-def _clip_out(bursts: list[tuple[float, float, float]], off: Sequence[tuple[float, float]]
-              ) -> list[tuple[float, float, float]]:
+def _clip_out(
+    bursts: list[tuple[float, float, float]], off: Sequence[tuple[float, float]]
+) -> list[tuple[float, float, float]]:
     """Bursts with the off-wrist stretches cut out (a band on a table does not move)."""
     for a, b in off:
         cut = []
@@ -442,16 +567,21 @@ def _merge(bursts: Sequence[tuple[float, float, float]]) -> list[tuple[float, fl
     return [(a, b) for a, b in merged]
 
 
-def _draw_laughs(rng: np.random.Generator, kinds: Sequence[str],
-                 bounds: Sequence[tuple[float, float]], rate_factor: float) -> np.ndarray:
+def _draw_laughs(
+    rng: np.random.Generator, kinds: Sequence[str], bounds: Sequence[tuple[float, float]], rate_factor: float
+) -> np.ndarray:
     """Laugh times (s): brief HR/SCR/pulse/arm bumps instead of a tonic shift (physiology.md §4)."""
-    return np.sort(np.concatenate([
-        rng.uniform(a, b, rng.poisson(rate_factor * _LAUGHS_PER_MIN.get(k, 0.0) * (b - a) / 60.0))
-        for k, (a, b) in zip(kinds, bounds)]))
+    return np.sort(
+        np.concatenate(
+            [
+                rng.uniform(a, b, rng.poisson(rate_factor * _LAUGHS_PER_MIN.get(k, 0.0) * (b - a) / 60.0))
+                for k, (a, b) in zip(kinds, bounds)
+            ]
+        )
+    )
 
 
-def _on_segments(off: Sequence[tuple[float, float]], duration_s: float
-                 ) -> tuple[list[tuple[float, float]], np.ndarray]:
+def _on_segments(off: Sequence[tuple[float, float]], duration_s: float) -> tuple[list[tuple[float, float]], np.ndarray]:
     """Contact segments covering the session and their targets (1 worn, 0 off-wrist)."""
     edges = [0.0, *chain(*off), duration_s]
     segments = [(edges[i], edges[i + 1]) for i in range(len(edges) - 1)]
@@ -462,8 +592,13 @@ def _on_segments(off: Sequence[tuple[float, float]], duration_s: float
 # signal helpers
 
 
-def _lagged(t_s: np.ndarray, bounds: Sequence[tuple[float, float]], targets: np.ndarray,
-            tau_s: tuple[float, float], y0: float = 0.0) -> np.ndarray:
+def _lagged(
+    t_s: np.ndarray,
+    bounds: Sequence[tuple[float, float]],
+    targets: np.ndarray,
+    tau_s: tuple[float, float],
+    y0: float = 0.0,
+) -> np.ndarray:
     """First-order approach to piecewise-constant targets, rising with tau_s[0] and falling with
     tau_s[1]: physiological responses start fast and recover slowly. Exact per segment."""
     y = np.empty_like(t_s)
@@ -509,22 +644,23 @@ def _bumps(n: int, fs_hz: float, times_s: np.ndarray, amps: np.ndarray, tau_s: f
     return sps.lfilter([0.0, a * math.e / (tau_s * fs_hz)], [1.0, -2.0 * a, a * a], x)
 
 
-def _band_noise(rng: np.random.Generator, shape: tuple[int, ...], fs_hz: float,
-                band_hz: tuple[float, float]) -> np.ndarray:
+def _band_noise(
+    rng: np.random.Generator, shape: tuple[int, ...], fs_hz: float, band_hz: tuple[float, float]
+) -> np.ndarray:
     """Unit-SD band-limited noise along axis 0."""
     sos = sps.butter(2, band_hz, btype="bandpass", fs=fs_hz, output="sos")
     x = sps.sosfilt(sos, rng.normal(size=shape), axis=0)
     return x / x.std(axis=0)
 
 
-def _per_phase(t_s: np.ndarray, bounds: Sequence[tuple[float, float]], values: np.ndarray
-               ) -> np.ndarray:
+def _per_phase(t_s: np.ndarray, bounds: Sequence[tuple[float, float]], values: np.ndarray) -> np.ndarray:
     idx = np.searchsorted([a for a, _ in bounds], t_s, side="right") - 1
     return np.asarray(values)[np.clip(idx, 0, len(bounds) - 1)]
 
 
-def _contact(t_s: np.ndarray, on: tuple[list[tuple[float, float]], np.ndarray],
-             tau_s: tuple[float, float]) -> np.ndarray:
+def _contact(
+    t_s: np.ndarray, on: tuple[list[tuple[float, float]], np.ndarray], tau_s: tuple[float, float]
+) -> np.ndarray:
     return _lagged(t_s, on[0], on[1], tau_s, y0=1.0)
 
 
@@ -545,16 +681,25 @@ def _envelope(t_s: np.ndarray, bursts: Sequence[tuple[float, float, float]]) -> 
 # modalities
 
 
-def _accelerometer(rng: np.random.Generator, prof: SubjectProfile, t: np.ndarray,
-                   kinds: Sequence[str], bounds: Sequence[tuple[float, float]],
-                   activity_gain: np.ndarray, bursts: Sequence[tuple[float, float, float]],
-                   laughs: np.ndarray, on: tuple[list[tuple[float, float]], np.ndarray]
-                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _accelerometer(
+    rng: np.random.Generator,
+    prof: SubjectProfile,
+    t: np.ndarray,
+    kinds: Sequence[str],
+    bounds: Sequence[tuple[float, float]],
+    activity_gain: np.ndarray,
+    bursts: Sequence[tuple[float, float, float]],
+    laughs: np.ndarray,
+    on: tuple[list[tuple[float, float]], np.ndarray],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """ACC counts (n,3) int16, the movement part (n,3) float and its SD (n,) per sample."""
     fs = PERIODIC["acc"][0]
-    posture = np.array([
-        np.array(prof.standing_gravity if _KINDS[k].standing else prof.seated_gravity)
-        + rng.normal(0.0, 0.15, 3) for k in kinds])
+    posture = np.array(
+        [
+            np.array(prof.standing_gravity if _KINDS[k].standing else prof.seated_gravity) + rng.normal(0.0, 0.15, 3)
+            for k in kinds
+        ]
+    )
     window = int(3 * fs)
     gravity = uniform_filter1d(_per_phase(t, bounds, posture), window, axis=0, mode="nearest")
     gravity = gravity + 0.06 * np.stack([_slow(rng, t, 30.0) for _ in range(3)], axis=1)
@@ -573,20 +718,29 @@ def _accelerometer(rng: np.random.Generator, prof: SubjectProfile, t: np.ndarray
     return counts, moving, np.where(worn, sd, 0.0)
 
 
-def _heart(rng: np.random.Generator, prof: SubjectProfile, t: np.ndarray, kinds: Sequence[str],
-           bounds: Sequence[tuple[float, float]], drive: np.ndarray, laughs: np.ndarray
-           ) -> tuple[np.ndarray, np.ndarray]:
+def _heart(
+    rng: np.random.Generator,
+    prof: SubjectProfile,
+    t: np.ndarray,
+    kinds: Sequence[str],
+    bounds: Sequence[tuple[float, float]],
+    drive: np.ndarray,
+    laughs: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
     """Beat times (s, the pulse foot) and the pulse wave before high-pass, motion and noise."""
     fs = PERIODIC["bvp"][0]
-    hr_target = prof.hr_stress_gain_bpm * drive + np.array(
-        [prof.hr_offset_bpm.get(k, 0.0) for k in kinds])
+    hr_target = prof.hr_stress_gain_bpm * drive + np.array([prof.hr_offset_bpm.get(k, 0.0) for k in kinds])
     stress = np.clip(_lagged(t, bounds, drive, _TAU_HR_S), 0.0, 1.5)
-    hr = (prof.hr_rest_bpm + _lagged(t, bounds, hr_target, _TAU_HR_S)
-          + 2.0 * _slow(rng, t, 60.0)
-          + _bumps(t.size, fs, laughs, rng.uniform(6.0, 14.0, laughs.size), 3.0))
+    hr = (
+        prof.hr_rest_bpm
+        + _lagged(t, bounds, hr_target, _TAU_HR_S)
+        + 2.0 * _slow(rng, t, 60.0)
+        + _bumps(t.size, fs, laughs, rng.uniform(6.0, 14.0, laughs.size), 3.0)
+    )
 
-    resp_hz = prof.resp_rest_hz * _lagged(t, bounds, np.array(
-        [_KINDS[k].resp_factor for k in kinds]), (10.0, 10.0), y0=1.0)
+    resp_hz = prof.resp_rest_hz * _lagged(
+        t, bounds, np.array([_KINDS[k].resp_factor for k in kinds]), (10.0, 10.0), y0=1.0
+    )
     resp_hz *= 1.0 + 0.1 * _slow(rng, t, 20.0)
     resp = 2.0 * np.pi * np.cumsum(resp_hz) / fs + rng.uniform(0.0, 2.0 * np.pi)
 
@@ -594,8 +748,11 @@ def _heart(rng: np.random.Generator, prof: SubjectProfile, t: np.ndarray, kinds:
     rmssd = prof.rmssd_rest_ms / 1000.0
     period = 60.0 / prof.hr_rest_bpm
     rsa_rest = 0.8 * rmssd / (math.sqrt(2.0) * math.sin(math.pi * prof.resp_rest_hz * period))
-    rsa = rsa_rest * _lagged(t, bounds, np.array([_KINDS[k].rsa_factor for k in kinds]),
-                             (10.0, 10.0), y0=1.0) * (1.0 - prof.hrv_stress_drop * stress)
+    rsa = (
+        rsa_rest
+        * _lagged(t, bounds, np.array([_KINDS[k].rsa_factor for k in kinds]), (10.0, 10.0), y0=1.0)
+        * (1.0 - prof.hrv_stress_drop * stress)
+    )
     grid = np.arange(int(t[-1] * 4.0) + 8) / 4.0
     lf = 0.6 * rmssd * np.interp(t, grid, _band_noise(rng, (grid.size,), 4.0, (0.07, 0.13)))
     inst_period = 60.0 / np.clip(hr, 40.0, 180.0) + rsa * np.sin(resp) + lf
@@ -606,16 +763,16 @@ def _heart(rng: np.random.Generator, prof: SubjectProfile, t: np.ndarray, kinds:
     beats = np.sort(beats + rng.normal(0.0, 0.2 * rmssd, beats.size))
 
     # Pulse wave: virtual beats before the first and after the last so every sample has a beat.
-    ext = np.concatenate([[min(2.0 * beats[0] - beats[1], 0.0)], beats,
-                          [max(2.0 * beats[-1] - beats[-2], t[-1] + 1.0)]])
+    ext = np.concatenate(
+        [[min(2.0 * beats[0] - beats[1], 0.0)], beats, [max(2.0 * beats[-1] - beats[-2], t[-1] + 1.0)]]
+    )
     j = np.searchsorted(ext, t, side="right") - 1
     tau, T = t - ext[j], ext[j + 1] - ext[j]
     vaso = np.clip(_lagged(t, bounds, drive, _TAU_VASO_S), 0.0, 1.5)
     # A laugh's expiratory bursts raise the chest pressure: for a few seconds the pulse shrinks
     # and the wave's baseline sinks, then both recover.
     laugh = _bumps(t.size, fs, laughs, np.ones(laughs.size), 1.5)
-    amplitude = (prof.bvp_pp * (1.0 - 0.2 * vaso) * (1.0 + 0.08 * np.sin(resp))
-                 * (1.0 - 0.5 * np.clip(laugh, 0.0, 1.5)))
+    amplitude = prof.bvp_pp * (1.0 - 0.2 * vaso) * (1.0 + 0.08 * np.sin(resp)) * (1.0 - 0.5 * np.clip(laugh, 0.0, 1.5))
     wave = amplitude * _pulse(tau, T, prof.bvp_rise_s, prof.bvp_dicrotic * (1.0 - 0.5 * stress))
     wave += prof.bvp_pp * (0.1 * np.sin(resp + 1.0) - 0.3 * laugh)
     return beats, wave
@@ -624,17 +781,25 @@ def _heart(rng: np.random.Generator, prof: SubjectProfile, t: np.ndarray, kinds:
 def _pulse(tau: np.ndarray, period: np.ndarray, rise_s: float, dicrotic: np.ndarray) -> np.ndarray:
     """One PPG beat, foot at tau=0: a fast cosine upstroke, decay and a dicrotic wave; the line
     from (0, 0) to (period, shape(period)) is removed so consecutive beats join at a sharp foot."""
+
     def shape(x: np.ndarray) -> np.ndarray:
         up = 0.5 - 0.5 * np.cos(np.pi * np.clip(x / rise_s, 0.0, 1.0))
         fall = np.exp(-np.maximum(x - rise_s, 0.0) / (0.4 * period))
         centre = rise_s + np.minimum(0.3, 0.33 * period)
         return up * fall + dicrotic * np.exp(-0.5 * ((x - centre) / 0.06) ** 2)
+
     return shape(tau) - tau / period * shape(period)
 
 
-def _finish_bvp(rng: np.random.Generator, prof: SubjectProfile, t: np.ndarray, wave: np.ndarray,
-                t_acc: np.ndarray, acc_moving: np.ndarray,
-                on: tuple[list[tuple[float, float]], np.ndarray]) -> np.ndarray:
+def _finish_bvp(
+    rng: np.random.Generator,
+    prof: SubjectProfile,
+    t: np.ndarray,
+    wave: np.ndarray,
+    t_acc: np.ndarray,
+    acc_moving: np.ndarray,
+    on: tuple[list[tuple[float, float]], np.ndarray],
+) -> np.ndarray:
     """E4-like BVP: high-passed to zero mean, arm movement artefact, no pulse off-wrist, noise."""
     fs = PERIODIC["bvp"][0]
     sos = sps.butter(2, 0.3, btype="highpass", fs=fs, output="sos")
@@ -648,10 +813,14 @@ def _finish_bvp(rng: np.random.Generator, prof: SubjectProfile, t: np.ndarray, w
     return np.round(bvp, 2)
 
 
-def _detected_beats(rng: np.random.Generator, prof: SubjectProfile, beats: np.ndarray,
-                    t_acc: np.ndarray, acc_sd: np.ndarray,
-                    on: tuple[list[tuple[float, float]], np.ndarray]
-                    ) -> tuple[np.ndarray, np.ndarray]:
+def _detected_beats(
+    rng: np.random.Generator,
+    prof: SubjectProfile,
+    beats: np.ndarray,
+    t_acc: np.ndarray,
+    acc_sd: np.ndarray,
+    on: tuple[list[tuple[float, float]], np.ndarray],
+) -> tuple[np.ndarray, np.ndarray]:
     """IBI rows as the E4 writes them: a row needs both of its beats kept; beats are lost more
     with arm activity (WESAD: 71 % of meditation, 48 % baseline, 13 % TSST) and in runs."""
     fs = PERIODIC["bvp"][0]  # the E4 times beats on its BVP grid
@@ -664,8 +833,7 @@ def _detected_beats(rng: np.random.Generator, prof: SubjectProfile, beats: np.nd
     return times[1:][row], np.diff(times)[row]
 
 
-def _hr_csv(ibi_t: np.ndarray, ibi: np.ndarray, duration_s: float, fallback_bpm: float
-            ) -> np.ndarray:
+def _hr_csv(ibi_t: np.ndarray, ibi: np.ndarray, duration_s: float, fallback_bpm: float) -> np.ndarray:
     """HR.csv values (bpm, 1 Hz from session start + 10 s): mean instantaneous HR of the IBI rows
     in the 10 s before each second, held over stretches without rows."""
     n = max(0, int(math.floor(duration_s - 10.0)))
@@ -684,22 +852,32 @@ def _hr_csv(ibi_t: np.ndarray, ibi: np.ndarray, duration_s: float, fallback_bpm:
     return np.round(hr[idx], 2)
 
 
-def _eda(rng: np.random.Generator, prof: SubjectProfile, t: np.ndarray, kinds: Sequence[str],
-         bounds: Sequence[tuple[float, float]], drive: np.ndarray, laughs: np.ndarray,
-         bursts: Sequence[tuple[float, float, float]],
-         on: tuple[list[tuple[float, float]], np.ndarray]) -> np.ndarray:
+def _eda(
+    rng: np.random.Generator,
+    prof: SubjectProfile,
+    t: np.ndarray,
+    kinds: Sequence[str],
+    bounds: Sequence[tuple[float, float]],
+    drive: np.ndarray,
+    laughs: np.ndarray,
+    bursts: Sequence[tuple[float, float, float]],
+    on: tuple[list[tuple[float, float]], np.ndarray],
+) -> np.ndarray:
     """Wrist EDA (µS): tonic x exp(gain * arousal), Poisson SCRs, motion spikes, contact."""
     fs = PERIODIC["eda"][0]
-    tonic = (prof.eda_rest_us * np.exp(prof.eda_stress_ln_ratio * _lagged(t, bounds, drive,
-                                                                          _TAU_EDA_S)
-                                       + 0.15 * _slow(rng, t, 600.0)))
+    tonic = prof.eda_rest_us * np.exp(
+        prof.eda_stress_ln_ratio * _lagged(t, bounds, drive, _TAU_EDA_S) + 0.15 * _slow(rng, t, 600.0)
+    )
     scr_drive = _lagged(t, bounds, drive, _TAU_SCR_S)
-    rate = prof.scr_rest_per_min * np.maximum(1.0 + (prof.scr_stress_factor - 1.0) * scr_drive,
-                                              0.1) * _lagged(
-        t, bounds, np.array([_KINDS[k].scr_factor for k in kinds]), (30.0, 30.0), y0=1.0)
+    rate = (
+        prof.scr_rest_per_min
+        * np.maximum(1.0 + (prof.scr_stress_factor - 1.0) * scr_drive, 0.1)
+        * _lagged(t, bounds, np.array([_KINDS[k].scr_factor for k in kinds]), (30.0, 30.0), y0=1.0)
+    )
     onsets = rng.random(t.size) < rate / 60.0 / fs
-    impulses = np.where(onsets, prof.scr_amp_us * (1.0 + 1.5 * np.maximum(scr_drive, 0.0))
-                        * np.exp(rng.normal(0.0, 0.9, t.size)), 0.0)
+    impulses = np.where(
+        onsets, prof.scr_amp_us * (1.0 + 1.5 * np.maximum(scr_drive, 0.0)) * np.exp(rng.normal(0.0, 0.9, t.size)), 0.0
+    )
     laugh_idx = np.round((laughs + 1.5) * fs).astype(int)
     laugh_idx = laugh_idx[laugh_idx < t.size]
     np.add.at(impulses, laugh_idx, prof.scr_amp_us * rng.uniform(2.0, 6.0, laugh_idx.size))
@@ -708,7 +886,7 @@ def _eda(rng: np.random.Generator, prof: SubjectProfile, t: np.ndarray, kinds: S
     peak_t = math.log(decay / rise) * rise * decay / (decay - rise)
     peak = math.exp(-peak_t / decay) - math.exp(-peak_t / rise)
     ad, ar = math.exp(-1.0 / (decay * fs)), math.exp(-1.0 / (rise * fs))
-    phasic = (sps.lfilter([1.0], [1.0, -ad], impulses) - sps.lfilter([1.0], [1.0, -ar], impulses))
+    phasic = sps.lfilter([1.0], [1.0, -ad], impulses) - sps.lfilter([1.0], [1.0, -ar], impulses)
     eda = tonic + phasic / peak
     eda *= np.exp(0.004 * _envelope(t, bursts) * _band_noise(rng, (t.size,), fs, (0.05, 1.0)))
     contact = _contact(t, on, _TAU_ELECTRODE_S)
@@ -716,13 +894,21 @@ def _eda(rng: np.random.Generator, prof: SubjectProfile, t: np.ndarray, kinds: S
     return np.round(np.maximum(eda, 0.0), 6)
 
 
-def _temp(rng: np.random.Generator, prof: SubjectProfile, t: np.ndarray,
-          bounds: Sequence[tuple[float, float]], drive: np.ndarray,
-          on: tuple[list[tuple[float, float]], np.ndarray]) -> np.ndarray:
+def _temp(
+    rng: np.random.Generator,
+    prof: SubjectProfile,
+    t: np.ndarray,
+    bounds: Sequence[tuple[float, float]],
+    drive: np.ndarray,
+    on: tuple[list[tuple[float, float]], np.ndarray],
+) -> np.ndarray:
     """Wrist skin temperature (°C, 0.01 steps): warm-up, drift, stress cooling, room air."""
-    skin = (prof.temp_skin_c - prof.temp_warmup_c * np.exp(-t / prof.temp_warmup_tau_s)
-            + 0.15 * _slow(rng, t, 900.0)
-            - prof.temp_stress_drop_c * _lagged(t, bounds, drive, _TAU_VASO_S))
+    skin = (
+        prof.temp_skin_c
+        - prof.temp_warmup_c * np.exp(-t / prof.temp_warmup_tau_s)
+        + 0.15 * _slow(rng, t, 900.0)
+        - prof.temp_stress_drop_c * _lagged(t, bounds, drive, _TAU_VASO_S)
+    )
     contact = _contact(t, on, _TAU_CONTACT_S)
     temp = prof.temp_room_c + contact * (skin - prof.temp_room_c) + rng.normal(0.0, 0.01, t.size)
     return np.round(temp, 2)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from m3sense.errors import DataError
+from common.errors import DataError
 from replay.e4csv import MAX_START_S, MIN_START_S
 from replay.recording import PERIODIC, Signal
 
@@ -30,8 +30,7 @@ def check_times(times_s: np.ndarray, path: str, first_line: int, lines: np.ndarr
         raise DataError(path, f"time stamp {float(times_s[i])!r} s is not a Unix time between 2000 and 2100", line)
 
 
-def grid_signal(modality: str, times_s: np.ndarray, values: np.ndarray, path: str,
-                lines: np.ndarray) -> Signal:
+def grid_signal(modality: str, times_s: np.ndarray, values: np.ndarray, path: str, lines: np.ndarray) -> Signal:
     """A periodic signal at the E4's nominal rate from per-sample stamps (``lines`` are the
     1-based file lines of the rows, for errors). ACC stays integer counts unless it has gaps."""
     fs, dtype = PERIODIC[modality]
@@ -42,16 +41,20 @@ def grid_signal(modality: str, times_s: np.ndarray, values: np.ndarray, path: st
     slots = np.round((times_s - times_s[0]) * fs).astype(np.int64)
     if slots[-1] / fs > MAX_SPAN_S:
         far = int(np.flatnonzero(slots / fs > MAX_SPAN_S)[0])
-        raise DataError(path, f"samples span more than {MAX_SPAN_S / 3600:g} h (a stamp far from the others?)",
-                        int(lines[far]))
+        raise DataError(
+            path, f"samples span more than {MAX_SPAN_S / 3600:g} h (a stamp far from the others?)", int(lines[far])
+        )
     keep = np.unique(slots, return_index=True)[1]  # first sample of each slot
     width = values.shape[1:] if values.ndim > 1 else ()
     gaps = int(slots[-1]) + 1 > keep.size
     if dtype is np.int16:
         ints = values[keep]
         if np.any(ints != np.round(ints)) or np.abs(ints).max() > 32767:
-            row = int(np.flatnonzero(np.any((ints != np.round(ints)) | (np.abs(ints) > 32767),
-                                            axis=tuple(range(1, ints.ndim))))[0])
+            row = int(
+                np.flatnonzero(
+                    np.any((ints != np.round(ints)) | (np.abs(ints) > 32767), axis=tuple(range(1, ints.ndim)))
+                )[0]
+            )
             raise DataError(path, "ACC values must be integer counts (1/64 g)", int(lines[keep[row]]))
     out = np.full((int(slots[-1]) + 1, *width), np.nan)
     out[slots[keep]] = values[keep]

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from m3sense.errors import DataError
+from common.errors import DataError
 from replay.e4csv import SIGNAL_FILES, device_name, is_e4_export, read_e4_export
 from replay.recording import Recording
 
@@ -48,8 +48,9 @@ def read_unlabelled(path: str | Path) -> list[Recording]:
         raise DataError(root, "no such file or folder")
     exports = find_exports_below(root)
     if not exports:
-        raise DataError(root, f"no E4 export here or up to {MAX_DEPTH} folders below "
-                        f"(none of {', '.join(SIGNAL_FILES)})")
+        raise DataError(
+            root, f"no E4 export here or up to {MAX_DEPTH} folders below (none of {', '.join(SIGNAL_FILES)})"
+        )
     out = []
     for p in exports:
         rel = p.relative_to(root) if p != root else Path(p.name)

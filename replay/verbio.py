@@ -27,7 +27,7 @@ from xml.etree import ElementTree
 
 import numpy as np
 
-from m3sense.errors import DataError
+from common.errors import DataError
 from replay.e4csv import MAX_FILE_BYTES, _check_size
 from replay.recording import LabelInterval, Recording, Signal
 from replay.timed import grid_signal
@@ -66,8 +66,11 @@ def _sheet_rows(path: Path) -> list[tuple[int, tuple]]:
     try:
         if not book.worksheets:
             raise DataError(path, "the workbook has no sheet")
-        return [(i, row) for i, row in enumerate(book.worksheets[0].iter_rows(values_only=True), start=1)
-                if any(v is not None and v != "" for v in row)]
+        return [
+            (i, row)
+            for i, row in enumerate(book.worksheets[0].iter_rows(values_only=True), start=1)
+            if any(v is not None and v != "" for v in row)
+        ]
     except _BOOK_ERRORS as exc:  # read_only parses the sheet as it goes: damage shows up here too
         raise DataError(path, f"not a readable .xlsx workbook ({type(exc).__name__}: {str(exc)[:60]})") from None
     finally:
@@ -97,16 +100,21 @@ def _stage_table(path: Path, columns: int, may_be_empty: bool = False) -> tuple[
     while header and not header[-1]:
         header = header[:-1]
     if not header or header[0] != TIME_COLUMN or len(header) != 1 + columns:
-        raise DataError(path, f"header must be '{TIME_COLUMN}' and {columns} signal column(s), got {list(header)[:6]}",
-                        head_line)
+        raise DataError(
+            path, f"header must be '{TIME_COLUMN}' and {columns} signal column(s), got {list(header)[:6]}", head_line
+        )
     body = rows[1:]
     if not body and not may_be_empty:
         raise DataError(path, "no samples", head_line)
     table = np.empty((len(body), 1 + columns))
     lines = np.empty(len(body), dtype=np.int64)
     for k, (line, row) in enumerate(body):
-        cells = tuple(row[:1 + columns])
-        if len(cells) < 1 + columns or any(c is None for c in cells) or any(c not in (None, "") for c in row[1 + columns:]):
+        cells = tuple(row[: 1 + columns])
+        if (
+            len(cells) < 1 + columns
+            or any(c is None for c in cells)
+            or any(c not in (None, "") for c in row[1 + columns :])
+        ):
             raise DataError(path, f"expected {1 + columns} values ({', '.join(header)})", line)
         table[k] = [_float(c, path, line, name) for c, name in zip(cells, header)]
         lines[k] = line
@@ -173,8 +181,9 @@ def read_session(folder: Path, pid: str, session: str, score: float | None) -> R
 
 
 def _participants(root: Path) -> list[Path]:
-    return sorted(p for p in root.iterdir() if p.is_dir() and _PID.match(p.name)
-                  and any((p / s).is_dir() for s in SESSIONS))
+    return sorted(
+        p for p in root.iterdir() if p.is_dir() and _PID.match(p.name) and any((p / s).is_dir() for s in SESSIONS)
+    )
 
 
 def is_verbio(path: Path) -> bool:

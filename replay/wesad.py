@@ -31,8 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
+from common.errors import DataError
 from e4 import RATES_HZ
-from m3sense.errors import DataError
 from replay.e4csv import device_name, read_e4_export
 from replay.recording import LabelInterval, Recording, Signal
 
@@ -46,8 +46,13 @@ NOMINAL_START_S = 1_495_411_200.0
 #: binary pickle, more in a text one; loading takes about the arrays' size in memory.
 MAX_PKL_BYTES = 2 * 2**30
 #: ``SX_quest.csv`` phase names of the labelled conditions.
-QUEST_PHASES = {"Base": "baseline", "TSST": "stress", "Fun": "amusement", "Medi 1": "meditation",
-                "Medi 2": "meditation"}
+QUEST_PHASES = {
+    "Base": "baseline",
+    "TSST": "stress",
+    "Fun": "amusement",
+    "Medi 1": "meditation",
+    "Medi 2": "meditation",
+}
 _QUEST_BYTES = 1 * 2**20
 _TOLERANCE = {"eda": 5e-6, "bvp": 0.006, "acc": 0.0, "temp": 0.006}
 
@@ -115,18 +120,35 @@ def load_pickle(path: Path) -> object:
     """The pickle's content, if it is only arrays and plain containers; refused otherwise."""
     size = path.stat().st_size
     if size > MAX_PKL_BYTES:
-        raise DataError(path, f"{size / 2**20:.0f} MiB, more than a WESAD SX.pkl holds "
-                        f"(at most {MAX_PKL_BYTES / 2**20:.0f} MiB are read)")
+        raise DataError(
+            path,
+            f"{size / 2**20:.0f} MiB, more than a WESAD SX.pkl holds "
+            f"(at most {MAX_PKL_BYTES / 2**20:.0f} MiB are read)",
+        )
     with path.open("rb") as fh:
         try:
             obj = ArraysOnly(fh, encoding="latin1").load()
         except Refused as exc:
-            raise DataError(path, f"refused: the pickle asks for {exc} at byte {fh.tell()}; only numpy arrays "
-                            "and plain containers are read (nothing in it was run)") from None
-        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
-                MemoryError, OverflowError, UnicodeDecodeError) as exc:
-            raise DataError(path, f"not a readable pickle at byte {fh.tell()} ({type(exc).__name__}: "
-                            f"{str(exc)[:80]})") from None
+            raise DataError(
+                path,
+                f"refused: the pickle asks for {exc} at byte {fh.tell()}; only numpy arrays "
+                "and plain containers are read (nothing in it was run)",
+            ) from None
+        except (
+            pickle.UnpicklingError,
+            EOFError,
+            ValueError,
+            TypeError,
+            AttributeError,
+            IndexError,
+            KeyError,
+            MemoryError,
+            OverflowError,
+            UnicodeDecodeError,
+        ) as exc:
+            raise DataError(
+                path, f"not a readable pickle at byte {fh.tell()} ({type(exc).__name__}: {str(exc)[:80]})"
+            ) from None
     if (bad := _plain(obj)) is not None:
         raise DataError(path, f"refused: {bad or 'the top level'} is neither a plain container nor a numeric array")
     return obj
@@ -171,8 +193,11 @@ def _labels(data: dict, path: Path, wrist: dict[str, np.ndarray]) -> np.ndarray:
     duration = codes.size / LABEL_HZ
     for key, (modality, fs) in WRIST.items():
         if abs(len(wrist[modality]) / fs - duration) > 1.0:
-            raise DataError(path, f"['signal']['wrist'][{key!r}] lasts {len(wrist[modality]) / fs:.1f} s but "
-                            f"['label'] {duration:.1f} s: they should share t = 0 and the end")
+            raise DataError(
+                path,
+                f"['signal']['wrist'][{key!r}] lasts {len(wrist[modality]) / fs:.1f} s but "
+                f"['label'] {duration:.1f} s: they should share t = 0 and the end",
+            )
     return codes.astype(np.int8)
 
 
@@ -183,9 +208,13 @@ def label_intervals(codes: np.ndarray, t0_s: float) -> tuple[LabelInterval, ...]
     edges = np.flatnonzero(np.diff(codes)) + 1
     starts = np.concatenate([[0], edges])
     ends = np.concatenate([edges, [codes.size]])
-    return tuple(LabelInterval(start_s=t0_s + s / LABEL_HZ, end_s=t0_s + e / LABEL_HZ, task="stress",
-                               label=PROTOCOL[int(codes[s])])
-                 for s, e in zip(starts.tolist(), ends.tolist()) if int(codes[s]) in PROTOCOL)
+    return tuple(
+        LabelInterval(
+            start_s=t0_s + s / LABEL_HZ, end_s=t0_s + e / LABEL_HZ, task="stress", label=PROTOCOL[int(codes[s])]
+        )
+        for s, e in zip(starts.tolist(), ends.tolist())
+        if int(codes[s]) in PROTOCOL
+    )
 
 
 def _minutes_seconds(cell: str, path: Path, line: int) -> float:
@@ -224,8 +253,9 @@ def read_quest(path: Path) -> list[tuple[str, float, float]]:
                 raise DataError(path, f"phase {name!r} has no {key} time", line)
             cells.append(_minutes_seconds(values[j], path, line))
         if cells[1] <= cells[0]:
-            raise DataError(path, f"phase {name!r} ends ({cells[1]:g} s) before it starts ({cells[0]:g} s)",
-                            rows["END"][0])
+            raise DataError(
+                path, f"phase {name!r} ends ({cells[1]:g} s) before it starts ({cells[0]:g} s)", rows["END"][0]
+            )
         phases.append((name, cells[0], cells[1]))
     return phases
 
@@ -234,8 +264,11 @@ def _check_quest(quest: Path, codes: np.ndarray) -> None:
     phases = read_quest(quest)
     for iv in label_intervals(codes, 0.0):
         if not any(QUEST_PHASES.get(n) == iv.label and s < iv.end_s and iv.start_s < e for n, s, e in phases):
-            raise DataError(quest, f"no {iv.label} phase overlaps the pickle's {iv.label} labels at "
-                            f"{iv.start_s:.0f}-{iv.end_s:.0f} s: is this the same subject's file?")
+            raise DataError(
+                quest,
+                f"no {iv.label} phase overlaps the pickle's {iv.label} labels at "
+                f"{iv.start_s:.0f}-{iv.end_s:.0f} s: is this the same subject's file?",
+            )
 
 
 def _find(part: np.ndarray, whole: np.ndarray, tol: float) -> list[int]:
@@ -247,7 +280,7 @@ def _find(part: np.ndarray, whole: np.ndarray, tol: float) -> list[int]:
     hits = np.flatnonzero(np.abs(whole[: len(whole) - m + 1] - part[0]) <= tol)
     found = []
     for j in hits.tolist():
-        if np.all(np.abs(whole[j:j + head] - part[:head]) <= tol) and np.all(np.abs(whole[j:j + m] - part) <= tol):
+        if np.all(np.abs(whole[j : j + head] - part[:head]) <= tol) and np.all(np.abs(whole[j : j + m] - part) <= tol):
             found.append(j)
             if len(found) > 1:
                 break
@@ -264,8 +297,11 @@ def _on_export_clock(wrist: dict[str, np.ndarray], export: Recording, pkl: Path,
         t0 = eda.t0_s + j / eda.fs_hz
         if all(_matches(wrist[m], export.signals.get(m), t0) for m in ("bvp", "acc")):
             return t0
-    raise DataError(pkl, f"its wrist arrays are not found in {zip_path.name} (another subject's export, or an "
-                    f"edited file?); read the pickle alone with wesad:{pkl}")
+    raise DataError(
+        pkl,
+        f"its wrist arrays are not found in {zip_path.name} (another subject's export, or an "
+        f"edited file?); read the pickle alone with wesad:{pkl}",
+    )
 
 
 def _matches(part: np.ndarray, sig: Signal | None, t0: float) -> bool:
@@ -275,7 +311,7 @@ def _matches(part: np.ndarray, sig: Signal | None, t0: float) -> bool:
     j = round(k)
     if abs(k - j) > 1e-6 or j < 0 or j + len(part) > sig.n:
         return False
-    return bool(np.all(np.abs(sig.values[j:j + len(part)].astype(np.float64) - part) <= _TOLERANCE[sig.modality]))
+    return bool(np.all(np.abs(sig.values[j : j + len(part)].astype(np.float64) - part) <= _TOLERANCE[sig.modality]))
 
 
 def read_subject(path: str | Path) -> Recording:
@@ -305,17 +341,26 @@ def read_subject(path: str | Path) -> Recording:
         export = read_e4_export(zip_path, device=device)
         t0 = _on_export_clock(wrist, export, pkl, zip_path)
         return replace(export, source=str(folder), labels=label_intervals(codes, t0))
-    signals = {m: Signal(modality=m, t0_s=NOMINAL_START_S, fs_hz=WRIST[k][1],
-                         values=wrist[m].astype(np.int16) if m == "acc" else wrist[m])
-               for k, (m, _) in WRIST.items() if len(wrist[m])}
+    signals = {
+        m: Signal(
+            modality=m,
+            t0_s=NOMINAL_START_S,
+            fs_hz=WRIST[k][1],
+            values=wrist[m].astype(np.int16) if m == "acc" else wrist[m],
+        )
+        for k, (m, _) in WRIST.items()
+        if len(wrist[m])
+    }
     if not signals:
         raise DataError(pkl, "its wrist arrays are empty")
     return Recording(device=device, source=str(pkl), signals=signals, labels=label_intervals(codes, NOMINAL_START_S))
 
 
 def _subject_dirs(path: Path) -> list[Path]:
-    return sorted((p for p in path.iterdir() if p.is_dir() and (p / f"{p.name}.pkl").is_file()),
-                  key=lambda p: (len(p.name), p.name))
+    return sorted(
+        (p for p in path.iterdir() if p.is_dir() and (p / f"{p.name}.pkl").is_file()),
+        key=lambda p: (len(p.name), p.name),
+    )
 
 
 def is_wesad(path: Path) -> bool:

@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from m3sense.errors import UserError
+from common.errors import UserError
 from storage.records import TASKS, AffectRecord, AlertRecord
 from storage.timeline import parse_duration
 
@@ -94,11 +94,17 @@ def rule_from_mapping(raw: Mapping[str, Any]) -> Rule:
     for key in ("raise_at", "clear_below"):
         if not isinstance(raw[key], (int, float)) or isinstance(raw[key], bool):
             raise ValueError(f"rule {name!r}: {key} must be a number in 0..1")
-    return Rule(name=name, task=raw["task"], label=str(raw["label"]), raise_at=float(raw["raise_at"]),
-                raise_for_s=_seconds(raw["raise_for"], f"{name}.raise_for"),
-                clear_below=float(raw["clear_below"]), clear_for_s=_seconds(raw["clear_for"], f"{name}.clear_for"),
-                cooldown_s=_seconds(raw.get("cooldown", 0), f"{name}.cooldown"),
-                max_gap_s=_seconds(raw.get("max_gap", _DEFAULT_MAX_GAP_S), f"{name}.max_gap"))
+    return Rule(
+        name=name,
+        task=raw["task"],
+        label=str(raw["label"]),
+        raise_at=float(raw["raise_at"]),
+        raise_for_s=_seconds(raw["raise_for"], f"{name}.raise_for"),
+        clear_below=float(raw["clear_below"]),
+        clear_for_s=_seconds(raw["clear_for"], f"{name}.clear_for"),
+        cooldown_s=_seconds(raw.get("cooldown", 0), f"{name}.cooldown"),
+        max_gap_s=_seconds(raw.get("max_gap", _DEFAULT_MAX_GAP_S), f"{name}.max_gap"),
+    )
 
 
 def load_rules(path: Path) -> list[Rule]:
@@ -135,7 +141,7 @@ def probability(r: AffectRecord, label: str) -> float | None:
 @dataclass(slots=True)
 class _State:
     raised: bool = False
-    last_t: float = -math.inf        # the latest window end seen (usable or not)
+    last_t: float = -math.inf  # the latest window end seen (usable or not)
     last_usable_t: float | None = None
     last_raise_t: float | None = None
     dwell_start_t: float | None = None  # end of the first window of the dwell under way
@@ -223,5 +229,6 @@ class AlertEngine:
             self.raised += 1
         confidence = sum(s.dwell_ps) / len(s.dwell_ps)
         s.restart_dwell()
-        return AlertRecord(time_s=t, device=r.device, task=rule.task, rule=rule.name, event=event,
-                           confidence=confidence, text=text)
+        return AlertRecord(
+            time_s=t, device=r.device, task=rule.task, rule=rule.name, event=event, confidence=confidence, text=text
+        )

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+from datetime import UTC
 from pathlib import Path
 
 from bus.cli import add_bus_option
-from m3sense.errors import UserError
+from common.errors import UserError
 
 _SINK_HELP = (
     "sqlite:PATH, sqlite:///relative.db, sqlite:////absolute.db or PATH.db (SQLite); "
@@ -27,16 +28,25 @@ def _add_sink_options(p: argparse.ArgumentParser, default: str | None = None, *,
         p.add_argument("--sink", required=True, action="append", help=_SINK_HELP + _MQTT_SINK_HELP)
     else:
         p.add_argument("--sink", required=default is None, default=default, help=_SINK_HELP)
-    p.add_argument("--token-file", type=Path, metavar="FILE",
-                   help="read the InfluxDB token (1.x: user:password) from FILE instead of $INFLUX_TOKEN")
+    p.add_argument(
+        "--token-file",
+        type=Path,
+        metavar="FILE",
+        help="read the InfluxDB token (1.x: user:password) from FILE instead of $INFLUX_TOKEN",
+    )
     if several:
-        p.add_argument("--mqtt-password-file", type=Path, metavar="FILE",
-                       help="read the MQTT password from FILE instead of $MQTT_PASSWORD")
+        p.add_argument(
+            "--mqtt-password-file",
+            type=Path,
+            metavar="FILE",
+            help="read the MQTT password from FILE instead of $MQTT_PASSWORD",
+        )
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser(
-        "store", help="store affect predictions, device status and 1 Hz physiology (SQLite or InfluxDB)",
+        "store",
+        help="store affect predictions, device status and 1 Hz physiology (SQLite or InfluxDB)",
         description=(
             "Subscribe to affect/, status/ and the raw EDA, TEMP, BVP and HR streams, and write one record per "
             "window and task, one per status event and one per device, signal and second (EDA, skin temperature, "
@@ -48,26 +58,39 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add_bus_option(s)
     _add_sink_options(s, several=True)
-    s.add_argument("--alerts", type=Path, metavar="RULES.toml",
-                   help="run the alert rules of this TOML file over the affect records; their raise/clear events "
-                        "go to every sink (see deploy/alerts.toml)")
+    s.add_argument(
+        "--alerts",
+        type=Path,
+        metavar="RULES.toml",
+        help="run the alert rules of this TOML file over the affect records; their raise/clear events "
+        "go to every sink (see deploy/alerts.toml)",
+    )
     s.add_argument("--spool-dir", type=Path, help="InfluxDB spool folder (default $XDG_STATE_HOME/m3sense/spool/...)")
-    s.add_argument("--max-spool-mb", type=float, default=512.0, help="spool bound; past it points are dropped (default 512)")
+    s.add_argument(
+        "--max-spool-mb", type=float, default=512.0, help="spool bound; past it points are dropped (default 512)"
+    )
     s.add_argument("--flush-interval", type=float, default=1.0, metavar="S", help="flush the sink every S seconds")
     from bus.metrics import add_metrics_options
 
     add_metrics_options(s)
-    s.add_argument("--positions", metavar="FILE|none",
-                   help="where each device's window stream stood at the last flush, so a restarted store counts "
-                        "the windows it lost (default $XDG_STATE_HOME/m3sense/positions/<sink>.json)")
-    s.add_argument("--json", action="store_true",
-                   help="at exit print one JSON object on stdout: sink, written, spooled, spool_dir, dropped, "
-                        "refused, affect_records, exit_code (of the first sink), and with several sinks 'sinks' "
-                        "(the same counts per sink), with --alerts 'alerts' (raised, cleared)")
+    s.add_argument(
+        "--positions",
+        metavar="FILE|none",
+        help="where each device's window stream stood at the last flush, so a restarted store counts "
+        "the windows it lost (default $XDG_STATE_HOME/m3sense/positions/<sink>.json)",
+    )
+    s.add_argument(
+        "--json",
+        action="store_true",
+        help="at exit print one JSON object on stdout: sink, written, spooled, spool_dir, dropped, "
+        "refused, affect_records, exit_code (of the first sink), and with several sinks 'sinks' "
+        "(the same counts per sink), with --alerts 'alerts' (raised, cleared)",
+    )
     s.set_defaults(func=_store)
 
     t = sub.add_parser(
-        "timeline", help="read the stored affect timeline back (JSON lines or a PNG)",
+        "timeline",
+        help="read the stored affect timeline back (JSON lines or a PNG)",
         description="Read affect records from SQLite or InfluxDB (InfluxQL over /query) in time order.",
     )
     _add_sink_options(t)
@@ -79,15 +102,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.set_defaults(func=_timeline)
 
     a = sub.add_parser(
-        "alerts", help="list the stored alert events (raise/clear) of the --alerts rules",
+        "alerts",
+        help="list the stored alert events (raise/clear) of the --alerts rules",
         description="Read the alert events a store with --alerts kept (SQLite table alerts, InfluxDB measurement "
-                    "alerts) in time order.",
+        "alerts) in time order.",
     )
     _add_sink_options(a)
     a.add_argument("--device", help="only this device")
     a.add_argument("--since", help="Unix seconds, a duration back from now (30m, 2h, 1d) or an ISO 8601 time")
-    a.add_argument("--json", action="store_true",
-                   help="one JSON object per line: t_s, time_iso, device, task, rule, event, confidence, text")
+    a.add_argument(
+        "--json",
+        action="store_true",
+        help="one JSON object per line: t_s, time_iso, device, task, rule, event, confidence, text",
+    )
     a.set_defaults(func=_alerts)
 
 
@@ -103,8 +130,10 @@ def _target(args: argparse.Namespace, sink: str | None = None):
         if target.api == "v1" and target.token and ":" not in target.token:
             raise UserError("InfluxDB 1.x takes credentials as user:password ($INFLUX_TOKEN or --token-file)")
     elif isinstance(target, MqttTarget):
-        target = target.with_credentials(os.environ.get(MQTT_USER_ENV) or None,
-                                         read_mqtt_password(getattr(args, "mqtt_password_file", None), os.environ))
+        target = target.with_credentials(
+            os.environ.get(MQTT_USER_ENV) or None,
+            read_mqtt_password(getattr(args, "mqtt_password_file", None), os.environ),
+        )
     if sink is None and args.token_file is not None and not isinstance(target, InfluxTarget):
         raise UserError("--token-file is for InfluxDB sinks")
     return target
@@ -135,7 +164,6 @@ def _store(args: argparse.Namespace) -> int:
     import json
 
     from storage.report import StoreOutcome
-
     from storage.sinks_report import combine
 
     outcome = StoreOutcome()
@@ -212,9 +240,14 @@ def _run_store(args: argparse.Namespace, targets: list, rules: list | None):
         positions = None if args.positions == "none" else Path(args.positions or default_positions_file(target.address))
         from bus.metrics import start_metrics
 
-        node = StoreNode(args.bus, fanout, flush_interval_s=args.flush_interval, ledger_file=LedgerFile(positions),
-                         metrics=start_metrics(args, "store"),
-                         on_device_end=lambda d: print(f"store: end of device {d}", file=sys.stderr, flush=True))
+        node = StoreNode(
+            args.bus,
+            fanout,
+            flush_interval_s=args.flush_interval,
+            ledger_file=LedgerFile(positions),
+            metrics=start_metrics(args, "store"),
+            on_device_end=lambda d: print(f"store: end of device {d}", file=sys.stderr, flush=True),
+        )
         failure = None
         try:
             async with fanout:
@@ -229,14 +262,26 @@ def _run_store(args: argparse.Namespace, targets: list, rules: list | None):
             logging.getLogger("storage").exception("store failed")
             failure = f"{type(exc).__name__}: {exc}"
         c = sink.counters
-        return StoreOutcome(sink=target.address, influx=influx, messages=node.processed,
-                            received=node.records, written=c.written,
-                            spooled=c.pending, spool_dir=getattr(sink, "spool_dir", None), dropped=c.dropped,
-                            refused=c.rejected, affect_records=c.affect_written, interrupted=interrupted,
-                            error=sink.last_error, failure=failure, malformed=node.malformed(),
-                            lost_windows=dict(node.ledger.lost)), (
+        return StoreOutcome(
+            sink=target.address,
+            influx=influx,
+            messages=node.processed,
+            received=node.records,
+            written=c.written,
+            spooled=c.pending,
+            spool_dir=getattr(sink, "spool_dir", None),
+            dropped=c.dropped,
+            refused=c.rejected,
+            affect_records=c.affect_written,
+            interrupted=interrupted,
+            error=sink.last_error,
+            failure=failure,
+            malformed=node.malformed(),
+            lost_windows=dict(node.ledger.lost),
+        ), (
             [SinkReport.of(t.address, s.counters, s.last_error) for t, s in zip(targets, sinks)],
-            None if engine is None else {"raised": engine.raised, "cleared": engine.cleared})
+            None if engine is None else {"raised": engine.raised, "cleared": engine.cleared},
+        )
 
     return asyncio.run(main())
 
@@ -255,8 +300,11 @@ async def _resume_alerts(engine, targets: list) -> None:
         try:
             events = await asyncio.to_thread(read_alerts, t)
         except (UserError, FileNotFoundError, ValueError, OSError) as exc:
-            print(f"store: alert state not restored from {t.address} ({exc}); rules start afresh",
-                  file=sys.stderr, flush=True)
+            print(
+                f"store: alert state not restored from {t.address} ({exc}); rules start afresh",
+                file=sys.stderr,
+                flush=True,
+            )
             return
         engine.resume(events)
         print(f"store: alert rules resumed from {len(events)} stored events", file=sys.stderr, flush=True)
@@ -266,7 +314,7 @@ async def _resume_alerts(engine, targets: list) -> None:
 def _alerts(args: argparse.Namespace) -> int:
     import json
     import time
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from storage.connect import read_alerts
     from storage.timeline import parse_since
@@ -278,10 +326,23 @@ def _alerts(args: argparse.Namespace) -> int:
     except FileNotFoundError as exc:
         raise UserError(str(exc)) from None
     for e in events:
-        when = datetime.fromtimestamp(e.time_s, timezone.utc).isoformat(timespec="seconds")
+        when = datetime.fromtimestamp(e.time_s, UTC).isoformat(timespec="seconds")
         if args.json:
-            print(json.dumps({"t_s": e.time_s, "time_iso": when, "device": e.device, "task": e.task, "rule": e.rule,
-                              "event": e.event, "confidence": e.confidence, "text": e.text}, separators=(",", ":")))
+            print(
+                json.dumps(
+                    {
+                        "t_s": e.time_s,
+                        "time_iso": when,
+                        "device": e.device,
+                        "task": e.task,
+                        "rule": e.rule,
+                        "event": e.event,
+                        "confidence": e.confidence,
+                        "text": e.text,
+                    },
+                    separators=(",", ":"),
+                )
+            )
         else:
             print(f"{when} {e.device} {e.rule} {e.event} {e.confidence:.2f} {e.text}")
     return 0

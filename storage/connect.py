@@ -8,7 +8,7 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 
-from m3sense.errors import UserError
+from common.errors import UserError
 from storage import influx, sqlite
 from storage.records import AffectRecord, AlertRecord
 from storage.sink import Sink
@@ -53,5 +53,6 @@ def read_alerts(target: Target, *, device: str | None = None, since_s: float | N
 
 def _readable(target: Target) -> None:
     if isinstance(target, MqttTarget):
-        raise UserError(f"{target.address}: MQTT keeps only the latest state; read history from a sqlite: or "
-                        "influx:// sink")
+        raise UserError(
+            f"{target.address}: MQTT keeps only the latest state; read history from a sqlite: or influx:// sink"
+        )

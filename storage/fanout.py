@@ -43,7 +43,7 @@ class FanoutSink:
     def last_error(self) -> str | None:
         return next((s.last_error for s in self.sinks if s.last_error), None)
 
-    async def __aenter__(self) -> "FanoutSink":
+    async def __aenter__(self) -> FanoutSink:
         async with AsyncExitStack() as stack:
             for s in self.sinks:
                 await stack.enter_async_context(s)

@@ -46,7 +46,7 @@ from influxdb_client.client.exceptions import InfluxDBError
 from influxdb_client.client.write_api import SYNCHRONOUS
 from urllib3.exceptions import HTTPError as Urllib3Error
 
-from m3sense.errors import UserError
+from common.errors import UserError
 from storage.records import AffectRecord, AlertRecord, PhysioRecord, Record
 from storage.sink import SinkCounters
 from storage.spool import Spool
@@ -71,10 +71,16 @@ def _us(time_s: float) -> int:
 def to_point(r: Record) -> Point:
     """The InfluxDB point of a record (see the schema above)."""
     if isinstance(r, AffectRecord):
-        p = (Point(AFFECT_MEASUREMENT).tag("device", r.device).tag("task", r.task)
-             .tag("source", r.source).tag("model", r.model)
-             .field("status", r.status).field("t_start_s", float(r.t_start_s))
-             .field("state", window_state(r.label, r.status, r.off_wrist)))
+        p = (
+            Point(AFFECT_MEASUREMENT)
+            .tag("device", r.device)
+            .tag("task", r.task)
+            .tag("source", r.source)
+            .tag("model", r.model)
+            .field("status", r.status)
+            .field("t_start_s", float(r.t_start_s))
+            .field("state", window_state(r.label, r.status, r.off_wrist))
+        )
         if r.label is not None:
             p.field("label", r.label)
         if r.confidence is not None:
@@ -92,13 +98,25 @@ def to_point(r: Record) -> Point:
         if r.calibration is not None:
             p.field("calibration", r.calibration)
     elif isinstance(r, AlertRecord):
-        p = (Point(ALERT_MEASUREMENT).tag("device", r.device).tag("task", r.task).tag("rule", r.rule)
-             .field("event", r.event).field("confidence", float(r.confidence)).field("text", r.text))
+        p = (
+            Point(ALERT_MEASUREMENT)
+            .tag("device", r.device)
+            .tag("task", r.task)
+            .tag("rule", r.rule)
+            .field("event", r.event)
+            .field("confidence", float(r.confidence))
+            .field("text", r.text)
+        )
     elif isinstance(r, PhysioRecord):
         p = Point(PHYSIO_MEASUREMENT).tag("device", r.device).tag("source", r.source).field(r.signal, float(r.value))
     else:
-        p = (Point(STATUS_MEASUREMENT).tag("device", r.device).tag("source", r.source).tag("event", r.event)
-             .field("detail", r.detail))
+        p = (
+            Point(STATUS_MEASUREMENT)
+            .tag("device", r.device)
+            .tag("source", r.source)
+            .tag("event", r.event)
+            .field("detail", r.detail)
+        )
         if r.value is not None:
             p.field("value", float(r.value))
     return p.time(_us(r.time_s), WritePrecision.US)
@@ -126,8 +144,11 @@ def describe_failure(status: int | None, message: str, *, has_token: bool) -> st
         return f"no answer ({message})"
     line = f"HTTP {status}: {message}"
     if status in _AUTH_STATUS:
-        return line + ("; the token was refused" if has_token else
-                       "; InfluxDB wants credentials: set $INFLUX_TOKEN or --token-file (1.x: user:password)")
+        return line + (
+            "; the token was refused"
+            if has_token
+            else "; InfluxDB wants credentials: set $INFLUX_TOKEN or --token-file (1.x: user:password)"
+        )
     return line
 
 
@@ -165,9 +186,19 @@ class InfluxSink:
     ``last_error`` says why the latest write failed (None once one succeeds).
     """
 
-    def __init__(self, target: InfluxTarget, *, spool_dir: Path, batch_size: int = 1000,
-                 max_queue: int = 20_000, max_spool_bytes: int = 512 * 2**20, timeout_s: float = 10.0,
-                 retry_min_s: float = 0.5, retry_max_s: float = 30.0, close_timeout_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        target: InfluxTarget,
+        *,
+        spool_dir: Path,
+        batch_size: int = 1000,
+        max_queue: int = 20_000,
+        max_spool_bytes: int = 512 * 2**20,
+        timeout_s: float = 10.0,
+        retry_min_s: float = 0.5,
+        retry_max_s: float = 30.0,
+        close_timeout_s: float = 30.0,
+    ) -> None:
         self.target = target
         self.spool_dir = spool_dir
         self.batch_size = batch_size
@@ -193,12 +224,13 @@ class InfluxSink:
     def __repr__(self) -> str:
         return f"InfluxSink({self.target!r})"  # the target's repr leaves the token out
 
-    async def __aenter__(self) -> "InfluxSink":
+    async def __aenter__(self) -> InfluxSink:
         self._spool = await asyncio.to_thread(Spool, self.spool_dir, max_bytes=self.max_spool_bytes)
         if self._spool.points:
             log.info("spool %s holds %d points from before; sending them first", self.spool_dir, self._spool.points)
-        self._client = InfluxDBClient(url=self.target.url, token=self.target.token or "", org=self.target.org,
-                                      timeout=int(self.timeout_s * 1000))
+        self._client = InfluxDBClient(
+            url=self.target.url, token=self.target.token or "", org=self.target.org, timeout=int(self.timeout_s * 1000)
+        )
         self._write_api = self._client.write_api(write_options=SYNCHRONOUS)
         self._update_pending()
         self._task = asyncio.create_task(self._run(), name="influx-writer")
@@ -229,8 +261,13 @@ class InfluxSink:
         loop = asyncio.get_running_loop()
         task = self._task
         await self.counters.wait_for(
-            lambda c: (task is None or task.done()) or (
-                not self._queue and (self._spool is None or not self._spool.points or self._down_until > loop.time())),
+            lambda c: (
+                (task is None or task.done())
+                or (
+                    not self._queue
+                    and (self._spool is None or not self._spool.points or self._down_until > loop.time())
+                )
+            ),
             None,
         )
         if task is not None and task.done() and not task.cancelled() and task.exception() is not None:
@@ -244,8 +281,9 @@ class InfluxSink:
         try:
             await asyncio.wait_for(asyncio.shield(self._task), self.close_timeout_s)
         except TimeoutError:
-            log.warning("InfluxDB did not take everything within %.0f s; the rest stays on the spool",
-                        self.close_timeout_s)
+            log.warning(
+                "InfluxDB did not take everything within %.0f s; the rest stays on the spool", self.close_timeout_s
+            )
             self._task.cancel()
             try:
                 await self._task
@@ -273,7 +311,9 @@ class InfluxSink:
             self.counters.spooled += len(lines)
         else:
             self.counters.dropped += len(lines)
-            log.error("spool %s is full (%d bytes): dropped %d points", self.spool_dir, self.max_spool_bytes, len(lines))
+            log.error(
+                "spool %s is full (%d bytes): dropped %d points", self.spool_dir, self.max_spool_bytes, len(lines)
+            )
         self._update_pending()
 
     def _post(self, lines: list[str]) -> None:
@@ -282,8 +322,9 @@ class InfluxSink:
         if self._api == "v1":
             return self._post_v1(body)
         try:
-            self._write_api.write(bucket=self.target.bucket, org=self.target.org, record=body,
-                                  write_precision=WritePrecision.US)
+            self._write_api.write(
+                bucket=self.target.bucket, org=self.target.org, record=body, write_precision=WritePrecision.US
+            )
         except InfluxDBError as exc:
             status = getattr(exc, "status", None) or getattr(exc.response, "status", None)
             message = exc.message if isinstance(exc.message, bytes) else str(exc.message).encode()
@@ -295,9 +336,11 @@ class InfluxSink:
         params = {"db": self.target.database, "precision": "u"}
         if self.target.retention_policy:
             params["rp"] = self.target.retention_policy
-        req = urllib.request.Request(f"{self.target.url}/write?{urllib.parse.urlencode(params)}", data=body.encode(),
-                                     headers={"Content-Type": "text/plain; charset=utf-8",
-                                              **_auth_header(self.target.token)})
+        req = urllib.request.Request(
+            f"{self.target.url}/write?{urllib.parse.urlencode(params)}",
+            data=body.encode(),
+            headers={"Content-Type": "text/plain; charset=utf-8", **_auth_header(self.target.token)},
+        )
         try:
             urllib.request.urlopen(req, timeout=self.timeout_s).close()
         except urllib.error.HTTPError as exc:
@@ -318,15 +361,21 @@ class InfluxSink:
             return False
         self._api = "v1" if is_1x(version) else "v2"
         if self._api == "v1":
-            log.warning("InfluxDB %s at %s has no /api/v2/write: writing with the 1.x /write API instead "
-                        "(?db=%s in the sink says so up front)", version, self.target.url, self.target.database)
+            log.warning(
+                "InfluxDB %s at %s has no /api/v2/write: writing with the 1.x /write API instead "
+                "(?db=%s in the sink says so up front)",
+                version,
+                self.target.url,
+                self.target.database,
+            )
         return self._api == "v1"
 
     def _count_written(self, n: int, lines: list[str], path: Path | None) -> None:
         self.counters.written += n
         # a lower bound after a partial write, which does not say which points it refused
-        self.counters.affect_written += max(0, sum(x.startswith(f"{AFFECT_MEASUREMENT},") for x in lines)
-                                            - (len(lines) - n))
+        self.counters.affect_written += max(
+            0, sum(x.startswith(f"{AFFECT_MEASUREMENT},") for x in lines) - (len(lines) - n)
+        )
         if path is not None:
             self.counters.replayed += n
 
@@ -373,8 +422,13 @@ class InfluxSink:
                 self._count_written(len(lines) - refused, lines, path)
                 self.counters.rejected += refused
                 self.last_error = f"refused {refused} points: HTTP {exc.status}: {exc.message}"
-                log.error("InfluxDB refused %d of a batch of %d points (HTTP %s: %s); they are not retried",
-                          refused, len(lines), exc.status, exc.message)
+                log.error(
+                    "InfluxDB refused %d of a batch of %d points (HTTP %s: %s); they are not retried",
+                    refused,
+                    len(lines),
+                    exc.status,
+                    exc.message,
+                )
             except asyncio.CancelledError:
                 if path is None:  # cut short mid-send: keep it (a duplicate write is harmless)
                     self._queue.extendleft(reversed(lines))
@@ -397,9 +451,13 @@ class InfluxSink:
         self._down_until = asyncio.get_running_loop().time() + self._backoff_s
         self.last_error = describe_failure(exc.status, exc.message, has_token=bool(self.target.token))
         if self._backoff_s == self.retry_min_s:
-            log.log(logging.ERROR if exc.status in _AUTH_STATUS else logging.WARNING,
-                    "InfluxDB at %s does not take writes (%s); spooling to %s", self.target.url, self.last_error,
-                    self.spool_dir)
+            log.log(
+                logging.ERROR if exc.status in _AUTH_STATUS else logging.WARNING,
+                "InfluxDB at %s does not take writes (%s); spooling to %s",
+                self.target.url,
+                self.last_error,
+                self.spool_dir,
+            )
         if path is None:
             await self._to_spool(lines)
         self._update_pending()
@@ -424,8 +482,11 @@ def influxql(target: InfluxTarget, query: str, *, timeout_s: float = 30.0) -> li
     params = {"db": target.database, "q": query, "epoch": "u"}
     if target.retention_policy:
         params["rp"] = target.retention_policy
-    req = urllib.request.Request(f"{target.url}/query", data=urllib.parse.urlencode(params).encode(),
-                                 headers={"Content-Type": "application/x-www-form-urlencoded", **_auth_header(target.token)})
+    req = urllib.request.Request(
+        f"{target.url}/query",
+        data=urllib.parse.urlencode(params).encode(),
+        headers={"Content-Type": "application/x-www-form-urlencoded", **_auth_header(target.token)},
+    )
     try:
         with urllib.request.urlopen(req, timeout=timeout_s) as resp:
             body = json.load(resp)
@@ -457,14 +518,27 @@ def read_affect(target: InfluxTarget, *, device: str | None = None, since_s: flo
         cols = series["columns"]
         for values in series["values"]:
             row = dict(zip(cols, values))
-            out.append(AffectRecord(
-                time_s=row["time"] / 1e6, t_start_s=_float(row.get("t_start_s")), device=row["device"], task=row["task"],
-                source=row["source"], model=row["model"], label=row.get("label"), confidence=_float(row.get("confidence")),
-                probs=tuple(sorted((c[2:], float(v)) for c, v in row.items() if c.startswith("p_") and v is not None)),
-                status=row.get("status"), off_wrist=row.get("off_wrist"), motion=row.get("motion"),
-                missing_fraction=_float(row.get("missing_fraction")), true_label=row.get("true_label"),
-                calibration=row.get("calibration"),
-            ))
+            out.append(
+                AffectRecord(
+                    time_s=row["time"] / 1e6,
+                    t_start_s=_float(row.get("t_start_s")),
+                    device=row["device"],
+                    task=row["task"],
+                    source=row["source"],
+                    model=row["model"],
+                    label=row.get("label"),
+                    confidence=_float(row.get("confidence")),
+                    probs=tuple(
+                        sorted((c[2:], float(v)) for c, v in row.items() if c.startswith("p_") and v is not None)
+                    ),
+                    status=row.get("status"),
+                    off_wrist=row.get("off_wrist"),
+                    motion=row.get("motion"),
+                    missing_fraction=_float(row.get("missing_fraction")),
+                    true_label=row.get("true_label"),
+                    calibration=row.get("calibration"),
+                )
+            )
     return sorted(out, key=lambda r: (r.time_s, r.device, r.task))
 
 
@@ -478,6 +552,15 @@ def read_alerts(target: InfluxTarget, *, device: str | None = None, since_s: flo
         cols = series["columns"]
         for values in series["values"]:
             row = dict(zip(cols, values))
-            out.append(AlertRecord(time_s=row["time"] / 1e6, device=row["device"], task=row["task"], rule=row["rule"],
-                                   event=row["event"], confidence=float(row["confidence"]), text=row.get("text") or ""))
+            out.append(
+                AlertRecord(
+                    time_s=row["time"] / 1e6,
+                    device=row["device"],
+                    task=row["task"],
+                    rule=row["rule"],
+                    event=row["event"],
+                    confidence=float(row["confidence"]),
+                    text=row.get("text") or "",
+                )
+            )
     return sorted(out, key=lambda r: (r.time_s, r.device, r.rule))

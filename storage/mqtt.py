@@ -35,7 +35,7 @@ from collections.abc import Sequence
 import aiomqtt
 from aiomqtt.exceptions import MqttConnectError
 
-from m3sense.errors import UserError
+from common.errors import UserError
 from storage.mqtt_topics import OFFLINE, ONLINE, Layout, MessageBuilder, Outgoing
 from storage.records import Record
 from storage.sink import SinkCounters
@@ -59,9 +59,18 @@ def _refused_login(exc: BaseException) -> bool:
 class MqttSink:
     """``async with MqttSink(target) as sink: await sink.write(records)``; see the module doc."""
 
-    def __init__(self, target: MqttTarget, *, max_pending: int = 100_000, inflight: int = 50,
-                 retry_min_s: float = 0.5, retry_max_s: float = 30.0, connect_timeout_s: float = 10.0,
-                 close_timeout_s: float = 10.0, keepalive_s: int = 30) -> None:
+    def __init__(
+        self,
+        target: MqttTarget,
+        *,
+        max_pending: int = 100_000,
+        inflight: int = 50,
+        retry_min_s: float = 0.5,
+        retry_max_s: float = 30.0,
+        connect_timeout_s: float = 10.0,
+        close_timeout_s: float = 10.0,
+        keepalive_s: int = 30,
+    ) -> None:
         self.target = target
         self.layout = Layout(prefix=target.prefix, discovery=target.discovery)
         self.max_pending = max_pending
@@ -89,15 +98,16 @@ class MqttSink:
 
     # --- the Sink port -----------------------------------------------------------------
 
-    async def __aenter__(self) -> "MqttSink":
+    async def __aenter__(self) -> MqttSink:
         self._task = asyncio.create_task(self._run(), name="mqtt-sink")
         await self._first_attempt.wait()
         if self._refused is not None:
             await self._stop_task()
             raise UserError(self._refused)
         if not self.connected:
-            log.warning("MQTT broker %s not reachable (%s); buffering and retrying", self.target.address,
-                        self.last_error)
+            log.warning(
+                "MQTT broker %s not reachable (%s); buffering and retrying", self.target.address, self.last_error
+            )
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -150,8 +160,9 @@ class MqttSink:
                 else:
                     kept.append(m)
             self._queue = kept
-            log.warning("MQTT buffer full (%d messages): %d records dropped so far", self.max_pending,
-                        self.counters.dropped)
+            log.warning(
+                "MQTT buffer full (%d messages): %d records dropped so far", self.max_pending, self.counters.dropped
+            )
         self._update_pending()
         self._wake.set()
 
@@ -161,9 +172,16 @@ class MqttSink:
         t = self.target
         tls = ssl.create_default_context(cafile=str(t.ca_file) if t.ca_file else None) if t.tls else None
         return aiomqtt.Client(
-            t.host, t.port, username=t.username, password=t.password, identifier=t.client_id,
+            t.host,
+            t.port,
+            username=t.username,
+            password=t.password,
+            identifier=t.client_id,
             will=aiomqtt.Will(self.layout.store_availability, OFFLINE, qos=QOS, retain=True),
-            tls_context=tls, keepalive=self.keepalive_s, logger=_client_log, timeout=self.connect_timeout_s,
+            tls_context=tls,
+            keepalive=self.keepalive_s,
+            logger=_client_log,
+            timeout=self.connect_timeout_s,
             max_inflight_messages=self.inflight,
             # small messages, each awaited: without this, Nagle and delayed ACKs cost ~40 ms a batch
             socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
@@ -194,8 +212,10 @@ class MqttSink:
                 self._progress.set()
                 if _refused_login(exc):
                     user = self.target.username or "(none)"
-                    self._refused = (f"MQTT broker {self.target.address} refused the login of user {user}: {exc} "
-                                     "(check user= or $MQTT_USERNAME, and $MQTT_PASSWORD or --mqtt-password-file)")
+                    self._refused = (
+                        f"MQTT broker {self.target.address} refused the login of user {user}: {exc} "
+                        "(check user= or $MQTT_USERNAME, and $MQTT_PASSWORD or --mqtt-password-file)"
+                    )
                     if not self._first_attempt.is_set():
                         self._first_attempt.set()
                         return

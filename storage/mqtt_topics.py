@@ -95,14 +95,22 @@ class Layout:
 
 
 def state_payload(r: AffectRecord) -> dict[str, Any]:
-    return {"t": r.time_s, "label": r.label, "confidence": r.confidence, "status": r.status,
-            "off_wrist": r.off_wrist, "motion": r.motion, "missing_fraction": r.missing_fraction,
-            "probs": dict(r.probs), "model": r.model, "source": r.source}
+    return {
+        "t": r.time_s,
+        "label": r.label,
+        "confidence": r.confidence,
+        "status": r.status,
+        "off_wrist": r.off_wrist,
+        "motion": r.motion,
+        "missing_fraction": r.missing_fraction,
+        "probs": dict(r.probs),
+        "model": r.model,
+        "source": r.source,
+    }
 
 
 def alert_payload(r: AlertRecord) -> dict[str, Any]:
-    return {"t": r.time_s, "rule": r.rule, "task": r.task, "event": r.event, "confidence": r.confidence,
-            "text": r.text}
+    return {"t": r.time_s, "rule": r.rule, "task": r.task, "event": r.event, "confidence": r.confidence, "text": r.text}
 
 
 def discovery_config(layout: Layout, device: str, key: str) -> tuple[str, dict[str, Any]]:
@@ -116,40 +124,71 @@ def discovery_config(layout: Layout, device: str, key: str) -> tuple[str, dict[s
         "payload_available": ONLINE,
         "payload_not_available": OFFLINE,
         "qos": 1,
-        "device": {"identifiers": [f"m3sense_{entity_id(device)}"], "name": f"E4 {device}",
-                   "manufacturer": "Empatica", "model": "E4 wristband (m3sense)"},
+        "device": {
+            "identifiers": [f"m3sense_{entity_id(device)}"],
+            "name": f"E4 {device}",
+            "manufacturer": "Empatica",
+            "model": "E4 wristband (m3sense)",
+        },
         "origin": {"name": "m3sense"},
     }
     component = "sensor"
     task = key.removesuffix("_confidence")
     if key in ("stress", "anxiety", "emotion"):
-        config.update(name=key.capitalize(), state_topic=layout.state(device, key), icon="mdi:emoticon-outline",
-                      value_template="{{ value_json.label if value_json.label is not none else value_json.status }}",
-                      json_attributes_topic=layout.state(device, key))
+        config.update(
+            name=key.capitalize(),
+            state_topic=layout.state(device, key),
+            icon="mdi:emoticon-outline",
+            value_template="{{ value_json.label if value_json.label is not none else value_json.status }}",
+            json_attributes_topic=layout.state(device, key),
+        )
     elif key.endswith("_confidence"):
-        config.update(name=f"{task.capitalize()} confidence", state_topic=layout.state(device, task),
-                      unit_of_measurement="%", state_class="measurement", icon="mdi:percent",
-                      value_template="{{ (value_json.confidence * 100) | round(1) "
-                                     "if value_json.confidence is not none else None }}")
+        config.update(
+            name=f"{task.capitalize()} confidence",
+            state_topic=layout.state(device, task),
+            unit_of_measurement="%",
+            state_class="measurement",
+            icon="mdi:percent",
+            value_template="{{ (value_json.confidence * 100) | round(1) "
+            "if value_json.confidence is not none else None }}",
+        )
     elif key == "battery":
-        config.update(name="Battery", state_topic=layout.device_info(device), device_class="battery",
-                      unit_of_measurement="%", state_class="measurement", entity_category="diagnostic",
-                      value_template="{{ (value_json.battery * 100) | round(0) "
-                                     "if value_json.battery is not none else None }}")
+        config.update(
+            name="Battery",
+            state_topic=layout.device_info(device),
+            device_class="battery",
+            unit_of_measurement="%",
+            state_class="measurement",
+            entity_category="diagnostic",
+            value_template="{{ (value_json.battery * 100) | round(0) if value_json.battery is not none else None }}",
+        )
     elif key == "on_wrist":
         component = "binary_sensor"
-        config.update(name="On wrist", state_topic=layout.device_info(device), icon="mdi:watch",
-                      value_template="{{ 'ON' if value_json.on_wrist else 'OFF' }}")
+        config.update(
+            name="On wrist",
+            state_topic=layout.device_info(device),
+            icon="mdi:watch",
+            value_template="{{ 'ON' if value_json.on_wrist else 'OFF' }}",
+        )
     elif key == "alert":
         component = "binary_sensor"
-        config.update(name="Alert", state_topic=layout.alert(device), device_class="problem",
-                      value_template="{{ 'ON' if value_json.event == 'raise' else 'OFF' }}",
-                      json_attributes_topic=layout.alert(device))
+        config.update(
+            name="Alert",
+            state_topic=layout.alert(device),
+            device_class="problem",
+            value_template="{{ 'ON' if value_json.event == 'raise' else 'OFF' }}",
+            json_attributes_topic=layout.alert(device),
+        )
     else:
         signal = next(s for s, e in PHYSIO_ENTITIES.items() if e[0] == key)
         _, name, unit, device_class = PHYSIO_ENTITIES[signal]
-        config.update(name=name, state_topic=layout.physio(device), unit_of_measurement=unit,
-                      state_class="measurement", value_template=f"{{{{ value_json.{signal} }}}}")
+        config.update(
+            name=name,
+            state_topic=layout.physio(device),
+            unit_of_measurement=unit,
+            state_class="measurement",
+            value_template=f"{{{{ value_json.{signal} }}}}",
+        )
         if device_class:
             config["device_class"] = device_class
     return layout.config_topic(component, device, key), config

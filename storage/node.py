@@ -44,9 +44,18 @@ def device_topics(device: str) -> list[str]:
 class StoreNode:
     """``await node.run(stop)``; ``processed`` counts bus messages turned into records."""
 
-    def __init__(self, bus: str, sink: Sink, *, flush_interval_s: float = 1.0, drain_s: float = 0.5,
-                 builder: RecordBuilder | None = None, on_device_end: Callable[[str], None] | None = None,
-                 ledger_file: LedgerFile | None = None, metrics=None) -> None:
+    def __init__(
+        self,
+        bus: str,
+        sink: Sink,
+        *,
+        flush_interval_s: float = 1.0,
+        drain_s: float = 0.5,
+        builder: RecordBuilder | None = None,
+        on_device_end: Callable[[str], None] | None = None,
+        ledger_file: LedgerFile | None = None,
+        metrics=None,
+    ) -> None:
         self.bus = bus
         self.sink = sink
         self.flush_interval_s = flush_interval_s
@@ -84,10 +93,12 @@ class StoreNode:
 
     async def wait_processed(self, n: int, timeout_s: float) -> None:
         """Return once ``n`` messages have been processed (a handshake for tests and ``run``)."""
+
         async def _wait() -> None:
             while self.processed < n:
                 self._progress.clear()
                 await self._progress.wait()
+
         await asyncio.wait_for(_wait(), timeout_s)
 
     def _window_loss(self, msg: Message) -> list:
@@ -96,8 +107,13 @@ class StoreNode:
         loss = self.ledger.observe(msg.device, msg.meta, t_start if isinstance(t_start, float) else msg.t0_s, end=end)
         if loss is None:
             return []
-        log.warning("store: %d window(s) of %s never arrived before %.0f (counted by %s); stored as bus_gap",
-                    loss.windows, msg.device, loss.time_s, loss.by)
+        log.warning(
+            "store: %d window(s) of %s never arrived before %.0f (counted by %s); stored as bus_gap",
+            loss.windows,
+            msg.device,
+            loss.time_s,
+            loss.by,
+        )
         return [self.builder.bus_gap(msg, loss.windows, unit="windows", by=loss.by)]
 
     async def _handle(self, sub: Subscriber, msg: Message) -> None:
@@ -137,9 +153,15 @@ class StoreNode:
             if self.metrics is not None:
                 from bus.metrics import bus_snapshot
 
-                self.metrics.watch(lambda: bus_snapshot(
-                    sub.stats, drops=dict(self.builder.rejected), published=self.records,
-                    queue_depth=self.sink.counters.pending, lost_windows=dict(self.ledger.lost)))
+                self.metrics.watch(
+                    lambda: bus_snapshot(
+                        sub.stats,
+                        drops=dict(self.builder.rejected),
+                        published=self.records,
+                        queue_depth=self.sink.counters.pending,
+                        lost_windows=dict(self.ledger.lost),
+                    )
+                )
             flusher = asyncio.create_task(self._flush_periodically())
             try:
                 async for msg in sub.until(stop):
@@ -160,8 +182,14 @@ class StoreNode:
                     await self.sink.write(tail)
                     self.records += len(tail)
                 await self._flush()
-                log.info("store: %d messages, %d records, bus %s, sink %s, rejected %s", self.processed,
-                         self.records, sub.stats.as_dict(), self.sink.counters.as_dict(), dict(self.builder.rejected))
+                log.info(
+                    "store: %d messages, %d records, bus %s, sink %s, rejected %s",
+                    self.processed,
+                    self.records,
+                    sub.stats.as_dict(),
+                    self.sink.counters.as_dict(),
+                    dict(self.builder.rejected),
+                )
 
     async def _flush_periodically(self) -> None:
         while True:

@@ -40,7 +40,7 @@ class Loss:
 
     device: str
     windows: int
-    by: str          # "sequence" (exact) or "grid" (a preprocess restart: by window times)
+    by: str  # "sequence" (exact) or "grid" (a preprocess restart: by window times)
     time_s: float
 
 
@@ -101,8 +101,11 @@ class WindowLedger:
         return Loss(device=device, windows=missed, by=by, time_s=float(t_start_s))
 
     def to_json(self) -> str:
-        return json.dumps({d: [p.incarnation, p.seq, p.t_start_s, p.hop_s] for d, p in self._pos.items()},
-                          separators=(",", ":"), sort_keys=True)
+        return json.dumps(
+            {d: [p.incarnation, p.seq, p.t_start_s, p.hop_s] for d, p in self._pos.items()},
+            separators=(",", ":"),
+            sort_keys=True,
+        )
 
     @classmethod
     def from_json(cls, text: str) -> WindowLedger:

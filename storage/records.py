@@ -27,7 +27,6 @@ from typing import Any
 from bus import AFFECT, RAW, STATUS, Message
 from bus.message import MAX_TIME_S
 from e4 import RATES_HZ, rate_is_plausible
-
 from storage.physio import PhysioDownsampler
 
 SOURCES = ("live", "replay", "unknown")
@@ -42,21 +41,21 @@ _NAME = re.compile(r"^[A-Za-z0-9_]{1,32}$")  # class names, status events: tag a
 class AffectRecord:
     """One task's prediction for one window. ``probs`` is sorted by class name."""
 
-    time_s: float                       # window end (Unix s, UTC)
-    t_start_s: float                    # window start
+    time_s: float  # window end (Unix s, UTC)
+    t_start_s: float  # window start
     device: str
     task: str
     source: str
     model: str
-    label: str | None                   # None for a low-quality window
+    label: str | None  # None for a low-quality window
     confidence: float | None
     probs: tuple[tuple[str, float], ...]
-    status: str                         # "ok" | "low_quality"
+    status: str  # "ok" | "low_quality"
     off_wrist: bool | None
     motion: bool | None
     missing_fraction: float | None
-    true_label: str | None = None       # ground truth a replay attached to the window
-    calibration: str | None = None      # the wearer reference the answer used ("calm@T0-T1", "tag@..."), if any
+    true_label: str | None = None  # ground truth a replay attached to the window
+    calibration: str | None = None  # the wearer reference the answer used ("calm@T0-T1", "tag@..."), if any
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -90,11 +89,11 @@ class AlertRecord:
     """An alert rule deciding at a window's end: ``event`` is ``raise`` or ``clear``;
     ``confidence`` the mean probability of the rule's label over the dwell that decided it."""
 
-    time_s: float                       # the end of the window that decided it
+    time_s: float  # the end of the window that decided it
     device: str
     task: str
     rule: str
-    event: str                          # "raise" | "clear"
+    event: str  # "raise" | "clear"
     confidence: float
     text: str
 
@@ -172,16 +171,25 @@ def affect_records(msg: Message) -> list[AffectRecord]:
         calibration = result.get("calibration")
         if calibration is not None and (not isinstance(calibration, str) or not _CALIBRATION.match(calibration)):
             raise Rejected("affect", f"{task} calibration {calibration!r}")
-        out.append(AffectRecord(
-            time_s=t_end, t_start_s=t_start, device=msg.device, task=task,
-            source=_source(meta.get("source")), model=task_model, label=label,
-            confidence=_finite(result.get("confidence"), f"{task} confidence"),
-            probs=probs, status=str(result.get("status", "ok"))[:16],
-            off_wrist=_flag(quality.get("off_wrist")), motion=_flag(quality.get("motion")),
-            missing_fraction=_finite(missing, "missing_fraction") if missing is not None else None,
-            true_label=true_label if isinstance(true_label, str) and _NAME.match(true_label) else None,
-            calibration=calibration,
-        ))
+        out.append(
+            AffectRecord(
+                time_s=t_end,
+                t_start_s=t_start,
+                device=msg.device,
+                task=task,
+                source=_source(meta.get("source")),
+                model=task_model,
+                label=label,
+                confidence=_finite(result.get("confidence"), f"{task} confidence"),
+                probs=probs,
+                status=str(result.get("status", "ok"))[:16],
+                off_wrist=_flag(quality.get("off_wrist")),
+                motion=_flag(quality.get("motion")),
+                missing_fraction=_finite(missing, "missing_fraction") if missing is not None else None,
+                true_label=true_label if isinstance(true_label, str) and _NAME.match(true_label) else None,
+                calibration=calibration,
+            )
+        )
     return out
 
 
@@ -198,7 +206,11 @@ def status_record(msg: Message, source: str) -> StatusRecord:
         value = _finite(float(msg.samples.reshape(-1)[0]), "sample")
     detail = {k: v for k, v in msg.meta.items() if k not in ("event", "source")}
     return StatusRecord(
-        time_s=msg.t0_s, device=msg.device, source=source, event=event, value=value,
+        time_s=msg.t0_s,
+        device=msg.device,
+        source=source,
+        event=event,
+        value=value,
         detail=json.dumps(detail, separators=(",", ":"), sort_keys=True),
     )
 
@@ -247,9 +259,14 @@ class RecordBuilder:
     def bus_gap(self, msg: Message, missed: int, **detail: Any) -> StatusRecord:
         """A ``bus_gap`` status event: ``missed`` messages of ``msg``'s topic never reached
         the store (its sequence numbers jumped), so dashboards show the loss beside the data."""
-        return StatusRecord(time_s=msg.t0_s, device=msg.device, source=self._source.get(msg.device, "unknown"),
-                            event="bus_gap", value=float(missed),
-                            detail=json.dumps({"topic": msg.topic, **detail}, separators=(",", ":")))
+        return StatusRecord(
+            time_s=msg.t0_s,
+            device=msg.device,
+            source=self._source.get(msg.device, "unknown"),
+            event="bus_gap",
+            value=float(missed),
+            detail=json.dumps({"topic": msg.topic, **detail}, separators=(",", ":")),
+        )
 
     def flush(self) -> list[Record]:
         out: list[Record] = []

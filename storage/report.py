@@ -15,22 +15,24 @@ from pathlib import Path
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StoreOutcome:
-    sink: str | None = None       # the SINK address without secrets (None: it did not parse)
+    sink: str | None = None  # the SINK address without secrets (None: it did not parse)
     influx: bool = False
-    messages: int = 0             # bus messages taken in
-    received: int = 0             # records made from them
-    written: int = 0              # points (rows) the sink acknowledged
-    spooled: int = 0              # points waiting in the spool at exit
+    messages: int = 0  # bus messages taken in
+    received: int = 0  # records made from them
+    written: int = 0  # points (rows) the sink acknowledged
+    spooled: int = 0  # points waiting in the spool at exit
     spool_dir: Path | None = None
-    dropped: int = 0              # lost: queue and spool both full
-    refused: int = 0              # lost: the server refused them as invalid
-    affect_records: int = 0       # the affect part of ``written``
-    interrupted: bool = False     # Ctrl-C (SIGINT)
+    dropped: int = 0  # lost: queue and spool both full
+    refused: int = 0  # lost: the server refused them as invalid
+    affect_records: int = 0  # the affect part of ``written``
+    interrupted: bool = False  # Ctrl-C (SIGINT)
     bad_input: str | None = None  # a UserError before anything ran
-    failure: str | None = None    # what ended the store before it finished
-    error: str | None = None      # why the sink's latest write failed
+    failure: str | None = None  # what ended the store before it finished
+    error: str | None = None  # why the sink's latest write failed
     malformed: Mapping[str, int] = field(default_factory=dict)  # messages dropped as malformed, by kind
-    lost_windows: Mapping[str, int] = field(default_factory=dict)  # windows that never arrived, by device (bus_gap rows)
+    lost_windows: Mapping[str, int] = field(
+        default_factory=dict
+    )  # windows that never arrived, by device (bus_gap rows)
 
     @property
     def exit_code(self) -> int:
@@ -42,11 +44,20 @@ class StoreOutcome:
 
     def as_json(self) -> dict:
         """The one object ``store --json`` prints (``m3sense run`` reads these keys)."""
-        return {"sink": self.sink, "written": self.written, "spooled": self.spooled,
-                "spool_dir": None if self.spool_dir is None else str(self.spool_dir), "dropped": self.dropped,
-                "refused": self.refused, "affect_records": self.affect_records, "exit_code": self.exit_code,
-                "received": self.received, "error": self.bad_input or self.failure or self.error,
-                "lost_windows": sum(self.lost_windows.values()), "lost_windows_by_device": dict(self.lost_windows)}
+        return {
+            "sink": self.sink,
+            "written": self.written,
+            "spooled": self.spooled,
+            "spool_dir": None if self.spool_dir is None else str(self.spool_dir),
+            "dropped": self.dropped,
+            "refused": self.refused,
+            "affect_records": self.affect_records,
+            "exit_code": self.exit_code,
+            "received": self.received,
+            "error": self.bad_input or self.failure or self.error,
+            "lost_windows": sum(self.lost_windows.values()),
+            "lost_windows_by_device": dict(self.lost_windows),
+        }
 
     def summary(self) -> str:
         """The last line on stderr: what reached the sink, what waits where, what was lost."""
@@ -57,13 +68,18 @@ class StoreOutcome:
         else:
             parts.append(f"nothing reached {'InfluxDB' if self.influx else 'the sink'} ({self.sink})")
         if self.spooled:
-            parts.append(f"{self.spooled} points wait in spool {self.spool_dir}; the next `m3sense store` with this "
-                         f"spool (the same --sink, or --spool-dir {self.spool_dir}) sends them first")
+            parts.append(
+                f"{self.spooled} points wait in spool {self.spool_dir}; the next `m3sense store` with this "
+                f"spool (the same --sink, or --spool-dir {self.spool_dir}) sends them first"
+            )
         elif self.influx:
             parts.append("none wait in the spool")
         lost = self.dropped + self.refused
-        parts.append(f"{lost} lost ({self.refused} refused by the server, {self.dropped} dropped: spool full)"
-                     if lost else "none lost")
+        parts.append(
+            f"{lost} lost ({self.refused} refused by the server, {self.dropped} dropped: spool full)"
+            if lost
+            else "none lost"
+        )
         if self.lost_windows:
             each = ", ".join(f"{d} {n}" for d, n in sorted(self.lost_windows.items()))
             parts.append(f"{sum(self.lost_windows.values())} windows never arrived ({each}), stored as bus_gap")

@@ -47,7 +47,7 @@ class SinkCounters:
         if self._changed is not None:
             self._changed.set()
 
-    async def wait_for(self, predicate: Callable[["SinkCounters"], bool], timeout_s: float | None) -> None:
+    async def wait_for(self, predicate: Callable[[SinkCounters], bool], timeout_s: float | None) -> None:
         """Return once ``predicate(self)`` holds; raise TimeoutError after ``timeout_s`` (None: never)."""
         loop = asyncio.get_running_loop()
         deadline = None if timeout_s is None else loop.time() + timeout_s
@@ -62,7 +62,7 @@ class Sink(Protocol):
     counters: SinkCounters
     last_error: str | None  # why the latest write failed, if it did (for the user's summary)
 
-    async def __aenter__(self) -> "Sink": ...
+    async def __aenter__(self) -> Sink: ...
 
     async def __aexit__(self, *exc: object) -> None: ...
 

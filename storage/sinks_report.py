@@ -17,26 +17,40 @@ from storage.sink import SinkCounters
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SinkReport:
-    sink: str                 # its address, without secrets
+    sink: str  # its address, without secrets
     written: int
     affect_records: int
-    pending: int              # in its spool (InfluxDB) or buffer at exit
+    pending: int  # in its spool (InfluxDB) or buffer at exit
     dropped: int
     refused: int
     error: str | None
 
     @classmethod
-    def of(cls, address: str, c: SinkCounters, error: str | None) -> "SinkReport":
-        return cls(sink=address, written=c.written, affect_records=c.affect_written, pending=c.pending,
-                   dropped=c.dropped, refused=c.rejected, error=error)
+    def of(cls, address: str, c: SinkCounters, error: str | None) -> SinkReport:
+        return cls(
+            sink=address,
+            written=c.written,
+            affect_records=c.affect_written,
+            pending=c.pending,
+            dropped=c.dropped,
+            refused=c.rejected,
+            error=error,
+        )
 
     @property
     def complete(self) -> bool:
         return not (self.pending or self.dropped or self.refused)
 
     def as_json(self) -> dict[str, Any]:
-        return {"sink": self.sink, "written": self.written, "affect_records": self.affect_records,
-                "spooled": self.pending, "dropped": self.dropped, "refused": self.refused, "error": self.error}
+        return {
+            "sink": self.sink,
+            "written": self.written,
+            "affect_records": self.affect_records,
+            "spooled": self.pending,
+            "dropped": self.dropped,
+            "refused": self.refused,
+            "error": self.error,
+        }
 
     def summary(self) -> str:
         lost = self.dropped + self.refused
@@ -46,8 +60,13 @@ class SinkReport:
         return text + (f" (last error: {self.error})" if self.error and not self.complete else "")
 
 
-def combine(outcome_json: Mapping[str, Any], summary: str, exit_code: int, sinks: Sequence[SinkReport],
-            alerts: Mapping[str, int] | None) -> tuple[dict[str, Any], str, int]:
+def combine(
+    outcome_json: Mapping[str, Any],
+    summary: str,
+    exit_code: int,
+    sinks: Sequence[SinkReport],
+    alerts: Mapping[str, int] | None,
+) -> tuple[dict[str, Any], str, int]:
     """The store's JSON, last line and exit code with every sink counted: 1 when any sink
     holds back or lost records (2 and 130 keep their meaning)."""
     code = exit_code

@@ -14,7 +14,7 @@ import os
 import threading
 from pathlib import Path
 
-from m3sense.errors import UserError
+from common.errors import UserError
 
 
 class Spool:

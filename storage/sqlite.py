@@ -81,9 +81,21 @@ _INSERT = {
     AffectRecord: (
         "INSERT OR REPLACE INTO affect VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
         lambda r: (
-            r.time_s, r.t_start_s, r.device, r.task, r.source, r.model, r.label, r.confidence, r.status,
-            json.dumps(dict(r.probs), separators=(",", ":")), r.off_wrist, r.motion, r.missing_fraction,
-            r.true_label, r.calibration,
+            r.time_s,
+            r.t_start_s,
+            r.device,
+            r.task,
+            r.source,
+            r.model,
+            r.label,
+            r.confidence,
+            r.status,
+            json.dumps(dict(r.probs), separators=(",", ":")),
+            r.off_wrist,
+            r.motion,
+            r.missing_fraction,
+            r.true_label,
+            r.calibration,
         ),
     ),
     PhysioRecord: (
@@ -139,7 +151,7 @@ class SqliteSink:
     def __repr__(self) -> str:
         return f"SqliteSink({str(self.path)!r})"
 
-    async def __aenter__(self) -> "SqliteSink":
+    async def __aenter__(self) -> SqliteSink:
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._conn = await asyncio.to_thread(connect, self.path)
         return self
@@ -194,10 +206,21 @@ def read_affect(path: Path, *, device: str | None = None, since_s: float | None 
         conn.close()
     return [
         AffectRecord(
-            time_s=r[0], t_start_s=r[1], device=r[2], task=r[3], source=r[4], model=r[5], label=r[6],
-            confidence=r[7], status=r[8], probs=tuple(sorted(json.loads(r[9]).items())),
-            off_wrist=None if r[10] is None else bool(r[10]), motion=None if r[11] is None else bool(r[11]),
-            missing_fraction=r[12], true_label=r[13], calibration=r[14] if len(r) > 14 else None,
+            time_s=r[0],
+            t_start_s=r[1],
+            device=r[2],
+            task=r[3],
+            source=r[4],
+            model=r[5],
+            label=r[6],
+            confidence=r[7],
+            status=r[8],
+            probs=tuple(sorted(json.loads(r[9]).items())),
+            off_wrist=None if r[10] is None else bool(r[10]),
+            motion=None if r[11] is None else bool(r[11]),
+            missing_fraction=r[12],
+            true_label=r[13],
+            calibration=r[14] if len(r) > 14 else None,
         )
         for r in rows
     ]
@@ -217,5 +240,7 @@ def read_alerts(path: Path, *, device: str | None = None, since_s: float | None 
         rows = conn.execute(sql + " ORDER BY t_s, device, rule", args).fetchall()
     finally:
         conn.close()
-    return [AlertRecord(time_s=r[0], device=r[1], task=r[2], rule=r[3], event=r[4], confidence=r[5], text=r[6])
-            for r in rows]
+    return [
+        AlertRecord(time_s=r[0], device=r[1], task=r[2], rule=r[3], event=r[4], confidence=r[5], text=r[6])
+        for r in rows
+    ]

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
-from m3sense.errors import UserError
+from common.errors import UserError
 
 TOKEN_ENV = "INFLUX_TOKEN"
 MQTT_USER_ENV = "MQTT_USERNAME"
@@ -61,8 +61,8 @@ class InfluxTarget:
     """Where InfluxDB listens; ``token`` is kept out of ``repr`` (and so out of logs).
     ``api`` is the write API the address asked for, None to find out from the server."""
 
-    url: str                      # http(s)://host:port[/prefix], what the client talks to
-    bucket: str                   # db[/rp] on 1.x
+    url: str  # http(s)://host:port[/prefix], what the client talks to
+    bucket: str  # db[/rp] on 1.x
     org: str = "-"
     api: str | None = None
     token: str | None = field(default=None, repr=False)
@@ -90,7 +90,7 @@ class InfluxTarget:
     def retention_policy(self) -> str | None:
         return self.bucket.split("/", 1)[1] if "/" in self.bucket else None
 
-    def with_token(self, token: str | None) -> "InfluxTarget":
+    def with_token(self, token: str | None) -> InfluxTarget:
         return replace(self, token=token)
 
 
@@ -119,7 +119,7 @@ class MqttTarget:
         query += ["insecure=1"] if self.insecure else []
         return f"{'mqtts' if self.tls else 'mqtt'}://{host}:{self.port}" + ("?" + "&".join(query) if query else "")
 
-    def with_credentials(self, username: str | None, password: str | None) -> "MqttTarget":
+    def with_credentials(self, username: str | None, password: str | None) -> MqttTarget:
         return replace(self, username=self.username or username, password=password)
 
 
@@ -176,8 +176,9 @@ def parse_sink(sink: str) -> Target:
         )
     host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
     netloc = f"{host}:{port}" if port else host
-    return InfluxTarget(url=f"{scheme}://{netloc}{parts.path.rstrip('/')}", bucket=bucket,
-                        org=params.get("org") or "-", api=api)
+    return InfluxTarget(
+        url=f"{scheme}://{netloc}{parts.path.rstrip('/')}", bucket=bucket, org=params.get("org") or "-", api=api
+    )
 
 
 def _parse_mqtt(sink: str) -> MqttTarget:
@@ -190,8 +191,10 @@ def _parse_mqtt(sink: str) -> MqttTarget:
     if not parts.hostname:
         raise UserError(f"sink {sink!r}: no host")
     if parts.username or parts.password:
-        raise UserError(f"sink {sink!r}: no credentials in the URL; user= names the user, "
-                        f"${MQTT_PASSWORD_ENV} or --mqtt-password-file gives the password")
+        raise UserError(
+            f"sink {sink!r}: no credentials in the URL; user= names the user, "
+            f"${MQTT_PASSWORD_ENV} or --mqtt-password-file gives the password"
+        )
     if parts.path not in ("", "/"):
         raise UserError(f"sink {sink!r}: the topic root goes in prefix=, not in a path")
     query = parse_qs(parts.query, keep_blank_values=True)
@@ -209,13 +212,23 @@ def _parse_mqtt(sink: str) -> MqttTarget:
             raise UserError(f"sink {sink!r}: {name}= must be topic levels of letters, digits, _ or -")
     insecure = params.get("insecure") in ("1", "true")
     if not tls and not _loopback(parts.hostname) and not insecure:
-        raise UserError(f"sink {sink!r}: plain MQTT to a remote host sends health data and the password in "
-                        "clear; use mqtts:// (TLS) or add insecure=1")
+        raise UserError(
+            f"sink {sink!r}: plain MQTT to a remote host sends health data and the password in "
+            "clear; use mqtts:// (TLS) or add insecure=1"
+        )
     if "ca" in params and not tls:
         raise UserError(f"sink {sink!r}: ca= is for mqtts://")
-    return MqttTarget(host=parts.hostname, port=port, tls=tls, username=params.get("user") or None, prefix=prefix,
-                      discovery=discovery, client_id=params.get("client_id") or None,
-                      ca_file=Path(params["ca"]) if params.get("ca") else None, insecure=insecure)
+    return MqttTarget(
+        host=parts.hostname,
+        port=port,
+        tls=tls,
+        username=params.get("user") or None,
+        prefix=prefix,
+        discovery=discovery,
+        client_id=params.get("client_id") or None,
+        ca_file=Path(params["ca"]) if params.get("ca") else None,
+        insecure=insecure,
+    )
 
 
 def read_mqtt_password(password_file: Path | None, environ: Mapping[str, str]) -> str | None:

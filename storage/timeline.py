@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from m3sense.errors import UserError
+from common.errors import UserError
 from storage.records import CLASSES, TASKS, AffectRecord
 
 _AGO = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
@@ -36,20 +36,24 @@ def parse_since(text: str, now_s: float) -> float:
         t = datetime.fromisoformat(text)
     except ValueError:
         raise UserError(f"--since {text!r}: expected Unix seconds, a duration like 2h, or an ISO 8601 time") from None
-    return (t if t.tzinfo else t.replace(tzinfo=timezone.utc)).timestamp()
+    return (t if t.tzinfo else t.replace(tzinfo=UTC)).timestamp()
 
 
 def as_json(r: AffectRecord) -> dict[str, Any]:
     """One output line: the window's end as ``time`` (Unix s) and ``time_iso``."""
     return {
         "time": r.time_s,
-        "time_iso": datetime.fromtimestamp(r.time_s, timezone.utc).isoformat(timespec="milliseconds"),
+        "time_iso": datetime.fromtimestamp(r.time_s, UTC).isoformat(timespec="milliseconds"),
         "device": r.device,
         "task": r.task,
         "label": r.label,
         "confidence": r.confidence,
-        "quality": {"status": r.status, "off_wrist": r.off_wrist, "motion": r.motion,
-                    "missing_fraction": r.missing_fraction},
+        "quality": {
+            "status": r.status,
+            "off_wrist": r.off_wrist,
+            "motion": r.motion,
+            "missing_fraction": r.missing_fraction,
+        },
         "probs": dict(r.probs),
         "true_label": r.true_label,
         "source": r.source,
@@ -80,13 +84,16 @@ def plot_timeline(records: Sequence[AffectRecord], out: Path) -> None:
     offset = {d: 0.25 * (i - (len(devices) - 1) / 2) / max(1, len(devices) - 1) for i, d in enumerate(devices)}
 
     def when(t: float) -> datetime:
-        return datetime.fromtimestamp(t, timezone.utc)
+        return datetime.fromtimestamp(t, UTC)
 
     fig, axes = plt.subplots(len(tasks), 1, figsize=(12, 2.3 * len(tasks) + 0.6), sharex=True, squeeze=False)
     for ax, task in zip(axes[:, 0], tasks):
         rows = [r for r in records if r.task == task]
-        seen = {c for r in rows for c, _ in r.probs} | {r.label for r in rows if r.label} | {
-            r.true_label for r in rows if r.true_label}
+        seen = (
+            {c for r in rows for c, _ in r.probs}
+            | {r.label for r in rows if r.label}
+            | {r.true_label for r in rows if r.true_label}
+        )
         classes = [c for c in CLASSES.get(task, ()) if c in seen] + sorted(seen - set(CLASSES.get(task, ())))
         level = {c: i for i, c in enumerate(classes)}
         for n, device in enumerate(devices):
@@ -94,11 +101,23 @@ def plot_timeline(records: Sequence[AffectRecord], out: Path) -> None:
             colour = f"C{n}"
             truth = [(when(r.time_s), level[r.true_label] + offset[device]) for r in mine if r.true_label]
             if truth:
-                ax.step(*zip(*truth), where="pre", color=colour, lw=7, alpha=0.18,
-                        label=f"{device} true" if len(devices) > 1 else "true")
+                ax.step(
+                    *zip(*truth),
+                    where="pre",
+                    color=colour,
+                    lw=7,
+                    alpha=0.18,
+                    label=f"{device} true" if len(devices) > 1 else "true",
+                )
             ok = [(when(r.time_s), level[r.label] + offset[device]) for r in mine if r.label is not None]
             if ok:
-                ax.plot(*zip(*ok), "o", ms=3.5, color=colour, label=f"{device} predicted" if len(devices) > 1 else "predicted")
+                ax.plot(
+                    *zip(*ok),
+                    "o",
+                    ms=3.5,
+                    color=colour,
+                    label=f"{device} predicted" if len(devices) > 1 else "predicted",
+                )
             bad = [when(r.time_s) for r in mine if r.label is None]
             if bad:
                 ax.plot(bad, [-1 + offset[device]] * len(bad), "x", ms=4, color="tab:red")
@@ -107,7 +126,7 @@ def plot_timeline(records: Sequence[AffectRecord], out: Path) -> None:
         ax.set_title(task, loc="left", fontsize=10)
         ax.grid(axis="y", color="0.9")
         ax.legend(loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=7, frameon=False)
-    axes[-1, 0].xaxis.set_major_formatter(mdates.DateFormatter("%H:%M:%S", tz=timezone.utc))
+    axes[-1, 0].xaxis.set_major_formatter(mdates.DateFormatter("%H:%M:%S", tz=UTC))
     axes[-1, 0].set_xlabel(f"window end, UTC, {when(min(r.time_s for r in records)):%Y-%m-%d}")
     fig.tight_layout()
     fig.savefig(out, dpi=110)

@@ -61,8 +61,14 @@ def m3sense_cmd(*args: str) -> list[str]:
 
 def run_cli(*args: str, timeout: float = 120, check: bool = False) -> subprocess.CompletedProcess:
     """Run ``m3sense ARGS`` to completion in a subprocess and capture its output."""
-    proc = subprocess.run(m3sense_cmd(*args), capture_output=True, text=True, timeout=timeout,
-                          cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc = subprocess.run(
+        m3sense_cmd(*args),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"m3sense {' '.join(args)} exited {proc.returncode}:\n{proc.stderr}")
     return proc
@@ -72,8 +78,14 @@ class Proc:
     """A background ``m3sense`` process that is always stopped (SIGTERM, then SIGKILL)."""
 
     def __init__(self, args: Sequence[str], stdout=subprocess.PIPE) -> None:
-        self.popen = subprocess.Popen(m3sense_cmd(*args), stdout=stdout, stderr=subprocess.PIPE, text=True,
-                                      cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        self.popen = subprocess.Popen(
+            m3sense_cmd(*args),
+            stdout=stdout,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=REPO,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
 
     def wait_for_stderr(self, needle: str, timeout: float = 60) -> str:
         """Read stderr lines until one contains ``needle`` (a readiness line), failing on exit."""

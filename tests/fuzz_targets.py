@@ -2,7 +2,7 @@
 
 Each :class:`Target` pairs a Hypothesis strategy with a check that feeds one generated case to
 the real code and states the only acceptable outcomes: the documented rejection
-(:class:`~bus.message.MalformedMessage` with a reason, a :class:`~m3sense.errors.DataError`
+(:class:`~bus.message.MalformedMessage` with a reason, a :class:`~common.errors.DataError`
 naming the file, a :class:`~ingest.codec.DecodeError`, a count in a stage's rejection counters)
 or a clean result that the next stage accepts. Anything else escapes the check as a crash.
 
@@ -46,8 +46,8 @@ from bus.message import (
     MIN_RATE_HZ,
 )
 from bus.topics import MODALITIES, parse_topic
+from common.errors import DataError
 from e4 import RATES_HZ
-from m3sense.errors import DataError
 from replay.e4csv import FILES
 
 EXAMPLES = int(os.environ.get("M3SENSE_FUZZ_EXAMPLES", "40"))
@@ -55,8 +55,14 @@ EXAMPLES = int(os.environ.get("M3SENSE_FUZZ_EXAMPLES", "40"))
 
 def fuzz_settings(examples: int = EXAMPLES) -> settings:
     """No deadline (a shared 2-core machine), no example database in the checkout."""
-    return settings(max_examples=examples, deadline=None, database=None, print_blob=True,
-                    suppress_health_check=list(HealthCheck), phases=[p for p in Phase if p != Phase.explain])
+    return settings(
+        max_examples=examples,
+        deadline=None,
+        database=None,
+        print_blob=True,
+        suppress_health_check=list(HealthCheck),
+        phases=[p for p in Phase if p != Phase.explain],
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -64,16 +70,36 @@ def fuzz_settings(examples: int = EXAMPLES) -> settings:
 
 T0 = 1_600_000_000.0
 #: floats that break arithmetic: non-finite, huge, tiny, negative, zero
-HOSTILE_FLOATS = st.sampled_from([math.nan, math.inf, -math.inf, 1e300, -1e300, 1e-300, -1.0, 0.0, 2.0**63,
-                                  MAX_TIME_S, -0.0, 5e-324, 1.7976931348623157e308])
+HOSTILE_FLOATS = st.sampled_from(
+    [
+        math.nan,
+        math.inf,
+        -math.inf,
+        1e300,
+        -1e300,
+        1e-300,
+        -1.0,
+        0.0,
+        2.0**63,
+        MAX_TIME_S,
+        -0.0,
+        5e-324,
+        1.7976931348623157e308,
+    ]
+)
 ANY_FLOAT = st.floats() | HOSTILE_FLOATS
 _NAME_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.:-"
 DEVICES = st.sampled_from(["d1", "d2", "x"]) | st.text(_NAME_CHARS, min_size=1, max_size=64)
-JSON_SCALARS = (st.none() | st.booleans() | st.integers(-2**63, 2**63 - 1)
-                | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=12))
-JSON = st.recursive(JSON_SCALARS,
-                    lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=8), c, max_size=4),
-                    max_leaves=12)
+JSON_SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**63 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=12)
+)
+JSON = st.recursive(
+    JSON_SCALARS, lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=8), c, max_size=4), max_leaves=12
+)
 
 
 def _array(dtype: str, shape: tuple[int, ...], seed: int, special: float | None) -> np.ndarray:
@@ -88,46 +114,80 @@ def _array(dtype: str, shape: tuple[int, ...], seed: int, special: float | None)
 def arrays(max_dims: int = 2, max_side: int = 6) -> st.SearchStrategy[np.ndarray]:
     """Any bus dtype and a small shape; values from one drawn seed (drawing each element makes
     generation, not the code under test, the cost of a case), floats sometimes NaN or infinite."""
-    return st.builds(_array, st.sampled_from(DTYPE_CODES),
-                     hnp.array_shapes(min_dims=0, max_dims=max_dims, min_side=0, max_side=max_side),
-                     st.integers(0, 2**32 - 1), st.none() | HOSTILE_FLOATS)
+    return st.builds(
+        _array,
+        st.sampled_from(DTYPE_CODES),
+        hnp.array_shapes(min_dims=0, max_dims=max_dims, min_side=0, max_side=max_side),
+        st.integers(0, 2**32 - 1),
+        st.none() | HOSTILE_FLOATS,
+    )
 
 
 def _meta_for(kind: str) -> st.SearchStrategy[dict]:
     """Meta a real message of ``kind`` has, each field sometimes replaced by any JSON value."""
     times = st.floats(T0 - 100, T0 + 1000) | HOSTILE_FLOATS.filter(math.isfinite) | st.integers()
     fields: dict[str, st.SearchStrategy] = {
-        "label": {"task": st.sampled_from(["stress", "anxiety", "emotion"]), "label": st.text(max_size=10),
-                  "start_s": times, "end_s": times},
-        "status": {"event": st.sampled_from(["start", "end", "announce", "gap", "battery", "connected",
-                                             "on_wrist", "bad_packet", "tag"]),
-                   "source": st.sampled_from(["replay", "live", "sim"]), "missing_samples": st.integers(),
-                   "duration_s": times, "battery": st.floats(0, 1), "on_wrist": st.booleans(),
-                   "stream": st.sampled_from(list(MODALITIES))},
+        "label": {
+            "task": st.sampled_from(["stress", "anxiety", "emotion"]),
+            "label": st.text(max_size=10),
+            "start_s": times,
+            "end_s": times,
+        },
+        "status": {
+            "event": st.sampled_from(
+                ["start", "end", "announce", "gap", "battery", "connected", "on_wrist", "bad_packet", "tag"]
+            ),
+            "source": st.sampled_from(["replay", "live", "sim"]),
+            "missing_samples": st.integers(),
+            "duration_s": times,
+            "battery": st.floats(0, 1),
+            "on_wrist": st.booleans(),
+            "stream": st.sampled_from(list(MODALITIES)),
+        },
         "raw": {"unit": st.just("counts")},
         "window": {"t_end": times, "source": st.just("replay")},
-        "affect": {"t_end": times, "t_start": times, "model": st.text(max_size=8), "source": st.just("live"),
-                   "tasks": st.dictionaries(st.sampled_from(["stress", "anxiety", "emotion", "x"]),
-                                            st.fixed_dictionaries({"probs": st.dictionaries(st.text(max_size=6),
-                                                                                            JSON, max_size=3),
-                                                                   "label": JSON, "status": JSON}), max_size=3)},
+        "affect": {
+            "t_end": times,
+            "t_start": times,
+            "model": st.text(max_size=8),
+            "source": st.just("live"),
+            "tasks": st.dictionaries(
+                st.sampled_from(["stress", "anxiety", "emotion", "x"]),
+                st.fixed_dictionaries(
+                    {"probs": st.dictionaries(st.text(max_size=6), JSON, max_size=3), "label": JSON, "status": JSON}
+                ),
+                max_size=3,
+            ),
+        },
     }.get(kind, {})
     return st.fixed_dictionaries({}, optional={k: s | JSON for k, s in fields.items()}) | st.dictionaries(
-        st.text(max_size=8), JSON, max_size=4)
+        st.text(max_size=8), JSON, max_size=4
+    )
 
 
 @st.composite
 def messages(draw: st.DrawFn, kinds: tuple[str, ...] = ("raw", "window", "affect", "label", "status")) -> Message:
     """A message the encoder accepts, fields drawn from their plausible ranges and beyond."""
     kind = draw(st.sampled_from(kinds))
-    modality = draw(st.sampled_from(list(MODALITIES)) | st.text("abcdefghijklmnopqrstuvwxyz", min_size=1, max_size=8)) \
-        if kind == "raw" else kind
+    modality = (
+        draw(st.sampled_from(list(MODALITIES)) | st.text("abcdefghijklmnopqrstuvwxyz", min_size=1, max_size=8))
+        if kind == "raw"
+        else kind
+    )
     rate = st.sampled_from([0.0, 1.0, 4.0, 32.0, 64.0]) | st.floats(MIN_RATE_HZ, MAX_RATE_HZ)
     t0 = st.floats(T0 - 1e4, T0 + 1e4) | st.floats(0, MAX_TIME_S, exclude_max=True) | st.sampled_from([0.0, T0])
     named = st.dictionaries(st.text(st.characters(codec="ascii"), min_size=1, max_size=10), arrays(), max_size=3)
-    return Message(kind=kind, device=draw(DEVICES), modality=modality, seq=draw(st.integers(0, 2**63 - 1)),
-                   t0_s=draw(t0), fs_hz=draw(rate), samples=draw(arrays()), arrays=draw(named),
-                   meta=draw(_meta_for(kind)))
+    return Message(
+        kind=kind,
+        device=draw(DEVICES),
+        modality=modality,
+        seq=draw(st.integers(0, 2**63 - 1)),
+        t0_s=draw(t0),
+        fs_hz=draw(rate),
+        samples=draw(arrays()),
+        arrays=draw(named),
+        meta=draw(_meta_for(kind)),
+    )
 
 
 def frames_of(msg: Message) -> list[bytes]:
@@ -169,11 +229,29 @@ def _with_tail(frames: list[bytes], tail: bytes) -> list[bytes]:
 HOSTILE_TAILS = st.one_of(
     st.integers(1, 200_000).map(lambda d: b'{"x":{"a":' + b"[" * d + b"]" * d + b"}}"),
     st.integers(1, 500).map(lambda n: b'{"x":{"n":1' + b"0" * n + b"}}"),
-    st.sampled_from([b'{"x":{"n":NaN}}', b'{"x":{"n":Infinity}}', b'{"x":{"n":1e999}}', b'{"x":[]}', b"[]",
-                     b'{"a":5}', b'{"a":[["s","float64",[4294967296,0]]]}', b'{"a":[["s","float64",[0,-1]]]}',
-                     b'{"a":[["s","float65",[1]]]}', b'{"a":[["s","float64",[1,1,1,1,1]]]}', b'{"a":[[1,2,3]]}',
-                     b'{"a":[["s","float64",[1]],["s","float64",[1]]]}', b"\xff\xfe", b"", b"{", b"null",
-                     b'{"x":{"t_end":"soon"}}', b'{"x":{"quality":"x"}}', b'{"x":{"tasks":[]}}']),
+    st.sampled_from(
+        [
+            b'{"x":{"n":NaN}}',
+            b'{"x":{"n":Infinity}}',
+            b'{"x":{"n":1e999}}',
+            b'{"x":[]}',
+            b"[]",
+            b'{"a":5}',
+            b'{"a":[["s","float64",[4294967296,0]]]}',
+            b'{"a":[["s","float64",[0,-1]]]}',
+            b'{"a":[["s","float65",[1]]]}',
+            b'{"a":[["s","float64",[1,1,1,1,1]]]}',
+            b'{"a":[[1,2,3]]}',
+            b'{"a":[["s","float64",[1]],["s","float64",[1]]]}',
+            b"\xff\xfe",
+            b"",
+            b"{",
+            b"null",
+            b'{"x":{"t_end":"soon"}}',
+            b'{"x":{"quality":"x"}}',
+            b'{"x":{"tasks":[]}}',
+        ]
+    ),
     JSON.map(lambda v: json.dumps({"x": {"v": v}}).encode()),
     JSON.map(lambda v: json.dumps(v).encode()),
     st.binary(max_size=64),
@@ -190,8 +268,14 @@ def mutated_frames(draw: st.DrawFn) -> list[bytes]:
         op = draw(st.sampled_from(["field", "byte", "tail", "cut_head", "samples", "frames", "topic"]))
         if op == "field":
             index = draw(st.integers(0, 7))
-            value = draw(([st.integers(0, 255)] * 4 + [st.integers(-2**63, 2**63 - 1)] + [ANY_FLOAT] * 2
-                          + [st.integers(0, 2**64 - 1)])[index])
+            value = draw(
+                (
+                    [st.integers(0, 255)] * 4
+                    + [st.integers(-(2**63), 2**63 - 1)]
+                    + [ANY_FLOAT] * 2
+                    + [st.integers(0, 2**64 - 1)]
+                )[index]
+            )
             frames = _set_field(frames, index, value)
         elif op == "byte" and frames[1]:
             head = bytearray(frames[1])
@@ -200,17 +284,27 @@ def mutated_frames(draw: st.DrawFn) -> list[bytes]:
         elif op == "tail":
             frames = _with_tail(frames, draw(HOSTILE_TAILS))
         elif op == "cut_head":
-            frames = [frames[0], frames[1][:draw(st.integers(0, len(frames[1])))], *frames[2:]]
+            frames = [frames[0], frames[1][: draw(st.integers(0, len(frames[1])))], *frames[2:]]
         elif op == "samples":
             i = draw(st.integers(2, max(2, len(frames) - 1)))
             if i < len(frames):
-                frames = [*frames[:i], draw(st.binary(max_size=80) | st.just(frames[i][:-1] or b"\0")), *frames[i + 1:]]
+                frames = [
+                    *frames[:i],
+                    draw(st.binary(max_size=80) | st.just(frames[i][:-1] or b"\0")),
+                    *frames[i + 1 :],
+                ]
         elif op == "frames":
             frames = draw(st.sampled_from([frames[:-1], frames + [b""], frames + [b"\0" * 8], frames[:2]]))
         else:
-            frames = [draw(st.binary(max_size=40) | st.sampled_from(
-                [b"raw/eda/", b"raw//d1/", b"window/d1", b"affect/d1/x/", b"_sync/d1/", b"raw/eda/d 1/"])),
-                *frames[1:]]
+            frames = [
+                draw(
+                    st.binary(max_size=40)
+                    | st.sampled_from(
+                        [b"raw/eda/", b"raw//d1/", b"window/d1", b"affect/d1/x/", b"_sync/d1/", b"raw/eda/d 1/"]
+                    )
+                ),
+                *frames[1:],
+            ]
     return frames
 
 
@@ -262,10 +356,18 @@ def _decode_check(frames: list[bytes]) -> None:
     decode_or_reject(frames)
 
 
-BUS_RANDOM = Target("bus_decode_random", RANDOM_FRAMES, lambda: _stateless(_decode_check),
-                    "bus.message.decode on lists of random frames")
-BUS_MUTATED = Target("bus_decode_mutated", mutated_frames(), lambda: _stateless(_decode_check),
-                     "bus.message.decode on valid messages with hostile header fields, JSON tails and frames")
+BUS_RANDOM = Target(
+    "bus_decode_random",
+    RANDOM_FRAMES,
+    lambda: _stateless(_decode_check),
+    "bus.message.decode on lists of random frames",
+)
+BUS_MUTATED = Target(
+    "bus_decode_mutated",
+    mutated_frames(),
+    lambda: _stateless(_decode_check),
+    "bus.message.decode on valid messages with hostile header fields, JSON tails and frames",
+)
 
 
 # --------------------------------------------------------------------------------------------
@@ -276,22 +378,46 @@ NUMBER_TEXT = st.one_of(
     st.integers(-200, 200).map(str),
     st.floats().map(repr),
     HOSTILE_FLOATS.map(repr),
-    st.sampled_from(["", " ", "nan", "NaN", "inf", "-inf", "1e999", "x", "1,2", "0x10", "--1", " 3 ", "1_000",
-                     "\x00", "１", "1e-400"]),
+    st.sampled_from(
+        [
+            "",
+            " ",
+            "nan",
+            "NaN",
+            "inf",
+            "-inf",
+            "1e999",
+            "x",
+            "1,2",
+            "0x10",
+            "--1",
+            " 3 ",
+            "1_000",
+            "\x00",
+            "１",
+            "1e-400",
+        ]
+    ),
 )
+
+
 def mostly(good: st.SearchStrategy, bad: st.SearchStrategy, odds: int = 4) -> st.SearchStrategy:
     """``good`` ``odds`` times as often as ``bad``: hostile values, but enough valid files that
     the checks behind the first ones run too."""
     return st.sampled_from([good] * odds + [bad]).flatmap(lambda s: s)
 
 
-START_TEXT = mostly(st.floats(T0 - 1e6, T0 + 1e6).map(lambda v: f"{v:.6f}"),
-                    st.sampled_from(["0", "-1e12", "1e300", "nan", "946684800", "4102444800", "abc", ""]) | NUMBER_TEXT)
+START_TEXT = mostly(
+    st.floats(T0 - 1e6, T0 + 1e6).map(lambda v: f"{v:.6f}"),
+    st.sampled_from(["0", "-1e12", "1e300", "nan", "946684800", "4102444800", "abc", ""]) | NUMBER_TEXT,
+)
 
 
 def rate_text(nominal: float) -> st.SearchStrategy[str]:
-    return mostly(st.sampled_from([f"{nominal:g}", f"{nominal:.6f}", f"{nominal * 1.5:g}"]),
-                  st.sampled_from(["128", "2", "0.001", "1e-300", "0", "-4", "nan", "inf", "1e9"]) | NUMBER_TEXT)
+    return mostly(
+        st.sampled_from([f"{nominal:g}", f"{nominal:.6f}", f"{nominal * 1.5:g}"]),
+        st.sampled_from(["128", "2", "0.001", "1e-300", "0", "-4", "nan", "inf", "1e9"]) | NUMBER_TEXT,
+    )
 
 
 @st.composite
@@ -299,6 +425,7 @@ def periodic_csv(draw: st.DrawFn, columns: int, nominal: float) -> str:
     """An export file: start row, rate row, value rows, with a few cells or rows made hostile.
     The value rows come from one drawn seed (drawing each cell would make generation, not the
     reader, the cost of a case)."""
+
     def row(cell: st.SearchStrategy[str]) -> list[str]:
         n = columns + draw(st.sampled_from([0] * 8 + [-1, 1]))
         return [draw(cell)] * n if draw(st.booleans()) else [draw(cell) for _ in range(n)]
@@ -333,8 +460,12 @@ def ibi_csv(draw: st.DrawFn) -> str:
 def labels_csv(draw: st.DrawFn) -> str:
     header = draw(st.sampled_from(["start,end,task,label"] * 5 + ["start,end,task", "", "x"]))
     time = st.floats(T0 - 100, T0 + 700).map(lambda v: f"{v:.3f}") | START_TEXT
-    good = st.tuples(time, time, st.sampled_from(["stress", "anxiety", "emotion", ""]),
-                     st.sampled_from(["baseline", "stress", "amusement", "high", "low", "", "a b"]))
+    good = st.tuples(
+        time,
+        time,
+        st.sampled_from(["stress", "anxiety", "emotion", ""]),
+        st.sampled_from(["baseline", "stress", "amusement", "high", "low", "", "a b"]),
+    )
     rows = draw(st.lists(good.map(",".join) | st.text(max_size=30), max_size=8))
     return "\n".join([header, *rows]) + "\n"
 
@@ -366,9 +497,12 @@ def export_files(draw: st.DrawFn) -> dict[str, str | bytes]:
     if draw(st.booleans()):
         a, b = sorted(rng.uniform(0, span, 2).tolist())
         files["labels.csv"] = f"start,end,task,label\n{t0 + a:.3f},{t0 + b + 1:.3f},stress,stress\n"
-    hostile = {**{name: periodic_csv(3 if m == "acc" else 1, RATES_HZ[m]) for m, name in FILES.items()},
-               "IBI.csv": ibi_csv(), "labels.csv": labels_csv(),
-               "tags.csv": st.lists(START_TEXT | NUMBER_TEXT, max_size=5).map(lambda r: "\n".join(r) + "\n")}
+    hostile = {
+        **{name: periodic_csv(3 if m == "acc" else 1, RATES_HZ[m]) for m, name in FILES.items()},
+        "IBI.csv": ibi_csv(),
+        "labels.csv": labels_csv(),
+        "tags.csv": st.lists(START_TEXT | NUMBER_TEXT, max_size=5).map(lambda r: "\n".join(r) + "\n"),
+    }
     for name in draw(st.lists(st.sampled_from(sorted(hostile)), max_size=3, unique=True)):
         files[name] = draw(mostly(hostile[name], st.text(max_size=200) | st.binary(max_size=200) | st.none(), 3))
     return {k: v for k, v in files.items() if v is not None}
@@ -436,8 +570,12 @@ def _reader_harness() -> Iterator[Callable[[Any], None]]:
         yield check
 
 
-E4_EXPORTS = Target("e4_export_reader", st.tuples(export_files(), st.sampled_from(["folder", "zip", "zip_nested"])),
-                    _reader_harness, "replay.e4csv.read_source on generated export folders and zips")
+E4_EXPORTS = Target(
+    "e4_export_reader",
+    st.tuples(export_files(), st.sampled_from(["folder", "zip", "zip_nested"])),
+    _reader_harness,
+    "replay.e4csv.read_source on generated export folders and zips",
+)
 
 
 @contextlib.contextmanager
@@ -466,14 +604,18 @@ def _random_zip_harness() -> Iterator[Callable[[Any], None]]:
         yield check
 
 
-E4_ZIP_DAMAGED = Target("e4_zip_damaged", st.tuples(export_files(), st.integers(0, 2**16), st.integers(0, 255)),
-                        _random_zip_harness, "replay.e4csv.read_source on zips with one damaged byte")
-
+E4_ZIP_DAMAGED = Target(
+    "e4_zip_damaged",
+    st.tuples(export_files(), st.integers(0, 2**16), st.integers(0, 255)),
+    _random_zip_harness,
+    "replay.e4csv.read_source on zips with one damaged byte",
+)
 
 
 # --------------------------------------------------------------------------------------------
 # Readers of data sets in their own layouts (WESAD, K-EmoCon, VerBIO, unlabelled folders): a valid
 # small copy of each (the reader tests' fixtures), one of its files damaged per case
+
 
 def _pristine_datasets(root: Path) -> dict[str, tuple[str, list[Path]]]:
     """name -> (source string, the files one case may damage)."""
@@ -487,8 +629,9 @@ def _pristine_datasets(root: Path) -> dict[str, tuple[str, list[Path]]]:
     for i, rec in enumerate(simulate_recordings(minutes=0.5, seed=2, subjects=2, labels="none")):
         write_e4_export(rec, root / "unlabelled" / f"person{i}" / "session1")
     sources = {"wesad": "wesad:", "kemocon": "kemocon:", "verbio": "verbio:", "unlabelled": "unlabelled:"}
-    return {name: (prefix, sorted(p for p in (root / name).rglob("*") if p.is_file()))
-            for name, prefix in sources.items()}
+    return {
+        name: (prefix, sorted(p for p in (root / name).rglob("*") if p.is_file())) for name, prefix in sources.items()
+    }
 
 
 def _damage(data: bytes, how: int, at: int, text: str) -> bytes:
@@ -498,7 +641,7 @@ def _damage(data: bytes, how: int, at: int, text: str) -> bytes:
         return text.encode()
     i = at % len(data)
     if how == 0:
-        return data[:i] + bytes([(data[i] + 1 + at // len(data)) % 256]) + data[i + 1:]
+        return data[:i] + bytes([(data[i] + 1 + at // len(data)) % 256]) + data[i + 1 :]
     if how == 1:
         return data[:i]
     if how == 2:
@@ -508,9 +651,13 @@ def _damage(data: bytes, how: int, at: int, text: str) -> bytes:
     return b"\n".join(lines)
 
 
-DATASET_CASES = st.tuples(st.sampled_from(["wesad", "kemocon", "verbio", "unlabelled"]), st.integers(0, 2**16),
-                          st.integers(0, 3), st.integers(0, 2**24),
-                          mostly(st.lists(NUMBER_TEXT, min_size=1, max_size=6).map(",".join), st.text(max_size=40)))
+DATASET_CASES = st.tuples(
+    st.sampled_from(["wesad", "kemocon", "verbio", "unlabelled"]),
+    st.integers(0, 2**16),
+    st.integers(0, 3),
+    st.integers(0, 2**24),
+    mostly(st.lists(NUMBER_TEXT, min_size=1, max_size=6).map(",".join), st.text(max_size=40)),
+)
 
 
 @contextlib.contextmanager
@@ -547,19 +694,34 @@ def _dataset_harness() -> Iterator[Callable[[Any], None]]:
         yield check
 
 
-DATASETS = Target("dataset_readers", DATASET_CASES, _dataset_harness,
-                  "replay readers of WESAD, K-EmoCon, VerBIO and unlabelled folders, one file of a valid copy damaged")
+DATASETS = Target(
+    "dataset_readers",
+    DATASET_CASES,
+    _dataset_harness,
+    "replay readers of WESAD, K-EmoCon, VerBIO and unlabelled folders, one file of a valid copy damaged",
+)
 
 # --------------------------------------------------------------------------------------------
 # BLE: the E4 packet decoders, one wristband's ingest pipeline, and the raw-log reader
 
+
 def _layouts() -> st.SearchStrategy:
     from ingest.codec import Layout
 
-    return mostly(st.just(Layout()), st.builds(
-        Layout, temp_samples=st.integers(1, 8), eda_samples=st.integers(1, 8), acc_samples=st.integers(1, 8),
-        counter_byteorder=st.sampled_from(["big", "little"]), bvp_counter=st.booleans(),
-        eda_counter=st.booleans(), acc_counter=st.booleans(), temp_offset_c=st.floats(-300, 0)))
+    return mostly(
+        st.just(Layout()),
+        st.builds(
+            Layout,
+            temp_samples=st.integers(1, 8),
+            eda_samples=st.integers(1, 8),
+            acc_samples=st.integers(1, 8),
+            counter_byteorder=st.sampled_from(["big", "little"]),
+            bvp_counter=st.booleans(),
+            eda_counter=st.booleans(),
+            acc_counter=st.booleans(),
+            temp_offset_c=st.floats(-300, 0),
+        ),
+    )
 
 
 def _packet(char: str, layout: Any, rng: np.random.Generator) -> bytes:
@@ -570,8 +732,9 @@ def _packet(char: str, layout: Any, rng: np.random.Generator) -> bytes:
     if char == "bvp":
         return codec.encode_bvp(rng.integers(-64, 64, (codec.BVP_PAIRS, 2)), counter % 64)
     if char == "eda":
-        return codec.encode_eda(rng.choice([0.0, 0.05, 1.0, 5.0, 40.0], layout.eda_samples) * rng.uniform(0.5, 2),
-                                counter, layout)
+        return codec.encode_eda(
+            rng.choice([0.0, 0.05, 1.0, 5.0, 40.0], layout.eda_samples) * rng.uniform(0.5, 2), counter, layout
+        )
     if char == "temp":
         return codec.encode_temp(rng.uniform(20, 40, layout.temp_samples), layout)
     if char == "acc":
@@ -595,7 +758,7 @@ def packets(draw: st.DrawFn, layout: Any, rng: np.random.Generator | None = None
         b[draw(st.integers(0, len(b) - 1))] = draw(st.integers(0, 255))
         data = bytes(b)
     elif edit == "cut":
-        data = data[:draw(st.integers(0, len(data) - 1))]
+        data = data[: draw(st.integers(0, len(data) - 1))]
     elif edit == "grow":
         data += draw(st.binary(min_size=1, max_size=4))
     elif edit == "random":
@@ -619,8 +782,12 @@ def _check_packet(case: tuple[Any, tuple[str, bytes]]) -> None:
         assert len(pkt.values) == layout.samples_per_packet(char)
 
 
-BLE_DECODE = Target("ble_decode", _layouts().flatmap(lambda lay: st.tuples(st.just(lay), packets(lay))),
-                    lambda: _stateless(_check_packet), "ingest.codec.decode on E4 notifications, valid and damaged")
+BLE_DECODE = Target(
+    "ble_decode",
+    _layouts().flatmap(lambda lay: st.tuples(st.just(lay), packets(lay))),
+    lambda: _stateless(_check_packet),
+    "ingest.codec.decode on E4 notifications, valid and damaged",
+)
 
 
 def _notifications(layout: Any, codes: list[int]) -> list[tuple[str, bytes, float]]:
@@ -635,8 +802,15 @@ def _notifications(layout: Any, codes: list[int]) -> list[tuple[str, bytes, floa
     for code in codes:
         rng = np.random.default_rng(code)
         step = code % 64
-        t += (rng.uniform(0, 0.2) if step < 56 else -rng.uniform(0, 5) if step < 59
-              else rng.uniform(0, 3600) if step < 63 else 0.0)
+        t += (
+            rng.uniform(0, 0.2)
+            if step < 56
+            else -rng.uniform(0, 5)
+            if step < 59
+            else rng.uniform(0, 3600)
+            if step < 63
+            else 0.0
+        )
         if step == 63:
             out.append(("link", b"", t))
             continue
@@ -648,7 +822,7 @@ def _notifications(layout: Any, codes: list[int]) -> list[tuple[str, bytes, floa
             b[int(rng.integers(0, len(b)))] = int(rng.integers(0, 256))
             data = bytes(b)
         elif edit == 13:
-            data = data[:int(rng.integers(0, len(data)))]
+            data = data[: int(rng.integers(0, len(data)))]
         elif edit == 14:
             data += rng.bytes(int(rng.integers(1, 5)))
         elif edit == 15:
@@ -658,12 +832,21 @@ def _notifications(layout: Any, codes: list[int]) -> list[tuple[str, bytes, floa
 
 
 NOTIFICATION_RUNS = st.tuples(_layouts(), st.lists(st.integers(0, 2**32 - 1), min_size=1, max_size=60)).map(
-    lambda c: (c[0], _notifications(*c)))
+    lambda c: (c[0], _notifications(*c))
+)
 
 
 def emit_message(emit: Any, device: str, seq: int) -> Message:
-    return Message(kind=emit.kind, device=device, modality=emit.modality if emit.kind == "raw" else emit.kind,
-                   seq=seq, t0_s=emit.t0_s, fs_hz=emit.fs_hz, samples=emit.samples, meta=emit.meta)
+    return Message(
+        kind=emit.kind,
+        device=device,
+        modality=emit.modality if emit.kind == "raw" else emit.kind,
+        seq=seq,
+        t0_s=emit.t0_s,
+        fs_hz=emit.fs_hz,
+        samples=emit.samples,
+        meta=emit.meta,
+    )
 
 
 def _check_ingest(case: tuple[Any, list[tuple[str, bytes, float]]]) -> None:
@@ -680,17 +863,28 @@ def _check_ingest(case: tuple[Any, list[tuple[str, bytes, float]]]) -> None:
             decode(frames_of(emit_message(emit, "e4-0123456789abcdef", seq)))
 
 
-BLE_INGEST = Target("ble_device_ingest", NOTIFICATION_RUNS, lambda: _stateless(_check_ingest),
-                    "ingest.device.DeviceIngest (decode, timestamps, gaps, beats) on notification runs")
+BLE_INGEST = Target(
+    "ble_device_ingest",
+    NOTIFICATION_RUNS,
+    lambda: _stateless(_check_ingest),
+    "ingest.device.DeviceIngest (decode, timestamps, gaps, beats) on notification runs",
+)
 
 
-RAW_LOG_LINES = st.lists(st.one_of(
-    st.fixed_dictionaries({"t": mostly(st.floats(T0, T0 + 100), ANY_FLOAT | JSON), "device": mostly(DEVICES, JSON),
-                           "char": mostly(st.sampled_from(["bvp", "eda", "temp", "acc", "battery", "button", "link"]),
-                                          JSON),
-                           "data": mostly(st.binary(max_size=24).map(bytes.hex), JSON)}).map(
-        lambda d: json.dumps(d)),
-    st.text(max_size=60)), max_size=30)
+RAW_LOG_LINES = st.lists(
+    st.one_of(
+        st.fixed_dictionaries(
+            {
+                "t": mostly(st.floats(T0, T0 + 100), ANY_FLOAT | JSON),
+                "device": mostly(DEVICES, JSON),
+                "char": mostly(st.sampled_from(["bvp", "eda", "temp", "acc", "battery", "button", "link"]), JSON),
+                "data": mostly(st.binary(max_size=24).map(bytes.hex), JSON),
+            }
+        ).map(lambda d: json.dumps(d)),
+        st.text(max_size=60),
+    ),
+    max_size=30,
+)
 
 
 @contextlib.contextmanager
@@ -708,8 +902,12 @@ def _raw_log_harness() -> Iterator[Callable[[Any], None]]:
         yield check
 
 
-RAW_LOG = Target("ble_raw_log_reader", RAW_LOG_LINES, _raw_log_harness,
-                 "ingest.ble.replay_raw_log (ble decode --raw-log) on damaged JSON-lines logs")
+RAW_LOG = Target(
+    "ble_raw_log_reader",
+    RAW_LOG_LINES,
+    _raw_log_harness,
+    "ingest.ble.replay_raw_log (ble decode --raw-log) on damaged JSON-lines logs",
+)
 
 
 # --------------------------------------------------------------------------------------------
@@ -725,8 +923,12 @@ def _base_stream(seed: int) -> tuple[Message, ...]:
     from tests.preprocess_helpers import T0 as REC_T0
     from tests.preprocess_helpers import chunk_messages, every, make_recording
 
-    rec = make_recording(26.0, seed=seed, device="d1",
-                         labels=[LabelInterval(start_s=REC_T0, end_s=REC_T0 + 30, task="stress", label="stress")])
+    rec = make_recording(
+        26.0,
+        seed=seed,
+        device="d1",
+        labels=[LabelInterval(start_s=REC_T0, end_s=REC_T0 + 30, task="stress", label="stress")],
+    )
     return tuple(chunk_messages(rec, every(2.0, rec)))
 
 
@@ -735,15 +937,39 @@ def hostile_edit(draw: st.DrawFn, msg: Message) -> Message:
     """``msg`` with one field made hostile, still a message the encoder accepts."""
     what = draw(st.sampled_from(["samples", "t0", "fs", "meta", "meta_field", "device", "arrays"]))
     if what == "samples":
-        return replace(msg, samples=draw(arrays() | st.sampled_from([
-            np.full(6, np.nan), np.full(6, np.inf), np.full(6, 1e308), np.zeros((6, 4)), np.zeros(0),
-            np.ones(50_000), np.full(11, -1e300)])))
+        return replace(
+            msg,
+            samples=draw(
+                arrays()
+                | st.sampled_from(
+                    [
+                        np.full(6, np.nan),
+                        np.full(6, np.inf),
+                        np.full(6, 1e308),
+                        np.zeros((6, 4)),
+                        np.zeros(0),
+                        np.ones(50_000),
+                        np.full(11, -1e300),
+                    ]
+                )
+            ),
+        )
     if what == "t0":
-        return replace(msg, t0_s=draw(st.sampled_from([0.0, MAX_TIME_S - 1, msg.t0_s + 1e6, msg.t0_s - 1e6])
-                                      | st.floats(0, MAX_TIME_S, exclude_max=True)))
+        return replace(
+            msg,
+            t0_s=draw(
+                st.sampled_from([0.0, MAX_TIME_S - 1, msg.t0_s + 1e6, msg.t0_s - 1e6])
+                | st.floats(0, MAX_TIME_S, exclude_max=True)
+            ),
+        )
     if what == "fs":
-        return replace(msg, fs_hz=draw(st.sampled_from([0.0, MIN_RATE_HZ, MAX_RATE_HZ, msg.fs_hz * 2.0001])
-                                       | st.floats(MIN_RATE_HZ, MAX_RATE_HZ)))
+        return replace(
+            msg,
+            fs_hz=draw(
+                st.sampled_from([0.0, MIN_RATE_HZ, MAX_RATE_HZ, msg.fs_hz * 2.0001])
+                | st.floats(MIN_RATE_HZ, MAX_RATE_HZ)
+            ),
+        )
     if what == "meta":
         return replace(msg, meta=draw(_meta_for(msg.kind)))
     if what == "meta_field":
@@ -751,8 +977,9 @@ def hostile_edit(draw: st.DrawFn, msg: Message) -> Message:
         return replace(msg, meta={**msg.meta, key: draw(JSON | HOSTILE_FLOATS.filter(math.isfinite))})
     if what == "device":
         return replace(msg, device=draw(DEVICES))
-    return replace(msg, arrays=draw(st.dictionaries(st.sampled_from(["bvp", "eda", "bvp_mask", "x"]), arrays(),
-                                                    max_size=3)))
+    return replace(
+        msg, arrays=draw(st.dictionaries(st.sampled_from(["bvp", "eda", "bvp_mask", "x"]), arrays(), max_size=3))
+    )
 
 
 @st.composite
@@ -800,9 +1027,12 @@ def _preprocess_harness() -> Iterator[Callable[[Any], None]]:
     yield check
 
 
-PREPROCESS = Target("preprocess_handler", hostile_streams(("raw", "label", "status", "window", "affect"), _base_stream),
-                    _preprocess_harness, "preprocess.Preprocessor push/expire/flush on hostile streams; every "
-                    "window and end marker it makes must decode")
+PREPROCESS = Target(
+    "preprocess_handler",
+    hostile_streams(("raw", "label", "status", "window", "affect"), _base_stream),
+    _preprocess_harness,
+    "preprocess.Preprocessor push/expire/flush on hostile streams; every window and end marker it makes must decode",
+)
 
 
 @functools.lru_cache(maxsize=8)
@@ -812,10 +1042,19 @@ def _store_stream(seed: int) -> tuple[Message, ...]:
 
     base = list(_base_stream(seed))
     t = base[0].t0_s
-    answers = [Message(kind="affect", device="d1", modality="affect", seq=k, t0_s=t + 20 + 5 * k, fs_hz=0.0,
-                       meta=affect_meta(t + 20 + 5 * k, low_quality=k == 1)) for k in range(3)]
-    end = Message(kind="affect", device="d1", modality="affect", seq=3, t0_s=t + 40, fs_hz=0.0,
-                  meta={"event": "end"})
+    answers = [
+        Message(
+            kind="affect",
+            device="d1",
+            modality="affect",
+            seq=k,
+            t0_s=t + 20 + 5 * k,
+            fs_hz=0.0,
+            meta=affect_meta(t + 20 + 5 * k, low_quality=k == 1),
+        )
+        for k in range(3)
+    ]
+    end = Message(kind="affect", device="d1", modality="affect", seq=3, t0_s=t + 40, fs_hz=0.0, meta={"event": "end"})
     return (*base[:-1], *answers, base[-1], end)
 
 
@@ -845,8 +1084,12 @@ def _store_harness() -> Iterator[Callable[[Any], None]]:
             loop.close()
 
 
-STORE = Target("store_handler", hostile_streams(("raw", "status", "affect", "window", "label"), _store_stream),
-               _store_harness, "storage.node.StoreNode._handle on hostile streams, into SQLite")
+STORE = Target(
+    "store_handler",
+    hostile_streams(("raw", "status", "affect", "window", "label"), _store_stream),
+    _store_harness,
+    "storage.node.StoreNode._handle on hostile streams, into SQLite",
+)
 
 
 @functools.lru_cache(maxsize=8)
@@ -873,13 +1116,22 @@ def hostile_windows(draw: st.DrawFn) -> list[list[bytes]]:
                 msg = replace(msg, meta={**msg.meta, "quality": q})
             else:
                 name = draw(st.sampled_from([*msg.arrays, "x"]))
-                a = draw(arrays(max_dims=2, max_side=8) | st.sampled_from(
-                    [np.full_like(msg.arrays.get(name, np.zeros(80)), np.nan), np.full((1280,), 1e308),
-                     np.zeros((80, 3)), np.full((640, 3), -np.inf)]))
+                a = draw(
+                    arrays(max_dims=2, max_side=8)
+                    | st.sampled_from(
+                        [
+                            np.full_like(msg.arrays.get(name, np.zeros(80)), np.nan),
+                            np.full((1280,), 1e308),
+                            np.zeros((80, 3)),
+                            np.full((640, 3), -np.inf),
+                        ]
+                    )
+                )
                 msg = replace(msg, arrays={**msg.arrays, name: a})
         out.append(frames_of(msg))
-    end = Message(kind="window", device="d1", modality="window", seq=len(out), t0_s=T0 + 60, fs_hz=0.0,
-                  meta={"event": "end"})
+    end = Message(
+        kind="window", device="d1", modality="window", seq=len(out), t0_s=T0 + 60, fs_hz=0.0, meta={"event": "end"}
+    )
     return out + [frames_of(end)]
 
 
@@ -907,31 +1159,59 @@ def _infer_harness() -> Iterator[Callable[[Any], None]]:
                 results = answerer.answer_windows(list(due.windows), calibrations) if due.windows else []
                 for window, answers in zip(due.windows, results):
                     meta = affect_meta(window, answers, answerer.model_id)
-                    check_decoded(decode(frames_of(Message(kind="affect", device=window.device, modality="affect",
-                                                           seq=0, t0_s=meta["t_end"], fs_hz=0.0, meta=meta))))
+                    check_decoded(
+                        decode(
+                            frames_of(
+                                Message(
+                                    kind="affect",
+                                    device=window.device,
+                                    modality="affect",
+                                    seq=0,
+                                    t0_s=meta["t_end"],
+                                    fs_hz=0.0,
+                                    meta=meta,
+                                )
+                            )
+                        )
+                    )
 
     yield check
 
 
-INFER = Target("infer_handler", hostile_windows(), _infer_harness,
-               "inference: window meta check, MicroBatcher and the shipped model's answers on hostile windows")
+INFER = Target(
+    "infer_handler",
+    hostile_windows(),
+    _infer_harness,
+    "inference: window meta check, MicroBatcher and the shipped model's answers on hostile windows",
+)
 
-TARGETS = (BUS_RANDOM, BUS_MUTATED, E4_EXPORTS, E4_ZIP_DAMAGED, BLE_DECODE, BLE_INGEST, RAW_LOG,
-           PREPROCESS, STORE, INFER, DATASETS)
+TARGETS = (
+    BUS_RANDOM,
+    BUS_MUTATED,
+    E4_EXPORTS,
+    E4_ZIP_DAMAGED,
+    BLE_DECODE,
+    BLE_INGEST,
+    RAW_LOG,
+    PREPROCESS,
+    STORE,
+    INFER,
+    DATASETS,
+)
 
 
 class TimeUp(Exception):
     """Raised in place of further cases once a campaign's time for a target is over."""
 
 
-def run(target: Target, examples: int = EXAMPLES, counter: list[int] | None = None,
-        until: float | None = None) -> None:
+def run(target: Target, examples: int = EXAMPLES, counter: list[int] | None = None, until: float | None = None) -> None:
     """Run ``examples`` cases of ``target`` (each case counted in ``counter[0]``); a crash
     propagates as Hypothesis reports it: the shrunk case and its traceback. With ``until``
     (a ``time.perf_counter()`` value), cases after it raise :class:`TimeUp` instead of running."""
     import time
 
     with target.harness() as check:
+
         def case(value: Any) -> None:
             if until is not None and time.perf_counter() > until:
                 raise TimeUp

@@ -61,15 +61,23 @@ def main() -> None:
         unix = (np.asarray(stamps) - offset).tolist()
         numeric = info.channel_format() != pylsl.cf_string
         out[sid] = {
-            "name": info.name(), "type": info.type(), "nominal_srate": info.nominal_srate(),
-            "channel_count": info.channel_count(), "labels": labels, "units": units,
+            "name": info.name(),
+            "type": info.type(),
+            "nominal_srate": info.nominal_srate(),
+            "channel_count": info.channel_count(),
+            "labels": labels,
+            "units": units,
             "device": info.desc().child("m3sense").child_value("device"),
             "manufacturer": info.desc().child("acquisition").child_value("manufacturer"),
-            "n": len(stamps), "unix_s": unix,
+            "n": len(stamps),
+            "unix_s": unix,
             "sums": np.nansum(np.asarray(values, dtype=np.float64), axis=0).tolist() if numeric and values else None,
             "values": None if numeric else values,
-            "numbers": ([[None if math.isnan(v) else v for v in row] for row in values]
-                        if numeric and len(values) < 50 else None),
+            "numbers": (
+                [[None if math.isnan(v) else v for v in row] for row in values]
+                if numeric and len(values) < 50
+                else None
+            ),
         }
     print(json.dumps(out), flush=True)
 

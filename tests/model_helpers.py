@@ -11,9 +11,22 @@ from preprocess.window import MODALITIES, Quality, Window, array_shape
 
 
 def quality(**kw) -> Quality:
-    base = dict(off_wrist=False, motion=False, missing_fraction=0.0, missing={m: 0.0 for m in MODALITIES},
-                off_wrist_fraction=0.0, motion_fraction=0.0, flat=(), saturated=(), eda_artifact=False,
-                invalid_samples=0, late_samples=0, duplicate_samples=0, timing_mismatch=False, usable=True)
+    base = dict(
+        off_wrist=False,
+        motion=False,
+        missing_fraction=0.0,
+        missing={m: 0.0 for m in MODALITIES},
+        off_wrist_fraction=0.0,
+        motion_fraction=0.0,
+        flat=(),
+        saturated=(),
+        eda_artifact=False,
+        invalid_samples=0,
+        late_samples=0,
+        duplicate_samples=0,
+        timing_mismatch=False,
+        usable=True,
+    )
     return Quality(**(base | kw))
 
 
@@ -28,10 +41,17 @@ def window(device="d1", t0=0.0, labels=None, present=None, level=0.0, q=None, se
         "acc": rng.normal(0, 0.02, (640, 3)).astype(np.float32),
     }
     present = {m: True for m in MODALITIES} | (present or {})
-    return Window(device=device, t_start_s=t0, t_end_s=t0 + 20.0, signals=signals,
-                  masks={m: np.ones(array_shape(m)[0], bool) for m in MODALITIES}, present=present,
-                  quality=q or quality(), labels={"stress": None, "anxiety": None, "emotion": None} | (labels or {}),
-                  source="replay")
+    return Window(
+        device=device,
+        t_start_s=t0,
+        t_end_s=t0 + 20.0,
+        signals=signals,
+        masks={m: np.ones(array_shape(m)[0], bool) for m in MODALITIES},
+        present=present,
+        quality=q or quality(),
+        labels={"stress": None, "anxiety": None, "emotion": None} | (labels or {}),
+        source="replay",
+    )
 
 
 @pytest.fixture(autouse=True)

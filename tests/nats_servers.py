@@ -28,8 +28,9 @@ NEEDS_NATS = needs(NATS_SERVER is not None, reason="nats-server not installed (a
 class NatsServer:
     """``nats-server -js`` on 127.0.0.1:``port`` with JetStream storage under ``folder``."""
 
-    def __init__(self, folder: Path, cluster: list[str] | None = None, name: str = "n1",
-                 cluster_port: int | None = None) -> None:
+    def __init__(
+        self, folder: Path, cluster: list[str] | None = None, name: str = "n1", cluster_port: int | None = None
+    ) -> None:
         self.folder = folder
         self.port = free_port()
         self.name = name
@@ -46,8 +47,14 @@ class NatsServer:
         assert NATS_SERVER is not None
         args = [NATS_SERVER, "-js", "-a", "127.0.0.1", "-p", str(self.port), "-sd", str(self.folder), "-n", self.name]
         if self.routes is not None:
-            args += ["--cluster_name", "m3s", "--cluster", f"nats://127.0.0.1:{self.cluster_port}",
-                     "--routes", ",".join(self.routes)]
+            args += [
+                "--cluster_name",
+                "m3s",
+                "--cluster",
+                f"nats://127.0.0.1:{self.cluster_port}",
+                "--routes",
+                ",".join(self.routes),
+            ]
         proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self._proc = proc
         ready: queue.Queue[bool] = queue.Queue()
@@ -110,7 +117,9 @@ class NatsCluster:
         deadline = time.monotonic() + timeout_s  # JetStream answers once the cluster has elected a leader
         while not any("new metadata leader" in line for s in self.servers for line in s.log):
             if time.monotonic() > deadline:
-                raise RuntimeError("the NATS cluster elected no JetStream leader:\n" + "".join(self.servers[0].log[-30:]))
+                raise RuntimeError(
+                    "the NATS cluster elected no JetStream leader:\n" + "".join(self.servers[0].log[-30:])
+                )
             time.sleep(0.1)
         return self
 

@@ -67,17 +67,49 @@ def chunk_messages(rec: Recording, cuts: Mapping[str, Sequence[int]], *, source:
         for seq, (a, b) in enumerate(zip(bounds, bounds[1:])):
             t0 = sig.t0_s + a / sig.fs_hz
             due = sig.t0_s + (b - 1) / sig.fs_hz
-            entries.append((due, order, Message(kind=RAW, device=rec.device, modality=m, seq=seq, t0_s=t0,
-                                                fs_hz=sig.fs_hz, samples=sig.values[a:b])))
+            entries.append(
+                (
+                    due,
+                    order,
+                    Message(
+                        kind=RAW,
+                        device=rec.device,
+                        modality=m,
+                        seq=seq,
+                        t0_s=t0,
+                        fs_hz=sig.fs_hz,
+                        samples=sig.values[a:b],
+                    ),
+                )
+            )
     for seq, iv in enumerate(sorted(rec.labels, key=lambda iv: iv.start_s)):
         meta = {"task": iv.task, "label": iv.label, "start_s": iv.start_s, "end_s": iv.end_s}
-        entries.append((iv.start_s, -1, Message(kind=LABEL, device=rec.device, modality=LABEL, seq=seq,
-                                                t0_s=iv.start_s, fs_hz=0.0, meta=meta)))
+        entries.append(
+            (
+                iv.start_s,
+                -1,
+                Message(kind=LABEL, device=rec.device, modality=LABEL, seq=seq, t0_s=iv.start_s, fs_hz=0.0, meta=meta),
+            )
+        )
     entries.sort(key=lambda e: (e[0], e[1]))
-    start = Message(kind=STATUS, device=rec.device, modality=STATUS, seq=0, t0_s=rec.start_s, fs_hz=0.0,
-                    meta={"event": "start", "source": source})
-    end = Message(kind=STATUS, device=rec.device, modality=STATUS, seq=1, t0_s=rec.end_s, fs_hz=0.0,
-                  meta={"event": "end", "source": source})
+    start = Message(
+        kind=STATUS,
+        device=rec.device,
+        modality=STATUS,
+        seq=0,
+        t0_s=rec.start_s,
+        fs_hz=0.0,
+        meta={"event": "start", "source": source},
+    )
+    end = Message(
+        kind=STATUS,
+        device=rec.device,
+        modality=STATUS,
+        seq=1,
+        t0_s=rec.end_s,
+        fs_hz=0.0,
+        meta={"event": "end", "source": source},
+    )
     return [start, *(msg for _, _, msg in entries), end]
 
 

@@ -111,10 +111,11 @@ bind-address = "127.0.0.1:{rpc_port}"
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
-    def start(self, timeout_s: float = 60.0) -> "InfluxServer":
+    def start(self, timeout_s: float = 60.0) -> InfluxServer:
         assert INFLUXD is not None
-        proc = subprocess.Popen([INFLUXD, "-config", str(self.config)], stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True)
+        proc = subprocess.Popen(
+            [INFLUXD, "-config", str(self.config)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
         self._proc = proc
         ready: queue.Queue[bool] = queue.Queue()
 
@@ -151,7 +152,11 @@ bind-address = "127.0.0.1:{rpc_port}"
     def query(self, q: str, db: str | None = DATABASE) -> dict:
         """InfluxQL straight to the server (not through the product's code); µs epochs."""
         params = {"q": q, "epoch": "u", **({"db": db} if db else {})}
-        auth = {"Authorization": "Basic " + base64.b64encode(self.credentials.encode()).decode()} if self.credentials else {}
+        auth = (
+            {"Authorization": "Basic " + base64.b64encode(self.credentials.encode()).decode()}
+            if self.credentials
+            else {}
+        )
         req = urllib.request.Request(f"{self.url}/query", data=urllib.parse.urlencode(params).encode(), headers=auth)
         with urllib.request.urlopen(req, timeout=30) as resp:
             return json.load(resp)
@@ -160,9 +165,25 @@ bind-address = "127.0.0.1:{rpc_port}"
         """The same through Debian's ``influx`` command-line client (JSON output)."""
         assert INFLUX_CLI is not None, "apt-get install influxdb-client"
         out = subprocess.run(
-            [INFLUX_CLI, "-host", "127.0.0.1", "-port", str(self.http_port), "-database", db,
-             "-format", "json", "-precision", "u", "-execute", q],
-            capture_output=True, text=True, timeout=60, check=True,
+            [
+                INFLUX_CLI,
+                "-host",
+                "127.0.0.1",
+                "-port",
+                str(self.http_port),
+                "-database",
+                db,
+                "-format",
+                "json",
+                "-precision",
+                "u",
+                "-execute",
+                q,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
         )
         return json.loads(out.stdout)
 
@@ -223,8 +244,9 @@ class V2WriteProxy:
                     if rp:
                         v1["rp"] = rp
                     path = "/write?" + urllib.parse.urlencode(v1)
-                headers = {k: v for k, v in self.headers.items()
-                           if k.lower() in ("content-type", "content-encoding", "accept")}
+                headers = {
+                    k: v for k, v in self.headers.items() if k.lower() in ("content-type", "content-encoding", "accept")
+                }
                 try:
                     conn = http.client.HTTPConnection("127.0.0.1", proxy.upstream.http_port, timeout=30)
                     conn.request(method, path, body=body, headers=headers)
@@ -234,7 +256,11 @@ class V2WriteProxy:
                     if parts.path == "/api/v2/write" and status == 204:
                         proxy.writes_v2 += 1
                 except OSError as exc:
-                    status, data, ctype = 503, json.dumps({"message": f"upstream down: {exc}"}).encode(), "application/json"
+                    status, data, ctype = (
+                        503,
+                        json.dumps({"message": f"upstream down: {exc}"}).encode(),
+                        "application/json",
+                    )
                 self.send_response(status)
                 self.send_header("Content-Type", ctype)
                 self.send_header("Content-Length", str(len(data)))
@@ -285,8 +311,12 @@ def influxd_auth(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InfluxSer
     try:
         user, password = server.credentials.split(":")
         # 1.x lets the first admin be created without credentials; after that it wants them
-        req = urllib.request.Request(f"{server.url}/query", data=urllib.parse.urlencode(
-            {"q": f"CREATE USER {user} WITH PASSWORD '{password}' WITH ALL PRIVILEGES"}).encode())
+        req = urllib.request.Request(
+            f"{server.url}/query",
+            data=urllib.parse.urlencode(
+                {"q": f"CREATE USER {user} WITH PASSWORD '{password}' WITH ALL PRIVILEGES"}
+            ).encode(),
+        )
         urllib.request.urlopen(req, timeout=30).close()
         server.query(f'CREATE DATABASE "{DATABASE}"', db=None)
         yield server
@@ -318,10 +348,17 @@ CLASSES = {"stress": ("baseline", "stress", "amusement"), "anxiety": ("low", "hi
 DEFAULT_LABELS = {"stress": "stress", "anxiety": "high", "emotion": "low"}
 
 
-def affect_meta(t_end: float, *, tasks: tuple[str, ...] = ("stress", "anxiety", "emotion"),
-                labels: dict[str, str] | None = None, truth: dict[str, str | None] | None = None,
-                source: str = "replay", model: str = "m3sense-test", low_quality: bool = False,
-                window_s: float = 20.0) -> dict:
+def affect_meta(
+    t_end: float,
+    *,
+    tasks: tuple[str, ...] = ("stress", "anxiety", "emotion"),
+    labels: dict[str, str] | None = None,
+    truth: dict[str, str | None] | None = None,
+    source: str = "replay",
+    model: str = "m3sense-test",
+    low_quality: bool = False,
+    window_s: float = 20.0,
+) -> dict:
     """The meta of an affect message: each task's label gets probability 0.7, the other
     classes share the rest; a low-quality window has no label and no confidence."""
     chosen = {**DEFAULT_LABELS, **(labels or {})}
@@ -329,10 +366,20 @@ def affect_meta(t_end: float, *, tasks: tuple[str, ...] = ("stress", "anxiety", 
     for task in tasks:
         classes = CLASSES[task]
         probs = {c: 0.7 if c == chosen[task] else 0.3 / (len(classes) - 1) for c in classes}
-        out[task] = {"label": None if low_quality else chosen[task], "confidence": None if low_quality else 0.7,
-                     "probs": probs, "status": "low_quality" if low_quality else "ok"}
-    meta = {"t_end": t_end, "t_start": t_end - window_s, "model": model, "source": source,
-            "quality": {"off_wrist": low_quality, "motion": False, "missing_fraction": 0.0}, "tasks": out}
+        out[task] = {
+            "label": None if low_quality else chosen[task],
+            "confidence": None if low_quality else 0.7,
+            "probs": probs,
+            "status": "low_quality" if low_quality else "ok",
+        }
+    meta = {
+        "t_end": t_end,
+        "t_start": t_end - window_s,
+        "model": model,
+        "source": source,
+        "quality": {"off_wrist": low_quality, "motion": False, "missing_fraction": 0.0},
+        "tasks": out,
+    }
     if truth is not None:
         meta["labels"] = truth
     return meta
@@ -340,9 +387,19 @@ def affect_meta(t_end: float, *, tasks: tuple[str, ...] = ("stress", "anxiety", 
 
 # --- an InfluxDB outage in the middle of a stream (the test and bench/bench_storage.py) ---------
 
-async def outage_scenario(server: InfluxServer, proxy: V2WriteProxy, bus: str, spool_dir: Path, *,
-                          outage_s: float, before: int = 20, after: int = 20, per_attempt: int = 5,
-                          t0_s: float = 1_700_000_000.0) -> dict:
+
+async def outage_scenario(
+    server: InfluxServer,
+    proxy: V2WriteProxy,
+    bus: str,
+    spool_dir: Path,
+    *,
+    outage_s: float,
+    before: int = 20,
+    after: int = 20,
+    per_attempt: int = 5,
+    t0_s: float = 1_700_000_000.0,
+) -> dict:
     """Stream affect messages through a hub and a store node into InfluxDB, stop influxd for
     ``outage_s`` seconds of wall time while the stream goes on, start it again, and return
     what was sent, what the sink counted and what InfluxDB holds.
@@ -357,8 +414,9 @@ async def outage_scenario(server: InfluxServer, proxy: V2WriteProxy, bus: str, s
     from bus import Hub, Publisher
     from storage import InfluxSink, StoreNode, device_topics, parse_sink
 
-    sink = InfluxSink(parse_sink(proxy.sink()), spool_dir=spool_dir, batch_size=50,
-                      retry_min_s=0.2, retry_max_s=1.0, timeout_s=5.0)
+    sink = InfluxSink(
+        parse_sink(proxy.sink()), spool_dir=spool_dir, batch_size=50, retry_min_s=0.2, retry_max_s=1.0, timeout_s=5.0
+    )
     sent_windows: list[float] = []
     outage = {}
     with Hub(bus):
@@ -384,8 +442,11 @@ async def outage_scenario(server: InfluxServer, proxy: V2WriteProxy, bus: str, s
                     failures = c.failures
                     await publish(per_attempt)
                     await c.wait_for(lambda c: c.failures > failures, 30)
-                outage = {"outage_s": time.monotonic() - started, "pending_at_restart": c.pending,
-                          "spooled_at_restart": c.spooled}
+                outage = {
+                    "outage_s": time.monotonic() - started,
+                    "pending_at_restart": c.pending,
+                    "spooled_at_restart": c.spooled,
+                }
                 server.start()
                 await publish(after)
             await node.wait_processed(len(sent_windows), 60)
@@ -394,9 +455,15 @@ async def outage_scenario(server: InfluxServer, proxy: V2WriteProxy, bus: str, s
             await runner
     stored = server.query('SELECT "label", "task" FROM "affect"')
     times = sorted({row["time"] for row in series_values(stored)})
-    return {**outage, "windows": len(sent_windows), "records": 3 * len(sent_windows),
-            "window_ends_us": [round(t * 1e6) for t in sent_windows], "points": len(series_values(stored)),
-            "stored_times_us": times, "counters": sink.counters.as_dict()}
+    return {
+        **outage,
+        "windows": len(sent_windows),
+        "records": 3 * len(sent_windows),
+        "window_ends_us": [round(t * 1e6) for t in sent_windows],
+        "points": len(series_values(stored)),
+        "stored_times_us": times,
+        "counters": sink.counters.as_dict(),
+    }
 
 
 # --- Mosquitto (MQTT) for the MQTT sink tests ----------------------------------------------
@@ -424,8 +491,12 @@ class MosquittoServer:
         self.reader_password = os.urandom(8).hex()
         passwd = folder / "passwd"
         for user, password in (("m3sense", self.password), ("homeassistant", self.reader_password)):
-            subprocess.run([MOSQUITTO_PASSWD, *(["-c"] if user == "m3sense" else []), "-b", str(passwd), user, password],
-                           check=True, capture_output=True, timeout=30)
+            subprocess.run(
+                [MOSQUITTO_PASSWD, *(["-c"] if user == "m3sense" else []), "-b", str(passwd), user, password],
+                check=True,
+                capture_output=True,
+                timeout=30,
+            )
         acl = folder / "acl"
         acl.write_text((Path(__file__).resolve().parents[1] / "deploy" / "mosquitto" / "acl").read_text())
         self.config = folder / "mosquitto.conf"
@@ -433,7 +504,8 @@ class MosquittoServer:
             f"per_listener_settings false\nallow_anonymous false\npassword_file {passwd}\nacl_file {acl}\n"
             f"persistence false\nlog_dest stderr\nlog_type error\nlog_type warning\nlog_type notice\n"
             f"log_type information\nconnection_messages true\nuser root\nlistener {self.port} 127.0.0.1\n"
-            + (self._tls_listener() if tls else ""))
+            + (self._tls_listener() if tls else "")
+        )
         self._proc: subprocess.Popen | None = None
         self.log: list[str] = []
 
@@ -444,20 +516,61 @@ class MosquittoServer:
         def openssl(*args: str) -> None:
             subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)
 
-        openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(d / "ca.key"), "-out", str(d / "ca.pem"),
-                "-days", "2", "-subj", "/CN=m3sense test CA")
-        openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(d / "server.key"), "-out", str(d / "server.csr"),
-                "-subj", "/CN=127.0.0.1")
+        openssl(
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            str(d / "ca.key"),
+            "-out",
+            str(d / "ca.pem"),
+            "-days",
+            "2",
+            "-subj",
+            "/CN=m3sense test CA",
+        )
+        openssl(
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            str(d / "server.key"),
+            "-out",
+            str(d / "server.csr"),
+            "-subj",
+            "/CN=127.0.0.1",
+        )
         (d / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
-        openssl("x509", "-req", "-in", str(d / "server.csr"), "-CA", str(d / "ca.pem"), "-CAkey", str(d / "ca.key"),
-                "-CAcreateserial", "-out", str(d / "server.pem"), "-days", "2", "-extfile", str(d / "san.ext"))
-        return (f"listener {self.tls_port} 127.0.0.1\ncafile {d / 'ca.pem'}\ncertfile {d / 'server.pem'}\n"
-                f"keyfile {d / 'server.key'}\n")
+        openssl(
+            "x509",
+            "-req",
+            "-in",
+            str(d / "server.csr"),
+            "-CA",
+            str(d / "ca.pem"),
+            "-CAkey",
+            str(d / "ca.key"),
+            "-CAcreateserial",
+            "-out",
+            str(d / "server.pem"),
+            "-days",
+            "2",
+            "-extfile",
+            str(d / "san.ext"),
+        )
+        return (
+            f"listener {self.tls_port} 127.0.0.1\ncafile {d / 'ca.pem'}\ncertfile {d / 'server.pem'}\n"
+            f"keyfile {d / 'server.key'}\n"
+        )
 
-    def start(self, timeout_s: float = 30.0) -> "MosquittoServer":
+    def start(self, timeout_s: float = 30.0) -> MosquittoServer:
         assert MOSQUITTO is not None
-        proc = subprocess.Popen([MOSQUITTO, "-c", str(self.config)], stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True)
+        proc = subprocess.Popen(
+            [MOSQUITTO, "-c", str(self.config)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
         self._proc = proc
         ready: queue.Queue[bool] = queue.Queue()
 
@@ -505,10 +618,29 @@ class MosquittoServer:
         command ends at the first message that is not retained or after ``timeout_s``."""
         assert MOSQUITTO_SUB is not None
         out = subprocess.run(
-            [MOSQUITTO_SUB, "-h", "127.0.0.1", "-p", str(self.port), "-u", "homeassistant", "-P", self.reader_password,
-             "-q", "1", "--retained-only", "-W", str(max(1, int(timeout_s))), "-F", "%t\t%p",
-             *[a for t in (topics or ("#",)) for a in ("-t", t)]],
-            capture_output=True, text=True, timeout=timeout_s + 10)
+            [
+                MOSQUITTO_SUB,
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "-u",
+                "homeassistant",
+                "-P",
+                self.reader_password,
+                "-q",
+                "1",
+                "--retained-only",
+                "-W",
+                str(max(1, int(timeout_s))),
+                "-F",
+                "%t\t%p",
+                *[a for t in (topics or ("#",)) for a in ("-t", t)],
+            ],
+            capture_output=True,
+            text=True,
+            timeout=timeout_s + 10,
+        )
         messages = {}
         for line in out.stdout.splitlines():
             topic, _, payload = line.partition("\t")

@@ -7,23 +7,46 @@ from pathlib import Path
 
 import pytest
 
-from m3sense.errors import UserError
+from common.errors import UserError
 from storage.alerts import AlertEngine, Rule, load_rules
 from storage.records import AffectRecord
 
 T0 = 1_700_000_000.0
 STEP = 10.0
-RULE = Rule(name="stress", task="stress", label="stress", raise_at=0.7, raise_for_s=300.0,
-            clear_below=0.5, clear_for_s=120.0, cooldown_s=1800.0, max_gap_s=60.0)
+RULE = Rule(
+    name="stress",
+    task="stress",
+    label="stress",
+    raise_at=0.7,
+    raise_for_s=300.0,
+    clear_below=0.5,
+    clear_for_s=120.0,
+    cooldown_s=1800.0,
+    max_gap_s=60.0,
+)
 
 
-def window(t: float, p: float | None, *, device: str = "dev1", status: str = "ok", task: str = "stress") -> AffectRecord:
+def window(
+    t: float, p: float | None, *, device: str = "dev1", status: str = "ok", task: str = "stress"
+) -> AffectRecord:
     """A window ending at ``t`` whose p(stress) is ``p`` (None: no answer)."""
     probs = () if p is None else (("baseline", 1.0 - p), ("stress", p))
     label = None if p is None or status != "ok" else ("stress" if p >= 0.5 else "baseline")
-    return AffectRecord(time_s=t, t_start_s=t - 60, device=device, task=task, source="replay", model="m",
-                        label=label, confidence=None if label is None else max(p, 1 - p), probs=probs,
-                        status=status, off_wrist=False, motion=False, missing_fraction=0.0)
+    return AffectRecord(
+        time_s=t,
+        t_start_s=t - 60,
+        device=device,
+        task=task,
+        source="replay",
+        model="m",
+        label=label,
+        confidence=None if label is None else max(p, 1 - p),
+        probs=probs,
+        status=status,
+        off_wrist=False,
+        motion=False,
+        missing_fraction=0.0,
+    )
 
 
 def timeline(ps: list[float | None], *, start: float = T0, **kw) -> list[AffectRecord]:
@@ -70,8 +93,11 @@ def test_low_quality_and_uncertain_windows_neither_raise_nor_clear() -> None:
 
 def test_a_few_unusable_windows_inside_a_dwell_do_not_restart_it_but_a_gap_does() -> None:
     # 0..140 s good, 150..190 s low quality (4 windows, 50 s without evidence < max_gap 60 s), then good
-    recs = timeline([0.8] * 15) + timeline([0.8] * 4, start=T0 + 150, status="low_quality") + \
-        timeline([0.8] * 20, start=T0 + 190)
+    recs = (
+        timeline([0.8] * 15)
+        + timeline([0.8] * 4, start=T0 + 150, status="low_quality")
+        + timeline([0.8] * 20, start=T0 + 190)
+    )
     assert events(AlertEngine([RULE]), recs) == [(300.0, "raise")]
     # the same with a 70 s hole in the recording: the dwell starts again after it
     recs = timeline([0.8] * 15) + timeline([0.8] * 40, start=T0 + 140 + 70)
@@ -110,14 +136,31 @@ def test_a_restart_neither_raises_again_nor_forgets_the_cooldown() -> None:
 
 def test_rules_file(tmp_path: Path) -> None:
     f = tmp_path / "alerts.toml"
-    f.write_text('[[rule]]\nname = "stress"\ntask = "stress"\nlabel = "stress"\nraise_at = 0.7\n'
-                 'raise_for = "5m"\nclear_below = 0.5\nclear_for = "2m"\ncooldown = "30m"\n')
-    assert load_rules(f) == [Rule(name="stress", task="stress", label="stress", raise_at=0.7, raise_for_s=300.0,
-                                  clear_below=0.5, clear_for_s=120.0, cooldown_s=1800.0, max_gap_s=60.0)]
+    f.write_text(
+        '[[rule]]\nname = "stress"\ntask = "stress"\nlabel = "stress"\nraise_at = 0.7\n'
+        'raise_for = "5m"\nclear_below = 0.5\nclear_for = "2m"\ncooldown = "30m"\n'
+    )
+    assert load_rules(f) == [
+        Rule(
+            name="stress",
+            task="stress",
+            label="stress",
+            raise_at=0.7,
+            raise_for_s=300.0,
+            clear_below=0.5,
+            clear_for_s=120.0,
+            cooldown_s=1800.0,
+            max_gap_s=60.0,
+        )
+    ]
     shipped = load_rules(Path(__file__).resolve().parents[1] / "deploy" / "alerts.toml")
     assert shipped and all(r.task in ("stress", "anxiety", "emotion") for r in shipped)
-    for bad, why in [('raise_at = 0.4', "clear_below <= raise_at"), ('task = "mood"', "not one of"),
-                     ('raise_for = "soon"', "duration"), ('colour = "red"', "unknown key")]:
+    for bad, why in [
+        ("raise_at = 0.4", "clear_below <= raise_at"),
+        ('task = "mood"', "not one of"),
+        ('raise_for = "soon"', "duration"),
+        ('colour = "red"', "unknown key"),
+    ]:
         key = bad.split(" =")[0]
         lines = [ln for ln in f.read_text().splitlines() if not ln.startswith(key + " ")]
         (tmp_path / "bad.toml").write_text("\n".join(lines + [bad]) + "\n")

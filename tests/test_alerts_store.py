@@ -15,8 +15,8 @@ from storage.node import device_topics
 from tests.conftest import REPO, Proc, run_cli
 from tests.servers import InfluxServer, MosquittoServer
 
-__all__ = ["influxd", "influx_v1", "mosquitto"]  # fixtures used below
-from tests.servers import influx_v1, influxd, mosquitto  # noqa: E402,F401
+__all__ = ["influx_v1", "influxd", "mosquitto"]  # fixtures used below
+from tests.servers import influx_v1, influxd, mosquitto
 
 T0 = 1_700_000_000.0
 STEP = 10.0
@@ -26,33 +26,66 @@ RULES = REPO / "deploy" / "alerts.toml"  # stress: >= 0.7 for 5 min raises, < 0.
 def meta(t_end: float, p_stress: float | None, status: str = "ok") -> dict:
     """An affect message's meta: p(stress) as given (None: a window with no answer), anxiety calm."""
     label = None if p_stress is None or status != "ok" else ("stress" if p_stress >= 0.5 else "baseline")
-    stress = {"label": label, "confidence": None if label is None else max(p_stress, 1 - p_stress),
-              "probs": {} if p_stress is None else {"baseline": 1 - p_stress, "stress": p_stress}, "status": status}
+    stress = {
+        "label": label,
+        "confidence": None if label is None else max(p_stress, 1 - p_stress),
+        "probs": {} if p_stress is None else {"baseline": 1 - p_stress, "stress": p_stress},
+        "status": status,
+    }
     anxiety = {"label": "low", "confidence": 0.8, "probs": {"low": 0.8, "high": 0.2}, "status": "ok"}
-    return {"t_end": t_end, "t_start": t_end - 60, "model": "m3sense-test", "source": "replay",
-            "quality": {"off_wrist": status == "low_quality", "motion": False, "missing_fraction": 0.0},
-            "tasks": {"stress": stress, "anxiety": anxiety}}
+    return {
+        "t_end": t_end,
+        "t_start": t_end - 60,
+        "model": "m3sense-test",
+        "source": "replay",
+        "quality": {"off_wrist": status == "low_quality", "motion": False, "missing_fraction": 0.0},
+        "tasks": {"stress": stress, "anxiety": anxiety},
+    }
 
 
 #: (p_stress, status) per window, every 10 s from T0: 5 min of stress (with two low-quality
 #: windows inside), 1 min between the thresholds, 10 low-quality windows with p = 0.1 (they
 #: must not clear), then calm for 2 min, then stress again within the cooldown.
-TIMELINE = ([(0.85, "ok")] * 10 + [(0.9, "low_quality")] * 2 + [(0.8, "ok")] * 19
-            + [(0.6, "ok")] * 6 + [(0.1, "low_quality")] * 4 + [(0.3, "ok")] * 13 + [(0.95, "ok")] * 40)
-RAISE_AT = T0 + 300.0          # window 30: the first window at 0 s, every usable one since >= 0.7
+TIMELINE = (
+    [(0.85, "ok")] * 10
+    + [(0.9, "low_quality")] * 2
+    + [(0.8, "ok")] * 19
+    + [(0.6, "ok")] * 6
+    + [(0.1, "low_quality")] * 4
+    + [(0.3, "ok")] * 13
+    + [(0.95, "ok")] * 40
+)
+RAISE_AT = T0 + 300.0  # window 30: the first window at 0 s, every usable one since >= 0.7
 CLEAR_AT = T0 + 410.0 + 120.0  # calm from window 41 (410 s) on, the low-quality p = 0.1 before it not counted
 # stress again from 540 s: 5 min of dwell is reached at 840 s but the cooldown holds it until 300 + 1800 s,
 # after the end of this session (its last window ends at 930 s): no third event
 
 
 def test_store_raises_and_clears_at_the_right_window_ends_in_every_sink(
-        tmp_path: Path, bus_address: str, influx_v1: InfluxServer, mosquitto: MosquittoServer) -> None:
+    tmp_path: Path, bus_address: str, influx_v1: InfluxServer, mosquitto: MosquittoServer
+) -> None:
     db = tmp_path / "alerts.db"
     pw = tmp_path / "mqtt-password"
     pw.write_text(mosquitto.password)
     with Hub(bus_address):
-        store = Proc(["store", "--bus", bus_address, "--sink", f"sqlite:{db}", "--sink", influx_v1.sink(),
-                      "--sink", mosquitto.sink(), "--mqtt-password-file", str(pw), "--alerts", str(RULES), "--json"])
+        store = Proc(
+            [
+                "store",
+                "--bus",
+                bus_address,
+                "--sink",
+                f"sqlite:{db}",
+                "--sink",
+                influx_v1.sink(),
+                "--sink",
+                mosquitto.sink(),
+                "--mqtt-password-file",
+                str(pw),
+                "--alerts",
+                str(RULES),
+                "--json",
+            ]
+        )
         try:
             store.wait_for_stderr("store: SqliteSink(")
 

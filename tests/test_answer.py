@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 
 import preprocess
+from common.errors import DataError, UserError
 from inference.answer import Answerer, Calibrations, load_answerer
 from inference.baselines import load_feature_model, make_estimator, save_feature_model
 from inference.calibration import CalibrationConfig, CalibrationStore
 from inference.features import message_features
-from m3sense.errors import DataError, UserError
 from replay.simulate import simulate_recordings
 from tests.conftest import run_cli
-from tests.model_helpers import one_torch_thread  # noqa: F401  (autouse fixture)
+from tests.model_helpers import one_torch_thread
 
 __all__ = ["one_torch_thread"]
 
@@ -50,17 +50,28 @@ def test_low_quality_windows_get_no_answer():
     off = [w.to_message() for w in preprocess.recording_windows(rec) if w.quality.off_wrist]
     assert off, "the simulated session has an off-wrist stretch"
     answers = load_answerer().answer_windows(off, Calibrations(CalibrationConfig()))
-    assert all(a.status == "low_quality" and a.label is None and a.confidence is None
-               for per in answers for a in per.values())
+    assert all(
+        a.status == "low_quality" and a.label is None and a.confidence is None for per in answers for a in per.values()
+    )
 
 
 def test_below_its_confidence_threshold_an_answer_is_withheld(tmp_path, wearer_windows):
     _, msgs = wearer_windows
     x = message_features(msgs[:90])
     y = np.random.default_rng(0).integers(0, 3, len(x))  # labels that say nothing: unsure answers
-    path = save_feature_model(tmp_path / "unsure.onnx", make_estimator("lr", 0).fit(x, y), kind="lr", task="stress",
-                              classes=("baseline", "stress", "amusement"), calibrated=False, calibration=None,
-                              floor=None, temperature=1.0, min_confidence=0.99, provenance={})
+    path = save_feature_model(
+        tmp_path / "unsure.onnx",
+        make_estimator("lr", 0).fit(x, y),
+        kind="lr",
+        task="stress",
+        classes=("baseline", "stress", "amusement"),
+        calibrated=False,
+        calibration=None,
+        floor=None,
+        temperature=1.0,
+        min_confidence=0.99,
+        provenance={},
+    )
     fm = load_feature_model(path)
     answers = Answerer({"stress": fm}, model_id=fm.model_id).answer_windows(msgs[:40], None)
     usable = [a["stress"] for a in answers if a["stress"].status != "low_quality"]
@@ -93,8 +104,9 @@ def test_a_restarted_node_keeps_its_wearers_and_the_cli_shows_and_resets_them(tm
     first = answerer.answer_windows(msgs[:cut], Calibrations(answerer.calibration_config, store))
     again = answerer.answer_windows(msgs[cut:], Calibrations(answerer.calibration_config, store))
     assert [a["stress"] for a in first + again] == [a["stress"] for a in whole]
-    shown = json.loads(run_cli("calibration", "show", rec.device, "--state-dir", str(store.folder), "--json",
-                               check=True).stdout)
+    shown = json.loads(
+        run_cli("calibration", "show", rec.device, "--state-dir", str(store.folder), "--json", check=True).stdout
+    )
     assert shown[rec.device]["reference"]["kind"] == "tag"
     assert run_cli("calibration", "reset", rec.device, "--state-dir", str(store.folder)).returncode == 0
     assert run_cli("calibration", "show", rec.device, "--state-dir", str(store.folder)).returncode == 2
@@ -106,8 +118,16 @@ def test_a_window_with_missing_or_odd_arrays_is_answered_low_quality_not_a_crash
 
     _, msgs = wearer_windows
     good = msgs[40]
-    odd = Message(kind=good.kind, device=good.device, modality=good.modality, seq=1, t0_s=good.t0_s + 5,
-                  fs_hz=0.0, arrays={"bvp": good.arrays["bvp"][:100]}, meta=good.meta)
+    odd = Message(
+        kind=good.kind,
+        device=good.device,
+        modality=good.modality,
+        seq=1,
+        t0_s=good.t0_s + 5,
+        fs_hz=0.0,
+        arrays={"bvp": good.arrays["bvp"][:100]},
+        meta=good.meta,
+    )
     answers = load_answerer().answer_windows([good, odd], Calibrations(CalibrationConfig()))
     assert answers[0]["anxiety"].status in ("ok", "uncertain")
     assert {a.status for a in answers[1].values()} <= {"low_quality", "calibrating"}

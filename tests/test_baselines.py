@@ -8,12 +8,22 @@ import json
 import numpy as np
 import pytest
 
-from inference.baselines import (KINDS, cross_validate, expected_calibration_error, feature_floor, fit_temperature,
-                                 fold_groups, load_feature_model, make_estimator, model_inputs, save_feature_model,
-                                 scaled)
+from common.errors import DataError
+from inference.baselines import (
+    KINDS,
+    cross_validate,
+    expected_calibration_error,
+    feature_floor,
+    fit_temperature,
+    fold_groups,
+    load_feature_model,
+    make_estimator,
+    model_inputs,
+    save_feature_model,
+    scaled,
+)
 from inference.calibration import CalibrationConfig
 from inference.features import FEATURES
-from m3sense.errors import DataError
 
 
 def toy(n_per: int = 40, people: int = 6, seed: int = 0):
@@ -38,9 +48,19 @@ def toy(n_per: int = 40, people: int = 6, seed: int = 0):
 def test_every_kind_ships_as_onnx_and_answers_as_sklearn(kind, tmp_path):
     x, y, _ = toy()
     est = make_estimator(kind, seed=1).fit(x, y)
-    path = save_feature_model(tmp_path / f"m-{kind}.onnx", est, kind=kind, task="stress",
-                              classes=("baseline", "stress", "amusement"), calibrated=False, calibration=None,
-                              floor=None, temperature=1.0, min_confidence=0.5, provenance={"test": True})
+    path = save_feature_model(
+        tmp_path / f"m-{kind}.onnx",
+        est,
+        kind=kind,
+        task="stress",
+        classes=("baseline", "stress", "amusement"),
+        calibrated=False,
+        calibration=None,
+        floor=None,
+        temperature=1.0,
+        min_confidence=0.5,
+        provenance={"test": True},
+    )
     fm = load_feature_model(path)
     assert fm.task == "stress" and not fm.needs_reference and fm.model_id.startswith(f"{kind}-stress-")
     np.testing.assert_allclose(fm.probs(x[:50]), est.predict_proba(x[:50]), atol=2e-4)
@@ -52,9 +72,19 @@ def test_a_calibrated_model_reads_features_relative_to_the_wearer(tmp_path):
     sd = np.stack([x[g == p].std(axis=0) for p in g])
     floor = feature_floor(x)
     est = make_estimator("lr", 1).fit(model_inputs(x, mean, sd, True, floor), y)
-    path = save_feature_model(tmp_path / "cal.onnx", est, kind="lr", task="stress", classes=("a", "b", "c"),
-                              calibrated=True, calibration=CalibrationConfig(), floor=floor, temperature=2.0,
-                              min_confidence=0.5, provenance={})
+    path = save_feature_model(
+        tmp_path / "cal.onnx",
+        est,
+        kind="lr",
+        task="stress",
+        classes=("a", "b", "c"),
+        calibrated=True,
+        calibration=CalibrationConfig(),
+        floor=floor,
+        temperature=2.0,
+        min_confidence=0.5,
+        provenance={},
+    )
     fm = load_feature_model(path)
     assert fm.needs_reference and fm.calibration_config == CalibrationConfig()
     expect = scaled(est.predict_proba(model_inputs(x[:20], mean[:20], sd[:20], True, floor)), 2.0)
@@ -63,9 +93,19 @@ def test_a_calibrated_model_reads_features_relative_to_the_wearer(tmp_path):
 
 def test_tampered_or_foreign_files_are_refused(tmp_path):
     x, y, _ = toy()
-    path = save_feature_model(tmp_path / "m.onnx", make_estimator("dt", 1).fit(x, y), kind="dt", task="stress",
-                              classes=("a", "b", "c"), calibrated=False, calibration=None, floor=None,
-                              temperature=1.0, min_confidence=0.0, provenance={})
+    path = save_feature_model(
+        tmp_path / "m.onnx",
+        make_estimator("dt", 1).fit(x, y),
+        kind="dt",
+        task="stress",
+        classes=("a", "b", "c"),
+        calibrated=False,
+        calibration=None,
+        floor=None,
+        temperature=1.0,
+        min_confidence=0.0,
+        provenance={},
+    )
     blob = bytearray(path.read_bytes())
     blob[-5] ^= 0xFF
     path.write_bytes(bytes(blob))
@@ -105,18 +145,48 @@ def test_train_table_then_ship_and_evaluate_a_feature_model(tmp_path):
     from tests.conftest import run_cli
 
     data = "synthetic?minutes=25&subjects=3&seed=5&mark_rest=true"
-    table = json.loads(run_cli("train", "--model", "lr,dt", "--data", data, "--tasks", "stress", "--folds", "3",
-                               "--calibration", "both", "--json", "--no-cache", timeout=600, check=True).stdout)
+    table = json.loads(
+        run_cli(
+            "train",
+            "--model",
+            "lr,dt",
+            "--data",
+            data,
+            "--tasks",
+            "stress",
+            "--folds",
+            "3",
+            "--calibration",
+            "both",
+            "--json",
+            "--no-cache",
+            timeout=600,
+            check=True,
+        ).stdout
+    )
     assert set(table["rows"]) == {"lr (wearer)", "lr (absolute)", "dt (wearer)", "dt (absolute)"}
     sizes = {row["stress"]["n_windows"] for row in table["rows"].values()}
     assert len(sizes) == 1 and sizes.pop() > 50  # the same windows for every row
     out = tmp_path / "stress-lr.onnx"
-    run_cli("train", "--model", "lr", "--data", data, "--tasks", "stress", "--out", str(out), "--no-cache",
-            timeout=600, check=True)
+    run_cli(
+        "train",
+        "--model",
+        "lr",
+        "--data",
+        data,
+        "--tasks",
+        "stress",
+        "--out",
+        str(out),
+        "--no-cache",
+        timeout=600,
+        check=True,
+    )
     meta = json.loads(out.with_suffix(".json").read_text())
     assert meta["calibration"] == "wearer" and meta["provenance"]["held_out"]["n_windows"] > 50
-    scores = json.loads(run_cli("evaluate", "--model", str(out), "--data", data, "--json", "--no-cache",
-                                timeout=600, check=True).stdout)["stress"]
+    scores = json.loads(
+        run_cli("evaluate", "--model", str(out), "--data", data, "--json", "--no-cache", timeout=600, check=True).stdout
+    )["stress"]
     assert scores["model"].startswith("lr-stress-") and scores["coverage"]["calibrating"] > 0
     assert scores["n_windows"] == scores["coverage"]["ok"] + scores["coverage"]["uncertain"]
     # in-sample (the model learned these people): a check of the plumbing, not of the model

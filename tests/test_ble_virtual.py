@@ -36,8 +36,9 @@ def recordings() -> list:
 def make_radio(recordings: list, clock: ScaledClock, n: int, faults: Faults = Faults()) -> VirtualRadio:
     radio = VirtualRadio()
     for i in range(n):
-        radio.add(VirtualE4(virtual_address(i), recordings[i], clock=clock,
-                            faults=Faults(**{**_fields(faults), "seed": i})))
+        radio.add(
+            VirtualE4(virtual_address(i), recordings[i], clock=clock, faults=Faults(**{**_fields(faults), "seed": i}))
+        )
     return radio
 
 
@@ -58,15 +59,24 @@ async def collect(sub: Subscriber, clock: ScaledClock, until: asyncio.Task) -> l
         got.append((clock.now(), msg))
 
 
-async def run_virtual(bus: str, recordings: list, *, n: int, scale: float, duration_s: float,
-                      faults: Faults = Faults(), config: LinkConfig = LinkConfig()) -> tuple:
+async def run_virtual(
+    bus: str,
+    recordings: list,
+    *,
+    n: int,
+    scale: float,
+    duration_s: float,
+    faults: Faults = Faults(),
+    config: LinkConfig = LinkConfig(),
+) -> tuple:
     clock = ScaledClock(scale)
     radio = make_radio(recordings, clock, n, faults)
     bands = [Wristband(address=a, device=device_id(a)) for a in radio.devices]
     async with Subscriber(bus, ["raw/", "status/"]) as sub, Publisher(bus) as pub:
         assert not await pub.wait_for_subscribers([f"raw/bvp/{b.device}/" for b in bands], 10)
-        task = asyncio.create_task(stream(pub, bands, config=config, clock=clock, backend=radio.backend(),
-                                          duration_s=duration_s))
+        task = asyncio.create_task(
+            stream(pub, bands, config=config, clock=clock, backend=radio.backend(), duration_s=duration_s)
+        )
         got = await collect(sub, clock, task)
         links = task.result()
         return got, links, radio, sub.stats
@@ -123,9 +133,17 @@ def gap_totals(msgs: list[tuple[float, Message]]) -> dict[str, int]:
 
 def test_disconnects_and_lost_packets_become_gaps_of_the_right_length(hub, bus_address, recordings) -> None:
     faults = Faults(drop_fraction=0.03, disconnect_every_s=15.0)
-    got, links, radio, stats = asyncio.run(run_virtual(
-        bus_address, recordings, n=2, scale=5.0, duration_s=60.0, faults=faults,
-        config=LinkConfig(backoff_initial_s=0.05)))
+    got, links, radio, stats = asyncio.run(
+        run_virtual(
+            bus_address,
+            recordings,
+            n=2,
+            scale=5.0,
+            duration_s=60.0,
+            faults=faults,
+            config=LinkConfig(backoff_initial_s=0.05),
+        )
+    )
     assert stats.gaps == 0
     streams = by_stream(got)
     for link in links:
@@ -142,8 +160,11 @@ def test_disconnects_and_lost_packets_become_gaps_of_the_right_length(hub, bus_a
         # time is never compressed: after every gap, samples resume exactly where they were missing
         fs = codec.PERIODIC_RATES_HZ["bvp"]
         msgs = [m for _, m in streams[(dev, "bvp")]]
-        gaps = [(m.meta["start_s"], m.meta["missing_samples"]) for _, m in streams[(dev, "status")]
-                if m.meta.get("event") == "gap" and m.meta["stream"] == "bvp"]
+        gaps = [
+            (m.meta["start_s"], m.meta["missing_samples"])
+            for _, m in streams[(dev, "status")]
+            if m.meta.get("event") == "gap" and m.meta["stream"] == "bvp"
+        ]
         for a, b in zip(msgs, msgs[1:]):
             end = a.t0_s + a.n / fs
             missing = sum(n for start, n in gaps if abs(start - end) < 0.1 / fs)
@@ -152,8 +173,9 @@ def test_disconnects_and_lost_packets_become_gaps_of_the_right_length(hub, bus_a
 
 def test_corrupt_and_truncated_packets_are_counted_and_reported(hub, bus_address, recordings) -> None:
     faults = Faults(corrupt_fraction=0.04, truncate_fraction=0.04)
-    got, links, radio, _ = asyncio.run(run_virtual(bus_address, recordings, n=1, scale=10.0, duration_s=30.0,
-                                                   faults=faults))
+    got, links, radio, _ = asyncio.run(
+        run_virtual(bus_address, recordings, n=1, scale=10.0, duration_s=30.0, faults=faults)
+    )
     (link,) = links
     device = radio.lookup(link.band.address)
     assert device is not None
@@ -169,16 +191,25 @@ def test_corrupt_and_truncated_packets_are_counted_and_reported(hub, bus_address
 
 def test_watchdog_reconnects_a_zombie_link(hub, bus_address, recordings) -> None:
     faults = Faults(zombie_after_s=10.0)
-    got, links, radio, _ = asyncio.run(run_virtual(
-        bus_address, recordings, n=1, scale=10.0, duration_s=40.0, faults=faults,
-        config=LinkConfig(watchdog_s=0.3, backoff_initial_s=0.05, store_address=True)))
+    got, links, radio, _ = asyncio.run(
+        run_virtual(
+            bus_address,
+            recordings,
+            n=1,
+            scale=10.0,
+            duration_s=40.0,
+            faults=faults,
+            config=LinkConfig(watchdog_s=0.3, backoff_initial_s=0.05, store_address=True),
+        )
+    )
     (link,) = links
     device = radio.lookup(link.band.address)
     assert device is not None and device.stats.zombies >= 1 and device.stats.link_drops == 0
     assert link.stats.watchdog_trips >= 1 and link.stats.connects >= 2
     events = [m.meta for _, m in got if m.kind == "status"]
     assert {"event": "disconnected", "source": "live", "address": link.band.address, "reason": "watchdog"} in [
-        {k: e[k] for k in ("event", "source", "address", "reason") if k in e} for e in events]
+        {k: e[k] for k in ("event", "source", "address", "reason") if k in e} for e in events
+    ]
     bvp = [m for _, m in got if m.modality == "bvp" and m.kind == "raw"]
     assert bvp[-1].t0_s > bvp[0].t0_s + 20  # data flowed again after the reconnect
 
@@ -241,8 +272,9 @@ def test_a_storm_of_100_disconnects_leaks_no_tasks_sockets_or_memory(hub, bus_ad
             tasks_before = len(asyncio.all_tasks())
             fds_before = open_fds()
             stop = asyncio.Event()
-            run = asyncio.create_task(stream(pub, [band], config=config, clock=clock, backend=radio.backend(),
-                                             stop=stop))
+            run = asyncio.create_task(
+                stream(pub, [band], config=config, clock=clock, backend=radio.backend(), stop=stop)
+            )
             mem_at_10 = 0
             while device.stats.link_drops <= 100:  # the 101st proves the 100th was handled
                 await device_event(device)
@@ -253,8 +285,14 @@ def test_a_storm_of_100_disconnects_leaks_no_tasks_sockets_or_memory(hub, bus_ad
             links = await run
             gc.collect()
             mem_at_100 = tracemalloc.get_traced_memory()[0]
-            return (tasks_before, len(asyncio.all_tasks()), fds_before, open_fds(), mem_at_100 - mem_at_10,
-                    links[0].stats.disconnects)
+            return (
+                tasks_before,
+                len(asyncio.all_tasks()),
+                fds_before,
+                open_fds(),
+                mem_at_100 - mem_at_10,
+                links[0].stats.disconnects,
+            )
 
     tracemalloc.start()
     try:
@@ -294,8 +332,9 @@ def test_client_backend_is_a_real_bleak_backend(recordings) -> None:
                     done.set()
 
             await client.start_notify(codec.CHARACTERISTICS["eda"], on_eda)
-            await client.write_gatt_char(codec.CHARACTERISTICS["command"],
-                                         codec.start_command(codec.DEFAULT_LAYOUT, clock.now()), response=True)
+            await client.write_gatt_char(
+                codec.CHARACTERISTICS["command"], codec.start_command(codec.DEFAULT_LAYOUT, clock.now()), response=True
+            )
             await asyncio.wait_for(done.wait(), 10)
         return got
 
@@ -310,14 +349,37 @@ def test_cli_stream_virtual_three_with_tap(bus_address, procs, tmp_path) -> None
     hub.wait_for_stderr("hub:")
     out = tmp_path / "tap.jsonl"
     with open(out, "w") as fh:
-        tap = Proc(["tap", "--bus", bus_address, "--json", "--topic", "raw/", "--topic", "status/",
-                    "--idle-exit", "5"], stdout=fh)
+        tap = Proc(
+            ["tap", "--bus", bus_address, "--json", "--topic", "raw/", "--topic", "status/", "--idle-exit", "5"],
+            stdout=fh,
+        )
         procs.append(tap)
         tap.wait_for_stderr("tap: subscribed")
         raw_log = tmp_path / "raw.jsonl"
-        ble = Proc(["ble", "stream", "--bus", bus_address, "--virtual", "3", "--time-scale", "20",
-                    "--duration", "40", "--minutes", "1", "--drop", "0.02", "--disconnect-every", "12",
-                    "--raw-log", str(raw_log), "--wait", "30"])
+        ble = Proc(
+            [
+                "ble",
+                "stream",
+                "--bus",
+                bus_address,
+                "--virtual",
+                "3",
+                "--time-scale",
+                "20",
+                "--duration",
+                "40",
+                "--minutes",
+                "1",
+                "--drop",
+                "0.02",
+                "--disconnect-every",
+                "12",
+                "--raw-log",
+                str(raw_log),
+                "--wait",
+                "30",
+            ]
+        )
         procs.append(ble)
         assert ble.popen.wait(timeout=120) == 0, ble.popen.stderr.read()
         tap.popen.wait(timeout=60)
@@ -337,8 +399,7 @@ def test_cli_stream_virtual_three_with_tap(bus_address, procs, tmp_path) -> None
             missing = sum(r["missing_samples"] for r in status if r["event"] == "gap" and r["stream"] == modality)
             slots = (raw[-1]["t0"] + raw[-1]["n"] / fs - raw[0]["t0"]) * fs
             assert abs(delivered + missing - slots) <= 0.005 * slots + PACKET[modality], (dev, modality)
-            assert any(r["event"] == "gap" and r["stream"] == modality and r["cause"] == "reconnect"
-                       for r in status)
+            assert any(r["event"] == "gap" and r["stream"] == modality and r["cause"] == "reconnect" for r in status)
     # the raw log replays through the same decoders to the same raw messages
     from ingest.ble import replay_raw_log
 
@@ -356,7 +417,7 @@ def test_off_wrist_over_ble_flags_exactly_the_off_wrist_windows(hub, bus_address
     from replay import simulate_sessions
 
     session = simulate_sessions(minutes=10.0, seed=0)[0]  # off the wrist 125.9 s to 177.8 s in
-    (off_a, off_b), = session.off_wrist_s
+    ((off_a, off_b),) = session.off_wrist_s
     pre = Proc(["preprocess", "--bus", bus_address])
     procs.append(pre)
     clock = ScaledClock(40.0)
@@ -367,8 +428,15 @@ def test_off_wrist_over_ble_flags_exactly_the_off_wrist_windows(hub, bus_address
     async def main() -> tuple[list[Window], list[Message]]:
         async with Subscriber(bus_address, ["window/", "raw/eda/"]) as sub, Publisher(bus_address) as pub:
             assert not await pub.wait_for_subscribers([f"window/{band.device}/", f"raw/bvp/{band.device}/"], 30)
-            task = asyncio.create_task(stream(pub, [band], clock=clock, backend=radio.backend(),
-                                              duration_s=off_b - session.recording.start_s + 60.0))
+            task = asyncio.create_task(
+                stream(
+                    pub,
+                    [band],
+                    clock=clock,
+                    backend=radio.backend(),
+                    duration_s=off_b - session.recording.start_s + 60.0,
+                )
+            )
             windows, eda = [], []
             while True:
                 msg = await sub.recv(timeout_s=60.0)

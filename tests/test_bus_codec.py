@@ -16,10 +16,12 @@ from bus.message import MAX_RATE_HZ, MAX_TAIL_DEPTH, MAX_TIME_S, MIN_RATE_HZ
 names = st.text(alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-:", min_size=1, max_size=20)
 finite = st.floats(allow_nan=False, allow_infinity=False, width=64)
 json_leaf = st.one_of(st.none(), st.booleans(), st.integers(-(2**53), 2**53), finite, st.text(max_size=10))
-json_values = st.recursive(json_leaf, lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=5), c, max_size=3),
-                           max_leaves=8)
+json_values = st.recursive(
+    json_leaf, lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=5), c, max_size=3), max_leaves=8
+)
 arrays = st.sampled_from(sorted(DTYPES)).flatmap(
-    lambda dt: hnp.arrays(dtype=DTYPES[dt], shape=hnp.array_shapes(min_dims=1, max_dims=3, min_side=0, max_side=6)))
+    lambda dt: hnp.arrays(dtype=DTYPES[dt], shape=hnp.array_shapes(min_dims=1, max_dims=3, min_side=0, max_side=6))
+)
 
 
 @st.composite
@@ -27,9 +29,13 @@ def messages(draw: st.DrawFn) -> Message:
     kind = draw(st.sampled_from(["raw", "window", "affect", "label", "status"]))
     modality = draw(names) if kind == "raw" else kind
     msg = Message(
-        kind=kind, device=draw(names), modality=modality, seq=draw(st.integers(0, 2**62)),
+        kind=kind,
+        device=draw(names),
+        modality=modality,
+        seq=draw(st.integers(0, 2**62)),
         t0_s=draw(st.floats(0, MAX_TIME_S, exclude_max=True)),
-        fs_hz=draw(st.just(0.0) | st.floats(MIN_RATE_HZ, MAX_RATE_HZ)), samples=draw(arrays),
+        fs_hz=draw(st.just(0.0) | st.floats(MIN_RATE_HZ, MAX_RATE_HZ)),
+        samples=draw(arrays),
         arrays=draw(st.dictionaries(names, arrays, max_size=3)),
         meta=draw(st.dictionaries(st.text(max_size=8), json_values, max_size=4)),
     )
@@ -47,7 +53,12 @@ def test_round_trip_preserves_every_field(msg: Message) -> None:
     frames = [bytes(f) for f in encode(msg)]
     back = decode(frames)
     assert (back.kind, back.device, back.modality, back.seq, back.version) == (
-        msg.kind, msg.device, msg.modality, msg.seq, msg.version)
+        msg.kind,
+        msg.device,
+        msg.modality,
+        msg.seq,
+        msg.version,
+    )
     assert back.t0_s == msg.t0_s and back.fs_hz == msg.fs_hz
     assert _same(back.samples, msg.samples)
     assert list(back.arrays) == list(msg.arrays)
@@ -79,8 +90,20 @@ def test_arbitrary_frames_never_crash_the_decoder(frames: list[bytes]) -> None:
     try:
         decode(frames)
     except MalformedMessage as exc:
-        assert exc.reason in {"frames", "header", "version", "topic", "dtype", "shape", "length", "time", "rate",
-                              "json_size", "json_depth", "json_number"}
+        assert exc.reason in {
+            "frames",
+            "header",
+            "version",
+            "topic",
+            "dtype",
+            "shape",
+            "length",
+            "time",
+            "rate",
+            "json_size",
+            "json_depth",
+            "json_number",
+        }
 
 
 @settings(max_examples=300, deadline=None)
@@ -103,29 +126,39 @@ def test_damaged_frames_are_rejected_or_decoded_never_crash(msg: Message, data: 
     # decoder ignores would let damage through unseen.
     if _identical(back, msg):
         original, numeric = bytes(encode(msg)[i]), b"0123456789.eE+-"
-        assert original and i == 1 and original[j] in numeric and frames[i][j] in numeric, (i, j, original[j:j + 1])
+        assert original and i == 1 and original[j] in numeric and frames[i][j] in numeric, (i, j, original[j : j + 1])
 
 
 def _identical(a: Message, b: Message) -> bool:
     fields = ("kind", "device", "modality", "seq", "t0_s", "fs_hz", "meta", "version", "incarnation")
-    return ([getattr(a, f) for f in fields] + [list(a.arrays)] == [getattr(b, f) for f in fields] + [list(b.arrays)]
-            and _same(a.samples, b.samples) and all(_same(a.arrays[k], b.arrays[k]) for k in a.arrays))
+    return (
+        [getattr(a, f) for f in fields] + [list(a.arrays)] == [getattr(b, f) for f in fields] + [list(b.arrays)]
+        and _same(a.samples, b.samples)
+        and all(_same(a.arrays[k], b.arrays[k]) for k in a.arrays)
+    )
 
 
 def _with_tail(tail: bytes) -> list[bytes]:
     """A window message's frames with ``tail`` as its JSON tail (the encoder would refuse it)."""
-    topic, head, samples = (bytes(f) for f in encode(
-        Message(kind="window", device="d", modality="window", seq=0, t0_s=1.7e9, fs_hz=0.0, meta={"a": 1})))
-    return [topic, head[:-len(b'{"x":{"a":1}}')] + tail, samples]
+    topic, head, samples = (
+        bytes(f)
+        for f in encode(
+            Message(kind="window", device="d", modality="window", seq=0, t0_s=1.7e9, fs_hz=0.0, meta={"a": 1})
+        )
+    )
+    return [topic, head[: -len(b'{"x":{"a":1}}')] + tail, samples]
 
 
-@pytest.mark.parametrize(("tail", "reason"), [
-    (b'{"x":' + b"[" * 100_000 + b"]" * 100_000 + b"}", "json_size"),
-    (b'{"x":{"a":' + b"[" * 20_000 + b"]" * 20_000 + b"}}", "json_depth"),
-    (b'{"x":{"t_end":1' + b"0" * 400 + b"}}", "json_number"),
-    (b'{"x":{"t_end":1e400}}', "json_number"),
-    (b'{"x":{"t_end":NaN}}', "json_number"),
-])
+@pytest.mark.parametrize(
+    ("tail", "reason"),
+    [
+        (b'{"x":' + b"[" * 100_000 + b"]" * 100_000 + b"}", "json_size"),
+        (b'{"x":{"a":' + b"[" * 20_000 + b"]" * 20_000 + b"}}", "json_depth"),
+        (b'{"x":{"t_end":1' + b"0" * 400 + b"}}", "json_number"),
+        (b'{"x":{"t_end":1e400}}', "json_number"),
+        (b'{"x":{"t_end":NaN}}', "json_number"),
+    ],
+)
 def test_hostile_json_tails_are_rejected_before_any_stage_sees_them(tail: bytes, reason: str) -> None:
     with pytest.raises(MalformedMessage) as err:
         decode(_with_tail(tail))
@@ -135,8 +168,9 @@ def test_hostile_json_tails_are_rejected_before_any_stage_sees_them(tail: bytes,
     assert decode(_with_tail(ok)).meta["s"] == "[" * 20 + '"'
 
 
-@pytest.mark.parametrize(("t0", "fs", "reason"), [
-    (1e300, 4.0, "time"), (-1e12, 4.0, "time"), (1.7e9, 1e-300, "rate"), (1.7e9, 1e9, "rate")])
+@pytest.mark.parametrize(
+    ("t0", "fs", "reason"), [(1e300, 4.0, "time"), (-1e12, 4.0, "time"), (1.7e9, 1e-300, "rate"), (1.7e9, 1e9, "rate")]
+)
 def test_absurd_times_and_rates_are_rejected(t0: float, fs: float, reason: str) -> None:
     frames = encode(Message(kind="raw", device="d", modality="eda", seq=0, t0_s=t0, fs_hz=fs, samples=np.zeros(3)))
     with pytest.raises(MalformedMessage) as err:

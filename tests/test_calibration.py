@@ -9,8 +9,7 @@ import stat
 import numpy as np
 import pytest
 
-from inference.calibration import (CalibrationConfig, CalibrationStore, Calibrator, references_over,
-                                   relative_features)
+from inference.calibration import CalibrationConfig, CalibrationStore, Calibrator, references_over, relative_features
 from inference.features import FEATURES
 
 MOTION = FEATURES.index("acc_sd_g")
@@ -70,15 +69,15 @@ def test_same_reference_whatever_the_hop():
 def test_double_press_marks_a_rest_single_presses_do_not():
     cfg = CalibrationConfig(minutes=10, search_minutes=30)
     t, f = session(40)
-    event = [T0 + 60.0]                                   # a single press: an event mark
-    rest = [T0 + 120.0, T0 + 120.8, T0 + 420.0]           # double press, then a press 5 min later ends it
+    event = [T0 + 60.0]  # a single press: an event mark
+    rest = [T0 + 120.0, T0 + 120.8, T0 + 420.0]  # double press, then a press 5 min later ends it
     assert references_over(t, np.ones(len(t), bool), f, event, cfg)[int(20 * 60 / 10)] is None
     refs = references_over(t, np.ones(len(t), bool), f, event + rest, cfg)
     ref = next(r for r in refs if r)
     assert ref.kind == "tag" and ref.t_start_s >= T0 + 120 and ref.t_end_s <= T0 + 420
     first = next(i for i, r in enumerate(refs) if r)
     assert t[first] < T0 + 440  # answered right after the rest, not after the search span
-    assert all(r == ref for r in refs[first:])            # it replaced the search for good
+    assert all(r == ref for r in refs[first:])  # it replaced the search for good
 
 
 def test_a_too_short_rest_is_not_used():

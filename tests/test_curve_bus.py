@@ -43,15 +43,17 @@ def intruder_keys(tmp_path: Path, keys: Path) -> Path:
 
 
 def _affect(device: str, seq: int = 0, **meta: object) -> Message:
-    return Message(kind="affect", device=device, modality="affect", seq=seq, t0_s=T_END, fs_hz=0.0,
-                   meta=meta or affect_meta(T_END))
+    return Message(
+        kind="affect", device=device, modality="affect", seq=seq, t0_s=T_END, fs_hz=0.0, meta=meta or affect_meta(T_END)
+    )
 
 
 def _connect_and_fail(sock: zmq.Socket, endpoint: str, timeout_s: float = 30) -> int:
     """Connect, and wait for the socket's monitor to report the handshake's outcome: it must
     fail. Returns the event (auth: refused by ZAP; protocol: no CURVE at all)."""
-    failed = zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | \
-        zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+    failed = (
+        zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+    )
     mon = sock.get_monitor_socket(failed | zmq.EVENT_HANDSHAKE_SUCCEEDED)
     sock.connect(endpoint)
     try:
@@ -74,8 +76,9 @@ def _raw_socket(ctx: zmq.Context, kind: int, security: BusSecurity | None) -> zm
     return sock
 
 
-def test_only_an_allowed_key_reaches_the_store(keys: Path, intruder_keys: Path, tmp_path: Path,
-                                               procs: list[Proc]) -> None:
+def test_only_an_allowed_key_reaches_the_store(
+    keys: Path, intruder_keys: Path, tmp_path: Path, procs: list[Proc]
+) -> None:
     bus = free_bus_address()
     hub = Proc(["hub", "--bus", bus, "--bus-keys", str(keys)])
     procs.append(hub)
@@ -95,8 +98,14 @@ def test_only_an_allowed_key_reaches_the_store(keys: Path, intruder_keys: Path, 
         for name, sock in (("plain", plain), ("unknown", unknown)):
             events[name] = _connect_and_fail(sock, endpoint)
             for seq in range(20):  # forged answers, as in the issue: stress 0.99 from model "forged"
-                sock.send_multipart([bytes(f) for f in encode(_affect(f"victim-{name}", seq, **{
-                    **affect_meta(T_END, model="forged"), "source": "live"}))])
+                sock.send_multipart(
+                    [
+                        bytes(f)
+                        for f in encode(
+                            _affect(f"victim-{name}", seq, **{**affect_meta(T_END, model="forged"), "source": "live"})
+                        )
+                    ]
+                )
         assert events["unknown"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH  # refused by the ZAP allow-list
 
         async def legit() -> None:
@@ -121,8 +130,9 @@ def test_only_an_allowed_key_reaches_the_store(keys: Path, intruder_keys: Path, 
     hub.popen.terminate()
     assert hub.popen.wait(timeout=30) == 0
     refused = [line for line in hub.popen.stderr.read().splitlines() if "refused" in line]
-    assert refused and re.fullmatch(r"hub: refused [1-9]\d* connection\(s\) with unknown keys, [1-9]\d* without CURVE",
-                                    refused[-1]), refused
+    assert refused and re.fullmatch(
+        r"hub: refused [1-9]\d* connection\(s\) with unknown keys, [1-9]\d* without CURVE", refused[-1]
+    ), refused
 
 
 def test_a_subscriber_without_an_allowed_key_reads_nothing(keys: Path, intruder_keys: Path) -> None:
@@ -155,8 +165,11 @@ def test_a_subscriber_without_an_allowed_key_reads_nothing(keys: Path, intruder_
 
 def test_a_plain_non_loopback_address_is_refused_in_one_line(keys: Path) -> None:
     port = free_bus_address().rsplit(":", 1)[1]
-    for args in (["hub", "--bus", f"tcp://0.0.0.0:{port}"], ["tap", "--bus", f"tcp://192.0.2.7:{port}"],
-                 ["store", "--bus", f"tcp://*:{port}", "--sink", "sqlite:never.db"]):
+    for args in (
+        ["hub", "--bus", f"tcp://0.0.0.0:{port}"],
+        ["tap", "--bus", f"tcp://192.0.2.7:{port}"],
+        ["store", "--bus", f"tcp://*:{port}", "--sink", "sqlite:never.db"],
+    ):
         proc = run_cli(*args, timeout=60)
         assert proc.returncode == 2, proc.stderr
         lines = proc.stderr.strip().splitlines()
@@ -179,9 +192,11 @@ def test_missing_and_bad_key_files_are_one_line_errors(keys: Path, tmp_path: Pat
     (keys / "client.key_secret").unlink()
     proc = run_cli("tap", "--bus", bus, "--bus-keys", str(keys), "--idle-exit", "0.1")
     assert proc.returncode == 2
-    assert proc.stderr.strip() == (f"m3sense tap: error: {keys}/client.key_secret: no such key file "
-                                   f"(make it with: m3sense keys new client --dir {keys})")
-    (keys / "hub.key_secret").write_text("curve\n    public-key = \"short\"\n")
+    assert proc.stderr.strip() == (
+        f"m3sense tap: error: {keys}/client.key_secret: no such key file "
+        f"(make it with: m3sense keys new client --dir {keys})"
+    )
+    (keys / "hub.key_secret").write_text('curve\n    public-key = "short"\n')
     proc = run_cli("hub", "--bus", bus, "--bus-keys", str(keys))
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
     assert "hub.key_secret: no public key in it" in proc.stderr
@@ -218,8 +233,10 @@ def test_run_passes_its_keys_to_the_stages_it_starts(keys: Path, monkeypatch: py
     for _, args in stages:
         assert args[args.index("--bus-keys") + 1] == str(keys)
     monkeypatch.setattr(bus.security, "_current", BusSecurity())
-    assert all("--bus-keys" not in args for _, args in stage_commands(PipelineConfig(sink="sqlite:///x.db"),
-                                                                       "tcp://127.0.0.1:5555"))
+    assert all(
+        "--bus-keys" not in args
+        for _, args in stage_commands(PipelineConfig(sink="sqlite:///x.db"), "tcp://127.0.0.1:5555")
+    )
 
 
 def _wait_for_log(caplog: pytest.LogCaptureFixture, needle: str, timeout_s: float = 30) -> str:
@@ -235,6 +252,7 @@ def _wait_for_log(caplog: pytest.LogCaptureFixture, needle: str, timeout_s: floa
 def test_a_refused_client_says_why(keys: Path, intruder_keys: Path, caplog: pytest.LogCaptureFixture) -> None:
     """ZeroMQ never retries a connection that authentication refused: the client says so once,
     as an error naming its key, instead of waiting in silence."""
+
     async def connect(bus: str, security: BusSecurity) -> None:
         async with Subscriber(bus, ["affect/"], security=security):
             await asyncio.to_thread(_wait_for_log, caplog, "bus: ")
@@ -255,8 +273,10 @@ def test_a_key_allowed_while_the_hub_runs_is_admitted(keys: Path, intruder_keys:
     from bus.security import allow_key
 
     async def reads(bus: str, reader: BusSecurity) -> Message:
-        async with Subscriber(bus, ["affect/"], security=reader) as sub, \
-                Publisher(bus, security=BusSecurity(keys=keys)) as pub:
+        async with (
+            Subscriber(bus, ["affect/"], security=reader) as sub,
+            Publisher(bus, security=BusSecurity(keys=keys)) as pub,
+        ):
             assert not await pub.wait_for_subscribers(["affect/good/"], 30)
             await pub.send(_affect("good"))
             return await sub.recv(30)

@@ -25,8 +25,10 @@ yaml = pytest.importorskip("yaml")
 
 DEPLOY = REPO / "deploy"
 MOSQUITTO_PUB = shutil.which("mosquitto_pub")
-NEEDS_MOSQUITTO = pytest.mark.skipif(None in (MOSQUITTO, MOSQUITTO_PASSWD, MOSQUITTO_SUB, MOSQUITTO_PUB),
-                                     reason="mosquitto not installed (apt-get install mosquitto mosquitto-clients)")
+NEEDS_MOSQUITTO = pytest.mark.skipif(
+    None in (MOSQUITTO, MOSQUITTO_PASSWD, MOSQUITTO_SUB, MOSQUITTO_PUB),
+    reason="mosquitto not installed (apt-get install mosquitto mosquitto-clients)",
+)
 
 
 def compose() -> dict:
@@ -73,9 +75,14 @@ def acl_users() -> dict[str, list[str]]:
 def make_passwd(deploy: Path, env: dict[str, str]) -> None:
     env_file = deploy / ".env"
     env_file.write_text("".join(f"{k}={v}\n" for k, v in env.items()))
-    out = subprocess.run([str(deploy / "mosquitto" / "make-passwd.sh")], capture_output=True, text=True, timeout=60,
-                         check=False,
-                         env={"PATH": str(Path(MOSQUITTO_PASSWD).parent) + ":/usr/bin:/bin", "ENV_FILE": str(env_file)})
+    out = subprocess.run(
+        [str(deploy / "mosquitto" / "make-passwd.sh")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={"PATH": str(Path(MOSQUITTO_PASSWD).parent) + ":/usr/bin:/bin", "ENV_FILE": str(env_file)},
+    )
     assert out.returncode == 0, out.stderr
     assert (deploy / "mosquitto" / "passwd").stat().st_size > 0
 
@@ -182,25 +189,60 @@ def test_mosquitto_config_runs_with_its_password_file_and_acl(tmp_path: Path) ->
 
         def client(tool: str, user: str | None, password: str | None, *args: str) -> subprocess.CompletedProcess:
             auth = ["-u", user, "-P", password] if user else []
-            return subprocess.run([tool, "-h", "127.0.0.1", "-p", str(port), *auth, *args], capture_output=True,
-                                  text=True, timeout=30, check=False)
+            return subprocess.run(
+                [tool, "-h", "127.0.0.1", "-p", str(port), *auth, *args],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=False,
+            )
 
         def retained(user: str, password: str) -> subprocess.CompletedProcess:
             return client(MOSQUITTO_SUB, user, password, "-t", "m3sense/#", "-v", "-W", "2", "--retained-only")
 
-        pub = client(MOSQUITTO_PUB, "m3sense", secrets["MQTT_PASSWORD"], "-t", "m3sense/dev1/state", "-m", "ok",
-                     "-r", "-q", "1")
+        pub = client(
+            MOSQUITTO_PUB, "m3sense", secrets["MQTT_PASSWORD"], "-t", "m3sense/dev1/state", "-m", "ok", "-r", "-q", "1"
+        )
         assert pub.returncode == 0, pub.stderr
-        disco = client(MOSQUITTO_PUB, "m3sense", secrets["MQTT_PASSWORD"], "-t",
-                       "homeassistant/sensor/dev1/config", "-m", "{}", "-r", "-q", "1")
+        disco = client(
+            MOSQUITTO_PUB,
+            "m3sense",
+            secrets["MQTT_PASSWORD"],
+            "-t",
+            "homeassistant/sensor/dev1/config",
+            "-m",
+            "{}",
+            "-r",
+            "-q",
+            "1",
+        )
         assert disco.returncode == 0, disco.stderr
         # Home Assistant's user tries to overwrite a state: the ACL drops it, the store's value stays
-        client(MOSQUITTO_PUB, "homeassistant", secrets["HA_MQTT_PASSWORD"], "-t", "m3sense/dev1/state", "-m", "forged",
-               "-r", "-q", "1")
+        client(
+            MOSQUITTO_PUB,
+            "homeassistant",
+            secrets["HA_MQTT_PASSWORD"],
+            "-t",
+            "m3sense/dev1/state",
+            "-m",
+            "forged",
+            "-r",
+            "-q",
+            "1",
+        )
         seen = retained("homeassistant", secrets["HA_MQTT_PASSWORD"])
         assert seen.stdout.splitlines() == ["m3sense/dev1/state ok"], seen
-        ha_disco = client(MOSQUITTO_SUB, "homeassistant", secrets["HA_MQTT_PASSWORD"], "-t", "homeassistant/#", "-v",
-                          "-W", "2", "--retained-only")
+        ha_disco = client(
+            MOSQUITTO_SUB,
+            "homeassistant",
+            secrets["HA_MQTT_PASSWORD"],
+            "-t",
+            "homeassistant/#",
+            "-v",
+            "-W",
+            "2",
+            "--retained-only",
+        )
         assert ha_disco.stdout.splitlines() == ["homeassistant/sensor/dev1/config {}"], ha_disco
         # no user, or a wrong password: refused
         for user, password in ((None, None), ("m3sense", "wrong"), ("homeassistant", secrets["MQTT_PASSWORD"])):

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from m3sense.errors import DataError
+from common.errors import DataError
 from replay.e4csv import device_name, find_exports, read_e4_export, read_source, write_e4_export
 from tests.conftest import run_cli
 
@@ -148,8 +148,11 @@ def test_cli_reports_bad_input_in_one_line_with_exit_code_2(tmp_path: Path) -> N
     assert "Traceback" not in proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "EDA.csv:4" in lines[0]
-    for args in (["replay", str(tmp_path / "missing")], ["replay", str(folder), "--speed", "fast"],
-                 ["replay", str(folder), "--bus", "udp://x"]):
+    for args in (
+        ["replay", str(tmp_path / "missing")],
+        ["replay", str(folder), "--speed", "fast"],
+        ["replay", str(folder), "--bus", "udp://x"],
+    ):
         proc = run_cli(*args)
         assert proc.returncode == 2 and "Traceback" not in proc.stderr
 

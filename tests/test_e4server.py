@@ -34,12 +34,13 @@ def test_commands_and_replies_follow_the_vendor_protocol() -> None:
     assert say(s, "server_status") == ["R server_status OK"]
     assert say(s, "device_list") == ["R device_list 2 | 9ff167 Empatica_E4 | 740163 Empatica_E4"]
     assert say(s, "device_discover_list") == [
-        "R device_discover_list 2 | 9ff167 Empatica_E4 allowed | 740163 Empatica_E4 allowed"]
+        "R device_discover_list 2 | 9ff167 Empatica_E4 allowed | 740163 Empatica_E4 allowed"
+    ]
     assert say(s, "device_subscribe bvp ON") == ["R device_subscribe bvp ERR You are not connected to any device"]
     assert say(s, "device_connect nope")[0].startswith("R device_connect ERR")
-    assert say(s, "device_connect 740163", "pause ON", "device_subscribe bvp ON", "device_subscribe ibi ON",
-               "pause OFF") == ["R device_connect OK", "R pause ON", "R device_subscribe bvp OK",
-                                "R device_subscribe ibi OK", "R pause OFF"]
+    assert say(
+        s, "device_connect 740163", "pause ON", "device_subscribe bvp ON", "device_subscribe ibi ON", "pause OFF"
+    ) == ["R device_connect OK", "R pause ON", "R device_subscribe bvp OK", "R device_subscribe ibi OK", "R pause OFF"]
     assert s.wants("740163", "bvp") and s.wants("740163", "ibi") and not s.wants("740163", "acc")
     assert not s.wants("9ff167", "bvp")
     assert say(s, "pause ON") == ["R pause ON"] and not s.wants("740163", "bvp")
@@ -56,7 +57,7 @@ def test_commands_split_anywhere_give_the_same_replies(cuts: list[int]) -> None:
     whole = session("a1").receive_data(data)
     s, got, i = session("a1"), [], 0
     for c in cuts * 20:
-        got += s.receive_data(data[i:i + c])
+        got += s.receive_data(data[i : i + c])
         i += c
         if i >= len(data):
             break
@@ -65,8 +66,15 @@ def test_commands_split_anywhere_give_the_same_replies(cuts: list[int]) -> None:
 
 
 def test_data_lines_per_stream() -> None:
-    acc = Message(kind="raw", device="d", modality="acc", seq=0, t0_s=100.0, fs_hz=32.0,
-                  samples=np.array([[51, -2, -10], [1, 2, 3]], dtype=np.int16))
+    acc = Message(
+        kind="raw",
+        device="d",
+        modality="acc",
+        seq=0,
+        t0_s=100.0,
+        fs_hz=32.0,
+        samples=np.array([[51, -2, -10], [1, 2, 3]], dtype=np.int16),
+    )
     assert data_lines(acc) == [("acc", "E4_Acc 100.000000 51 -2 -10"), ("acc", "E4_Acc 100.031250 1 2 3")]
     temp = Message(kind="raw", device="d", modality="temp", seq=0, t0_s=1.0, fs_hz=4.0, samples=np.array([35.82]))
     assert data_lines(temp) == [("tmp", "E4_Temperature 1.000000 35.82")]
@@ -81,10 +89,13 @@ def test_data_lines_per_stream() -> None:
 def test_line_parser_buffers_and_tolerates_commas_and_both_temperature_names() -> None:
     p = LineParser()
     assert p.feed(b"E4_Hr 1525769423,37371 142,2156\r\nE4_Te") == [
-        Sample(modality="hr", t_s=1525769423.37371, values=(142.2156,))]
+        Sample(modality="hr", t_s=1525769423.37371, values=(142.2156,))
+    ]
     assert p.feed(b"mp 10.5 33.1\nE4_Temperature 11 33.2\nR connection lost to device ab\ngarbage 1\n") == [
-        Sample(modality="temp", t_s=10.5, values=(33.1,)), Sample(modality="temp", t_s=11.0, values=(33.2,)),
-        Reply(words=("connection", "lost", "to", "device", "ab"))]
+        Sample(modality="temp", t_s=10.5, values=(33.1,)),
+        Sample(modality="temp", t_s=11.0, values=(33.2,)),
+        Reply(words=("connection", "lost", "to", "device", "ab")),
+    ]
     assert p.bad_lines == 1
 
 
@@ -106,13 +117,15 @@ async def with_virtual_server(bus: str, body: Callable[[int, str], Awaitable[Any
     stop = asyncio.Event()
     ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
     seen = asyncio.Event()
-    server = asyncio.create_task(serve(bus, "127.0.0.1", 0, stop=stop, ready=ready.set_result,
-                                       on_device=lambda _d: seen.set()))
+    server = asyncio.create_task(
+        serve(bus, "127.0.0.1", 0, stop=stop, ready=ready.set_result, on_device=lambda _d: seen.set())
+    )
     port = await asyncio.wait_for(ready, 10)
     async with Publisher(bus) as pub:
         assert not await pub.wait_for_subscribers(["raw/bvp/e4virt/", "status/e4virt/"], 10)
-        streamer = asyncio.create_task(stream(pub, [band], config=LinkConfig(), clock=clock,
-                                              backend=radio.backend(), stop=stop))
+        streamer = asyncio.create_task(
+            stream(pub, [band], config=LinkConfig(), clock=clock, backend=radio.backend(), stop=stop)
+        )
         try:
             await asyncio.wait_for(seen.wait(), 10)
             return await body(port, band.device)
@@ -135,11 +148,16 @@ def test_open_e4_client_from_pypi_reads_m3sense(hub, bus_address) -> None:
                 devices = client.list_connected_devices()
                 assert [d.uid for d in devices] == [device] and devices[0].name == "Empatica_E4"
                 with client.connect_to_device(devices[0]) as conn:
-                    for sid in (e4client.E4DataStreamID.BVP, e4client.E4DataStreamID.ACC,
-                                e4client.E4DataStreamID.GSR, e4client.E4DataStreamID.TEMP):
+                    for sid in (
+                        e4client.E4DataStreamID.BVP,
+                        e4client.E4DataStreamID.ACC,
+                        e4client.E4DataStreamID.GSR,
+                        e4client.E4DataStreamID.TEMP,
+                    ):
                         conn.subscribe_to_stream(sid, lambda stream, t, *v: samples.put((stream.name, t, v)))
-                    while min(len(got["BVP"]) / 128, len(got["ACC"]) / 64, len(got["GSR"]) / 8,
-                              len(got["TEMP"]) / 8) < 1:
+                    while (
+                        min(len(got["BVP"]) / 128, len(got["ACC"]) / 64, len(got["GSR"]) / 8, len(got["TEMP"]) / 8) < 1
+                    ):
                         name, t, v = samples.get(timeout=20)
                         got[name].append((t, v))
             return got
@@ -162,6 +180,7 @@ def test_ble_bvp_counts_go_out_in_the_vendors_scale(hub, bus_address) -> None:
     async def body(port: int, device: str) -> tuple[dict[str, float], dict[str, float]]:
         counts: dict[str, float] = {}
         async with Subscriber(bus_address, ["raw/bvp/"]) as sub:
+
             async def collect() -> None:
                 while True:
                     msg = await sub.recv(10)
@@ -214,9 +233,10 @@ def test_m3sense_client_source_reads_the_server_back_onto_the_bus(hub, bus_addre
 
 
 def test_e4_client_command_reports_a_refused_connection_in_one_line() -> None:
+    import socket
+
     from tests.conftest import run_cli
 
-    import socket
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -229,8 +249,9 @@ def test_server_follows_the_wristband_link(hub, bus_address) -> None:
         stop = asyncio.Event()
         ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         seen = asyncio.Event()
-        server = asyncio.create_task(serve(bus_address, "127.0.0.1", 0, stop=stop, ready=ready.set_result,
-                                           on_device=lambda _d: seen.set()))
+        server = asyncio.create_task(
+            serve(bus_address, "127.0.0.1", 0, stop=stop, ready=ready.set_result, on_device=lambda _d: seen.set())
+        )
         port = await asyncio.wait_for(ready, 10)
         async with Publisher(bus_address) as pub:
             assert not await pub.wait_for_subscribers(["raw/bvp/dev1/", "status/dev1/"], 10)
@@ -264,8 +285,14 @@ def test_server_follows_the_wristband_link(hub, bus_address) -> None:
         return lines
 
     assert asyncio.run(main()) == [
-        "R device_connect OK", "R device_subscribe bvp OK", "R pause ON", "R pause OFF",
-        "E4_Bvp 20.000000 1.5", "E4_Bvp 20.015625 2.5",
-        "R connection lost to device dev1", "R device_list 0",
-        "R connection re-established to device dev1", "R device_disconnect OK",
+        "R device_connect OK",
+        "R device_subscribe bvp OK",
+        "R pause ON",
+        "R pause OFF",
+        "E4_Bvp 20.000000 1.5",
+        "E4_Bvp 20.015625 2.5",
+        "R connection lost to device dev1",
+        "R device_list 0",
+        "R connection re-established to device dev1",
+        "R device_disconnect OK",
     ]

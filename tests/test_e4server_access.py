@@ -29,10 +29,13 @@ def test_session_wants_the_token_before_anything_else() -> None:
     stranger = E4ServerSession(lambda: ["dev1"], peer="192.0.2.9", access=access)
     assert _say(stranger, "device_list", "device_connect dev1") == [
         "R device_list ERR authentication required: send server_auth TOKEN first",
-        "R device_connect ERR authentication required: send server_auth TOKEN first"]
+        "R device_connect ERR authentication required: send server_auth TOKEN first",
+    ]
     assert stranger.bound is None and not stranger.closing
-    assert _say(stranger, f"server_auth {TOKEN}", "device_list") == ["R server_auth OK",
-                                                                      "R device_list 1 | dev1 Empatica_E4"]
+    assert _say(stranger, f"server_auth {TOKEN}", "device_list") == [
+        "R server_auth OK",
+        "R device_list 1 | dev1 Empatica_E4",
+    ]
     guesser = E4ServerSession(lambda: ["dev1"], peer="192.0.2.9", access=access)
     assert _say(guesser, "server_auth nope") == ["R server_auth ERR wrong token"] and guesser.closing
     colleague = E4ServerSession(lambda: ["dev1"], peer="10.1.4.2", access=access)
@@ -64,8 +67,11 @@ def _with_server(bus: str, access: Access, body) -> tuple[object, ServerStats]:
         stop = asyncio.Event()
         ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         seen = asyncio.Event()
-        server = asyncio.create_task(serve(bus, "127.0.0.1", 0, stop=stop, ready=ready.set_result,
-                                           on_device=lambda _d: seen.set(), access=access))
+        server = asyncio.create_task(
+            serve(
+                bus, "127.0.0.1", 0, stop=stop, ready=ready.set_result, on_device=lambda _d: seen.set(), access=access
+            )
+        )
         port = await asyncio.wait_for(ready, 10)
         try:
             async with Publisher(bus) as pub:
@@ -109,8 +115,12 @@ def test_token_and_allow_list_over_real_tcp(hub, bus_address: str) -> None:
     assert seen["allowed"] == ok + data
     assert seen["authed"] == ["R server_auth OK", *ok, *data]
     wants = "ERR authentication required: send server_auth TOKEN first"
-    assert seen["anonymous"] == [f"R device_list {wants}", f"R device_connect {wants}",
-                                 f"R device_subscribe {wants}", f"R device_list {wants}"]
+    assert seen["anonymous"] == [
+        f"R device_list {wants}",
+        f"R device_connect {wants}",
+        f"R device_subscribe {wants}",
+        f"R device_list {wants}",
+    ]
     assert seen["guesser"] == ["R server_auth ERR wrong token"] and seen["guesser_after"] == [""]
     assert stats.refused_clients == 2 and stats.lines == 4  # the guesser, and the anonymous client that left
 
@@ -134,8 +144,10 @@ def test_e4_server_cli_refuses_a_wider_listener_without_rules(tmp_path: Path) ->
     for extra in ([], ["--insecure", "--token-file", str(tmp_path / "missing")]):
         proc = run_cli("e4-server", "--host", "0.0.0.0", "--port", "0", *extra, timeout=60)
         assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
-    assert "--host 0.0.0.0 is not loopback: give --allow ADDR[/BITS] or --token-file FILE" in \
-        run_cli("e4-server", "--host", "0.0.0.0", "--port", "0").stderr
+    assert (
+        "--host 0.0.0.0 is not loopback: give --allow ADDR[/BITS] or --token-file FILE"
+        in run_cli("e4-server", "--host", "0.0.0.0", "--port", "0").stderr
+    )
     short = tmp_path / "short"
     short.write_text("abc\n")
     proc = run_cli("e4-server", "--port", "0", "--token-file", str(short))
@@ -150,17 +162,29 @@ def test_e4_client_sends_its_token(hub, bus_address: str, tmp_path: Path, procs:
     token = tmp_path / "token"
     token.write_text(TOKEN + "\n")
     token.chmod(0o600)
-    server = Proc(["e4-server", "--bus", bus_address, "--port", "0", "--allow", ALLOWED_HOST,
-                   "--token-file", str(token)])
+    server = Proc(
+        ["e4-server", "--bus", bus_address, "--port", "0", "--allow", ALLOWED_HOST, "--token-file", str(token)]
+    )
     procs.append(server)
     port = server.wait_for_stderr("listening on").strip().rsplit(":", 1)[1]
     bare = run_cli("e4-client", "--bus", bus_address, "--server", f"127.0.0.1:{port}", "--duration", "5")
     assert bare.returncode == 2
-    assert bare.stderr.strip() == (f"m3sense e4-client: error: e4 server 127.0.0.1:{port}: server refused "
-                                   f"'device_list': ERR authentication required: send server_auth "
-                                   f"TOKEN first")
-    authed = run_cli("e4-client", "--bus", bus_address, "--server", f"127.0.0.1:{port}", "--duration", "5",
-                     "--token-file", str(token))
+    assert bare.stderr.strip() == (
+        f"m3sense e4-client: error: e4 server 127.0.0.1:{port}: server refused "
+        f"'device_list': ERR authentication required: send server_auth "
+        f"TOKEN first"
+    )
+    authed = run_cli(
+        "e4-client",
+        "--bus",
+        bus_address,
+        "--server",
+        f"127.0.0.1:{port}",
+        "--duration",
+        "5",
+        "--token-file",
+        str(token),
+    )
     assert authed.returncode == 2 and "no wristband" in authed.stderr and TOKEN not in authed.stderr
     server.popen.terminate()
     assert server.popen.wait(timeout=30) == 0

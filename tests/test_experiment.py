@@ -31,15 +31,30 @@ def read_csv(path):
 @pytest.fixture(scope="module")
 def windows():
     base = ModelConfig()
-    ws = source_windows(parse_source(DATA), modalities=base.modalities, tasks=base.tasks, classes=base.classes,
-                        hop_s=10.0)
+    ws = source_windows(
+        parse_source(DATA), modalities=base.modalities, tasks=base.tasks, classes=base.classes, hop_s=10.0
+    )
     return ws.subset(np.flatnonzero(ws.labelled & ws.calibrated & ws.present.all(axis=1)))
 
 
 def test_table2_writes_the_table_csv_and_plot_with_the_papers_figures(tmp_path):
     out = tmp_path / "t2"
-    proc = run_cli("experiment", "table2", "--data", DATA, *FAST, "--seeds", "1,2", "--tasks", "stress",
-                   "--rows", "rf,single-sum,m3sense-cam", "--out", str(out), timeout=600)
+    proc = run_cli(
+        "experiment",
+        "table2",
+        "--data",
+        DATA,
+        *FAST,
+        "--seeds",
+        "1,2",
+        "--tasks",
+        "stress",
+        "--rows",
+        "rf,single-sum,m3sense-cam",
+        "--out",
+        str(out),
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr
     md = (out / "table2.md").read_text()
     assert md.strip() in proc.stdout  # printed too
@@ -47,7 +62,10 @@ def test_table2_writes_the_table_csv_and_plot_with_the_papers_figures(tmp_path):
     assert "| RF | features |" in md and "| 69.6 |" in md and "| 85.7 |" in md
     rows = read_csv(out / "table2.csv")
     assert [(r["row"], r["task"], r["seeds"]) for r in rows] == [
-        ("rf", "stress", "2"), ("single-sum", "stress", "2"), ("m3sense-cam", "stress", "2")]
+        ("rf", "stress", "2"),
+        ("single-sum", "stress", "2"),
+        ("m3sense-cam", "stress", "2"),
+    ]
     assert len({r["windows"] for r in rows}) == 1  # the same windows for every row
     for r in rows:
         assert 0 <= float(r["accuracy_mean"]) <= 1 and float(r["accuracy_sd"]) >= 0
@@ -65,8 +83,22 @@ def test_table2_writes_the_table_csv_and_plot_with_the_papers_figures(tmp_path):
 
 
 def test_table4_under_the_paper_split(tmp_path):
-    proc = run_cli("experiment", "table4", "--data", DATA, *FAST, "--seeds", "1", "--tasks", "stress,anxiety",
-                   "--split", "paper", "--out", str(tmp_path), timeout=600)
+    proc = run_cli(
+        "experiment",
+        "table4",
+        "--data",
+        DATA,
+        *FAST,
+        "--seeds",
+        "1",
+        "--tasks",
+        "stress,anxiety",
+        "--split",
+        "paper",
+        "--out",
+        str(tmp_path),
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr
     rows = read_csv(tmp_path / "table4.csv")
     assert [(r["row"], r["task"]) for r in rows] == [("stress+anxiety", "stress"), ("stress+anxiety", "anxiety")]
@@ -77,9 +109,24 @@ def test_table4_under_the_paper_split(tmp_path):
 def test_table5_needs_unlabelled_data_and_uses_it(tmp_path):
     proc = run_cli("experiment", "table5", "--data", DATA, *FAST, "--tasks", "emotion")
     assert proc.returncode == 2 and "--unlabeled" in proc.stderr
-    proc = run_cli("experiment", "table5", "--data", DATA, "--unlabeled", "synthetic?minutes=6&subjects=2&seed=8",
-                   *FAST, "--seeds", "1", "--tasks", "emotion", "--rows", "cam-without,cam-with",
-                   "--out", str(tmp_path), timeout=600)
+    proc = run_cli(
+        "experiment",
+        "table5",
+        "--data",
+        DATA,
+        "--unlabeled",
+        "synthetic?minutes=6&subjects=2&seed=8",
+        *FAST,
+        "--seeds",
+        "1",
+        "--tasks",
+        "emotion",
+        "--rows",
+        "cam-without,cam-with",
+        "--out",
+        str(tmp_path),
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr
     meta = json.loads((tmp_path / "table5.json").read_text())["meta"]
     assert meta["unlabeled_windows"] > 0
@@ -87,25 +134,65 @@ def test_table5_needs_unlabelled_data_and_uses_it(tmp_path):
 
 
 def test_fig8_modality_combinations(tmp_path):
-    proc = run_cli("experiment", "fig8", "--data", DATA, *FAST, "--seeds", "1", "--tasks", "stress",
-                   "--modalities", "eda,temp", "--models", "lda,m3sense-sum", "--out", str(tmp_path), timeout=600)
+    proc = run_cli(
+        "experiment",
+        "fig8",
+        "--data",
+        DATA,
+        *FAST,
+        "--seeds",
+        "1",
+        "--tasks",
+        "stress",
+        "--modalities",
+        "eda,temp",
+        "--models",
+        "lda,m3sense-sum",
+        "--out",
+        str(tmp_path),
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr
     rows = [r["row"] for r in read_csv(tmp_path / "fig8.csv")]
-    assert rows == ["lda:eda-temp", "lda:eda", "lda:temp", "m3sense-sum:eda-temp", "m3sense-sum:eda",
-                    "m3sense-sum:temp"]
+    assert rows == [
+        "lda:eda-temp",
+        "lda:eda",
+        "lda:temp",
+        "m3sense-sum:eda-temp",
+        "m3sense-sum:eda",
+        "m3sense-sum:temp",
+    ]
 
 
 def test_a_task_nobody_labelled_is_reported_and_exits_1(tmp_path):
-    proc = run_cli("experiment", "table2", "--data", DATA + "&tasks=stress", *FAST, "--seeds", "1",
-                   "--tasks", "stress,anxiety", "--rows", "lda", "--out", str(tmp_path), timeout=300)
+    proc = run_cli(
+        "experiment",
+        "table2",
+        "--data",
+        DATA + "&tasks=stress",
+        *FAST,
+        "--seeds",
+        "1",
+        "--tasks",
+        "stress,anxiety",
+        "--rows",
+        "lda",
+        "--out",
+        str(tmp_path),
+        timeout=300,
+    )
     assert proc.returncode == 1, proc.stderr
     assert "1 of 2 row/task cells scored, not scored: lda/anxiety" in proc.stderr
     assert "| LDA | features |" in (tmp_path / "table2.md").read_text()
 
 
 def test_bad_input_is_one_line_exit_2(tmp_path):
-    for args, needle in ((("--rows", "nope"), "table2 has rows rf, dt"), (("--folds", "9"), "--folds must be"),
-                         (("--tasks", "joy"), "known tasks"), (("--seeds", "x"), "--seeds")):
+    for args, needle in (
+        (("--rows", "nope"), "table2 has rows rf, dt"),
+        (("--folds", "9"), "--folds must be"),
+        (("--tasks", "joy"), "known tasks"),
+        (("--seeds", "x"), "--seeds"),
+    ):
         proc = run_cli("experiment", "table2", "--data", DATA, "--out", str(tmp_path), *args)
         assert proc.returncode == 2 and needle in proc.stderr, (args, proc.stderr)
         assert len(proc.stderr.strip().splitlines()) <= 2  # the header line, then the error
@@ -120,8 +207,9 @@ def test_every_row_sees_the_same_folds_and_each_window_is_held_out_once(windows)
         assert not set(windows.groups[p.test]) & set(windows.groups[np.concatenate([p.train, p.val])])
     again = parts(windows, Setup(folds=3, split_seed=5, seeds=(2, 3)))
     assert all(np.array_equal(a.test, b.test) for a, b in zip(folds, again))  # seeds never move the folds
-    rows = [r for r in rows_for("table2", tasks=("stress",), modalities=("bvp", "eda", "temp"))
-            if r.id in ("lda", "lr")]
+    rows = [
+        r for r in rows_for("table2", tasks=("stress",), modalities=("bvp", "eda", "temp")) if r.id in ("lda", "lr")
+    ]
     records = run(rows, windows, setup)
     assert len({r["windows"] for r in records}) == 1 and len(records) == 2
     cells = summarise(rows, records)
@@ -137,9 +225,11 @@ def test_rows_of_each_experiment():
     assert [r.id for r in t4] == ["stress+anxiety+emotion", "stress+anxiety", "stress+emotion", "anxiety+emotion"]
     assert t4[0].paper == {"anxiety": 60.2, "emotion": 75.2, "stress": 82.7}
     f7 = rows_for("fig7", tasks=("stress", "emotion"), modalities=mods, targets=("emotion",))
-    assert [(r.id, r.scored) for r in f7] == [("scratch:emotion", ("emotion",)),
-                                              ("transfer:stress>emotion", ("emotion",)),
-                                              ("all:emotion", ("emotion",))]
+    assert [(r.id, r.scored) for r in f7] == [
+        ("scratch:emotion", ("emotion",)),
+        ("transfer:stress>emotion", ("emotion",)),
+        ("all:emotion", ("emotion",)),
+    ]
     with pytest.raises(ValueError, match="two tasks"):
         rows_for("fig7", tasks=("stress",), modalities=mods)
     assert len(rows_for("fig8", tasks=("stress",), modalities=mods, models=("rf",))) == 7

@@ -18,10 +18,35 @@ DATA = "synthetic?minutes=12&subjects=4&seed=3&mark_rest=true"
 
 
 def test_a_new_head_on_a_frozen_representation_beats_scratch_on_the_same_few(tmp_path):
-    proc = run_cli("experiment", "fig7", "--data", DATA, "--target", "anxiety",
-                   "--rows", "scratch:anxiety,transfer:stress-emotion>anxiety", "--few", "1", "--epochs", "4",
-                   "--few-epochs", "15", "--lr", "2e-3", "--batch-size", "16", "--folds", "2", "--seeds", "1",
-                   "--threads", "1", "--out", str(tmp_path), timeout=900)
+    proc = run_cli(
+        "experiment",
+        "fig7",
+        "--data",
+        DATA,
+        "--target",
+        "anxiety",
+        "--rows",
+        "scratch:anxiety,transfer:stress-emotion>anxiety",
+        "--few",
+        "1",
+        "--epochs",
+        "4",
+        "--few-epochs",
+        "15",
+        "--lr",
+        "2e-3",
+        "--batch-size",
+        "16",
+        "--folds",
+        "2",
+        "--seeds",
+        "1",
+        "--threads",
+        "1",
+        "--out",
+        str(tmp_path),
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr
     with open(tmp_path / "fig7-seeds.csv", newline="") as f:
         runs = list(csv.DictReader(f))

@@ -19,9 +19,12 @@ def pulse(bpm: float, seconds: float = 20.0, fs: float = 64.0, amp=None) -> np.n
 
 
 def window(bvp, eda=None, temp=None, acc=None):
-    return {"bvp": bvp[None], "eda": (np.full(80, 2.0) if eda is None else eda)[None],
-            "temp": (np.full(80, 33.0) if temp is None else temp)[None],
-            "acc": (np.tile([0.0, 0.0, 1.0], (640, 1)) if acc is None else acc)[None]}
+    return {
+        "bvp": bvp[None],
+        "eda": (np.full(80, 2.0) if eda is None else eda)[None],
+        "temp": (np.full(80, 33.0) if temp is None else temp)[None],
+        "acc": (np.tile([0.0, 0.0, 1.0], (640, 1)) if acc is None else acc)[None],
+    }
 
 
 @pytest.mark.parametrize("bpm", [45.0, 55.0, 72.0, 110.0, 150.0, 175.0])

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from m3sense.errors import DataError
+from common.errors import DataError
 from replay.e4csv import read_source
 
 EDA = "1600000000.000000\n4.000000\n1.0\n2.0\n3.0\n4.0\n5.0\n6.0\n7.0\n8.0\n"
@@ -45,8 +45,9 @@ def test_zip_needing_a_newer_zip_version_is_a_data_error(tmp_path: Path) -> None
 
 
 @pytest.mark.parametrize("start, end", [(-1e12, 1600000001.0), (1600000000.0 + 1e6, 1600000000.0 + 2e6)])
-def test_label_interval_outside_the_recording_is_refused_with_its_line(tmp_path: Path, start: float,
-                                                                       end: float) -> None:
+def test_label_interval_outside_the_recording_is_refused_with_its_line(
+    tmp_path: Path, start: float, end: float
+) -> None:
     """A label before 1970 once passed the reader and was dropped by the bus as a bad time; one
     days after the recording would have held a real-time replay for as long."""
     folder = tmp_path / "S1"
@@ -86,8 +87,7 @@ def test_a_raw_chunk_ending_after_the_bus_time_bound_is_malformed() -> None:
     from bus import MalformedMessage, Message, decode, encode
     from bus.message import MAX_TIME_S
 
-    chunk = Message(kind="raw", device="d1", modality="eda", seq=0, t0_s=MAX_TIME_S - 1, fs_hz=4.0,
-                    samples=np.ones(8))
+    chunk = Message(kind="raw", device="d1", modality="eda", seq=0, t0_s=MAX_TIME_S - 1, fs_hz=4.0, samples=np.ones(8))
     with pytest.raises(MalformedMessage) as exc:
         decode([bytes(f) for f in encode(chunk)])
     assert exc.value.reason == "time"
@@ -105,7 +105,7 @@ def test_a_verbio_workbook_with_broken_sheet_xml_is_a_data_error(tmp_path: Path)
     with zipfile.ZipFile(book) as z:
         members = {i.filename: z.read(i.filename) for i in z.infolist()}
     sheet = next(n for n in members if n.startswith("xl/worksheets/"))
-    members[sheet] = members[sheet][:len(members[sheet]) // 2] + b"<<&"
+    members[sheet] = members[sheet][: len(members[sheet]) // 2] + b"<<&"
     with zipfile.ZipFile(book, "w") as z:
         for name, data in members.items():
             z.writestr(name, data)
@@ -121,13 +121,14 @@ def test_an_empty_array_with_huge_sides_is_malformed(shape: list[int]) -> None:
 
     import numpy as np
 
-    from bus import Message, MalformedMessage, decode, encode
+    from bus import MalformedMessage, Message, decode, encode
 
-    msg = Message(kind="window", device="d1", modality="window", seq=0, t0_s=1.6e9, fs_hz=0.0,
-                  arrays={"bvp": np.zeros(0)})
+    msg = Message(
+        kind="window", device="d1", modality="window", seq=0, t0_s=1.6e9, fs_hz=0.0, arrays={"bvp": np.zeros(0)}
+    )
     topic, head, samples, _ = [f if isinstance(f, bytes) else memoryview(f).tobytes() for f in encode(msg)]
     tail = json.dumps({"a": [["bvp", "float64", shape]]}).encode()
-    head = head[:head.index(b"{")] + tail
+    head = head[: head.index(b"{")] + tail
     with pytest.raises(MalformedMessage) as exc:
         decode([topic, head, samples, b""])
     assert exc.value.reason == "shape"

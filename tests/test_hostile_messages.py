@@ -74,6 +74,7 @@ class RawSender:
 
 def _send_and_collect(hub: Hub, wait: list[str], output: str, frames: list[list[bytes]]) -> list[Message]:
     """Send ``frames`` once ``wait`` topics have subscribers, then collect ``output`` up to its end marker."""
+
     async def scenario() -> list[Message]:
         sender = RawSender(hub)
         try:
@@ -111,25 +112,39 @@ def test_preprocess_survives_hostile_messages(hub: Hub, procs: list[Proc]) -> No
     pre.wait_for_stderr("subscribed")
     eda = _raw("eda", T0, 4.0, np.ones(6))
     hostile = [
-        _deep_json(eda, 100_000),                                    # 200 kB tail: json_size
-        _deep_json(eda, 20_000),                                     # 40 kB, 20,000 deep: json_depth
-        _frames(_raw("eda", T0, 1e-300, np.ones(6))),                # bus: rate
-        _frames(_raw("eda", 1e300, 4.0, np.ones(6))),                # bus: time
-        _frames(Message(kind="label", device="dev1", modality="label", seq=0, t0_s=T0, fs_hz=0.0,
-                        meta={"task": ["stress"], "label": "stress", "start_s": T0, "end_s": T0 + 60})),
-        _frames(_raw("eda", T0, 4.0, np.ones(10 * 2**20 // 8))),     # 10 MB of EDA: oversized
-        _frames(_raw("bvp", T0, 1000.0, np.ones(11))),               # 1 kHz BVP: bad_rate
+        _deep_json(eda, 100_000),  # 200 kB tail: json_size
+        _deep_json(eda, 20_000),  # 40 kB, 20,000 deep: json_depth
+        _frames(_raw("eda", T0, 1e-300, np.ones(6))),  # bus: rate
+        _frames(_raw("eda", 1e300, 4.0, np.ones(6))),  # bus: time
+        _frames(
+            Message(
+                kind="label",
+                device="dev1",
+                modality="label",
+                seq=0,
+                t0_s=T0,
+                fs_hz=0.0,
+                meta={"task": ["stress"], "label": "stress", "start_s": T0, "end_s": T0 + 60},
+            )
+        ),
+        _frames(_raw("eda", T0, 4.0, np.ones(10 * 2**20 // 8))),  # 10 MB of EDA: oversized
+        _frames(_raw("bvp", T0, 1000.0, np.ones(11))),  # 1 kHz BVP: bad_rate
     ]
     rec = make_recording(40.0, seed=3, device="dev1")
     valid = [msg for _, msg in recording_messages(rec)]
 
-    got = _send_and_collect(hub, ["raw/", "label/", "status/", "window/dev1/"], "window/dev1/",
-                            hostile + [_frames(msg) for msg in valid])
+    got = _send_and_collect(
+        hub, ["raw/", "label/", "status/", "window/dev1/"], "window/dev1/", hostile + [_frames(msg) for msg in valid]
+    )
     windows = got[:-1]
     assert [w.t0_s - T0 for w in windows] == [0.0, 5.0, 10.0, 15.0, 20.0]
     c = _counters(_last_report(pre, "preprocess:"))
-    assert {k: c.get(f"bus_malformed_{k}") for k in ("json_size", "json_depth", "rate", "time")} == \
-        {"json_size": 1, "json_depth": 1, "rate": 1, "time": 1}
+    assert {k: c.get(f"bus_malformed_{k}") for k in ("json_size", "json_depth", "rate", "time")} == {
+        "json_size": 1,
+        "json_depth": 1,
+        "rate": 1,
+        "time": 1,
+    }
     assert c["bad_labels"] == 1 and c["oversized"] == 1 and c["bad_rate"] == 1
     assert c["windows"] == len(windows) and c["devices_closed"] == 1
 
@@ -137,15 +152,40 @@ def test_preprocess_survives_hostile_messages(hub: Hub, procs: list[Proc]) -> No
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory) -> Path:
     torch.manual_seed(1)
-    config = ModelConfig(cnn_channels=(8, 4), embed_dim=16, lstm_hidden=16, fusion_dim=16, task_dim=24,
-                         fc_dims=(24, 16), latent_dim=8, head_hidden=8)
+    config = ModelConfig(
+        cnn_channels=(8, 4),
+        embed_dim=16,
+        lstm_hidden=16,
+        fusion_dim=16,
+        task_dim=24,
+        fc_dims=(24, 16),
+        latent_dim=8,
+        head_hidden=8,
+    )
     norm = Normalizer(per_window=("bvp",), mean={"eda": 2.0, "temp": 33.0}, std={"eda": 1.0, "temp": 1.0})
     return save_checkpoint(tmp_path_factory.mktemp("hostile") / "tiny", M3Sense(config), norm, {"trained_on": ["test"]})
 
 
 def test_infer_survives_hostile_windows(hub: Hub, procs: list[Proc], tiny_model: Path) -> None:
-    infer = Proc(["infer", "--bus", hub.address, "--model", str(tiny_model), "--tasks", "stress",
-                  "--backend", "torch", "--threads", "1", "--state-dir", "none", "--max-wait-ms", "0"])
+    infer = Proc(
+        [
+            "infer",
+            "--bus",
+            hub.address,
+            "--model",
+            str(tiny_model),
+            "--tasks",
+            "stress",
+            "--backend",
+            "torch",
+            "--threads",
+            "1",
+            "--state-dir",
+            "none",
+            "--max-wait-ms",
+            "0",
+        ]
+    )
     procs.append(infer)
     infer.wait_for_stderr("listening on", timeout=120)
     good = [window(device="w1", t0=T0 + 5 * k, seed=k).to_message() for k in range(3)]
@@ -154,16 +194,19 @@ def test_infer_survives_hostile_windows(hub: Hub, procs: list[Proc], tiny_model:
         return _frames(dataclasses.replace(msg, meta={**msg.meta, **meta}))
 
     hostile = [
-        _deep_json(good[0], 100_000),                  # bus: json_size
-        with_meta(good[0], quality="x"),               # once an AttributeError in infer
+        _deep_json(good[0], 100_000),  # bus: json_size
+        with_meta(good[0], quality="x"),  # once an AttributeError in infer
         with_meta(good[0], t_end="soon"),
         with_meta(good[0], quality={**quality().to_dict(), "missing_fraction": [0.1]}),
     ]
-    end = Message(kind="window", device="w1", modality="window", seq=0, t0_s=T0 + 40, fs_hz=0.0,
-                  meta={"event": "end"})
+    end = Message(kind="window", device="w1", modality="window", seq=0, t0_s=T0 + 40, fs_hz=0.0, meta={"event": "end"})
 
-    got = _send_and_collect(hub, ["window/", "affect/w1/"], "affect/w1/",
-                            hostile + [_frames(dataclasses.replace(msg, seq=seq)) for seq, msg in enumerate([*good, end])])
+    got = _send_and_collect(
+        hub,
+        ["window/", "affect/w1/"],
+        "affect/w1/",
+        hostile + [_frames(dataclasses.replace(msg, seq=seq)) for seq, msg in enumerate([*good, end])],
+    )
     assert [m.meta["t_start"] for m in got[:-1]] == [m.t0_s for m in good]
     assert all(m.meta["tasks"]["stress"]["status"] in ("ok", "uncertain") for m in got[:-1])
     c = _counters(_last_report(infer, "infer: ") + ",")
@@ -178,21 +221,31 @@ def test_store_survives_hostile_messages(hub: Hub, procs: list[Proc], tmp_path: 
     procs.append(store)
     store.wait_for_stderr("<-")
     t_end = T0 + 20
-    affect = Message(kind="affect", device="dev1", modality="affect", seq=0, t0_s=t_end, fs_hz=0.0,
-                     meta=affect_meta(t_end))
+    affect = Message(
+        kind="affect", device="dev1", modality="affect", seq=0, t0_s=t_end, fs_hz=0.0, meta=affect_meta(t_end)
+    )
     topic, head, samples = _frames(affect)
     huge_int = head.replace(f'"t_end":{t_end}'.encode(), b'"t_end":1' + b"0" * 400, 1)
     assert huge_int != head
     hostile = [
-        _deep_json(affect, 100_000),                                          # bus: json_size
-        [topic, huge_int, samples],                                           # t_end 10^400: bus json_number
-        _frames(Message(kind="affect", device="dev1", modality="affect", seq=0, t0_s=t_end, fs_hz=0.0,
-                        meta={**affect_meta(t_end), "t_end": 1e300})),        # a float, but no time: time
-        _frames(_raw("bvp", T0, 1e9, np.ones(11))),                           # bus: rate
-        _frames(_raw("bvp", T0, 1000.0, np.ones(11))),                        # once a LinAlgError: rate
+        _deep_json(affect, 100_000),  # bus: json_size
+        [topic, huge_int, samples],  # t_end 10^400: bus json_number
+        _frames(
+            Message(
+                kind="affect",
+                device="dev1",
+                modality="affect",
+                seq=0,
+                t0_s=t_end,
+                fs_hz=0.0,
+                meta={**affect_meta(t_end), "t_end": 1e300},
+            )
+        ),  # a float, but no time: time
+        _frames(_raw("bvp", T0, 1e9, np.ones(11))),  # bus: rate
+        _frames(_raw("bvp", T0, 1000.0, np.ones(11))),  # once a LinAlgError: rate
     ]
     bvp = np.sin(2 * np.pi * 1.2 * np.arange(64 * 30) / 64)
-    valid = [_raw("bvp", T0 + i / 4, 64.0, bvp[16 * i:16 * (i + 1)]) for i in range(4 * 30)]
+    valid = [_raw("bvp", T0 + i / 4, 64.0, bvp[16 * i : 16 * (i + 1)]) for i in range(4 * 30)]
 
     async def scenario() -> None:
         sender = RawSender(hub)
@@ -204,8 +257,19 @@ def test_store_survives_hostile_messages(hub: Hub, procs: list[Proc], tmp_path: 
                 await sender.send(_frames(dataclasses.replace(msg, seq=seq)))
             await sender.send(_frames(affect))
             # the end marker: once the store reports it, everything before it is in the sink
-            await sender.send(_frames(Message(kind="affect", device="dev1", modality="affect", seq=1, t0_s=t_end,
-                                              fs_hz=0.0, meta={"event": "end"})))
+            await sender.send(
+                _frames(
+                    Message(
+                        kind="affect",
+                        device="dev1",
+                        modality="affect",
+                        seq=1,
+                        t0_s=t_end,
+                        fs_hz=0.0,
+                        meta={"event": "end"},
+                    )
+                )
+            )
             # the sender closes with linger 0: only once the store has everything
             await asyncio.to_thread(store.wait_for_stderr, "end of device dev1")
         finally:

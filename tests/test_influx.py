@@ -20,12 +20,30 @@ import pytest
 
 from bus import Hub, Message, Publisher
 from m3sense.cli import main
-from storage import AffectRecord, InfluxSink, PhysioRecord, RecordBuilder, StoreNode, device_topics, parse_sink
-from storage import read_affect
+from storage import (
+    AffectRecord,
+    InfluxSink,
+    PhysioRecord,
+    RecordBuilder,
+    StoreNode,
+    device_topics,
+    parse_sink,
+    read_affect,
+)
 from tests.conftest import Proc
 from tests.servers import (
-    DATABASE, NEEDS_INFLUXD, InfluxServer, V2WriteProxy, affect_meta, free_port, influx_proxy, influx_v1, influxd,
-    influxd_auth, outage_scenario, series_values,
+    DATABASE,
+    NEEDS_INFLUXD,
+    InfluxServer,
+    V2WriteProxy,
+    affect_meta,
+    free_port,
+    influx_proxy,
+    influx_v1,
+    influxd,
+    influxd_auth,
+    outage_scenario,
+    series_values,
 )
 from tests.test_storage_sqlite import T0, WINDOW_S, publish_session, truth_at, window_ends
 
@@ -47,18 +65,21 @@ def write_path(request: pytest.FixtureRequest, influxd: InfluxServer) -> WritePa
         proxy = request.getfixturevalue("influx_proxy")
         return WritePath(request.param, proxy.sink(), proxy)
     influxd.empty_database()
-    return WritePath(request.param, influxd.sink(f"db={DATABASE}" if request.param == "v1" else f"bucket={DATABASE}"),
-                     None)
+    return WritePath(
+        request.param, influxd.sink(f"db={DATABASE}" if request.param == "v1" else f"bucket={DATABASE}"), None
+    )
 
 
 def affect_records(t_end: float, **kw) -> list[AffectRecord]:
-    msg = Message(kind="affect", device="dev1", modality="affect", seq=0, t0_s=t_end, fs_hz=0,
-                  meta=affect_meta(t_end, **kw))
+    msg = Message(
+        kind="affect", device="dev1", modality="affect", seq=0, t0_s=t_end, fs_hz=0, meta=affect_meta(t_end, **kw)
+    )
     return RecordBuilder().push(msg)
 
 
-def test_store_node_writes_one_point_per_window_and_task(influxd: InfluxServer, write_path: WritePath, tmp_path: Path,
-                                                         bus_address: str, caplog: pytest.LogCaptureFixture) -> None:
+def test_store_node_writes_one_point_per_window_and_task(
+    influxd: InfluxServer, write_path: WritePath, tmp_path: Path, bus_address: str, caplog: pytest.LogCaptureFixture
+) -> None:
     async def go() -> InfluxSink:
         with Hub(bus_address):
             async with InfluxSink(parse_sink(write_path.sink), spool_dir=tmp_path / "spool") as sink:
@@ -85,8 +106,9 @@ def test_store_node_writes_one_point_per_window_and_task(influxd: InfluxServer, 
     ends_us = [round(t * 1e6) for t in window_ends(60)]
     assert c.affect_written == 3 * len(ends_us)
     rows = series_values(influxd.query('SELECT * FROM "affect" GROUP BY "task"'))
-    assert sorted((r["task"], r["time"]) for r in rows) == sorted((task, t) for task in ("stress", "anxiety", "emotion")
-                                                                  for t in ends_us)
+    assert sorted((r["task"], r["time"]) for r in rows) == sorted(
+        (task, t) for task in ("stress", "anxiety", "emotion") for t in ends_us
+    )
     stress = sorted((r for r in rows if r["task"] == "stress"), key=lambda r: r["time"])
     assert [r["true_label"] for r in stress] == [truth_at(t / 1e6) for t in ends_us]
     assert [r["label"] for r in stress] == [truth_at(t / 1e6) for t in ends_us]
@@ -97,7 +119,10 @@ def test_store_node_writes_one_point_per_window_and_task(influxd: InfluxServer, 
     # the same through Debian's influx CLI
     cli = influxd.cli('SELECT count("status") FROM "affect" GROUP BY "task"')
     assert {r["task"]: r["count"] for r in series_values(cli)} == {
-        "stress": len(ends_us), "anxiety": len(ends_us), "emotion": len(ends_us)}
+        "stress": len(ends_us),
+        "anxiety": len(ends_us),
+        "emotion": len(ends_us),
+    }
 
     physio = influxd.query('SELECT count("eda_us"), mean("temp_c"), mean("hr_bpm") FROM "physio" WHERE time > 0')
     (row,) = series_values(physio)
@@ -106,8 +131,9 @@ def test_store_node_writes_one_point_per_window_and_task(influxd: InfluxServer, 
     assert sorted(r["event"] for r in status) == ["end", "start"]
 
 
-def test_timeline_reads_influxdb_with_influxql(influxd: InfluxServer, influx_proxy: V2WriteProxy,
-                                               tmp_path: Path, capsys) -> None:
+def test_timeline_reads_influxdb_with_influxql(
+    influxd: InfluxServer, influx_proxy: V2WriteProxy, tmp_path: Path, capsys
+) -> None:
     ends = [T0 + 20 + 10 * k + 1 / 64 for k in range(5)]
 
     async def go() -> None:
@@ -120,10 +146,17 @@ def test_timeline_reads_influxdb_with_influxql(influxd: InfluxServer, influx_pro
     capsys.readouterr()
     assert main(["timeline", "--sink", influx_proxy.sink(), "--json", "--device", "dev1"]) == 0
     lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
-    assert [(x["time"], x["task"]) for x in lines] == [(t, task) for t in ends for task in ("anxiety", "emotion", "stress")]
+    assert [(x["time"], x["task"]) for x in lines] == [
+        (t, task) for t in ends for task in ("anxiety", "emotion", "stress")
+    ]
     low = [x for x in lines if x["time"] == ends[1]]
-    assert all(x["label"] is None and x["confidence"] is None and x["quality"]["status"] == "low_quality"
-               and x["quality"]["off_wrist"] is True for x in low)
+    assert all(
+        x["label"] is None
+        and x["confidence"] is None
+        and x["quality"]["status"] == "low_quality"
+        and x["quality"]["off_wrist"] is True
+        for x in low
+    )
     assert [x["true_label"] for x in lines if x["task"] == "stress"] == ["baseline"] * 5
     # the reader returns what was written, field for field
     written = [r for t in ends for r in affect_records(t, truth={"stress": "baseline"}, low_quality=t == ends[1])]
@@ -133,8 +166,9 @@ def test_timeline_reads_influxdb_with_influxql(influxd: InfluxServer, influx_pro
     assert capsys.readouterr().out == ""
 
 
-def test_replayed_data_never_overwrites_live_data(influxd: InfluxServer, influx_proxy: V2WriteProxy,
-                                                  tmp_path: Path) -> None:
+def test_replayed_data_never_overwrites_live_data(
+    influxd: InfluxServer, influx_proxy: V2WriteProxy, tmp_path: Path
+) -> None:
     t = T0 + 20
 
     async def go() -> None:
@@ -146,15 +180,21 @@ def test_replayed_data_never_overwrites_live_data(influxd: InfluxServer, influx_
     asyncio.run(go())
     rows = series_values(influxd.query('SELECT "label" FROM "affect" GROUP BY "source"'))
     assert sorted((r["source"], r["label"], r["time"]) for r in rows) == [
-        ("live", "baseline", round(t * 1e6)), ("replay", "stress", round(t * 1e6))]
+        ("live", "baseline", round(t * 1e6)),
+        ("replay", "stress", round(t * 1e6)),
+    ]
 
 
-@pytest.mark.parametrize("outage_s", [
-    3.0,
-    pytest.param(60.0, marks=pytest.mark.slow, id="60s"),  # the issue's figure; also bench/bench_storage.py
-])
-def test_an_influxdb_outage_mid_stream_loses_no_point(influxd: InfluxServer, influx_proxy: V2WriteProxy,
-                                                      tmp_path: Path, bus_address: str, outage_s: float) -> None:
+@pytest.mark.parametrize(
+    "outage_s",
+    [
+        3.0,
+        pytest.param(60.0, marks=pytest.mark.slow, id="60s"),  # the issue's figure; also bench/bench_storage.py
+    ],
+)
+def test_an_influxdb_outage_mid_stream_loses_no_point(
+    influxd: InfluxServer, influx_proxy: V2WriteProxy, tmp_path: Path, bus_address: str, outage_s: float
+) -> None:
     result = asyncio.run(outage_scenario(influxd, influx_proxy, bus_address, tmp_path / "spool", outage_s=outage_s))
     c = result["counters"]
     assert result["outage_s"] >= outage_s and result["spooled_at_restart"] > 0  # it was down, and data went to disk
@@ -198,8 +238,14 @@ def test_a_full_spool_drops_and_counts(tmp_path: Path) -> None:
     line_bytes = 400  # roughly one affect point; the bound holds two batches of ten
 
     async def go() -> InfluxSink:
-        async with InfluxSink(dead, spool_dir=tmp_path / "spool", batch_size=10, max_queue=10,
-                              max_spool_bytes=2 * 10 * line_bytes, retry_min_s=0.05) as sink:
+        async with InfluxSink(
+            dead,
+            spool_dir=tmp_path / "spool",
+            batch_size=10,
+            max_queue=10,
+            max_spool_bytes=2 * 10 * line_bytes,
+            retry_min_s=0.05,
+        ) as sink:
             for k in range(40):
                 await sink.write(affect_records(T0 + 20 + 10 * k))
             await sink.flush()
@@ -213,19 +259,29 @@ def test_a_full_spool_drops_and_counts(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("write_path", ["v2-proxy", "v1"], indirect=True)
-def test_points_the_server_refuses_are_counted_not_retried(tmp_path: Path, influxd: InfluxServer,
-                                                           write_path: WritePath) -> None:
+def test_points_the_server_refuses_are_counted_not_retried(
+    tmp_path: Path, influxd: InfluxServer, write_path: WritePath
+) -> None:
     import urllib.request
 
     # make eda_us a string field in the shard our points go to: a float eda_us is then a field type conflict
-    urllib.request.urlopen(urllib.request.Request(f"{influxd.url}/write?db={DATABASE}&precision=s",
-                                                  data=f'physio,device=dev1,source=live eda_us="x" {int(T0) - 10}'.encode()),
-                           timeout=10)
+    urllib.request.urlopen(
+        urllib.request.Request(
+            f"{influxd.url}/write?db={DATABASE}&precision=s",
+            data=f'physio,device=dev1,source=live eda_us="x" {int(T0) - 10}'.encode(),
+        ),
+        timeout=10,
+    )
 
     async def go() -> InfluxSink:
         async with InfluxSink(parse_sink(write_path.sink), spool_dir=tmp_path / "spool") as sink:
-            await sink.write([PhysioRecord(time_s=T0 + k, device="dev1", source="live", signal=signal, value=1.0)
-                              for k in range(5) for signal in ("eda_us", "temp_c")])
+            await sink.write(
+                [
+                    PhysioRecord(time_s=T0 + k, device="dev1", source="live", signal=signal, value=1.0)
+                    for k in range(5)
+                    for signal in ("eda_us", "temp_c")
+                ]
+            )
             await sink.flush()
         return sink
 
@@ -236,13 +292,26 @@ def test_points_the_server_refuses_are_counted_not_retried(tmp_path: Path, influ
     assert row["count"] == 5
 
 
-def test_the_token_is_used_but_never_shown(tmp_path: Path, bus_address: str, influxd: InfluxServer,
-                                           influx_proxy: V2WriteProxy, procs: list[Proc]) -> None:
+def test_the_token_is_used_but_never_shown(
+    tmp_path: Path, bus_address: str, influxd: InfluxServer, influx_proxy: V2WriteProxy, procs: list[Proc]
+) -> None:
     token = "tok-" + os.urandom(8).hex()
     (tmp_path / "token").write_text(token + "\n")
     with Hub(bus_address):
-        store = Proc(["-v", "store", "--bus", bus_address, "--sink", influx_proxy.sink(),
-                      "--token-file", str(tmp_path / "token"), "--spool-dir", str(tmp_path / "spool")])
+        store = Proc(
+            [
+                "-v",
+                "store",
+                "--bus",
+                bus_address,
+                "--sink",
+                influx_proxy.sink(),
+                "--token-file",
+                str(tmp_path / "token"),
+                "--spool-dir",
+                str(tmp_path / "spool"),
+            ]
+        )
         procs.append(store)
         assert token not in " ".join(store.popen.args)
         store.wait_for_stderr("store:")
@@ -265,6 +334,7 @@ def test_the_token_is_used_but_never_shown(tmp_path: Path, bus_address: str, inf
 
 # --- m3sense store: what it says and how it exits ------------------------------------------------
 
+
 async def publish_windows(bus: str, n: int) -> int:
     """``n`` affect windows of dev1 (three tasks each); returns the points they make."""
     async with Publisher(bus) as pub:
@@ -275,8 +345,9 @@ async def publish_windows(bus: str, n: int) -> int:
     return 3 * n
 
 
-def run_store(procs: list[Proc], bus: str, sink: str, *extra: str, windows: int = 4,
-              sig: int = signal.SIGTERM) -> tuple[int, dict, list[str]]:
+def run_store(
+    procs: list[Proc], bus: str, sink: str, *extra: str, windows: int = 4, sig: int = signal.SIGTERM
+) -> tuple[int, dict, list[str]]:
     """``m3sense store --json``: publish ``windows``, stop it with ``sig``; its exit code, its
     one JSON object and its stderr lines."""
     store = Proc(["store", "--json", "--bus", bus, "--sink", sink, *extra])
@@ -291,28 +362,40 @@ def run_store(procs: list[Proc], bus: str, sink: str, *extra: str, windows: int 
 
 
 @pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 0), (signal.SIGINT, 130)], ids=["sigterm", "ctrl-c"])
-def test_store_into_influxdb_1x_writes_and_says_so(influx_v1: InfluxServer, tmp_path: Path, bus_address: str,
-                                                   procs: list[Proc], sig: int, code: int) -> None:
+def test_store_into_influxdb_1x_writes_and_says_so(
+    influx_v1: InfluxServer, tmp_path: Path, bus_address: str, procs: list[Proc], sig: int, code: int
+) -> None:
     """The issue's command (bucket=, Debian's 1.6.7, no proxy): every point lands, and the
     summary and exit code say so; Ctrl-C still stores everything, and exits 130."""
     sink = influx_v1.sink(f"bucket={DATABASE}")
     with Hub(bus_address):
         got, report, err = run_store(procs, bus_address, sink, "--spool-dir", str(tmp_path / "spool"), sig=sig)
     assert got == code and report == {
-        "sink": parse_sink(sink).address, "written": 12, "spooled": 0, "spool_dir": str(tmp_path / "spool"),
-        "dropped": 0, "refused": 0, "affect_records": 12, "exit_code": code, "received": 12, "error": None}
+        "sink": parse_sink(sink).address,
+        "written": 12,
+        "spooled": 0,
+        "spool_dir": str(tmp_path / "spool"),
+        "dropped": 0,
+        "refused": 0,
+        "affect_records": 12,
+        "exit_code": code,
+        "received": 12,
+        "error": None,
+    }
     assert "12 points (12 affect) written to" in err[-1] and "none lost" in err[-1]
     assert err[-1].startswith("store: interrupted;") == (sig == signal.SIGINT)
     (row,) = series_values(influx_v1.cli('SELECT count("status") FROM "affect"'))
     assert row["count"] == 12
 
 
-def test_unreachable_influxdb_exits_1_and_names_the_spool(influx_v1: InfluxServer, tmp_path: Path, bus_address: str,
-                                                          procs: list[Proc]) -> None:
+def test_unreachable_influxdb_exits_1_and_names_the_spool(
+    influx_v1: InfluxServer, tmp_path: Path, bus_address: str, procs: list[Proc]
+) -> None:
     spool = tmp_path / "spool"
     with Hub(bus_address):
-        code, report, err = run_store(procs, bus_address, f"influx://127.0.0.1:{free_port()}?db={DATABASE}",
-                                      "--spool-dir", str(spool))
+        code, report, err = run_store(
+            procs, bus_address, f"influx://127.0.0.1:{free_port()}?db={DATABASE}", "--spool-dir", str(spool)
+        )
         assert code == report["exit_code"] == 1
         assert (report["written"], report["spooled"], report["spool_dir"], report["dropped"]) == (0, 12, str(spool), 0)
         assert "nothing reached InfluxDB" in err[-1] and f"12 points wait in spool {spool}" in err[-1]
@@ -324,9 +407,9 @@ def test_unreachable_influxdb_exits_1_and_names_the_spool(influx_v1: InfluxServe
     assert row["count"] == 12
 
 
-def test_missing_credentials_are_reported_and_the_points_wait(influxd_auth: InfluxServer, tmp_path: Path,
-                                                              bus_address: str, procs: list[Proc],
-                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_credentials_are_reported_and_the_points_wait(
+    influxd_auth: InfluxServer, tmp_path: Path, bus_address: str, procs: list[Proc], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("INFLUX_TOKEN", raising=False)
     spool = tmp_path / "spool"
     with Hub(bus_address):
@@ -335,8 +418,16 @@ def test_missing_credentials_are_reported_and_the_points_wait(influxd_auth: Infl
         assert "InfluxDB wants credentials: set $INFLUX_TOKEN or --token-file" in err[-1]
         assert f"12 points wait in spool {spool}" in err[-1]
         (tmp_path / "token").write_text(influxd_auth.credentials + "\n")
-        code, report, err = run_store(procs, bus_address, influxd_auth.sink(), "--spool-dir", str(spool),
-                                      "--token-file", str(tmp_path / "token"), windows=0)
+        code, report, err = run_store(
+            procs,
+            bus_address,
+            influxd_auth.sink(),
+            "--spool-dir",
+            str(spool),
+            "--token-file",
+            str(tmp_path / "token"),
+            windows=0,
+        )
     assert code == 0 and report["written"] == 12 and report["spooled"] == 0
     assert influxd_auth.credentials.split(":")[1] not in "\n".join(err)
     (row,) = series_values(influxd_auth.query('SELECT count("status") FROM "affect"'))

@@ -47,18 +47,60 @@ __all__ = ["influx_proxy", "influxd"]
 
 #: every name a query may mention: measurements, tags, fields (storage's schema)
 SCHEMA_NAMES = {
-    AFFECT_MEASUREMENT, PHYSIO_MEASUREMENT, STATUS_MEASUREMENT, ALERT_MEASUREMENT, *SIGNALS,
-    "device", "task", "source", "model", "event", "rule", "text",
-    "label", "state", "confidence", "status", "off_wrist", "motion", "missing_fraction", "t_start_s", "true_label",
-    "p_baseline", "p_stress", "p_amusement", "p_low", "p_high", "value", "detail",
+    AFFECT_MEASUREMENT,
+    PHYSIO_MEASUREMENT,
+    STATUS_MEASUREMENT,
+    ALERT_MEASUREMENT,
+    *SIGNALS,
+    "device",
+    "task",
+    "source",
+    "model",
+    "event",
+    "rule",
+    "text",
+    "label",
+    "state",
+    "confidence",
+    "status",
+    "off_wrist",
+    "motion",
+    "missing_fraction",
+    "t_start_s",
+    "true_label",
+    "p_baseline",
+    "p_stress",
+    "p_amusement",
+    "p_low",
+    "p_high",
+    "value",
+    "detail",
 }
 #: what each window of the session is (window end -> stress state); the other tasks follow the status
-WINDOWS = {T0 + 20: "calibrating", T0 + 30: "baseline", T0 + 40: "uncertain", T0 + 50: "off_wrist",
-           T0 + 60: "stress", T0 + 70: "low_quality", T0 + 80: "stress"}
+WINDOWS = {
+    T0 + 20: "calibrating",
+    T0 + 30: "baseline",
+    T0 + 40: "uncertain",
+    T0 + 50: "off_wrist",
+    T0 + 60: "stress",
+    T0 + 70: "low_quality",
+    T0 + 80: "stress",
+}
 SECONDS = 80
 DEVICES = {"dev1": ("replay", 66.0), "dev2": ("live", 90.0)}  # device: (source, heart rate)
-RULE = rule_from_mapping({"name": "stress", "task": "stress", "label": "stress", "raise_at": 0.7, "raise_for": "20s",
-                          "clear_below": 0.5, "clear_for": "20s", "cooldown": "30m", "max_gap": "1m"})
+RULE = rule_from_mapping(
+    {
+        "name": "stress",
+        "task": "stress",
+        "label": "stress",
+        "raise_at": 0.7,
+        "raise_for": "20s",
+        "clear_below": 0.5,
+        "clear_for": "20s",
+        "cooldown": "30m",
+        "max_gap": "1m",
+    }
+)
 
 
 def dashboard() -> dict:
@@ -98,8 +140,11 @@ def test_dashboard_structure() -> None:
             task = p["title"].split(":")[0].lower()
             (mapping,) = p["fieldConfig"]["defaults"]["mappings"]
             # every state the store can write for this task has its own colour and text
-            states = set(CLASSES[task]) | {window_state(None, s, w) for s in ("ok", "low_quality", "calibrating",
-                                                                               "uncertain") for w in (True, False)}
+            states = set(CLASSES[task]) | {
+                window_state(None, s, w)
+                for s in ("ok", "low_quality", "calibrating", "uncertain")
+                for w in (True, False)
+            }
             assert states <= set(mapping["options"]), states - set(mapping["options"])
             colours = [o["color"] for o in mapping["options"].values()]
             assert len(colours) == len(set(colours))
@@ -147,14 +192,19 @@ def test_provisioning_files_fit_together() -> None:
 
 
 def test_queries_name_only_what_storage_writes() -> None:
-    queries = ([t["query"] for _, t in targets()] + [v["query"] for v in dashboard()["templating"]["list"]]
-               + [a["query"] for a in annotation_queries()])
+    queries = (
+        [t["query"] for _, t in targets()]
+        + [v["query"] for v in dashboard()["templating"]["list"]]
+        + [a["query"] for a in annotation_queries()]
+    )
     for q in queries:
         names = set(re.findall(r'"([^"]+)"', re.sub(r'AS "[^"]+"', "", q)))
         assert names <= SCHEMA_NAMES, (q, names - SCHEMA_NAMES)
 
 
-def grafana_interpolate(query: str, *, start_s: float, end_s: float, interval: str, variables: dict[str, list[str]]) -> str:
+def grafana_interpolate(
+    query: str, *, start_s: float, end_s: float, interval: str, variables: dict[str, list[str]]
+) -> str:
     """What Grafana sends for a raw InfluxQL query: ``$timeFilter`` as an epoch-ms range,
     ``$__interval`` as a duration, and a multi-value variable inside a regex as ``(a|b)``."""
     q = query.replace("$timeFilter", f"time >= {int(start_s * 1000)}ms and time <= {int(end_s * 1000)}ms")
@@ -169,8 +219,13 @@ def window_meta(t_end: float, source: str) -> dict:
     """The inference node's message for one window of :data:`WINDOWS`."""
     state = WINDOWS[t_end]
     label = state if state in CLASSES["stress"] else "stress"
-    meta = affect_meta(t_end, source=source, low_quality=state in ("off_wrist", "low_quality"),
-                       labels={"stress": label}, truth={"stress": label, "anxiety": "high", "emotion": "low"})
+    meta = affect_meta(
+        t_end,
+        source=source,
+        low_quality=state in ("off_wrist", "low_quality"),
+        labels={"stress": label},
+        truth={"stress": label, "anxiety": "high", "emotion": "low"},
+    )
     if state == "low_quality":  # mostly missing, on the wrist
         meta["quality"].update(off_wrist=False, missing_fraction=0.8)
     for result in meta["tasks"].values():
@@ -182,22 +237,39 @@ def window_meta(t_end: float, source: str) -> dict:
 def session_messages(device: str, source: str, bpm: float) -> list[Message]:
     """What reaches the store for one device: status (start, battery, a sample gap, end),
     raw EDA/TEMP/HR/BVP, and an affect message per 10 s as :data:`WINDOWS` says."""
-    def msg(kind: str, modality: str, t0: float, fs: float, samples=None, meta=None) -> Message:
-        return Message(kind=kind, device=device, modality=modality, seq=0, t0_s=t0, fs_hz=fs,
-                       samples=np.zeros(0) if samples is None else np.asarray(samples, dtype=np.float64),
-                       meta=meta or {})
 
-    out = [msg("status", "status", T0, 0, meta={"event": "start", "source": source}),
-           msg("status", "status", T0 + 1, 0, meta={"event": "battery", "battery": 0.8}),
-           msg("status", "status", T0 + 45, 0, meta={"event": "gap", "stream": "bvp", "missing_samples": 160,
-                                                     "duration_s": 2.5, "cause": "lost_packets"}),
-           msg("status", "status", T0 + SECONDS - 1, 0, meta={"event": "battery", "battery": 0.75})]
+    def msg(kind: str, modality: str, t0: float, fs: float, samples=None, meta=None) -> Message:
+        return Message(
+            kind=kind,
+            device=device,
+            modality=modality,
+            seq=0,
+            t0_s=t0,
+            fs_hz=fs,
+            samples=np.zeros(0) if samples is None else np.asarray(samples, dtype=np.float64),
+            meta=meta or {},
+        )
+
+    out = [
+        msg("status", "status", T0, 0, meta={"event": "start", "source": source}),
+        msg("status", "status", T0 + 1, 0, meta={"event": "battery", "battery": 0.8}),
+        msg(
+            "status",
+            "status",
+            T0 + 45,
+            0,
+            meta={"event": "gap", "stream": "bvp", "missing_samples": 160, "duration_s": 2.5, "cause": "lost_packets"},
+        ),
+        msg("status", "status", T0 + SECONDS - 1, 0, meta={"event": "battery", "battery": 0.75}),
+    ]
     bvp = pulse_wave(bpm, SECONDS, seed=len(device))
     for k in range(SECONDS):
-        out += [msg("raw", "eda", T0 + k, 4.0, np.full(4, 1.0 + k / 100)),
-                msg("raw", "temp", T0 + k, 4.0, np.full(4, 32.5)),
-                msg("raw", "hr", T0 + k, 1.0, [bpm]),
-                msg("raw", "bvp", T0 + k, 64.0, bvp[64 * k: 64 * (k + 1)])]
+        out += [
+            msg("raw", "eda", T0 + k, 4.0, np.full(4, 1.0 + k / 100)),
+            msg("raw", "temp", T0 + k, 4.0, np.full(4, 32.5)),
+            msg("raw", "hr", T0 + k, 1.0, [bpm]),
+            msg("raw", "bvp", T0 + k, 64.0, bvp[64 * k : 64 * (k + 1)]),
+        ]
         t_end = T0 + k + 1
         if t_end in WINDOWS:
             out.append(msg("affect", "affect", t_end, 0, meta=window_meta(t_end, source)))
@@ -206,8 +278,9 @@ def session_messages(device: str, source: str, bpm: float) -> list[Message]:
 
 
 @NEEDS_INFLUXD
-def test_every_dashboard_query_returns_its_series(influxd: InfluxServer, influx_proxy: V2WriteProxy,
-                                                  tmp_path: Path) -> None:
+def test_every_dashboard_query_returns_its_series(
+    influxd: InfluxServer, influx_proxy: V2WriteProxy, tmp_path: Path
+) -> None:
     async def store() -> None:
         async with InfluxSink(parse_sink(influx_proxy.sink()), spool_dir=tmp_path / "spool") as sink:
             builder, alerts = RecordBuilder(), AlertEngine([RULE])
@@ -241,8 +314,9 @@ def test_every_dashboard_query_returns_its_series(influxd: InfluxServer, influx_
         values = [v for r in rows for k, v in r.items() if k not in ("time", "device") and v is not None]
         assert values, title
         if panel["type"] == "state-timeline" and target["refId"] == "A":
-            by_device = {d: [r["predicted"] for r in sorted(rows, key=lambda r: r["time"]) if r["device"] == d]
-                         for d in DEVICES}
+            by_device = {
+                d: [r["predicted"] for r in sorted(rows, key=lambda r: r["time"]) if r["device"] == d] for d in DEVICES
+            }
             if title.startswith("Stress"):
                 # one state per window: no window is missing, none borrows the label before it
                 assert by_device == {d: [WINDOWS[t] for t in ends] for d in DEVICES}
@@ -270,17 +344,20 @@ def test_every_dashboard_query_returns_its_series(influxd: InfluxServer, influx_
             key = "wristband gap (s)" if target["refId"] == "A" else "bus messages lost"
             assert sorted(r[key] for r in rows) == ([2.5, 2.5] if target["refId"] == "A" else [3.0, 3.0])
         if title == "Device status events":
-            assert sorted(r["event"] for r in rows) == sorted(["start", "battery", "gap", "bus_gap", "battery",
-                                                               "end"] * len(DEVICES))
+            assert sorted(r["event"] for r in rows) == sorted(
+                ["start", "battery", "gap", "bus_gap", "battery", "end"] * len(DEVICES)
+            )
         if title == "Alerts":  # the rule raised once per device, at the end of the window that decided it
             assert [(r["device"], r["event"], r["time"]) for r in sorted(rows, key=lambda r: r["device"])] == [
-                (d, "raise", int((T0 + 80) * 1e6)) for d in sorted(DEVICES)]
+                (d, "raise", int((T0 + 80) * 1e6)) for d in sorted(DEVICES)
+            ]
 
     for a in annotation_queries():
         rows = run(a["query"])
         assert rows and all(a["textColumn"] in r and a["titleColumn"] in r for r in rows), a["name"]
         if a["name"] == "Alerts":
-            assert sorted((r.get("device"), r["event"], r["rule"]) for r in rows) == [
-                (None, "raise", "stress")] * len(DEVICES)
+            assert sorted((r.get("device"), r["event"], r["rule"]) for r in rows) == [(None, "raise", "stress")] * len(
+                DEVICES
+            )
         else:
             assert sorted(r["event"] for r in rows) == sorted(["bus_gap", "gap"] * len(DEVICES))

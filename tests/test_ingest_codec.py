@@ -32,7 +32,7 @@ def test_start_command_is_01_then_unix_seconds_little_endian() -> None:
 
 def test_eda_vector_one_megaohm_is_one_microsiemens() -> None:
     # 6 x uint24 BE resistance: 1 MOhm, 500 kOhm, 2 MOhm, 0 (open: 0 µS), 10 kOhm, 250 kOhm; counter 0x0102
-    pkt = codec.decode("eda", bytes.fromhex("0f4240" "07a120" "1e8480" "000000" "002710" "03d090" "0102"))
+    pkt = codec.decode("eda", bytes.fromhex("0f424007a1201e848000000000271003d0900102"))
     assert pkt.values.tolist() == pytest.approx([1.0, 2.0, 0.5, 0.0, 100.0, 4.0])
     assert pkt.counter == 0x0102
     little = Layout(counter_byteorder="little")
@@ -41,7 +41,7 @@ def test_eda_vector_one_megaohm_is_one_microsiemens() -> None:
 
 def test_temp_vector_uses_the_rtools_offset_and_can_take_the_thermopile_one() -> None:
     # uint16 LE 0x3C43 = 15427 -> 15427 * 0.02 - 275.54 = 33.0 °C; 4 trailing metadata bytes
-    data = bytes.fromhex("433c" "433c" "443c" "423c" "deadbeef")
+    data = bytes.fromhex("433c433c443c423cdeadbeef")
     assert codec.decode("temp", data).values.tolist() == pytest.approx([33.0, 33.0, 33.02, 32.98])
     thermopile = codec.decode("temp", data, Layout(temp_offset_c=-273.15)).values
     assert thermopile[0] == pytest.approx(35.39)
@@ -82,8 +82,9 @@ def test_bvp_round_trip(fields: list[int], counter: int) -> None:
     assert pkt.values.tolist() == pairs.tolist() and pkt.counter == counter
 
 
-@given(st.lists(st.floats(0.06, 100.0), min_size=6, max_size=6), st.integers(0, 65535),
-       st.sampled_from(["big", "little"]))
+@given(
+    st.lists(st.floats(0.06, 100.0), min_size=6, max_size=6), st.integers(0, 65535), st.sampled_from(["big", "little"])
+)
 def test_eda_round_trip(us: list[float], counter: int, order: str) -> None:
     layout = Layout(counter_byteorder=order)  # type: ignore[arg-type]
     pkt = codec.decode("eda", codec.encode_eda(us, counter, layout), layout)
@@ -101,8 +102,10 @@ def test_temp_round_trip(celsius: list[float], offset: float) -> None:
     assert np.abs(pkt.values - celsius).max() <= 0.01 + 1e-9
 
 
-@given(st.lists(st.tuples(st.integers(-128, 127), st.integers(-128, 127), st.integers(-128, 127)),
-                min_size=6, max_size=6), st.integers(0, 65535))
+@given(
+    st.lists(st.tuples(st.integers(-128, 127), st.integers(-128, 127), st.integers(-128, 127)), min_size=6, max_size=6),
+    st.integers(0, 65535),
+)
 def test_acc_round_trip(xyz: list[tuple[int, int, int]], counter: int) -> None:
     pkt = codec.decode("acc", codec.encode_acc(np.array(xyz), counter))
     assert pkt.values.tolist() == [list(v) for v in xyz] and pkt.counter == counter
@@ -122,8 +125,10 @@ def test_bvp_levels_survive_encoding_up_to_the_delta_limit(levels: list[float]) 
     deltas, final = codec.bvp_to_deltas(x)
     n = len(deltas) // 11 * 11
     integrator = codec.BvpIntegrator()
-    got = [integrator.push(codec.decode("bvp", codec.encode_bvp(np.stack([d, d], axis=1))))
-           for d in deltas[:n].reshape(-1, 11)]
+    got = [
+        integrator.push(codec.decode("bvp", codec.encode_bvp(np.stack([d, d], axis=1))))
+        for d in deltas[:n].reshape(-1, 11)
+    ]
     if n:
         assert np.concatenate(got).tolist() == np.cumsum(deltas[:n]).tolist()
     # where the signal moves by at most 63 counts a sample, nothing is lost to clamping
@@ -135,8 +140,9 @@ def test_bvp_levels_survive_encoding_up_to_the_delta_limit(levels: list[float]) 
 # -- bad input: a DecodeError with a reason, nothing else ---------------------------------
 
 
-@pytest.mark.parametrize("char,good", [("bvp", 20), ("eda", 20), ("temp", 12), ("acc", 20), ("battery", 1),
-                                       ("button", 20)])
+@pytest.mark.parametrize(
+    "char,good", [("bvp", 20), ("eda", 20), ("temp", 12), ("acc", 20), ("battery", 1), ("button", 20)]
+)
 def test_wrong_lengths_are_named(char: str, good: int) -> None:
     with pytest.raises(DecodeError) as short:
         codec.decode(char, bytes(good - 1))
@@ -184,11 +190,14 @@ def test_ble_decode_prints_json() -> None:
     assert bvp["green_deltas"][0] == 1 and bvp["samples"] == [1.0] * 11 and bvp["counter"] == 5
 
 
-@pytest.mark.parametrize("args,message", [
-    (("--char", "eda", "0f42"), "truncated"),
-    (("--char", "eda", "xyz"), "not a hex string"),
-    (("--char", "eda"), "give --char NAME and the packet"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (("--char", "eda", "0f42"), "truncated"),
+        (("--char", "eda", "xyz"), "not a hex string"),
+        (("--char", "eda"), "give --char NAME and the packet"),
+    ],
+)
 def test_ble_decode_bad_input_is_one_line_exit_2(args: tuple[str, ...], message: str) -> None:
     proc = run_cli("ble", "decode", *args)
     assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
@@ -197,19 +206,33 @@ def test_ble_decode_bad_input_is_one_line_exit_2(args: tuple[str, ...], message:
 def test_ble_decode_replays_a_raw_log(tmp_path) -> None:
     eda = [codec.encode_eda([1.0, 2.0, 0.5, 4.0, 5.0, 10.0], counter=k).hex() for k in range(3)]
     log = tmp_path / "raw.jsonl"
-    log.write_text("\n".join([
-        json.dumps({"t": 100.0, "device": "d1", "char": "link", "data": ""}),
-        json.dumps({"t": 101.5, "device": "d1", "char": "eda", "data": eda[0]}),
-        "{not json",
-        json.dumps({"t": 104.5, "device": "d1", "char": "eda", "data": eda[2]}),  # packet 1 lost
-        json.dumps({"t": 105.0, "device": "d1", "char": "battery", "data": "4b"}),
-    ]) + "\n")
+    log.write_text(
+        "\n".join(
+            [
+                json.dumps({"t": 100.0, "device": "d1", "char": "link", "data": ""}),
+                json.dumps({"t": 101.5, "device": "d1", "char": "eda", "data": eda[0]}),
+                "{not json",
+                json.dumps({"t": 104.5, "device": "d1", "char": "eda", "data": eda[2]}),  # packet 1 lost
+                json.dumps({"t": 105.0, "device": "d1", "char": "battery", "data": "4b"}),
+            ]
+        )
+        + "\n"
+    )
     proc = run_cli("ble", "decode", "--raw-log", str(log), check=True)
     out = [json.loads(line) for line in proc.stdout.splitlines()]
     raw = [o for o in out if o["kind"] == "raw"]
     assert [(o["modality"], o["t0_s"]) for o in raw] == [("eda", 100.0), ("eda", 103.0), ("battery", 105.0)]
     assert raw[0]["samples"] == pytest.approx([1.0, 2.0, 0.5, 4.0, 5.0, 10.0])
     gaps = [o["meta"] for o in out if o["meta"].get("event") == "gap"]
-    assert gaps == [{"event": "gap", "source": "live", "stream": "eda", "missing_samples": 6, "start_s": 101.5,
-                     "duration_s": 1.5, "cause": "counter"}]
+    assert gaps == [
+        {
+            "event": "gap",
+            "source": "live",
+            "stream": "eda",
+            "missing_samples": 6,
+            "start_s": 101.5,
+            "duration_s": 1.5,
+            "cause": "counter",
+        }
+    ]
     assert "raw.jsonl:3: not a raw-log record" in proc.stderr

@@ -16,8 +16,15 @@ FS, SPP = 64.0, 11
 PKT_S = SPP / FS
 
 
-def arrivals(n: int, *, start: float = 1000.0, rate_ratio: float = 1.0, jitter_s: float = 0.02,
-             latency_s: float = 0.03, seed: int = 0) -> np.ndarray:
+def arrivals(
+    n: int,
+    *,
+    start: float = 1000.0,
+    rate_ratio: float = 1.0,
+    jitter_s: float = 0.02,
+    latency_s: float = 0.03,
+    seed: int = 0,
+) -> np.ndarray:
     """When packet k's notification reaches the host: its last sample was taken at
     start + (k + 1) * PKT_S / rate_ratio, then BLE latency plus non-negative jitter."""
     rng = np.random.default_rng(seed)
@@ -141,7 +148,7 @@ def test_beats_do_not_depend_on_chunking(cuts: list[int]) -> None:
     det = BeatDetector(fs_hz=FS)
     beats, hrs, i = [], [], 0
     for c in cuts + [len(x)]:
-        chunk = x[i:i + c]
+        chunk = x[i : i + c]
         if chunk.size:
             out = det.push(50.0 + i / FS, chunk)
             beats += out.beats
@@ -160,7 +167,7 @@ def test_beats_do_not_depend_on_chunking(cuts: list[int]) -> None:
 def test_missed_beat_interval_is_rejected() -> None:
     x, _ = pulse_wave(np.full(40, 0.8))
     k = int(20.8 * FS)  # flatten one beat: the interval around it would be 1.6 s
-    x[k - 20:k + 40] = 0
+    x[k - 20 : k + 40] = 0
     out = BeatDetector(fs_hz=FS).push(0.0, x)
     assert all(abs(b.ibi_s - 0.8) < 0.05 for b in out.beats)
 

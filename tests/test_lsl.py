@@ -50,8 +50,9 @@ level = -2
     return cfg
 
 
-def test_inlet_in_another_process_receives_every_sample(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                         bus_address: str, hub: Hub) -> None:
+def test_inlet_in_another_process_receives_every_sample(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bus_address: str, hub: Hub
+) -> None:
     monkeypatch.setenv("LSLAPICFG", str(loopback_lsl_config(tmp_path)))
     sim = tmp_path / "sim"
     run_cli("simulate", str(sim), "--minutes", "1", "--seed", "3", "--labels", "none", check=True)
@@ -63,13 +64,19 @@ def test_inlet_in_another_process_receives_every_sample(tmp_path: Path, monkeypa
     expected |= {AFFECT_STATE.source_id(DEVICE): len(t_ends), AFFECT_NUMBERS.source_id(DEVICE): len(t_ends)}
 
     lsl = Proc(["lsl", "--bus", bus_address, "--device", DEVICE])
-    inlet = subprocess.Popen([sys.executable, str(REPO / "tests" / "lsl_inlet.py"), json.dumps(expected), "120"],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    inlet = subprocess.Popen(
+        [sys.executable, str(REPO / "tests" / "lsl_inlet.py"), json.dumps(expected), "120"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
     try:
         lsl.wait_for_stderr("lsl: outlets")
         assert inlet.stdout.readline().strip() == "ready", inlet.stderr.read()
-        run_cli("replay", str(sim), "--bus", bus_address, "--device", DEVICE, "--speed", "max", "--wait", "60",
-                check=True)
+        run_cli(
+            "replay", str(sim), "--bus", bus_address, "--device", DEVICE, "--speed", "max", "--wait", "60", check=True
+        )
 
         async def publish_affect() -> None:
             async with Publisher(bus_address) as pub:
@@ -97,7 +104,11 @@ def test_inlet_in_another_process_receives_every_sample(tmp_path: Path, monkeypa
         s = got[spec.source_id(DEVICE)]
         assert s["n"] == expected_raw[modality], (modality, s["n"])  # every sample, none twice
         assert (s["name"], s["type"], s["device"], s["manufacturer"]) == (
-            f"m3sense {DEVICE} {spec.stream}", spec.lsl_type, DEVICE, "Empatica")
+            f"m3sense {DEVICE} {spec.stream}",
+            spec.lsl_type,
+            DEVICE,
+            "Empatica",
+        )
         assert s["labels"] == list(spec.channels) and s["units"] == list(spec.units)
         assert s["channel_count"] == len(spec.channels) and s["nominal_srate"] == spec.nominal_hz
         if modality in rec.signals:
@@ -105,8 +116,11 @@ def test_inlet_in_another_process_receives_every_sample(tmp_path: Path, monkeypa
             assert s["nominal_srate"] == sig.fs_hz > 0
             # the recording's own sample times, mapped there and back through the LSL clock
             np.testing.assert_allclose(s["unix_s"], sig.t0_s + np.arange(sig.n) / sig.fs_hz, atol=1e-5, rtol=0)
-            np.testing.assert_allclose(s["sums"], np.asarray(sig.values, dtype=np.float32).reshape(sig.n, -1)
-                                       .astype(np.float64).sum(axis=0), rtol=1e-5)
+            np.testing.assert_allclose(
+                s["sums"],
+                np.asarray(sig.values, dtype=np.float32).reshape(sig.n, -1).astype(np.float64).sum(axis=0),
+                rtol=1e-5,
+            )
     ibi = got[RAW_SPECS["ibi"].source_id(DEVICE)]
     assert ibi["nominal_srate"] == 0.0  # irregular
     np.testing.assert_allclose(ibi["unix_s"], rec.ibi_t_s, atol=1e-5, rtol=0)

@@ -20,8 +20,16 @@ T0 = 1_700_000_000.0
 
 
 def message(kind: str, modality: str, samples=(), fs: float = 0.0, meta=None) -> Message:
-    return Message(kind=kind, device="d1", modality=modality, seq=0, t0_s=T0, fs_hz=fs,
-                   samples=np.asarray(samples, dtype=np.float64), meta=meta or {})
+    return Message(
+        kind=kind,
+        device="d1",
+        modality=modality,
+        seq=0,
+        t0_s=T0,
+        fs_hz=fs,
+        samples=np.asarray(samples, dtype=np.float64),
+        meta=meta or {},
+    )
 
 
 def test_source_ids_are_stable_and_unique_per_device_and_stream() -> None:

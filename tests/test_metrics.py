@@ -21,8 +21,11 @@ from tests.test_hostile_messages import RawSender, _deep_json
 def _read(url: str) -> dict[tuple[str, tuple], float]:
     with urllib.request.urlopen(url, timeout=10) as resp:
         text = resp.read().decode()
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for fam in text_string_to_metric_families(text) for s in fam.samples}
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for fam in text_string_to_metric_families(text)
+        for s in fam.samples
+    }
 
 
 def _url(proc: Proc, stage: str) -> str:
@@ -46,7 +49,7 @@ def test_preprocess_serves_its_counters(hub: Hub, procs: list[Proc]) -> None:
                 assert await pub.wait_for_subscribers([*topics_of(rec), "window/dev1/"], 30) == []
                 await sender.wait_for(["raw/"])
                 await sender.send(_deep_json(valid[1], 100_000))  # malformed: json_size
-                await pub.send(off_rate)                          # refused by preprocess: bad_rate
+                await pub.send(off_rate)  # refused by preprocess: bad_rate
                 for msg in valid[:-1]:
                     await pub.send(msg)
                 await pub.send(valid[-1])
@@ -71,16 +74,34 @@ def test_preprocess_serves_its_counters(hub: Hub, procs: list[Proc]) -> None:
 
 
 def test_the_store_serves_the_windows_it_lost(hub: Hub, procs: list[Proc], tmp_path) -> None:
-    store = Proc(["store", "--bus", hub.address, "--sink", f"sqlite:{tmp_path / 'a.db'}", "--positions", "none",
-                  "--metrics-port", "0", "--flush-interval", "0.1"])
+    store = Proc(
+        [
+            "store",
+            "--bus",
+            hub.address,
+            "--sink",
+            f"sqlite:{tmp_path / 'a.db'}",
+            "--positions",
+            "none",
+            "--metrics-port",
+            "0",
+            "--flush-interval",
+            "0.1",
+        ]
+    )
     procs.append(store)
     url = _url(store, "store")
     store.wait_for_stderr("<-")
 
     def answer(seq: int, window: int) -> Message:
         t_end = T0 + 20 + 5 * window
-        meta = {**affect_meta(t_end), "t_start": t_end - 20, "window_incarnation": "ab", "window_seq": window,
-                "hop_s": 5.0}
+        meta = {
+            **affect_meta(t_end),
+            "t_start": t_end - 20,
+            "window_incarnation": "ab",
+            "window_seq": window,
+            "hop_s": 5.0,
+        }
         return Message(kind="affect", device="dev1", modality="affect", seq=seq, t0_s=t_end, fs_hz=0.0, meta=meta)
 
     async def scenario() -> None:
@@ -88,8 +109,17 @@ def test_the_store_serves_the_windows_it_lost(hub: Hub, procs: list[Proc], tmp_p
             assert await pub.wait_for_subscribers(["affect/dev1/"], 30) == []
             for seq, window in enumerate([0, 1, 4, 5]):  # windows 2 and 3 never came
                 await pub.send(answer(seq, window))
-            await pub.send(Message(kind="affect", device="dev1", modality="affect", seq=4, t0_s=T0 + 60, fs_hz=0.0,
-                                   meta={"event": "end", "window_incarnation": "ab", "window_seq": 6}))
+            await pub.send(
+                Message(
+                    kind="affect",
+                    device="dev1",
+                    modality="affect",
+                    seq=4,
+                    t0_s=T0 + 60,
+                    fs_hz=0.0,
+                    meta={"event": "end", "window_incarnation": "ab", "window_seq": 6},
+                )
+            )
             await asyncio.to_thread(store.wait_for_stderr, "end of device dev1")
 
     asyncio.run(scenario())

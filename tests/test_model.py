@@ -10,8 +10,6 @@ import torch
 from inference.model import FUSIONS, M3Sense, ModelConfig, count_parameters, kl_to_standard_normal
 from tests.model_helpers import one_torch_thread  # noqa: F401  (autouse fixture)
 
-
-
 TINY = dict(
     window_s=2.5,  # bvp 160 samples (32 segments), eda/temp 10 (2 segments), acc 80
     cnn_channels=(8, 4),

@@ -10,17 +10,25 @@ import numpy as np
 import pytest
 import torch
 
+from common.errors import DataError
 from inference.checkpoint import load_checkpoint, save_checkpoint
 from inference.dataset import Normalizer
 from inference.model import M3Sense, ModelConfig
 from inference.onnx_export import OnnxRunner, export_onnx
 from inference.predict import Predictor, affect_meta
-from m3sense.errors import DataError
-
 from tests.model_helpers import one_torch_thread, quality, window  # noqa: F401  (autouse fixture)
 
-TINY = ModelConfig(fusion="cam", cnn_channels=(8, 4), embed_dim=16, lstm_hidden=16, fusion_dim=16, task_dim=24,
-                   fc_dims=(24, 16), latent_dim=8, head_hidden=8)
+TINY = ModelConfig(
+    fusion="cam",
+    cnn_channels=(8, 4),
+    embed_dim=16,
+    lstm_hidden=16,
+    fusion_dim=16,
+    task_dim=24,
+    fc_dims=(24, 16),
+    latent_dim=8,
+    head_hidden=8,
+)
 
 
 @pytest.fixture(scope="module")
@@ -28,15 +36,19 @@ def saved(tmp_path_factory):
     torch.manual_seed(333)
     model = M3Sense(TINY).eval()
     norm = Normalizer(per_window=("bvp",), mean={"eda": 2.0, "temp": 33.0}, std={"eda": 1.5, "temp": 0.5})
-    path = save_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", model, norm,
-                           {"trained_on": ["synthetic(seed=1)"], "seed": 333})
+    path = save_checkpoint(
+        tmp_path_factory.mktemp("ckpt") / "tiny", model, norm, {"trained_on": ["synthetic(seed=1)"], "seed": 333}
+    )
     return path, model
 
 
 def inputs(b: int, seed: int = 0):
     rng = np.random.default_rng(seed)
-    x = {"bvp": rng.normal(0, 50, (b, 1280, 1)), "eda": rng.normal(2, 1, (b, 80, 1)),
-         "temp": rng.normal(33, 1, (b, 80, 1))}
+    x = {
+        "bvp": rng.normal(0, 50, (b, 1280, 1)),
+        "eda": rng.normal(2, 1, (b, 80, 1)),
+        "temp": rng.normal(33, 1, (b, 80, 1)),
+    }
     present = np.ones((b, 3), bool)
     present[1::3, 1] = False
     return {m: v.astype(np.float32) for m, v in x.items()}, present
@@ -110,15 +122,24 @@ def test_predictor_backends_agree_and_answer_messages(saved, tmp_path):
         np.testing.assert_allclose(a[t].sum(axis=1), 1.0, atol=1e-5)
 
     pred = Predictor(ckpt, tasks=("stress", "emotion"), backend="onnx", cache_dir=tmp_path)
-    msgs = [window(seed=1).to_message(), window(q=quality(off_wrist=True, usable=False)).to_message(),
-            window(present={"eda": False}, seed=2).to_message()]
+    msgs = [
+        window(seed=1).to_message(),
+        window(q=quality(off_wrist=True, usable=False)).to_message(),
+        window(present={"eda": False}, seed=2).to_message(),
+    ]
     out = pred.predict_messages(msgs)
     assert set(out[0]) == {"stress", "emotion"}
     ok = out[0]["stress"]
     assert ok["status"] == "ok" and ok["label"] in TINY.classes["stress"]
     assert ok["confidence"] == pytest.approx(max(ok["probs"].values()))
-    assert out[1]["stress"] == {"label": None, "confidence": None, "probs": {}, "status": "low_quality",
-                                "model": pred.model_id, "calibration": None}
+    assert out[1]["stress"] == {
+        "label": None,
+        "confidence": None,
+        "probs": {},
+        "status": "low_quality",
+        "model": pred.model_id,
+        "calibration": None,
+    }
     assert out[2]["emotion"]["status"] == "ok"
     meta = affect_meta(msgs[0], out[0], pred.model_id)
     assert meta["t_start"] == msgs[0].t0_s and meta["t_end"] == msgs[0].t0_s + 20.0
@@ -132,7 +153,11 @@ def test_predictor_ignores_a_missing_modality(saved):
     pred = Predictor(ckpt, backend="torch")
     w1 = window(present={"eda": False}, seed=4).to_message()
     arrays = dict(w1.arrays, eda=np.full(80, 37.0, np.float32))
-    w2 = type(w1)(**{**{f: getattr(w1, f) for f in ("kind", "device", "modality", "seq", "t0_s", "fs_hz", "meta")},
-                     "arrays": arrays})
+    w2 = type(w1)(
+        **{
+            **{f: getattr(w1, f) for f in ("kind", "device", "modality", "seq", "t0_s", "fs_hz", "meta")},
+            "arrays": arrays,
+        }
+    )
     a, b = pred.predict_messages([w1, w2])
     assert a == b

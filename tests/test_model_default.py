@@ -27,15 +27,23 @@ def ckpt():
 
 def probs_for(ckpt, ws):
     pred = Predictor(ckpt, backend="torch")
-    parts = [pred.probs({m: ws.inputs[m][i:i + 128] for m in ckpt.config.modalities}, ws.present[i:i + 128])
-             for i in range(0, len(ws), 128)]
+    parts = [
+        pred.probs({m: ws.inputs[m][i : i + 128] for m in ckpt.config.modalities}, ws.present[i : i + 128])
+        for i in range(0, len(ws), 128)
+    ]
     return {t: np.concatenate([p[t] for p in parts]) for t in ckpt.config.tasks}
 
 
 def windows(ckpt, spec, tmp_path):
     cfg = ckpt.config
-    ws = source_windows(parse_source(spec), modalities=cfg.modalities, tasks=cfg.tasks, classes=cfg.classes,
-                        hop_s=20.0, cache_dir=tmp_path)
+    ws = source_windows(
+        parse_source(spec),
+        modalities=cfg.modalities,
+        tasks=cfg.tasks,
+        classes=cfg.classes,
+        hop_s=20.0,
+        cache_dir=tmp_path,
+    )
     return ws.subset(np.flatnonzero(ws.labelled))
 
 

@@ -16,8 +16,16 @@ from inference.node import MicroBatcher, serve
 from inference.predict import Predictor
 from tests.model_helpers import quality, window
 
-TINY = ModelConfig(cnn_channels=(8, 4), embed_dim=16, lstm_hidden=16, fusion_dim=16, task_dim=24, fc_dims=(24, 16),
-                   latent_dim=8, head_hidden=8)
+TINY = ModelConfig(
+    cnn_channels=(8, 4),
+    embed_dim=16,
+    lstm_hidden=16,
+    fusion_dim=16,
+    task_dim=24,
+    fc_dims=(24, 16),
+    latent_dim=8,
+    head_hidden=8,
+)
 
 
 def win(device: str, t0: float, **kw) -> Message:
@@ -25,8 +33,7 @@ def win(device: str, t0: float, **kw) -> Message:
 
 
 def end(device: str) -> Message:
-    return Message(kind="window", device=device, modality="window", seq=0, t0_s=0.0, fs_hz=0.0,
-                   meta={"event": "end"})
+    return Message(kind="window", device=device, modality="window", seq=0, t0_s=0.0, fs_hz=0.0, meta={"event": "end"})
 
 
 def test_batches_by_size_then_by_age():
@@ -55,8 +62,13 @@ def predictor(tmp_path_factory) -> Predictor:
     torch.manual_seed(1)
     norm = Normalizer(per_window=("bvp",), mean={"eda": 2.0, "temp": 33.0}, std={"eda": 1.0, "temp": 1.0})
     path = save_checkpoint(tmp_path_factory.mktemp("node") / "tiny", M3Sense(TINY), norm, {"trained_on": ["test"]})
-    return Predictor(load_checkpoint(path), tasks=("stress", "emotion"), backend="onnx", threads=1,
-                     cache_dir=tmp_path_factory.mktemp("onnx"))
+    return Predictor(
+        load_checkpoint(path),
+        tasks=("stress", "emotion"),
+        backend="onnx",
+        threads=1,
+        cache_dir=tmp_path_factory.mktemp("onnx"),
+    )
 
 
 def test_node_answers_every_window_of_every_device(predictor: Predictor, hub: Hub):

@@ -12,7 +12,7 @@ import time
 import aiomqtt
 import pytest
 
-from m3sense.errors import UserError
+from common.errors import UserError
 from storage.mqtt import MqttSink
 from storage.records import AffectRecord, AlertRecord, PhysioRecord, StatusRecord
 from storage.target import parse_sink
@@ -20,7 +20,7 @@ from tests.conftest import Proc, run_cli
 from tests.servers import MosquittoServer
 
 __all__ = ["mosquitto", "mosquitto_tls"]  # the fixtures, used below
-from tests.servers import mosquitto, mosquitto_tls  # noqa: E402,F401
+from tests.servers import mosquitto, mosquitto_tls
 
 T0 = 1_700_000_000.0
 
@@ -28,10 +28,21 @@ T0 = 1_700_000_000.0
 def affect(t: float, device: str, task: str, label: str | None, p: float | None = 0.8) -> AffectRecord:
     other = {"stress": "baseline", "anxiety": "low", "emotion": "low"}[task]
     probs = () if label is None else tuple(sorted({label: p, (other if label != other else "high"): 1 - p}.items()))
-    return AffectRecord(time_s=t, t_start_s=t - 60, device=device, task=task, source="replay", model="m",
-                        label=label, confidence=p if label else None, probs=probs,
-                        status="ok" if label else "low_quality", off_wrist=label is None, motion=False,
-                        missing_fraction=0.0)
+    return AffectRecord(
+        time_s=t,
+        t_start_s=t - 60,
+        device=device,
+        task=task,
+        source="replay",
+        model="m",
+        label=label,
+        confidence=p if label else None,
+        probs=probs,
+        status="ok" if label else "low_quality",
+        off_wrist=label is None,
+        motion=False,
+        missing_fraction=0.0,
+    )
 
 
 def session(device: str, n: int, start: float = T0) -> list:
@@ -40,16 +51,32 @@ def session(device: str, n: int, start: float = T0) -> list:
         t = start + 10 * i
         out.append(affect(t, device, "stress", "stress" if i % 3 else "baseline", 0.6 + 0.01 * i))
         out.append(affect(t, device, "anxiety", "high" if i % 2 else None))
-        out += [PhysioRecord(time_s=t, device=device, source="replay", signal=s, value=v + i)
-                for s, v in (("eda_us", 1.5), ("temp_c", 32.0), ("hr_bpm", 70.0))]
+        out += [
+            PhysioRecord(time_s=t, device=device, source="replay", signal=s, value=v + i)
+            for s, v in (("eda_us", 1.5), ("temp_c", 32.0), ("hr_bpm", 70.0))
+        ]
     return out
 
 
 #: the keys Home Assistant's MQTT discovery reads for these components (its sensor and binary_sensor
 #: platform schemas, the common availability/device/origin ones included), and the device classes used
-_COMMON = {"name", "unique_id", "state_topic", "value_template", "availability", "availability_mode",
-           "payload_available", "payload_not_available", "qos", "device", "origin", "icon",
-           "json_attributes_topic", "entity_category", "device_class"}
+_COMMON = {
+    "name",
+    "unique_id",
+    "state_topic",
+    "value_template",
+    "availability",
+    "availability_mode",
+    "payload_available",
+    "payload_not_available",
+    "qos",
+    "device",
+    "origin",
+    "icon",
+    "json_attributes_topic",
+    "entity_category",
+    "device_class",
+}
 HA_KEYS = {"sensor": _COMMON | {"unit_of_measurement", "state_class"}, "binary_sensor": _COMMON}
 HA_DEVICE_CLASSES = {"sensor": {None, "battery", "temperature"}, "binary_sensor": {None, "problem"}}
 
@@ -87,13 +114,28 @@ def test_retained_states_availability_and_home_assistant_discovery(mosquitto: Mo
 
 async def _retained_states_availability_and_home_assistant_discovery(mosquitto: MosquittoServer) -> None:
     records = session("e4-a", 12) + session("e4 b", 5)
-    records += [StatusRecord(time_s=T0 + 200, device="e4-a", source="live", event="battery", value=None,
-                             detail=json.dumps({"battery": 0.62})),
-                AlertRecord(time_s=T0 + 210, device="e4-a", task="stress", rule="stress", event="raise",
-                            confidence=0.81, text="stress at or above 0.7 for 5.0 min")]
+    records += [
+        StatusRecord(
+            time_s=T0 + 200,
+            device="e4-a",
+            source="live",
+            event="battery",
+            value=None,
+            detail=json.dumps({"battery": 0.62}),
+        ),
+        AlertRecord(
+            time_s=T0 + 210,
+            device="e4-a",
+            task="stress",
+            rule="stress",
+            event="raise",
+            confidence=0.81,
+            text="stress at or above 0.7 for 5.0 min",
+        ),
+    ]
     async with MqttSink(target(mosquitto)) as sink:
         for i in range(0, len(records), 7):  # as the store writes: a few records at a time
-            await sink.write(records[i:i + 7])
+            await sink.write(records[i : i + 7])
         await sink.flush()
         assert sink.counters.written == len(records) and sink.counters.pending == 0
         assert sink.counters.affect_written == sum(isinstance(r, AffectRecord) for r in records)
@@ -105,8 +147,12 @@ async def _retained_states_availability_and_home_assistant_discovery(mosquitto: 
             payload = json.loads(seen[topic])
             assert payload["t"] == r.time_s and payload["label"] == r.label and payload["status"] == r.status
             assert payload["confidence"] == r.confidence
-        assert json.loads(seen["m3sense/e4-a/physio"]) == {"eda_us": 1.5 + 11, "temp_c": 32.0 + 11,
-                                                           "hr_bpm": 70.0 + 11, "t": T0 + 110}
+        assert json.loads(seen["m3sense/e4-a/physio"]) == {
+            "eda_us": 1.5 + 11,
+            "temp_c": 32.0 + 11,
+            "hr_bpm": 70.0 + 11,
+            "t": T0 + 110,
+        }
         device = json.loads(seen["m3sense/e4-a/device"])
         assert device["battery"] == 0.62 and device["on_wrist"] is True  # the last anxiety window was on the wrist
         assert json.loads(seen["m3sense/e4-a/alert"])["event"] == "raise"
@@ -129,10 +175,28 @@ async def _retained_states_availability_and_home_assistant_discovery(mosquitto: 
         for c in configs.values():
             ident = c["device"]["identifiers"][0]
             by_device.setdefault(ident, set()).add(c["unique_id"].removeprefix(ident + "_"))
-        assert by_device["m3sense_e4-a"] == {"stress", "stress_confidence", "anxiety", "anxiety_confidence", "eda",
-                                             "skin_temperature", "heart_rate", "battery", "on_wrist", "alert"}
-        assert by_device["m3sense_e4_b"] == {"stress", "stress_confidence", "anxiety", "anxiety_confidence", "eda",
-                                             "skin_temperature", "heart_rate", "on_wrist"}
+        assert by_device["m3sense_e4-a"] == {
+            "stress",
+            "stress_confidence",
+            "anxiety",
+            "anxiety_confidence",
+            "eda",
+            "skin_temperature",
+            "heart_rate",
+            "battery",
+            "on_wrist",
+            "alert",
+        }
+        assert by_device["m3sense_e4_b"] == {
+            "stress",
+            "stress_confidence",
+            "anxiety",
+            "anxiety_confidence",
+            "eda",
+            "skin_temperature",
+            "heart_rate",
+            "on_wrist",
+        }
 
         # a second client sees the same retained states
         other = await read_retained(mosquitto, ["m3sense/+/+/state"], expect=len(states))
@@ -157,7 +221,7 @@ async def _broker_restart_mid_stream_loses_nothing(mosquitto: MosquittoServer) -
         mosquitto.stop()
         await c.wait_for(lambda c: c.failures > 0 or not sink.connected, 30)  # the sink noticed
         for i in range(half, len(records), 5):  # the stream goes on while the broker is away
-            await sink.write(records[i:i + 5])
+            await sink.write(records[i : i + 5])
         assert c.pending > 0 and c.dropped == 0
         mosquitto.start()  # no persistence: every retained message is gone
         await c.wait_for(lambda c: c.written == len(records) and c.pending == 0, 60)
@@ -176,8 +240,7 @@ def test_a_full_buffer_drops_the_oldest_and_counts_them(mosquitto: MosquittoServ
 
 async def _a_full_buffer_drops_the_oldest_and_counts_them(mosquitto: MosquittoServer) -> None:
     mosquitto.stop()
-    sink = MqttSink(target(mosquitto), max_pending=4, inflight=2, retry_min_s=0.1, retry_max_s=0.2,
-                    close_timeout_s=0.5)
+    sink = MqttSink(target(mosquitto), max_pending=4, inflight=2, retry_min_s=0.1, retry_max_s=0.2, close_timeout_s=0.5)
     async with sink:
         assert not sink.connected
         await sink.write([affect(T0 + 10 * i, "dev1", "stress", "stress") for i in range(10)])
@@ -189,8 +252,19 @@ async def _a_full_buffer_drops_the_oldest_and_counts_them(mosquitto: MosquittoSe
 def test_wrong_password_is_refused_with_one_line(mosquitto: MosquittoServer, bus_address: str, tmp_path) -> None:
     wrong = tmp_path / "wrong-password"
     wrong.write_text("not-the-password\n")
-    proc = run_cli("store", "--bus", bus_address, "--sink", f"sqlite:{tmp_path / 'a.db'}", "--sink",
-                   mosquitto.sink(), "--mqtt-password-file", str(wrong), "--json", timeout=60)
+    proc = run_cli(
+        "store",
+        "--bus",
+        bus_address,
+        "--sink",
+        f"sqlite:{tmp_path / 'a.db'}",
+        "--sink",
+        mosquitto.sink(),
+        "--mqtt-password-file",
+        str(wrong),
+        "--json",
+        timeout=60,
+    )
     assert proc.returncode == 2, proc.stderr
     errors = [ln for ln in proc.stderr.splitlines() if "error" in ln]
     assert len(errors) == 1 and "refused the login of user m3sense" in errors[0], proc.stderr
@@ -198,8 +272,20 @@ def test_wrong_password_is_refused_with_one_line(mosquitto: MosquittoServer, bus
     # the same with the right password from a file starts and stops cleanly
     pw = tmp_path / "mqtt-password"
     pw.write_text(mosquitto.password + "\n")
-    p = Proc(["store", "--bus", bus_address, "--sink", f"sqlite:{tmp_path / 'b.db'}", "--sink", mosquitto.sink(),
-              "--mqtt-password-file", str(pw), "--json"])
+    p = Proc(
+        [
+            "store",
+            "--bus",
+            bus_address,
+            "--sink",
+            f"sqlite:{tmp_path / 'b.db'}",
+            "--sink",
+            mosquitto.sink(),
+            "--mqtt-password-file",
+            str(pw),
+            "--json",
+        ]
+    )
     try:
         p.wait_for_stderr("store: SqliteSink(")  # printed once every sink is open
         p.popen.send_signal(signal.SIGTERM)
@@ -208,14 +294,28 @@ def test_wrong_password_is_refused_with_one_line(mosquitto: MosquittoServer, bus
         p.stop()
     assert p.popen.returncode == 0, err
     report = json.loads(out.splitlines()[-1])
-    assert [s["sink"] for s in report["sinks"]] == [f"sqlite:{tmp_path / 'b.db'}", mosquitto.sink().split("?")[0] + "?user=m3sense"]
+    assert [s["sink"] for s in report["sinks"]] == [
+        f"sqlite:{tmp_path / 'b.db'}",
+        mosquitto.sink().split("?")[0] + "?user=m3sense",
+    ]
 
 
 def test_a_killed_store_shows_offline(mosquitto: MosquittoServer, bus_address: str, tmp_path) -> None:
     pw = tmp_path / "mqtt-password"
     pw.write_text(mosquitto.password)
-    p = Proc(["store", "--bus", bus_address, "--sink", f"sqlite:{tmp_path / 'a.db'}", "--sink", mosquitto.sink(),
-              "--mqtt-password-file", str(pw)])
+    p = Proc(
+        [
+            "store",
+            "--bus",
+            bus_address,
+            "--sink",
+            f"sqlite:{tmp_path / 'a.db'}",
+            "--sink",
+            mosquitto.sink(),
+            "--mqtt-password-file",
+            str(pw),
+        ]
+    )
     try:
         p.wait_for_stderr("store: SqliteSink(")  # printed once every sink is open
         deadline = time.monotonic() + 20
@@ -232,8 +332,9 @@ def test_a_killed_store_shows_offline(mosquitto: MosquittoServer, bus_address: s
 
 def test_the_shipped_acl_lets_home_assistant_read_but_not_write_states(mosquitto: MosquittoServer) -> None:
     async def as_home_assistant() -> None:
-        async with aiomqtt.Client("127.0.0.1", mosquitto.port, username="homeassistant",
-                                  password=mosquitto.reader_password) as c:
+        async with aiomqtt.Client(
+            "127.0.0.1", mosquitto.port, username="homeassistant", password=mosquitto.reader_password
+        ) as c:
             await c.publish("m3sense/fake/stress/state", b'{"label":"stress"}', qos=1, retain=True)
             await c.publish("homeassistant/status", b"online", qos=1, retain=True)
 
@@ -244,19 +345,32 @@ def test_the_shipped_acl_lets_home_assistant_read_but_not_write_states(mosquitto
 
 def test_mqtt_sink_addresses() -> None:
     t = parse_sink("mqtts://broker.example:8883?user=ha&ca=/etc/ca.pem&prefix=home/e4")
-    assert (t.host, t.port, t.tls, t.username, t.prefix, t.discovery) == ("broker.example", 8883, True, "ha",
-                                                                         "home/e4", "homeassistant")
-    assert t.with_credentials("other", "secret").username == "ha" and "secret" not in repr(t.with_credentials(None, "secret"))
+    assert (t.host, t.port, t.tls, t.username, t.prefix, t.discovery) == (
+        "broker.example",
+        8883,
+        True,
+        "ha",
+        "home/e4",
+        "homeassistant",
+    )
+    assert t.with_credentials("other", "secret").username == "ha" and "secret" not in repr(
+        t.with_credentials(None, "secret")
+    )
     assert parse_sink("mqtt://localhost?discovery=none").discovery == ""
-    for bad, why in [("mqtt://broker.example", "in clear"), ("mqtt://u:p@localhost", "no credentials"),
-                     ("mqtt://localhost?qos=2", "unknown parameter"), ("mqtt://localhost?prefix=a/%23", "topic levels"),
-                     ("mqtt://localhost?ca=/x.pem", "mqtts")]:
+    for bad, why in [
+        ("mqtt://broker.example", "in clear"),
+        ("mqtt://u:p@localhost", "no credentials"),
+        ("mqtt://localhost?qos=2", "unknown parameter"),
+        ("mqtt://localhost?prefix=a/%23", "topic levels"),
+        ("mqtt://localhost?ca=/x.pem", "mqtts"),
+    ]:
         with pytest.raises(UserError, match=why):
             parse_sink(bad)
 
 
-def test_store_counts_per_sink_what_a_broker_gone_for_good_lost(mosquitto: MosquittoServer, bus_address: str,
-                                                                tmp_path) -> None:
+def test_store_counts_per_sink_what_a_broker_gone_for_good_lost(
+    mosquitto: MosquittoServer, bus_address: str, tmp_path
+) -> None:
     """SQLite gets everything, the broker goes away mid-stream and never comes back: the store
     says so per sink, in its JSON, its last line and exit code 1."""
     from bus import Hub, Publisher
@@ -267,8 +381,20 @@ def test_store_counts_per_sink_what_a_broker_gone_for_good_lost(mosquitto: Mosqu
     pw.write_text(mosquitto.password)
     db = tmp_path / "a.db"
     with Hub(bus_address):
-        p = Proc(["store", "--bus", bus_address, "--sink", f"sqlite:{db}", "--sink", mosquitto.sink(),
-                  "--mqtt-password-file", str(pw), "--json"])
+        p = Proc(
+            [
+                "store",
+                "--bus",
+                bus_address,
+                "--sink",
+                f"sqlite:{db}",
+                "--sink",
+                mosquitto.sink(),
+                "--mqtt-password-file",
+                str(pw),
+                "--json",
+            ]
+        )
         try:
             p.wait_for_stderr("store: SqliteSink(")
 
@@ -280,8 +406,14 @@ def test_store_counts_per_sink_what_a_broker_gone_for_good_lost(mosquitto: Mosqu
 
             asyncio.run(publish([T0 + 10 * i for i in range(5)]))
             deadline = time.monotonic() + 30  # the handshake: the last window before the outage is on the broker
-            while json.loads(mosquitto.retained("m3sense/dev1/emotion/state", timeout_s=1).get(
-                    "m3sense/dev1/emotion/state", '{"t": 0}'))["t"] != T0 + 40:
+            while (
+                json.loads(
+                    mosquitto.retained("m3sense/dev1/emotion/state", timeout_s=1).get(
+                        "m3sense/dev1/emotion/state", '{"t": 0}'
+                    )
+                )["t"]
+                != T0 + 40
+            ):
                 assert time.monotonic() < deadline
             mosquitto.stop()
             asyncio.run(publish([T0 + 10 * i for i in range(5, 9)]))

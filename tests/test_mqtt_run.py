@@ -16,7 +16,7 @@ from tests.conftest import run_cli
 from tests.servers import MosquittoServer
 
 __all__ = ["mosquitto"]  # the fixture, used below
-from tests.servers import mosquitto  # noqa: E402,F401
+from tests.servers import mosquitto
 
 RULES = """
 [[rule]]
@@ -48,8 +48,19 @@ def test_run_into_sqlite_and_mqtt_with_alerts(tmp_path: Path, mosquitto: Mosquit
     pw = tmp_path / "mqtt-password"
     pw.write_text(mosquitto.password)
     db = tmp_path / "run.db"
-    proc = run_cli("run", str(source), "--sink", f"sqlite:{db}", "--sink", mosquitto.sink(), "--alerts", str(rules),
-                   "--mqtt-password-file", str(pw), timeout=400)
+    proc = run_cli(
+        "run",
+        str(source),
+        "--sink",
+        f"sqlite:{db}",
+        "--sink",
+        mosquitto.sink(),
+        "--alerts",
+        str(rules),
+        "--mqtt-password-file",
+        str(pw),
+        timeout=400,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "none lost" in proc.stderr.splitlines()[-1]
 
@@ -62,12 +73,19 @@ def test_run_into_sqlite_and_mqtt_with_alerts(tmp_path: Path, mosquitto: Mosquit
     for (device, task), r in last.items():
         state = json.loads(seen[f"m3sense/{device}/{task}/state"])
         assert (state["t"], state["label"], state["confidence"], state["status"]) == (
-            r.time_s, r.label, r.confidence, r.status)
+            r.time_s,
+            r.label,
+            r.confidence,
+            r.status,
+        )
 
     configs = [json.loads(p) for t, p in seen.items() if t.startswith("homeassistant/")]
     ids = {c["unique_id"] for c in configs}
-    assert len(ids) == len(configs) and {f"m3sense_sim01_{k}" for k in ("stress", "anxiety_confidence", "eda",
-                                                                        "skin_temperature", "heart_rate")} <= ids
+    assert (
+        len(ids) == len(configs)
+        and {f"m3sense_sim01_{k}" for k in ("stress", "anxiety_confidence", "eda", "skin_temperature", "heart_rate")}
+        <= ids
+    )
     assert {c["device"]["identifiers"][0] for c in configs} == {"m3sense_sim01"}
     assert seen["m3sense/status"] == "offline" and seen["m3sense/sim01/availability"] == "offline"
 
@@ -75,5 +93,8 @@ def test_run_into_sqlite_and_mqtt_with_alerts(tmp_path: Path, mosquitto: Mosquit
     again = sorted(AlertEngine(load_rules(rules)).push(stored), key=lambda e: (e.time_s, e.device, e.rule))
     assert events == again and any(e.event == "raise" for e in events)
     published = json.loads(seen["m3sense/sim01/alert"])
-    assert (published["t"], published["rule"], published["event"]) == (events[-1].time_s, events[-1].rule,
-                                                                        events[-1].event)
+    assert (published["t"], published["rule"], published["event"]) == (
+        events[-1].time_s,
+        events[-1].rule,
+        events[-1].event,
+    )

@@ -44,12 +44,15 @@ from tests.test_restarts import Pipeline, model, recording
 __all__ = ["model", "nats_cluster", "nats_server", "recording"]  # fixtures used below
 
 
-@pytest.mark.parametrize(("topic", "subject"), [
-    ("raw/bvp/S2/", "m3s.raw.bvp.S2"),
-    ("window/dev.1/", "m3s.window.dev%2E1"),
-    ("affect/a%2Eb/", "m3s.affect.a%252Eb"),
-    ("status/A0:1-x_y/", "m3s.status.A0:1-x_y"),
-])
+@pytest.mark.parametrize(
+    ("topic", "subject"),
+    [
+        ("raw/bvp/S2/", "m3s.raw.bvp.S2"),
+        ("window/dev.1/", "m3s.window.dev%2E1"),
+        ("affect/a%2Eb/", "m3s.affect.a%252Eb"),
+        ("status/A0:1-x_y/", "m3s.status.A0:1-x_y"),
+    ],
+)
 def test_topics_map_to_subjects_and_back(topic: str, subject: str) -> None:
     assert subject_for(topic) == subject
     assert topic_of(subject) == topic
@@ -85,8 +88,10 @@ def test_publish_and_receive_arrays_and_metadata(nats_server: NatsServer) -> Non
     meta = {"t_end": 1700000060.5, "labels": {"stress": "rest"}, "lineage": [1, 2, 3]}
 
     async def scenario() -> None:
-        async with NatsSubscriber(bus, ["raw/acc/", "window/"], consumer="roundtrip") as sub, \
-                Subscriber(bus, ["window/"]) as live:
+        async with (
+            NatsSubscriber(bus, ["raw/acc/", "window/"], consumer="roundtrip") as sub,
+            Subscriber(bus, ["window/"]) as live,
+        ):
             async with Publisher(bus) as pub:
                 assert isinstance(pub, NatsPublisher) and isinstance(live, NatsSubscriber)
                 assert await pub.wait_for_subscribers(["raw/acc/dev.1/", "window/dev.1/"], 5) == []
@@ -136,8 +141,7 @@ def test_a_three_server_cluster_loses_nothing_when_a_server_dies(nats_cluster: N
     bus = nats_cluster.bus
 
     async def scenario() -> tuple[list[int], int]:
-        async with Publisher(bus, flush_timeout_s=60) as pub, \
-                NatsSubscriber(bus, ["raw/"], consumer="cluster") as sub:
+        async with Publisher(bus, flush_timeout_s=60) as pub, NatsSubscriber(bus, ["raw/"], consumer="cluster") as sub:
             assert await pub.wait_for_subscribers(["raw/eda/d1/"], 10) == []
             for i in range(200):
                 await pub.publish("raw", "d1", "eda", t0_s=1000.0 + i, fs_hz=4.0, samples=np.full(4, float(i)))
@@ -185,13 +189,24 @@ def _rows(db: Path) -> dict[str, list[tuple]]:
 
 
 @NEEDS_NATS
-def test_run_on_nats_stores_what_run_on_zeromq_stores(nats_server: NatsServer, short_recording: Path, model: Path,
-                                                      tmp_path: Path) -> None:
+def test_run_on_nats_stores_what_run_on_zeromq_stores(
+    nats_server: NatsServer, short_recording: Path, model: Path, tmp_path: Path
+) -> None:
     stored = {}
     for name, bus in (("zeromq", []), ("nats", ["--bus", nats_server.bus])):
         db = tmp_path / f"{name}.db"
-        proc = run_cli("run", str(short_recording), *bus, "--sink", f"sqlite:{db}", "--model", str(model),
-                       "--tasks", "stress,emotion", timeout=300)
+        proc = run_cli(
+            "run",
+            str(short_recording),
+            *bus,
+            "--sink",
+            f"sqlite:{db}",
+            "--model",
+            str(model),
+            "--tasks",
+            "stress,emotion",
+            timeout=300,
+        )
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert "none lost" in proc.stderr.splitlines()[-1]
         stored[name] = _rows(db)
@@ -200,8 +215,9 @@ def test_run_on_nats_stores_what_run_on_zeromq_stores(nats_server: NatsServer, s
 
 
 @NEEDS_NATS
-def test_kill_9_of_infer_resumes_its_durable_consumer(nats_server: NatsServer, procs: list[Proc], tmp_path: Path,
-                                                       model: Path, recording, monkeypatch) -> None:
+def test_kill_9_of_infer_resumes_its_durable_consumer(
+    nats_server: NatsServer, procs: list[Proc], tmp_path: Path, model: Path, recording, monkeypatch
+) -> None:
     monkeypatch.setenv("M3SENSE_NATS_ACK_WAIT_S", "3")  # what the dead worker held comes again after 3 s
     src, truth = recording
     pipe = Pipeline(SimpleNamespace(address=nats_server.bus), procs, tmp_path, model)

@@ -41,10 +41,20 @@ def session(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, l
         for w, answers in zip(ws, answerer.answer_windows([w.to_message() for w in ws], cals)):
             offline.update({(device, t, w.t_end_s): a.label for t, a in answers.items()})
     cfg = ModelConfig()
-    ws = source_windows(parse_source(str(out)), modalities=cfg.modalities, tasks=cfg.tasks, classes=cfg.classes,
-                        hop_s=10, cache_dir=None, calibration=answerer.calibration_config)
-    evaluated = {(str(g), t, float(t0) + 20.0): a.label
-                 for g, t0, answers in zip(ws.groups, ws.t0_s, answerer.answer_set(ws)) for t, a in answers.items()}
+    ws = source_windows(
+        parse_source(str(out)),
+        modalities=cfg.modalities,
+        tasks=cfg.tasks,
+        classes=cfg.classes,
+        hop_s=10,
+        cache_dir=None,
+        calibration=answerer.calibration_config,
+    )
+    evaluated = {
+        (str(g), t, float(t0) + 20.0): a.label
+        for g, t0, answers in zip(ws.groups, ws.t0_s, answerer.answer_set(ws))
+        for t, a in answers.items()
+    }
     return out, ends, offline, evaluated
 
 
@@ -96,8 +106,14 @@ def test_run_into_sqlite_and_timeline(session: tuple[Path, dict, dict], tmp_path
 
 @NEEDS_INFLUXD
 @pytest.mark.parametrize("api", ["v1", "v2"])
-def test_run_into_influxdb(session: tuple[Path, dict, dict, dict], influxd: InfluxServer,
-                           influx_proxy: V2WriteProxy, api: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_run_into_influxdb(
+    session: tuple[Path, dict, dict, dict],
+    influxd: InfluxServer,
+    influx_proxy: V2WriteProxy,
+    api: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """v1: straight into Debian's influxd 1.6.7 through its own /write API; v2: the v2 write API
     (InfluxDB 1.8+, 2.x, 3.x) through the test-only proxy in front of the same server."""
     source, ends, offline, evaluated = session
@@ -132,8 +148,9 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
     windows = len({(r.device, r.time_s) for r in records})
     assert windows >= 2 * 10  # two wristbands, 6 min each, a window every 5 s after warm-up
     assert f"demo: {windows} windows stored in" in proc.stdout
-    printed = {line.split()[0]: line.split() for line in proc.stdout.splitlines()
-               if line.split() and line.split()[0] in TASKS}
+    printed = {
+        line.split()[0]: line.split() for line in proc.stdout.splitlines() if line.split() and line.split()[0] in TASKS
+    }
     stats = agreement(records)
     assert set(printed) == set(TASKS) == set(stats)
     for task, s in stats.items():

@@ -39,7 +39,7 @@ def test_any_chunking_equals_the_whole_signal(modality: str, data: st.DataObject
 def test_one_sample_at_a_time_and_scipy_oracle(modality: str) -> None:
     x = _signal(modality, 500, 1)
     f = StreamingFilter(FILTERS[modality])
-    one = np.concatenate([f.push(x[i:i + 1]) for i in range(len(x))])
+    one = np.concatenate([f.push(x[i : i + 1]) for i in range(len(x))])
     # independent oracle: the same coefficients through scipy in one call
     sos, fir = FILTERS[modality].design()
     y = signal.sosfilt(sos, x, zi=signal.sosfilt_zi(sos) * x[0])[0]
@@ -61,7 +61,7 @@ def test_pass_and_stop_bands_suit_the_e4_rates() -> None:
         n = int(60 * spec.fs_hz)
         t = np.arange(n) / spec.fs_hz
         y = StreamingFilter(spec).push(np.sin(2 * np.pi * freq_hz * t))
-        tail = y[n // 2:]
+        tail = y[n // 2 :]
         return float(np.sqrt(2 * np.mean(tail**2)))
 
     assert gain("bvp", 1.2) == pytest.approx(1.0, abs=0.01)  # 72 bpm pulse untouched

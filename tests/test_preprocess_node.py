@@ -23,13 +23,20 @@ def _run(coro):
 
 def test_streamed_windows_equal_offline_windows(hub: Hub, bus_address: str) -> None:
     recs = [
-        make_recording(75.0, seed=11, device="wrist-a", motion=[(30.0, 33.0)],
-                       labels=(LabelInterval(start_s=T0 + 10, end_s=T0 + 60, task="emotion", label="high"),)),
+        make_recording(
+            75.0,
+            seed=11,
+            device="wrist-a",
+            motion=[(30.0, 33.0)],
+            labels=(LabelInterval(start_s=T0 + 10, end_s=T0 + 60, task="emotion", label="high"),),
+        ),
         make_recording(50.0, seed=12, device="wrist-b", t0_s=T0 + 2.5, off_wrist=[(20.0, 30.0)]),
     ]
     offline = {rec.device: recording_windows(rec) for rec in recs}
-    messages = sorted(((due, i, msg) for i, rec in enumerate(recs) for due, msg in recording_messages(rec)),
-                      key=lambda e: (e[0], e[1]))
+    messages = sorted(
+        ((due, i, msg) for i, rec in enumerate(recs) for due, msg in recording_messages(rec)),
+        key=lambda e: (e[0], e[1]),
+    )
     reports: list[Counter] = []
 
     async def scenario() -> dict[str, list[Window]]:
@@ -113,8 +120,21 @@ def test_cli_replay_preprocess_tap(tmp_path: Path, bus_address: str, procs: list
     procs.append(pre)
     pre.wait_for_stderr("subscribed")
     tap_file = (tmp_path / "windows.jsonl").open("w")
-    tap = Proc(["tap", "--bus", bus_address, "--topic", "window/", "--json", "--count", str(len(expected) + 1),
-                "--idle-exit", "60"], stdout=tap_file)
+    tap = Proc(
+        [
+            "tap",
+            "--bus",
+            bus_address,
+            "--topic",
+            "window/",
+            "--json",
+            "--count",
+            str(len(expected) + 1),
+            "--idle-exit",
+            "60",
+        ],
+        stdout=tap_file,
+    )
     procs.append(tap)
     tap.wait_for_stderr("tap: subscribed")  # windows published before the tap listens would be lost to it
     run_cli("replay", str(out), "--bus", bus_address, "--speed", "max", "--wait", "60", check=True)

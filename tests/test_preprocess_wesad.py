@@ -30,6 +30,8 @@ def test_wesad_s2_windows() -> None:
     assert sum(w.quality.usable for w in windows) > 0.95 * len(windows)
     for w in windows:
         assert all(np.isfinite(a).all() for a in w.signals.values())
-    eda = {lab: np.median([np.median(w.signals["eda"]) for w in windows if w.labels["stress"] == lab])
-           for lab in ("baseline", "stress")}
+    eda = {
+        lab: np.median([np.median(w.signals["eda"]) for w in windows if w.labels["stress"] == lab])
+        for lab in ("baseline", "stress")
+    }
     assert eda["stress"] > 2 * eda["baseline"]  # S2's EDA responds to the TSST

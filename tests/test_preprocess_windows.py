@@ -12,7 +12,15 @@ from hypothesis import strategies as st
 
 from bus import RAW, STATUS, Message, decode, encode
 from preprocess import (
-    FILTERS, SIZES, DeviceEnd, DeviceWindower, Preprocessor, StreamingFilter, Window, WindowConfig, recording_windows,
+    FILTERS,
+    SIZES,
+    DeviceEnd,
+    DeviceWindower,
+    Preprocessor,
+    StreamingFilter,
+    Window,
+    WindowConfig,
+    recording_windows,
 )
 from replay import LabelInterval, simulate_sessions
 from tests.preprocess_helpers import T0, assert_same_windows, chunk_messages, every, make_recording, window_record
@@ -26,8 +34,9 @@ def run(messages: list[Message], config: WindowConfig | None = None) -> tuple[li
     return out + pre.flush(), pre
 
 
-REC = make_recording(70.0, seed=1, labels=(LabelInterval(start_s=T0 + 12, end_s=T0 + 44, task="stress",
-                                                          label="stress"),))
+REC = make_recording(
+    70.0, seed=1, labels=(LabelInterval(start_s=T0 + 12, end_s=T0 + 44, task="stress", label="stress"),)
+)
 PACKETS = {"bvp": 11, "acc": 6, "eda": 6, "temp": 4}
 REFERENCE, _ = run(chunk_messages(REC, {m: range(0, REC.signals[m].n, k) for m, k in PACKETS.items()}))
 
@@ -83,10 +92,10 @@ def test_windows_hold_the_causal_filter_of_the_whole_signal() -> None:
             if w.t_end_s > REC.end_s:
                 continue
             i = round((w.t_start_s - sig.t0_s) * sig.fs_hz)
-            expected = y[i + d:i + d + SIZES[m]]  # at the very end the last d inputs do not exist
-            np.testing.assert_allclose(w.signals[m][:len(expected)], expected, rtol=1e-6, atol=1e-5)
+            expected = y[i + d : i + d + SIZES[m]]  # at the very end the last d inputs do not exist
+            np.testing.assert_allclose(w.signals[m][: len(expected)], expected, rtol=1e-6, atol=1e-5)
     acc = REC.signals["acc"].values / 64.0
-    np.testing.assert_array_equal(REFERENCE[2].signals["acc"], acc[10 * 32:30 * 32].astype(np.float32))
+    np.testing.assert_array_equal(REFERENCE[2].signals["acc"], acc[10 * 32 : 30 * 32].astype(np.float32))
 
 
 def test_offline_path_is_the_replay_messages_through_the_same_classes() -> None:
@@ -103,8 +112,13 @@ def test_labels_go_to_the_windows_they_cover_most() -> None:
     assert all(got[s] == "stress" for s in (5.0, 10.0, 15.0, 20.0, 25.0, 30.0))
     assert all(set(w.labels) == {"stress", "anxiety", "emotion"} for w in REFERENCE)
     assert all(w.labels["anxiety"] is None for w in REFERENCE)
-    med = make_recording(40.0, labels=(LabelInterval(start_s=T0, end_s=T0 + 40, task="stress", label="meditation"),
-                                      LabelInterval(start_s=T0, end_s=T0 + 40, task="anxiety", label="high")))
+    med = make_recording(
+        40.0,
+        labels=(
+            LabelInterval(start_s=T0, end_s=T0 + 40, task="stress", label="meditation"),
+            LabelInterval(start_s=T0, end_s=T0 + 40, task="anxiety", label="high"),
+        ),
+    )
     for w in recording_windows(med)[:5]:
         assert w.labels["stress"] is None  # meditation is not a stress class
         assert w.labels["anxiety"] == "high"
@@ -114,7 +128,8 @@ def test_off_wrist_motion_and_gap_flag_exactly_the_windows_that_overlap_them() -
     off, burst, gap = (31.0, 44.0), (71.0, 74.0), (101.0, 108.0)
     rec = make_recording(150.0, seed=4, off_wrist=[off], motion=[burst])
     messages = [
-        msg for msg in chunk_messages(rec, {m: range(0, rec.signals[m].n, k) for m, k in PACKETS.items()})
+        msg
+        for msg in chunk_messages(rec, {m: range(0, rec.signals[m].n, k) for m, k in PACKETS.items()})
         if not (msg.kind == RAW and gap[0] <= msg.t0_s - T0 < gap[1])  # a stretch of lost packets
     ]
     windows, pre = run(messages)
@@ -133,9 +148,9 @@ def test_off_wrist_motion_and_gap_flag_exactly_the_windows_that_overlap_them() -
     for msg in messages:
         if msg.kind == RAW and msg.modality == "bvp":
             i = round((msg.t0_s - inside_gap.t_start_s) * 64)
-            sent[max(0, i):max(0, i + msg.n)] = True
+            sent[max(0, i) : max(0, i + msg.n)] = True
     np.testing.assert_array_equal(inside_gap.masks["bvp"], sent)
-    assert not sent[2 * 64:7 * 64].any() and sent[:64].all() and sent[9 * 64:].all()
+    assert not sent[2 * 64 : 7 * 64].any() and sent[:64].all() and sent[9 * 64 :].all()
     assert pre.counters()["late_samples"] == 0
 
 
@@ -163,10 +178,16 @@ def test_simulated_faults_agree_with_the_simulators_ground_truth() -> None:
 def test_bad_input_is_counted_and_flagged_never_raised() -> None:
     rec = make_recording(60.0, seed=2)
     bvp, eda = rec.signals["bvp"].values.copy(), rec.signals["eda"].values.copy()
-    bvp[21 * 64:22 * 64] = np.where(np.arange(64) % 2, np.nan, np.inf)
+    bvp[21 * 64 : 22 * 64] = np.where(np.arange(64) % 2, np.nan, np.inf)
     eda[160:166] *= -1  # [40, 41.5) s
-    rec = replace(rec, signals={**rec.signals, "bvp": replace(rec.signals["bvp"], values=bvp),
-                                "eda": replace(rec.signals["eda"], values=eda)})
+    rec = replace(
+        rec,
+        signals={
+            **rec.signals,
+            "bvp": replace(rec.signals["bvp"], values=bvp),
+            "eda": replace(rec.signals["eda"], values=eda),
+        },
+    )
     messages = chunk_messages(rec, {m: range(0, rec.signals[m].n, k) for m, k in PACKETS.items()})
     bad: list[Message] = []
     for msg in messages:
@@ -176,10 +197,12 @@ def test_bad_input_is_counted_and_flagged_never_raised() -> None:
         elif msg.kind == RAW and msg.modality == "acc" and 11 <= rel < 12:
             msg = replace(msg, fs_hz=16.0)  # a header rate the timestamps disagree with
         bad.append(msg)
-    bad.insert(5, Message(kind=RAW, device="dev1", modality="bvp", seq=0, t0_s=T0, fs_hz=0.0,
-                          samples=np.zeros(3)))  # no rate at all
-    bad.insert(6, Message(kind=RAW, device="dev1", modality="acc", seq=0, t0_s=T0, fs_hz=32.0,
-                          samples=np.zeros(6)))  # ACC without axes
+    bad.insert(
+        5, Message(kind=RAW, device="dev1", modality="bvp", seq=0, t0_s=T0, fs_hz=0.0, samples=np.zeros(3))
+    )  # no rate at all
+    bad.insert(
+        6, Message(kind=RAW, device="dev1", modality="acc", seq=0, t0_s=T0, fs_hz=32.0, samples=np.zeros(6))
+    )  # ACC without axes
     windows, pre = run(bad)
     c = pre.counters()
     assert c["invalid_samples"] == 64 + 6 and c["negative_eda"] == 6 and c["rate_mismatch"] >= 1
@@ -215,7 +238,7 @@ def test_late_duplicate_and_out_of_order_chunks() -> None:
     i = next(i for i, m in enumerate(messages) if m.kind == RAW and m.modality == "bvp" and m.t0_s - T0 >= 24)
     held = messages[i]
     j = next(j for j, m in enumerate(messages) if m.t0_s - T0 >= 34)
-    delayed = messages[:i] + messages[i + 1:j] + [held] + messages[j:]
+    delayed = messages[:i] + messages[i + 1 : j] + [held] + messages[j:]
     windows, pre = run(delayed)
     assert pre.counters()["late_samples"] == held.n
     hit = [w for w in windows if w.t_start_s <= held.t0_s < w.t_end_s]
@@ -273,7 +296,7 @@ def test_memory_stays_bounded_on_a_long_stream() -> None:
     for msg in chunk_messages(rec, every(1.0, rec))[1:-1]:
         dev.push(msg)
         sizes.append(dev.nbytes())
-    assert max(sizes) < 512 * 1024 and max(sizes[len(sizes) // 2:]) == max(sizes[: len(sizes) // 2] or [0])
+    assert max(sizes) < 512 * 1024 and max(sizes[len(sizes) // 2 :]) == max(sizes[: len(sizes) // 2] or [0])
 
 
 def test_window_message_round_trip() -> None:

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from bus import Hub, valid_name
+from common.errors import UserError
 from ingest.pseudonym import load_or_create_key, pseudonym
 from ingest.virtual import virtual_address
-from m3sense.errors import UserError
 from tests.conftest import Proc, run_cli
 
 ADDRESS = virtual_address(0)  # E4:00:00:00:00:01, the one virtual wristband of `ble stream --virtual 1`
@@ -88,8 +88,12 @@ def _wait_for_ends(db: Path, n: int, timeout_s: float = 60) -> set[str]:
             with sqlite3.connect(db) as conn:
                 ends = conn.execute("SELECT count(*) FROM device_status WHERE event = 'end'").fetchone()[0]
                 if ends >= n:
-                    return {d for (d,) in conn.execute("SELECT DISTINCT device FROM physio UNION "
-                                                       "SELECT DISTINCT device FROM device_status")}
+                    return {
+                        d
+                        for (d,) in conn.execute(
+                            "SELECT DISTINCT device FROM physio UNION SELECT DISTINCT device FROM device_status"
+                        )
+                    }
         time.sleep(0.1)
     raise AssertionError(f"the store did not get {n} end events in {timeout_s} s")
 
@@ -102,8 +106,26 @@ def test_ble_session_stored_to_sqlite_holds_no_address(hub: Hub, procs: list[Pro
     key_a, key_b = tmp_path / "a" / "device-key", tmp_path / "b" / "device-key"
 
     def session(key: Path, *extra: str) -> None:
-        run_cli("ble", "stream", "--bus", hub.address, "--virtual", "1", "--time-scale", "20", "--duration", "8",
-                "--minutes", "1", "--wait", "30", "--device-key", str(key), *extra, check=True)
+        run_cli(
+            "ble",
+            "stream",
+            "--bus",
+            hub.address,
+            "--virtual",
+            "1",
+            "--time-scale",
+            "20",
+            "--duration",
+            "8",
+            "--minutes",
+            "1",
+            "--wait",
+            "30",
+            "--device-key",
+            str(key),
+            *extra,
+            check=True,
+        )
 
     session(key_a)
     first = _wait_for_ends(db, 1)
@@ -120,18 +142,41 @@ def test_ble_session_stored_to_sqlite_holds_no_address(hub: Hub, procs: list[Pro
     assert not [form for form in address_forms(ADDRESS) if form in stored]
     with sqlite3.connect(db) as conn:  # the sessions were stored, physiology and events alike
         assert conn.execute("SELECT count(*) FROM physio WHERE device = ?", (dev_a,)).fetchone()[0] > 0
-        assert conn.execute("SELECT count(*) FROM device_status WHERE device = ? AND event = 'connected'",
-                            (dev_a,)).fetchone()[0] == 2
+        assert (
+            conn.execute(
+                "SELECT count(*) FROM device_status WHERE device = ? AND event = 'connected'", (dev_a,)
+            ).fetchone()[0]
+            == 2
+        )
 
 
-def test_store_address_puts_it_in_the_status_events_only_when_asked(hub: Hub, procs: list[Proc],
-                                                                    tmp_path: Path) -> None:
+def test_store_address_puts_it_in_the_status_events_only_when_asked(
+    hub: Hub, procs: list[Proc], tmp_path: Path
+) -> None:
     db = tmp_path / "m3.db"
     store = Proc(["store", "--bus", hub.address, "--sink", f"sqlite:{db}", "--flush-interval", "0.1"])
     procs.append(store)
     store.wait_for_stderr("<-")
-    run_cli("ble", "stream", "--bus", hub.address, "--virtual", "1", "--time-scale", "20", "--duration", "4",
-            "--minutes", "1", "--wait", "30", "--device-key", str(tmp_path / "key"), "--store-address", check=True)
+    run_cli(
+        "ble",
+        "stream",
+        "--bus",
+        hub.address,
+        "--virtual",
+        "1",
+        "--time-scale",
+        "20",
+        "--duration",
+        "4",
+        "--minutes",
+        "1",
+        "--wait",
+        "30",
+        "--device-key",
+        str(tmp_path / "key"),
+        "--store-address",
+        check=True,
+    )
     _wait_for_ends(db, 1)
     store.stop()
     with sqlite3.connect(db) as conn:

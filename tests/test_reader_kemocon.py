@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from m3sense.errors import DataError
+from common.errors import DataError
 from replay.e4csv import read_source
 from replay.kemocon import emotion_label
 from replay.simulate import simulate_recordings
@@ -25,8 +25,7 @@ def test_samples_land_on_their_stamps_and_duplicates_are_dropped(kemocon) -> Non
     root, _ = kemocon
     recs = read_source(str(root))  # recognised by metadata/subjects.csv
     assert [r.device for r in recs] == ["kemocon-p01", "kemocon-p31"]
-    sims = simulate_recordings(minutes=2, seed=9, subjects=2, labels="none", off_wrist=False,
-                               start_s=1_544_000_000.0)
+    sims = simulate_recordings(minutes=2, seed=9, subjects=2, labels="none", off_wrist=False, start_s=1_544_000_000.0)
     for rec, sim in zip(recs, sims):
         for m, sig in sim.signals.items():
             got = rec.signals[m]
@@ -47,7 +46,10 @@ def test_labels_follow_the_papers_rule_on_the_debate_clock(kemocon) -> None:
     expected = [emotion_label(v, a) for a, v in KEMOCON_RATINGS]
     assert expected == ["high"] * 4 + ["low"] * 4 + ["high"] * 4
     assert [(iv.start_s - t0, iv.end_s - t0, iv.task, iv.label) for iv in rec.labels] == [
-        (0, 20, "emotion", "high"), (20, 40, "emotion", "low"), (40, 60, "emotion", "high")]
+        (0, 20, "emotion", "high"),
+        (20, 40, "emotion", "low"),
+        (40, 60, "emotion", "high"),
+    ]
     assert emotion_label(3, 2) == "low" and emotion_label(2, 3) == "low" and emotion_label(3, 3) == "high"
     partner = read_source(f"kemocon-partner:{root}")[0]  # ratings shifted by one row in the fixture
     assert [(iv.start_s - t0, iv.label) for iv in partner.labels][:2] == [(0, "high"), (15, "low")]
@@ -73,17 +75,37 @@ def test_gaps_are_missing_not_invented_and_longer_annotations_are_cut_from_the_s
     assert [(iv.start_s - t0, iv.label) for iv in rec.labels] == [(0, "high"), (20, "low"), (40, "high")]
 
 
-@pytest.mark.parametrize("file, edit, where", [
-    ("raw/e4_data/4/E4_BVP.csv", lambda t: t.replace("timestamp,value,device_serial", "time,value,device_serial"),
-     "E4_BVP.csv:1: header must be"),
-    ("raw/e4_data/4/E4_EDA.csv", lambda t: t.replace("\n", "\n1544000001000,abc,A0143F\n", 1),
-     "E4_EDA.csv:2: value is not a number"),
-    ("raw/e4_data/4/E4_TEMP.csv", lambda t: t.replace("\n", "\n1544000001,33.1,A0143F\n", 1),
-     "E4_TEMP.csv:2: time stamp 1544000.001 s is not a Unix time"),
-    ("raw/e4_data/4/E4_HR.csv", lambda t: t + "1544000100000,80,B00000\n", "E4_HR.csv:.*rows of wristbands A0143F, B00000"),
-    ("raw/emotion_annotations/self_annotations/P4.self.csv", lambda t: t.replace("\n15,4,3", "\n15,6,3", 1), r"P4\.self\.csv:4: arousal and valence must be within 1-5"),
-    ("metadata/subjects.csv", lambda t: t.replace("pid,", "id,"), r"subjects\.csv:1: header lacks column"),
-])
+@pytest.mark.parametrize(
+    "file, edit, where",
+    [
+        (
+            "raw/e4_data/4/E4_BVP.csv",
+            lambda t: t.replace("timestamp,value,device_serial", "time,value,device_serial"),
+            "E4_BVP.csv:1: header must be",
+        ),
+        (
+            "raw/e4_data/4/E4_EDA.csv",
+            lambda t: t.replace("\n", "\n1544000001000,abc,A0143F\n", 1),
+            "E4_EDA.csv:2: value is not a number",
+        ),
+        (
+            "raw/e4_data/4/E4_TEMP.csv",
+            lambda t: t.replace("\n", "\n1544000001,33.1,A0143F\n", 1),
+            "E4_TEMP.csv:2: time stamp 1544000.001 s is not a Unix time",
+        ),
+        (
+            "raw/e4_data/4/E4_HR.csv",
+            lambda t: t + "1544000100000,80,B00000\n",
+            "E4_HR.csv:.*rows of wristbands A0143F, B00000",
+        ),
+        (
+            "raw/emotion_annotations/self_annotations/P4.self.csv",
+            lambda t: t.replace("\n15,4,3", "\n15,6,3", 1),
+            r"P4\.self\.csv:4: arousal and valence must be within 1-5",
+        ),
+        ("metadata/subjects.csv", lambda t: t.replace("pid,", "id,"), r"subjects\.csv:1: header lacks column"),
+    ],
+)
 def test_malformed_files_are_named_with_their_line(tmp_path: Path, file: str, edit, where: str) -> None:
     write_kemocon(tmp_path, pids=(4,))
     f = tmp_path / file

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from m3sense.errors import DataError
+from common.errors import DataError
 from replay.e4csv import read_e4_export, read_source, write_e4_export
 from replay.simulate import simulate_recordings
 
@@ -24,8 +24,9 @@ def test_every_export_below_is_read_without_its_labels(tmp_path: Path) -> None:
     got = read_source(f"unlabelled:{tmp_path}")
     assert [r.device for r in got] == ["anna-session1", "anna-session2", "ben-B"]
     assert all(r.labels == () for r in got)
-    for rec, folder in zip(got, [tmp_path / "anna" / "session1", tmp_path / "anna" / "session2",
-                                 tmp_path / "ben" / "B_E4_Data.zip"]):
+    for rec, folder in zip(
+        got, [tmp_path / "anna" / "session1", tmp_path / "anna" / "session2", tmp_path / "ben" / "B_E4_Data.zip"]
+    ):
         e4 = read_e4_export(folder)
         assert e4.labels  # the files had labels; the alignment domain does not take them
         for m, sig in e4.signals.items():

@@ -9,7 +9,7 @@ import numpy as np
 import openpyxl
 import pytest
 
-from m3sense.errors import DataError
+from common.errors import DataError
 from replay.e4csv import read_source
 from replay.simulate import simulate_recordings
 from replay.verbio import NOMINAL_START_S, anxiety_label
@@ -30,10 +30,12 @@ def test_sessions_carry_the_stai_label_with_the_papers_cut_off(verbio: Path) -> 
     assert sorted(recs) == ["verbio-P001-POST", "verbio-P001-PRE", "verbio-P004-POST", "verbio-P004-PRE"]
     got = {d: [(iv.start_s, iv.end_s, iv.task, iv.label) for iv in r.labels] for d, r in recs.items()}
     whole = (NOMINAL_START_S, NOMINAL_START_S + 30)
-    assert got == {"verbio-P001-PRE": [(*whole, "anxiety", "low")],     # 37: still "no or low"
-                   "verbio-P004-PRE": [(*whole, "anxiety", "high")],    # 38
-                   "verbio-P001-POST": [(*whole, "anxiety", "high")],
-                   "verbio-P004-POST": []}                              # no self-report: no label
+    assert got == {
+        "verbio-P001-PRE": [(*whole, "anxiety", "low")],  # 37: still "no or low"
+        "verbio-P004-PRE": [(*whole, "anxiety", "high")],  # 38
+        "verbio-P001-POST": [(*whole, "anxiety", "high")],
+        "verbio-P004-POST": [],
+    }  # no self-report: no label
     assert anxiety_label(20) == "low" and anxiety_label(37.5) == "high"
 
 
@@ -62,15 +64,19 @@ def _set_cell(path: Path, cell: str, value) -> None:
     book.save(path)
 
 
-@pytest.mark.parametrize("file, cell, value, where", [
-    ("P001/PRE/E4_EDA_PPT.xlsx", "B5", "n/a", r"E4_EDA_PPT\.xlsx:5: EDA is not a number: 'n/a'"),
-    ("P001/PRE/E4_BVP_PPT.xlsx", "A1", "Time", r"E4_BVP_PPT\.xlsx:1: header must be 'Time \(s\)'"),
-    ("P001/PRE/E4_TEMP_PPT.xlsx", "A7", -3, r"E4_TEMP_PPT\.xlsx:7: Time \(s\) must be >= 0"),
-    ("PRE/Self_Reports/PRE_afterPPT.xlsx", "C2", 15, r"PRE_afterPPT\.xlsx:2: STAI state score 15 is outside 20-80"),
-    ("PRE/Self_Reports/PRE_afterPPT.xlsx", "A3", "someone", r"PRE_afterPPT\.xlsx:3: PID must be like P001"),
-])
-def test_malformed_workbooks_are_named_with_their_row(small: Path, tmp_path: Path, file: str, cell: str, value,
-                                                     where: str) -> None:
+@pytest.mark.parametrize(
+    "file, cell, value, where",
+    [
+        ("P001/PRE/E4_EDA_PPT.xlsx", "B5", "n/a", r"E4_EDA_PPT\.xlsx:5: EDA is not a number: 'n/a'"),
+        ("P001/PRE/E4_BVP_PPT.xlsx", "A1", "Time", r"E4_BVP_PPT\.xlsx:1: header must be 'Time \(s\)'"),
+        ("P001/PRE/E4_TEMP_PPT.xlsx", "A7", -3, r"E4_TEMP_PPT\.xlsx:7: Time \(s\) must be >= 0"),
+        ("PRE/Self_Reports/PRE_afterPPT.xlsx", "C2", 15, r"PRE_afterPPT\.xlsx:2: STAI state score 15 is outside 20-80"),
+        ("PRE/Self_Reports/PRE_afterPPT.xlsx", "A3", "someone", r"PRE_afterPPT\.xlsx:3: PID must be like P001"),
+    ],
+)
+def test_malformed_workbooks_are_named_with_their_row(
+    small: Path, tmp_path: Path, file: str, cell: str, value, where: str
+) -> None:
     shutil.copytree(small, tmp_path, dirs_exist_ok=True)
     _set_cell(tmp_path / file, cell, value)
     with pytest.raises(DataError, match=where):

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from m3sense.errors import DataError
+from common.errors import DataError
 from replay.e4csv import read_e4_export, read_source
 from replay.wesad import NOMINAL_START_S, load_pickle, read_quest
 from tests.conftest import WESAD, needs, run_cli
@@ -51,8 +51,12 @@ def test_subjects_read_on_the_export_clock_with_the_protocol_labels(wesad: Path)
     np.testing.assert_array_equal(rec.ibi_t_s, export.ibi_t_s)
     t0 = wesad_export_start(wesad / "S5") + WESAD_OFFSET_S  # ... with the labels on its clock
     got = [(iv.start_s - t0, iv.end_s - t0, iv.task, iv.label) for iv in rec.labels]
-    assert got == [(10, 40, "stress", "baseline"), (45, 75, "stress", "stress"), (78, 100, "stress", "amusement"),
-                   (100, 115, "stress", "meditation")]  # codes 0 and 6 give no label
+    assert got == [
+        (10, 40, "stress", "baseline"),
+        (45, 75, "stress", "stress"),
+        (78, 100, "stress", "amusement"),
+        (100, 115, "stress", "meditation"),
+    ]  # codes 0 and 6 give no label
 
 
 def test_labels_follow_the_700_hz_array_to_the_sample(tmp_path: Path) -> None:
@@ -66,7 +70,9 @@ def test_labels_follow_the_700_hz_array_to_the_sample(tmp_path: Path) -> None:
     t0 = wesad_export_start(folder) + WESAD_OFFSET_S
     base = [iv for iv in rec.labels if iv.label == "baseline"]
     assert [(round((iv.start_s - t0) * 700), round((iv.end_s - t0) * 700)) for iv in base] == [
-        (7000, 7003), (7004, 28000)]
+        (7000, 7003),
+        (7004, 28000),
+    ]
 
 
 def test_a_pickle_alone_starts_at_the_nominal_time(wesad: Path) -> None:
@@ -76,7 +82,7 @@ def test_a_pickle_alone_starts_at_the_nominal_time(wesad: Path) -> None:
         sig = rec.signals[m]
         assert sig.t0_s == NOMINAL_START_S and sig.n == WESAD_SECONDS * sig.fs_hz
         k = int(WESAD_OFFSET_S * sig.fs_hz)
-        np.testing.assert_array_equal(sig.values, export.signals[m].values[k:k + sig.n])
+        np.testing.assert_array_equal(sig.values, export.signals[m].values[k : k + sig.n])
     assert rec.signals["acc"].values.dtype == np.int16
     assert (rec.labels[0].start_s, rec.labels[0].label) == (NOMINAL_START_S + 10, "baseline")
 
@@ -114,12 +120,15 @@ def test_a_pickle_that_would_run_code_is_refused_and_nothing_runs(tmp_path: Path
         read_source(str(folder))
 
 
-@pytest.mark.parametrize("damage, message", [
-    (lambda d: d.pop("label"), r"S\d\.pkl: no \['label'\]"),
-    (lambda d: d["signal"]["wrist"].__setitem__("EDA", d["signal"]["wrist"]["EDA"][:100]), "lasts 25.0 s"),
-    (lambda d: d.__setitem__("label", np.full(WESAD_SECONDS * 700, 9)), r"\['label'\]\[0\] is 9"),
-    (lambda d: d["signal"]["wrist"].__setitem__("ACC", d["signal"]["wrist"]["ACC"] / 64), "1/64 g"),
-])
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda d: d.pop("label"), r"S\d\.pkl: no \['label'\]"),
+        (lambda d: d["signal"]["wrist"].__setitem__("EDA", d["signal"]["wrist"]["EDA"][:100]), "lasts 25.0 s"),
+        (lambda d: d.__setitem__("label", np.full(WESAD_SECONDS * 700, 9)), r"\['label'\]\[0\] is 9"),
+        (lambda d: d["signal"]["wrist"].__setitem__("ACC", d["signal"]["wrist"]["ACC"] / 64), "1/64 g"),
+    ],
+)
 def test_malformed_pickles_are_named(tmp_path: Path, damage, message: str) -> None:
     folder = write_wesad_subject(tmp_path, "S3", seed=3)
     data = load_pickle(folder / "S3.pkl")
@@ -185,12 +194,12 @@ def test_real_s2_export_with_a_pickle_cut_from_it(tmp_path: Path) -> None:
     seconds = min(6079, int(export.end_s - t0) - 1)
     label = np.zeros(seconds * 700, dtype=np.int8)
     for iv in export.labels:
-        label[round((iv.start_s - t0) * 700):round((iv.end_s - t0) * 700)] = codes[iv.label]
+        label[round((iv.start_s - t0) * 700) : round((iv.end_s - t0) * 700)] = codes[iv.label]
     wrist = {}
     for key, m in (("ACC", "acc"), ("BVP", "bvp"), ("EDA", "eda"), ("TEMP", "temp")):
         sig = export.signals[m]
         k = round((t0 - sig.t0_s) * sig.fs_hz)
-        a = sig.values[k:k + seconds * int(sig.fs_hz)].astype(np.float64)
+        a = sig.values[k : k + seconds * int(sig.fs_hz)].astype(np.float64)
         wrist[key] = a if m == "acc" else a.reshape(-1, 1)
     write_py2_pickle({"signal": {"chest": {}, "wrist": wrist}, "label": label, "subject": "S2"}, folder / "S2.pkl")
     (folder / "S2_quest.csv").write_bytes((REAL_S2 / "S2_quest.csv").read_bytes())
@@ -209,8 +218,9 @@ def _tiny_pickle() -> bytes:
 
     wrist = {"ACC": np.zeros((64, 3)), "BVP": np.zeros((128, 1)), "EDA": np.ones((8, 1)), "TEMP": np.ones((8, 1))}
     buf = io.BytesIO()
-    Py2Pickler(buf, protocol=2).dump({"signal": {"wrist": wrist}, "label": np.ones(1400, dtype=np.int32),
-                                      "subject": "S4"})
+    Py2Pickler(buf, protocol=2).dump(
+        {"signal": {"wrist": wrist}, "label": np.ones(1400, dtype=np.int32), "subject": "S4"}
+    )
     return buf.getvalue()
 
 
@@ -218,8 +228,10 @@ TINY = _tiny_pickle()
 
 
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(edits=st.lists(st.tuples(st.integers(0, len(TINY) - 1), st.integers(0, 255)), min_size=1, max_size=4),
-       cut=st.integers(1, len(TINY)))
+@given(
+    edits=st.lists(st.tuples(st.integers(0, len(TINY) - 1), st.integers(0, 255)), min_size=1, max_size=4),
+    cut=st.integers(1, len(TINY)),
+)
 def test_a_damaged_pickle_is_read_or_named_never_a_crash(tmp_path: Path, edits, cut: int) -> None:
     raw = bytearray(TINY)
     for at, byte in edits:

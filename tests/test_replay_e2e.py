@@ -24,8 +24,10 @@ def test_replayed_stream_equals_the_files(tmp_path: Path, bus_address: str, proc
     procs.append(hub)
     hub.wait_for_stderr("subscribers")
     tap_out = (tmp_path / "tap.jsonl").open("w")
-    tap = Proc(["tap", "--bus", bus_address, "--json", "--values", "--count", str(expected_count),
-                "--idle-exit", "60"], stdout=tap_out)
+    tap = Proc(
+        ["tap", "--bus", bus_address, "--json", "--values", "--count", str(expected_count), "--idle-exit", "60"],
+        stdout=tap_out,
+    )
     procs.append(tap)
     replay = run_cli("replay", str(out), "--bus", bus_address, "--speed", "max", "--wait", "60", check=True)
     assert "2 device(s)" in replay.stderr
@@ -43,8 +45,9 @@ def test_replayed_stream_equals_the_files(tmp_path: Path, bus_address: str, proc
         for modality, sig in rec.signals.items():
             msgs = by_topic[f"raw/{modality}/{rec.device}/"]
             assert [m["seq"] for m in msgs] == list(range(len(msgs)))
-            values = np.concatenate([np.asarray(m["values"], dtype=sig.values.dtype).reshape(-1, *sig.values.shape[1:])
-                                     for m in msgs])
+            values = np.concatenate(
+                [np.asarray(m["values"], dtype=sig.values.dtype).reshape(-1, *sig.values.shape[1:]) for m in msgs]
+            )
             np.testing.assert_array_equal(values, sig.values)  # exact: float64 text → JSON → float64
             assert msgs[0]["t0"] == sig.t0_s and msgs[0]["fs"] == sig.fs_hz
             last = msgs[-1]
@@ -57,6 +60,7 @@ def test_replayed_stream_equals_the_files(tmp_path: Path, bus_address: str, proc
         np.testing.assert_array_equal([m["values"][0] for m in ibi], rec.ibi_s)
         labels = by_topic[f"label/{rec.device}/"]
         assert [(m["task"], m["label"], m["start_s"], m["end_s"]) for m in labels] == [
-            (iv.task, iv.label, iv.start_s, iv.end_s) for iv in sorted(rec.labels, key=lambda iv: iv.start_s)]
+            (iv.task, iv.label, iv.start_s, iv.end_s) for iv in sorted(rec.labels, key=lambda iv: iv.start_s)
+        ]
         status = by_topic[f"status/{rec.device}/"]
         assert [m["event"] for m in status] == ["start", "end"]

@@ -33,8 +33,16 @@ READY = {"store": "<-", "infer": "listening on", "preprocess": "subscribed"}
 def model(tmp_path_factory) -> Path:
     """A tiny untrained network: what is answered does not matter here, only that each window is."""
     torch.manual_seed(1)
-    config = ModelConfig(cnn_channels=(8, 4), embed_dim=16, lstm_hidden=16, fusion_dim=16, task_dim=24,
-                         fc_dims=(24, 16), latent_dim=8, head_hidden=8)
+    config = ModelConfig(
+        cnn_channels=(8, 4),
+        embed_dim=16,
+        lstm_hidden=16,
+        fusion_dim=16,
+        task_dim=24,
+        fc_dims=(24, 16),
+        latent_dim=8,
+        head_hidden=8,
+    )
     norm = Normalizer(per_window=("bvp",), mean={"eda": 2.0, "temp": 33.0}, std={"eda": 1.0, "temp": 1.0})
     folder = tmp_path_factory.mktemp("restarts")
     return save_checkpoint(folder / "tiny", M3Sense(config), norm, {"trained_on": ["test"]})
@@ -46,8 +54,9 @@ def recording(tmp_path_factory) -> tuple[Path, dict[str, dict[float, str | None]
     emotion ground truth as the offline path cuts them."""
     src = tmp_path_factory.mktemp("restarts") / "rec"
     run_cli("simulate", str(src), "--minutes", "6", "--seed", "5", "--subjects", "2", "--no-faults", check=True)
-    truth = {rec.device: {w.t_start_s: w.labels.get("emotion") for w in recording_windows(rec)}
-             for rec in read_source(src)}
+    truth = {
+        rec.device: {w.t_start_s: w.labels.get("emotion") for w in recording_windows(rec)} for rec in read_source(src)
+    }
     return src, truth
 
 
@@ -57,10 +66,28 @@ class Pipeline:
     def __init__(self, hub: Hub, procs: list[Proc], tmp_path: Path, model: Path) -> None:
         self.db = tmp_path / "affect.db"
         self.args = {
-            "store": ["store", "--bus", hub.address, "--sink", f"sqlite:{self.db}", "--flush-interval", "0.2",
-                      "--positions", str(tmp_path / "positions.json")],
-            "infer": ["infer", "--bus", hub.address, "--model", str(model), "--tasks", "stress,emotion",
-                      "--state-dir", "none"],
+            "store": [
+                "store",
+                "--bus",
+                hub.address,
+                "--sink",
+                f"sqlite:{self.db}",
+                "--flush-interval",
+                "0.2",
+                "--positions",
+                str(tmp_path / "positions.json"),
+            ],
+            "infer": [
+                "infer",
+                "--bus",
+                hub.address,
+                "--model",
+                str(model),
+                "--tasks",
+                "stress,emotion",
+                "--state-dir",
+                "none",
+            ],
             "preprocess": ["preprocess", "--bus", hub.address],
         }
         self.hub, self.procs, self.stages = hub, procs, {}
@@ -81,6 +108,7 @@ class Pipeline:
     def replay_killing(self, src: Path, name: str, after: int = 5) -> None:
         """Replay ``src``; once ``after`` answers are out, kill ``name`` and start it again; wait for
         the store to have every device."""
+
         async def scenario() -> None:
             async with Subscriber(self.hub.address, ["affect/"]) as sub:
                 replay = Proc(["replay", str(src), "--bus", self.hub.address, "--speed", SPEED])
@@ -99,8 +127,12 @@ class Pipeline:
         """Per device: windows stored, and windows recorded lost (bus_gap rows in windows)."""
         with sqlite3.connect(self.db) as conn:
             windows = dict(conn.execute("SELECT device, count(DISTINCT t_start_s) FROM affect GROUP BY device"))
-            lost = dict(conn.execute("SELECT device, sum(value) FROM device_status WHERE event = 'bus_gap' "
-                                     "AND json_extract(detail, '$.unit') = 'windows' GROUP BY device"))
+            lost = dict(
+                conn.execute(
+                    "SELECT device, sum(value) FROM device_status WHERE event = 'bus_gap' "
+                    "AND json_extract(detail, '$.unit') = 'windows' GROUP BY device"
+                )
+            )
         return windows, {d: int(n) for d, n in lost.items()}
 
 
@@ -115,22 +147,25 @@ def _assert_every_window_accounted_for(pipe: Pipeline, truth: dict[str, dict[flo
 
 @pytest.mark.parametrize("stage", ["store", "infer"])
 def test_kill_9_of_a_stage_mid_replay_is_a_stored_gap_of_every_lost_window(
-        stage: str, hub: Hub, procs: list[Proc], tmp_path: Path, model: Path, recording) -> None:
+    stage: str, hub: Hub, procs: list[Proc], tmp_path: Path, model: Path, recording
+) -> None:
     src, truth = recording
     pipe = Pipeline(hub, procs, tmp_path, model)
     pipe.replay_killing(src, stage)
     _assert_every_window_accounted_for(pipe, truth)
 
 
-def test_kill_9_of_preprocess_keeps_source_and_ground_truth(hub: Hub, procs: list[Proc], tmp_path: Path,
-                                                            model: Path, recording) -> None:
+def test_kill_9_of_preprocess_keeps_source_and_ground_truth(
+    hub: Hub, procs: list[Proc], tmp_path: Path, model: Path, recording
+) -> None:
     src, truth = recording
     pipe = Pipeline(hub, procs, tmp_path, model)
     pipe.replay_killing(src, "preprocess")
     lost = _assert_every_window_accounted_for(pipe, truth)
     with sqlite3.connect(pipe.db) as conn:
-        rows = conn.execute("SELECT device, t_start_s, source, true_label FROM affect "
-                            "WHERE task = 'emotion'").fetchall()
+        rows = conn.execute(
+            "SELECT device, t_start_s, source, true_label FROM affect WHERE task = 'emotion'"
+        ).fetchall()
         gaps = conn.execute("SELECT detail FROM device_status WHERE event = 'bus_gap'").fetchall()
     assert {source for _, _, source, _ in rows} == {"replay"}  # not "live": the restarted stage was told
     # every window, before and after the restart, carries the ground truth the offline path gives it

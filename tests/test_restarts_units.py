@@ -16,8 +16,17 @@ from storage.positions import LedgerFile, WindowLedger
 
 
 def _msg(seq: int = 3, incarnation: int = 0) -> Message:
-    return Message(kind="raw", device="d1", modality="eda", seq=seq, t0_s=1.7e9, fs_hz=4.0,
-                   samples=np.arange(6.0), meta={"k": 1}, incarnation=incarnation)
+    return Message(
+        kind="raw",
+        device="d1",
+        modality="eda",
+        seq=seq,
+        t0_s=1.7e9,
+        fs_hz=4.0,
+        samples=np.arange(6.0),
+        meta={"k": 1},
+        incarnation=incarnation,
+    )
 
 
 def test_the_incarnation_crosses_the_wire_and_version_1_headers_still_decode() -> None:
@@ -25,8 +34,12 @@ def test_the_incarnation_crosses_the_wire_and_version_1_headers_still_decode() -
     assert (back.version, back.incarnation, back.seq, back.meta) == (2, 0x1234_5678_9ABC, 3, {"k": 1})
     assert decode([bytes(f) for f in encode(_msg(), incarnation=77)]).incarnation == 77  # a publisher's stamp
     # a version-1 header: no incarnation field, dimensions at byte 28
-    topic, _head, samples = [bytes(f) for f in encode(Message(kind="raw", device="d1", modality="eda", seq=5,
-                                                             t0_s=1.7e9, fs_hz=4.0, samples=np.arange(6.0)))]
+    topic, _head, samples = [
+        bytes(f)
+        for f in encode(
+            Message(kind="raw", device="d1", modality="eda", seq=5, t0_s=1.7e9, fs_hz=4.0, samples=np.arange(6.0))
+        )
+    ]
     v1 = struct.pack("<BBBBqdd", 1, 0, 1, 0, 5, 1.7e9, 4.0) + struct.pack("<I", 6)
     old = decode([topic, v1, samples])
     assert (old.version, old.incarnation, old.seq, old.n) == (1, 0, 5, 6)

@@ -12,10 +12,20 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bus import Message
-from m3sense.errors import UserError
+from common.errors import UserError
 from storage import (
-    AffectRecord, BeatRate, InfluxTarget, MeanBinner, PhysioRecord, RecordBuilder, SqliteTarget, StatusRecord,
-    affect_records, parse_since, parse_sink, read_token,
+    AffectRecord,
+    BeatRate,
+    InfluxTarget,
+    MeanBinner,
+    PhysioRecord,
+    RecordBuilder,
+    SqliteTarget,
+    StatusRecord,
+    affect_records,
+    parse_since,
+    parse_sink,
+    read_token,
 )
 from tests.conftest import WESAD, needs
 from tests.servers import affect_meta
@@ -24,13 +34,21 @@ T0 = 1_700_000_000.0
 
 
 def affect_msg(device: str = "dev1", t_end: float = T0 + 20, **kw) -> Message:
-    return Message(kind="affect", device=device, modality="affect", seq=0, t0_s=t_end, fs_hz=0,
-                   meta=affect_meta(t_end, **kw))
+    return Message(
+        kind="affect", device=device, modality="affect", seq=0, t0_s=t_end, fs_hz=0, meta=affect_meta(t_end, **kw)
+    )
 
 
 def raw_msg(modality: str, t0: float, samples: np.ndarray, fs: float, device: str = "dev1") -> Message:
-    return Message(kind="raw", device=device, modality=modality, seq=0, t0_s=t0, fs_hz=fs,
-                   samples=np.asarray(samples, dtype=np.float64))
+    return Message(
+        kind="raw",
+        device=device,
+        modality=modality,
+        seq=0,
+        t0_s=t0,
+        fs_hz=fs,
+        samples=np.asarray(samples, dtype=np.float64),
+    )
 
 
 def status_msg(t: float, **meta) -> Message:
@@ -38,6 +56,7 @@ def status_msg(t: float, **meta) -> Message:
 
 
 # --- affect -------------------------------------------------------------------------------
+
 
 def test_one_record_per_task_stamped_with_the_window_end() -> None:
     recs = affect_records(affect_msg(t_end=T0 + 20.015625, truth={"stress": "stress", "emotion": None}))
@@ -56,14 +75,17 @@ def test_low_quality_window_keeps_its_null_label() -> None:
     assert rec.label is None and rec.confidence is None and rec.status == "low_quality" and rec.off_wrist is True
 
 
-@pytest.mark.parametrize("spoil, reason", [
-    (lambda m: m.pop("tasks"), "affect"),
-    (lambda m: m.update(model=""), "affect"),
-    (lambda m: m["tasks"].update(valence={"label": "x"}), "affect"),
-    (lambda m: m["tasks"]["stress"]["probs"].update({"bad name": 0.1}), "affect"),
-    (lambda m: m["tasks"]["stress"].update(confidence=float("nan")), "value"),
-    (lambda m: m["tasks"]["stress"].update(label="x y"), "affect"),
-])
+@pytest.mark.parametrize(
+    "spoil, reason",
+    [
+        (lambda m: m.pop("tasks"), "affect"),
+        (lambda m: m.update(model=""), "affect"),
+        (lambda m: m["tasks"].update(valence={"label": "x"}), "affect"),
+        (lambda m: m["tasks"]["stress"]["probs"].update({"bad name": 0.1}), "affect"),
+        (lambda m: m["tasks"]["stress"].update(confidence=float("nan")), "value"),
+        (lambda m: m["tasks"]["stress"].update(label="x y"), "affect"),
+    ],
+)
 def test_a_bad_affect_message_is_counted_and_dropped(spoil, reason) -> None:
     meta = affect_meta(T0 + 20)
     spoil(meta)
@@ -79,13 +101,15 @@ def test_unknown_source_is_not_trusted_as_a_tag_value() -> None:
 
 # --- status and the source of raw streams ---------------------------------------------------
 
+
 def test_status_events_and_source_of_physiology() -> None:
     b = RecordBuilder()
     # before any status the device's source is unknown
     assert {r.source for r in b.push(raw_msg("eda", T0, np.ones(8), 4.0))} == {"unknown"}
     (start,) = b.push(status_msg(T0 + 2, event="start", source="replay", recording="S2"))
-    assert start == StatusRecord(time_s=T0 + 2, device="dev1", source="replay", event="start", value=None,
-                                 detail='{"recording":"S2"}')
+    assert start == StatusRecord(
+        time_s=T0 + 2, device="dev1", source="replay", event="start", value=None, detail='{"recording":"S2"}'
+    )
     recs = b.push(raw_msg("eda", T0 + 2, np.full(8, 3.0), 4.0))
     assert recs == [  # the bin still open when the source became known is stamped with it
         PhysioRecord(time_s=T0 + 2, device="dev1", source="replay", signal="eda_us", value=1.0),
@@ -96,14 +120,25 @@ def test_status_events_and_source_of_physiology() -> None:
     assert [type(r).__name__ for r in end] == ["PhysioRecord", "StatusRecord"]
     assert end[0].time_s == T0 + 4 and end[1].event == "end" and end[1].source == "replay"
     assert b.flush() == []
-    (batt,) = RecordBuilder().push(Message(kind="status", device="d", modality="status", seq=0, t0_s=T0, fs_hz=0,
-                                           samples=np.array([0.8]), meta={"event": "battery"}))
+    (batt,) = RecordBuilder().push(
+        Message(
+            kind="status",
+            device="d",
+            modality="status",
+            seq=0,
+            t0_s=T0,
+            fs_hz=0,
+            samples=np.array([0.8]),
+            meta={"event": "battery"},
+        )
+    )
     assert batt.value == pytest.approx(0.8)
     (gap,) = RecordBuilder().push(status_msg(T0, event="gap", gap_s=2.5, source="live"))
     assert gap.value == 2.5 and json.loads(gap.detail) == {"gap_s": 2.5}
 
 
 # --- 1 Hz physiology -------------------------------------------------------------------------
+
 
 def test_mean_binner_stamps_bin_ends_and_skips_nan() -> None:
     b = MeanBinner(1.0)
@@ -137,7 +172,7 @@ def pulse_wave(bpm: float, seconds: float, fs: float = 64.0, seed: int = 0) -> n
     rng = np.random.default_rng(seed)
     t = np.arange(int(seconds * fs)) / fs
     phase = (t * bpm / 60.0) % 1.0
-    wave = np.exp(-((phase - 0.15) / 0.07) ** 2) + 0.35 * np.exp(-((phase - 0.5) / 0.08) ** 2)
+    wave = np.exp(-(((phase - 0.15) / 0.07) ** 2)) + 0.35 * np.exp(-(((phase - 0.5) / 0.08) ** 2))
     return 80 * wave + 20 * np.sin(2 * np.pi * 0.1 * t) + rng.normal(0, 3, t.size)
 
 
@@ -147,7 +182,7 @@ def test_beat_rate_recovers_a_known_heart_rate(bpm) -> None:
     x = pulse_wave(bpm, 60)
     out = []
     for i in range(0, x.size, 11):  # E4 BLE packets carry 11 BVP samples
-        out += br.push(T0 + i / 64.0, x[i:i + 11])
+        out += br.push(T0 + i / 64.0, x[i : i + 11])
     times = np.array([t for t, _ in out])
     rates = np.array([r for _, r in out])
     assert np.all(np.diff(times) == 1.0) and times[0] <= T0 + 6  # a value every second after start-up
@@ -190,7 +225,7 @@ def test_beat_rate_agrees_with_the_e4s_own_heart_rate_on_real_data() -> None:
     br = BeatRate(fs)
     out = []
     for i in range(0, bvp.size, 11):
-        out += br.push(t0 + i / fs, bvp[i:i + 11])
+        out += br.push(t0 + i / fs, bvp[i : i + 11])
     times, rates = np.array(out).T
     ref = np.interp(times, h0 + np.arange(hr.size) / hfs, hr)
     err = np.abs(rates - ref)
@@ -200,28 +235,42 @@ def test_beat_rate_agrees_with_the_e4s_own_heart_rate_on_real_data() -> None:
 
 # --- SINK, token, --since ---------------------------------------------------------------------
 
-@pytest.mark.parametrize("sink, expected", [
-    ("sqlite:///data/affect.db", SqliteTarget(path=Path("data/affect.db"))),
-    ("sqlite:////tmp/affect.db", SqliteTarget(path=Path("/tmp/affect.db"))),
-    ("sqlite:affect.db", SqliteTarget(path=Path("affect.db"))),
-    ("sqlite:data/affect.db", SqliteTarget(path=Path("data/affect.db"))),
-    ("sqlite:/tmp/affect.db", SqliteTarget(path=Path("/tmp/affect.db"))),
-    ("out/affect.sqlite", SqliteTarget(path=Path("out/affect.sqlite"))),
-    ("/tmp/affect.db", SqliteTarget(path=Path("/tmp/affect.db"))),
-    ("influx://127.0.0.1:8086?bucket=affect&org=lab",
-     InfluxTarget(url="http://127.0.0.1:8086", bucket="affect", org="lab")),
-    ("influx://127.0.0.1:8086?db=affect", InfluxTarget(url="http://127.0.0.1:8086", bucket="affect", api="v1")),
-    ("influx://127.0.0.1:8086?db=affect&rp=week",
-     InfluxTarget(url="http://127.0.0.1:8086", bucket="affect/week", api="v1")),
-    ("influx://127.0.0.1:8086?bucket=affect/week&api=v1",
-     InfluxTarget(url="http://127.0.0.1:8086", bucket="affect/week", api="v1")),
-    ("influx://127.0.0.1:8086?bucket=affect&org=lab&api=v2",
-     InfluxTarget(url="http://127.0.0.1:8086", bucket="affect", org="lab", api="v2")),
-    ("influxs://db.example.org:8086/influx/?bucket=affect/autogen",
-     InfluxTarget(url="https://db.example.org:8086/influx", bucket="affect/autogen", org="-")),
-    ("http://localhost:8181?bucket=affect", InfluxTarget(url="http://localhost:8181", bucket="affect")),
-    ("http://db.lan:8086?bucket=a&insecure=1", InfluxTarget(url="http://db.lan:8086", bucket="a")),
-])
+
+@pytest.mark.parametrize(
+    "sink, expected",
+    [
+        ("sqlite:///data/affect.db", SqliteTarget(path=Path("data/affect.db"))),
+        ("sqlite:////tmp/affect.db", SqliteTarget(path=Path("/tmp/affect.db"))),
+        ("sqlite:affect.db", SqliteTarget(path=Path("affect.db"))),
+        ("sqlite:data/affect.db", SqliteTarget(path=Path("data/affect.db"))),
+        ("sqlite:/tmp/affect.db", SqliteTarget(path=Path("/tmp/affect.db"))),
+        ("out/affect.sqlite", SqliteTarget(path=Path("out/affect.sqlite"))),
+        ("/tmp/affect.db", SqliteTarget(path=Path("/tmp/affect.db"))),
+        (
+            "influx://127.0.0.1:8086?bucket=affect&org=lab",
+            InfluxTarget(url="http://127.0.0.1:8086", bucket="affect", org="lab"),
+        ),
+        ("influx://127.0.0.1:8086?db=affect", InfluxTarget(url="http://127.0.0.1:8086", bucket="affect", api="v1")),
+        (
+            "influx://127.0.0.1:8086?db=affect&rp=week",
+            InfluxTarget(url="http://127.0.0.1:8086", bucket="affect/week", api="v1"),
+        ),
+        (
+            "influx://127.0.0.1:8086?bucket=affect/week&api=v1",
+            InfluxTarget(url="http://127.0.0.1:8086", bucket="affect/week", api="v1"),
+        ),
+        (
+            "influx://127.0.0.1:8086?bucket=affect&org=lab&api=v2",
+            InfluxTarget(url="http://127.0.0.1:8086", bucket="affect", org="lab", api="v2"),
+        ),
+        (
+            "influxs://db.example.org:8086/influx/?bucket=affect/autogen",
+            InfluxTarget(url="https://db.example.org:8086/influx", bucket="affect/autogen", org="-"),
+        ),
+        ("http://localhost:8181?bucket=affect", InfluxTarget(url="http://localhost:8181", bucket="affect")),
+        ("http://db.lan:8086?bucket=a&insecure=1", InfluxTarget(url="http://db.lan:8086", bucket="a")),
+    ],
+)
 def test_sink_addresses(sink, expected) -> None:
     assert parse_sink(sink) == expected
     assert parse_sink(expected.address) == expected  # the address a summary prints is the same sink
@@ -236,9 +285,13 @@ def test_sqlite_sink_forms_reach_the_file_they_name(tmp_path: Path, monkeypatch:
     from storage import SqliteSink
 
     monkeypatch.chdir(tmp_path)
-    forms = {"sqlite:rel1.db": tmp_path / "rel1.db", f"sqlite:{tmp_path}/abs/a2.db": tmp_path / "abs/a2.db",
-             "sqlite:///rel3.db": tmp_path / "rel3.db", f"sqlite:///{tmp_path}/abs/a4.db": tmp_path / "abs/a4.db",
-             "rel5.db": tmp_path / "rel5.db"}
+    forms = {
+        "sqlite:rel1.db": tmp_path / "rel1.db",
+        f"sqlite:{tmp_path}/abs/a2.db": tmp_path / "abs/a2.db",
+        "sqlite:///rel3.db": tmp_path / "rel3.db",
+        f"sqlite:///{tmp_path}/abs/a4.db": tmp_path / "abs/a4.db",
+        "rel5.db": tmp_path / "rel5.db",
+    }
     for k, (sink, path) in enumerate(forms.items()):
         target = parse_sink(sink)
 
@@ -253,22 +306,25 @@ def test_sqlite_sink_forms_reach_the_file_they_name(tmp_path: Path, monkeypatch:
         assert [json.loads(x)["device"] for x in capsys.readouterr().out.splitlines()] == [f"dev{k}"], sink
 
 
-@pytest.mark.parametrize("sink, complaint", [
-    ("sqlite://rel.db", "sqlite:///"),
-    ("sqlite:", "sqlite:PATH"),
-    ("sqlite:///", "sqlite:PATH"),
-    ("influx://127.0.0.1:8086?db=a&bucket=a", "do not go together"),
-    ("influx://127.0.0.1:8086?db=a&api=v2", "api=v2"),
-    ("influx://127.0.0.1:8086?bucket=a&rp=w", "rp= goes with db="),
-    ("influx://127.0.0.1:8086?db=a/w", "rp="),
-    ("influx://127.0.0.1:8086?bucket=a&api=v3", "api="),
-    ("affect.csv", "expected"),
-    ("influx://127.0.0.1:8086", "bucket"),
-    ("influx://127.0.0.1:8086?bucket=a&token=x", "unknown parameter"),
-    ("influx://user:pw@127.0.0.1:8086?bucket=a", "no credentials"),
-    ("http://db.example.org:8086?bucket=a", "in clear"),
-    ("influx://127.0.0.1:99999?bucket=a", "port"),
-])
+@pytest.mark.parametrize(
+    "sink, complaint",
+    [
+        ("sqlite://rel.db", "sqlite:///"),
+        ("sqlite:", "sqlite:PATH"),
+        ("sqlite:///", "sqlite:PATH"),
+        ("influx://127.0.0.1:8086?db=a&bucket=a", "do not go together"),
+        ("influx://127.0.0.1:8086?db=a&api=v2", "api=v2"),
+        ("influx://127.0.0.1:8086?bucket=a&rp=w", "rp= goes with db="),
+        ("influx://127.0.0.1:8086?db=a/w", "rp="),
+        ("influx://127.0.0.1:8086?bucket=a&api=v3", "api="),
+        ("affect.csv", "expected"),
+        ("influx://127.0.0.1:8086", "bucket"),
+        ("influx://127.0.0.1:8086?bucket=a&token=x", "unknown parameter"),
+        ("influx://user:pw@127.0.0.1:8086?bucket=a", "no credentials"),
+        ("http://db.example.org:8086?bucket=a", "in clear"),
+        ("influx://127.0.0.1:99999?bucket=a", "port"),
+    ],
+)
 def test_bad_sink_addresses_say_what_is_wrong(sink, complaint) -> None:
     with pytest.raises(UserError, match=complaint):
         parse_sink(sink)
@@ -320,14 +376,21 @@ def test_the_public_surface_resolves_lazily() -> None:
 
 # --- what `m3sense store` says at the end -------------------------------------------------------
 
+
 def test_store_exit_codes_and_last_line() -> None:
     from storage.report import StoreOutcome
 
     ok = StoreOutcome(sink="sqlite:a.db", messages=5, received=12, written=12, affect_records=12)
     assert ok.exit_code == 0 and ok.summary().endswith("written to sqlite:a.db; none lost")
     spool = Path("/var/spool/x")
-    waits = StoreOutcome(sink="influx://h:1?db=d", influx=True, received=12, spooled=12, spool_dir=spool,
-                         error="no answer (Connection refused)")
+    waits = StoreOutcome(
+        sink="influx://h:1?db=d",
+        influx=True,
+        received=12,
+        spooled=12,
+        spool_dir=spool,
+        error="no answer (Connection refused)",
+    )
     assert waits.exit_code == 1
     assert "nothing reached InfluxDB" in waits.summary() and f"12 points wait in spool {spool}" in waits.summary()
     assert waits.summary().endswith("last error: no answer (Connection refused)")
@@ -337,5 +400,13 @@ def test_store_exit_codes_and_last_line() -> None:
     assert StoreOutcome(sink="sqlite:a.db", written=3, interrupted=True).exit_code == 130
     assert StoreOutcome(bad_input="sink 'x': expected ...").exit_code == 2
     # what `m3sense run` reads: these keys, whatever else is added
-    assert {"sink", "written", "spooled", "spool_dir", "dropped", "refused", "affect_records",
-            "exit_code"} <= waits.as_json().keys() and waits.as_json()["spool_dir"] == str(spool)
+    assert {
+        "sink",
+        "written",
+        "spooled",
+        "spool_dir",
+        "dropped",
+        "refused",
+        "affect_records",
+        "exit_code",
+    } <= waits.as_json().keys() and waits.as_json()["spool_dir"] == str(spool)

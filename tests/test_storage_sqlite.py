@@ -34,8 +34,9 @@ def truth_at(t_end: float) -> str:
     return "baseline" if t_end < T0 + 40 else "stress"
 
 
-async def publish_session(pub: Publisher, device: str = "dev1", seconds: float = 60.0, bpm: float = 75.0,
-                          source: str = "replay") -> int:
+async def publish_session(
+    pub: Publisher, device: str = "dev1", seconds: float = 60.0, bpm: float = 75.0, source: str = "replay"
+) -> int:
     """What a replay plus the inference node publish for one device: status start, raw EDA,
     TEMP and BVP in E4 packet sizes, an affect message per window, status end. Returns the count."""
     sent = 0
@@ -46,18 +47,28 @@ async def publish_session(pub: Publisher, device: str = "dev1", seconds: float =
     second = 0
     for i in range(0, bvp.size, 11):
         t = T0 + i / 64.0
-        await pub.publish("raw", device, "bvp", t0_s=t, fs_hz=64.0, samples=bvp[i:i + 11])
+        await pub.publish("raw", device, "bvp", t0_s=t, fs_hz=64.0, samples=bvp[i : i + 11])
         sent += 1
         if t >= T0 + second:  # EDA and TEMP in packets of 4 samples: one per second
-            await pub.publish("raw", device, "eda", t0_s=T0 + second, fs_hz=4.0,
-                              samples=np.full(4, 2.0 + 0.01 * second))
+            await pub.publish(
+                "raw", device, "eda", t0_s=T0 + second, fs_hz=4.0, samples=np.full(4, 2.0 + 0.01 * second)
+            )
             await pub.publish("raw", device, "temp", t0_s=T0 + second, fs_hz=4.0, samples=np.full(4, 33.0))
             sent += 2
             second += 1
         if next_end is not None and t >= next_end:
-            await pub.publish("affect", device, t0_s=next_end, fs_hz=0,
-                              meta=affect_meta(next_end, source=source, labels={"stress": truth_at(next_end)},
-                                               truth={"stress": truth_at(next_end), "anxiety": None, "emotion": None}))
+            await pub.publish(
+                "affect",
+                device,
+                t0_s=next_end,
+                fs_hz=0,
+                meta=affect_meta(
+                    next_end,
+                    source=source,
+                    labels={"stress": truth_at(next_end)},
+                    truth={"stress": truth_at(next_end), "anxiety": None, "emotion": None},
+                ),
+            )
             sent += 1
             next_end = next(ends, None)
     await pub.publish("status", device, t0_s=T0 + seconds, fs_hz=0, meta={"event": "end"})
@@ -93,10 +104,24 @@ def test_node_stores_one_row_per_window_and_task(tmp_path: Path, bus_address: st
     node = asyncio.run(store_session(bus_address, db, devices=("dev1", "dev2")))
     assert node.builder.rejected == {}
     ends = window_ends(60)
-    got = rows(db, "SELECT device, task, time_s, t_start_s, label, true_label, source FROM affect ORDER BY device, task, time_s")
-    expected = sorted((d, task, t, t - WINDOW_S, {"stress": truth_at(t), "anxiety": "high", "emotion": "low"}[task],
-                       truth_at(t) if task == "stress" else None, "replay")
-                      for d in ("dev1", "dev2") for t in ends for task in ("stress", "anxiety", "emotion"))
+    got = rows(
+        db,
+        "SELECT device, task, time_s, t_start_s, label, true_label, source FROM affect ORDER BY device, task, time_s",
+    )
+    expected = sorted(
+        (
+            d,
+            task,
+            t,
+            t - WINDOW_S,
+            {"stress": truth_at(t), "anxiety": "high", "emotion": "low"}[task],
+            truth_at(t) if task == "stress" else None,
+            "replay",
+        )
+        for d in ("dev1", "dev2")
+        for t in ends
+        for task in ("stress", "anxiety", "emotion")
+    )
     assert got == expected  # timestamps equal the window ends exactly (REAL round-trips a float64)
     assert rows(db, "PRAGMA journal_mode") == [("wal",)]
     # 1 Hz physiology: every second of EDA and TEMP; heart rate from BVP near each device's rate
@@ -104,11 +129,17 @@ def test_node_stores_one_row_per_window_and_task(tmp_path: Path, bus_address: st
     assert [t for t, _ in eda] == [T0 + k for k in range(1, 61)]
     assert eda[0][1] == pytest.approx(2.0) and eda[-1][1] == pytest.approx(2.59)
     for device, bpm in (("dev1", 60.0), ("dev2", 80.0)):
-        hr = rows(db, f"SELECT time_s, value FROM physio WHERE device='{device}' AND signal='hr_bpm' AND time_s > {T0 + 15}")
+        hr = rows(
+            db, f"SELECT time_s, value FROM physio WHERE device='{device}' AND signal='hr_bpm' AND time_s > {T0 + 15}"
+        )
         assert len(hr) >= 40 and all(abs(v - bpm) < 3 for _, v in hr)
     status = rows(db, "SELECT device, event, source, detail FROM device_status ORDER BY device, time_s")
-    assert status == [("dev1", "start", "replay", '{"recording":"t"}'), ("dev1", "end", "replay", "{}"),
-                      ("dev2", "start", "replay", '{"recording":"t"}'), ("dev2", "end", "replay", "{}")]
+    assert status == [
+        ("dev1", "start", "replay", '{"recording":"t"}'),
+        ("dev1", "end", "replay", "{}"),
+        ("dev2", "start", "replay", '{"recording":"t"}'),
+        ("dev2", "end", "replay", "{}"),
+    ]
 
 
 def timeline(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
@@ -127,7 +158,8 @@ def test_timeline_json_and_plot_read_the_store(tmp_path: Path, bus_address: str,
     ends = window_ends(60)
     assert len(lines) == 2 * 3 * len(ends)
     assert [(x["time"], x["device"], x["task"]) for x in lines] == [
-        (t, d, task) for t in ends for d in ("dev1", "dev2") for task in ("anxiety", "emotion", "stress")]
+        (t, d, task) for t in ends for d in ("dev1", "dev2") for task in ("anxiety", "emotion", "stress")
+    ]
     first = lines[0]
     assert {"time", "device", "task", "label", "confidence", "quality"} <= set(first)
     assert first["quality"] == {"status": "ok", "off_wrist": False, "motion": False, "missing_fraction": 0.0}
@@ -148,8 +180,9 @@ def test_timeline_json_and_plot_read_the_store(tmp_path: Path, bus_address: str,
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and image.shape[0] > 300 and image.shape[1] > 800
 
 
-def test_store_command_flushes_everything_on_sigterm(tmp_path: Path, bus_address: str, hub: Hub,
-                                                     procs: list[Proc]) -> None:
+def test_store_command_flushes_everything_on_sigterm(
+    tmp_path: Path, bus_address: str, hub: Hub, procs: list[Proc]
+) -> None:
     db = tmp_path / "store.db"
     store = Proc(["store", "--json", "--bus", bus_address, "--sink", f"sqlite:///{db}", "--flush-interval", "30"])
     procs.append(store)
@@ -169,10 +202,22 @@ def test_store_command_flushes_everything_on_sigterm(tmp_path: Path, bus_address
     assert rows(db, "SELECT count(*) FROM affect") == [(affect,)]
     assert rows(db, "SELECT count(*) FROM device_status") == [(2,)]
     stored = sum(rows(db, f"SELECT count(*) FROM {t}")[0][0] for t in ("affect", "physio", "device_status"))
-    assert report == {"sink": f"sqlite:{db}", "written": stored, "spooled": 0, "spool_dir": None, "dropped": 0,
-                      "refused": 0, "affect_records": affect, "exit_code": 0, "received": stored, "error": None}
-    assert summary == (f"store: {sent} messages, {stored} records received; {stored} records ({affect} affect) "
-                       f"written to sqlite:{db}; none lost")
+    assert report == {
+        "sink": f"sqlite:{db}",
+        "written": stored,
+        "spooled": 0,
+        "spool_dir": None,
+        "dropped": 0,
+        "refused": 0,
+        "affect_records": affect,
+        "exit_code": 0,
+        "received": stored,
+        "error": None,
+    }
+    assert summary == (
+        f"store: {sent} messages, {stored} records received; {stored} records ({affect} affect) "
+        f"written to sqlite:{db}; none lost"
+    )
 
 
 @pytest.mark.parametrize("sink", ["influx://127.0.0.1:8086?bucket=", "affect.csv", "sqlite:"])
@@ -188,10 +233,18 @@ def test_writing_a_window_again_replaces_it(tmp_path: Path) -> None:
     from bus import Message
 
     db = tmp_path / "a.db"
-    msg = Message(kind="affect", device="d", modality="affect", seq=0, t0_s=T0, fs_hz=0,
-                  meta=affect_meta(T0, tasks=("stress",)))
-    again = Message(kind="affect", device="d", modality="affect", seq=1, t0_s=T0, fs_hz=0,
-                    meta=affect_meta(T0, tasks=("stress",), labels={"stress": "amusement"}))
+    msg = Message(
+        kind="affect", device="d", modality="affect", seq=0, t0_s=T0, fs_hz=0, meta=affect_meta(T0, tasks=("stress",))
+    )
+    again = Message(
+        kind="affect",
+        device="d",
+        modality="affect",
+        seq=1,
+        t0_s=T0,
+        fs_hz=0,
+        meta=affect_meta(T0, tasks=("stress",), labels={"stress": "amusement"}),
+    )
 
     async def go() -> None:
         async with SqliteSink(db) as sink:
@@ -231,15 +284,25 @@ def test_messages_lost_on_the_bus_are_recorded_as_a_gap(tmp_path: Path, bus_addr
                     assert await pub.wait_for_subscribers(device_topics("dev1"), 10) == []
                     for seq in (0, 1, 6):  # 2..5 never sent: four messages lost upstream
                         t = T0 + 20 + seq
-                        await pub.send(Message(kind="affect", device="dev1", modality="affect", seq=seq, t0_s=t,
-                                               fs_hz=0, meta=affect_meta(t, tasks=("stress",))))
+                        await pub.send(
+                            Message(
+                                kind="affect",
+                                device="dev1",
+                                modality="affect",
+                                seq=seq,
+                                t0_s=t,
+                                fs_hz=0,
+                                meta=affect_meta(t, tasks=("stress",)),
+                            )
+                        )
                 await node.wait_processed(3, 30)
                 stop.set()
                 await runner
 
     asyncio.run(go())
     assert rows(db, "SELECT time_s, event, value, detail, source FROM device_status") == [
-        (T0 + 26, "bus_gap", 4.0, '{"topic":"affect/dev1/"}', "replay")]
+        (T0 + 26, "bus_gap", 4.0, '{"topic":"affect/dev1/"}', "replay")
+    ]
     assert rows(db, "SELECT count(*) FROM affect") == [(3,)]
 
 
@@ -256,8 +319,24 @@ def test_replayed_recording_into_the_store(tmp_path: Path, bus_address: str, hub
     store.wait_for_stderr("store:")
     # the store does not listen to ACC, IBI, tags or labels; a tap does, so that replay's
     # wait-for-subscribers handshake can only complete once the store's own subscriptions are in
-    others = Proc(["tap", "--bus", bus_address, "--topic", "raw/acc/", "--topic", "raw/ibi/", "--topic", "raw/tag/",
-                   "--topic", "raw/battery/", "--topic", "label/"], stdout=subprocess.DEVNULL)
+    others = Proc(
+        [
+            "tap",
+            "--bus",
+            bus_address,
+            "--topic",
+            "raw/acc/",
+            "--topic",
+            "raw/ibi/",
+            "--topic",
+            "raw/tag/",
+            "--topic",
+            "raw/battery/",
+            "--topic",
+            "label/",
+        ],
+        stdout=subprocess.DEVNULL,
+    )
     procs.append(others)
     run_cli("replay", str(sim), "--bus", bus_address, "--speed", "max", "--wait", "60", check=True)
     store.popen.send_signal(signal.SIGTERM)
@@ -269,8 +348,11 @@ def test_replayed_recording_into_the_store(tmp_path: Path, bus_address: str, hub
     assert rows(db, "SELECT DISTINCT source FROM physio") == [("replay",)]
     (n_eda,) = rows(db, "SELECT count(*) FROM physio WHERE signal = 'eda_us'")[0]
     assert 178 <= n_eda <= 181  # one per second of a 3-minute recording
-    pairs = rows(db, """SELECT a.value, b.value FROM physio a JOIN physio b USING (device, source, time_s)
-                        WHERE a.signal = 'hr_bpm' AND b.signal = 'hr_device_bpm'""")
+    pairs = rows(
+        db,
+        """SELECT a.value, b.value FROM physio a JOIN physio b USING (device, source, time_s)
+                        WHERE a.signal = 'hr_bpm' AND b.signal = 'hr_device_bpm'""",
+    )
     assert len(pairs) > 120
     assert np.median([abs(a - b) for a, b in pairs]) < 8.0
 
@@ -278,6 +360,7 @@ def test_replayed_recording_into_the_store(tmp_path: Path, bus_address: str, hub
 def test_stores_and_spools_are_created_for_their_owner_only(tmp_path: Path) -> None:
     """Health data: a new SQLite store (with its WAL files) 0600 in a new folder 0700; the
     InfluxDB spool's folder 0700 and its batch and lock files 0600, whatever the umask lets others have."""
+
     def mode(p: Path) -> int:
         return stat.S_IMODE(os.stat(p).st_mode)
 

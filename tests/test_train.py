@@ -10,13 +10,22 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from common.errors import UserError
 from inference.dataset import Normalizer, WindowSet, windows_from_messages
 from inference.metrics import confusion, macro_f1, task_scores
 from inference.model import M3Sense, ModelConfig
 from inference.sources import parse_source, source_windows
-from inference.train import (TrainConfig, detailed_scores, init_model, predict_probs, resolve_groups, split_paper,
-                             split_subjects, to_tensors, train_model)
-from m3sense.errors import UserError
+from inference.train import (
+    TrainConfig,
+    detailed_scores,
+    init_model,
+    predict_probs,
+    resolve_groups,
+    split_paper,
+    split_subjects,
+    to_tensors,
+    train_model,
+)
 from tests.conftest import run_cli
 from tests.model_helpers import one_torch_thread, quality, window  # noqa: F401  (autouse fixture)
 
@@ -25,27 +34,37 @@ SHAPES = {m: CFG.input_shape(m) for m in CFG.modalities}
 
 
 def as_set(windows, source="test") -> WindowSet:
-    return windows_from_messages([w.to_message() for w in windows], modalities=CFG.modalities, shapes=SHAPES,
-                                 tasks=CFG.tasks, classes=CFG.classes, source=source)
+    return windows_from_messages(
+        [w.to_message() for w in windows],
+        modalities=CFG.modalities,
+        shapes=SHAPES,
+        tasks=CFG.tasks,
+        classes=CFG.classes,
+        source=source,
+    )
 
 
 def test_labels_become_indices_and_unknown_labels_are_masked():
-    ws = as_set([
-        window(labels={"stress": "amusement", "emotion": "high"}),
-        window(labels={"stress": "meditation"}),  # not a model class: no stress label
-        window(labels={"anxiety": "low"}),
-    ])
+    ws = as_set(
+        [
+            window(labels={"stress": "amusement", "emotion": "high"}),
+            window(labels={"stress": "meditation"}),  # not a model class: no stress label
+            window(labels={"anxiety": "low"}),
+        ]
+    )
     assert ws.labels.tolist() == [[2, -1, 1], [-1, -1, -1], [-1, 0, -1]]
     assert ws.labelled.tolist() == [True, False, True]
 
 
 def test_absent_modality_and_low_quality_windows():
-    ws = as_set([
-        window(present={"eda": False}),
-        window(q=quality(off_wrist=True, usable=False)),
-        window(q=quality(missing_fraction=0.8, usable=False)),
-        window(present={"bvp": False, "eda": False, "temp": False}),  # nothing to run the model on
-    ])
+    ws = as_set(
+        [
+            window(present={"eda": False}),
+            window(q=quality(off_wrist=True, usable=False)),
+            window(q=quality(missing_fraction=0.8, usable=False)),
+            window(present={"bvp": False, "eda": False, "temp": False}),  # nothing to run the model on
+        ]
+    )
     assert len(ws) == 1
     assert ws.present.tolist() == [[True, False, True]]
     assert ws.inputs["bvp"].shape == (1, 1280, 1) and ws.inputs["eda"].shape == (1, 80, 1)
@@ -70,10 +89,16 @@ def test_paper_split_is_a_stratified_partition(rows):
     labels = np.full((len(rows), 3), -1)
     for i, (c, _) in enumerate(rows):
         labels[i, 0] = c
-    ws = WindowSet(modalities=("eda",), tasks=("stress", "anxiety", "emotion"),
-                   inputs={"eda": np.zeros((len(rows), 80, 1), np.float32)}, present=np.ones((len(rows), 1), bool),
-                   labels=labels, groups=np.array([f"s{g}" for _, g in rows]), sources=np.array(["x"] * len(rows)),
-                   t0_s=np.zeros(len(rows)))
+    ws = WindowSet(
+        modalities=("eda",),
+        tasks=("stress", "anxiety", "emotion"),
+        inputs={"eda": np.zeros((len(rows), 80, 1), np.float32)},
+        present=np.ones((len(rows), 1), bool),
+        labels=labels,
+        groups=np.array([f"s{g}" for _, g in rows]),
+        sources=np.array(["x"] * len(rows)),
+        t0_s=np.zeros(len(rows)),
+    )
     s = split_paper(ws, seed=333)
     parts = [s.train, s.val, s.test, s.unlabeled]
     assert sorted(np.concatenate(parts).tolist()) == list(range(len(rows)))
@@ -94,9 +119,13 @@ def test_subject_split_never_shares_a_recording():
     with pytest.raises(ValueError, match="matches none"):
         split_subjects(ws, seed=1, test_groups=["nobody"])
     # A bare name picks among the labelled recordings only: an unlabelled "u/s7" is no rival.
-    both = WindowSet.concat([
-        as_set([window(device="a/s7", t0=10.0 * i, labels={"stress": "baseline"}, seed=i) for i in range(3)]),
-        as_set([window(device="u/s7", t0=10.0 * i, labels={}, seed=i) for i in range(3)]), ws])
+    both = WindowSet.concat(
+        [
+            as_set([window(device="a/s7", t0=10.0 * i, labels={"stress": "baseline"}, seed=i) for i in range(3)]),
+            as_set([window(device="u/s7", t0=10.0 * i, labels={}, seed=i) for i in range(3)]),
+            ws,
+        ]
+    )
     s3 = split_subjects(both, seed=1, test_groups=["s7"])
     assert set(both.groups[s3.test]) == {"a/s7"} and len(s3.unlabeled) == 3
 
@@ -104,7 +133,10 @@ def test_subject_split_never_shares_a_recording():
 def test_test_subjects_may_be_named_by_device_when_unambiguous():
     groups = np.array(["synthetic(seed=1)/sim01", "synthetic(seed=1)/sim02", "synthetic(seed=2)/sim01", "S5"])
     assert resolve_groups(["sim02", "S5", "synthetic(seed=2)/sim01"], groups) == [
-        "synthetic(seed=1)/sim02", "S5", "synthetic(seed=2)/sim01"]
+        "synthetic(seed=1)/sim02",
+        "S5",
+        "synthetic(seed=2)/sim01",
+    ]
     with pytest.raises(ValueError, match="matches several"):
         resolve_groups(["sim01"], groups)
 
@@ -123,8 +155,19 @@ def test_metrics_against_hand_counts():
 
 
 def tiny_cfg() -> ModelConfig:
-    return ModelConfig(tasks=CFG.tasks, modalities=CFG.modalities, window_s=20.0, cnn_channels=(8, 4), embed_dim=16,
-                       lstm_hidden=16, fusion_dim=16, task_dim=32, fc_dims=(32, 16), latent_dim=8, head_hidden=16)
+    return ModelConfig(
+        tasks=CFG.tasks,
+        modalities=CFG.modalities,
+        window_s=20.0,
+        cnn_channels=(8, 4),
+        embed_dim=16,
+        lstm_hidden=16,
+        fusion_dim=16,
+        task_dim=32,
+        fc_dims=(32, 16),
+        latent_dim=8,
+        head_hidden=16,
+    )
 
 
 def test_short_training_lowers_the_loss_and_learns():
@@ -133,16 +176,27 @@ def test_short_training_lowers_the_loss_and_learns():
     wins = []
     for i in range(90):
         c = i % 3
-        wins.append(window(device=f"s{i % 5}", t0=20.0 * i, level=float(c), seed=i,
-                           labels={"stress": stress[c], "anxiety": ("low", "high")[c == 1]} if i % 4 else {}))
+        wins.append(
+            window(
+                device=f"s{i % 5}",
+                t0=20.0 * i,
+                level=float(c),
+                seed=i,
+                labels={"stress": stress[c], "anxiety": ("low", "high")[c == 1]} if i % 4 else {},
+            )
+        )
     ws = as_set(wins)
     cfg = tiny_cfg()
     norm = Normalizer.fit(ws)
     torch.manual_seed(0)
     labelled = np.flatnonzero(ws.labelled)
-    res = train_model(M3Sense(cfg), TrainConfig(epochs=15, batch_size=16, lr=3e-3, seed=333),
-                      to_tensors(ws.subset(labelled), norm), None,
-                      to_tensors(ws.subset(np.flatnonzero(~ws.labelled)), norm))
+    res = train_model(
+        M3Sense(cfg),
+        TrainConfig(epochs=15, batch_size=16, lr=3e-3, seed=333),
+        to_tensors(ws.subset(labelled), norm),
+        None,
+        to_tensors(ws.subset(np.flatnonzero(~ws.labelled)), norm),
+    )
     ce = [h.ce for h in res.history]
     assert np.mean(ce[-3:]) < 0.75 * ce[0], ce
     probs = predict_probs(res.model, to_tensors(ws.subset(labelled), norm))
@@ -162,14 +216,19 @@ def test_short_training_lowers_the_loss_and_learns():
 
 
 def test_training_is_reproducible_with_the_seed():
-    ws = as_set([window(device=f"s{i % 3}", level=float(i % 2), seed=i, labels={"emotion": ("low", "high")[i % 2]})
-                 for i in range(24)])
+    ws = as_set(
+        [
+            window(device=f"s{i % 3}", level=float(i % 2), seed=i, labels={"emotion": ("low", "high")[i % 2]})
+            for i in range(24)
+        ]
+    )
     norm, cfg = Normalizer.fit(ws), tiny_cfg()
     runs = []
     for _ in range(2):
         torch.manual_seed(len(runs))  # whatever the global RNG holds, the seed decides
-        runs.append(train_model(init_model(cfg, 7), TrainConfig(epochs=2, batch_size=8, seed=7),
-                                to_tensors(ws, norm), None))
+        runs.append(
+            train_model(init_model(cfg, 7), TrainConfig(epochs=2, batch_size=8, seed=7), to_tensors(ws, norm), None)
+        )
     assert [h.loss for h in runs[0].history] == [h.loss for h in runs[1].history]
     for a, b in zip(runs[0].model.state_dict().values(), runs[1].model.state_dict().values()):
         assert torch.equal(a, b)
@@ -180,8 +239,20 @@ def test_train_command_gives_one_checkpoint_per_seed(tmp_path):
     outs = []
     for k in range(2):
         out = tmp_path / f"run{k}" / "model.safetensors"
-        proc = run_cli("train", "--data", "synthetic?minutes=2&subjects=3&seed=4", "--epochs", "1", "--threads", "1",
-                       "--no-cache", "--json", "--out", str(out), check=True)
+        proc = run_cli(
+            "train",
+            "--data",
+            "synthetic?minutes=2&subjects=3&seed=4",
+            "--epochs",
+            "1",
+            "--threads",
+            "1",
+            "--no-cache",
+            "--json",
+            "--out",
+            str(out),
+            check=True,
+        )
         outs.append((json.loads(proc.stdout), out.read_bytes()))
     assert outs[0] == outs[1]
     assert set(outs[0][0]) == {"stress", "anxiety", "emotion"}

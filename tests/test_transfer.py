@@ -18,18 +18,39 @@ from inference.transfer import frozen_parts, transfer_model
 from tests.conftest import run_cli
 from tests.model_helpers import one_torch_thread, window  # noqa: F401  (autouse fixture)
 
-TINY = dict(cnn_channels=(8, 4), embed_dim=16, lstm_hidden=16, fusion_dim=16, task_dim=24, fc_dims=(24, 16),
-            latent_dim=8, head_hidden=8)
+TINY = dict(
+    cnn_channels=(8, 4),
+    embed_dim=16,
+    lstm_hidden=16,
+    fusion_dim=16,
+    task_dim=24,
+    fc_dims=(24, 16),
+    latent_dim=8,
+    head_hidden=8,
+)
 CLASSES = ModelConfig().classes
 
 
 def windows(cfg: ModelConfig, n: int = 24) -> WindowSet:
     """Windows whose anxiety label follows a class-dependent signal."""
-    ws = [window(device=f"d{i % 3}", t0=10.0 * i, level=float(i % 2), seed=i,
-                 labels={"anxiety": ("low", "high")[i % 2], "stress": "baseline"}) for i in range(n)]
-    return windows_from_messages([w.to_message() for w in ws], modalities=cfg.modalities,
-                                 shapes={m: cfg.input_shape(m) for m in cfg.modalities}, tasks=cfg.tasks,
-                                 classes=cfg.classes, source="test")
+    ws = [
+        window(
+            device=f"d{i % 3}",
+            t0=10.0 * i,
+            level=float(i % 2),
+            seed=i,
+            labels={"anxiety": ("low", "high")[i % 2], "stress": "baseline"},
+        )
+        for i in range(n)
+    ]
+    return windows_from_messages(
+        [w.to_message() for w in ws],
+        modalities=cfg.modalities,
+        shapes={m: cfg.input_shape(m) for m in cfg.modalities},
+        tasks=cfg.tasks,
+        classes=cfg.classes,
+        source="test",
+    )
 
 
 @pytest.mark.parametrize("fusion", ["cam", "hamlet"])
@@ -38,12 +59,20 @@ def test_frozen_parts_and_old_answers_do_not_move(fusion):
     source = M3Sense(ModelConfig(fusion=fusion, tasks=("stress", "emotion"), classes=CLASSES, **TINY)).eval()
     model = transfer_model(source, ("anxiety",), CLASSES, seed=1)
     assert model.cfg.tasks == ("stress", "emotion", "anxiety")
-    assert set(frozen_parts(model)) == {"encoders", "fusion", "recognition", "task_encoders.stress",
-                                        "task_encoders.emotion", "heads.stress", "heads.emotion"}
+    assert set(frozen_parts(model)) == {
+        "encoders",
+        "fusion",
+        "recognition",
+        "task_encoders.stress",
+        "task_encoders.emotion",
+        "heads.stress",
+        "heads.emotion",
+    }
     before = {k: v.clone() for k, v in model.state_dict().items()}
     ws = windows(model.cfg)
     ws = ws.subset(np.flatnonzero(ws.labels[:, 2] >= 0))
     from dataclasses import replace
+
     ws = replace(ws, labels=np.where(np.array([False, False, True])[None, :], ws.labels, -1))
     data = to_tensors(ws, Normalizer.fit(ws))
     train_model(model, TrainConfig(epochs=2, batch_size=8, seed=1), data, None)
@@ -78,19 +107,50 @@ def test_train_init_freeze_encoders_command(tmp_path):
     loads, answers all three, says what it started from, and its old tasks' weights are the
     base's, bit for bit."""
     base = tmp_path / "base.safetensors"
-    run_cli("train", "--data", f"{DATA}&tasks=stress,emotion", "--tasks", "stress,emotion", "--epochs", "1",
-            "--threads", "1", "--out", str(base), check=True)
+    run_cli(
+        "train",
+        "--data",
+        f"{DATA}&tasks=stress,emotion",
+        "--tasks",
+        "stress,emotion",
+        "--epochs",
+        "1",
+        "--threads",
+        "1",
+        "--out",
+        str(base),
+        check=True,
+    )
     new = tmp_path / "new.safetensors"
-    proc = run_cli("train", "--init", str(base), "--freeze", "encoders", "--tasks", "anxiety", "--data",
-                   "synthetic?minutes=4&subjects=3&seed=9", "--epochs", "1", "--threads", "1", "--json",
-                   "--out", str(new), check=True)
+    proc = run_cli(
+        "train",
+        "--init",
+        str(base),
+        "--freeze",
+        "encoders",
+        "--tasks",
+        "anxiety",
+        "--data",
+        "synthetic?minutes=4&subjects=3&seed=9",
+        "--epochs",
+        "1",
+        "--threads",
+        "1",
+        "--json",
+        "--out",
+        str(new),
+        check=True,
+    )
     assert set(json.loads(proc.stdout)) == {"anxiety"}
     ckpt = load_checkpoint(new)
     assert ckpt.config.tasks == ("stress", "emotion", "anxiety")
     init = ckpt.provenance["init"]
     assert init["learned"] == ["anxiety"] and init["model"] == load_checkpoint(base).model_id
     assert "encoders" in init["frozen"] and "heads.stress" in init["frozen"]
-    assert ckpt.provenance["tasks_learned_from"]["stress"] == load_checkpoint(base).provenance["tasks_learned_from"]["stress"]
+    assert (
+        ckpt.provenance["tasks_learned_from"]["stress"]
+        == load_checkpoint(base).provenance["tasks_learned_from"]["stress"]
+    )
     a, b = load_file(str(base)), load_file(str(new))
     for k, v in a.items():
         if k != "fusion.query.weight":

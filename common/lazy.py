@@ -12,7 +12,9 @@ from importlib import import_module
 from typing import Any
 
 
-def lazy_surface(package: str, where: Mapping[str, str]) -> tuple[list[str], Callable[[str], Any], Callable[[], list[str]]]:
+def lazy_surface(
+    package: str, where: Mapping[str, str]
+) -> tuple[list[str], Callable[[str], Any], Callable[[], list[str]]]:
     """``__all__, __getattr__, __dir__`` for ``package``, whose public ``name`` lives in
     the submodule ``where[name]``; a loaded name is cached in the package."""
     names = sorted(where)
