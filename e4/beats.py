@@ -33,7 +33,9 @@ autocorrelation spacing) erred by 7 bpm in the median; ``bench/beats_accuracy.py
 
 from __future__ import annotations
 
+import functools
 import math
+import statistics
 from collections import deque
 from dataclasses import dataclass
 
@@ -44,6 +46,14 @@ from scipy import signal
 BAND_HZ = (0.7, 3.5)
 #: Intervals (s) a heart can make between two beats: 40-180 bpm.
 IBI_RANGE_S = (0.33, 1.5)
+
+
+@functools.cache
+def _bandpass(band_hz: tuple[float, float], fs_hz: float) -> tuple[np.ndarray, np.ndarray]:
+    """The band-pass and its unit start state, designed once per (band, rate): every window's
+    features start a detector, and ``butter`` cost more than the detection itself."""
+    sos = signal.butter(2, band_hz, btype="bandpass", fs=fs_hz, output="sos")
+    return sos, signal.sosfilt_zi(sos)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -112,7 +122,7 @@ class BeatDetector:
         self.fs_hz = fs_hz
         self.hr_every_s = hr_every_s
         self.hr_window_s = hr_window_s
-        self._sos = signal.butter(2, band_hz, btype="bandpass", fs=fs_hz, output="sos")
+        self._sos, self._sos_zi_unit = _bandpass(tuple(band_hz), fs_hz)
         self._env_a = math.exp(-1.0 / (2.0 * fs_hz))  # 2 s time constant
         self._refractory_s = refractory_s
         self._ibi_range_s = ibi_range_s
@@ -146,7 +156,7 @@ class BeatDetector:
         lo, hi = self._ibi_range_s
         ok = lo <= ibi <= hi
         if ok and self._recent:
-            ref = float(np.median(self._recent))
+            ref = float(statistics.median(self._recent))  # of <= 5: numpy's call costs 20x more
             ok = abs(ibi - ref) <= self._max_change * ref
         if not ok:
             self._rejected_in_row += 1
@@ -198,7 +208,7 @@ class BeatDetector:
             x = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
         dt = 1.0 / self.fs_hz
         if self._zi is None:
-            self._zi = signal.sosfilt_zi(self._sos) * x[0]
+            self._zi = self._sos_zi_unit * x[0]
             self._next_hr_t = (math.floor(t0_s / self.hr_every_s) + 1) * self.hr_every_s
         y, self._zi = signal.sosfilt(self._sos, x, zi=self._zi)
         env, self._env_zi = signal.lfilter([1 - self._env_a], [1, -self._env_a], y * y, zi=self._env_zi)
@@ -234,6 +244,7 @@ class BeatDetector:
 def window_beats(bvp: np.ndarray, fs_hz: float) -> tuple[np.ndarray, list[Beat]]:
     """All beat times (s from the window start) and the published beats of one complete window,
     by the same detector run over it from a cold start (nothing past the window is used)."""
-    det = BeatDetector(fs_hz=fs_hz, hr_window_s=math.inf)  # keep every peak of the window
+    # keep every peak of the window; no per-second rates (nobody reads them here)
+    det = BeatDetector(fs_hz=fs_hz, hr_window_s=math.inf, hr_every_s=math.inf)
     out = det.push(0.0, bvp)
     return det.peak_times(), list(out.beats)
