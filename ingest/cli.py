@@ -12,6 +12,18 @@ from pathlib import Path
 from typing import Any
 
 from bus.cli import add_bus_option
+from common.argtypes import (
+    deprecated_alias,
+    finite_number,
+    fraction,
+    non_negative_int,
+    non_negative_seconds,
+    port,
+    positive_int,
+    positive_minutes,
+    positive_number,
+    positive_seconds,
+)
 from common.errors import UserError
 
 
@@ -26,14 +38,14 @@ def _add_layout_options(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--temp-offset",
-        type=float,
+        type=finite_number,
         default=-275.54,
         metavar="C",
         help="°C = raw * 0.02 + OFFSET (default -275.54; a plain thermopile gives -273.15)",
     )
     g.add_argument(
         "--temp-samples",
-        type=int,
+        type=positive_int,
         default=4,
         metavar="N",
         help="uint16 samples per 0x3EA6 packet (default 4; some notes say 8)",
@@ -78,8 +90,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     bsub.required = True
 
     s = bsub.add_parser("scan", help="list advertising E4s with address and RSSI")
-    s.add_argument("--timeout", type=float, default=5.0, metavar="S", help="scan time (default 5 s)")
-    s.add_argument("--virtual", type=int, default=0, metavar="N", help="scan N virtual wristbands instead")
+    deprecated_alias(
+        s,
+        "--timeout",
+        s.add_argument(
+            "--timeout-s", dest="timeout", type=positive_seconds, default=5.0, metavar="S", help="scan time (default 5)"
+        ),
+    )
+    s.add_argument("--virtual", type=non_negative_int, default=0, metavar="N", help="scan N virtual wristbands instead")
     s.add_argument("--json", action="store_true", help="one JSON object per device")
     s.set_defaults(func=_scan)
 
@@ -100,52 +118,90 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="wristband address, optionally with the bus device id to use (repeatable; "
         "with --virtual, default all virtual ones)",
     )
-    st.add_argument("--virtual", type=int, default=0, metavar="N", help="stream N virtual wristbands")
-    st.add_argument("--duration", type=float, metavar="S", help="stop after S seconds (host-clock seconds)")
+    st.add_argument("--virtual", type=non_negative_int, default=0, metavar="N", help="stream N virtual wristbands")
+    deprecated_alias(
+        st,
+        "--duration",
+        st.add_argument(
+            "--duration-s",
+            dest="duration",
+            type=positive_seconds,
+            metavar="S",
+            help="stop after S seconds (host-clock seconds)",
+        ),
+    )
     st.add_argument(
         "--raw-log",
         type=Path,
         metavar="FILE",
         help="append every notification with its arrival time (JSON lines; `ble decode --raw-log` replays it)",
     )
-    st.add_argument(
+    deprecated_alias(
+        st,
         "--watchdog",
-        type=float,
-        default=5.0,
-        metavar="S",
-        help="reconnect when a connected wristband sends no BVP/ACC for S seconds (default 5)",
+        st.add_argument(
+            "--watchdog-s",
+            dest="watchdog",
+            type=positive_seconds,
+            default=5.0,
+            metavar="S",
+            help="reconnect when a connected wristband sends no BVP/ACC for S seconds (default 5)",
+        ),
     )
     st.add_argument("--no-heart", action="store_true", help="do not derive hr/ibi from BVP")
     _add_privacy_options(st)
-    st.add_argument(
+    deprecated_alias(
+        st,
         "--wait",
-        type=float,
-        default=0.0,
-        metavar="S",
-        help="first wait up to S seconds for a subscriber to each wristband's BVP (default: don't)",
+        st.add_argument(
+            "--wait-s",
+            dest="wait",
+            type=non_negative_seconds,
+            default=0.0,
+            metavar="S",
+            help="first wait up to S seconds for a subscriber to each wristband's BVP (default 0: don't)",
+        ),
     )
     v = st.add_argument_group("virtual wristbands (--virtual)")
     v.add_argument(
         "--time-scale",
-        type=float,
+        type=positive_number,
         default=1.0,
         metavar="K",
         help="run the virtual wristbands and the host clock K times faster than real time",
     )
-    v.add_argument("--seed", type=int, default=0, help="seed of the virtual signals and faults")
+    v.add_argument("--seed", type=non_negative_int, default=0, help="seed of the virtual signals and faults")
     v.add_argument(
         "--minutes",
-        type=float,
+        type=positive_minutes,
         default=10.0,
         metavar="M",
         help="length of the synthetic session each virtual wristband loops (default 10)",
     )
-    v.add_argument("--drop", type=float, default=0.0, metavar="F", help="fraction of notifications lost")
-    v.add_argument("--corrupt", type=float, default=0.0, metavar="F", help="fraction sent oversized")
-    v.add_argument("--truncate", type=float, default=0.0, metavar="F", help="fraction sent truncated")
-    v.add_argument("--disconnect-every", type=float, metavar="S", help="drop the link every S seconds")
-    v.add_argument(
-        "--zombie-after", type=float, metavar="S", help="go silent (still 'connected') S seconds into each connection"
+    v.add_argument("--drop", type=fraction, default=0.0, metavar="F", help="fraction of notifications lost")
+    v.add_argument("--corrupt", type=fraction, default=0.0, metavar="F", help="fraction sent oversized")
+    v.add_argument("--truncate", type=fraction, default=0.0, metavar="F", help="fraction sent truncated")
+    deprecated_alias(
+        v,
+        "--disconnect-every",
+        v.add_argument(
+            "--disconnect-every-s",
+            dest="disconnect_every",
+            type=positive_seconds,
+            metavar="S",
+            help="drop the link every S seconds",
+        ),
+    )
+    deprecated_alias(
+        v,
+        "--zombie-after",
+        v.add_argument(
+            "--zombie-after-s",
+            dest="zombie_after",
+            type=positive_seconds,
+            metavar="S",
+            help="go silent (still 'connected') S seconds into each connection",
+        ),
     )
     _add_layout_options(st)
     st.set_defaults(func=_stream)
@@ -185,7 +241,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add_bus_option(e)
     e.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    e.add_argument("--port", type=int, default=28000, help="TCP port (default 28000, the vendor's; 0 = any free)")
+    e.add_argument("--port", type=port, default=28000, help="TCP port (default 28000, the vendor's; 0 = any free)")
     e.add_argument(
         "--allow",
         action="append",
@@ -214,7 +270,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--server", default="127.0.0.1:28000", metavar="HOST:PORT", help="default 127.0.0.1:28000")
     c.add_argument("--device", metavar="ID", help="wristband id on the server (default: the first listed)")
     c.add_argument("--as", dest="bus_device", metavar="NAME", help="device id on the bus (default: the server's id)")
-    c.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
+    deprecated_alias(
+        c,
+        "--duration",
+        c.add_argument(
+            "--duration-s", dest="duration", type=positive_seconds, metavar="S", help="stop after S seconds"
+        ),
+    )
     c.add_argument(
         "--token-file",
         type=Path,

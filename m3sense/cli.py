@@ -15,6 +15,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from common.argtypes import OneLineErrorParser
 from common.errors import UserError
 
 #: Packages whose ``cli.register`` adds sub-commands, in the order ``--help`` lists them.
@@ -31,7 +32,7 @@ COMMAND_MODULES = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrorParser(  # its sub-commands' parsers are of its class too: every usage error is one line
         prog="m3sense",
         description="Streaming affect monitor for the Empatica E4: ingest, preprocess, infer, store.",
     )
