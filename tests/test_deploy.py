@@ -18,16 +18,16 @@ import pytest
 from m3sense.cli import build_parser
 from storage.alerts import load_rules
 from storage.target import InfluxTarget, MqttTarget, parse_sink
-from tests.conftest import REPO
+from tests.conftest import REPO, needs
 from tests.servers import MOSQUITTO, MOSQUITTO_PASSWD, MOSQUITTO_SUB, free_port
 
 yaml = pytest.importorskip("yaml")
 
 DEPLOY = REPO / "deploy"
 MOSQUITTO_PUB = shutil.which("mosquitto_pub")
-NEEDS_MOSQUITTO = pytest.mark.skipif(
-    None in (MOSQUITTO, MOSQUITTO_PASSWD, MOSQUITTO_SUB, MOSQUITTO_PUB),
-    reason="mosquitto not installed (apt-get install mosquitto mosquitto-clients)",
+NEEDS_MOSQUITTO = needs(
+    None not in (MOSQUITTO, MOSQUITTO_PASSWD, MOSQUITTO_SUB, MOSQUITTO_PUB),
+    "mosquitto not installed (apt-get install mosquitto mosquitto-clients)",
 )
 
 

@@ -169,6 +169,7 @@ def test_timeline_json_and_plot_read_the_store(tmp_path: Path, bus_address: str,
 
     code, one, _ = timeline(capsys, "--sink", str(db), "--json", "--device", "dev2", "--since", str(ends[2]))
     picked = [json.loads(line) for line in one.splitlines()]
+    assert code == 0
     assert {x["device"] for x in picked} == {"dev2"} and min(x["time"] for x in picked) == ends[2]
     assert len(picked) == 3 * (len(ends) - 2)
 
@@ -213,6 +214,8 @@ def test_store_command_flushes_everything_on_sigterm(
         "exit_code": 0,
         "received": stored,
         "error": None,
+        "lost_windows": 0,
+        "lost_windows_by_device": {},
     }
     assert summary == (
         f"store: {sent} messages, {stored} records received; {stored} records ({affect} affect) "
@@ -343,7 +346,7 @@ def test_replayed_recording_into_the_store(tmp_path: Path, bus_address: str, hub
     assert store.popen.wait(timeout=60) == 0
     assert store.popen.stderr.read().splitlines()[-1].endswith("; none lost")
 
-    (device,) = [d for (d,) in rows(db, "SELECT DISTINCT device FROM physio")]
+    assert len(rows(db, "SELECT DISTINCT device FROM physio")) == 1
     assert [e for (e,) in rows(db, "SELECT event FROM device_status ORDER BY time_s")] == ["start", "end"]
     assert rows(db, "SELECT DISTINCT source FROM physio") == [("replay",)]
     (n_eda,) = rows(db, "SELECT count(*) FROM physio WHERE signal = 'eda_us'")[0]
