@@ -13,6 +13,7 @@ import argparse
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from inference.baselines import (
     KINDS,
+    FeatureModel,
     feature_floor,
     load_feature_model,
     make_estimator,
@@ -98,7 +100,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for kind in args.kinds.split(","):
             est = make_estimator(kind, 0)
-            t_fit = _timed(lambda: est.fit(xf, y))
+            t_fit = _timed(partial(est.fit, xf, y))
             path = save_feature_model(
                 Path(tmp) / f"{kind}.onnx",
                 est,
@@ -114,7 +116,7 @@ def main() -> int:
             )
             fm = load_feature_model(path)
 
-            def run(k: int) -> None:
+            def run(k: int, fm: FeatureModel = fm) -> None:
                 f = window_features({m: v[:k] for m, v in sig.items()})
                 fm.probs(f, ws.ref_mean[:k], ws.ref_sd[:k])
 

@@ -65,7 +65,8 @@ def fast_replay(minutes: float, devices: int, folder: Path) -> None:
     model_rate = len(windows) / (time.perf_counter() - t0)
     e2e_rate = len(arrivals) / streaming
     print(
-        f"(c) end-to-end {e2e_rate:.0f} windows/s vs model-only {model_rate:.0f} windows/s: {e2e_rate / model_rate:.0%} "
+        f"(c) end-to-end {e2e_rate:.0f} windows/s vs model-only {model_rate:.0f} windows/s: "
+        f"{e2e_rate / model_rate:.0%} "
         f"(the end-to-end figure shares two cores between replay, preprocess, infer and store)"
     )
 

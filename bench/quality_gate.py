@@ -34,7 +34,7 @@ def hold_last(x: np.ndarray, share: float, rng: np.random.Generator) -> np.ndarr
         return x
     out = x.copy()
     n = x.shape[1]
-    k = int(round(share * n))
+    k = round(share * n)
     for i in range(len(x)):
         start = int(rng.integers(1, n - k + 1)) if k < n else 0
         out[i, start : start + k] = out[i, max(start - 1, 0)]

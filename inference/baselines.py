@@ -13,6 +13,7 @@ settings, the per-feature floors, the confidence temperature and threshold, prov
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -116,7 +117,7 @@ def expected_calibration_error(probs: np.ndarray, y: np.ndarray, bins: int = 10)
     right = probs.argmax(axis=1) == y
     edges = np.linspace(0, 1, bins + 1)
     ece, table = 0.0, []
-    for lo, hi in zip(edges[:-1], edges[1:]):
+    for lo, hi in itertools.pairwise(edges):
         sel = (conf > lo) & (conf <= hi)
         if sel.any():
             gap = abs(right[sel].mean() - conf[sel].mean())

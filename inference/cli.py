@@ -9,6 +9,7 @@ import argparse
 import json
 import shlex
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 from bus.cli import add_bus_option
@@ -968,13 +969,18 @@ def _calibration(args) -> int:
         from inference.features import FEATURES
 
         m = dict(zip(FEATURES, r["mean"]))
-        fmt = lambda k, unit: "?" if m.get(k) is None else f"{m[k]:.2f} {unit}"  # noqa: E731
         print(
             f"{d}: {r['kind']} reference, {r['n_windows']} windows from {r['t_start_s']:.0f} to {r['t_end_s']:.0f} "
-            f"(Unix s): EDA {fmt('eda_mean_us', 'µS')}, temperature {fmt('temp_mean_c', '°C')}, "
-            f"heart rate {fmt('hr_bpm', 'bpm')}"
+            f"(Unix s): EDA {_feature_text(m, 'eda_mean_us', 'µS')}, "
+            f"temperature {_feature_text(m, 'temp_mean_c', '°C')}, heart rate {_feature_text(m, 'hr_bpm', 'bpm')}"
         )
     return 0
+
+
+def _feature_text(means: Mapping[str, float | None], name: str, unit: str) -> str:
+    """One reference mean for a person to read; '?' where the reference lacks it."""
+    value = means.get(name)
+    return "?" if value is None else f"{value:.2f} {unit}"
 
 
 def _export(args) -> int:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -265,7 +265,7 @@ class Setup:
     folds: int = 10
     split_seed: int = 0
     seeds: tuple[int, ...] = (1, 2, 3)
-    train: TrainConfig = TrainConfig()
+    train: TrainConfig = field(default_factory=TrainConfig)
     calibrated: bool = False  # inputs relative to each wearer's reference (features, and M3Sense's EDA/TEMP)
     few: int = 2  # fig7: labelled recordings the new head learns from
     few_epochs: int = 20  # fig7: epochs of the models learned from those few (a few batches per epoch)

@@ -133,10 +133,8 @@ class SpatialEncoder(nn.Module):
         # seg: (N, L, C) with N = B*S segments
         x = self.conv1(seg.unsqueeze(1))  # (N, c1, L, C)
         conv, bn_relu = self.conv2[0], self.conv2[1:]
-        if self.one_column:
-            x = F.conv2d(x, conv.weight[..., 1:2], conv.bias)  # same as the padded 3×3 on one column
-        else:
-            x = conv(x)
+        # one column: the same as the padded 3×3 on it
+        x = F.conv2d(x, conv.weight[..., 1:2], conv.bias) if self.one_column else conv(x)
         x = bn_relu(x)  # (N, c2, L-2, C)
         return self.embed(x.flatten(1))  # (N, embed_dim)
 

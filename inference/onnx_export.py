@@ -40,7 +40,8 @@ def export_onnx(model: M3Sense, path: str | Path, tasks: Sequence[str] | None = 
     tasks = tuple(cfg.tasks if tasks is None else tasks)
     model.task_indices(tasks)  # validates the subset
     graph = ProbabilityGraph(model, tasks).eval()
-    example = tuple(torch.zeros(2, *cfg.input_shape(m)) for m in cfg.modalities) + (
+    example = (
+        *(torch.zeros(2, *cfg.input_shape(m)) for m in cfg.modalities),
         torch.ones(2, len(cfg.modalities), dtype=torch.bool),
     )
     names = [*cfg.modalities, "present"]
@@ -78,6 +79,9 @@ class OnnxRunner:
         if threads:
             opts.intra_op_num_threads = threads
             opts.inter_op_num_threads = 1
+        # Idle pool threads would spin-wait for the next batch on cores that preprocess and the
+        # store need: a quarter more CPU per window for the same answers (bench/bench_scale.py).
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
         self.inputs = [i.name for i in self.session.get_inputs()]
         self.tasks = tuple(o.name.removeprefix("probs_") for o in self.session.get_outputs())

@@ -35,6 +35,8 @@ from inference.model import MODALITY_CHANNELS
 
 SYNTHETIC = "synthetic"
 #: What a bare ``synthetic`` means (and what its provenance name then spells out).
+# where source_windows keeps the windows it derived, unless told otherwise (a cache: safe to delete)
+DEFAULT_CACHE_DIR = Path(tempfile.gettempdir()) / "m3sense-windows"
 SYNTHETIC_DEFAULTS = {"minutes": "30", "subjects": "4", "seed": "1"}
 
 
@@ -158,7 +160,7 @@ def source_windows(
     tasks: Sequence[str],
     classes: Mapping[str, Sequence[str]],
     hop_s: float,
-    cache_dir: Path | None = Path(tempfile.gettempdir()) / "m3sense-windows",
+    cache_dir: Path | None = DEFAULT_CACHE_DIR,
     unlabeled: bool = False,
     calibration: CalibrationConfig | None = None,
 ) -> WindowSet:

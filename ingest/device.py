@@ -157,7 +157,7 @@ class DeviceIngest:
         if beats.hr:
             # consecutive whole seconds make one 1 Hz message; a second without beats splits it
             run = [beats.hr[0]]
-            for h in beats.hr[1:] + (None,):
+            for h in (*beats.hr[1:], None):
                 if h is not None and h.t_s == run[-1].t_s + 1.0:
                     run.append(h)
                     continue

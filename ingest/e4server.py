@@ -113,10 +113,7 @@ def data_lines(msg: Message) -> list[tuple[str, str]]:
     token, prefix = spec
     if msg.modality == "tag":
         return [(token, f"{prefix} {msg.t0_s:.6f}")]
-    if msg.fs_hz > 0:
-        times = msg.sample_times()
-    else:
-        times = np.full(msg.n, msg.t0_s)
+    times = msg.sample_times() if msg.fs_hz > 0 else np.full(msg.n, msg.t0_s)
     samples = msg.samples
     if msg.modality == "bvp" and msg.meta.get("unit") == "counts":
         samples = samples * BVP_NW_PER_COUNT

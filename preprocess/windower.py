@@ -497,10 +497,7 @@ class DeviceWindower:
         _, needs, late_at = self._wait
         if self._newest_s is not None and self._newest_s >= late_at:
             return True
-        for s, need in needs:
-            if s.contig is None or s.complete_until() < need:
-                return False
-        return True
+        return all(s.contig is not None and s.complete_until() >= need for s, need in needs)
 
     def _emit_ready(self) -> list[Window]:
         out = []

@@ -78,7 +78,7 @@ async def replay(
     pub.new_subscriptions()  # those waited for above are no news
     # status and label messages are renumbered here, so announcements can be slotted in between
     numbers = SequenceCounter()
-    topics_by_device = {r.device: topics_of(r) + [topic_for(STATUS, r.device)] for r in recordings}
+    topics_by_device = {r.device: [*topics_of(r), topic_for(STATUS, r.device)] for r in recordings}
     for i, (offset, msg) in enumerate(merged_messages(recordings)):
         if not math.isinf(speed):
             delay = started + offset / speed - loop.time()

@@ -112,10 +112,9 @@ def parse_periodic(text: str, path: str, modality: str) -> Signal:
             2,
         )
     values = _numbers(head[2] if len(head) > 2 else "", path, 3, columns)
-    nominal, dtype = PERIODIC[modality]
-    if dtype is np.int16:
-        if values.size and (np.any(values != np.round(values)) or np.abs(values).max() > 32767):
-            raise DataError(path, "ACC values must be integer counts (1/64 g)")
+    dtype = PERIODIC[modality][1]
+    if dtype is np.int16 and values.size and (np.any(values != np.round(values)) or np.abs(values).max() > 32767):
+        raise DataError(path, "ACC values must be integer counts (1/64 g)")
     return Signal(modality=modality, t0_s=t0, fs_hz=fs, values=values.astype(dtype))
 
 
@@ -345,7 +344,7 @@ tags.csv
 Event mark times.
 Each row corresponds to a physical button press on the device; the same time as the status LED is first illuminated.
 The time is expressed as a unix timestamp in UTC and it is synchronized with initial time of the session indicated in the related data files from the corresponding session.
-"""
+"""  # noqa: E501 -- Empatica's info.txt, verbatim
 
 
 def _rows(values: np.ndarray, decimals: int | None) -> Iterable[str]:

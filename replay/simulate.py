@@ -50,7 +50,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from itertools import chain
+from itertools import chain, pairwise
 from types import MappingProxyType
 
 import numpy as np
@@ -293,7 +293,8 @@ def simulate_sessions(
     stretches (one per session of 10 min or more, one more per further 60 min). ``motion``: allow
     gross motion bursts. ``mark_rest``: the wearer marks the baseline as their rest with the E4
     button (a double press 5 s into it, a press 5 s before its end), as a study protocol would
-    ask; the phase-change presses are there either way. Raises BadSimulationArgument (a ValueError) for arguments out of range.
+    ask; the phase-change presses are there either way. Raises BadSimulationArgument (a ValueError)
+    for arguments out of range.
     """
     bad = BadSimulationArgument
     if not (math.isfinite(float(minutes)) and float(minutes) * 60.0 >= _MIN_DURATION_S):
@@ -347,7 +348,7 @@ def _simulate_subject(
     bursts = _draw_bursts(rng["motion"], duration_s, kinds, bounds, off) if motion else []
     laughs = _draw_laughs(rng["events"], kinds, bounds, prof.laugh_rate_factor)
 
-    n = {m: int(round(duration_s * PERIODIC[m][0])) for m in ("bvp", "acc", "eda", "temp")}
+    n = {m: round(duration_s * PERIODIC[m][0]) for m in ("bvp", "acc", "eda", "temp")}
     t = {m: np.arange(k) / PERIODIC[m][0] for m, k in n.items()}
     on_segments = _on_segments(off, duration_s)
 
@@ -500,7 +501,7 @@ def _draw_schedule(
     lengths = np.array(nominal[:n]) * duration_s / sum(nominal[:n])
     edges = np.concatenate([[0.0], np.cumsum(lengths)])
     edges[-1] = duration_s
-    bounds = [(float(a), float(b)) for a, b in zip(edges[:-1], edges[1:])]
+    bounds = [(float(a), float(b)) for a, b in pairwise(edges)]
     return (candidates[:n], bounds, np.exp(rng.normal(0.0, 0.2, n)), np.exp(rng.normal(0.0, 0.15, n)))
 
 
@@ -836,7 +837,7 @@ def _detected_beats(
 def _hr_csv(ibi_t: np.ndarray, ibi: np.ndarray, duration_s: float, fallback_bpm: float) -> np.ndarray:
     """HR.csv values (bpm, 1 Hz from session start + 10 s): mean instantaneous HR of the IBI rows
     in the 10 s before each second, held over stretches without rows."""
-    n = max(0, int(math.floor(duration_s - 10.0)))
+    n = max(0, math.floor(duration_s - 10.0))
     ends = 10.0 + np.arange(n)
     lo, hi = np.searchsorted(ibi_t, ends - 10.0), np.searchsorted(ibi_t, ends)
     csum = np.concatenate([[0.0], np.cumsum(60.0 / ibi)])

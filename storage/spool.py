@@ -22,7 +22,8 @@ class Spool:
         self.folder = folder
         self.max_bytes = max_bytes
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)  # spooled points are health data: owner only
-        self._lock = open(_private(folder / "lock"), "w")
+        # held open, not in a with block: the flock lasts as long as the spool
+        self._lock = open(_private(folder / "lock"), "w")  # noqa: SIM115
         try:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
