@@ -16,6 +16,7 @@ from bus.endpoints import (
     is_nats,
     nats_servers,
 )
+from common.argtypes import deprecated_alias, positive_int, positive_seconds
 
 #: commands whose subscribers only watch: on NATS they take no durable consumer unless --consumer names one
 _WATCHERS = ("tap", "run")
@@ -116,8 +117,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     t.add_argument("--json", action="store_true", help="one JSON object per line")
     t.add_argument("--values", action="store_true", help="include the samples (and named arrays)")
-    t.add_argument("--count", type=int, metavar="N", help="exit after N messages")
-    t.add_argument("--idle-exit", type=float, metavar="S", help="exit after S seconds without a message")
+    t.add_argument("--count", type=positive_int, metavar="N", help="exit after N messages")
+    deprecated_alias(
+        t,
+        "--idle-exit",
+        t.add_argument(
+            "--idle-exit-s",
+            dest="idle_exit",
+            type=positive_seconds,
+            metavar="S",
+            help="exit after S seconds without a message",
+        ),
+    )
     t.set_defaults(func=_tap)
 
     k = sub.add_parser(

@@ -13,7 +13,29 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from bus.cli import add_bus_option
+from common.argtypes import (
+    deprecated_alias,
+    fraction,
+    non_negative_int,
+    non_negative_number,
+    non_negative_seconds,
+    positive_int,
+    positive_minutes,
+    positive_number,
+    positive_seconds,
+)
 from common.errors import UserError
+
+#: what ``--model`` takes wherever a model answers (read by ``inference.answer.load_answerer``)
+MODEL_HELP = (
+    "a model file: M3Sense checkpoint (NAME.safetensors beside NAME.json, or their common stem), "
+    "feature model (.onnx) or bundle (.bundle.json); default: the shipped bundle"
+)
+#: what ``--data`` takes (``inference.sources``: anything ``replay`` reads, or the simulator)
+DATA_HELP = (
+    "labelled source: an E4 Connect folder or zip with labels.csv (or a folder of them), a data set in its "
+    "original layout (wesad:PATH, kemocon:PATH, verbio:PATH, unlabelled:PATH), or 'synthetic?minutes=30&subjects=6'"
+)
 
 PROTOCOLS = ("paper", "subjects")
 
@@ -23,11 +45,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "train",
         help="train M3Sense (Algorithm 1) or a feature baseline and score it on held-out people",
         description="Train on windows made from labelled recordings by the preprocess code path. "
-        "SOURCE is an E4 Connect folder/zip with labels.csv (or a folder of them), or "
+        "SOURCE is an E4 Connect folder/zip with labels.csv (or a folder of them), a data set in "
+        "its original layout (wesad:PATH, kemocon:PATH, verbio:PATH, unlabelled:PATH), or "
         "'synthetic?minutes=30&subjects=6&seed=1'; add '?tasks=a,b' (or '&tasks=') to keep "
         "only those tasks' labels.",
     )
-    p.add_argument("--data", action="append", required=True, metavar="SOURCE", help="labelled source (repeatable)")
+    p.add_argument("--data", action="append", required=True, metavar="SOURCE", help=DATA_HELP + " (repeatable)")
     p.add_argument(
         "--unlabeled",
         action="append",
@@ -56,25 +79,30 @@ def register(sub: argparse._SubParsersAction) -> None:
         "only one labelled source has a sim03)",
     )
     p.add_argument(
-        "--test-fraction", type=float, default=0.2, help="subjects protocol: share of each source's recordings held out"
+        "--test-fraction",
+        type=fraction,
+        default=0.2,
+        help="subjects protocol: share of each source's recordings held out",
     )
     p.add_argument(
         "--folds",
-        type=int,
+        type=non_negative_int,
         default=0,
         help="subjects protocol: K-fold cross-validation over recordings (no checkpoint)",
     )
     p.add_argument("--fusion", default="cam", choices=("cam", "hamlet", "keyless", "sum"))
     p.add_argument("--tasks", default="stress,anxiety,emotion")
     p.add_argument("--modalities", default="bvp,eda,temp")
-    p.add_argument("--epochs", type=int, default=65, help="the paper's 65 by default")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=3e-4)
-    p.add_argument("--weight-decay", type=float, default=1e-4)
-    p.add_argument("--gamma", type=float, default=0.3, help="weight of the alignment (KL) loss")
-    p.add_argument("--seed", type=int, default=333)
-    p.add_argument("--hop-s", type=float, default=10.0, help="seconds between the starts of training windows")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--epochs", type=positive_int, default=65, help="the paper's 65 by default")
+    p.add_argument("--batch-size", type=positive_int, default=32)
+    p.add_argument("--lr", type=positive_number, default=3e-4)
+    p.add_argument("--weight-decay", type=non_negative_number, default=1e-4)
+    p.add_argument("--gamma", type=non_negative_number, default=0.3, help="weight of the alignment (KL) loss")
+    p.add_argument("--seed", type=non_negative_int, default=333)
+    p.add_argument(
+        "--hop-s", type=positive_seconds, default=10.0, help="seconds between the starts of training windows"
+    )
+    p.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--no-cache", action="store_true", help="do not cache windows in the temp folder")
     p.add_argument("--json", action="store_true", help="print the test scores as one JSON object")
     p.add_argument(
@@ -111,7 +139,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--min-confidence",
-        type=float,
+        type=fraction,
         default=0.5,
         help="feature models: below this calibrated confidence the answer is withheld (default 0.5)",
     )
@@ -165,12 +193,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--folds",
-        type=int,
+        type=positive_int,
         default=None,
         help="subjects split: folds over the recordings (default one per recording, at most 10)",
     )
     p.add_argument("--seeds", default="1,2,3", metavar="A,B", help="model seeds; the spread is over them")
-    p.add_argument("--split-seed", type=int, default=0, help="fixes the folds (or the paper split) for every row")
+    p.add_argument(
+        "--split-seed", type=non_negative_int, default=0, help="fixes the folds (or the paper split) for every row"
+    )
     p.add_argument("--tasks", default=None, help="default: every task the data labels")
     p.add_argument("--modalities", default="bvp,eda,temp")
     p.add_argument("--rows", default=None, metavar="ID,ID", help="only these rows (their ids are in NAME.csv)")
@@ -184,10 +214,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="fig8: feature models and m3sense-FUSION networks (default rf,m3sense-cam)",
     )
     p.add_argument("--target", default=None, metavar="TASK,TASK", help="fig7: the unseen tasks (default every task)")
-    p.add_argument("--few", type=int, default=2, help="fig7: labelled recordings the new head learns from")
+    p.add_argument("--few", type=positive_int, default=2, help="fig7: labelled recordings the new head learns from")
     p.add_argument(
         "--few-epochs",
-        type=int,
+        type=positive_int,
         default=20,
         help="fig7: epochs of the from-scratch model and the new head on those few recordings "
         "(they hold a few batches; default 20)",
@@ -198,12 +228,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         default="none",
         help="none: absolute inputs, as in the paper (default); wearer: relative to each wearer",
     )
-    p.add_argument("--epochs", type=int, default=10, help="per network (the paper trained 65)")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=3e-4)
-    p.add_argument("--gamma", type=float, default=0.3, help="weight of the alignment (KL) loss where it is used")
-    p.add_argument("--hop-s", type=float, default=10.0)
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--epochs", type=positive_int, default=10, help="per network (the paper trained 65)")
+    p.add_argument("--batch-size", type=positive_int, default=32)
+    p.add_argument("--lr", type=positive_number, default=3e-4)
+    p.add_argument(
+        "--gamma", type=non_negative_number, default=0.3, help="weight of the alignment (KL) loss where it is used"
+    )
+    p.add_argument("--hop-s", type=positive_seconds, default=10.0, help="seconds between the starts of windows")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--no-cache", action="store_true", help="do not cache windows in the temp folder")
     add_calibration_options(p)
     p.set_defaults(func=_experiment)
@@ -215,14 +247,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "with each wearer calibrated as live; coverage counts the windows that were "
         "still calibrating or of low quality.",
     )
-    p.add_argument(
-        "--model",
-        type=Path,
-        default=None,
-        help="checkpoint file, feature model (.onnx) or bundle (.bundle.json); default: the shipped one",
-    )
-    p.add_argument("--data", action="append", required=True, metavar="SOURCE")
-    p.add_argument("--hop-s", type=float, default=10.0)
+    p.add_argument("--model", type=Path, default=None, help=MODEL_HELP)
+    p.add_argument("--data", action="append", required=True, metavar="SOURCE", help=DATA_HELP + " (repeatable)")
+    p.add_argument("--hop-s", type=positive_seconds, default=10.0, help="seconds between the starts of windows")
     p.add_argument("--backend", choices=("onnx", "torch"), default="onnx")
     p.add_argument("--no-cache", action="store_true")
     p.add_argument("--json", action="store_true")
@@ -249,29 +276,36 @@ def register(sub: argparse._SubParsersAction) -> None:
         "ones you will evaluate on) and writes it into the checkpoint's JSON.",
     )
     q.add_argument("path", type=Path, help="M3Sense checkpoint (.safetensors or .json)")
-    q.add_argument("--data", action="append", required=True, metavar="SOURCE")
-    q.add_argument("--hop-s", type=float, default=10.0)
+    q.add_argument("--data", action="append", required=True, metavar="SOURCE", help=DATA_HELP + " (repeatable)")
+    q.add_argument("--hop-s", type=positive_seconds, default=10.0, help="seconds between the starts of windows")
     q.set_defaults(func=_calibrate_confidence)
 
     p = sub.add_parser(
         "infer",
         help="answer window/ messages with affect/ predictions (M3Sense)",
         description="Subscribes window/, micro-batches windows across devices (a batch runs when full "
-        "or when its oldest window has waited --max-wait-ms) and publishes "
+        "or when its oldest window has waited --max-wait-s) and publishes "
         "affect/<device>/.",
     )
     add_bus_option(p)
-    p.add_argument(
-        "--model",
-        type=Path,
-        default=None,
-        help="checkpoint file, feature model (.onnx) or bundle (.bundle.json); default: the shipped one",
-    )
+    p.add_argument("--model", type=Path, default=None, help=MODEL_HELP)
     p.add_argument("--tasks", default=None, help="comma-separated subset of the model's tasks (default all)")
     p.add_argument("--backend", choices=("onnx", "torch"), default="onnx")
-    p.add_argument("--max-batch", type=int, default=32)
-    p.add_argument("--max-wait-ms", type=float, default=50.0)
-    p.add_argument("--threads", type=int, default=None, help="intra-op threads of the backend")
+    p.add_argument("--max-batch", type=positive_int, default=32, help="windows per forward pass at most (default 32)")
+    deprecated_alias(
+        p,
+        "--max-wait-ms",
+        p.add_argument(
+            "--max-wait-s",
+            type=non_negative_seconds,
+            default=0.05,
+            metavar="S",
+            help="run a batch once its oldest window has waited S seconds (default 0.05)",
+        ),
+        scale=0.001,
+        old_type=non_negative_number,
+    )
+    p.add_argument("--threads", type=positive_int, default=None, help="intra-op threads of the backend")
     p.add_argument(
         "--state-dir",
         default=None,
@@ -303,7 +337,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         q.set_defaults(func=_calibration)
 
     p = sub.add_parser("export-onnx", help="write the inference graph as an ONNX model")
-    p.add_argument("--model", type=Path, default=None)
+    p.add_argument(
+        "--model",
+        type=Path,
+        default=None,
+        help="M3Sense checkpoint file (NAME.safetensors beside NAME.json); default: the shipped one",
+    )
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--tasks", default=None, help="comma-separated subset (default all)")
     p.set_defaults(func=_export)
@@ -311,11 +350,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def add_calibration_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--calibration-minutes", type=float, default=10.0, help="length of each wearer's reference stretch (default 10)"
+        "--calibration-minutes",
+        type=positive_minutes,
+        default=10.0,
+        help="length of each wearer's reference stretch (default 10)",
     )
     p.add_argument(
         "--calibration-search-minutes",
-        type=float,
+        type=positive_minutes,
         default=30.0,
         help="the calmest stretch is looked for in this much of a wearer's first usable data (default 30)",
     )
@@ -1004,8 +1046,6 @@ def _infer(args) -> int:
     answerer = load_answerer(
         args.model, tasks=_csv(args.tasks) if args.tasks else None, backend=args.backend, threads=args.threads
     )
-    if args.max_batch < 1 or args.max_wait_ms < 0:
-        raise UserError("--max-batch must be >= 1 and --max-wait-ms >= 0")
     store = (
         None
         if args.state_dir == "none"
@@ -1033,7 +1073,7 @@ def _infer(args) -> int:
                 args.bus,
                 answerer,
                 max_batch=args.max_batch,
-                max_wait_s=args.max_wait_ms / 1000,
+                max_wait_s=args.max_wait_s,
                 on_ready=ready,
                 report=report,
                 calibrations=calibrations,

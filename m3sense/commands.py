@@ -8,8 +8,10 @@ import sys
 from pathlib import Path
 
 from bus.cli import add_bus_option
-from common.argtypes import speed
+from common.argtypes import non_negative_int, positive_int, positive_minutes, speed
 from common.errors import UserError
+from inference.cli import MODEL_HELP
+from replay.cli import SOURCE_HELP
 
 TASKS = ["stress", "anxiety", "emotion"]
 
@@ -19,14 +21,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         "run",
         help="replay a recording through preprocess, inference and storage",
         description="Start the hub, then preprocess, infer and store as child processes, and replay SOURCE "
-        "(an E4 export folder or zip, or a folder of them) through them. Ends when storage has "
+        "(what `m3sense replay` reads) through them. Ends when storage has "
         "written every device's last window; Ctrl-C stops early with every buffer flushed.",
     )
-    r.add_argument("source", help="an E4 export folder or zip, or a folder holding several")
+    r.add_argument("source", help=SOURCE_HELP)
     r.add_argument("--speed", type=speed, default=math.inf, help="N x real time, or 'max' (default max)")
     r.add_argument(
         "--max-restarts",
-        type=int,
+        type=non_negative_int,
         default=3,
         metavar="N",
         help="start a stage that dies again at most N times (default 3; 0: a dead stage stops the run)",
@@ -44,9 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument(
         "--mqtt-password-file", type=Path, metavar="FILE", help="the MQTT password, instead of $MQTT_PASSWORD"
     )
-    r.add_argument(
-        "--model", help="checkpoint file, feature model (.onnx) or bundle (.bundle.json); default: the shipped bundle"
-    )
+    r.add_argument("--model", metavar="FILE", help=MODEL_HELP)
     r.add_argument("--tasks", help="comma-separated subset of stress,anxiety,emotion (default all)")
     add_bus_option(r)
     r.set_defaults(func=_run, bus=None)  # run starts its own hub: on a free loopback port unless --bus names one
@@ -62,17 +62,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--out", type=Path, default=Path("m3sense-demo"), help="output folder (default ./m3sense-demo)")
     d.add_argument(
         "--minutes",
-        type=float,
+        type=positive_minutes,
         default=30.0,
         help="session length per device (default 30: each wearer marks a rest at the start, "
         "the stress model answers once it is over)",
     )
-    d.add_argument("--devices", type=int, default=3, help="number of simulated wristbands (default 3)")
-    d.add_argument("--seed", type=int, default=2022, help="simulation seed (default 2022)")
+    d.add_argument("--devices", type=positive_int, default=3, help="number of simulated wristbands (default 3)")
+    d.add_argument("--seed", type=non_negative_int, default=2022, help="simulation seed (default 2022)")
     d.add_argument("--speed", type=speed, default=math.inf, help="N x real time, or 'max' (default max)")
-    d.add_argument(
-        "--model", help="checkpoint file, feature model (.onnx) or bundle (.bundle.json); default: the shipped bundle"
-    )
+    d.add_argument("--model", metavar="FILE", help=MODEL_HELP)
     d.set_defaults(func=_demo)
 
 

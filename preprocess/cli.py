@@ -8,7 +8,7 @@ from collections import Counter
 
 from bus.cli import add_bus_option
 from bus.metrics import add_metrics_options
-from common.argtypes import positive_seconds
+from common.argtypes import deprecated_alias, positive_seconds
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -19,44 +19,69 @@ def register(sub: argparse._SubParsersAction) -> None:
             "Subscribe to raw/, label/ and status/; filter BVP, EDA and TEMP causally, cut 20 s windows on each "
             "device's time grid and publish them on window/<device>/ with per-modality presence, quality "
             "(off-wrist, motion, missing data, flat lines, saturation) and ground-truth labels during replay. "
-            "Counters go to stderr every --report-every seconds and on exit; Ctrl-C flushes pending windows."
+            "Counters go to stderr every --report-every-s seconds and on exit; Ctrl-C flushes pending windows."
         ),
     )
     add_bus_option(p)
-    p.add_argument(
+    deprecated_alias(
+        p,
         "--hop",
-        type=positive_seconds,
-        default=5.0,
-        metavar="S",
-        help="seconds between window starts, a multiple of 0.25 (default 5: a fresh window every 5 s)",
+        p.add_argument(
+            "--hop-s",
+            dest="hop",
+            type=positive_seconds,
+            default=5.0,
+            metavar="S",
+            help="seconds between window starts, a multiple of 0.25 (default 5: a fresh window every 5 s)",
+        ),
     )
-    p.add_argument(
+    deprecated_alias(
+        p,
         "--late",
-        type=positive_seconds,
-        default=4.0,
-        metavar="S",
-        help="how long past a window's end to wait for a lagging modality (default 4)",
+        p.add_argument(
+            "--late-s",
+            dest="late",
+            type=positive_seconds,
+            default=4.0,
+            metavar="S",
+            help="how long past a window's end to wait for a lagging modality (default 4)",
+        ),
     )
-    p.add_argument(
+    deprecated_alias(
+        p,
         "--max-gap",
-        type=positive_seconds,
-        default=30.0,
-        metavar="S",
-        help="longest gap bridged inside a stream; longer ones restart it (default 30)",
+        p.add_argument(
+            "--max-gap-s",
+            dest="max_gap",
+            type=positive_seconds,
+            default=30.0,
+            metavar="S",
+            help="longest gap bridged inside a stream; longer ones restart it (default 30)",
+        ),
     )
-    p.add_argument(
+    deprecated_alias(
+        p,
         "--device-timeout",
-        type=positive_seconds,
-        default=120.0,
-        metavar="S",
-        help="close a device silent for S seconds and free its state (default 120)",
+        p.add_argument(
+            "--device-timeout-s",
+            dest="device_timeout",
+            type=positive_seconds,
+            default=120.0,
+            metavar="S",
+            help="close a device silent for S seconds and free its state (default 120)",
+        ),
     )
-    p.add_argument(
+    deprecated_alias(
+        p,
         "--report-every",
-        type=positive_seconds,
-        default=30.0,
-        metavar="S",
-        help="print counters every S seconds (default 30)",
+        p.add_argument(
+            "--report-every-s",
+            dest="report_every",
+            type=positive_seconds,
+            default=30.0,
+            metavar="S",
+            help="print counters every S seconds (default 30)",
+        ),
     )
     add_metrics_options(p)
     p.set_defaults(func=_preprocess)

@@ -7,15 +7,14 @@ import math
 import sys
 
 from bus.cli import add_bus_option
-from common.argtypes import speed
+from common.argtypes import deprecated_alias, non_negative_int, positive_int, positive_minutes, speed, wait_seconds
 from common.errors import UserError
 
-
-def _wait(text: str) -> float | None:
-    value = float(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError("wait must be >= 0 seconds (or 'inf')")
-    return None if math.isinf(value) else value
+#: what a recording source may be (``replay.layouts``), for every command that reads one
+SOURCE_HELP = (
+    "an E4 Connect export folder or zip, or a folder holding several, or a data set in its original "
+    "layout (wesad:PATH, kemocon:PATH, verbio:PATH, unlabelled:PATH; recognised without the prefix too)"
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -28,20 +27,21 @@ def register(sub: argparse._SubParsersAction) -> None:
             "plus label/<device>/ from a labels.csv. Every file is read and checked before anything is published."
         ),
     )
-    p.add_argument(
-        "source",
-        help="an E4 export folder or zip, or a folder holding several, or a data set in "
-        "its original layout (wesad:PATH, kemocon:PATH, verbio:PATH, unlabelled:PATH)",
-    )
+    p.add_argument("source", help=SOURCE_HELP)
     add_bus_option(p)
     p.add_argument("--speed", type=speed, default=1.0, help="N x real time, or 'max' (default 1)")
-    p.add_argument(
+    deprecated_alias(
+        p,
         "--wait",
-        type=_wait,
-        default=10.0,
-        metavar="S",
-        help="wait up to S seconds for subscribers of every topic before streaming "
-        "(0: don't wait, inf: wait forever; default 10)",
+        p.add_argument(
+            "--wait-s",
+            dest="wait",
+            type=wait_seconds,
+            default=10.0,
+            metavar="S",
+            help="wait up to S seconds for subscribers of every topic before streaming "
+            "(0: don't wait, inf: wait forever; default 10)",
+        ),
     )
     p.add_argument("--device", help="device id to publish under (one recording only; default from the file name)")
     p.set_defaults(func=_replay)
@@ -57,9 +57,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         ),
     )
     s.add_argument("out", help="output folder (one sub-folder per subject)")
-    s.add_argument("--minutes", type=float, required=True, help="session length per subject")
-    s.add_argument("--seed", type=int, required=True)
-    s.add_argument("--subjects", type=int, default=1)
+    s.add_argument("--minutes", type=positive_minutes, required=True, help="session length per subject")
+    s.add_argument("--seed", type=non_negative_int, required=True)
+    s.add_argument("--subjects", type=positive_int, default=1)
     s.add_argument(
         "--labels",
         choices=("all", "stress", "anxiety", "emotion", "none"),

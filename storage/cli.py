@@ -8,6 +8,7 @@ from datetime import UTC
 from pathlib import Path
 
 from bus.cli import add_bus_option
+from common.argtypes import deprecated_alias, positive_number, positive_seconds
 from common.errors import UserError
 
 _SINK_HELP = (
@@ -67,9 +68,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     s.add_argument("--spool-dir", type=Path, help="InfluxDB spool folder (default $XDG_STATE_HOME/m3sense/spool/...)")
     s.add_argument(
-        "--max-spool-mb", type=float, default=512.0, help="spool bound; past it points are dropped (default 512)"
+        "--max-spool-mb",
+        type=positive_number,
+        default=512.0,
+        help="spool bound; past it points are dropped (default 512)",
     )
-    s.add_argument("--flush-interval", type=float, default=1.0, metavar="S", help="flush the sink every S seconds")
+    deprecated_alias(
+        s,
+        "--flush-interval",
+        s.add_argument(
+            "--flush-interval-s",
+            dest="flush_interval",
+            type=positive_seconds,
+            default=1.0,
+            metavar="S",
+            help="flush the sink every S seconds (default 1)",
+        ),
+    )
     from bus.metrics import add_metrics_options
 
     add_metrics_options(s)

@@ -143,7 +143,7 @@ def test_a_folder_or_zip_without_e4_files_is_refused(tmp_path: Path) -> None:
 
 def test_cli_reports_bad_input_in_one_line_with_exit_code_2(tmp_path: Path) -> None:
     folder = write(tmp_path / "bad", {**FILES, "EDA.csv": f"{T0}\n4.0\n0.1\nn/a\n"})
-    proc = run_cli("replay", str(folder), "--bus", "tcp://127.0.0.1:1", "--speed", "max", "--wait", "0")
+    proc = run_cli("replay", str(folder), "--bus", "tcp://127.0.0.1:1", "--speed", "max", "--wait-s", "0")
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     lines = proc.stderr.strip().splitlines()

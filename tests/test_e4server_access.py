@@ -167,7 +167,7 @@ def test_e4_client_sends_its_token(hub, bus_address: str, tmp_path: Path, procs:
     )
     procs.append(server)
     port = server.wait_for_stderr("listening on").strip().rsplit(":", 1)[1]
-    bare = run_cli("e4-client", "--bus", bus_address, "--server", f"127.0.0.1:{port}", "--duration", "5")
+    bare = run_cli("e4-client", "--bus", bus_address, "--server", f"127.0.0.1:{port}", "--duration-s", "5")
     assert bare.returncode == 2
     assert bare.stderr.strip() == (
         f"m3sense e4-client: error: e4 server 127.0.0.1:{port}: server refused "

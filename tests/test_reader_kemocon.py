@@ -118,7 +118,7 @@ def test_cli_bad_kemocon_is_one_line_exit_2(tmp_path: Path) -> None:
     write_kemocon(tmp_path, pids=(4,))
     f = tmp_path / "raw" / "e4_data" / "4" / "E4_ACC.csv"
     f.write_text(f.read_text().replace("\n", "\n1544000001000,1.5,2,3,A0143F\n", 1))
-    proc = run_cli("replay", f"kemocon:{tmp_path}", "--bus", "tcp://127.0.0.1:1", "--wait", "0")
+    proc = run_cli("replay", f"kemocon:{tmp_path}", "--bus", "tcp://127.0.0.1:1", "--wait-s", "0")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "E4_ACC.csv:2: ACC values must be integer counts" in lines[0]

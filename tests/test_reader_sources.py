@@ -124,7 +124,7 @@ def test_run_stores_a_kemocon_source(layouts: dict[str, str], tmp_path: Path) ->
 def test_a_prefix_on_a_missing_path_is_bad_input(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="no such file or folder"):
         parse_source(f"kemocon:{tmp_path / 'nothing'}")
-    proc = run_cli("replay", f"verbio:{tmp_path / 'nothing'}", "--wait", "0")
+    proc = run_cli("replay", f"verbio:{tmp_path / 'nothing'}", "--wait-s", "0")
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
 
 

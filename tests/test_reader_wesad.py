@@ -109,7 +109,7 @@ def test_a_pickle_that_would_run_code_is_refused_and_nothing_runs(tmp_path: Path
     (folder / "S2.pkl").write_bytes(pickle.dumps(data, protocol=2))
     with pytest.raises(DataError, match=r"S2\.pkl.*refused: the pickle asks for posix\.system"):
         read_source(str(folder))
-    proc = run_cli("replay", f"wesad:{folder}", "--bus", "tcp://127.0.0.1:1", "--speed", "max", "--wait", "0")
+    proc = run_cli("replay", f"wesad:{folder}", "--bus", "tcp://127.0.0.1:1", "--speed", "max", "--wait-s", "0")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and "refused" in proc.stderr
     assert not marker.exists()
@@ -157,7 +157,7 @@ def test_truncated_pickle_quest_mismatch_and_foreign_zip(tmp_path: Path) -> None
     (a / "S6_E4_Data.zip").write_bytes((b / "S7_E4_Data.zip").read_bytes())
     with pytest.raises(DataError, match=r"S6\.pkl: its wrist arrays are not found in S6_E4_Data\.zip"):
         read_source(str(a))
-    proc = run_cli("replay", str(a), "--bus", "tcp://127.0.0.1:1", "--wait", "0")
+    proc = run_cli("replay", str(a), "--bus", "tcp://127.0.0.1:1", "--wait-s", "0")
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
 
 
