@@ -2,10 +2,11 @@
 
 Theory of operation. Every message goes into one JetStream stream (:data:`STREAM`, subjects
 ``m3s.>``, with declared limits on age and size, created if absent). A topic maps to a subject
-segment by segment (``raw/bvp/S2/`` -> ``m3s.raw.bvp.S2``); ``.`` and ``%`` in a device id are
-percent-escaped, so the mapping reverses exactly. The payload holds the codec's frames after the
-topic (header, samples, arrays) behind a small length prefix, so :func:`bus.message.decode` checks
-every bound it checks on ZeroMQ.
+segment by segment behind its device's partition (``raw/bvp/S2/`` -> ``m3s.07.raw.bvp.S2``, see
+:mod:`bus.partitions`: a worker group's consumer takes one partition, :mod:`bus.shards`); ``.``
+and ``%`` in a device id are percent-escaped, so the mapping reverses exactly. The payload holds
+the codec's frames after the topic (header, samples, arrays) behind a small length prefix, so
+:func:`bus.message.decode` checks every bound it checks on ZeroMQ.
 
 - A :class:`NatsPublisher` publishes asynchronously and keeps each JetStream acknowledgement's
   future; :meth:`NatsPublisher.flush` waits for all of them and says how many the server refused.
@@ -48,6 +49,7 @@ from nats.js import api
 
 from bus.endpoints import nats_servers
 from bus.message import MalformedMessage, Message, decode, encode
+from bus.partitions import is_token, partition_of, token
 from bus.security import BusSecurity, BusSecurityError, check_address, current
 from bus.sequence import BusStats, GapTracker
 from bus.sockets import Publisher
@@ -67,6 +69,7 @@ ACK_EVERY = 64  # handled messages acknowledged together (or sooner when idle)
 MAX_FRAMES = 64  # header + samples + named arrays; a real message has at most 8
 _FRAMING = struct.Struct("<I")
 _DESCRIPTION = "m3sense prefixes "
+_SHARD_DESCRIPTION = "m3sense shard "
 _CONNECT_TIMEOUT_S = 3.0
 
 #: the consumer name this process's subscribers take when none is given (``bus.cli`` sets it per command)
@@ -97,38 +100,47 @@ def _unescape(token: str) -> str:
 
 
 def subject_for(topic: str) -> str:
-    """``raw/bvp/S2/`` -> ``m3s.raw.bvp.S2``; a segment's ``.`` and ``%`` are escaped."""
+    """``raw/bvp/S2/`` -> ``m3s.NN.raw.bvp.S2``, ``NN`` the device's partition (the topic's last
+    segment, see :mod:`bus.partitions`); a segment's ``.`` and ``%`` are escaped."""
     parts = topic.split("/")
     if parts[-1] != "" or len(parts) < 2 or not all(parts[:-1]):
         raise ValueError(f"topic {topic!r} must be non-empty segments each ending in '/'")
-    return ".".join([SUBJECT_ROOT, *(_escape(p) for p in parts[:-1])])
+    return ".".join([SUBJECT_ROOT, token(partition_of(parts[-2])), *(_escape(p) for p in parts[:-1])])
 
 
 def topic_of(subject: str) -> str:
-    """The inverse of :func:`subject_for`."""
+    """The inverse of :func:`subject_for` (a subject without a partition token reads too)."""
     tokens = subject.split(".")
+    if len(tokens) > 2 and is_token(tokens[1]):
+        tokens = [tokens[0], *tokens[2:]]
     if len(tokens) < 2 or tokens[0] != SUBJECT_ROOT:
         raise MalformedMessage("subject", f"subject {subject[:80]!r} is not under {SUBJECT_ROOT}.")
     return "".join(_unescape(t) + "/" for t in tokens[1:])
 
 
-def filter_for(prefixes: Sequence[str]) -> str:
+def filter_for(prefixes: Sequence[str], partition: int | None = None) -> str:
     """The narrowest subject filter covering every topic prefix (a prefix is whole segments,
-    ``''`` for everything): the longest run of segments they all share, then ``>``."""
+    ``''`` for everything) in one partition (None: all): the longest run of segments they all
+    share, then ``>``."""
     split = [[s for s in p.split("/")[:-1]] if p else [] for p in prefixes] or [[]]
     common: list[str] = []
     for segs in zip(*split):
         if len(set(segs)) != 1:
             break
         common.append(segs[0])
+    if partition is None and not common:
+        return f"{SUBJECT_ROOT}.>"
+    part = "*" if partition is None else token(partition)
     # a prefix that names a whole topic (e.g. window/S2/) still needs '>' to match only itself and below
-    return ".".join([SUBJECT_ROOT, *(_escape(s) for s in common), ">"])
+    return ".".join([SUBJECT_ROOT, part, *(_escape(s) for s in common), ">"])
 
 
 def _prefix_of_filter(subject: str) -> str:
-    """A consumer made by another tool: its filter as a topic prefix (``m3s.window.>`` -> ``window/``);
-    a filter that is not a plain prefix covers nothing."""
+    """A consumer made by another tool: its filter as a topic prefix (``m3s.*.window.>`` ->
+    ``window/``); a filter that is not a plain prefix covers nothing."""
     tokens = subject.split(".")
+    if len(tokens) > 2 and tokens[1] == "*":
+        tokens = [tokens[0], *tokens[2:]]
     if len(tokens) < 2 or tokens[0] != SUBJECT_ROOT or tokens[-1] != ">" or "*" in tokens or ">" in tokens[1:-1]:
         return "\x00"
     return "".join(_unescape(t) + "/" for t in tokens[1:-1])
@@ -266,13 +278,37 @@ async def ensure_stream(js: Any, bus: str, replicas: int = 1) -> None:
 
 def _prefixes_of(info: Any) -> list[str] | None:
     desc = getattr(info.config, "description", None) or ""
+    if desc.startswith(_SHARD_DESCRIPTION):  # "m3sense shard NN [prefixes]"
+        desc = _DESCRIPTION + desc[len(_SHARD_DESCRIPTION) :].partition(" ")[2]
     if desc.startswith(_DESCRIPTION):
         try:
             found = json.loads(desc[len(_DESCRIPTION) :])
         except ValueError:
             return None
-        return [p for p in found if isinstance(p, str)]
+        return [p for p in found if isinstance(p, str)] if isinstance(found, list) else None
     return None
+
+
+def _partition_of_consumer(info: Any) -> int | None:
+    """The one partition a worker group's consumer holds (None: every partition)."""
+    desc = getattr(info.config, "description", None) or ""
+    if desc.startswith(_SHARD_DESCRIPTION):
+        head = desc[len(_SHARD_DESCRIPTION) :].split(" ", 1)[0]
+        return int(head) if is_token(head) else -1
+    return None
+
+
+def shard_description(partition: int, prefixes: Sequence[str]) -> str:
+    """What a worker group's consumer says it holds: its partition and its topic prefixes."""
+    return f"{_SHARD_DESCRIPTION}{token(partition)} {json.dumps(list(prefixes))}"
+
+
+def _consumer_covers(info: Any, topic: str) -> bool:
+    prefixes = _prefixes_of(info) or [_prefix_of_filter(info.config.filter_subject or "")]
+    partition = _partition_of_consumer(info)
+    if partition is not None and partition != partition_of(topic.split("/")[-2]):
+        return False
+    return _covers(prefixes, topic)
 
 
 # -- publisher ---------------------------------------------------------------------------------
@@ -424,10 +460,8 @@ class NatsPublisher(Publisher):
         loop = asyncio.get_running_loop()
         deadline = None if timeout_s is None or math.isinf(timeout_s) else loop.time() + timeout_s
         while True:
-            covers = [
-                _prefixes_of(c) or [_prefix_of_filter(c.config.filter_subject or "")] for c in await self._consumers()
-            ]
-            pending = [t for t in pending if not any(_covers(ps, t) for ps in covers)]
+            infos = await self._consumers()
+            pending = [t for t in pending if not any(_consumer_covers(c, t) for c in infos)]
             if not pending:
                 return []
             if deadline is not None and loop.time() >= deadline:
@@ -471,6 +505,16 @@ async def _publications_stored(timeout_s: float = 30.0) -> bool:
 class NatsSubscriber:
     """Decoded messages under some topic prefixes, from a durable JetStream consumer (``consumer``
     named) or a live core subscription; ``stats`` as on ZeroMQ."""
+
+    def __new__(cls, bus: str, prefixes: Iterable[str] = ("",), **kwargs: Any) -> Any:
+        """A worker of the configured group (:mod:`bus.shards`) when this process is one and no
+        consumer is named; this class otherwise."""
+        from bus import shards
+
+        if cls is NatsSubscriber and kwargs.get("consumer") is None and shards.configured() is not None:
+            kwargs.pop("consumer", None)
+            return shards.default_subscriber(bus, prefixes, **kwargs)  # not a NatsSubscriber: no __init__
+        return super().__new__(cls)
 
     def __init__(
         self,

@@ -30,6 +30,7 @@ from bus.nats_backend import (
     topic_of,
     unpack,
 )
+from bus.partitions import partition_of
 from tests.conftest import Proc, run_cli
 from tests.nats_servers import (
     NEEDS_NATS,
@@ -47,23 +48,25 @@ __all__ = ["model", "nats_cluster", "nats_server", "recording"]  # fixtures used
 @pytest.mark.parametrize(
     ("topic", "subject"),
     [
-        ("raw/bvp/S2/", "m3s.raw.bvp.S2"),
-        ("window/dev.1/", "m3s.window.dev%2E1"),
-        ("affect/a%2Eb/", "m3s.affect.a%252Eb"),
-        ("status/A0:1-x_y/", "m3s.status.A0:1-x_y"),
+        ("raw/bvp/S2/", "m3s.{}.raw.bvp.S2"),
+        ("window/dev.1/", "m3s.{}.window.dev%2E1"),
+        ("affect/a%2Eb/", "m3s.{}.affect.a%252Eb"),
+        ("status/A0:1-x_y/", "m3s.{}.status.A0:1-x_y"),
     ],
 )
 def test_topics_map_to_subjects_and_back(topic: str, subject: str) -> None:
+    subject = subject.format(f"{partition_of(topic.split('/')[-2]):02d}")  # the device's partition
     assert subject_for(topic) == subject
     assert topic_of(subject) == topic
 
 
 def test_a_stage_filters_on_the_narrowest_subject_covering_its_prefixes() -> None:
-    assert filter_for(["window/"]) == "m3s.window.>"
-    assert filter_for(["raw/bvp/", "raw/eda/"]) == "m3s.raw.>"
+    assert filter_for(["window/"]) == "m3s.*.window.>"
+    assert filter_for(["raw/bvp/", "raw/eda/"]) == "m3s.*.raw.>"
     assert filter_for(["raw/", "label/", "status/"]) == "m3s.>"
     assert filter_for([""]) == "m3s.>"
-    assert filter_for(["window/d.1/"]) == "m3s.window.d%2E1.>"
+    assert filter_for(["window/d.1/"]) == "m3s.*.window.d%2E1.>"
+    assert filter_for(["raw/", "label/", "status/"], 7) == "m3s.07.>"  # one partition of a worker group
 
 
 def test_payload_framing_round_trips_and_refuses_what_does_not_fit() -> None:
