@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from bus.cli import add_bus_option
+from bus.workers_cli import add_workers_options, workers_spec
 from common.argtypes import (
     deprecated_alias,
     fraction,
@@ -288,6 +289,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "affect/<device>/.",
     )
     add_bus_option(p)
+    add_workers_options(p)
     p.add_argument("--model", type=Path, default=None, help=MODEL_HELP)
     p.add_argument("--tasks", default=None, help="comma-separated subset of the model's tasks (default all)")
     p.add_argument("--backend", choices=("onnx", "torch"), default="onnx")
@@ -1038,6 +1040,10 @@ def _export(args) -> int:
 
 
 def _infer(args) -> int:
+    if (spec := workers_spec(args, "infer")) is not None:  # a worker of a group: its subscriber shares partitions
+        from bus.shards import configure, owned_line
+
+        configure(spec, lambda owned: print(owned_line("infer", spec, owned), file=sys.stderr, flush=True))
     from common.aio import run_until_signal
     from inference.answer import Calibrations, load_answerer
     from inference.calibration import CalibrationConfig, CalibrationStore

@@ -8,6 +8,7 @@ from collections import Counter
 
 from bus.cli import add_bus_option
 from bus.metrics import add_metrics_options
+from bus.workers_cli import add_workers_options, workers_spec
 from common.argtypes import deprecated_alias, positive_seconds
 
 
@@ -23,6 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         ),
     )
     add_bus_option(p)
+    add_workers_options(p)
     deprecated_alias(
         p,
         "--hop",
@@ -112,6 +114,10 @@ def format_counters(c: Counter) -> str:
 
 
 def _preprocess(args: argparse.Namespace) -> int:
+    if (spec := workers_spec(args, "preprocess")) is not None:
+        from preprocess.sharded import run_worker
+
+        return run_worker(args, spec)
     from bus.metrics import start_metrics
     from common.aio import run_until_signal
     from common.errors import UserError
