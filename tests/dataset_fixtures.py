@@ -90,7 +90,10 @@ WESAD_SECONDS = 120
 
 def _quest(subject: str) -> str:
     """``SX_quest.csv`` as WESAD writes it: 26 ``;`` per row, minutes.seconds, then questionnaires."""
-    pad = lambda cells: ";".join(cells + [""] * (27 - len(cells)))
+
+    def pad(cells: list[str]) -> str:
+        return ";".join(cells + [""] * (27 - len(cells)))
+
     rows = [
         pad(["# Subj", subject]),
         pad(["# ORDER", "Base", "TSST", "Fun", "Medi 1", "sRead"]),

@@ -294,7 +294,7 @@ def mutated_frames(draw: st.DrawFn) -> list[bytes]:
                     *frames[i + 1 :],
                 ]
         elif op == "frames":
-            frames = draw(st.sampled_from([frames[:-1], frames + [b""], frames + [b"\0" * 8], frames[:2]]))
+            frames = draw(st.sampled_from([frames[:-1], [*frames, b""], [*frames, b"\0" * 8], frames[:2]]))
         else:
             frames = [
                 draw(
@@ -1132,7 +1132,7 @@ def hostile_windows(draw: st.DrawFn) -> list[list[bytes]]:
     end = Message(
         kind="window", device="d1", modality="window", seq=len(out), t0_s=T0 + 60, fs_hz=0.0, meta={"event": "end"}
     )
-    return out + [frames_of(end)]
+    return [*out, frames_of(end)]
 
 
 @contextlib.contextmanager

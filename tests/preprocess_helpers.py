@@ -9,6 +9,7 @@ start, framed by status start/end.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from itertools import pairwise
 
 import numpy as np
 
@@ -64,7 +65,7 @@ def chunk_messages(rec: Recording, cuts: Mapping[str, Sequence[int]], *, source:
     for order, m in enumerate(MODALITIES):
         sig = rec.signals[m]
         bounds = [0, *sorted({c for c in cuts.get(m, ()) if 0 < c < sig.n}), sig.n]
-        for seq, (a, b) in enumerate(zip(bounds, bounds[1:])):
+        for seq, (a, b) in enumerate(pairwise(bounds)):
             t0 = sig.t0_s + a / sig.fs_hz
             due = sig.t0_s + (b - 1) / sig.fs_hz
             entries.append(

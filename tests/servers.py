@@ -441,7 +441,7 @@ async def outage_scenario(
                 while time.monotonic() - started < outage_s:
                     failures = c.failures
                     await publish(per_attempt)
-                    await c.wait_for(lambda c: c.failures > failures, 30)
+                    await c.wait_for(lambda c, failures=failures: c.failures > failures, 30)
                 outage = {
                     "outage_s": time.monotonic() - started,
                     "pending_at_restart": c.pending,

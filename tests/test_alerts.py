@@ -163,6 +163,6 @@ def test_rules_file(tmp_path: Path) -> None:
     ]:
         key = bad.split(" =")[0]
         lines = [ln for ln in f.read_text().splitlines() if not ln.startswith(key + " ")]
-        (tmp_path / "bad.toml").write_text("\n".join(lines + [bad]) + "\n")
+        (tmp_path / "bad.toml").write_text("\n".join([*lines, bad]) + "\n")
         with pytest.raises(UserError, match=why):
             load_rules(tmp_path / "bad.toml")

@@ -133,7 +133,7 @@ def test_leave_subjects_out_never_trains_on_the_test_person():
     x, y, g = toy()
     folds = fold_groups(g, 3, seed=0)
     assert sorted(np.concatenate(folds).tolist()) == sorted(set(g.tolist()))
-    cal, raw, temps = cross_validate(x, y, g, folds, kind="lr", seed=0, calibrated=False)
+    cal, _raw, temps = cross_validate(x, y, g, folds, kind="lr", seed=0, calibrated=False)
     assert cal.shape == (len(y), 3) and len(temps) == 3
     np.testing.assert_allclose(cal.sum(axis=1), 1.0, atol=1e-6)
     assert (cal.argmax(1) == y).mean() > 0.5  # the class signal carries across people (chance: 1/3)

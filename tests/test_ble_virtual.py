@@ -13,6 +13,7 @@ import json
 import os
 import tracemalloc
 from collections import defaultdict
+from itertools import pairwise
 from typing import Any
 
 import numpy as np
@@ -25,6 +26,8 @@ from ingest.clocks import ScaledClock
 from ingest.virtual import Faults, VirtualBleakClient, VirtualE4, VirtualRadio, virtual_address, virtual_recordings
 from tests.conftest import Proc
 
+NO_FAULTS = Faults()
+DEFAULT_LINK = LinkConfig()
 PACKET = {c: codec.DEFAULT_LAYOUT.samples_per_packet(c) for c in codec.PERIODIC_RATES_HZ}
 
 
@@ -33,7 +36,7 @@ def recordings() -> list:
     return virtual_recordings(3, minutes=1.0, seed=7)
 
 
-def make_radio(recordings: list, clock: ScaledClock, n: int, faults: Faults = Faults()) -> VirtualRadio:
+def make_radio(recordings: list, clock: ScaledClock, n: int, faults: Faults = NO_FAULTS) -> VirtualRadio:
     radio = VirtualRadio()
     for i in range(n):
         radio.add(
@@ -66,8 +69,8 @@ async def run_virtual(
     n: int,
     scale: float,
     duration_s: float,
-    faults: Faults = Faults(),
-    config: LinkConfig = LinkConfig(),
+    faults: Faults = NO_FAULTS,
+    config: LinkConfig = DEFAULT_LINK,
 ) -> tuple:
     clock = ScaledClock(scale)
     radio = make_radio(recordings, clock, n, faults)
@@ -98,7 +101,7 @@ def test_scan_finds_virtual_e4s_by_name_with_rssi(recordings: list) -> None:
 
 
 def test_three_wristbands_at_nominal_rates_with_continuous_sequence_numbers(hub, bus_address, recordings) -> None:
-    got, links, radio, stats = asyncio.run(run_virtual(bus_address, recordings, n=3, scale=5.0, duration_s=40.0))
+    got, links, _radio, stats = asyncio.run(run_virtual(bus_address, recordings, n=3, scale=5.0, duration_s=40.0))
     assert stats.gaps == 0 and not stats.malformed
     streams = by_stream(got)
     for band in links:
@@ -108,7 +111,7 @@ def test_three_wristbands_at_nominal_rates_with_continuous_sequence_numbers(hub,
             seqs = [m.seq for _, m in msgs]
             assert seqs == list(range(len(seqs)))
             # samples follow each other on the nominal grid (only drift slews, well under a sample)
-            for (_, a), (_, b) in zip(msgs, msgs[1:]):
+            for (_, a), (_, b) in pairwise(msgs):
                 assert abs(b.t0_s - (a.t0_s + a.n / fs)) < 0.1 / fs
             # and arrive at the nominal rate, measured on the host clock
             n = sum(m.n for _, m in msgs[1:])
@@ -165,7 +168,7 @@ def test_disconnects_and_lost_packets_become_gaps_of_the_right_length(hub, bus_a
             for _, m in streams[(dev, "status")]
             if m.meta.get("event") == "gap" and m.meta["stream"] == "bvp"
         ]
-        for a, b in zip(msgs, msgs[1:]):
+        for a, b in pairwise(msgs):
             end = a.t0_s + a.n / fs
             missing = sum(n for start, n in gaps if abs(start - end) < 0.1 / fs)
             assert abs(b.t0_s - (end + missing / fs)) < 0.1 / fs
@@ -235,7 +238,7 @@ def test_a_device_that_never_sends_is_reported_not_fatal(hub, bus_address, recor
             await asyncio.gather(task, return_exceptions=True)
             return link, events
 
-    link, events = asyncio.run(main())
+    link, _events = asyncio.run(main())
     assert link.stats.watchdog_trips >= 2 and link.stats.ingest.packets.total() == 0
 
 

@@ -48,7 +48,7 @@ def test_unusable_windows_never_enter_the_reference():
     t, f = session(40)
     usable = ~((t >= T0 + 22 * 60) & (t < T0 + 23 * 60))  # a minute off the wrist inside the still stretch
     f[~usable, EDA] = 100.0  # what an unusable window would do to the mean
-    ref = [r for r in references_over(t, usable, f, [], cfg) if r][0]
+    ref = next(r for r in references_over(t, usable, f, [], cfg) if r)
     inside = (t >= ref.t_start_s) & (t + 20 <= ref.t_end_s)
     assert (inside & ~usable).any()
     assert ref.n_windows == int((inside & usable).sum())
@@ -61,8 +61,8 @@ def test_same_reference_whatever_the_hop():
     t10, f10 = session(45, 10.0)
     t5, f5 = session(45, 5.0)
     f5[::2] = f10[: len(f5[::2])]  # the hop-5 windows on the 10 s grid are the hop-10 windows
-    r10 = [r for r in references_over(t10, np.ones(len(t10), bool), f10, [], cfg) if r][0]
-    r5 = [r for r in references_over(t5, np.ones(len(t5), bool), f5, [], cfg) if r][0]
+    r10 = next(r for r in references_over(t10, np.ones(len(t10), bool), f10, [], cfg) if r)
+    r5 = next(r for r in references_over(t5, np.ones(len(t5), bool), f5, [], cfg) if r)
     assert r5 == r10
 
 

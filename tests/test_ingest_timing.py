@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -147,7 +149,7 @@ def test_beats_do_not_depend_on_chunking(cuts: list[int]) -> None:
     whole = BeatDetector(fs_hz=FS).push(50.0, x)
     det = BeatDetector(fs_hz=FS)
     beats, hrs, i = [], [], 0
-    for c in cuts + [len(x)]:
+    for c in [*cuts, len(x)]:
         chunk = x[i : i + c]
         if chunk.size:
             out = det.push(50.0 + i / FS, chunk)
@@ -186,7 +188,7 @@ def test_device_ingest_counts_and_reports_bad_packets_and_gaps() -> None:
     unknown = ing.packet("gyro", b"\x00", 10.2)
     assert unknown[0].meta["reason"] == "unknown"
     jump = ing.packet("acc", codec.encode_acc(np.zeros((6, 3), dtype=np.int16), counter=3), 10.0 + 4 * 6 / 32)
-    gap = [e for e in jump if e.kind == "status"][0]  # packet 2 never came
+    gap = next(e for e in jump if e.kind == "status")  # packet 2 never came
     assert gap.meta["event"] == "gap" and gap.meta["missing_samples"] == 6 and gap.meta["cause"] == "counter"
     assert jump[-1].t0_s == pytest.approx(out[0].t0_s + 3 * 6 / 32)
     assert ing.stats.bad == {"acc:truncated": 1, "gyro:unknown": 1} and ing.stats.missing_samples["acc"] == 12
@@ -226,7 +228,7 @@ def test_lost_packets_are_found_exactly_with_counters_or_without(data: st.DataOb
     stamps = {k: clock.push(float(times[k]), SPP, k % 64 if with_counter else None) for k in kept}
     assert sum(s.missing for s in stamps.values()) == SPP * sum(1 for k in lost if k < kept[-1])
     # consecutive packets sit as many packets apart as they should, up to the drift slew
-    for k1, k2 in zip(kept, kept[1:]):
+    for k1, k2 in pairwise(kept):
         step = stamps[k2].t0_s - stamps[k1].t0_s
         assert abs(step - (k2 - k1) * PKT_S) <= 0.005 * PKT_S + 1e-9, (k1, k2)
 

@@ -143,7 +143,7 @@ def test_off_wrist_motion_and_gap_flag_exactly_the_windows_that_overlap_them() -
         assert w.quality.motion == overlaps(w, burst), w.t_start_s - T0
         assert (w.quality.missing_fraction > 0) == overlaps(w, gap), w.t_start_s - T0
         assert w.quality.usable == (not overlaps(w, off) and w.quality.missing_fraction <= 0.5)
-    inside_gap = [w for w in windows if w.t_start_s - T0 == 100.0][0]
+    inside_gap = next(w for w in windows if w.t_start_s - T0 == 100.0)
     sent = np.zeros(1280, dtype=bool)
     for msg in messages:
         if msg.kind == RAW and msg.modality == "bvp":

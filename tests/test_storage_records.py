@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -204,7 +205,7 @@ def test_beat_rate_does_not_depend_on_chunking(cuts) -> None:
     parts = BeatRate(64.0)
     got = []
     bounds = [0, *sorted(set(cuts)), x.size]
-    for a, b in zip(bounds[:-1], bounds[1:]):
+    for a, b in pairwise(bounds):
         got += parts.push(T0 + a / 64.0, x[a:b])
     got += parts.flush()
     assert [g[0] for g in got] == [e[0] for e in expected]
@@ -292,14 +293,15 @@ def test_sqlite_sink_forms_reach_the_file_they_name(tmp_path: Path, monkeypatch:
         f"sqlite:///{tmp_path}/abs/a4.db": tmp_path / "abs/a4.db",
         "rel5.db": tmp_path / "rel5.db",
     }
+
+    async def store(db_path: Path, device: str) -> None:
+        async with SqliteSink(db_path) as db:
+            await db.write(affect_records(affect_msg(device=device, tasks=("stress",))))
+
     for k, (sink, path) in enumerate(forms.items()):
         target = parse_sink(sink)
-
-        async def store() -> None:
-            async with SqliteSink(target.path) as db:
-                await db.write(affect_records(affect_msg(device=f"dev{k}", tasks=("stress",))))
-
-        asyncio.run(store())
+        assert isinstance(target, SqliteTarget), sink
+        asyncio.run(store(target.path, f"dev{k}"))
         assert path.exists(), sink
         capsys.readouterr()
         assert main(["timeline", "--sink", sink, "--json"]) == 0
