@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 from pathlib import Path
@@ -48,6 +49,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     r.add_argument("--model", metavar="FILE", help=MODEL_HELP)
     r.add_argument("--tasks", help="comma-separated subset of stress,anxiety,emotion (default all)")
+    r.add_argument(
+        "--json",
+        action="store_true",
+        help="at exit print one JSON object on stdout (the live table goes to stderr): command, exit_code, "
+        "reason, devices, affect_windows, sink, written, affect_records, spooled, spool_dir, dropped, refused, "
+        "lost_windows, lost_windows_by_device, restarts, stages, died, failure, problems, store, lines",
+    )
     add_bus_option(r)
     r.set_defaults(func=_run, bus=None)  # run starts its own hub: on a free loopback port unless --bus names one
 
@@ -71,6 +79,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--seed", type=non_negative_int, default=2022, help="simulation seed (default 2022)")
     d.add_argument("--speed", type=speed, default=math.inf, help="N x real time, or 'max' (default max)")
     d.add_argument("--model", metavar="FILE", help=MODEL_HELP)
+    d.add_argument(
+        "--json",
+        action="store_true",
+        help="at exit print one JSON object on stdout (the table and live view go to stderr): run's fields "
+        "and windows_stored, db, timeline_png, agreement (per task), seconds",
+    )
     d.set_defaults(func=_demo)
 
 
@@ -94,16 +108,23 @@ def _run(args: argparse.Namespace) -> int:
         bus=args.bus,
         max_restarts=max(0, args.max_restarts),
     )
-    view = LiveView(args.tasks.split(",") if args.tasks else TASKS)
+    from m3sense.reports import finish, run_report
+
+    view = LiveView(args.tasks.split(",") if args.tasks else TASKS, out=sys.stderr if args.json else sys.stdout)
+    ended: list[dict] = []  # the run's report, once it has one
 
     async def main() -> int:
         result = await run_pipeline(recordings, cfg, on_affect=view.update)
         view.draw()
         code, lines = outcome(result, sinks[0], len(recordings))
+        ended.append(run_report(result, sinks[0], len(recordings), lines))
         print("\n".join(lines), file=sys.stderr)
         return code
 
-    return run_until_signal(main())
+    code = run_until_signal(main())
+    if args.json:
+        print(json.dumps(finish("run", ended[0] if ended else None, code)), flush=True)
+    return code
 
 
 def agreement(records: list) -> dict[str, dict]:
@@ -161,26 +182,49 @@ def _demo(args: argparse.Namespace) -> int:
         write_e4_export(rec, rec_dir / rec.device)
     recordings = read_source(rec_dir)
     sink = f"sqlite:///{db}"
-    view = LiveView(TASKS)
+    from m3sense.reports import finish, run_report
+
+    view = LiveView(TASKS, out=sys.stderr if args.json else sys.stdout)
+    ended: list[dict] = []  # the run's report, once it has one
     cfg = PipelineConfig(sink=sink, speed=args.speed, model=args.model)
 
     async def main() -> int:
         result = await run_pipeline(recordings, cfg, on_affect=view.update)
         view.draw()
         code, lines = outcome(result, sink, len(recordings))
+        ended.append(run_report(result, sink, len(recordings), lines))
         if code:
             print("\n".join(lines), file=sys.stderr)
         return code
 
     code = run_until_signal(main())
     if code != 0:
+        if args.json:
+            print(json.dumps(finish("demo", ended[0] if ended else None, code)), flush=True)
         return code
     records = read_affect(parse_sink(sink))
-    print(f"\ndemo: {len({(r.device, r.time_s) for r in records})} windows stored in {db}")
-    print("task      windows  predicted  agreement with simulated truth  (majority-class rate)")
-    for task, s in agreement(records).items():
-        print(f"{task:9} {s['windows']:7d}  {s['predicted']:9d}  {s['accuracy']:30.1%}  ({s['majority_accuracy']:.1%})")
+    text = sys.stderr if args.json else sys.stdout  # with --json, stdout holds the one JSON object
+    windows = len({(r.device, r.time_s) for r in records})
+    scores = agreement(records)
+    print(f"\ndemo: {windows} windows stored in {db}", file=text)
+    print("task      windows  predicted  agreement with simulated truth  (majority-class rate)", file=text)
+    for task, s in scores.items():
+        print(
+            f"{task:9} {s['windows']:7d}  {s['predicted']:9d}  {s['accuracy']:30.1%}  ({s['majority_accuracy']:.1%})",
+            file=text,
+        )
     png = out / "timeline.png"
     plot_timeline(records, png)
-    print(f"demo: timeline (true vs predicted per task) in {png}; finished in {time.monotonic() - started:.0f} s")
+    seconds = time.monotonic() - started
+    print(f"demo: timeline (true vs predicted per task) in {png}; finished in {seconds:.0f} s", file=text)
+    if args.json:
+        report = {
+            **(ended[0] if ended else {}),
+            "windows_stored": windows,
+            "db": str(db),
+            "timeline_png": str(png),
+            "agreement": scores,
+            "seconds": round(seconds, 1),
+        }
+        print(json.dumps(finish("demo", report, 0)), flush=True)
     return 0

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
+from typing import Any
 
 from bus.cli import add_bus_option
 from common.argtypes import deprecated_alias, non_negative_int, positive_int, positive_minutes, speed, wait_seconds
@@ -44,6 +46,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("--device", help="device id to publish under (one recording only; default from the file name)")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="at exit print one JSON object on stdout: command, exit_code, reason, finished, devices, "
+        "messages, samples, recorded_s, wall_s",
+    )
     p.set_defaults(func=_replay)
 
     s = sub.add_parser(
@@ -90,12 +98,15 @@ def _replay(args: argparse.Namespace) -> int:
 
         recordings = [replace(recordings[0], device=args.device)]
 
+    ended: list[ReplayStats] = []  # the replay's figures, once it has gone to the end
+
     def progress(st: ReplayStats) -> None:
         print(f"replay: {st.messages} messages, {st.samples} samples, {st.wall_s:.0f} s", file=sys.stderr)
 
     async def main() -> int:
         async with Publisher(args.bus) as pub:
             st = await replay(recordings, pub, speed=args.speed, wait_s=args.wait, progress=progress)
+        ended.append(st)
         ratio = st.recorded_s / st.wall_s if st.wall_s > 0 else math.inf
         print(
             f"replay: done, {len(recordings)} device(s), {st.messages} messages, {st.samples} samples, "
@@ -104,7 +115,23 @@ def _replay(args: argparse.Namespace) -> int:
         )
         return 0
 
-    return run_until_signal(main())
+    code = run_until_signal(main())
+    if args.json:
+        print(json.dumps(replay_report(len(recordings), ended[0] if ended else None, code)), flush=True)
+    return code
+
+
+def replay_report(devices: int, stats: Any, code: int) -> dict[str, Any]:
+    """``replay --json``: what was published (None while unknown: stopped before the end)."""
+    figures = ("messages", "samples", "recorded_s", "wall_s")
+    return {
+        "command": "replay",
+        "exit_code": code,
+        "reason": "done" if code == 0 and stats is not None else "interrupted" if code == 130 else "stopped",
+        "finished": stats is not None,
+        "devices": devices,
+        **{k: (None if stats is None else getattr(stats, k)) for k in figures},
+    }
 
 
 def _simulate(args: argparse.Namespace) -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -217,3 +218,79 @@ def test_the_old_spelling_runs_the_command(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert [json.loads(line)["name"] for line in proc.stdout.splitlines()] == ["Empatica E4"] * 2
     assert proc.stderr.strip().endswith("use --timeout-s")
+
+
+REPLAY_FIELDS = {"command", "exit_code", "reason", "finished", "devices", "messages", "samples", "recorded_s", "wall_s"}
+RUN_FIELDS = {
+    "command",
+    "exit_code",
+    "reason",
+    "devices",
+    "affect_windows",
+    "sink",
+    "written",
+    "affect_records",
+    "spooled",
+    "spool_dir",
+    "dropped",
+    "refused",
+    "lost_windows",
+    "lost_windows_by_device",
+    "restarts",
+    "stages",
+    "died",
+    "failure",
+    "problems",
+    "store",
+    "lines",
+}
+
+
+@pytest.fixture(scope="module")
+def recording(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("rec")
+    run_cli("simulate", str(out), "--minutes", "2", "--seed", "4", "--subjects", "1", "--no-faults", check=True)
+    return out
+
+
+def test_replay_json_says_what_it_published(recording: Path, hub) -> None:
+    proc = run_cli("replay", str(recording), "--bus", hub.address, "--speed", "max", "--wait-s", "0", "--json")
+    assert proc.returncode == 0, proc.stderr
+    (line,) = proc.stdout.splitlines()  # one object, nothing else on stdout
+    report = json.loads(line)
+    assert set(report) == REPLAY_FIELDS
+    assert report["command"] == "replay" and report["exit_code"] == 0 and report["reason"] == "done"
+    assert report["finished"] is True and report["devices"] == 1 and report["recorded_s"] == pytest.approx(120, abs=1)
+    done = re.search(r"replay: done, (\d+) device\(s\), (\d+) messages, (\d+) samples", proc.stderr)
+    assert done is not None  # the text summary stays on stderr, with the same figures
+    assert [int(x) for x in done.groups()] == [report["devices"], report["messages"], report["samples"]]
+
+
+def test_run_json_says_what_reached_the_sink(recording: Path, tmp_path: Path) -> None:
+    db = tmp_path / "a.db"
+    proc = run_cli("run", str(recording), "--sink", f"sqlite:///{db}", "--json", timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (line,) = proc.stdout.splitlines()  # the live table went to stderr
+    report = json.loads(line)
+    assert set(report) == RUN_FIELDS
+    assert report["command"] == "run" and report["reason"] == "done" and report["problems"] == []
+    assert report["exit_code"] == 0 and report["devices"] == 1 and report["affect_windows"] > 0
+    assert report["written"] == report["store"]["written"] > 0 and report["dropped"] == report["refused"] == 0
+    assert report["lines"][-1] in proc.stderr and f"{report['written']} records" in report["lines"][0]
+    assert set(report["stages"]) == {"preprocess", "infer", "store"} and set(report["stages"].values()) == {0}
+    with sqlite3.connect(db) as conn:  # the count is the sink's own
+        stored = conn.execute("SELECT count(*) FROM affect").fetchone()[0]
+    assert stored == report["affect_records"]
+
+
+def test_a_report_names_why_it_is_not_zero_and_holds_no_nan() -> None:
+    from m3sense.pipeline import PipelineResult
+    from m3sense.reports import finish, run_report
+
+    result = PipelineResult(store={"sink": "sqlite:x.db", "written": 5, "dropped": 2, "refused": 1, "exit_code": 1})
+    result.restarts["infer"] += 1
+    report = finish("run", run_report(result, "sqlite:x.db", 1, ["run: ..."]), 1)
+    assert report["reason"] == "stage infer was restarted 1 time(s); 3 records lost"
+    assert finish("run", None, 130)["reason"] == "interrupted (Ctrl-C)"
+    demo = finish("demo", {"agreement": {"stress": {"accuracy": float("nan"), "n": 0}}}, 0)
+    assert json.loads(json.dumps(demo, allow_nan=False))["agreement"]["stress"]["accuracy"] is None
