@@ -98,8 +98,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--json",
         action="store_true",
         help="at exit print one JSON object on stdout: sink, written, spooled, spool_dir, dropped, "
-        "refused, affect_records, exit_code (of the first sink), and with several sinks 'sinks' "
-        "(the same counts per sink), with --alerts 'alerts' (raised, cleared)",
+        "refused, affect_records, exit_code (of the first sink), received, error, lost_windows, "
+        "lost_windows_by_device, and with several sinks 'sinks' (the same counts per sink), with --alerts "
+        "'alerts' (raised, cleared)",
     )
     s.set_defaults(func=_store)
 
