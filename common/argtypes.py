@@ -156,10 +156,11 @@ def deprecated_alias(
 ) -> argparse.Action:
     """Keep ``old`` working beside the flag ``new`` (what ``add_argument`` returned for it):
     same destination and checks (or ``old_type`` when the old unit differs), hidden from ``--help``."""
+    kind = old_type or new.type
     return parser.add_argument(
         old,
         dest=new.dest,
-        type=old_type or new.type,
+        type=kind if kind is not None else str,  # no type is the same as str
         metavar=new.metavar,
         action=DeprecatedFlag,
         new_flag=new.option_strings[-1],

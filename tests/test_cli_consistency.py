@@ -110,9 +110,11 @@ def test_every_numeric_flag_has_a_checking_type() -> None:
     numeric = [a for _, a in flags(parser) if is_numeric_flag(a)]
     assert len(numeric) > 50  # the detection is not vacuous
     for action in numeric:  # and each type refuses what is not a number, in argparse's way
+        kind = action.type
+        assert callable(kind)
         for bad in ("x", "nan"):
             with pytest.raises(argparse.ArgumentTypeError):
-                action.type(bad)
+                kind(bad)
 
 
 def test_the_checks_catch_a_new_flag_that_breaks_the_rules() -> None:
