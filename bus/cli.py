@@ -218,10 +218,8 @@ def _keys_list(args: argparse.Namespace) -> int:
 
 
 def _hub(args: argparse.Namespace) -> int:
-    import signal
-    import threading
-
     from bus.hub import Hub
+    from common.aio import Stop, run_until_signal
 
     if is_nats(args.bus):
         from common.errors import UserError
@@ -229,9 +227,6 @@ def _hub(args: argparse.Namespace) -> int:
         raise UserError(
             f"{args.bus} is a NATS bus: it has no hub, its servers carry it (nats-server -js -p PORT -sd DIR)"
         )
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
     from bus.security import BusSecurityError
 
     try:
@@ -243,13 +238,18 @@ def _hub(args: argparse.Namespace) -> int:
     guard = (
         f"CURVE, clients allowed from {hub.security.keys}/allowed" if hub.security.curve else "plain, no authentication"
     )
-    print(
-        f"hub: publishers connect to {ep.publishers}, subscribers to {ep.subscribers} ({guard})",
-        file=sys.stderr,
-        flush=True,
-    )
+
+    async def serve(stop: Stop) -> int:
+        print(  # the readiness line, said once a signal can stop the hub cleanly
+            f"hub: publishers connect to {ep.publishers}, subscribers to {ep.subscribers} ({guard})",
+            file=sys.stderr,
+            flush=True,
+        )
+        await stop.wait()  # the hub forwards on its own threads
+        return 0
+
     try:
-        stop.wait()
+        code = run_until_signal(serve)
     finally:
         hub.stop()
     if hub.allow_list is not None and (hub.allow_list.refused or hub.refused_plain):
@@ -257,7 +257,7 @@ def _hub(args: argparse.Namespace) -> int:
             f"hub: refused {hub.allow_list.refused} connection(s) with unknown keys, {hub.refused_plain} without CURVE",
             file=sys.stderr,
         )
-    return 0
+    return code
 
 
 def message_record(msg: Any, values: bool) -> dict[str, Any]:
@@ -281,15 +281,17 @@ def message_record(msg: Any, values: bool) -> dict[str, Any]:
 
 
 def _tap(args: argparse.Namespace) -> int:
+    import asyncio
+
     from bus.sockets import Subscriber
-    from common.aio import run_until_signal
+    from common.aio import STOP_POLL_S, Stop, run_until_signal
 
     out = sys.stdout
 
     def json_default(o: Any) -> Any:
         return None if isinstance(o, float) and not math.isfinite(o) else str(o)
 
-    async def main() -> int:
+    async def main(stop: Stop) -> int:
         seen = 0
         sub = Subscriber(args.bus, args.topic or [""])
         try:
@@ -300,11 +302,18 @@ def _tap(args: argparse.Namespace) -> int:
                     file=sys.stderr,
                     flush=True,
                 )
-                while args.count is None or seen < args.count:
+                loop = asyncio.get_running_loop()
+                idle_until = None if args.idle_exit is None else loop.time() + args.idle_exit
+                while not stop.is_set() and (args.count is None or seen < args.count):
+                    wait_s = STOP_POLL_S if idle_until is None else min(STOP_POLL_S, idle_until - loop.time())
+                    if wait_s <= 0:
+                        break  # --idle-exit: nothing came for that long
                     try:
-                        msg = await sub.recv(args.idle_exit)
+                        msg = await sub.recv(wait_s)
                     except TimeoutError:
-                        break
+                        continue
+                    if args.idle_exit is not None:
+                        idle_until = loop.time() + args.idle_exit
                     seen += 1
                     if args.json:
                         out.write(json.dumps(message_record(msg, args.values), default=json_default) + "\n")
@@ -325,4 +334,4 @@ def _tap(args: argparse.Namespace) -> int:
             )
         return 0
 
-    return run_until_signal(main())
+    return run_until_signal(main)

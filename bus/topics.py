@@ -18,7 +18,8 @@ AFFECT = "affect"
 LABEL = "label"
 STATUS = "status"
 SYNC = "_sync"  # publisher flush markers; never of interest to stages
-KINDS = (RAW, WINDOW, AFFECT, LABEL, STATUS, SYNC)
+STORED = "stored"  # the store's word that a device is in the sink up to its end (what `m3sense run` waits for)
+KINDS = (RAW, WINDOW, AFFECT, LABEL, STATUS, SYNC, STORED)
 
 MODALITIES = ("bvp", "eda", "temp", "acc", "ibi", "hr", "battery", "tag")
 

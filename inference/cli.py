@@ -1059,11 +1059,10 @@ def _infer(args) -> int:
     )
     calibrations = Calibrations(answerer.calibration_config or CalibrationConfig(), store)
 
-    def ready() -> None:
+    def ready(bus: str) -> None:
         where = f", calibration state in {store.folder}" if store and answerer.calibration_config else ""
         print(
-            f"infer: {answerer.model_id} ({args.backend}), tasks {','.join(answerer.tasks)}{where}, "
-            f"listening on {args.bus}",
+            f"infer: {answerer.model_id} ({args.backend}), tasks {','.join(answerer.tasks)}{where}, listening on {bus}",
             file=sys.stderr,
             flush=True,
         )
@@ -1074,21 +1073,15 @@ def _infer(args) -> int:
         print("infer: " + ", ".join(f"{k} {v}" for k, v in sorted(c.items())), file=sys.stderr, flush=True)
 
     return run_until_signal(
-        _serve_zero(
-            serve(
-                args.bus,
-                answerer,
-                max_batch=args.max_batch,
-                max_wait_s=args.max_wait_s,
-                on_ready=ready,
-                report=report,
-                calibrations=calibrations,
-                metrics=start_metrics(args, "infer"),
-            )
+        lambda stop: serve(
+            args.bus,
+            answerer,
+            max_batch=args.max_batch,
+            max_wait_s=args.max_wait_s,
+            on_ready=ready,
+            report=report,
+            calibrations=calibrations,
+            metrics=start_metrics(args, "infer"),
+            stop=stop,
         )
     )
-
-
-async def _serve_zero(coro) -> int:
-    await coro
-    return 0

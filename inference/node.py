@@ -7,8 +7,9 @@ and many wristbands share the cheaper large batches (see ``bench/bench_inference
 model runs in a worker thread, so the loop keeps receiving (ZeroMQ queues what arrives
 meanwhile). An end marker on ``window/<device>/`` (meta ``{"event": "end"}``) first flushes
 every pending window, then is answered by ``{"event": "end"}`` on ``affect/<device>/``, so
-a store downstream knows it has seen everything of that device. Cancellation flushes the
-pending windows before the sockets close.
+a store downstream knows it has seen everything of that device. The ``stop`` event (SIGINT,
+SIGTERM through :func:`common.aio.run_until_signal`), or cancellation, flushes the pending
+windows before the sockets close.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from bus import AFFECT, WINDOW, Message, Publisher, Subscriber, topic_for
+from common.aio import STOP_POLL_S, OnReady
 from inference.dataset import window_meta_problem
 
 log = logging.getLogger(__name__)
@@ -106,12 +108,14 @@ async def serve(
     *,
     max_batch: int = 32,
     max_wait_s: float = 0.05,
-    on_ready: Callable[[], None] | None = None,
+    on_ready: OnReady | None = None,
     report: Callable[[Counter], None] | None = None,
     calibrations=None,
     metrics=None,
-) -> None:
-    """Answer windows until cancelled. ``predictor`` is an :class:`inference.answer.Answerer`
+    stop: asyncio.Event | None = None,
+) -> int:
+    """Answer windows until ``stop`` is set or the task is cancelled; returns 0.
+    ``on_ready(bus)`` runs once subscribed. ``predictor`` is an :class:`inference.answer.Answerer`
     (or a bare :class:`inference.Predictor`); ``calibrations`` the wearers' calibrators
     (:class:`inference.answer.Calibrations`; a fresh, unsaved set if None); ``metrics`` a
     :class:`bus.metrics.StageMetrics` to serve the counters from."""
@@ -124,6 +128,7 @@ async def serve(
     if calibrations is None:
         calibrations = Calibrations(predictor.calibration_config or CalibrationConfig())
     batcher = MicroBatcher(max_batch=max_batch, max_wait_s=max_wait_s)
+    stop = stop or asyncio.Event()
     counters: Counter = Counter()
     loop = asyncio.get_running_loop()
 
@@ -169,12 +174,13 @@ async def serve(
                 )
             )
         if on_ready is not None:
-            on_ready()
+            on_ready(bus)
         try:
-            while True:
+            while not stop.is_set():
                 deadline = batcher.deadline_s
+                wait_s = STOP_POLL_S if deadline is None else min(STOP_POLL_S, max(0.0, deadline - loop.time()))
                 try:
-                    msg = await sub.recv(None if deadline is None else max(0.0, deadline - loop.time()))
+                    msg = await sub.recv(wait_s)
                 except TimeoutError:
                     msg = None
                 now = loop.time()
@@ -204,3 +210,4 @@ async def serve(
             counters.update({f"bus_malformed_{k}": v for k, v in sub.stats.malformed.items()})
             if report is not None:
                 report(counters)
+        return 0

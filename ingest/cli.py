@@ -6,12 +6,12 @@ import argparse
 import asyncio
 import json
 import math
-import signal
 import sys
 from pathlib import Path
 from typing import Any
 
 from bus.cli import add_bus_option
+from common.aio import Stop, run_until_signal
 from common.argtypes import (
     deprecated_alias,
     finite_number,
@@ -389,19 +389,15 @@ def _stream(args: argparse.Namespace) -> int:
     )
     raw_log = RawLog(args.raw_log) if args.raw_log else None
 
-    async def run() -> list[Any]:
+    async def run(stop: Stop) -> int:
         # A signal ends the run like --duration does: disconnect, report "end", flush the bus.
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
         async with Publisher(args.bus) as pub:
             if args.wait:
                 topics = [f"raw/bvp/{b.device}/" for b in bands]
                 if await pub.wait_for_subscribers(topics, args.wait):
                     print(f"ble: no subscriber after {args.wait:g} s; streaming anyway", file=sys.stderr)
             print(f"ble: streaming {len(bands)} wristband(s) to {args.bus}", file=sys.stderr, flush=True)
-            return await stream(
+            links = await stream(
                 pub,
                 bands,
                 config=config,
@@ -411,16 +407,16 @@ def _stream(args: argparse.Namespace) -> int:
                 duration_s=args.duration,
                 stop=stop,
             )
+        for link in links:
+            address = {"address": link.band.address} if args.store_address else {}
+            print(json.dumps({"device": link.band.device, **address, **link.stats.as_dict()}), file=sys.stderr)
+        return 0
 
     try:
-        links = asyncio.run(run())
+        return run_until_signal(run)
     finally:
         if raw_log is not None:
             raw_log.close()
-    for link in links:
-        address = {"address": link.band.address} if args.store_address else {}
-        print(json.dumps({"device": link.band.device, **address, **link.stats.as_dict()}), file=sys.stderr)
-    return 0
 
 
 def _jsonable(x: Any) -> Any:
@@ -496,12 +492,6 @@ def _decode(args: argparse.Namespace) -> int:
     return 0
 
 
-def _stop_on_signal(stop: asyncio.Event) -> None:
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-
-
 def _read_token(path: Path | None) -> str | None:
     """The token in a file's first line; one-line errors for a missing, empty or short one."""
     from ingest.e4server import MIN_TOKEN_CHARS
@@ -551,29 +541,27 @@ def _e4_server(args: argparse.Namespace) -> int:
 
     access = _e4_access(args)
 
-    async def run() -> Any:
-        stop = asyncio.Event()
-        _stop_on_signal(stop)
-        return await serve(
+    async def run(stop: Stop) -> int:
+        stats = await serve(
             args.bus,
             args.host,
             args.port,
             stop=stop,
             access=access,
-            ready=lambda port: print(f"e4-server: listening on {args.host}:{port}", file=sys.stderr, flush=True),
+            on_ready=lambda where: print(f"e4-server: listening on {where}", file=sys.stderr, flush=True),
             on_device=lambda d: print(f"e4-server: device {d} on the bus", file=sys.stderr, flush=True),
         )
+        print(
+            f"e4-server: {stats.clients} client(s), {stats.lines} data lines, {stats.dropped_clients} dropped, "
+            f"{stats.refused_clients} refused",
+            file=sys.stderr,
+        )
+        return 0
 
     try:
-        stats = asyncio.run(run())
+        return run_until_signal(run)
     except OSError as exc:
         raise UserError(f"cannot listen on {args.host}:{args.port}: {exc}") from None
-    print(
-        f"e4-server: {stats.clients} client(s), {stats.lines} data lines, {stats.dropped_clients} dropped, "
-        f"{stats.refused_clients} refused",
-        file=sys.stderr,
-    )
-    return 0
 
 
 def _e4_client(args: argparse.Namespace) -> int:
@@ -585,9 +573,7 @@ def _e4_client(args: argparse.Namespace) -> int:
         raise UserError(f"--server {args.server!r} must be HOST:PORT")
     token = _read_token(args.token_file)
 
-    async def run() -> E4ServerSource:
-        stop = asyncio.Event()
-        _stop_on_signal(stop)
+    async def run(stop: Stop) -> int:
         async with Publisher(args.bus) as pub:
             source = E4ServerSource(host, int(port), pub, device=args.device, bus_device=args.bus_device, token=token)
             task = asyncio.create_task(source.run())
@@ -600,11 +586,10 @@ def _e4_client(args: argparse.Namespace) -> int:
             results = await asyncio.gather(task, *enders, return_exceptions=True)
             if isinstance(results[0], Exception):
                 raise results[0]
-            return source
+        print(f"e4-client: {source.samples} samples from {source.device}", file=sys.stderr)
+        return 0
 
     try:
-        source = asyncio.run(run())
+        return run_until_signal(run)
     except (OSError, TimeoutError) as exc:
         raise UserError(f"e4 server {args.server}: {exc or type(exc).__name__}") from None
-    print(f"e4-client: {source.samples} samples from {source.device}", file=sys.stderr)
-    return 0

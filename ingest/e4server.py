@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from bus import Message, Publisher, Subscriber
+from common.aio import OnReady
 from e4 import RATES_HZ as E4_RATES_HZ
 
 log = logging.getLogger(__name__)
@@ -239,7 +240,7 @@ async def serve(
     host: str,
     port: int,
     *,
-    ready: Callable[[int], None] | None = None,
+    on_ready: OnReady | None = None,
     on_device: Callable[[str], None] | None = None,
     max_buffer_bytes: int = 4 << 20,
     stop: asyncio.Event | None = None,
@@ -250,7 +251,7 @@ async def serve(
     ``access`` says who may (default: anyone who can connect; the CLI listens on loopback
     unless given an allow-list, a token or ``--insecure``).
 
-    ``ready(port)`` runs once listening (port 0 picks a free port); ``on_device(id)`` when a
+    ``on_ready("host:port")`` runs once listening (port 0 picks a free port); ``on_device(id)`` when a
     wristband first appears on the bus. A client that does not keep up (more than
     ``max_buffer_bytes`` unsent) is disconnected rather than allowed to grow memory.
     """
@@ -326,8 +327,8 @@ async def serve(
     stop = stop or asyncio.Event()
     try:
         async with Subscriber(bus, ["raw/", "status/"]) as sub:
-            if ready is not None:
-                ready(server.sockets[0].getsockname()[1])
+            if on_ready is not None:
+                on_ready(f"{host}:{server.sockets[0].getsockname()[1]}")
             async for msg in sub.until(stop):
                 on_message(msg)
     finally:

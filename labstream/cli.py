@@ -45,8 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _lsl(args: argparse.Namespace) -> int:
-    import asyncio
-    import signal
+    from common.aio import Stop, run_until_signal
 
     try:
         from labstream.node import LslNode
@@ -54,37 +53,26 @@ def _lsl(args: argparse.Namespace) -> int:
     except (ImportError, OSError) as exc:  # pylsl missing, or its liblsl not loadable here
         raise UserError(f"LSL is not available: {exc}") from None
 
-    interrupted = False
+    outlets = Outlets()
+    node = LslNode(args.bus, outlets)
 
-    async def main() -> tuple[LslNode, Outlets]:
-        nonlocal interrupted
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-
-        def on_sigint() -> None:
-            nonlocal interrupted
-            interrupted = True
-            stop.set()
-
-        loop.add_signal_handler(signal.SIGINT, on_sigint)
-        loop.add_signal_handler(signal.SIGTERM, stop.set)
-        outlets = Outlets()
-        for device in args.device:
-            outlets.declare(device)
-        node = LslNode(args.bus, outlets)
-        task = asyncio.create_task(node.run(stop))
-        while node.subscriber is None and not task.done():
-            await asyncio.sleep(0.01)
+    def ready(bus: str) -> None:
         print(
-            f"lsl: outlets for {', '.join(args.device) or 'each device as it appears'} <- {args.bus}",
+            f"lsl: outlets for {', '.join(args.device) or 'each device as it appears'} <- {bus}",
             file=sys.stderr,
             flush=True,
         )
-        await task
-        outlets.close()
-        return node, outlets
 
-    node, outlets = asyncio.run(main())
+    async def main(stop: Stop) -> int:
+        for device in args.device:
+            outlets.declare(device)
+        try:
+            await node.run(stop, on_ready=ready)
+        finally:
+            outlets.close()
+        return 0
+
+    code = run_until_signal(main)
     stats = node.subscriber.stats if node.subscriber is not None else None
     lost = sum(stats.gaps_by_topic.values()) if stats is not None else 0
     malformed = sum(stats.malformed.values()) if stats is not None else 0
@@ -94,6 +82,6 @@ def _lsl(args: argparse.Namespace) -> int:
         file=sys.stderr,
         flush=True,
     )
-    if interrupted:
-        return 130
+    if code != 0:  # 130: interrupted (what was counted above is still true)
+        return code
     return 1 if lost or malformed else 0

@@ -6,6 +6,7 @@ import asyncio
 import logging
 
 from bus import AFFECT, RAW, STATUS, Subscriber
+from common.aio import OnReady
 from labstream.outlets import Outlets
 from labstream.streams import chunks_of
 
@@ -35,9 +36,11 @@ class LslNode:
         for chunk in chunks_of(msg):
             self.outlets.push(chunk)
 
-    async def run(self, stop: asyncio.Event) -> None:
+    async def run(self, stop: asyncio.Event, on_ready: OnReady | None = None) -> None:
         async with Subscriber(self.bus, PREFIXES) as sub:
             self.subscriber = sub
+            if on_ready is not None:
+                on_ready(self.bus)
             async for msg in sub.until(stop):
                 self._handle(msg)
             while True:

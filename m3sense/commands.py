@@ -89,7 +89,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from common.aio import run_until_signal
+    from common.aio import Stop, run_until_signal
     from m3sense.liveview import LiveView
     from m3sense.pipeline import PipelineConfig, outcome, run_pipeline
     from replay.e4csv import read_source
@@ -113,15 +113,15 @@ def _run(args: argparse.Namespace) -> int:
     view = LiveView(args.tasks.split(",") if args.tasks else TASKS, out=sys.stderr if args.json else sys.stdout)
     ended: list[dict] = []  # the run's report, once it has one
 
-    async def main() -> int:
-        result = await run_pipeline(recordings, cfg, on_affect=view.update)
+    async def main(stop: Stop) -> int:
+        result = await run_pipeline(recordings, cfg, on_affect=view.update, stop=stop)
         view.draw()
         code, lines = outcome(result, sinks[0], len(recordings))
         ended.append(run_report(result, sinks[0], len(recordings), lines))
         print("\n".join(lines), file=sys.stderr)
         return code
 
-    code = run_until_signal(main())
+    code = run_until_signal(main)
     if args.json:
         print(json.dumps(finish("run", ended[0] if ended else None, code)), flush=True)
     return code
@@ -154,7 +154,7 @@ def agreement(records: list) -> dict[str, dict]:
 def _demo(args: argparse.Namespace) -> int:
     import time
 
-    from common.aio import run_until_signal
+    from common.aio import Stop, run_until_signal
     from m3sense.liveview import LiveView
     from m3sense.pipeline import PipelineConfig, outcome, run_pipeline
     from replay.e4csv import read_source, write_e4_export
@@ -188,17 +188,21 @@ def _demo(args: argparse.Namespace) -> int:
     ended: list[dict] = []  # the run's report, once it has one
     cfg = PipelineConfig(sink=sink, speed=args.speed, model=args.model)
 
-    async def main() -> int:
-        result = await run_pipeline(recordings, cfg, on_affect=view.update)
+    stopped = False
+
+    async def main(stop: Stop) -> int:
+        nonlocal stopped
+        result = await run_pipeline(recordings, cfg, on_affect=view.update, stop=stop)
         view.draw()
         code, lines = outcome(result, sink, len(recordings))
         ended.append(run_report(result, sink, len(recordings), lines))
-        if code:
+        stopped = stop.is_set()
+        if code or stopped:
             print("\n".join(lines), file=sys.stderr)
         return code
 
-    code = run_until_signal(main())
-    if code != 0:
+    code = run_until_signal(main)
+    if code != 0 or stopped:  # a stopped demo has no whole run to score
         if args.json:
             print(json.dumps(finish("demo", ended[0] if ended else None, code)), flush=True)
         return code

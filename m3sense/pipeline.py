@@ -7,11 +7,15 @@ back to front and sleep-free: after starting the stages, this process waits unti
 subscriptions for ``window/`` and ``affect/`` of every device have reached the hub,
 and the replay waits for ``raw/``. So the first sample already has a path to storage.
 
-Shut-down is end-to-end: a replay ends each device with a ``status`` end event; the
-preprocessor answers with an end marker on ``window/<device>/``, the inference node with
-one on ``affect/<device>/``, and the store, once it has written everything before it,
-reports ``end of device <device>`` on stderr. When every device has ended, the stages
-get SIGTERM, flush and exit. Ctrl-C takes the same path from wherever it is.
+Shut-down is end-to-end and rides on the bus like every other handshake: a replay ends
+each device with a ``status`` end event; the preprocessor answers with an end marker on
+``window/<device>/``, the inference node with one on ``affect/<device>/``, and the store,
+once it has written everything before it, with one on ``stored/<device>/``, which this
+process subscribes to (on ZeroMQ and NATS alike; the stages' stderr is only relayed for
+people to read). When every device has ended, the stages get SIGTERM, flush and exit 0.
+A stop signal (SIGTERM, or Ctrl-C) takes the same path from wherever the run is: the
+stages are stopped upstream first, the store flushes, and the last lines say what reached
+the sink (the exit code is then 130 after Ctrl-C; see :mod:`common.aio`).
 
 Supervision. The stages are watched all the time, not only at the end: a stage that exits
 before it is asked to (a crash, a ``kill -9``) is started again, at most ``max_restarts``
@@ -46,12 +50,13 @@ from typing import Any
 
 from bus import Hub, Message, Publisher, Subscriber, free_bus_address, topic_for
 from bus.endpoints import is_nats
+from bus.topics import STORED
+from common.aio import Stop
 from replay.clock import ReplayStats, replay
 from replay.recording import Recording
 
 log = logging.getLogger(__name__)
 
-END_LINE = "end of device "
 TAIL_LINES = 12  # a dead stage's last stderr lines, shown at the end of the run
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 _LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
@@ -82,6 +87,10 @@ class PipelineResult:
     phase: str = "starting"
     #: why the run could not finish, when no stage died (a time-out)
     failure: str | None = None
+    #: the signal that stopped the run before it finished (None: it was not stopped)
+    stopped_by: str | None = None
+    #: the devices the store said are in the sink up to their end (``stored/<device>/``)
+    stored: set[str] = field(default_factory=set)
     #: the object ``store --json`` printed at exit; None if it printed none
     store: dict[str, Any] | None = None
     tails: dict[str, list[str]] = field(default_factory=dict)
@@ -100,10 +109,11 @@ def _die_with_parent(parent: int, sig: signal.Signals) -> None:
 
 
 class Stage:
-    """A stage as a child process; its stderr is relayed with a prefix and watched for lines,
-    its stdout kept when ``capture`` (the store's JSON report). ``orphan_signal`` is what it
-    gets when ``run`` dies: the hub dies with ``run``, so a stage that only publishes has
-    nothing left to flush (SIGKILL), while the store can still flush into its sink (SIGTERM)."""
+    """A stage as a child process; its stderr is relayed with a prefix (its last lines kept for
+    the report of a dead stage), its stdout kept when ``capture`` (the store's JSON report).
+    ``orphan_signal`` is what it gets when ``run`` dies: the hub dies with ``run``, so a stage
+    that only publishes has nothing left to flush (SIGKILL), while the store can still flush
+    into its sink (SIGTERM)."""
 
     def __init__(
         self, name: str, args: Sequence[str], *, capture: bool = False, orphan_signal: signal.Signals = signal.SIGKILL
@@ -113,8 +123,6 @@ class Stage:
         self.capture = capture
         self.orphan_signal = orphan_signal
         self.proc: asyncio.subprocess.Process | None = None
-        self.ended: set[str] = set()
-        self.changed = asyncio.Event()
         self.tail: deque[str] = deque(maxlen=TAIL_LINES)
         self.stdout = b""
         self.stopping = False
@@ -148,12 +156,8 @@ class Stage:
         assert self.proc is not None and self.proc.stderr is not None
         async for raw in self.proc.stderr:
             line = raw.decode(errors="replace").rstrip()
-            if END_LINE in line:
-                self.ended.add(line.split(END_LINE, 1)[1].split()[0])
             self.tail.append(line)
             print(f"[{self.name}] {line}", file=sys.stderr)
-            self.changed.set()
-        self.changed.set()
 
     async def _read_stdout(self) -> None:
         assert self.proc is not None and self.proc.stdout is not None
@@ -165,8 +169,9 @@ class Stage:
         return self
 
     async def stop(self, timeout_s: float = 30.0) -> int:
-        """SIGTERM, then the exit code; a stage that stopped cleanly on the signal counts as 0.
-        One that the signal killed (-15) was not running its loop: crashing, or stuck."""
+        """SIGTERM, then the exit code: 0 from a stage that stopped cleanly on it (every stage
+        follows :mod:`common.aio`). One that the signal killed (-15) was not running its loop:
+        crashing, or stuck."""
         self.stopping = True
         if self.proc is None:
             return 0
@@ -179,7 +184,7 @@ class Stage:
                 self.proc.kill()
                 await self.proc.wait()
         await asyncio.gather(*self._readers)  # the output up to the end
-        return 0 if self.proc.returncode == 130 else self.proc.returncode
+        return self.proc.returncode
 
     def report(self) -> dict[str, Any] | None:
         """The last JSON object the stage printed on stdout, if any."""
@@ -217,13 +222,16 @@ class _TimedOut(Exception):
 
 
 async def _flow(
-    recordings: Sequence[Recording], cfg: PipelineConfig, bus: str, store: Stage, result: PipelineResult
+    recordings: Sequence[Recording], cfg: PipelineConfig, bus: str, stored: asyncio.Event, result: PipelineResult
 ) -> None:
-    """Wait for the stages' subscriptions, replay, wait until the store has every device."""
+    """Wait for the stages' subscriptions, replay, wait until the store has every device
+    (``stored`` is set each time one more device is in ``result.stored``)."""
     devices = [r.device for r in recordings]
     result.phase = "waiting for the stages to subscribe"
     async with Publisher(bus) as probe:
         needed = [topic_for(k, d) for d in devices for k in ("window", "affect")]
+        if not is_nats(bus):  # ours too: the store's answers must have a way back (NATS: live as soon as made)
+            needed += [topic_for(STORED, d) for d in devices]
         if missing := await probe.wait_for_subscribers(needed, cfg.start_timeout_s):
             raise _TimedOut(f"no subscriber for {missing[0]} after {cfg.start_timeout_s:.0f} s")
     result.phase = "replaying the recordings"
@@ -233,10 +241,10 @@ async def _flow(
     result.phase = "waiting for storage to finish every device"
     loop = asyncio.get_running_loop()
     deadline = loop.time() + cfg.drain_timeout_s
-    while not store.ended >= set(devices):
-        store.changed.clear()
+    while not result.stored >= set(devices):
+        stored.clear()
         try:
-            await asyncio.wait_for(store.changed.wait(), max(0.0, deadline - loop.time()))
+            await asyncio.wait_for(stored.wait(), max(0.0, deadline - loop.time()))
         except TimeoutError:
             raise _TimedOut(f"storage had not finished every device after {cfg.drain_timeout_s:.0f} s") from None
 
@@ -245,12 +253,15 @@ async def run_pipeline(
     recordings: Sequence[Recording],
     cfg: PipelineConfig,
     on_affect: Callable[[Message], None] | None = None,
+    stop: Stop | None = None,
 ) -> PipelineResult:
     """Replay ``recordings`` through preprocess → infer → store; returns what was replayed,
     every affect message seen on the way (for live views and summaries), how each stage
-    ended and the store's report. A stage that exits early ends the run at once."""
+    ended and the store's report. A stage that dies for good ends the run at once; ``stop``
+    (set by a signal) ends it early the same orderly way."""
     bus = cfg.bus or free_bus_address()
     result = PipelineResult()
+    stop = stop or Stop()
     hub = contextlib.nullcontext() if is_nats(bus) else Hub(bus)  # nats://: the user's servers carry it, no hub
     with hub, tempfile.TemporaryDirectory(prefix="m3sense-run-") as state:
         stages = [
@@ -261,22 +272,29 @@ async def run_pipeline(
         ]
         tasks: list[asyncio.Task] = []
         try:
-            async with Subscriber(bus, ["affect/"]) as affect_sub:
+            async with Subscriber(bus, ["affect/", f"{STORED}/"]) as watcher:
                 for s in stages:
                     await s.start()
+                stored = asyncio.Event()
 
                 async def watch() -> None:
-                    async for msg in affect_sub:
-                        if msg.meta.get("event") is None:
+                    async for msg in watcher:
+                        if msg.kind == STORED:
+                            if msg.meta.get("event") == "end":
+                                result.stored.add(msg.device)
+                                stored.set()
+                        elif msg.meta.get("event") is None:
                             result.affect.append(msg)
                             if on_affect is not None:
                                 on_affect(msg)
 
                 tasks.append(asyncio.create_task(watch()))
-                flow = asyncio.create_task(_flow(recordings, cfg, bus, stages[0], result))
+                flow = asyncio.create_task(_flow(recordings, cfg, bus, stored, result))
                 tasks.append(flow)
-                result.died = await _supervise(stages, flow, cfg.max_restarts, result, tasks)
-                if result.died is None:
+                result.died = await _supervise(stages, flow, cfg.max_restarts, result, tasks, stop)
+                if stop.is_set() and not flow.done():
+                    result.stopped_by = stop.signal.name if stop.signal else "a stop request"
+                elif result.died is None:
                     try:
                         flow.result()
                     except _TimedOut as exc:
@@ -293,15 +311,23 @@ async def run_pipeline(
 
 
 async def _supervise(
-    stages: list[Stage], flow: asyncio.Task, max_restarts: int, result: PipelineResult, tasks: list[asyncio.Task]
+    stages: list[Stage],
+    flow: asyncio.Task,
+    max_restarts: int,
+    result: PipelineResult,
+    tasks: list[asyncio.Task],
+    stop: asyncio.Event,
 ) -> str | None:
-    """Wait for ``flow``, starting again each stage that dies on the way (up to ``max_restarts``
-    times each); returns the name of a stage that died for good, or None when ``flow`` ended."""
+    """Wait for ``flow`` (or ``stop``), starting again each stage that dies on the way (up to
+    ``max_restarts`` times each); returns the name of a stage that died for good, or None when
+    ``flow`` ended or ``stop`` was set."""
     exits = {asyncio.create_task(s.exited()): s for s in stages}
     tasks += list(exits)
+    stopping = asyncio.create_task(stop.wait())
+    tasks.append(stopping)
     while True:
-        done, _ = await asyncio.wait([flow, *exits], return_when=asyncio.FIRST_COMPLETED)
-        if flow in done:
+        done, _ = await asyncio.wait([flow, stopping, *exits], return_when=asyncio.FIRST_COMPLETED)
+        if flow in done or stopping in done:
             return None
         for task in [t for t in done if t in exits]:
             stage = exits.pop(task)
@@ -364,6 +390,8 @@ def outcome(result: PipelineResult, sink: str, devices: int) -> tuple[int, list[
     ]  # a store that reported speaks for itself
     if result.failure:
         lines.append(f"run: stopped: {result.failure}")
+    if result.stopped_by:
+        lines.append(f"run: stopped by {result.stopped_by} while {result.phase}")
     for name in ([result.died] if result.died else []) + [n for n in failed if n != result.died]:
         code = result.exit_codes.get(name)
         end = (

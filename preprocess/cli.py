@@ -129,14 +129,14 @@ def _preprocess(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise UserError(str(exc)) from None
 
-    def ready() -> None:
-        print(f"preprocess: subscribed to {' '.join(SUBSCRIPTIONS)} on {args.bus}", file=sys.stderr, flush=True)
+    def ready(bus: str) -> None:
+        print(f"preprocess: subscribed to {' '.join(SUBSCRIPTIONS)} on {bus}", file=sys.stderr, flush=True)
 
     def report(c: Counter) -> None:
         print(f"preprocess: {format_counters(c)}", file=sys.stderr, flush=True)
 
     return run_until_signal(
-        serve(
+        lambda stop: serve(
             args.bus,
             config,
             device_timeout_s=args.device_timeout,
@@ -144,5 +144,6 @@ def _preprocess(args: argparse.Namespace) -> int:
             on_ready=ready,
             report=report,
             metrics=start_metrics(args, "preprocess"),
+            stop=stop,
         )
     )

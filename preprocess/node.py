@@ -2,9 +2,9 @@
 
 Subscribes ``raw/``, ``label/`` and ``status/``, publishes each finished window on
 ``window/<device>/``, and after a device's last window its end marker (meta
-``{"event": "end"}``) on the same topic. Devices are expired on the event loop's clock. Cancellation (SIGINT,
-SIGTERM through :func:`common.aio.run_until_signal`) flushes every device's pending windows
-onto the bus before the sockets close.
+``{"event": "end"}``) on the same topic. Devices are expired on the event loop's clock. The
+``stop`` event (SIGINT, SIGTERM through :func:`common.aio.run_until_signal`), or cancellation,
+flushes every device's pending windows onto the bus before the sockets close.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from collections import Counter
 from collections.abc import Callable
 
 from bus import LABEL, RAW, STATUS, WINDOW, Publisher, Subscriber, topic_for
+from common.aio import STOP_POLL_S, OnReady
 from preprocess.preprocessor import Preprocessor
 from preprocess.window import Window
 from preprocess.windower import WindowConfig
@@ -60,17 +61,20 @@ async def serve(
     *,
     device_timeout_s: float = 120.0,
     report_every_s: float = 30.0,
-    on_ready: Callable[[], None] | None = None,
+    on_ready: OnReady | None = None,
     report: Callable[[Counter], None] | None = None,
     metrics=None,
-) -> None:
-    """Run until cancelled (the windows still pending are published first).
+    stop: asyncio.Event | None = None,
+) -> int:
+    """Run until ``stop`` is set or the task is cancelled (the windows still pending are
+    published first either way); returns 0.
 
-    ``on_ready`` is called once the sockets are connected and subscribed; ``report`` gets
+    ``on_ready(bus)`` is called once the sockets are connected and subscribed; ``report`` gets
     the counters (bus gaps and malformed messages included) every ``report_every_s`` and at
     the end; ``metrics`` (a :class:`bus.metrics.StageMetrics`) serves them to Prometheus.
     """
     pre = Preprocessor(config, device_timeout_s=device_timeout_s)
+    stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     tick_s = min(1.0, device_timeout_s / 4)
 
@@ -96,13 +100,13 @@ async def serve(
                 )
             )
         if on_ready is not None:
-            on_ready()
+            on_ready(bus)
         next_expire = loop.time() + tick_s
         next_report = loop.time() + report_every_s
         try:
-            while True:
+            while not stop.is_set():
                 try:
-                    msg = await sub.recv(max(0.0, next_expire - loop.time()))
+                    msg = await sub.recv(min(STOP_POLL_S, max(0.0, next_expire - loop.time())))
                 except TimeoutError:
                     msg = None
                 now = loop.time()
@@ -124,3 +128,4 @@ async def serve(
             await pub.flush()
             if report is not None:
                 report(totals(sub))
+        return 0

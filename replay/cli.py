@@ -86,7 +86,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _replay(args: argparse.Namespace) -> int:
     from bus import Publisher
-    from common.aio import run_until_signal
+    from common.aio import Stop, run_until_signal
     from replay.clock import ReplayStats, replay
     from replay.e4csv import read_source
 
@@ -103,9 +103,13 @@ def _replay(args: argparse.Namespace) -> int:
     def progress(st: ReplayStats) -> None:
         print(f"replay: {st.messages} messages, {st.samples} samples, {st.wall_s:.0f} s", file=sys.stderr)
 
-    async def main() -> int:
-        async with Publisher(args.bus) as pub:
-            st = await replay(recordings, pub, speed=args.speed, wait_s=args.wait, progress=progress)
+    async def main(stop: Stop) -> int:
+        async with Publisher(args.bus) as pub:  # a stopped replay still flushes what it sent
+            print(f"replay: publishing {len(recordings)} device(s) on {args.bus}", file=sys.stderr, flush=True)
+            st = await stop.first(replay(recordings, pub, speed=args.speed, wait_s=args.wait, progress=progress))
+        if st is None:
+            print(f"replay: stopped by {stop.signal.name if stop.signal else 'request'}", file=sys.stderr)
+            return 0
         ended.append(st)
         ratio = st.recorded_s / st.wall_s if st.wall_s > 0 else math.inf
         print(
@@ -115,7 +119,7 @@ def _replay(args: argparse.Namespace) -> int:
         )
         return 0
 
-    code = run_until_signal(main())
+    code = run_until_signal(main)
     if args.json:
         print(json.dumps(replay_report(len(recordings), ended[0] if ended else None, code)), flush=True)
     return code

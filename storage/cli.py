@@ -215,10 +215,9 @@ def _run_store(args: argparse.Namespace, targets: list, rules: list | None):
     """Bus → sinks until SIGINT/SIGTERM, then the :class:`StoreOutcome` (of the first sink)
     and what every sink and the alert rules did. A store that breaks (say, the spool's disk
     fails) still says what it stored by then."""
-    import asyncio
     import logging
-    import signal
 
+    from common.aio import Stop, run_until_signal
     from storage.alerts import AlertEngine
     from storage.connect import open_sink
     from storage.fanout import FanoutSink
@@ -229,24 +228,14 @@ def _run_store(args: argparse.Namespace, targets: list, rules: list | None):
 
     target = targets[0]  # the first sink reports as the only one did
     influx = isinstance(target, InfluxTarget)
-    interrupted = False
+    finished: list = []  # what main counted, once it has flushed
 
     def sink_for(t):
         if isinstance(t, InfluxTarget):
             return open_sink(t, spool_dir=args.spool_dir, max_spool_bytes=int(args.max_spool_mb * 2**20))
         return open_sink(t)
 
-    async def main() -> StoreOutcome:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-
-        def on_sigint() -> None:
-            nonlocal interrupted
-            interrupted = True
-            stop.set()
-
-        loop.add_signal_handler(signal.SIGINT, on_sigint)
-        loop.add_signal_handler(signal.SIGTERM, stop.set)
+    async def main(stop: Stop) -> int:
         sinks = [sink_for(t) for t in targets]
         sink = sinks[0]
         engine = AlertEngine(rules) if rules else None
@@ -265,20 +254,23 @@ def _run_store(args: argparse.Namespace, targets: list, rules: list | None):
             on_device_end=lambda d: print(f"store: end of device {d}", file=sys.stderr, flush=True),
         )
         failure = None
+
+        def ready(bus: str) -> None:  # said once subscribed: what is published from now on is stored
+            for s in sinks:
+                print(f"store: {s!r} <- {bus}", file=sys.stderr, flush=True)
+
         try:
             async with fanout:
-                for s in sinks:
-                    print(f"store: {s!r} <- {args.bus}", file=sys.stderr, flush=True)
                 if engine is not None:
                     await _resume_alerts(engine, targets)
-                await node.run(stop)
+                await node.run(stop, on_ready=ready)
         except UserError:
             raise
         except Exception as exc:
             logging.getLogger("storage").exception("store failed")
             failure = f"{type(exc).__name__}: {exc}"
         c = sink.counters
-        return StoreOutcome(
+        outcome = StoreOutcome(
             sink=target.address,
             influx=influx,
             messages=node.processed,
@@ -289,17 +281,29 @@ def _run_store(args: argparse.Namespace, targets: list, rules: list | None):
             dropped=c.dropped,
             refused=c.rejected,
             affect_records=c.affect_written,
-            interrupted=interrupted,
+            interrupted=stop.interrupted,
             error=sink.last_error,
             failure=failure,
             malformed=node.malformed(),
             lost_windows=dict(node.ledger.lost),
-        ), (
-            [SinkReport.of(t.address, s.counters, s.last_error) for t, s in zip(targets, sinks)],
-            None if engine is None else {"raised": engine.raised, "cleared": engine.cleared},
         )
+        finished.append(
+            (
+                outcome,
+                (
+                    [SinkReport.of(t.address, s.counters, s.last_error) for t, s in zip(targets, sinks)],
+                    None if engine is None else {"raised": engine.raised, "cleared": engine.cleared},
+                ),
+            )
+        )
+        return outcome.exit_code
 
-    return asyncio.run(main())
+    code = run_until_signal(main)
+    if not finished:  # a second signal cut the flush short: what reached the sink is not known
+        return StoreOutcome(
+            sink=target.address, influx=influx, interrupted=code == 130, failure="stopped before its flush ended"
+        ), None
+    return finished[0]
 
 
 async def _resume_alerts(engine, targets: list) -> None:

@@ -8,8 +8,9 @@ numbers show that messages were lost on the way) and asks the sink to flush ever
 socket, until ``drain_s`` passes without a message, then closes the open physiology
 bins and flushes the sink, so a clean shutdown loses nothing. An end marker on
 ``affect/<device>/`` (meta ``{"event": "end"}``, sent by the inference node after a
-device's last window) flushes the sink and is reported through ``on_device_end``: that is
-how ``m3sense run`` knows a device is completely stored.
+device's last window) flushes the sink, is reported through ``on_device_end`` and is
+answered on the bus with ``stored/<device>/`` (meta ``{"event": "end"}``): that is how
+``m3sense run`` knows a device is completely stored, on ZeroMQ and NATS alike.
 
 Losses before the store are counted in windows by a :class:`WindowLedger` (see
 :mod:`storage.positions`) and stored as ``bus_gap`` status records with ``detail``
@@ -25,7 +26,9 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
-from bus import AFFECT, RAW, STATUS, Message, Subscriber, topic_for
+from bus import AFFECT, RAW, STATUS, Message, Publisher, Subscriber, topic_for
+from bus.topics import STORED
+from common.aio import OnReady
 from storage.positions import LedgerFile, WindowLedger, has_lineage
 from storage.records import RecordBuilder
 from storage.sink import Sink
@@ -34,6 +37,9 @@ log = logging.getLogger(__name__)
 
 RAW_MODALITIES = ("bvp", "eda", "temp", "hr")
 PREFIXES = (f"{AFFECT}/", f"{STATUS}/", *(f"{RAW}/{m}/" for m in RAW_MODALITIES))
+#: how long the store's last bus flush (of its ``stored/`` answers) may take: a store whose
+#: hub is gone (``run`` died) must still exit promptly once its sink is flushed
+ANNOUNCE_FLUSH_S = 2.0
 
 
 def device_topics(device: str) -> list[str]:
@@ -64,6 +70,7 @@ class StoreNode:
         self.processed = 0
         self.records = 0
         self.subscriber: Subscriber | None = None
+        self._announcer: Publisher | None = None
         self._progress = asyncio.Event()
         self._gaps: dict[str, int] = {}  # sequence gaps per topic already recorded
         self.on_device_end = on_device_end
@@ -125,6 +132,10 @@ class StoreNode:
             await self._flush()
             if self.on_device_end is not None:
                 self.on_device_end(msg.device)
+            if self._announcer is not None:  # everything of this device before its end is in the sink
+                await self._announcer.publish(
+                    STORED, msg.device, STORED, t0_s=msg.t0_s, fs_hz=0.0, meta={"event": "end"}
+                )
             self.processed += 1
             self._progress.set()
             return
@@ -147,9 +158,15 @@ class StoreNode:
         self.processed += 1
         self._progress.set()
 
-    async def run(self, stop: asyncio.Event) -> None:
-        async with Subscriber(self.bus, PREFIXES) as sub:
-            self.subscriber = sub
+    async def run(self, stop: asyncio.Event, on_ready: OnReady | None = None) -> None:
+        """Store until ``stop`` is set, then drain and flush; ``on_ready(bus)`` once subscribed."""
+        async with (
+            Subscriber(self.bus, PREFIXES) as sub,
+            Publisher(self.bus, flush_timeout_s=ANNOUNCE_FLUSH_S) as announcer,
+        ):
+            self.subscriber, self._announcer = sub, announcer
+            if on_ready is not None:
+                on_ready(self.bus)
             if self.metrics is not None:
                 from bus.metrics import bus_snapshot
 

@@ -115,12 +115,12 @@ async def with_virtual_server(bus: str, body: Callable[[int, str], Awaitable[Any
     radio.add(VirtualE4(virtual_address(0), virtual_recordings(1, minutes=1.0, seed=3)[0], clock=clock))
     band = Wristband(address=virtual_address(0), device="e4virt")
     stop = asyncio.Event()
-    ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    ready: asyncio.Future[str] = asyncio.get_running_loop().create_future()
     seen = asyncio.Event()
     server = asyncio.create_task(
-        serve(bus, "127.0.0.1", 0, stop=stop, ready=ready.set_result, on_device=lambda _d: seen.set())
+        serve(bus, "127.0.0.1", 0, stop=stop, on_ready=ready.set_result, on_device=lambda _d: seen.set())
     )
-    port = await asyncio.wait_for(ready, 10)
+    port = int((await asyncio.wait_for(ready, 10)).rpartition(":")[2])
     async with Publisher(bus) as pub:
         assert not await pub.wait_for_subscribers(["raw/bvp/e4virt/", "status/e4virt/"], 10)
         streamer = asyncio.create_task(
@@ -247,12 +247,12 @@ def test_e4_client_command_reports_a_refused_connection_in_one_line() -> None:
 def test_server_follows_the_wristband_link(hub, bus_address) -> None:
     async def main() -> list[str]:
         stop = asyncio.Event()
-        ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        ready: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         seen = asyncio.Event()
         server = asyncio.create_task(
-            serve(bus_address, "127.0.0.1", 0, stop=stop, ready=ready.set_result, on_device=lambda _d: seen.set())
+            serve(bus_address, "127.0.0.1", 0, stop=stop, on_ready=ready.set_result, on_device=lambda _d: seen.set())
         )
-        port = await asyncio.wait_for(ready, 10)
+        port = int((await asyncio.wait_for(ready, 10)).rpartition(":")[2])
         async with Publisher(bus_address) as pub:
             assert not await pub.wait_for_subscribers(["raw/bvp/dev1/", "status/dev1/"], 10)
             live = {"event": "connected", "source": "live"}

@@ -65,14 +65,20 @@ async def _subscribe_bvp(reader: asyncio.StreamReader, writer: asyncio.StreamWri
 def _with_server(bus: str, access: Access, body) -> tuple[object, ServerStats]:
     async def main() -> tuple[object, ServerStats]:
         stop = asyncio.Event()
-        ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        ready: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         seen = asyncio.Event()
         server = asyncio.create_task(
             serve(
-                bus, "127.0.0.1", 0, stop=stop, ready=ready.set_result, on_device=lambda _d: seen.set(), access=access
+                bus,
+                "127.0.0.1",
+                0,
+                stop=stop,
+                on_ready=ready.set_result,
+                on_device=lambda _d: seen.set(),
+                access=access,
             )
         )
-        port = await asyncio.wait_for(ready, 10)
+        port = int((await asyncio.wait_for(ready, 10)).rpartition(":")[2])
         try:
             async with Publisher(bus) as pub:
                 assert not await pub.wait_for_subscribers(["raw/bvp/dev1/", "status/dev1/"], 10)

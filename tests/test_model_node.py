@@ -78,7 +78,9 @@ def test_node_answers_every_window_of_every_device(predictor: Predictor, hub: Hu
 
     async def main() -> None:
         ready = asyncio.Event()
-        node = asyncio.create_task(serve(hub.address, predictor, max_batch=4, max_wait_s=0.02, on_ready=ready.set))
+        node = asyncio.create_task(
+            serve(hub.address, predictor, max_batch=4, max_wait_s=0.02, on_ready=lambda _bus: ready.set())
+        )
         async with Subscriber(hub.address, ["affect/"]) as sub, Publisher(hub.address) as pub:
             await asyncio.wait_for(ready.wait(), 30)
             topics = [f"window/{d}/" for d in devices] + [f"affect/{d}/" for d in devices]

@@ -41,7 +41,7 @@ def test_streamed_windows_equal_offline_windows(hub: Hub, bus_address: str) -> N
 
     async def scenario() -> dict[str, list[Window]]:
         ready = asyncio.Event()
-        node = asyncio.create_task(serve(bus_address, on_ready=ready.set, report=reports.append))
+        node = asyncio.create_task(serve(bus_address, on_ready=lambda _bus: ready.set(), report=reports.append))
         await ready.wait()
         got: dict[str, list[Window]] = {rec.device: [] for rec in recs}
         async with Subscriber(bus_address, ["window/"]) as sub, Publisher(bus_address) as pub:
@@ -84,7 +84,7 @@ def test_cancelling_the_node_flushes_pending_windows(hub: Hub, bus_address: str)
 
     async def scenario() -> list[Window]:
         ready = asyncio.Event()
-        node = asyncio.create_task(serve(bus_address, on_ready=ready.set))
+        node = asyncio.create_task(serve(bus_address, on_ready=lambda _bus: ready.set()))
         await ready.wait()
         async with Subscriber(bus_address, ["window/cut/"]) as sub, Publisher(bus_address) as pub:
             assert await pub.wait_for_subscribers([*topics_of(rec), "window/cut/"], 30) == []
