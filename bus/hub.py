@@ -13,11 +13,23 @@ context of the hub's own: ZAP is per context, and one context holds one ZAP hand
 from __future__ import annotations
 
 import threading
+from typing import TYPE_CHECKING
 
 import zmq
 
+if TYPE_CHECKING:
+    from zmq.auth.thread import ThreadAuthenticator
+
 from bus.endpoints import hub_endpoints
-from bus.security import BusSecurity, check_address, current, secure_server, start_authenticator, watch_handshakes
+from bus.security import (
+    AllowList,
+    BusSecurity,
+    check_address,
+    current,
+    secure_server,
+    start_authenticator,
+    watch_handshakes,
+)
 
 HWM = 100_000  # messages per pipe before back-pressure
 
@@ -39,8 +51,8 @@ class Hub:
         self._given_ctx = context
         self._own_ctx = False
         self._ctx = context or zmq.Context.instance()
-        self._auth = None
-        self.allow_list = None  # with keys: the ZAP allow-list, whose ``refused`` counts unknown keys
+        self._auth: ThreadAuthenticator | None = None
+        self.allow_list: AllowList | None = None  # with keys: the ZAP allow-list, whose ``refused`` counts unknown keys
         self.refused_plain = 0  # with keys: handshakes that failed for want of CURVE (clients without keys)
         self._control_addr = f"inproc://hub-control-{id(self)}"
         self._thread: threading.Thread | None = None

@@ -337,12 +337,12 @@ class NatsPublisher(Publisher):
         #: (acknowledgement, subject, payload, message id) of each publication not yet acknowledged
         self._acks: deque[tuple[asyncio.Future, str, bytes, str]] = deque()
         self._consumers_seen: set[str] | None = None
-        self._arrived: set[str] = set()
+        self._arrived_names: set[str] = set()  # consumer names (the ZeroMQ publisher's are prefixes)
         self._watch: asyncio.Task | None = None
         self.sent = 0
         #: publications the server refused or never acknowledged (flush says so)
         self.refused = 0
-        self.endpoints = None
+        self.endpoints = None  # type: ignore[assignment]  # a NATS bus has no hub endpoints
 
     async def __aenter__(self) -> NatsPublisher:
         self._nc = await connect(self.bus, self.servers)
@@ -478,7 +478,7 @@ class NatsPublisher(Publisher):
                 names = {c.name: c for c in infos}
                 if self._consumers_seen is not None:
                     for name in names.keys() - self._consumers_seen:
-                        self._arrived.update(_prefixes_of(names[name]) or [""])
+                        self._arrived_names.update(_prefixes_of(names[name]) or [""])
                 self._consumers_seen = set(names) | (self._consumers_seen or set())
             await asyncio.sleep(0.5)
 
@@ -487,7 +487,7 @@ class NatsPublisher(Publisher):
         not news: the stream kept its messages, announcements included."""
         if self._watch is None:
             self._watch = asyncio.get_running_loop().create_task(self._watch_consumers())
-        arrived, self._arrived = self._arrived, set()
+        arrived, self._arrived_names = self._arrived_names, set()
         return sorted(arrived)
 
 

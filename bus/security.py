@@ -204,6 +204,7 @@ def secure_client(sock: zmq.Socket, security: BusSecurity) -> None:
     sock.curve_publickey = keys.public
     sock.curve_serverkey = keys.server
     folder = security.keys
+    assert folder is not None  # curve: there are keys
 
     def say(event: int, endpoint: str) -> None:
         if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
@@ -231,7 +232,7 @@ def watch_handshakes(sock: zmq.Socket, say: Callable[[int, str], None], *, once:
     failure once per endpoint), from a thread that reads the socket's monitor until it closes."""
     address = f"inproc://m3sense-handshakes-{uuid.uuid4().hex}"
     sock.monitor(address, _FAILED | zmq.EVENT_MONITOR_STOPPED)
-    mon = zmq.Context.shadow(sock.context.underlying).socket(zmq.PAIR)
+    mon: zmq.Socket = zmq.Context.shadow(sock.context.underlying).socket(zmq.PAIR)
     mon.connect(address)
 
     def read() -> None:

@@ -155,11 +155,11 @@ class Publisher:
             if remaining <= 0:
                 return pending
             # a bounded wait: even an edge the descriptor missed is seen within _POLL_S
-            await self._sock.poll(remaining * 1000, zmq.POLLIN)
+            await self._sock.poll(remaining * 1000)  # POLLIN, its default
 
     async def send(self, msg: Message) -> None:
         """Send a fully formed message (its ``seq`` as given)."""
-        assert self._sock is not None, "use 'async with Publisher(...)'"
+        assert self._sock is not None and self._now is not None, "use 'async with Publisher(...)'"
         frames = encode(msg, self.incarnation if not msg.incarnation else None)
         self._streak += 1
         if self._streak >= _FAIR_EVERY:  # a long run of sends that never waited: let other tasks in
@@ -282,7 +282,7 @@ class Subscriber:
         for p in self.prefixes:
             sock.setsockopt(zmq.SUBSCRIBE, p.encode())
         self._sock = sock
-        self._now = zmq.Socket.shadow(sock.underlying)  # sync view: take what is queued without the loop
+        self._now: zmq.Socket = zmq.Socket.shadow(sock.underlying)  # sync view: take what is queued without the loop
         return self
 
     async def __aexit__(self, *_: Any) -> None:

@@ -17,6 +17,7 @@ import numpy as np
 
 from bus import Message
 from bus.message import MAX_TIME_S
+from common.jsonvalues import is_finite_number
 
 #: A window with more than this fraction of its samples missing, or flagged off-wrist, gives
 #: no answer (status "low_quality") and is left out of training and scoring. Set from
@@ -34,17 +35,13 @@ def window_meta_problem(meta: Mapping) -> str | None:
     ``quality``, ``present`` and ``labels``, a number for the missing fraction, a list of tags.
     A window failing this is dropped and counted by the node, not answered.
     """
-
-    def number(v: object) -> bool:
-        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-    if not number(meta.get("t_end")) or not 0 <= meta["t_end"] < MAX_TIME_S:  # found by fuzzing: t_end 1e300
+    if not is_finite_number(meta.get("t_end")) or not 0 <= meta["t_end"] < MAX_TIME_S:  # found by fuzzing: t_end 1e300
         return "t_end"  # became an affect message at that time, which every store refused
     for key in ("quality", "present", "labels"):
         if not isinstance(meta.get(key) or {}, Mapping):
             return key
     missing = (meta.get("quality") or {}).get("missing_fraction")
-    if missing is not None and not number(missing):
+    if missing is not None and not is_finite_number(missing):
         return "quality"
     if not isinstance(meta.get("tags") or [], list):
         return "tags"

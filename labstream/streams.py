@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from bus import AFFECT, RAW, Message
+from common.jsonvalues import is_finite_number
 from e4 import RATES_HZ
 from storage.records import CLASSES, TASKS
 from storage.states import window_state
@@ -142,5 +143,4 @@ def chunks_of(msg: Message) -> list[Chunk]:
 
 
 def _number(value: object) -> float:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    return float(value) if ok else math.nan
+    return float(value) if is_finite_number(value) else math.nan

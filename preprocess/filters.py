@@ -64,13 +64,16 @@ class FilterSpec:
         return sos, fir
 
 
+_FIR_DENOMINATOR = np.ones(1)  # a = [1]: the FIR stage has no feedback
+
+
 @functools.cache
 def _designed(spec: FilterSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Coefficients and unit start states, designed once per spec and shared by every filter
     (which never writes to them): a thousand devices must not each pay for ``butter`` and
     ``lfilter_zi``. (Not flagged read-only: scipy's ``sosfilt`` rejects read-only buffers.)"""
     sos, fir = spec.design()
-    return sos, fir, signal.sosfilt_zi(sos), signal.lfilter_zi(fir, 1.0)
+    return sos, fir, signal.sosfilt_zi(sos), signal.lfilter_zi(fir, _FIR_DENOMINATOR)
 
 
 #: The filters of paper section 5.3 at the E4's rates (see the module docstring for why).
@@ -104,11 +107,11 @@ class StreamingFilter:
         x = np.asarray(x, dtype=np.float64)
         if x.size == 0:
             return x.copy()
-        if self._sos_zi is None:
+        if self._sos_zi is None or self._fir_zi is None:  # both, after a reset
             self._sos_zi = self._sos_zi_unit * x[0]
             self._fir_zi = self._fir_zi_unit * x[0]
         y, self._sos_zi = signal.sosfilt(self._sos, x, zi=self._sos_zi)
-        y, self._fir_zi = signal.lfilter(self._fir, 1.0, y, zi=self._fir_zi)
+        y, self._fir_zi = signal.lfilter(self._fir, _FIR_DENOMINATOR, y, zi=self._fir_zi)
         return y
 
     def offline(self, x: np.ndarray) -> np.ndarray:
@@ -118,5 +121,5 @@ class StreamingFilter:
         if x.size == 0:
             return x.copy()
         y, _ = signal.sosfilt(self._sos, x, zi=self._sos_zi_unit * x[0])
-        y, _ = signal.lfilter(self._fir, 1.0, y, zi=self._fir_zi_unit * x[0])
+        y, _ = signal.lfilter(self._fir, _FIR_DENOMINATOR, y, zi=self._fir_zi_unit * x[0])
         return y

@@ -25,7 +25,7 @@ class Preprocessor:
         self.device_timeout_s = device_timeout_s
         self._devices: dict[str, DeviceWindower] = {}
         self._last_seen: dict[str, float] = {}
-        self._closed = Counter()
+        self._closed: Counter[str] = Counter()
         self._ended: list[DeviceEnd] = []
 
     @property

@@ -40,6 +40,7 @@ from bus.nats_backend import STREAM_MAX_AGE_S, _replicas
 from bus.partitions import partition_of
 from bus.shards import ShardedSubscriber, ShardSpec
 from common.jsonvalues import is_finite_number
+from common.jsonvalues import is_finite_number
 from preprocess.node import DROPS, SUBSCRIPTIONS, _publish
 from preprocess.preprocessor import Preprocessor
 from preprocess.window import Window
@@ -79,7 +80,8 @@ class HeldAcks:
         """A window of its device is out: the messages now done."""
         done = max(self._published.get(window.device, -math.inf), window.t_start_s + hop_s)
         self._published[window.device] = done
-        kept, out = [], []
+        kept: list[tuple[float, Message]] = []
+        out: list[tuple[float, Message]] = []
         for entry in self._held.get(window.device, ()):
             (out if entry[0] < done else kept).append(entry)
         if kept:
@@ -176,7 +178,7 @@ async def serve_sharded(
     tick_s = min(1.0, device_timeout_s / 4)
     pres: dict[int, Preprocessor] = {}
     held = HeldAcks()
-    gone = Counter()  # counters of the partitions given up, so the totals never go back
+    gone: Counter[str] = Counter()  # counters of the partitions given up, so the totals never go back
 
     def release(partition: int) -> None:
         pre = pres.pop(partition, None)

@@ -44,12 +44,14 @@ windows' worth of samples, is dropped whole (``bad_rate``, ``oversized``).
 from __future__ import annotations
 
 import math
-from collections import Counter
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+from operator import itemgetter
 
 import numpy as np
 
 from bus import LABEL, RAW, STATUS, Message
+from common.jsonvalues import is_finite_number
 from e4 import rate_is_plausible
 from preprocess.filters import FILTERS, StreamingFilter
 from preprocess.quality import QualityRules, assess
@@ -131,7 +133,8 @@ class _Stream:
         self.filter = StreamingFilter(spec) if spec else None
         self.delay = spec.delay_samples if spec else 0
         self.base: int | None = None  # slot of index 0 of the arrays
-        self.raw = self.out = np.zeros(0)
+        self.raw: np.ndarray = np.zeros(0)
+        self.out: np.ndarray = self.raw
         self.flags = np.zeros(0, dtype=np.uint8)
         self.has_out = np.zeros(0, dtype=bool)
         self.keep: int | None = None  # slots below are gone (their windows are out)
@@ -155,9 +158,13 @@ class _Stream:
         cap = len(self.flags)
         if self.base is not None and self.base <= lo and hi <= self.base + cap:
             return
-        old_lo = self.base if self.keep is None or self.base is None else max(self.base, self.keep)
-        new_base = lo if self.base is None else min(lo, old_lo)
-        old_hi = hi if self.base is None else max(hi, self.base + cap)
+        if self.base is None:
+            old_lo = new_base = lo
+            old_hi = hi
+        else:
+            old_lo = self.base if self.keep is None else max(self.base, self.keep)
+            new_base = min(lo, old_lo)
+            old_hi = max(hi, self.base + cap)
         new_cap = 1 << max(8, math.ceil(math.log2(max(1, old_hi - new_base))))
         raw, out = np.zeros(self._shape(new_cap)), np.zeros(self._shape(new_cap))
         flags, has_out = np.zeros(new_cap, dtype=np.uint8), np.zeros(new_cap, dtype=bool)
@@ -195,6 +202,7 @@ class _Stream:
             self.place(first + np.arange(n, dtype=np.int64), values, valid, timing, counters)
             return
         self.reserve(first, last)
+        assert self.base is not None and self.hi is not None and self.contig is not None  # set with lo
         i = first - self.base
         flags = self.flags[i : i + n]
         if flags.any():
@@ -255,11 +263,13 @@ class _Stream:
         idx, values, valid = idx[new], values[new], valid[new]
         self.raw[idx] = np.where(valid if self.width == 1 else valid[:, None], values, 0.0)
         self.flags[idx] |= np.where(valid, _MEASURED, _INVALID).astype(np.uint8) | (_TIMING if timing else 0)
+        assert self.contig is not None  # set with lo
         if lo <= self.contig:
             self._extend_contig()
 
     def _extend_contig(self) -> None:
         """Move ``contig`` to the first slot, at or after the filter, that still waits for data."""
+        assert self.base is not None and self.hi is not None and self.contig is not None  # only once data came
         start = max(self.contig, self.fin) if self.fin is not None else self.contig
         seg = self.flags[start - self.base : self.hi - self.base] & (_MEASURED | _INVALID)
         empty = np.flatnonzero(seg == 0)
@@ -284,6 +294,7 @@ class _Stream:
             return
         start = self.fin
         self.reserve(start, upto)
+        assert self.base is not None  # set by reserve
         i0, n = start - self.base, upto - start
         measured = (self.flags[i0 : i0 + n] & _MEASURED) != 0
         pos = np.arange(n)
@@ -415,7 +426,11 @@ class DeviceWindower:
         t_first = msg.t0_s
         if self._newest_s is not None and (
             t_first > self._newest_s + self.config.max_gap_s
-            or (self._emitted and t_first + (n - 1) / fs < self._next_k * self.config.hop_s - self.config.max_gap_s)
+            or (
+                self._emitted
+                and self._next_k is not None
+                and t_first + (n - 1) / fs < self._next_k * self.config.hop_s - self.config.max_gap_s
+            )
             # before the first window too (found by fuzzing: a chunk at t=0 beside data of today
             # made the buffers span 54 years of slots, terabytes)
             or t_first + (n - 1) / fs < self._newest_s - WINDOW_S - self.config.late_s - self.config.max_gap_s
@@ -426,9 +441,9 @@ class DeviceWindower:
         values = samples.astype(np.float64)
         if stream.width == 3:
             values /= 64.0  # E4 counts are 1/64 g
-        valid = None  # all valid, the common case, checked with one reduction
+        valid: np.ndarray | None = None  # all valid, the common case, checked with one reduction
         if not np.isfinite(values).all() or (m == "eda" and values.min() < 0):
-            valid = np.isfinite(values) if stream.width == 1 else np.isfinite(values).all(axis=1)
+            valid = np.asarray(np.isfinite(values) if stream.width == 1 else np.isfinite(values).all(axis=1))
             if m == "eda":
                 negative = valid & (values < 0)
                 if negative.any():
@@ -472,9 +487,8 @@ class DeviceWindower:
             not isinstance(task, str)
             or task not in LABEL_CLASSES
             or not isinstance(label, str)
-            or not all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in (start, end)
-            )
+            or not is_finite_number(start)
+            or not is_finite_number(end)
             or not start < end
         ):
             self.counters["bad_labels"] += 1
@@ -497,7 +511,7 @@ class DeviceWindower:
         _, needs, late_at = self._wait
         if self._newest_s is not None and self._newest_s >= late_at:
             return True
-        return all(s.contig is not None and s.complete_until() >= need for s, need in needs)
+        return all((c := s.complete_until()) is not None and c >= need for s, need in needs)
 
     def _emit_ready(self) -> list[Window]:
         out = []
@@ -559,14 +573,14 @@ class DeviceWindower:
         return window
 
     def _labels_for(self, t_start: float, t_end: float) -> dict[str, str | None]:
-        cover: dict[str, Counter[str]] = {task: Counter() for task in LABEL_CLASSES}
+        cover: dict[str, defaultdict[str, float]] = {task: defaultdict(float) for task in LABEL_CLASSES}
         for start, end, task, label in self._labels:
             overlap = min(end, t_end) - max(start, t_start)
             if overlap > 0:
                 cover[task][label] += overlap
         labels: dict[str, str | None] = {}
         for task, by_label in cover.items():
-            best = by_label.most_common(1)
-            ok = best and best[0][1] > (t_end - t_start) / 2 and best[0][0] in LABEL_CLASSES[task]
-            labels[task] = best[0][0] if ok else None
+            best = max(by_label.items(), key=itemgetter(1), default=None)  # the first of equals, as most_common
+            ok = best is not None and best[1] > (t_end - t_start) / 2 and best[0] in LABEL_CLASSES[task]
+            labels[task] = best[0] if best is not None and ok else None
         return labels

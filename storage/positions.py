@@ -33,6 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from common.jsonvalues import is_finite_number
+
 
 @dataclass(frozen=True, slots=True)
 class Loss:
@@ -65,8 +67,7 @@ def _lineage(meta: Mapping[str, Any]) -> tuple[str, int] | None:
 
 def _hop(meta: Mapping[str, Any]) -> float | None:
     hop = meta.get("hop_s")
-    ok = isinstance(hop, (int, float)) and not isinstance(hop, bool) and math.isfinite(hop) and 0 < hop <= 3600
-    return float(hop) if ok else None
+    return float(hop) if is_finite_number(hop) and 0 < hop <= 3600 else None
 
 
 class WindowLedger:
