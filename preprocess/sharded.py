@@ -40,7 +40,6 @@ from bus.nats_backend import STREAM_MAX_AGE_S, _replicas
 from bus.partitions import partition_of
 from bus.shards import ShardedSubscriber, ShardSpec
 from common.jsonvalues import is_finite_number
-from common.jsonvalues import is_finite_number
 from preprocess.node import DROPS, SUBSCRIPTIONS, _publish
 from preprocess.preprocessor import Preprocessor
 from preprocess.window import Window
