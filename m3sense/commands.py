@@ -11,6 +11,7 @@ from pathlib import Path
 from bus.cli import add_bus_option
 from common.argtypes import non_negative_int, positive_int, positive_minutes, speed
 from common.errors import UserError
+from common.summary import add_json_option
 from inference.cli import MODEL_HELP
 from replay.cli import SOURCE_HELP
 
@@ -49,12 +50,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     r.add_argument("--model", metavar="FILE", help=MODEL_HELP)
     r.add_argument("--tasks", help="comma-separated subset of stress,anxiety,emotion (default all)")
-    r.add_argument(
-        "--json",
-        action="store_true",
-        help="at exit print one JSON object on stdout (the live table goes to stderr): command, exit_code, "
-        "reason, devices, affect_windows, sink, written, affect_records, spooled, spool_dir, dropped, refused, "
-        "lost_windows, lost_windows_by_device, restarts, stages, died, failure, problems, store, lines",
+    add_json_option(
+        r,
+        "devices, affect_windows, sink, written, affect_records, spooled, spool_dir, dropped, refused, "
+        "lost_windows, lost_windows_by_device, restarts, stages, died, failure, problems, store, lines "
+        "(the live table goes to stderr)",
     )
     add_bus_option(r)
     r.set_defaults(func=_run, bus=None)  # run starts its own hub: on a free loopback port unless --bus names one
@@ -79,11 +79,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--seed", type=non_negative_int, default=2022, help="simulation seed (default 2022)")
     d.add_argument("--speed", type=speed, default=math.inf, help="N x real time, or 'max' (default max)")
     d.add_argument("--model", metavar="FILE", help=MODEL_HELP)
-    d.add_argument(
-        "--json",
-        action="store_true",
-        help="at exit print one JSON object on stdout (the table and live view go to stderr): run's fields "
-        "and windows_stored, db, timeline_png, agreement (per task), seconds",
+    add_json_option(
+        d, "run's fields and windows_stored, db, timeline_png, agreement (per task), seconds (the tables go to stderr)"
     )
     d.set_defaults(func=_demo)
 

@@ -5,9 +5,10 @@ fields a script can read without parsing sentences. Field names are listed in th
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
+
+from common.summary import summary
 
 if TYPE_CHECKING:
     from m3sense.pipeline import PipelineResult
@@ -69,23 +70,4 @@ def finish(command: str, report: dict[str, Any] | None, code: int) -> dict[str, 
     """``report`` under its command with the exit code the process ends with and why; a run
     stopped before it could report (a second Ctrl-C) says so instead of its counts."""
     body = report if report is not None else {"problems": ["stopped before the run could report"]}
-    issues = list(body.get("problems", []))
-    reason = (
-        "done" if code == 0 else "interrupted (Ctrl-C)" if code == 130 else "; ".join(issues) or f"exit code {code}"
-    )
-    return jsonable({"command": command, "exit_code": code, "reason": reason, **body})
-
-
-def jsonable(value: Any) -> Any:
-    """``value`` with NaN and infinities as null (JSON has neither) and numpy scalars as numbers."""
-    if isinstance(value, Mapping):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [jsonable(v) for v in value]
-    if isinstance(value, bool) or value is None or isinstance(value, str):
-        return value
-    if hasattr(value, "item"):  # a numpy scalar
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
+    return summary(command, code, body, body.get("problems", []) if code else [])

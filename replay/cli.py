@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
-from typing import Any
 
 from bus.cli import add_bus_option
 from common.argtypes import deprecated_alias, non_negative_int, positive_int, positive_minutes, speed, wait_seconds
 from common.errors import UserError
+from common.summary import add_json_option, print_summary
 
 #: what a recording source may be (``replay.layouts``), for every command that reads one
 SOURCE_HELP = (
@@ -46,12 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("--device", help="device id to publish under (one recording only; default from the file name)")
-    p.add_argument(
-        "--json",
-        action="store_true",
-        help="at exit print one JSON object on stdout: command, exit_code, reason, finished, devices, "
-        "messages, samples, recorded_s, wall_s",
-    )
+    add_json_option(p, "finished, devices, messages, samples, recorded_s, wall_s")
     p.set_defaults(func=_replay)
 
     s = sub.add_parser(
@@ -120,22 +114,12 @@ def _replay(args: argparse.Namespace) -> int:
         return 0
 
     code = run_until_signal(main)
-    if args.json:
-        print(json.dumps(replay_report(len(recordings), ended[0] if ended else None, code)), flush=True)
+    if args.json:  # the figures are known once the replay has gone to the end
+        st = ended[0] if ended else None
+        figures = {k: getattr(st, k, None) for k in ("messages", "samples", "recorded_s", "wall_s")}
+        facts = {"finished": st is not None, "devices": len(recordings), **figures}
+        print_summary("replay", code, facts, [] if st is not None else ["stopped before the end"])
     return code
-
-
-def replay_report(devices: int, stats: Any, code: int) -> dict[str, Any]:
-    """``replay --json``: what was published (None while unknown: stopped before the end)."""
-    figures = ("messages", "samples", "recorded_s", "wall_s")
-    return {
-        "command": "replay",
-        "exit_code": code,
-        "reason": "done" if code == 0 and stats is not None else "interrupted" if code == 130 else "stopped",
-        "finished": stats is not None,
-        "devices": devices,
-        **{k: (None if stats is None else getattr(stats, k)) for k in figures},
-    }
 
 
 def _simulate(args: argparse.Namespace) -> int:

@@ -286,6 +286,7 @@ def test_run_json_says_what_reached_the_sink(recording: Path, tmp_path: Path) ->
 
 
 def test_a_report_names_why_it_is_not_zero_and_holds_no_nan() -> None:
+    from common.summary import summary
     from m3sense.pipeline import PipelineResult
     from m3sense.reports import finish, run_report
 
@@ -296,3 +297,5 @@ def test_a_report_names_why_it_is_not_zero_and_holds_no_nan() -> None:
     assert finish("run", None, 130)["reason"] == "interrupted (Ctrl-C)"
     demo = finish("demo", {"agreement": {"stress": {"accuracy": float("nan"), "n": 0}}}, 0)
     assert json.loads(json.dumps(demo, allow_nan=False))["agreement"]["stress"]["accuracy"] is None
+    assert summary("lsl", 1, {"lost": 3}, ["3 messages lost on the bus"])["reason"] == "3 messages lost on the bus"
+    assert summary("lsl", 0, {"lost": 0})["reason"] == "done"
