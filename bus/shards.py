@@ -129,6 +129,7 @@ class _Owned:
 
     generation: int
     revision: int
+    renewed: float  # loop time of the last renewal the server accepted
     sub: Any = None
     task: asyncio.Task | None = None
     high: int = 0  # highest stream sequence taken: a lower one is a redelivery of a held message
@@ -177,6 +178,7 @@ class ShardedSubscriber:
         self._js: Any = None
         self._kv: Any = None
         self._keeper: asyncio.Task | None = None
+        self._yield_at = 0.0
         self.endpoints = None
 
     # -- membership and leases -----------------------------------------------------------------
@@ -207,7 +209,7 @@ class ShardedSubscriber:
 
     async def _keep(self) -> None:
         while True:
-            await asyncio.sleep(self.spec.lease_ttl_s / 3)
+            await asyncio.sleep(self.spec.lease_ttl_s / 4)
             try:
                 await self._round()
             except (nats.errors.Error, TimeoutError) as exc:
@@ -234,6 +236,7 @@ class ShardedSubscriber:
                 self.owned[p].revision = await kv.update(
                     f"p.{token(p)}", self.worker.encode(), last=self.owned[p].revision
                 )
+                self.owned[p].renewed = asyncio.get_running_loop().time()
             except nats.js.errors.KeyWrongLastSequenceError:
                 log.warning("group %s: lost the lease of partition %d (renewed too late)", self.spec.group, p)
                 await self._give_up(p, delete=False)
@@ -284,7 +287,7 @@ class ShardedSubscriber:
             except nats.js.errors.BadRequestError:  # made by another worker meanwhile: it is the same one
                 pass
         self._generation += 1
-        owned = _Owned(self._generation, revision)
+        owned = _Owned(self._generation, revision, asyncio.get_running_loop().time())
         owned.sub = await self._js.pull_subscribe_bind(durable=name, stream=STREAM)
         owned.task = asyncio.get_running_loop().create_task(self._fetch(p, owned))
         self.owned[p] = owned
@@ -377,9 +380,15 @@ class ShardedSubscriber:
                 entry = await asyncio.wait_for(self._queue.get(), wait)
             except TimeoutError:
                 raise TimeoutError from None
-            if not self._current(entry):
+            if loop.time() >= self._yield_at:  # a backlog never suspends recv: let the lease keeper run
+                await asyncio.sleep(0)
+                self._yield_at = loop.time() + 0.02
+            owned = self.owned.get(entry[0])
+            while owned is not None and loop.time() - owned.renewed > self.spec.lease_ttl_s / 2:
+                await asyncio.sleep(0.05)  # the lease may be running out: no work on it until it is renewed
+                owned = self.owned.get(entry[0])
+            if owned is None or not self._current(entry):
                 continue  # its partition was given up
-            owned = self.owned[entry[0]]
             seq = entry[2].metadata.sequence.stream
             if seq <= owned.high:
                 continue  # the ack wait ran out on a message this worker still holds: it acks the first copy
