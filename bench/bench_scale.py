@@ -134,25 +134,26 @@ class StoreWatcher(threading.Thread):
         self._halt = threading.Event()
 
     def run(self) -> None:
-        while not self.path.exists() and not self._halt.wait(self.poll_s):
-            pass
-        conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=5.0)
         newest = 0.0
-        try:
-            while not self._halt.wait(self.poll_s):
-                try:
-                    rows = conn.execute(
-                        "SELECT DISTINCT device, time_s FROM affect WHERE time_s > ?", (newest - self.slack_s,)
-                    ).fetchall()
-                except sqlite3.OperationalError:  # the store has not made its tables yet
-                    continue
-                now = time.time()
-                for device, t in rows:
-                    key = (device, round(t, 3))
-                    if key not in self.seen:
-                        self.seen[key] = now
-                        newest = max(newest, t)
-        finally:
+        conn: sqlite3.Connection | None = None
+        while not self._halt.wait(self.poll_s):
+            try:
+                if conn is None:
+                    if not self.path.exists():
+                        continue
+                    conn = sqlite3.connect(self.path, timeout=5.0)  # only reads; WAL lets the store write on
+                rows = conn.execute(
+                    "SELECT DISTINCT device, time_s FROM affect WHERE time_s > ?", (newest - self.slack_s,)
+                ).fetchall()
+            except sqlite3.Error:  # no tables yet, or the file is being made: look again next round
+                continue
+            now = time.time()
+            for device, t in rows:
+                key = (device, round(t, 3))
+                if key not in self.seen:
+                    self.seen[key] = now
+                    newest = max(newest, t)
+        if conn is not None:
             conn.close()
 
     def stop(self) -> None:
@@ -199,8 +200,10 @@ class StageProcess:
     the store's ``end of device`` lines tracked, stdout kept (the store's JSON report). Its own
     small wrapper rather than ``run``'s supervisor: a bench must not follow the shell's internals."""
 
-    def __init__(self, name: str, argv: Sequence[str], log_path: Path) -> None:
+    def __init__(self, name: str, argv: Sequence[str], log_path: Path, profile: Path | None = None) -> None:
         self.name, self.argv, self.log_path = name, list(argv), log_path
+        #: where cProfile writes the stage's profile at its (clean, SIGTERM) exit; None: no profiling
+        self.profile = profile
         self.proc: asyncio.subprocess.Process | None = None
         self.ended: set[str] = set()
         self.changed = asyncio.Event()
@@ -208,8 +211,10 @@ class StageProcess:
         self._readers: list[asyncio.Task] = []
 
     async def start(self) -> None:
+        prof = ["-m", "cProfile", "-o", str(self.profile)] if self.profile else []
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable,
+            *prof,
             "-m",
             "m3sense",
             *self.argv,
@@ -286,7 +291,15 @@ class RunResult:
 
 
 async def run_once(
-    kind: str, n: int, gateways: int, seconds: float, seed: int, flush_s: float, poll_s: float, folder: Path
+    kind: str,
+    n: int,
+    gateways: int,
+    seconds: float,
+    seed: int,
+    flush_s: float,
+    poll_s: float,
+    folder: Path,
+    profile: Path | None = None,
 ) -> RunResult:
     res = RunResult(kind=kind, devices=n, seconds=seconds)
     bases = base_recordings(n, seconds, seed)
@@ -306,7 +319,8 @@ async def run_once(
         if flush_s > 0:
             specs[0][1].extend(["--flush-interval", str(flush_s)])
         for name, argv in specs:
-            s = StageProcess(name, argv, folder / f"{kind}-{n}-{name}.log")
+            prof = profile / f"{kind}-{n}-{name}.prof" if profile else None
+            s = StageProcess(name, argv, folder / f"{kind}-{n}-{name}.log", prof)
             await s.start()
             stages.append(s)
         async with Publisher(bus.address) as probe:  # every stage has subscribed (a durable consumer on NATS)
@@ -348,7 +362,7 @@ async def run_once(
         res.gateway_wall_s = max(r["wall_s"] for r in reports)
         store = stages[0]
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + max(60.0, seconds)
+        deadline = loop.time() + max(120.0, 2 * seconds)
         while not store.ended >= set(ids):
             store.changed.clear()
             try:
@@ -397,6 +411,7 @@ def print_result(r: RunResult) -> None:
         f"windows {r.stored}/{r.expected} stored, lost {r.lost}"
         + ("" if r.drained else " (the store had not finished every device in time)")
         + (f", {r.unobserved} not seen by the watcher" if r.unobserved else "")
+        + f"; the gateways took {r.gateway_wall_s:.0f} s to publish {r.seconds:.0f} s"
     )
     print(
         f"     latency (last packet needed -> row in the store) p50 {r.percentile(50) * 1e3:.0f} ms, "
@@ -421,6 +436,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     ap.add_argument("--poll-ms", type=float, default=50, help="how often the store file is read for new rows")
     ap.add_argument("--seed", type=int, default=5)
+    ap.add_argument("--profile", type=Path, default=None, help="write each stage's cProfile output into this folder")
     ap.add_argument("--gateway", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--bus-address", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--out", default=None, help=argparse.SUPPRESS)
@@ -432,6 +448,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     if args.seconds < 30:
         ap.error("--seconds must be >= 30 (a window is 20 s)")
+    if args.profile:
+        args.profile.mkdir(parents=True, exist_ok=True)
     kinds = ("nats", "zmq") if args.bus == "both" else (args.bus,)
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
         for n in (int(x) for x in args.devices.split(",")):
@@ -446,6 +464,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                         args.flush_interval,
                         args.poll_ms / 1e3,
                         Path(tmp),
+                        args.profile,
                     )
                 )
                 print_result(res)

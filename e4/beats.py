@@ -212,7 +212,7 @@ class BeatDetector:
             self._next_hr_t = (math.floor(t0_s / self.hr_every_s) + 1) * self.hr_every_s
         y, self._zi = signal.sosfilt(self._sos, x, zi=self._zi)
         env, self._env_zi = signal.lfilter([1 - self._env_a], [1, -self._env_a], y * y, zi=self._env_zi)
-        z, e = np.r_[self._tail_y, y], np.r_[self._tail_e, env]
+        z, e = np.concatenate((self._tail_y, y)), np.concatenate((self._tail_e, env))  # np.r_ costs 10x more
         start_t = t0_s - len(self._tail_y) * dt
         base_n = self._n - len(self._tail_y)  # sample index (since the stretch began) of z[0]
         self._n += x.size
