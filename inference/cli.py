@@ -9,6 +9,7 @@ import argparse
 import json
 import shlex
 import sys
+from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from common.argtypes import (
     positive_seconds,
 )
 from common.errors import UserError
+from common.summary import add_json_option, print_summary
 
 #: what ``--model`` takes wherever a model answers (read by ``inference.answer.load_answerer``)
 MODEL_HELP = (
@@ -318,6 +320,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     from bus.metrics import add_metrics_options
 
     add_metrics_options(p)
+    add_json_option(p, "counters (the last line's counts: windows, answered, bus_missing, ...)")
     p.set_defaults(func=_infer)
 
     p = sub.add_parser(
@@ -1069,10 +1072,13 @@ def _infer(args) -> int:
 
     from bus.metrics import start_metrics
 
-    def report(c) -> None:
+    last: list[Counter] = []  # the latest counters: at the end, the final ones
+
+    def report(c: Counter) -> None:
+        last[:] = [c]
         print("infer: " + ", ".join(f"{k} {v}" for k, v in sorted(c.items())), file=sys.stderr, flush=True)
 
-    return run_until_signal(
+    code = run_until_signal(
         lambda stop: serve(
             args.bus,
             answerer,
@@ -1085,3 +1091,6 @@ def _infer(args) -> int:
             stop=stop,
         )
     )
+    if args.json:
+        print_summary("infer", code, {"counters": dict(last[0]) if last else {}})
+    return code

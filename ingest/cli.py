@@ -25,6 +25,7 @@ from common.argtypes import (
     positive_seconds,
 )
 from common.errors import UserError
+from common.summary import add_json_option, print_summary
 
 
 def _add_layout_options(p: argparse.ArgumentParser) -> None:
@@ -257,6 +258,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="admit other clients whose first command is 'server_auth TOKEN', TOKEN being this file's "
         "first line (at least 16 characters; a file keeps it out of ps)",
     )
+    add_json_option(e, "clients, lines (data lines sent), dropped_clients, refused_clients")
     e.set_defaults(func=_e4_server)
 
     c = sub.add_parser(
@@ -284,6 +286,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="send 'server_auth TOKEN' first, TOKEN being this file's first line (an m3sense e4-server "
         "with --token-file)",
     )
+    add_json_option(c, "samples (published), device")
     c.set_defaults(func=_e4_client)
 
 
@@ -540,6 +543,7 @@ def _e4_server(args: argparse.Namespace) -> int:
     from ingest.e4server import serve
 
     access = _e4_access(args)
+    ended: list[Any] = []  # the server's figures, once it has stopped
 
     async def run(stop: Stop) -> int:
         stats = await serve(
@@ -551,6 +555,7 @@ def _e4_server(args: argparse.Namespace) -> int:
             on_ready=lambda where: print(f"e4-server: listening on {where}", file=sys.stderr, flush=True),
             on_device=lambda d: print(f"e4-server: device {d} on the bus", file=sys.stderr, flush=True),
         )
+        ended.append(stats)
         print(
             f"e4-server: {stats.clients} client(s), {stats.lines} data lines, {stats.dropped_clients} dropped, "
             f"{stats.refused_clients} refused",
@@ -559,9 +564,13 @@ def _e4_server(args: argparse.Namespace) -> int:
         return 0
 
     try:
-        return run_until_signal(run)
+        code = run_until_signal(run)
     except OSError as exc:
         raise UserError(f"cannot listen on {args.host}:{args.port}: {exc}") from None
+    if args.json:
+        fields = ("clients", "lines", "dropped_clients", "refused_clients")
+        print_summary("e4-server", code, {k: getattr(ended[0] if ended else None, k, None) for k in fields})
+    return code
 
 
 def _e4_client(args: argparse.Namespace) -> int:
@@ -572,6 +581,7 @@ def _e4_client(args: argparse.Namespace) -> int:
     if not host or not port.isdigit():
         raise UserError(f"--server {args.server!r} must be HOST:PORT")
     token = _read_token(args.token_file)
+    ended: list[Any] = []  # the source, once it has stopped
 
     async def run(stop: Stop) -> int:
         async with Publisher(args.bus) as pub:
@@ -586,10 +596,16 @@ def _e4_client(args: argparse.Namespace) -> int:
             results = await asyncio.gather(task, *enders, return_exceptions=True)
             if isinstance(results[0], Exception):
                 raise results[0]
+        ended.append(source)
         print(f"e4-client: {source.samples} samples from {source.device}", file=sys.stderr)
         return 0
 
     try:
-        return run_until_signal(run)
+        code = run_until_signal(run)
     except (OSError, TimeoutError) as exc:
         raise UserError(f"e4 server {args.server}: {exc or type(exc).__name__}") from None
+    if args.json:
+        print_summary(
+            "e4-client", code, {k: getattr(ended[0] if ended else None, k, None) for k in ("samples", "device")}
+        )
+    return code

@@ -8,6 +8,7 @@ import sys
 from bus.cli import add_bus_option
 from bus.topics import valid_name
 from common.errors import UserError
+from common.summary import add_json_option, print_summary
 
 
 def _device(text: str) -> str:
@@ -41,6 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="create this device's outlets at start, so a recorder can select them before data flows "
         "(repeatable; other devices get outlets on their first message)",
     )
+    add_json_option(p, "messages, pushed (samples per DEVICE/STREAM), lost, malformed")
     p.set_defaults(func=_lsl)
 
 
@@ -82,6 +84,15 @@ def _lsl(args: argparse.Namespace) -> int:
         file=sys.stderr,
         flush=True,
     )
-    if code != 0:  # 130: interrupted (what was counted above is still true)
-        return code
-    return 1 if lost or malformed else 0
+    if code == 0:  # 130: interrupted (what was counted above is still true)
+        code = 1 if lost or malformed else 0
+    if args.json:
+        facts = {
+            "messages": node.messages,
+            "pushed": {f"{d}/{s}": n for (d, s), n in sorted(outlets.pushed.items())},
+            "lost": lost,
+            "malformed": malformed,
+        }
+        problems = [f"{n} {what}" for n, what in ((lost, "lost on the bus"), (malformed, "malformed")) if n]
+        print_summary("lsl", code, facts, problems)
+    return code

@@ -10,6 +10,7 @@ from bus.cli import add_bus_option
 from bus.metrics import add_metrics_options
 from bus.workers_cli import add_workers_options, workers_spec
 from common.argtypes import deprecated_alias, positive_seconds
+from common.summary import add_json_option, print_summary
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -86,6 +87,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         ),
     )
     add_metrics_options(p)
+    add_json_option(p, "counters (the last line's counts: windows, messages, bus_missing, ...)")
     p.set_defaults(func=_preprocess)
 
 
@@ -115,6 +117,10 @@ def format_counters(c: Counter) -> str:
 
 def _preprocess(args: argparse.Namespace) -> int:
     if (spec := workers_spec(args, "preprocess")) is not None:
+        if args.json:
+            from common.errors import UserError
+
+            raise UserError("--json is not available with --workers-group yet: each partition counts on its own")
         from preprocess.sharded import run_worker
 
         return run_worker(args, spec)
@@ -132,10 +138,13 @@ def _preprocess(args: argparse.Namespace) -> int:
     def ready(bus: str) -> None:
         print(f"preprocess: subscribed to {' '.join(SUBSCRIPTIONS)} on {bus}", file=sys.stderr, flush=True)
 
+    last: list[Counter] = []  # the latest counters: at the end, the final ones
+
     def report(c: Counter) -> None:
+        last[:] = [c]
         print(f"preprocess: {format_counters(c)}", file=sys.stderr, flush=True)
 
-    return run_until_signal(
+    code = run_until_signal(
         lambda stop: serve(
             args.bus,
             config,
@@ -147,3 +156,6 @@ def _preprocess(args: argparse.Namespace) -> int:
             stop=stop,
         )
     )
+    if args.json:
+        print_summary("preprocess", code, {"counters": dict(last[0]) if last else {}})
+    return code

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import signal
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,9 +16,10 @@ from pathlib import Path
 import pytest
 
 import common.argtypes as argtypes
+from bus import Hub
 from common.argtypes import DeprecatedFlag
 from m3sense.cli import build_parser
-from tests.conftest import run_cli
+from tests.conftest import Proc, run_cli
 
 #: flags about time whose name needs no unit, and why
 NOT_A_DURATION = {
@@ -255,7 +257,7 @@ def recording(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def test_replay_json_says_what_it_published(recording: Path, hub) -> None:
+def test_replay_json_says_what_it_published(recording: Path, hub: Hub) -> None:
     proc = run_cli("replay", str(recording), "--bus", hub.address, "--speed", "max", "--wait-s", "0", "--json")
     assert proc.returncode == 0, proc.stderr
     (line,) = proc.stdout.splitlines()  # one object, nothing else on stdout
@@ -299,3 +301,36 @@ def test_a_report_names_why_it_is_not_zero_and_holds_no_nan() -> None:
     assert json.loads(json.dumps(demo, allow_nan=False))["agreement"]["stress"]["accuracy"] is None
     assert summary("lsl", 1, {"lost": 3}, ["3 messages lost on the bus"])["reason"] == "3 messages lost on the bus"
     assert summary("lsl", 0, {"lost": 0})["reason"] == "done"
+
+
+STAGE_SUMMARIES = [
+    (["preprocess"], "preprocess: subscribed", {"counters"}),
+    (["infer", "--state-dir", "none"], "listening on", {"counters"}),
+    (
+        ["e4-server", "--port", "0"],
+        "e4-server: listening on",
+        {"clients", "lines", "dropped_clients", "refused_clients"},
+    ),
+]
+
+
+@pytest.mark.parametrize(("args", "ready", "fields"), STAGE_SUMMARIES, ids=[s[0][0] for s in STAGE_SUMMARIES])
+def test_a_stopped_stage_prints_its_summary_as_json(
+    args: list[str], ready: str, fields: set[str], hub: Hub, procs: list[Proc]
+) -> None:
+    stage = Proc([*args, "--bus", hub.address, "--json"])
+    procs.append(stage)
+    stage.wait_for_stderr(ready)
+    stage.popen.send_signal(signal.SIGTERM)
+    out, err = stage.popen.communicate(timeout=60)
+    assert stage.popen.returncode == 0, err
+    (line,) = out.splitlines()
+    report = json.loads(line)
+    assert set(report) == {"command", "exit_code", "reason"} | fields
+    assert report["command"] == args[0] and report["exit_code"] == 0 and report["reason"] == "done"
+    if "counters" in fields:  # the same counts as the last line on stderr
+        last = [line for line in err.splitlines() if line.startswith(f"{args[0]}: ")][-1]
+        said = dict(pair.rsplit(" ", 1) for pair in re.split(r", |; ", last.split(": ", 1)[1]))
+        assert len(said) >= 2 and {k: int(v) for k, v in said.items()} == {
+            k: report["counters"].get(k, 0) for k in said
+        }
