@@ -24,8 +24,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="stream recorded E4 sessions onto the bus as if live",
         description=(
             "Publish an E4 Connect export (folder or zip, e.g. WESAD's SX_E4_Data.zip), or a folder of them, "
+            "or a data set in its original layout (WESAD, K-EmoCon, VerBIO, unlabelled E4 folders) "
             "as raw/<modality>/<device>/ messages in wristband-sized chunks with the recording's timestamps, "
-            "plus label/<device>/ from a labels.csv. Every file is read and checked before anything is published."
+            "plus label/<device>/ from its labels (labels.csv, or the data set's own). Every file is read "
+            "and checked before anything is published."
         ),
     )
     p.add_argument("source", help=SOURCE_HELP)
