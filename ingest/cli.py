@@ -578,8 +578,8 @@ def _e4_client(args: argparse.Namespace) -> int:
     from ingest.e4server import E4ServerSource
 
     host, _, port = args.server.rpartition(":")
-    if not host or not port.isdigit():
-        raise UserError(f"--server {args.server!r} must be HOST:PORT")
+    if not host or not port.isdigit() or not 0 < int(port) <= 65535:
+        raise UserError(f"--server {args.server!r} must be HOST:PORT, PORT from 1 to 65535")
     token = _read_token(args.token_file)
     ended: list[Any] = []  # the source, once it has stopped
 

@@ -215,6 +215,10 @@ def test_a_bad_number_is_one_line_and_exit_2() -> None:
         proc = run_cli(*args)
         assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1, proc.stderr
         assert f"argument {args[-2]}: expected" in proc.stderr
+    proc = run_cli("e4-client", "--server", "127.0.0.1:70000")  # a port inside HOST:PORT is in range too
+    assert proc.returncode == 2 and proc.stderr.splitlines() == [
+        "m3sense e4-client: error: --server '127.0.0.1:70000' must be HOST:PORT, PORT from 1 to 65535"
+    ]
 
 
 def test_the_old_spelling_runs_the_command(tmp_path: Path) -> None:
