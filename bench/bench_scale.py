@@ -58,6 +58,8 @@ from replay.recording import Recording  # noqa: E402
 MAX_BASES = 99  # distinct simulated people; more devices reuse their physiology under other ids
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 END_LINE = "end of device "  # what the store says on stderr once a device is wholly in the sink
+OWNS_LINE = ": owns partitions "  # what a worker of a group says when its share changes
+PARTITIONS = 16  # a worker group's device partitions (bus.partitions)
 
 
 def device_ids(n: int) -> list[str]:
@@ -206,6 +208,8 @@ class StageProcess:
         self.profile = profile
         self.proc: asyncio.subprocess.Process | None = None
         self.ended: set[str] = set()
+        #: the partitions this worker owns now (``--workers-group``: it says so on stderr)
+        self.owned: set[int] = set()
         self.changed = asyncio.Event()
         self.stdout = b""
         self._readers: list[asyncio.Task] = []
@@ -232,6 +236,9 @@ class StageProcess:
                 line = raw.decode(errors="replace").rstrip()
                 if END_LINE in line:
                     self.ended.add(line.split(END_LINE, 1)[1].split()[0])
+                elif OWNS_LINE in line:
+                    owned = line.split(OWNS_LINE, 1)[1].split()[0]
+                    self.owned = set() if owned == "none" else {int(p) for p in owned.split(",")}
                 log.write(line + "\n")
                 self.changed.set()
         self.changed.set()
@@ -264,6 +271,29 @@ class StageProcess:
         return {}
 
 
+async def _partitions_owned(stages: Sequence[StageProcess], timeout_s: float) -> None:
+    """Wait until each worker group's members own all partitions between them, once each."""
+    groups: dict[str, list[StageProcess]] = {}
+    for s in stages:
+        if s.name != "store":
+            groups.setdefault(s.name.rstrip("0123456789"), []).append(s)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+
+    def settled() -> bool:
+        return all(sum(len(w.owned) for w in ws) == PARTITIONS for ws in groups.values()) and all(
+            len(set().union(*(w.owned for w in ws))) == PARTITIONS for ws in groups.values()
+        )
+
+    while not settled():
+        if loop.time() > deadline:
+            owned = "; ".join(f"{w.name} owns {sorted(w.owned)}" for ws in groups.values() for w in ws)
+            raise RuntimeError(
+                f"the worker groups did not share the {PARTITIONS} partitions in {timeout_s:.0f} s: {owned}"
+            )
+        await asyncio.sleep(0.2)
+
+
 @dataclass
 class RunResult:
     kind: str
@@ -277,6 +307,7 @@ class RunResult:
     cpu_s: dict[str, float] = field(default_factory=dict)
     drained: bool = True
     gateway_wall_s: float = 0.0
+    workers: tuple[int, int] = (1, 1)  # preprocess, infer
 
     @property
     def lost(self) -> int:
@@ -300,6 +331,7 @@ async def run_once(
     poll_s: float,
     folder: Path,
     profile: Path | None = None,
+    workers: tuple[int, int] = (1, 1),
 ) -> RunResult:
     res = RunResult(kind=kind, devices=n, seconds=seconds)
     bases = base_recordings(n, seconds, seed)
@@ -311,18 +343,26 @@ async def run_once(
     stages: list[StageProcess] = []
     try:
         on_bus = ["--bus", bus.address]
-        specs = [
-            ("store", ["store", *on_bus, "--sink", f"sqlite:///{db}", "--json", "--positions", "none"]),
-            ("infer", ["infer", *on_bus, "--state-dir", "none"]),
-            ("preprocess", ["preprocess", *on_bus]),
-        ]
+        store_argv = ["store", *on_bus, "--sink", f"sqlite:///{db}", "--json", "--positions", "none"]
         if flush_s > 0:
-            specs[0][1].extend(["--flush-interval", str(flush_s)])
+            store_argv += ["--flush-interval", str(flush_s)]
+        specs = [("store", store_argv)]
+        sharded = kind == "nats" and (workers[0] > 1 or workers[1] > 1)
+        for stage, argv, count, group in (
+            ("infer", ["infer", *on_bus, "--state-dir", "none"], workers[1], "inf"),
+            ("preprocess", ["preprocess", *on_bus], workers[0], "pre"),
+        ):
+            if sharded:  # every worker of a stage in one group (both stages grouped, so both are partitioned)
+                specs += [(f"{stage}{i}", [*argv, "--workers-group", group]) for i in range(count)]
+            else:
+                specs.append((stage, argv))
         for name, argv in specs:
             prof = profile / f"{kind}-{n}-{name}.prof" if profile else None
             s = StageProcess(name, argv, folder / f"{kind}-{n}-{name}.log", prof)
             await s.start()
             stages.append(s)
+        if sharded:
+            await _partitions_owned(stages, 90.0)
         async with Publisher(bus.address) as probe:  # every stage has subscribed (a durable consumer on NATS)
             needed = [topic_for(k, d) for d in ids for k in ("window", "affect")]
             if missing := await probe.wait_for_subscribers(needed, 180.0):
@@ -372,7 +412,10 @@ async def run_once(
                 break
         await asyncio.sleep(2 * poll_s)  # the watcher's last look at what the store flushed
         cpu1 = {name: proc_cpu_s(pid) for name, pid in pids.items()}
-        res.cpu_s = {name: cpu1[name] - cpu0[name] for name in pids}
+        for name in pids:  # a stage's workers together
+            stage = name.rstrip("0123456789")
+            res.cpu_s[stage] = res.cpu_s.get(stage, 0.0) + cpu1[name] - cpu0[name]
+        res.workers = workers if any(s.name[-1].isdigit() for s in stages) else (1, 1)
         res.cpu_s["bus servers" if kind == "nats" else "hub"] = sum(proc_cpu_s(p) for p in bus.pids()) - bus0
         res.cpu_s["gateways"] = sum(r["cpu_s"] for r in reports)
         watcher.stop()
@@ -407,7 +450,8 @@ def print_result(r: RunResult) -> None:
     hours = r.devices * r.seconds / 3600
     held = "yes" if r.held else "NO"
     print(
-        f"{r.kind:4s} {r.devices:5d} wristbands x {r.seconds:.0f} s: held in real time {held}; "
+        f"{r.kind:4s} {r.devices:5d} wristbands x {r.seconds:.0f} s, workers {r.workers[0]}+{r.workers[1]}: "
+        f"held in real time {held}; "
         f"windows {r.stored}/{r.expected} stored, lost {r.lost}"
         + ("" if r.drained else " (the store had not finished every device in time)")
         + (f", {r.unobserved} not seen by the watcher" if r.unobserved else "")
@@ -436,6 +480,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     ap.add_argument("--poll-ms", type=float, default=50, help="how often the store file is read for new rows")
     ap.add_argument("--seed", type=int, default=5)
+    ap.add_argument(
+        "--preprocess-workers", type=int, default=1, help="nats: P preprocess workers in one --workers-group"
+    )
+    ap.add_argument("--infer-workers", type=int, default=1, help="nats: M infer workers in one --workers-group")
     ap.add_argument("--profile", type=Path, default=None, help="write each stage's cProfile output into this folder")
     ap.add_argument("--gateway", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--bus-address", default=None, help=argparse.SUPPRESS)
@@ -465,6 +513,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                         args.poll_ms / 1e3,
                         Path(tmp),
                         args.profile,
+                        (args.preprocess_workers, args.infer_workers),
                     )
                 )
                 print_result(res)
