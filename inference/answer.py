@@ -26,13 +26,19 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from bus import Message
 from common.errors import DataError, UserError
+from common.jsonvalues import mapping_or_empty
 from inference.calibration import CalibrationConfig, CalibrationStore, Calibrator, is_usable_for_reference
 from inference.dataset import MAX_MISSING_FRACTION, is_low_quality, window_inputs
+
+if TYPE_CHECKING:  # torch and onnxruntime load only when a model does
+    from inference.baselines import FeatureModel
+    from inference.predict import Predictor
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +92,7 @@ class Calibrations:
     def push(self, msg: Message, features: np.ndarray):
         cal = self.get(msg.device)
         before = cal.reference
-        quality = msg.meta.get("quality") if isinstance(msg.meta.get("quality"), Mapping) else {}
+        quality = mapping_or_empty(msg.meta.get("quality"))
         tags = [t for t in (msg.meta.get("tags") or ()) if isinstance(t, (int, float))]
         ref = cal.push(
             t_start_s=msg.t0_s, usable=is_usable_for_reference(quality, self.config), features=features, tags_s=tags
@@ -110,6 +116,8 @@ class Calibrations:
     def _save(self, device: str, cal: Calibrator) -> None:
         """A state folder that cannot be written costs the restart memory, not the answers:
         said once, then the node goes on."""
+        if self.store is None:
+            return
         try:
             self.store.save(device, cal)
         except OSError as exc:
@@ -125,7 +133,9 @@ class Calibrations:
 class Answerer:
     """Answers windows for ``tasks`` with one model per task (see the module docstring)."""
 
-    def __init__(self, models: Mapping[str, object], *, model_id: str, path: Path | None = None) -> None:
+    def __init__(
+        self, models: Mapping[str, Predictor | FeatureModel], *, model_id: str, path: Path | None = None
+    ) -> None:
         from inference.baselines import FeatureModel
 
         self.models = dict(models)
@@ -133,9 +143,9 @@ class Answerer:
         self.model_id = model_id
         self.path = path
         self._features = {t: m for t, m in self.models.items() if isinstance(m, FeatureModel)}
-        self._nets = {}
+        self._nets: dict[int, tuple[Predictor, list[str]]] = {}
         for t, m in self.models.items():
-            if t not in self._features:
+            if not isinstance(m, FeatureModel):
                 self._nets.setdefault(id(m), (m, []))[1].append(t)
         if len(self._nets) > 1:
             raise DataError(
@@ -146,7 +156,9 @@ class Answerer:
         if len(configs) > 1:
             raise DataError(path or "bundle", "its models were calibrated with different settings")
         self.calibration_config: CalibrationConfig | None = next(iter(configs), None)
-        self.classes = {t: m.classes if t in self._features else tuple(m.classes[t]) for t, m in self.models.items()}
+        self.classes = {
+            t: m.classes if isinstance(m, FeatureModel) else tuple(m.classes[t]) for t, m in self.models.items()
+        }
 
     @property
     def needs_features(self) -> bool:
@@ -154,6 +166,8 @@ class Answerer:
         return bool(self._features) or self.calibration_config is not None
 
     def info(self) -> dict:
+        from inference.baselines import FeatureModel
+
         return {
             "model": self.model_id,
             "path": str(self.path) if self.path else None,
@@ -161,7 +175,7 @@ class Answerer:
             "tasks": {
                 t: (
                     m.info()
-                    if t in self._features
+                    if isinstance(m, FeatureModel)
                     else {"model": m.model_id, "kind": "m3sense", "classes": list(m.classes[t])}
                 )
                 for t, m in self.models.items()
@@ -198,10 +212,9 @@ class Answerer:
                     ref_sd[idx] if fm.needs_reference else None,
                 )
         for t, model in self.models.items():
-            fm = self._features.get(t)
-            mid = fm.model_id if fm else model.model_id
+            mid = model.model_id
             needs_ref = bool(model.needs_reference)
-            floor = fm.min_confidence if fm else 0.0
+            floor = self._features[t].min_confidence if t in self._features else 0.0
             for i in range(n):
                 ref = (ref_ids[i] or None) if needs_ref else None
                 if low_quality[i]:
@@ -236,14 +249,14 @@ class Answerer:
         net = self._net
         mods = list(net.modalities) if net else []
         shapes = dict(net.shapes) if net else {}
-        inputs = {m: [] for m in mods}
+        rows: dict[str, list[np.ndarray]] = {m: [] for m in mods}
         present = []
         for msg in windows:
             x, p = window_inputs(msg.arrays, msg.meta, mods, shapes)
             for m in mods:
-                inputs[m].append(x[m])
+                rows[m].append(x[m])
             present.append(p)
-        inputs = {m: np.stack(v) for m, v in inputs.items()} if n else {}
+        inputs = {m: np.stack(v) for m, v in rows.items()} if n else {}
         present_arr = np.array(present, dtype=bool).reshape(n, len(mods))
         low = np.array(
             [is_low_quality(w.meta) or (bool(mods) and not p.any()) for w, p in zip(windows, present)], dtype=bool
@@ -299,9 +312,9 @@ def load_answerer(
     if not path.exists() and not path.with_suffix(".json").exists():
         raise UserError(f"--model {path}: no such file")
     kind = _kind_of(path)
-    nets: dict[Path, object] = {}
+    nets: dict[Path, Predictor] = {}
 
-    def net(p: Path, want: Sequence[str]):
+    def net(p: Path, want: Sequence[str] | None) -> Predictor:
         if p not in nets:
             nets[p] = Predictor(load_checkpoint(p), tasks=want, backend=backend, threads=threads)
         return nets[p]
@@ -316,7 +329,7 @@ def load_answerer(
         by_file: dict[Path, list[str]] = {}
         for t in chosen:
             by_file.setdefault(parts[t], []).append(t)
-        models = {}
+        models: dict[str, Predictor | FeatureModel] = {}
         for p, ts in by_file.items():
             if _kind_of(p) == "feature":
                 fm = load_feature_model(p)

@@ -19,6 +19,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -86,6 +87,8 @@ def model_inputs(
     """What a feature model reads: absolute features, or features relative to the reference."""
     if not calibrated:
         return np.asarray(features, dtype=np.float32)
+    if ref_mean is None or ref_sd is None or floor is None:
+        raise ValueError("calibrated feature inputs need the wearers' references and the model's floor")
     return relative_features(features, ref_mean, ref_sd, floor)
 
 
@@ -149,7 +152,7 @@ class FeatureModel:
     provenance: Mapping
     model_id: str
     path: Path
-    _session: object
+    _session: Any  # an onnxruntime InferenceSession (onnxruntime ships no annotations)
 
     @property
     def needs_reference(self) -> bool:

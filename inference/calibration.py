@@ -36,7 +36,7 @@ import math
 import os
 import re
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -186,7 +186,7 @@ class Calibrator:
         return self._s.searching or self._s.tag_s is not None
 
     def push(
-        self, *, t_start_s: float, usable: bool, features: np.ndarray, tags_s: Sequence[float] = ()
+        self, *, t_start_s: float, usable: bool, features: np.ndarray, tags_s: Iterable[float] = ()
     ) -> Reference | None:
         """Take one window; return the reference in force for it (None: still calibrating)."""
         cfg, s = self.config, self._s
@@ -233,6 +233,7 @@ class Calibrator:
         """The marked rest ends at ``end_s``: its windows that lie inside it become the
         reference when they cover enough of it (and it lasted ``MIN_REST_S``)."""
         cfg, s = self.config, self._s
+        assert s.tag_s is not None  # a rest is marked
         keep = [i for i, t in enumerate(s.tag_t) if t + _WINDOW_S <= end_s + _ON_GRID_TOLERANCE_S]
         length = end_s - s.tag_s
         need = max(1, math.ceil(cfg.min_coverage * ((length - _WINDOW_S) / cfg.grid_s + 1)))

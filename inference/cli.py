@@ -550,7 +550,8 @@ def _train(args) -> int:
         if not 2 <= args.folds <= len(groups):
             raise UserError(f"--folds must be between 2 and the number of labelled recordings ({len(groups)})")
         order = groups[np.random.default_rng(args.seed).permutation(len(groups))]
-        test_idx, probs = [], {t: [] for t in cfg.tasks}
+        test_idx: list[np.ndarray] = []
+        probs: dict[str, list[np.ndarray]] = {t: [] for t in cfg.tasks}
         for k, fold in enumerate(np.array_split(order, args.folds), 1):
             split = split_subjects(ws, args.seed, test_groups=list(fold))
             res, norm = fit(split, prefix=f"fold {k}/{args.folds} ")

@@ -12,6 +12,7 @@ import math
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 
@@ -54,6 +55,12 @@ def is_low_quality(meta: Mapping) -> bool:
     return bool(q.get("off_wrist", False)) or float(q.get("missing_fraction", 0.0) or 0.0) > MAX_MISSING_FRACTION
 
 
+#: A WindowSet field left out (hand-made sets in tests): __post_init__ fills it for the set's size,
+#: so the field is always an array once the set exists.
+_FILL_IN = np.empty(0)
+_NO_REFERENCES: dict[str, Any] = {"ref_mean": None, "ref_sd": None, "ref_id": None}
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class WindowSet:
     """N windows as arrays. ``inputs[m]`` is (N, samples, channels) float32 in sensor units
@@ -74,10 +81,10 @@ class WindowSet:
     groups: np.ndarray
     sources: np.ndarray
     t0_s: np.ndarray
-    features: np.ndarray | None = None
-    missing: np.ndarray | None = None
-    motion: np.ndarray | None = None
-    off_wrist: np.ndarray | None = None
+    features: np.ndarray = field(default_factory=lambda: _FILL_IN)
+    missing: np.ndarray = field(default_factory=lambda: _FILL_IN)
+    motion: np.ndarray = field(default_factory=lambda: _FILL_IN)
+    off_wrist: np.ndarray = field(default_factory=lambda: _FILL_IN)
     tag_groups: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=str))
     tag_s: np.ndarray = field(default_factory=lambda: np.zeros(0))
     ref_mean: np.ndarray | None = None
@@ -112,7 +119,7 @@ class WindowSet:
             "off_wrist": lambda: np.zeros(n, bool),
         }
         for k, make in defaults.items():
-            if getattr(self, k) is None:
+            if getattr(self, k) is _FILL_IN:
                 object.__setattr__(self, k, make())
 
     def __len__(self) -> int:
@@ -148,7 +155,7 @@ class WindowSet:
     @property
     def labelled(self) -> np.ndarray:
         """(N,) bool: the window carries at least one task label."""
-        return (self.labels >= 0).any(axis=1)
+        return np.asarray((self.labels >= 0).any(axis=1))
 
     @property
     def calibrated(self) -> np.ndarray:
@@ -163,7 +170,7 @@ class WindowSet:
         if any(s.modalities != first.modalities or s.tasks != first.tasks for s in sets):
             raise ValueError("window sets differ in modalities or tasks")
         refs = all(s.ref_id is not None for s in sets)
-        cat = {
+        cat: dict[str, Any] = {
             k: np.concatenate([getattr(s, k) for s in sets])
             for k in WindowSet._PER_WINDOW
             if refs or not k.startswith("ref_")
@@ -174,7 +181,7 @@ class WindowSet:
             tag_groups=np.concatenate([s.tag_groups for s in sets]),
             tag_s=np.concatenate([s.tag_s for s in sets]),
             **cat,
-            **({} if refs else {"ref_mean": None, "ref_sd": None, "ref_id": None}),
+            **({} if refs else _NO_REFERENCES),
         )
 
     _SAVED = (
@@ -192,13 +199,9 @@ class WindowSet:
     )
 
     def save_npz(self, path) -> None:
-        np.savez(
-            path,
-            modalities=np.array(self.modalities),
-            tasks=np.array(self.tasks),
-            **{k: getattr(self, k) for k in self._SAVED},
-            **{f"x_{m}": v for m, v in self.inputs.items()},
-        )
+        arrays: dict[str, Any] = {k: getattr(self, k) for k in self._SAVED}
+        arrays.update({f"x_{m}": v for m, v in self.inputs.items()})
+        np.savez(path, modalities=np.array(self.modalities), tasks=np.array(self.tasks), **arrays)
 
     @staticmethod
     def load_npz(path) -> WindowSet:

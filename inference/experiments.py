@@ -19,6 +19,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 
@@ -131,7 +132,7 @@ def rows_for(
 ) -> list[Row]:
     """Every row of experiment ``name`` for these tasks and modalities."""
     tasks, mods = tuple(tasks), tuple(modalities)
-    base = dict(tasks=tasks, modalities=mods)
+    base: dict[str, Any] = dict(tasks=tasks, modalities=mods)
     if name == "table2":
         rows = [
             Row(id=k, label=k.upper(), family="features", model=k, paper=_paper(_T2[k], tasks), **base)
@@ -206,7 +207,7 @@ def rows_for(
                 raise ValueError(f"--target {t}: not among the tasks {list(tasks)}")
             others = tuple(x for x in tasks if x != t)
             src = "-".join(others)
-            common = dict(model=fusion, modalities=mods, family=f"to {t}")
+            common: dict[str, Any] = dict(model=fusion, modalities=mods, family=f"to {t}")
             rows += [
                 Row(
                     id=f"scratch:{t}",
@@ -342,7 +343,7 @@ def _fit(
     if keep_labels is not None:
         keep = np.array([t in keep_labels for t in cfg.tasks])
         sub = replace(sub, labels=np.where(keep[None, :], sub.labels, -1))
-    has = (sub.labels >= 0).any(axis=1)
+    has = np.asarray((sub.labels >= 0).any(axis=1))
     train = part.train if train is None else train
     val = part.val if val is None else val
     split = Split(train=train[has[train]], val=val[has[val]], test=part.test, unlabeled=unlabeled)
@@ -352,7 +353,7 @@ def _fit(
         setup.train,
         seed=seed,
         gamma=0.0 if row.no_alignment else setup.train.gamma,
-        **({"epochs": setup.few_epochs} if few else {}),
+        epochs=setup.few_epochs if few else setup.train.epochs,
     )
     res, norm = fit_split(
         sub,
@@ -371,7 +372,7 @@ def _network_probs(
     empty = np.zeros(0, np.int64)
     unl = np.concatenate([part.unlabeled, extra]) if row.unlabeled else empty
     if row.fig7 is None:
-        out = {}
+        out: dict[str, np.ndarray] = {}
         for tasks in [(t,) for t in row.tasks] if row.single_task else [row.tasks]:
             _, p, _ = _fit(data, part, tasks, row, seed, setup, unlabeled=unl)
             out |= {t: v for t, v in (p or {}).items() if t in tasks}
@@ -433,7 +434,8 @@ def run(
     records: list[dict] = []
     total = len(setup.seeds) * len(rows)
     for k, (seed, row) in enumerate(itertools.product(setup.seeds, rows), 1):
-        test_idx, probs = [], {t: [] for t in row.scored}
+        test_idx: list[np.ndarray] = []
+        probs: dict[str, list[np.ndarray | None]] = {t: [] for t in row.scored}  # None: no model in a fold
         for i, part in enumerate(folds, 1):
             progress(f"[{k}/{total}] seed {seed}, {row.id}: fold {i}/{len(folds)}")
             p = (

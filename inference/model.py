@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -132,7 +133,7 @@ class SpatialEncoder(nn.Module):
     def forward(self, seg: Tensor) -> Tensor:
         # seg: (N, L, C) with N = B*S segments
         x = self.conv1(seg.unsqueeze(1))  # (N, c1, L, C)
-        conv, bn_relu = self.conv2[0], self.conv2[1:]
+        conv, bn_relu = cast(nn.Conv2d, self.conv2[0]), self.conv2[1:]
         # one column: the same as the padded 3×3 on it
         x = F.conv2d(x, conv.weight[..., 1:2], conv.bias) if self.one_column else conv(x)
         x = bn_relu(x)  # (N, c2, L-2, C)

@@ -24,6 +24,7 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qsl
 
 import numpy as np
@@ -105,8 +106,10 @@ def read_recordings(src: SourceSpec) -> list:
     if src.synthetic:
         from replay.simulate import simulate_recordings
 
+        # typed by the text the user gave: simulate_recordings checks each (TypeError, ValueError)
+        params: dict[str, Any] = {k: _value(v) for k, v in src.params.items()}
         try:
-            return list(simulate_recordings(**{k: _value(v) for k, v in src.params.items()}))
+            return list(simulate_recordings(**params))
         except (TypeError, ValueError) as exc:
             raise UserError(f"data source {src.spec!r}: {exc}") from exc
     from replay.e4csv import read_source

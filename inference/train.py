@@ -205,7 +205,8 @@ def init_model(cfg: ModelConfig, seed: int) -> M3Sense:
 
 
 def alignment_loss(out) -> torch.Tensor:
-    return sum(kl_to_standard_normal(out.mu[t], out.logvar[t]).mean() for t in out.mu)
+    # a tensor start (0.0 + first term is exact): the same sum, and a tensor even for no tasks
+    return sum((kl_to_standard_normal(out.mu[t], out.logvar[t]).mean() for t in out.mu), torch.zeros(()))
 
 
 def train_model(
@@ -240,7 +241,9 @@ def train_model(
         hits = np.zeros(len(tasks)), np.zeros(len(tasks))
         for step, k in enumerate(order):
             kind, idx = batches[k]
-            x, present, y = (train if kind == "l" else unlabeled).take(idx)
+            source = train if kind == "l" else unlabeled
+            assert source is not None  # "u" batches exist only with unlabelled windows
+            x, present, y = source.take(idx)
             out = model(x, present)
             kl = alignment_loss(out)
             ce = torch.zeros(())

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from bus import AFFECT, RAW, Message
-from common.jsonvalues import is_finite_number
+from common.jsonvalues import is_finite_number, mapping_or_empty
 from e4 import RATES_HZ
 from storage.records import CLASSES, TASKS
 from storage.states import window_state
@@ -119,7 +119,7 @@ def chunks_of(msg: Message) -> list[Chunk]:
     if msg.kind == AFFECT and isinstance(msg.meta.get("tasks"), Mapping):
         meta = msg.meta
         tasks = meta["tasks"]
-        quality = meta.get("quality") if isinstance(meta.get("quality"), Mapping) else {}
+        quality = mapping_or_empty(meta.get("quality"))
         t_end = meta.get("t_end", msg.t0_s)
         if not isinstance(t_end, (int, float)) or not math.isfinite(t_end):
             return []
@@ -133,7 +133,7 @@ def chunks_of(msg: Message) -> list[Chunk]:
                 if task in tasks
                 else "no_answer"
             )
-            probs = result.get("probs") if isinstance(result.get("probs"), Mapping) else {}
+            probs = mapping_or_empty(result.get("probs"))
             conf = result.get("confidence")
             numbers.append(_number(conf))
             numbers += [_number(probs.get(c)) for c in sorted(CLASSES[task])]

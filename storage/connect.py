@@ -24,7 +24,7 @@ def default_spool_dir(target: InfluxTarget, environ: Mapping[str, str] = os.envi
     return state / "m3sense" / "spool" / f"{name}-{hashlib.sha256(ident.encode()).hexdigest()[:8]}"
 
 
-def open_sink(target: Target, *, spool_dir: Path | None = None, **options: float) -> Sink:
+def open_sink(target: Target, *, spool_dir: Path | None = None, **options: int) -> Sink:
     """The sink for a target (use it with ``async with``); ``options`` go to its constructor."""
     if isinstance(target, SqliteTarget):
         return sqlite.SqliteSink(target.path, **options)
@@ -37,22 +37,24 @@ def open_sink(target: Target, *, spool_dir: Path | None = None, **options: float
 
 def read_affect(target: Target, *, device: str | None = None, since_s: float | None = None) -> list[AffectRecord]:
     """The stored affect records in time order (then device, task)."""
-    _readable(target)
-    if isinstance(target, SqliteTarget):
-        return sqlite.read_affect(target.path, device=device, since_s=since_s)
-    return influx.read_affect(target, device=device, since_s=since_s)
+    readable = _readable(target)
+    if isinstance(readable, SqliteTarget):
+        return sqlite.read_affect(readable.path, device=device, since_s=since_s)
+    return influx.read_affect(readable, device=device, since_s=since_s)
 
 
 def read_alerts(target: Target, *, device: str | None = None, since_s: float | None = None) -> list[AlertRecord]:
     """The stored alert events in time order (then device, rule)."""
-    _readable(target)
-    if isinstance(target, SqliteTarget):
-        return sqlite.read_alerts(target.path, device=device, since_s=since_s)
-    return influx.read_alerts(target, device=device, since_s=since_s)
+    readable = _readable(target)
+    if isinstance(readable, SqliteTarget):
+        return sqlite.read_alerts(readable.path, device=device, since_s=since_s)
+    return influx.read_alerts(readable, device=device, since_s=since_s)
 
 
-def _readable(target: Target) -> None:
+def _readable(target: Target) -> SqliteTarget | InfluxTarget:
+    """The target, if it keeps history to read back."""
     if isinstance(target, MqttTarget):
         raise UserError(
             f"{target.address}: MQTT keeps only the latest state; read history from a sqlite: or influx:// sink"
         )
+    return target

@@ -270,8 +270,8 @@ class InfluxSink:
             ),
             None,
         )
-        if task is not None and task.done() and not task.cancelled() and task.exception() is not None:
-            raise task.exception()  # the writer died (say, the spool's disk failed): say so, loudly
+        if task is not None and task.done() and not task.cancelled() and (error := task.exception()) is not None:
+            raise error  # the writer died (say, the spool's disk failed): say so, loudly
 
     async def close(self) -> None:
         if self._task is None:
@@ -521,7 +521,7 @@ def read_affect(target: InfluxTarget, *, device: str | None = None, since_s: flo
             out.append(
                 AffectRecord(
                     time_s=row["time"] / 1e6,
-                    t_start_s=_float(row.get("t_start_s")),
+                    t_start_s=float(row["t_start_s"]),  # written with every affect point
                     device=row["device"],
                     task=row["task"],
                     source=row["source"],
@@ -531,7 +531,7 @@ def read_affect(target: InfluxTarget, *, device: str | None = None, since_s: flo
                     probs=tuple(
                         sorted((c[2:], float(v)) for c, v in row.items() if c.startswith("p_") and v is not None)
                     ),
-                    status=row.get("status"),
+                    status=str(row["status"]),  # written with every affect point
                     off_wrist=row.get("off_wrist"),
                     motion=row.get("motion"),
                     missing_fraction=_float(row.get("missing_fraction")),

@@ -22,10 +22,11 @@ import re
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, overload
 
 from bus import AFFECT, RAW, STATUS, Message
 from bus.message import MAX_TIME_S
+from common.jsonvalues import mapping_or_empty
 from e4 import RATES_HZ, rate_is_plausible
 from storage.physio import PhysioDownsampler
 
@@ -116,6 +117,10 @@ def _source(value: Any) -> str:
     return value if value in SOURCES else "unknown"
 
 
+@overload
+def _finite(value: Any, what: str, *, optional: Literal[False]) -> float: ...
+@overload
+def _finite(value: Any, what: str, *, optional: bool = True) -> float | None: ...
 def _finite(value: Any, what: str, *, optional: bool = True) -> float | None:
     if value is None and optional:
         return None
@@ -147,8 +152,8 @@ def affect_records(msg: Message) -> list[AffectRecord]:
         raise Rejected("affect", "meta.tasks missing or empty")
     t_end = _time(meta.get("t_end", msg.t0_s), "t_end")
     t_start = _time(meta.get("t_start", t_end), "t_start")
-    quality = meta.get("quality") if isinstance(meta.get("quality"), Mapping) else {}
-    truth = meta.get("labels") if isinstance(meta.get("labels"), Mapping) else {}
+    quality = mapping_or_empty(meta.get("quality"))
+    truth = mapping_or_empty(meta.get("labels"))
     model = meta.get("model")
     if not isinstance(model, str) or not 0 < len(model) <= 64:
         raise Rejected("affect", f"model id {model!r}")

@@ -59,8 +59,12 @@ class SinkCounters:
 
 
 class Sink(Protocol):
-    counters: SinkCounters
-    last_error: str | None  # why the latest write failed, if it did (for the user's summary)
+    # read-only to users of a sink: a plain attribute or a property (the fan-out sums its sinks') both serve
+    @property
+    def counters(self) -> SinkCounters: ...
+
+    @property
+    def last_error(self) -> str | None: ...  # why the latest write failed, if it did (for the user's summary)
 
     async def __aenter__(self) -> Sink: ...
 

@@ -138,7 +138,7 @@ def connect(path: Path, *, create: bool = True) -> sqlite3.Connection:
 class SqliteSink:
     """Buffers records and inserts them ``batch_size`` at a time (or on ``flush``)."""
 
-    last_error = None  # a failed insert raises instead
+    last_error: str | None = None  # a failed insert raises instead
 
     def __init__(self, path: Path, *, batch_size: int = 1000) -> None:
         self.path = path
