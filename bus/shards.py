@@ -377,9 +377,9 @@ class ShardedSubscriber:
                 await self._ack_handled(force=True)
             wait = None if deadline is None else max(0.0, deadline - loop.time())
             try:
+                entry = self._queue.get_nowait()  # no wait_for when there is work: 3.11's can swallow a cancel
+            except asyncio.QueueEmpty:
                 entry = await asyncio.wait_for(self._queue.get(), wait)
-            except TimeoutError:
-                raise TimeoutError from None
             if loop.time() >= self._yield_at:  # a backlog never suspends recv: let the lease keeper run
                 await asyncio.sleep(0)
                 self._yield_at = loop.time() + 0.02
@@ -442,9 +442,54 @@ class ShardedSubscriber:
             await nc.close()
 
 
+async def lease_holders(bus: str, spec: ShardSpec) -> dict[int, str]:
+    """Partition -> the worker holding its lease now (an empty dict before the group exists)."""
+    nc = await connect(bus, _check_security(bus, current()))
+    try:
+        try:
+            kv = await nc.jetstream().key_value(spec.bucket)
+            keys = await kv.keys()
+        except (nats.js.errors.BucketNotFoundError, nats.js.errors.NoKeysError):
+            return {}
+        held = {}
+        for key in (k for k in keys if k.startswith("p.")):
+            try:
+                held[int(key[2:])] = (await kv.get(key)).value.decode()
+            except nats.js.errors.KeyNotFoundError:
+                continue
+        return held
+    finally:
+        await nc.close()
+
+
+async def wait_for_workers(bus: str, spec: ShardSpec, workers: int, timeout_s: float) -> bool:
+    """Wait until ``workers`` workers hold every partition between them (so a stream that starts
+    now is not handed over mid-way as late workers join); False at the time-out."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    want = min(workers, PARTITIONS)
+    while True:
+        held = await lease_holders(bus, spec)
+        if len(held) == PARTITIONS and len(set(held.values())) == want:
+            return True
+        if loop.time() >= deadline:
+            return False
+        await asyncio.sleep(0.2)
+
+
 def owned_line(stage: str, spec: ShardSpec, owned: set[int]) -> str:
     """The line a worker prints when what it owns changes (scripts wait for it)."""
     return f"{stage}: owns partitions {describe(owned)} of {PARTITIONS} in group {spec.group}"
 
 
-__all__ = ["LEASE_TTL_S", "ShardSpec", "ShardedSubscriber", "configure", "configured", "owned_line", "partition_of"]
+__all__ = [
+    "LEASE_TTL_S",
+    "ShardSpec",
+    "ShardedSubscriber",
+    "configure",
+    "configured",
+    "lease_holders",
+    "owned_line",
+    "partition_of",
+    "wait_for_workers",
+]

@@ -57,6 +57,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         "(the live table goes to stderr)",
     )
     add_bus_option(r)
+    for stage in ("preprocess", "infer"):
+        r.add_argument(
+            f"--{stage}-workers",
+            type=positive_int,
+            default=1,
+            metavar="N",
+            help=f"with --bus nats://...: start N {stage} workers sharing the devices (a worker group, up to 16; "
+            "default 1)",
+        )
     r.set_defaults(func=_run, bus=None)  # run starts its own hub: on a free loopback port unless --bus names one
 
     d = sub.add_parser(
@@ -104,6 +113,8 @@ def _run(args: argparse.Namespace) -> int:
         tasks=args.tasks,
         bus=args.bus,
         max_restarts=max(0, args.max_restarts),
+        preprocess_workers=args.preprocess_workers,
+        infer_workers=args.infer_workers,
     )
     from m3sense.reports import finish, run_report
 

@@ -50,6 +50,7 @@ from typing import Any
 
 from bus import Hub, Message, Publisher, Subscriber, free_bus_address, topic_for
 from bus.endpoints import is_nats
+from bus.partitions import PARTITIONS
 from bus.topics import STORED
 from common.aio import Stop
 from replay.clock import ReplayStats, replay
@@ -75,6 +76,9 @@ class PipelineConfig:
     max_restarts: int = 3
     #: more store flags (further --sink, --alerts, --mqtt-password-file), given to the store as they are
     store_args: tuple[str, ...] = ()
+    #: preprocess and infer workers (more than 1: a worker group each, NATS only; see bus/shards.py)
+    preprocess_workers: int = 1
+    infer_workers: int = 1
 
 
 @dataclass(slots=True)
@@ -212,9 +216,40 @@ def stage_commands(cfg: PipelineConfig, bus: str, positions: str = "none") -> li
         infer += ["--tasks", cfg.tasks]
     return [
         ("store", ["store", *on_bus, "--sink", cfg.sink, *cfg.store_args, "--json", "--positions", positions]),
-        ("infer", infer),
-        ("preprocess", ["preprocess", *on_bus]),
+        *_workers("infer", infer, cfg.infer_workers),
+        *_workers("preprocess", ["preprocess", *on_bus], cfg.preprocess_workers),
     ]
+
+
+#: the worker group of the stages ``run`` starts several of
+RUN_GROUP = "run"
+
+
+def _workers(name: str, args: list[str], n: int) -> list[tuple[str, list[str]]]:
+    """One stage, or ``n`` workers of the group :data:`RUN_GROUP` named ``NAME-1`` ... ``NAME-n``."""
+    if n <= 1:
+        return [(name, args)]
+    return [(f"{name}-{i}", [*args, "--workers-group", RUN_GROUP]) for i in range(1, n + 1)]
+
+
+def check_workers(cfg: PipelineConfig, bus: str | None) -> None:
+    """Several workers of a stage share a NATS stream: refuse them on any other bus, in one line."""
+    from common.errors import UserError
+
+    for flag, n in (("--preprocess-workers", cfg.preprocess_workers), ("--infer-workers", cfg.infer_workers)):
+        if not 1 <= n <= PARTITIONS:
+            raise UserError(f"{flag} must be 1 to {PARTITIONS} (one partition each at most), not {n}")
+        if n > 1 and not (bus and is_nats(bus)):
+            raise UserError(f"{flag} {n} needs --bus nats://HOST:PORT (workers share a NATS stream)")
+
+
+async def _wait_for_groups(cfg: PipelineConfig, bus: str) -> None:
+    """Wait until each worker group has split the partitions, so none is handed over mid-replay."""
+    from bus.shards import ShardSpec, wait_for_workers
+
+    for stage, n in (("infer", cfg.infer_workers), ("preprocess", cfg.preprocess_workers)):
+        if n > 1 and not await wait_for_workers(bus, ShardSpec(stage, RUN_GROUP), n, cfg.start_timeout_s):
+            raise _TimedOut(f"the {n} {stage} workers had not split the partitions after {cfg.start_timeout_s:.0f} s")
 
 
 class _TimedOut(Exception):
@@ -234,6 +269,7 @@ async def _flow(
             needed += [topic_for(STORED, d) for d in devices]
         if missing := await probe.wait_for_subscribers(needed, cfg.start_timeout_s):
             raise _TimedOut(f"no subscriber for {missing[0]} after {cfg.start_timeout_s:.0f} s")
+    await _wait_for_groups(cfg, bus)
     result.phase = "replaying the recordings"
     print(f"run: replaying {len(devices)} device(s)", file=sys.stderr, flush=True)
     async with Publisher(bus) as pub:
@@ -259,6 +295,7 @@ async def run_pipeline(
     every affect message seen on the way (for live views and summaries), how each stage
     ended and the store's report. A stage that dies for good ends the run at once; ``stop``
     (set by a signal) ends it early the same orderly way."""
+    check_workers(cfg, cfg.bus)
     bus = cfg.bus or free_bus_address()
     result = PipelineResult()
     stop = stop or Stop()

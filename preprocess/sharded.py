@@ -39,6 +39,7 @@ from bus import LABEL, RAW, STATUS, Message, Publisher
 from bus.nats_backend import STREAM_MAX_AGE_S, _replicas
 from bus.partitions import partition_of
 from bus.shards import ShardedSubscriber, ShardSpec
+from common.aio import STOP_POLL_S
 from common.jsonvalues import is_finite_number
 from preprocess.node import DROPS, SUBSCRIPTIONS, _publish
 from preprocess.preprocessor import Preprocessor
@@ -170,9 +171,12 @@ async def serve_sharded(
     on_owned: Callable[[set[int]], None] | None = None,
     report: Callable[[Counter], None] | None = None,
     metrics: Any = None,
-) -> None:
-    """Run as a worker of ``spec``'s group until cancelled (nothing is flushed: see the module)."""
+    stop: asyncio.Event | None = None,
+) -> int:
+    """Run as a worker of ``spec``'s group until ``stop`` is set or the task is cancelled (nothing
+    is flushed: see the module); returns 0."""
     config = config or WindowConfig()
+    stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     tick_s = min(1.0, device_timeout_s / 4)
     pres: dict[int, Preprocessor] = {}
@@ -230,9 +234,9 @@ async def serve_sharded(
         next_expire = loop.time() + tick_s
         next_report = loop.time() + report_every_s
         try:
-            while True:
+            while not stop.is_set():
                 try:
-                    msg = await sub.recv(max(0.0, next_expire - loop.time()))
+                    msg = await sub.recv(max(0.0, min(next_expire - loop.time(), STOP_POLL_S)))
                 except TimeoutError:
                     msg = None
                 now = loop.time()
@@ -273,6 +277,7 @@ async def serve_sharded(
         finally:
             if report is not None:
                 report(totals())
+        return 0
 
 
 def run_worker(args: Any, spec: ShardSpec) -> int:
@@ -294,27 +299,18 @@ def run_worker(args: Any, spec: ShardSpec) -> int:
         print(line, file=sys.stderr, flush=True)
 
     async def main(stop: asyncio.Event) -> int:
-        work = asyncio.ensure_future(
-            serve_sharded(
-                args.bus,
-                spec,
-                config,
-                device_timeout_s=args.device_timeout,
-                report_every_s=args.report_every,
-                on_ready=lambda bus: say(f"preprocess: worker of group {spec.group} on {bus}"),
-                on_owned=lambda owned: say(owned_line("preprocess", spec, owned)),
-                report=lambda c: say(f"preprocess: {format_counters(c)}"),
-                metrics=start_metrics(args, "preprocess"),
-            )
+        # a worker hands its partitions over unflushed when stopped: the next owner cuts what is pending
+        return await serve_sharded(
+            args.bus,
+            spec,
+            config,
+            device_timeout_s=args.device_timeout,
+            report_every_s=args.report_every,
+            on_ready=lambda bus: say(f"preprocess: worker of group {spec.group} on {bus}"),
+            on_owned=lambda owned: say(owned_line("preprocess", spec, owned)),
+            report=lambda c: say(f"preprocess: {format_counters(c)}"),
+            metrics=start_metrics(args, "preprocess"),
+            stop=stop,
         )
-        stopping = asyncio.ensure_future(stop.wait())
-        await asyncio.wait([work, stopping], return_when=asyncio.FIRST_COMPLETED)
-        stopping.cancel()
-        work.cancel()  # a worker hands its partitions over unflushed: the next owner cuts what is pending
-        try:
-            await work
-        except asyncio.CancelledError:
-            pass
-        return 0
 
     return run_until_signal(main)

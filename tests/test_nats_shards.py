@@ -236,3 +236,38 @@ def test_kill_9_of_a_preprocess_worker_hands_its_devices_to_the_other(
     _, err = survivor.popen.communicate(timeout=90)
     takeovers = re.findall(r"takeovers (\d+)", err)
     assert takeovers and int(takeovers[-1]) > 0, err[-2000:]
+
+
+@NEEDS_NATS
+def test_run_starts_worker_groups_on_nats(nats_server: NatsServer, tmp_path: Path, model: Path, recording) -> None:
+    src, truth = recording
+    db = tmp_path / "run.db"
+    proc = run_cli(
+        "run",
+        str(src),
+        "--bus",
+        nats_server.bus,
+        "--preprocess-workers",
+        "2",
+        "--infer-workers",
+        "2",
+        "--sink",
+        f"sqlite:{db}",
+        "--model",
+        str(model),
+        "--tasks",
+        "stress,emotion",
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    expected = sum(len(t) for t in truth.values())
+    last = proc.stderr.strip().splitlines()[-1]
+    assert f"{expected} affect windows from {len(truth)} device(s)" in last and "none lost" in last, last
+    windows, lost, rows, sources = _stored(db)
+    assert windows == truth and lost == {} and rows[0] == rows[1] == 2 * expected and sources == {"replay"}
+
+
+def test_run_refuses_workers_without_nats(recording) -> None:
+    proc = run_cli("run", str(recording[0]), "--infer-workers", "2", timeout=120)
+    assert proc.returncode == 2 and "--infer-workers 2 needs --bus nats://" in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
