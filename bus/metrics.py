@@ -154,7 +154,8 @@ class StageMetrics:
 
         server, _thread = start_http_server(port, addr=host, registry=self.registry)
         self._server = server
-        return server.server_address[0], server.server_address[1]
+        host_, port_ = server.server_address[:2]  # an IPv6 address has two more fields
+        return str(host_), int(port_)
 
     def close(self) -> None:
         server = getattr(self, "_server", None)

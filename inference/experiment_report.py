@@ -61,16 +61,15 @@ def markdown(name: str, summary: Sequence[Mapping], meta: Mapping) -> str:
         first = next(iter(cells.values()))
         line = [first["label"], first["family"]]
         for t in tasks:
-            c = cells.get(t)
-            if c is None:
+            if (cell := cells.get(t)) is None:
                 line += ["", "", ""]
                 continue
-            f1 = "—" if c["macro_f1_mean"] is None else f"{c['macro_f1_mean']:.3f}"
-            paper = "" if c["paper_accuracy"] is None else f"{c['paper_accuracy']:.1f}"
-            line += [_pct(c["accuracy_mean"], c["accuracy_sd"]), f1, paper]
+            f1 = "—" if cell["macro_f1_mean"] is None else f"{cell['macro_f1_mean']:.3f}"
+            paper = "" if cell["paper_accuracy"] is None else f"{cell['paper_accuracy']:.1f}"
+            line += [_pct(cell["accuracy_mean"], cell["accuracy_sd"]), f1, paper]
         if stress:
-            c = cells.get("stress")
-            line.append(_pct(c["stress_vs_rest_mean"], c["stress_vs_rest_sd"]) if c else "")
+            s = cells.get("stress")
+            line.append(_pct(s["stress_vs_rest_mean"], s["stress_vs_rest_sd"]) if s else "")
         lines.append("| " + " | ".join(line) + " |")
     split = (
         f"leave-subjects-out, {meta['folds']} folds (held-out predictions pooled)"
@@ -119,7 +118,8 @@ def plot(path: Path, name: str, summary: Sequence[Mapping]) -> None:
             if r in cells and cells[r]["paper_accuracy"] is not None
         ]
         if paper:
-            ax.scatter(*zip(*paper), marker="_", s=200, color="black", zorder=3, label="paper" if k == 0 else None)
+            paper_x, paper_y = zip(*paper)
+            ax.scatter(paper_x, paper_y, marker="_", s=200, color="black", zorder=3, label="paper" if k == 0 else None)
     ax.set_xticks(range(len(rows)), [labels[r] for r in rows], rotation=35, ha="right", fontsize=8)
     ax.set_ylabel("top-1 accuracy (%)")
     ax.set_ylim(0, 100)

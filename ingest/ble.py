@@ -23,7 +23,7 @@ import json
 import logging
 import os
 import random
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -219,6 +219,10 @@ class Link:
             meta = {"address": self.band.address, **meta}
         await self._publish(status(self.clock.now(), event, **meta))
 
+    def _notify_handler(self, char: str) -> Callable[[Any, bytearray], None]:
+        """bleak's callback for one characteristic (bleak passes the characteristic, then the data)."""
+        return lambda _characteristic, data: self._on_notify(char, data)
+
     def _on_notify(self, char: str, data: bytearray) -> None:
         """bleak's callback: stamp, queue, return (nothing slow on the radio's path)."""
         if char in WATCHED:
@@ -265,9 +269,7 @@ class Link:
         try:
             self._queue.put_nowait(("link", b"", self.clock.now()))
             for char in codec.STREAMS:
-                await client.start_notify(
-                    codec.CHARACTERISTICS[char], lambda _c, data, char=char: self._on_notify(char, data)
-                )
+                await client.start_notify(codec.CHARACTERISTICS[char], self._notify_handler(char))
             await client.write_gatt_char(
                 codec.CHARACTERISTICS["command"], codec.start_command(cfg.layout, self.clock.now()), response=True
             )
@@ -341,7 +343,7 @@ async def stream(
     tasks = [asyncio.create_task(link.run(), name=f"ble-{link.band.device}") for link in links]
     stop = stop or asyncio.Event()
     waiter = asyncio.create_task(stop.wait())
-    ender = [waiter]
+    ender: list[asyncio.Task[Any]] = [waiter]
     if duration_s is not None:
         ender.append(asyncio.create_task(clock.sleep_until(clock.now() + duration_s)))
     try:

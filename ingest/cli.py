@@ -348,7 +348,10 @@ def _bands(args: argparse.Namespace, virtual: list[str]) -> list[Any]:
     bands = []
     for spec in specs:
         address, _, name = spec.partition("=")
-        bands.append(Wristband(address=address, device=name or pseudonym(key, address)))
+        if not name:
+            assert key is not None  # loaded above unless every spec names its device
+            name = pseudonym(key, address)
+        bands.append(Wristband(address=address, device=name))
     from bus import valid_name
 
     bad = [b.device for b in bands if not valid_name(b.device)]
@@ -587,7 +590,7 @@ def _e4_client(args: argparse.Namespace) -> int:
         async with Publisher(args.bus) as pub:
             source = E4ServerSource(host, int(port), pub, device=args.device, bus_device=args.bus_device, token=token)
             task = asyncio.create_task(source.run())
-            enders = [asyncio.create_task(stop.wait())]
+            enders: list[asyncio.Task[Any]] = [asyncio.create_task(stop.wait())]
             if args.duration is not None:
                 enders.append(asyncio.create_task(asyncio.sleep(args.duration)))
             await asyncio.wait([task, *enders], return_when=asyncio.FIRST_COMPLETED)

@@ -28,9 +28,10 @@ import random
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
+from bleak.assigned_numbers import CharacteristicPropertyName
 from bleak.backends.characteristic import BleakGATTCharacteristic
 from bleak.backends.client import BaseBleakClient, NotifyCallback
 from bleak.backends.descriptor import BleakGATTDescriptor
@@ -309,7 +310,9 @@ def _services() -> tuple[BleakGATTServiceCollection, dict[int, str]]:
         collection.add_service(service)
         handle += 1
         for name, short, props in chars:
-            char = BleakGATTCharacteristic(None, handle, codec.uuid16(short), list(props), lambda: 20, service)
+            # the codec names its properties as bleak does (the GATT tests read them back)
+            properties = cast("list[CharacteristicPropertyName]", list(props))
+            char = BleakGATTCharacteristic(None, handle, codec.uuid16(short), properties, lambda: 20, service)
             collection.add_characteristic(char)
             names[handle] = name
             handle += 1

@@ -188,7 +188,9 @@ class Stage:
                 self.proc.kill()
                 await self.proc.wait()
         await asyncio.gather(*self._readers)  # the output up to the end
-        return self.proc.returncode
+        code = self.proc.returncode
+        assert code is not None  # waited for above
+        return code
 
     def report(self) -> dict[str, Any] | None:
         """The last JSON object the stage printed on stdout, if any."""
@@ -369,7 +371,7 @@ async def _supervise(
         for task in [t for t in done if t in exits]:
             stage = exits.pop(task)
             death = f"{stage.how_it_ended()} while {result.phase}"
-            if stage.proc.returncode == 2 or result.restarts[stage.name] >= max_restarts:
+            if (stage.proc is not None and stage.proc.returncode == 2) or result.restarts[stage.name] >= max_restarts:
                 return stage.name
             result.restarts[stage.name] += 1
             result.deaths.append(f"{stage.name} {death}")

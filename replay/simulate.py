@@ -396,13 +396,13 @@ def _simulate_subject(
 
 def _label_intervals(phases: Sequence[Phase], mode: str) -> tuple[LabelInterval, ...]:
     tasks = TASKS if mode == "all" else (mode,) if mode in TASKS else ()
-    out = []
+    out: list[LabelInterval] = []
     for ph in phases:
         margin = min(LABEL_MARGIN_S, 0.1 * (ph.end_s - ph.start_s))
         out.extend(
-            LabelInterval(start_s=ph.start_s + margin, end_s=ph.end_s - margin, task=task, label=ph.labels[task])
+            LabelInterval(start_s=ph.start_s + margin, end_s=ph.end_s - margin, task=task, label=label)
             for task in tasks
-            if ph.labels[task] is not None
+            if (label := ph.labels[task]) is not None
         )
     return tuple(out)
 

@@ -68,7 +68,7 @@ def _allowed() -> dict[tuple[str, str], object]:
         from numpy._core.multiarray import _reconstruct, scalar
     except ImportError:  # numpy < 2
         from numpy.core.multiarray import _reconstruct, scalar  # type: ignore[no-redef]
-    found = {}
+    found: dict[tuple[str, str], object] = {}
     for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
         found[(module, "_reconstruct")] = _reconstruct
         found[(module, "scalar")] = scalar
@@ -246,17 +246,17 @@ def read_quest(path: Path) -> list[tuple[str, float, float]]:
         names.pop()
     phases = []
     for j, name in enumerate(names):
-        cells = []
+        times: list[float] = []
         for key in ("START", "END"):
-            line, values = rows[key]
+            line_no, values = rows[key]
             if j >= len(values) or not values[j].strip():
-                raise DataError(path, f"phase {name!r} has no {key} time", line)
-            cells.append(_minutes_seconds(values[j], path, line))
-        if cells[1] <= cells[0]:
+                raise DataError(path, f"phase {name!r} has no {key} time", line_no)
+            times.append(_minutes_seconds(values[j], path, line_no))
+        if times[1] <= times[0]:
             raise DataError(
-                path, f"phase {name!r} ends ({cells[1]:g} s) before it starts ({cells[0]:g} s)", rows["END"][0]
+                path, f"phase {name!r} ends ({times[1]:g} s) before it starts ({times[0]:g} s)", rows["END"][0]
             )
-        phases.append((name, cells[0], cells[1]))
+        phases.append((name, times[0], times[1]))
     return phases
 
 
