@@ -589,7 +589,13 @@ def _e4_client(args: argparse.Namespace) -> int:
     async def run(stop: Stop) -> int:
         async with Publisher(args.bus) as pub:
             source = E4ServerSource(host, int(port), pub, device=args.device, bus_device=args.bus_device, token=token)
-            task = asyncio.create_task(source.run())
+            task = asyncio.create_task(
+                source.run(
+                    on_ready=lambda where: print(
+                        f"e4-client: streaming {source.device} from {where}", file=sys.stderr, flush=True
+                    )
+                )
+            )
             enders: list[asyncio.Task[Any]] = [asyncio.create_task(stop.wait())]
             if args.duration is not None:
                 enders.append(asyncio.create_task(asyncio.sleep(args.duration)))

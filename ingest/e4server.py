@@ -479,9 +479,10 @@ class E4ServerSource:
             raise ConnectionError(f"server refused {said!r}: {' '.join(words)}")
         return words
 
-    async def run(self) -> None:
+    async def run(self, on_ready: OnReady | None = None) -> None:
         """Connect, pick the wristband, subscribe to everything and publish until cancelled
-        or the server closes. Raises ConnectionError when the server says no."""
+        or the server closes; ``on_ready("host:port")`` once streaming. Raises ConnectionError
+        when the server says no."""
         reader, writer = await asyncio.wait_for(asyncio.open_connection(self.host, self.port), self._timeout_s)
         try:
             if self._token is not None:
@@ -505,6 +506,8 @@ class E4ServerSource:
                 fs_hz=0.0,
                 meta={"event": "connected", "source": "e4-server", "server": f"{self.host}:{self.port}"},
             )
+            if on_ready is not None:
+                on_ready(f"{self.host}:{self.port}")
             batchers = {m: SampleBatcher(m, chunk=c) for m, c in CHUNKS.items()}
             try:
                 while True:

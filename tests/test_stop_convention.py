@@ -15,10 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from bus import Publisher, free_bus_address
+from bus import Hub, Publisher, free_bus_address
 from common.aio import INTERRUPTED, Stop, run_until_signal
 from storage.node import device_topics
 from tests.conftest import Proc, run_cli
+from tests.servers import free_port
 from tests.test_restarts import model  # noqa: F401  (the tiny model fixture)
 
 SIGNALS = {"SIGINT": (signal.SIGINT, INTERRUPTED), "SIGTERM": (signal.SIGTERM, 0)}
@@ -30,14 +31,24 @@ class Env:
     tmp: Path
     model: Path
     recording: Path
+    port: int  # a free loopback port
 
 
 @dataclass(frozen=True)
 class Case:
     args: Callable[[Env], list[str]]
     ready: str  # the readiness line's mark
-    hub: bool = True  # needs a hub on the bus (all but the hub itself)
+    hub: bool = True  # runs on the test's in-process hub (False: it brings its own, or is the hub)
     start_s: float = 60.0  # how long it may take to say it is ready (the model loads, a demo simulates)
+    #: what must run first: (command, the readiness marks it says, in order)
+    before: Callable[[Env], list[tuple[list[str], tuple[str, ...]]]] = lambda _e: []
+
+
+def _e4_server_with_a_wristband(e: Env) -> list[tuple[list[str], tuple[str, ...]]]:
+    """An e4-server that lists one virtual wristband streaming on the bus (what e4-client reads)."""
+    server = ["e4-server", "--port", str(e.port), "--bus", e.bus]
+    band = ["ble", "stream", "--virtual", "1", "--minutes", "2", "--bus", e.bus]
+    return [(band, ("ble: streaming",)), (server, ("e4-server: listening on", "e4-server: device"))]
 
 
 CASES = {
@@ -48,6 +59,11 @@ CASES = {
         lambda e: ["ble", "stream", "--virtual", "1", "--minutes", "2", "--bus", e.bus], "ble: streaming"
     ),
     "e4-server": Case(lambda e: ["e4-server", "--port", "0", "--bus", e.bus], "e4-server: listening on"),
+    "e4-client": Case(
+        lambda e: ["e4-client", "--server", f"127.0.0.1:{e.port}", "--bus", e.bus],
+        "e4-client: streaming",
+        before=_e4_server_with_a_wristband,
+    ),
     "preprocess": Case(lambda e: ["preprocess", "--bus", e.bus], "preprocess: subscribed"),
     "infer": Case(lambda e: ["infer", "--bus", e.bus, "--model", str(e.model), "--state-dir", "none"], "listening on"),
     "store": Case(
@@ -96,16 +112,19 @@ def test_a_long_running_command_exits_130_on_sigint_and_0_on_sigterm(
     tmp_path: Path,
     model: Path,  # noqa: F811  (the fixture)
     recording: Path,
+    hub: Hub,
     procs: list[Proc],
 ) -> None:
     if name == "lsl":
         pytest.importorskip("pylsl")
     case = CASES[name]
     sig, expected = SIGNALS[sig_name]
-    env = Env(bus=free_bus_address(), tmp=tmp_path, model=model, recording=recording)
-    if case.hub:
-        procs.append(Proc(["hub", "--bus", env.bus]))
-        procs[-1].wait_for_stderr("hub: publishers connect")
+    bus = hub.address if case.hub else free_bus_address()
+    env = Env(bus=bus, tmp=tmp_path, model=model, recording=recording, port=free_port())
+    for args, marks in case.before(env):
+        procs.append(Proc(args))
+        for mark in marks:
+            procs[-1].wait_for_stderr(mark)
     proc = Proc(case.args(env))
     procs.append(proc)
     proc.wait_for_stderr(case.ready, timeout=case.start_s)
@@ -125,15 +144,13 @@ def _rows(db: Path, table: str) -> int:
 
 @pytest.mark.parametrize("sig_name", SIGNALS)
 def test_store_flushes_the_records_in_hand_into_the_sink_on_either_signal(
-    sig_name: str, tmp_path: Path, procs: list[Proc]
+    sig_name: str, tmp_path: Path, hub: Hub, procs: list[Proc]
 ) -> None:
     """Flushing only on a timer an hour away, the records are in the store's hands, not the
     sink's, until the signal: then every one of them is written, and the exit code says how
     it was stopped."""
     sig, expected = SIGNALS[sig_name]
-    bus, db, n = free_bus_address(), tmp_path / "s.db", 25
-    procs.append(Proc(["hub", "--bus", bus]))
-    procs[-1].wait_for_stderr("hub: publishers connect")
+    bus, db, n = hub.address, tmp_path / "s.db", 25
     store = Proc(
         ["store", "--bus", bus, "--sink", f"sqlite:///{db}", "--positions", "none", "--flush-interval", "3600"]
     )
