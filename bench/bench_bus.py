@@ -15,12 +15,16 @@ import argparse
 import asyncio
 import multiprocessing as mp
 import time
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import zmq
 
 from bus import Hub, Publisher, Subscriber, free_bus_address, hub_endpoints
 from bus.message import Message, encode
+
+if TYPE_CHECKING:
+    from multiprocessing.queues import Queue
 
 SAMPLES = np.arange(11, dtype=np.float64)  # one BVP packet
 
@@ -48,7 +52,8 @@ def bare(bus: str, n: int) -> float:
             Message(kind="raw", device="bench", modality="bvp", seq=123456, t0_s=1.7e9, fs_hz=64.0, samples=SAMPLES)
         )
     ]
-    ready, result = mp.Event(), mp.Queue()
+    ready = mp.Event()
+    result: Queue[Any] = mp.Queue()
     p = mp.Process(target=bare_subscriber, args=(ep.subscribers, n, ready, result))
     p.start()
     ctx = zmq.Context()
@@ -79,7 +84,7 @@ def bus_subscriber(bus: str, n: int, result) -> None:
 
 
 def ours(bus: str, n: int) -> float:
-    result = mp.Queue()
+    result: Queue[Any] = mp.Queue()
     p = mp.Process(target=bus_subscriber, args=(bus, n, result))
     p.start()
 
@@ -99,12 +104,13 @@ def ours(bus: str, n: int) -> float:
 def replay_subscriber(bus: str, n: int, result) -> None:
     async def main() -> None:
         async with Subscriber(bus, ["raw/", "label/", "status/"]) as sub:
-            t0 = None
+            t0: float | None = None
             samples = 0
             for _ in range(n):
                 msg = await sub.recv()
                 t0 = t0 or time.perf_counter()
                 samples += msg.n
+            assert t0 is not None, "no message to time"
             result.put((time.perf_counter() - t0, sub.stats.gaps, samples))
 
     asyncio.run(main())
@@ -117,7 +123,7 @@ def replay_run(bus: str, minutes: float) -> None:
 
     rec = simulate_recordings(minutes=minutes, seed=1, subjects=1)[0]
     n = sum(1 for _ in recording_messages(rec))
-    result = mp.Queue()
+    result: Queue[Any] = mp.Queue()
     p = mp.Process(target=replay_subscriber, args=(bus, n, result))
     p.start()
 

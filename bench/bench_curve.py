@@ -13,11 +13,15 @@ import multiprocessing as mp
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from bus import Hub, Publisher, Subscriber, free_bus_address
 from bus.security import BusSecurity, init_folder
+
+if TYPE_CHECKING:
+    from multiprocessing.queues import Queue
 
 
 def _subscribe(bus: str, keys: str | None, n: int, ready, result) -> None:
@@ -39,7 +43,8 @@ def measure(n: int, samples: np.ndarray, keys: Path | None) -> float:
     bus = free_bus_address()
     security = BusSecurity(keys=keys) if keys else BusSecurity()
     with Hub(bus, security=security):
-        ready, result = mp.Event(), mp.Queue()
+        ready = mp.Event()
+        result: Queue[Any] = mp.Queue()
         p = mp.Process(target=_subscribe, args=(bus, str(keys) if keys else None, n, ready, result))
         p.start()
         ready.wait()

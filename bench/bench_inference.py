@@ -67,7 +67,7 @@ def main() -> None:
     rng = np.random.default_rng(0)
     print("| backend | threads | batch | ms / batch | windows / s |")
     print("|---|---:|---:|---:|---:|")
-    best = {}
+    best: dict[tuple[str, int], float] = {}
     for threads in (int(t) for t in args.threads.split(",")):
         torch.set_num_threads(threads)
         runner = OnnxRunner(onnx_path, threads=threads)

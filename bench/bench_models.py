@@ -95,6 +95,8 @@ def main() -> int:
     r256 = rate(lambda: pred.probs({m: v[:256] for m, v in x.items()}, net_ws.present[:256]), 256)
     print(f"| M3Sense (baseline; ONNX Runtime) | {t_epoch:.1f} s per epoch | {r1:,.0f} | {r256:,.0f} |")
 
+    assert ws.ref_mean is not None and ws.ref_sd is not None  # calibration=... gave every window its reference
+    ref_mean, ref_sd = ws.ref_mean, ws.ref_sd
     floor = feature_floor(ws.features)
     xf = model_inputs(ws.features, ws.ref_mean, ws.ref_sd, True, floor)
     with tempfile.TemporaryDirectory() as tmp:
@@ -118,7 +120,7 @@ def main() -> int:
 
             def run(k: int, fm: FeatureModel = fm) -> None:
                 f = window_features({m: v[:k] for m, v in sig.items()})
-                fm.probs(f, ws.ref_mean[:k], ws.ref_sd[:k])
+                fm.probs(f, ref_mean[:k], ref_sd[:k])
 
             print(
                 f"| {kind} (features + ONNX Runtime) | {t_fit:.1f} s | {rate(lambda: run(1), 1, 20):,.0f} | "

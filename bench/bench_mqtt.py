@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from storage.mqtt import MqttSink
 from storage.records import AffectRecord
-from storage.target import parse_sink
+from storage.target import MqttTarget, parse_sink
 from tests.servers import MosquittoServer
 
 T0 = 1_700_000_000.0
@@ -57,8 +57,14 @@ def records(n: int) -> list[AffectRecord]:
     return out
 
 
+def _mqtt_target(server: MosquittoServer) -> MqttTarget:
+    target = parse_sink(server.sink())
+    assert isinstance(target, MqttTarget), target
+    return target.with_credentials(None, server.password)
+
+
 async def throughput(server: MosquittoServer, rs: list[AffectRecord]) -> dict:
-    target = parse_sink(server.sink()).with_credentials(None, server.password)
+    target = _mqtt_target(server)
     async with MqttSink(target) as sink:
         started = time.perf_counter()
         for i in range(0, len(rs), 10):
@@ -74,7 +80,7 @@ async def throughput(server: MosquittoServer, rs: list[AffectRecord]) -> dict:
 
 
 async def outage(server: MosquittoServer, rs: list[AffectRecord], outage_s: float) -> dict:
-    target = parse_sink(server.sink()).with_credentials(None, server.password)
+    target = _mqtt_target(server)
     half = len(rs) // 2
     async with MqttSink(target, retry_min_s=0.2, retry_max_s=1.0) as sink:
         for i in range(0, half, 10):

@@ -46,6 +46,7 @@ def fast_replay(minutes: float, devices: int, folder: Path) -> None:
         )
     )
     wall = time.perf_counter() - started
+    assert result.replay is not None, "the replay did not start"
     streaming = arrivals[-1] - result.replay.started_unix_s  # first sample out to last affect in
     recorded = sum(r.duration_s for r in recs)
     print(
@@ -90,6 +91,7 @@ def real_time(n: int, seconds: float, folder: Path) -> None:
     )
     wall = time.perf_counter() - t0
     cpu = cpu_s(resource.RUSAGE_CHILDREN) - before_children + cpu_s(resource.RUSAGE_SELF) - before_self
+    assert result.replay is not None, "the replay did not start"
     started = result.replay.started_unix_s
     # a window ending at data time t closed on the replay's wall clock at started + (t - start)
     lat = np.array(

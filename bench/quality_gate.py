@@ -58,6 +58,7 @@ def main() -> int:
         calibration=CalibrationConfig(),
     )
     ws = ws.subset(np.flatnonzero(ws.labelled & ws.calibrated))
+    assert ws.ref_mean is not None and ws.ref_sd is not None  # calibration=... gave every window its reference
     y = ws.labels[:, 0]
     rng = np.random.default_rng(0)
     right = {s: np.zeros(len(ws), bool) for s in SHARES}
