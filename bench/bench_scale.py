@@ -48,7 +48,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script: the tests' server fixtures live in the repository
     sys.path.insert(0, str(ROOT))
 
-from bus import Publisher, free_bus_address, topic_for  # noqa: E402
+from bus import Publisher, Subscriber, free_bus_address, topic_for  # noqa: E402
 from preprocess import Preprocessor  # noqa: E402
 from replay import simulate_recordings  # noqa: E402
 from replay.chunks import recording_messages  # noqa: E402
@@ -294,6 +294,18 @@ async def _partitions_owned(stages: Sequence[StageProcess], timeout_s: float) ->
         await asyncio.sleep(0.2)
 
 
+async def _tap_hops(address: str, seen: dict[str, dict[tuple[str, float], float]]) -> None:
+    """When each window reached the bus (``window/``) and its answer did (``affect/``): the
+    latency split by hop. A plain subscription (no durable consumer), so it takes nothing
+    from the stages."""
+    async with Subscriber(address, ["window/", "affect/"]) as sub:
+        while True:
+            msg = await sub.recv()
+            t_end = msg.meta.get("t_end")
+            if msg.meta.get("event") is None and isinstance(t_end, (int, float)):
+                seen.setdefault(msg.kind, {}).setdefault((msg.device, round(t_end, 3)), time.time())
+
+
 @dataclass
 class RunResult:
     kind: str
@@ -303,6 +315,8 @@ class RunResult:
     stored: int = 0
     store_lost: int = 0
     latencies: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    #: per hop (window out of preprocess, affect out of infer, row in the store) its share of the latency
+    hops: dict[str, np.ndarray] = field(default_factory=dict)
     unobserved: int = 0
     cpu_s: dict[str, float] = field(default_factory=dict)
     drained: bool = True
@@ -369,6 +383,8 @@ async def run_once(
                 raise RuntimeError(f"no subscriber for {missing[0]}; stage logs in {folder}")
         watcher = StoreWatcher(db, poll_s)
         watcher.start()
+        on_bus_at: dict[str, dict[tuple[str, float], float]] = {"window": {}, "affect": {}}
+        tap = asyncio.create_task(_tap_hops(bus.address, on_bus_at))
         pids = {s.name: s.proc.pid for s in stages}
         cpu0 = {name: proc_cpu_s(pid) for name, pid in pids.items()}
         bus0 = sum(proc_cpu_s(p) for p in bus.pids())
@@ -419,6 +435,7 @@ async def run_once(
         res.cpu_s["bus servers" if kind == "nats" else "hub"] = sum(proc_cpu_s(p) for p in bus.pids()) - bus0
         res.cpu_s["gateways"] = sum(r["cpu_s"] for r in reports)
         watcher.stop()
+        tap.cancel()
         for s in reversed(stages):  # upstream first, so each flushes into a running consumer
             await s.stop()
         report = store.report()
@@ -428,16 +445,24 @@ async def run_once(
             stored = set(conn.execute("SELECT DISTINCT device, time_s FROM affect").fetchall())
         res.stored = len(stored)
         started = {d: r["started_unix_s"] for r in reports for d in r["devices"]}
-        lat = []
+        lat: list[float] = []
+        hops: dict[str, list[float]] = {"preprocess": [], "infer": [], "store": []}
         for device, t in stored:
-            i = int(device[1:])
-            due = deadlines[i % len(bases)].get(round(t, 3))
-            landed = watcher.seen.get((device, round(t, 3)))
+            key = (device, round(t, 3))
+            due = deadlines[int(device[1:]) % len(bases)].get(key[1])
+            landed = watcher.seen.get(key)
             if due is None or landed is None:
                 res.unobserved += 1
                 continue
-            lat.append(landed - (started[device] + due))
+            arrived = started[device] + due
+            lat.append(landed - arrived)
+            window, affect = on_bus_at["window"].get(key), on_bus_at["affect"].get(key)
+            if window is not None and affect is not None:
+                hops["preprocess"].append(window - arrived)
+                hops["infer"].append(affect - window)
+                hops["store"].append(landed - affect)
         res.latencies = np.array(lat)
+        res.hops = {k: np.array(v) for k, v in hops.items()}
     finally:
         for s in reversed(stages):
             if s.proc is not None and s.proc.returncode is None:
@@ -461,6 +486,11 @@ def print_result(r: RunResult) -> None:
         f"     latency (last packet needed -> row in the store) p50 {r.percentile(50) * 1e3:.0f} ms, "
         f"p99 {r.percentile(99) * 1e3:.0f} ms, max {r.percentile(100) * 1e3:.0f} ms"
     )
+    if all(v.size for v in r.hops.values()):
+        parts = ", ".join(
+            f"{k} {np.percentile(v, 50) * 1e3:.0f}/{np.percentile(v, 99) * 1e3:.0f}" for k, v in r.hops.items()
+        )
+        print(f"     by hop, p50/p99 ms (packet -> window on the bus -> affect on the bus -> row): {parts}")
     total = sum(r.cpu_s.values())
     parts = ", ".join(f"{k} {v / hours:.1f}" for k, v in r.cpu_s.items())
     print(
