@@ -63,6 +63,9 @@ STREAM_MAX_AGE_S = 24 * 3600.0  # a day: long enough for any stage to come back,
 STREAM_MAX_BYTES = 8 * 1024**3  # 8 GiB, about two days of 1,000 wristbands' raw signals
 ACK_WAIT_S = float(os.environ.get("M3SENSE_NATS_ACK_WAIT_S", "30"))  # unacknowledged -> delivered again after this
 FETCH_BATCH = 256
+#: the longest a fetch lingers: nats-py returns a lingering fetch only when its batch is full or
+#: its time is up, so messages already received waited up to 5 s at light load (bench/bench_scale.py)
+FETCH_WAIT_S = 0.025
 FETCH_BATCH_EXPLICIT = 32  # explicit acks wait for the work (a model batch): fetch no more than that holds
 RESEND_AFTER_S = 5.0  # a publication unanswered this long is sent again (same message id)
 ACK_EVERY = 64  # handled messages acknowledged together (or sooner when idle)
@@ -645,7 +648,8 @@ class NatsSubscriber:
             try:
                 if self.consumer:
                     batch = FETCH_BATCH_EXPLICIT if self.acks == "explicit" else FETCH_BATCH
-                    self._buffer.extend(await self._sub.fetch(batch, timeout=max(0.01, min(remaining, 5.0))))
+                    wait = max(0.01, min(remaining, FETCH_WAIT_S))
+                    self._buffer.extend(await self._sub.fetch(batch, timeout=wait))
                 else:
                     self._buffer.append(await self._sub.next_msg(timeout=min(remaining, 5.0)))
             except (nats.errors.TimeoutError, TimeoutError):
