@@ -316,6 +316,8 @@ async def run_pipeline(
                     await s.start()
                 stored = asyncio.Event()
 
+                answered: set[tuple[str, Any]] = set()
+
                 async def watch() -> None:
                     async for msg in watcher:
                         if msg.kind == STORED:
@@ -323,6 +325,10 @@ async def run_pipeline(
                                 result.stored.add(msg.device)
                                 stored.set()
                         elif msg.meta.get("event") is None:
+                            # at least once on NATS: a window answered again (by a worker taking over) is one window
+                            if (msg.device, msg.meta.get("t_start")) in answered:
+                                continue
+                            answered.add((msg.device, msg.meta.get("t_start")))
                             result.affect.append(msg)
                             if on_affect is not None:
                                 on_affect(msg)

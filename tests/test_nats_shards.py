@@ -11,9 +11,11 @@ exactly once, none counted lost, every row still says ``replay``.
 from __future__ import annotations
 
 import asyncio
+import queue
 import re
 import signal
 import sqlite3
+import threading
 import time
 from pathlib import Path
 
@@ -140,9 +142,25 @@ def _stored(db: Path) -> tuple[dict[str, set[float]], dict[str, int], tuple[int,
     return windows, {d: int(n) for d, n in lost.items()}, rows, sources
 
 
-def _wait_for_every_device(store: Proc) -> None:
-    for _ in DEVICES:
-        store.wait_for_stderr("end of device", timeout=180)
+def _wait_for_every_device(store: Proc, timeout: float = 180) -> None:
+    """Wait for the store's 'end of device' line of every device. Read by a thread, line by line:
+    a selector on the pipe misses lines already in the reader's buffer (four ends come at once)."""
+    lines: queue.Queue[str] = queue.Queue()
+
+    def read() -> None:
+        for line in store.popen.stderr:
+            lines.put(line)
+
+    threading.Thread(target=read, daemon=True).start()
+    ended: set[str] = set()
+    deadline = time.monotonic() + timeout
+    while ended != set(DEVICES):
+        try:
+            line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Empty:
+            raise AssertionError(f"the store ended only {sorted(ended)} in {timeout:.0f} s") from None
+        if m := re.search(r"end of device (\S+)", line):
+            ended.add(m.group(1))
 
 
 @NEEDS_NATS
