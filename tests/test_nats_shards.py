@@ -98,7 +98,7 @@ def _leases(bus: str, bucket: str) -> dict[int, int]:
             held = {}
             for key in (k for k in keys if k.startswith("p.")):
                 try:
-                    worker = (await kv.get(key)).value.decode()
+                    worker = ((await kv.get(key)).value or b"").decode()
                 except nats.js.errors.KeyNotFoundError:
                     continue
                 held[int(key[2:])] = int(worker.rsplit("-", 2)[1])  # HOST-PID-RANDOM
@@ -148,6 +148,7 @@ def _wait_for_every_device(store: Proc, timeout: float = 180) -> None:
     lines: queue.Queue[str] = queue.Queue()
 
     def read() -> None:
+        assert store.popen.stderr is not None
         for line in store.popen.stderr:
             lines.put(line)
 
