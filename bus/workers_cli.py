@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 from bus.partitions import PARTITIONS, check_group
+from common.argtypes import positive_seconds
 
 LEASE_TTL_DEFAULT_S = 10.0  # bus.shards.LEASE_TTL_S, kept here so --help needs no NATS client
 
@@ -18,10 +19,7 @@ def _group(text: str) -> str:
 
 
 def _ttl(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    value = positive_seconds(text)
     if not 1.0 <= value <= 3600:
         raise argparse.ArgumentTypeError(f"lease TTL must be 1 to 3600 s, got {text}")
     return value
