@@ -18,9 +18,11 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import nats
 import nats.js.errors
+import numpy as np
 import pytest
 
 from bus.message import Message
@@ -290,3 +292,33 @@ def test_run_refuses_workers_without_nats(recording) -> None:
     proc = run_cli("run", str(recording[0]), "--infer-workers", "2", timeout=120)
     assert proc.returncode == 2 and "--infer-workers 2 needs --bus nats://" in proc.stderr, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def _msg(kind: str, t0: float, *, n: int = 1, fs: float = 0.0, meta: dict | None = None) -> Message:
+    modality = "eda" if kind == "raw" else kind
+    return Message(
+        kind=kind, device="sim01", modality=modality, seq=0, t0_s=t0, fs_hz=fs, samples=np.zeros(n), meta=meta or {}
+    )
+
+
+def test_a_message_is_held_until_every_window_it_fed_is_published() -> None:
+    from preprocess.sharded import HeldAcks, needed_until
+
+    chunk = _msg("raw", 100.0, n=4, fs=4.0)  # samples at 100.0 .. 100.75
+    label = _msg("label", 90.0, meta={"task": "stress", "label": "rest", "start_s": 90.0, "end_s": 130.0})
+    assert needed_until(chunk) == 100.75 and needed_until(label) == 130.0
+    assert needed_until(_msg("status", 0.0, meta={"event": "start", "source": "replay"})) is None
+    assert needed_until(_msg("status", 0.0, meta={"event": "end"})) == float("inf")
+    held = HeldAcks()
+    held.hold(chunk, 100.75)
+    held.hold(label, 130.0)
+
+    def window(t_start: float) -> SimpleNamespace:
+        return SimpleNamespace(device="sim01", t_start_s=t_start)
+
+    # the windows holding t = 100.75 start at 85, 90, 95 and 100 (hop 5): held until the one at 100 is out
+    assert held.published(window(95.0), 5.0) == [] and len(held) == 2  # type: ignore[arg-type]
+    assert held.published(window(100.0), 5.0) == [chunk]  # type: ignore[arg-type]
+    assert held.closed("sim01") == [label] and len(held) == 0
+    held.hold(chunk, 100.75)
+    assert held.drop({"sim01"}) == [chunk] and held.devices() == []
