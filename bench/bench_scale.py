@@ -257,7 +257,9 @@ class StageProcess:
                 self.proc.kill()
                 await self.proc.wait()
         await asyncio.gather(*self._readers)
-        return self.proc.returncode
+        code = self.proc.returncode
+        assert code is not None  # waited for above
+        return code
 
     def report(self) -> dict:
         """The last JSON object the stage printed on stdout (the store's ``--json``)."""
@@ -385,7 +387,7 @@ async def run_once(
         watcher.start()
         on_bus_at: dict[str, dict[tuple[str, float], float]] = {"window": {}, "affect": {}}
         tap = asyncio.create_task(_tap_hops(bus.address, on_bus_at))
-        pids = {s.name: s.proc.pid for s in stages}
+        pids = {s.name: s.proc.pid for s in stages if s.proc is not None}  # all started above
         cpu0 = {name: proc_cpu_s(pid) for name, pid in pids.items()}
         bus0 = sum(proc_cpu_s(p) for p in bus.pids())
         outs = [folder / f"{kind}-{n}-gw{i}.json" for i in range(gateways)]

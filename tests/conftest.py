@@ -92,13 +92,15 @@ class Proc:
         import selectors
         import time
 
+        stderr = self.popen.stderr
+        assert stderr is not None, "started with stderr=PIPE"
         sel = selectors.DefaultSelector()
-        sel.register(self.popen.stderr, selectors.EVENT_READ)
+        sel.register(stderr, selectors.EVENT_READ)
         deadline = time.monotonic() + timeout
         seen = []
         while time.monotonic() < deadline:
             if sel.select(timeout=max(0.0, deadline - time.monotonic())):
-                line = self.popen.stderr.readline()
+                line = stderr.readline()
                 if not line:
                     break
                 seen.append(line)

@@ -14,7 +14,7 @@ import pickle
 import shutil
 import zipfile
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
@@ -38,6 +38,11 @@ class Py2Pickler(pickle._Pickler):
         np.dtype: ("numpy", "dtype"),
     }
 
+    if TYPE_CHECKING:  # the pure-Python pickler's undocumented internals used here (typeshed lists none)
+
+        def write(self, data: bytes) -> None: ...
+        def memoize(self, obj: object) -> None: ...
+
     def _py2_str(self, data: bytes) -> None:
         n = len(data)
         self.write(
@@ -52,13 +57,14 @@ class Py2Pickler(pickle._Pickler):
         self._py2_str(obj)
         self.memoize(obj)
 
-    dispatch[str] = save_str
-    dispatch[bytes] = save_bytes
+    # typeshed types this table's callables as taking an Unpickler; the pure-Python pickler passes itself
+    dispatch[str] = save_str  # type: ignore[assignment]
+    dispatch[bytes] = save_bytes  # type: ignore[assignment]
 
     def save_global(self, obj: object, name: str | None = None) -> None:
-        where = self._GLOBALS.get(obj)  # type: ignore[arg-type]
+        where = self._GLOBALS.get(obj)
         if where is None:
-            return super().save_global(obj, name)
+            return super().save_global(obj, name)  # type: ignore[misc]  # undocumented, so not in typeshed
         self.write(pickle.GLOBAL + f"{where[0]}\n{where[1]}\n".encode())
         self.memoize(obj)
 

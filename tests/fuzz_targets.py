@@ -126,7 +126,7 @@ def arrays(max_dims: int = 2, max_side: int = 6) -> st.SearchStrategy[np.ndarray
 def _meta_for(kind: str) -> st.SearchStrategy[dict]:
     """Meta a real message of ``kind`` has, each field sometimes replaced by any JSON value."""
     times = st.floats(T0 - 100, T0 + 1000) | HOSTILE_FLOATS.filter(math.isfinite) | st.integers()
-    fields: dict[str, st.SearchStrategy] = {
+    by_kind: dict[str, dict[str, st.SearchStrategy]] = {
         "label": {
             "task": st.sampled_from(["stress", "anxiety", "emotion"]),
             "label": st.text(max_size=10),
@@ -159,7 +159,8 @@ def _meta_for(kind: str) -> st.SearchStrategy[dict]:
                 max_size=3,
             ),
         },
-    }.get(kind, {})
+    }
+    fields = by_kind.get(kind, {})
     return st.fixed_dictionaries({}, optional={k: s | JSON for k, s in fields.items()}) | st.dictionaries(
         st.text(max_size=8), JSON, max_size=4
     )
@@ -197,7 +198,7 @@ def frames_of(msg: Message) -> list[bytes]:
 
 # --------------------------------------------------------------------------------------------
 # Hostile edits of encoded frames (header layout: see bus.message)
-def _fixed(head: bytes) -> struct.Struct:
+def _fixed(head: bytes | bytearray) -> struct.Struct:
     """The fixed part of a header of this version (v1 has no incarnation)."""
     return _FIXED_V1 if head[:1] == b"\x01" else _FIXED
 
@@ -1010,6 +1011,7 @@ def _receiver() -> Any:
 @contextlib.contextmanager
 def _preprocess_harness() -> Iterator[Callable[[Any], None]]:
     from preprocess.preprocessor import Preprocessor
+    from preprocess.window import DeviceEnd, Window
 
     def check(stream: list[list[bytes]]) -> None:
         pre, sub, seq = Preprocessor(device_timeout_s=30.0), _receiver(), 0
@@ -1018,10 +1020,12 @@ def _preprocess_harness() -> Iterator[Callable[[Any], None]]:
             now = k * 0.05
             out = pre.push(msg, now_s=now) if msg is not None else []
             out += pre.expire(now)
-            for item in [*out, *pre.take_ended()]:  # what preprocess.node._publish sends
+            items: list[Window | DeviceEnd] = [*out, *pre.take_ended()]
+            for item in items:  # what preprocess.node._publish sends
                 check_decoded(decode(frames_of(item.to_message(seq=seq))))
                 seq += 1
-        for item in [*pre.flush(), *pre.take_ended()]:
+        last: list[Window | DeviceEnd] = [*pre.flush(), *pre.take_ended()]
+        for item in last:
             check_decoded(decode(frames_of(item.to_message(seq=seq))))
 
     yield check

@@ -3,6 +3,8 @@ whose class-dependent signals a small model can learn in a few epochs."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 import torch
@@ -11,7 +13,7 @@ from preprocess.window import MODALITIES, Quality, Window, array_shape
 
 
 def quality(**kw) -> Quality:
-    base = dict(
+    base: dict[str, Any] = dict(
         off_wrist=False,
         motion=False,
         missing_fraction=0.0,

@@ -59,9 +59,12 @@ class NatsServer:
         self._proc = proc
         ready: queue.Queue[bool] = queue.Queue()
 
+        stdout = proc.stdout
+        assert stdout is not None, "started with stdout=PIPE"
+
         def read() -> None:
             told = False
-            for line in proc.stdout:  # keep draining, or the server blocks on a full pipe
+            for line in stdout:  # keep draining, or the server blocks on a full pipe
                 self.log.append(line)
                 if not told and "Server is ready" in line:
                     ready.put(True)

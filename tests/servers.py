@@ -119,9 +119,12 @@ bind-address = "127.0.0.1:{rpc_port}"
         self._proc = proc
         ready: queue.Queue[bool] = queue.Queue()
 
+        stdout = proc.stdout
+        assert stdout is not None, "started with stdout=PIPE"
+
         def read() -> None:
             told = False
-            for line in proc.stdout:  # keep draining, or influxd blocks on a full pipe
+            for line in stdout:  # keep draining, or influxd blocks on a full pipe
                 self._log.append(line)
                 if not told and "Listening on HTTP" in line:
                     ready.put(True)
@@ -309,6 +312,7 @@ def influxd_auth(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InfluxSer
         skip_or_fail("influxd not installed (apt-get install influxdb influxdb-client)")
     server = InfluxServer(tmp_path_factory.mktemp("influxd-auth"), auth=True).start()
     try:
+        assert server.credentials is not None, "started with auth=True"
         user, password = server.credentials.split(":")
         # 1.x lets the first admin be created without credentials; after that it wants them
         req = urllib.request.Request(
@@ -490,6 +494,7 @@ class MosquittoServer:
         self.password = os.urandom(8).hex()
         self.reader_password = os.urandom(8).hex()
         passwd = folder / "passwd"
+        assert MOSQUITTO_PASSWD is not None, "the fixture checks that mosquitto is installed"
         for user, password in (("m3sense", self.password), ("homeassistant", self.reader_password)):
             subprocess.run(
                 [MOSQUITTO_PASSWD, *(["-c"] if user == "m3sense" else []), "-b", str(passwd), user, password],
@@ -574,9 +579,12 @@ class MosquittoServer:
         self._proc = proc
         ready: queue.Queue[bool] = queue.Queue()
 
+        stdout = proc.stdout
+        assert stdout is not None, "started with stdout=PIPE"
+
         def read() -> None:
             told = False
-            for line in proc.stdout:
+            for line in stdout:
                 self.log.append(line)
                 if not told and " running" in line:  # "mosquitto version 2.0.x running"
                     ready.put(True)
