@@ -88,25 +88,33 @@ class Proc:
         )
 
     def wait_for_stderr(self, needle: str, timeout: float = 60) -> str:
-        """Read stderr lines until one contains ``needle`` (a readiness line), failing on exit."""
-        import selectors
+        """Read stderr lines until one contains ``needle`` (a readiness line), failing on exit.
+
+        Byte by byte from the descriptor: a buffered ``readline`` takes whatever lines came in
+        the same chunk, and ``select`` then waits for data that was already read (a line behind)."""
+        import select
         import time
 
         stderr = self.popen.stderr
         assert stderr is not None, "started with stderr=PIPE"
-        sel = selectors.DefaultSelector()
-        sel.register(stderr, selectors.EVENT_READ)
+        fd = stderr.fileno()
         deadline = time.monotonic() + timeout
-        seen = []
+        seen: list[str] = []
+        line = bytearray()
         while time.monotonic() < deadline:
-            if sel.select(timeout=max(0.0, deadline - time.monotonic())):
-                line = stderr.readline()
-                if not line:
-                    break
-                seen.append(line)
-                if needle in line:
-                    return line
-        raise AssertionError(f"no {needle!r} on stderr within {timeout} s; got:\n{''.join(seen)}")
+            if not select.select([fd], [], [], max(0.0, deadline - time.monotonic()))[0]:
+                continue
+            byte = os.read(fd, 1)
+            if not byte:
+                break
+            line += byte
+            if byte == b"\n":
+                text = line.decode(errors="replace")
+                line.clear()
+                seen.append(text)
+                if needle in text:
+                    return text
+        raise AssertionError(f"no {needle!r} on stderr within {timeout} s; got:\n{''.join(seen)}{line.decode()}")
 
     def stop(self) -> None:
         if self.popen.poll() is None:
