@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Callable
+from functools import partial
 
 import numpy as np
 
@@ -41,6 +42,7 @@ def main() -> None:
     import onnxruntime as ort
 
     from inference.answer import Calibrations, load_answerer
+    from inference.calibration import CalibrationConfig
     from inference.dataset import window_inputs
     from inference.features import message_features
     from preprocess import recording_windows
@@ -50,6 +52,7 @@ def main() -> None:
     windows = [w.to_message() for r in recs for w in recording_windows(r)]
     answerer = load_answerer()
     net = answerer._net
+    assert net is not None, "the default bundle holds an M3Sense network"
     print(f"{len(windows)} windows of {args.subjects} simulated wearers x {args.minutes:g} min")
 
     mods = list(net.modalities)
@@ -68,7 +71,7 @@ def main() -> None:
             b = min(batch, len(windows))
             feed = {n: inputs[n][:b] for n in names[:-1]}
             feed[names[-1]] = present[:b]
-            cpu, wall = cpu_per_call(lambda sess=sess, feed=feed: sess.run(None, feed), max(2, 512 // b))
+            cpu, wall = cpu_per_call(partial(sess.run, None, feed), max(2, 512 // b))
             probs[spin, batch] = sess.run(None, feed)
             print(
                 f"(a) network, batch {b:3d}, pool threads {'spinning' if spin == '1' else 'sleeping'}: "
@@ -81,7 +84,7 @@ def main() -> None:
     print(f"(b) window features: CPU {cpu / len(windows) * 1e3:.2f} ms/window")
 
     def answer_all() -> None:
-        cal = Calibrations(answerer.calibration_config)
+        cal = Calibrations(answerer.calibration_config or CalibrationConfig())  # as the infer node does
         for i in range(0, len(windows), 32):
             answerer.answer_windows(windows[i : i + 32], cal)
 
