@@ -212,10 +212,10 @@ class ShardedSubscriber:
             await asyncio.sleep(self.spec.lease_ttl_s / 4)
             try:
                 await self._round()
-            except (nats.errors.Error, TimeoutError) as exc:
+            except Exception as exc:  # the keeper must outlive any one round: a dead keeper is a stuck worker
                 if "lease" not in self._logged:
                     self._logged.add("lease")
-                    log.warning("group %s: could not renew leases on %s (%s)", self.spec.group, self.bus, exc)
+                    log.warning("group %s: could not renew leases on %s (%r)", self.spec.group, self.bus, exc)
 
     async def _round(self) -> None:
         """Say I am alive, renew what I own, give up what is no longer mine, take what is."""
