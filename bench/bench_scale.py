@@ -324,6 +324,8 @@ class RunResult:
     drained: bool = True
     gateway_wall_s: float = 0.0
     workers: tuple[int, int] = (1, 1)  # preprocess, infer
+    #: stages that exited before they were stopped (their CPU counts up to the last reading)
+    early_exits: list[str] = field(default_factory=list)
 
     @property
     def lost(self) -> int:
@@ -334,7 +336,13 @@ class RunResult:
 
     @property
     def held(self) -> bool:
-        return self.drained and self.lost == 0 and self.unobserved == 0 and self.percentile(99) < 5.0
+        return (
+            not self.early_exits
+            and self.drained
+            and self.lost == 0
+            and self.unobserved == 0
+            and self.percentile(99) < 5.0
+        )
 
 
 async def run_once(
@@ -389,6 +397,16 @@ async def run_once(
         tap = asyncio.create_task(_tap_hops(bus.address, on_bus_at))
         pids = {s.name: s.proc.pid for s in stages if s.proc is not None}  # all started above
         cpu0 = {name: proc_cpu_s(pid) for name, pid in pids.items()}
+        last_cpu = dict(cpu0)  # the last reading of each stage: one that exits early keeps its CPU so far
+
+        async def sample_cpu() -> None:
+            while True:
+                await asyncio.sleep(1.0)
+                for name, pid in pids.items():
+                    if not math.isnan(cpu := proc_cpu_s(pid)):
+                        last_cpu[name] = cpu
+
+        sampler = asyncio.create_task(sample_cpu())
         bus0 = sum(proc_cpu_s(p) for p in bus.pids())
         outs = [folder / f"{kind}-{n}-gw{i}.json" for i in range(gateways)]
         script = Path(__file__).resolve()
@@ -429,10 +447,16 @@ async def run_once(
                 res.drained = False
                 break
         await asyncio.sleep(2 * poll_s)  # the watcher's last look at what the store flushed
+        sampler.cancel()
         cpu1 = {name: proc_cpu_s(pid) for name, pid in pids.items()}
+        for st in stages:
+            if st.proc is not None and st.proc.returncode is not None:
+                res.early_exits.append(f"{st.name} exited early (code {st.proc.returncode}); log: {st.log_path}")
+                cpu1[st.name] = last_cpu[st.name]
         for name in pids:  # a stage's workers together
             stage = name.rstrip("0123456789")
-            res.cpu_s[stage] = res.cpu_s.get(stage, 0.0) + cpu1[name] - cpu0[name]
+            used = cpu1[name] - cpu0[name]  # NaN: it died before the replay began (it used nothing since)
+            res.cpu_s[stage] = res.cpu_s.get(stage, 0.0) + (0.0 if math.isnan(used) else used)
         res.workers = workers if any(s.name[-1].isdigit() for s in stages) else (1, 1)
         res.cpu_s["bus servers" if kind == "nats" else "hub"] = sum(proc_cpu_s(p) for p in bus.pids()) - bus0
         res.cpu_s["gateways"] = sum(r["cpu_s"] for r in reports)
@@ -493,6 +517,8 @@ def print_result(r: RunResult) -> None:
             f"{k} {np.percentile(v, 50) * 1e3:.0f}/{np.percentile(v, 99) * 1e3:.0f}" for k, v in r.hops.items()
         )
         print(f"     by hop, p50/p99 ms (packet -> window on the bus -> affect on the bus -> row): {parts}")
+    for line in r.early_exits:
+        print(f"     {line}")
     total = sum(r.cpu_s.values())
     parts = ", ".join(f"{k} {v / hours:.1f}" for k, v in r.cpu_s.items())
     print(
@@ -517,6 +543,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     ap.add_argument("--infer-workers", type=int, default=1, help="nats: M infer workers in one --workers-group")
     ap.add_argument("--profile", type=Path, default=None, help="write each stage's cProfile output into this folder")
+    ap.add_argument(
+        "--keep", type=Path, default=None, help="keep the stages' logs, stores and NATS data in this folder"
+    )
     ap.add_argument("--gateway", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--bus-address", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--out", default=None, help=argparse.SUPPRESS)
@@ -531,7 +560,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.profile:
         args.profile.mkdir(parents=True, exist_ok=True)
     kinds = ("nats", "zmq") if args.bus == "both" else (args.bus,)
+    if args.keep:
+        args.keep.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
+        folder = args.keep or Path(tmp)
         for n in (int(x) for x in args.devices.split(",")):
             for kind in kinds:
                 res = asyncio.run(
@@ -543,7 +575,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                         args.seed,
                         args.flush_interval,
                         args.poll_ms / 1e3,
-                        Path(tmp),
+                        folder,
                         args.profile,
                         (args.preprocess_workers, args.infer_workers),
                     )
