@@ -18,8 +18,8 @@ as the commands a user starts, one worker each, all on the same bus. Printed per
 - windows lost: expected (the offline windower over each recording) minus stored, and what
   the store itself counted as lost, dropped or refused. Must be 0.
 
-Usage (small default, about a minute):
-    .venv/bin/python bench/bench_scale.py [--devices 50[,200]] [--gateways 2] [--seconds 60]
+Usage (small default: 40 s of replay, about a minute with start-up and drain):
+    .venv/bin/python bench/bench_scale.py [--devices 50[,200]] [--gateways 2] [--seconds 40]
         [--bus nats|zmq|both] [--flush-interval 0.1] [--seed 5]
 """
 
@@ -531,7 +531,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--devices", default="50", help="N wristbands; several sizes comma-separated (default 50)")
     ap.add_argument("--gateways", type=int, default=2, help="K gateway processes sharing the wristbands")
-    ap.add_argument("--seconds", type=float, default=60, help="length of every recording (default 60)")
+    ap.add_argument("--seconds", type=float, default=40, help="length of every recording (default 40)")
     ap.add_argument("--bus", choices=("nats", "zmq", "both"), default="nats")
     ap.add_argument(
         "--flush-interval", type=float, default=0.1, help="the store's --flush-interval in s (0: its default)"
