@@ -353,7 +353,7 @@ def test_cli_stream_virtual_three_with_tap(bus_address, procs, tmp_path) -> None
     out = tmp_path / "tap.jsonl"
     with open(out, "w") as fh:
         tap = Proc(
-            ["tap", "--bus", bus_address, "--json", "--topic", "raw/", "--topic", "status/", "--idle-exit", "5"],
+            ["tap", "--bus", bus_address, "--json", "--topic", "raw/", "--topic", "status/", "--idle-exit-s", "5"],
             stdout=fh,
         )
         procs.append(tap)

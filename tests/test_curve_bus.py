@@ -190,7 +190,7 @@ def test_insecure_accepts_a_plain_non_loopback_address_with_a_warning(caplog: py
 def test_missing_and_bad_key_files_are_one_line_errors(keys: Path, tmp_path: Path) -> None:
     bus = free_bus_address()
     (keys / "client.key_secret").unlink()
-    proc = run_cli("tap", "--bus", bus, "--bus-keys", str(keys), "--idle-exit", "0.1")
+    proc = run_cli("tap", "--bus", bus, "--bus-keys", str(keys), "--idle-exit-s", "0.1")
     assert proc.returncode == 2
     assert proc.stderr.strip() == (
         f"m3sense tap: error: {keys}/client.key_secret: no such key file "

@@ -381,6 +381,8 @@ def test_store_into_influxdb_1x_writes_and_says_so(
         "exit_code": code,
         "received": 12,
         "error": None,
+        "lost_windows": 0,
+        "lost_windows_by_device": {},
     }
     assert "12 points (12 affect) written to" in err[-1] and "none lost" in err[-1]
     assert err[-1].startswith("store: interrupted;") == (sig == signal.SIGINT)

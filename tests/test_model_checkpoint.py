@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from common.errors import DataError
+from inference.answer import Answerer
 from inference.checkpoint import load_checkpoint, save_checkpoint
 from inference.dataset import Normalizer
 from inference.model import M3Sense, ModelConfig
@@ -141,7 +142,9 @@ def test_predictor_backends_agree_and_answer_messages(saved, tmp_path):
         "calibration": None,
     }
     assert out[2]["emotion"]["status"] == "ok"
-    meta = affect_meta(msgs[0], out[0], pred.model_id)
+    answers = Answerer({t: pred for t in pred.tasks}, model_id=pred.model_id).answer_windows(msgs[:1], None)[0]
+    assert {t: a.to_json() for t, a in answers.items()} == out[0]
+    meta = affect_meta(msgs[0], answers, pred.model_id)
     assert meta["t_start"] == msgs[0].t0_s and meta["t_end"] == msgs[0].t0_s + 20.0
     assert meta["model"] == ckpt.model_id and meta["quality"]["off_wrist"] is False
     json.dumps(meta)  # it must travel as message meta

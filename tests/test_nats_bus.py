@@ -165,7 +165,7 @@ def test_a_three_server_cluster_loses_nothing_when_a_server_dies(nats_cluster: N
 
 
 def test_an_unreachable_nats_server_is_one_line() -> None:
-    proc = run_cli("tap", "--bus", f"nats://127.0.0.1:{free_port()}", "--idle-exit", "1", timeout=60)
+    proc = run_cli("tap", "--bus", f"nats://127.0.0.1:{free_port()}", "--idle-exit-s", "1", timeout=60)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     said = [line for line in lines if "unreachable" in line]

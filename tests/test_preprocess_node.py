@@ -130,7 +130,7 @@ def test_cli_replay_preprocess_tap(tmp_path: Path, bus_address: str, procs: list
             "--json",
             "--count",
             str(len(expected) + 1),
-            "--idle-exit",
+            "--idle-exit-s",
             "60",
         ],
         stdout=tap_file,

@@ -47,7 +47,7 @@ def test_replay_publishes_what_the_reader_read(
     hub.wait_for_stderr("subscribers")
     tap_out = (tmp_path / "tap.jsonl").open("w")
     tap = Proc(
-        ["tap", "--bus", bus_address, "--json", "--count", str(sum(expected.values())), "--idle-exit", "60"],
+        ["tap", "--bus", bus_address, "--json", "--count", str(sum(expected.values())), "--idle-exit-s", "60"],
         stdout=tap_out,
     )
     procs.append(tap)

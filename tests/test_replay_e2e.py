@@ -25,7 +25,7 @@ def test_replayed_stream_equals_the_files(tmp_path: Path, bus_address: str, proc
     hub.wait_for_stderr("subscribers")
     tap_out = (tmp_path / "tap.jsonl").open("w")
     tap = Proc(
-        ["tap", "--bus", bus_address, "--json", "--values", "--count", str(expected_count), "--idle-exit", "60"],
+        ["tap", "--bus", bus_address, "--json", "--values", "--count", str(expected_count), "--idle-exit-s", "60"],
         stdout=tap_out,
     )
     procs.append(tap)
