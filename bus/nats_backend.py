@@ -624,18 +624,7 @@ class NatsSubscriber:
                 log.warning("could not acknowledge a message on %s: %s", self.bus, exc)
 
     def _accept(self, nmsg: Any) -> Message | None:
-        try:
-            msg = decode_nats(nmsg.subject, nmsg.data)
-        except MalformedMessage as exc:
-            self.stats.malformed[exc.reason] += 1
-            if exc.reason not in self._logged:
-                self._logged.add(exc.reason)
-                log.warning("dropping malformed bus message (%s); further ones of this kind are only counted", exc)
-            return None
-        if not _covers(self.prefixes, msg.topic):
-            return None
-        self.gaps.observe(msg.topic, msg.seq, msg.incarnation)
-        return msg
+        return accept_delivery(self, nmsg)
 
     async def _fill(self, timeout_s: float | None) -> None:
         """Fetch the next messages into the buffer; TimeoutError if none came in time."""
@@ -690,3 +679,21 @@ class NatsSubscriber:
                 yield await self.recv(poll_s)
             except TimeoutError:
                 pass
+
+
+def accept_delivery(sub: Any, nmsg: Any) -> Message | None:
+    """A delivered NATS message as a bus message for ``sub`` (a plain or sharded subscriber: its
+    ``stats``, ``_logged``, ``prefixes``, ``gaps``), or None: malformed (counted, logged once per
+    kind) or outside its prefixes. Sequence gaps are observed here, once per accepted message."""
+    try:
+        msg = decode_nats(nmsg.subject, nmsg.data)
+    except MalformedMessage as exc:
+        sub.stats.malformed[exc.reason] += 1
+        if exc.reason not in sub._logged:
+            sub._logged.add(exc.reason)
+            log.warning("dropping malformed bus message (%s); further ones of this kind are only counted", exc)
+        return None
+    if not _covers(sub.prefixes, msg.topic):
+        return None
+    sub.gaps.observe(msg.topic, msg.seq, msg.incarnation)
+    return msg

@@ -44,7 +44,7 @@ import nats.errors
 import nats.js.errors
 from nats.js import api
 
-from bus.message import MalformedMessage, Message
+from bus.message import Message
 from bus.nats_backend import (
     ACK_EVERY,
     ACK_WAIT_S,
@@ -53,11 +53,10 @@ from bus.nats_backend import (
     STREAM,
     NatsUnreachable,
     _check_security,
-    _covers,
     _publications_stored,
     _replicas,
+    accept_delivery,
     connect,
-    decode_nats,
     ensure_stream,
     filter_for,
     shard_description,
@@ -350,18 +349,7 @@ class ShardedSubscriber:
                 log.warning("could not acknowledge a message on %s: %s", self.bus, exc)
 
     def _accept(self, nmsg: Any) -> Message | None:
-        try:
-            msg = decode_nats(nmsg.subject, nmsg.data)
-        except MalformedMessage as exc:
-            self.stats.malformed[exc.reason] += 1
-            if exc.reason not in self._logged:
-                self._logged.add(exc.reason)
-                log.warning("dropping malformed bus message (%s); further ones of this kind are only counted", exc)
-            return None
-        if not _covers(self.prefixes, msg.topic):
-            return None
-        self.gaps.observe(msg.topic, msg.seq, msg.incarnation)
-        return msg
+        return accept_delivery(self, nmsg)
 
     async def recv(self, timeout_s: float | None = None) -> Message:
         """The next valid message of an owned partition; TimeoutError if none arrives in time."""
