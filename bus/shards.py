@@ -172,6 +172,7 @@ class ShardedSubscriber:
         self._delivered: dict[int, tuple[int, int, Any]] = {}
         self._handled: list[tuple[int, int, Any]] = []
         self._last: tuple[int, int, Any] | None = None
+        self._waiting: tuple[int, int, Any] | None = None
         self._logged: set[str] = set()
         self._nc: Any = None
         self._js: Any = None
@@ -364,17 +365,17 @@ class ShardedSubscriber:
             if self._queue.empty():
                 await self._ack_handled(force=True)
             wait = None if deadline is None else max(0.0, deadline - loop.time())
-            try:
-                entry = self._queue.get_nowait()  # no wait_for when there is work: 3.11's can swallow a cancel
-            except asyncio.QueueEmpty:
-                entry = await asyncio.wait_for(self._queue.get(), wait)
+            if self._waiting is not None:  # the entry a deadline interrupted while its lease was late
+                entry, self._waiting = self._waiting, None
+            else:
+                try:
+                    entry = self._queue.get_nowait()  # no wait_for when there is work: 3.11's can swallow a cancel
+                except asyncio.QueueEmpty:
+                    entry = await asyncio.wait_for(self._queue.get(), wait)
             if loop.time() >= self._yield_at:  # a backlog never suspends recv: let the lease keeper run
                 await asyncio.sleep(0)
                 self._yield_at = loop.time() + 0.02
-            owned = self.owned.get(entry[0])
-            while owned is not None and loop.time() - owned.renewed > self.spec.lease_ttl_s / 2:
-                await asyncio.sleep(0.05)  # the lease may be running out: no work on it until it is renewed
-                owned = self.owned.get(entry[0])
+            owned = await self._lease_for(entry, deadline)
             if owned is None or not self._current(entry):
                 continue  # its partition was given up
             seq = entry[2].metadata.sequence.stream
@@ -390,6 +391,29 @@ class ShardedSubscriber:
             self._delivered[id(msg)] = entry
             return msg
 
+    async def _lease_for(self, entry: tuple[int, int, Any], deadline: float | None) -> _Owned | None:
+        """The owned partition of ``entry`` once its lease is fresh; None if it is no longer ours.
+
+        No work is done on a lease past half its TTL until the keeper renews it; one past its
+        whole TTL may already be another worker's, so it is given up (the keeper failing round
+        after round must not leave ``recv`` waiting for ever). TimeoutError at ``deadline``,
+        keeping ``entry`` for the next call, so that a stage polling its stop event stops."""
+        loop = asyncio.get_running_loop()
+        owned = self.owned.get(entry[0])
+        while owned is not None and loop.time() - owned.renewed > self.spec.lease_ttl_s / 2:
+            if loop.time() - owned.renewed > self.spec.lease_ttl_s:
+                log.warning("group %s: the lease of partition %d ran out unrenewed", self.spec.group, entry[0])
+                await self._give_up(entry[0], delete=False)
+                if self.on_owned is not None:
+                    self.on_owned(set(self.owned))
+                return None
+            if deadline is not None and loop.time() >= deadline:
+                self._waiting = entry
+                raise TimeoutError
+            await asyncio.sleep(0.05)
+            owned = self.owned.get(entry[0])
+        return owned
+
     async def __aiter__(self) -> AsyncIterator[Message]:
         while True:
             yield await self.recv()
@@ -402,27 +426,31 @@ class ShardedSubscriber:
                 pass
 
     async def __aexit__(self, *_: Any) -> None:
-        """Acknowledge what is handled, then hand every partition over at once (no waiting for the TTL)."""
+        """Acknowledge what is handled, then hand every partition over at once (no waiting for the
+        TTL); a hand-over that takes longer than the TTL is left to the leases running out."""
         try:
             if self._keeper is not None:
                 self._keeper.cancel()
             if self._nc is not None:
-                if self._last is not None and self.acks == "next":
-                    self._handled.append(self._last)
-                    self._last = None
-                await self._ack_handled(force=True)
-                for p in sorted(self.owned):
-                    await self._give_up(p, delete=True)
-                await self._kv.delete(f"m.{self.worker}")
+                await asyncio.wait_for(self._hand_over(), self.spec.lease_ttl_s)
         except (nats.errors.Error, TimeoutError) as exc:
             log.warning(
                 "group %s: could not hand over cleanly (%s); the leases run out in %.0f s",
                 self.spec.group,
-                exc,
+                exc or "timed out",
                 self.spec.lease_ttl_s,
             )
         finally:
             await self.aclose()
+
+    async def _hand_over(self) -> None:
+        if self._last is not None and self.acks == "next":
+            self._handled.append(self._last)
+            self._last = None
+        await self._ack_handled(force=True)
+        for p in sorted(self.owned):
+            await self._give_up(p, delete=True)
+        await self._kv.delete(f"m.{self.worker}")
 
     async def aclose(self) -> None:
         if self._nc is not None:

@@ -73,7 +73,7 @@ CASES = {
     "lsl": Case(lambda e: ["lsl", "--bus", e.bus], "lsl: outlets"),
     "run": Case(
         lambda e: [
-            *("run", str(e.recording), "--speed", "20"),
+            *("run", str(e.recording), "--speed", "5"),
             *("--sink", f"sqlite:///{e.tmp / 'run.db'}", "--model", str(e.model)),
         ],
         "run: replaying",
@@ -128,10 +128,29 @@ def test_a_long_running_command_exits_130_on_sigint_and_0_on_sigterm(
     proc = Proc(case.args(env))
     procs.append(proc)
     proc.wait_for_stderr(case.ready, timeout=case.start_s)
+    if name == "run":  # stopped once its store has written something: the test is of a flush, not of a race
+        _wait_for_rows(env.tmp / "run.db", timeout_s=60)
     code, err = _stop(proc, sig)
     assert code == expected, f"m3sense {name} exited {code} on {sig_name}, not {expected}; stderr:\n{err}"
     if name == "run":  # the store of the run flushed into the sink and said so, as the run's last line says
         assert f"run: stopped by {sig_name}" in err and " written to sqlite:" in err and "none lost" in err, err
+
+
+def _wait_for_rows(db: Path, timeout_s: float) -> None:
+    """Until some table of ``db`` has a row (the store flushes every second)."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:  # never creates it
+                tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+                if any(conn.execute(f'SELECT 1 FROM "{t}" LIMIT 1').fetchone() for t in tables):
+                    return
+        except sqlite3.OperationalError:  # not created yet, or locked by the writer
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"nothing was written to {db} in {timeout_s:.0f} s")
 
 
 def _rows(db: Path, table: str) -> int:
