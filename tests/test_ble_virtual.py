@@ -294,15 +294,17 @@ def test_a_storm_of_100_disconnects_leaks_no_tasks_sockets_or_memory(hub, bus_ad
                 fds_before,
                 open_fds(),
                 mem_at_100 - mem_at_10,
-                links[0].stats.disconnects,
+                # a drop while the client still sets the link up (subscribing, starting the streams) is a
+                # failed connect, not a disconnect: under load more drops land there
+                links[0].stats.disconnects + links[0].stats.connect_failures,
             )
 
     tracemalloc.start()
     try:
-        tasks_before, tasks_after, fds_before, fds_after, growth, disconnects = asyncio.run(main())
+        tasks_before, tasks_after, fds_before, fds_after, growth, drops_seen = asyncio.run(main())
     finally:
         tracemalloc.stop()
-    assert disconnects >= 100
+    assert drops_seen >= 100  # every drop of the storm reached the client as a lost link
     assert tasks_after == tasks_before
     assert fds_after == fds_before
     assert growth < 256 * 1024, f"{growth} bytes more after 90 further reconnects"
