@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 
 from bus import LABEL, RAW, STATUS, Message, SequenceCounter, topic_for
-from replay.recording import Recording
+from replay.recording import LabelInterval, Recording
 
 #: samples per message, by modality (the wristband's packet cadence)
 PACKET_SAMPLES = {"bvp": 11, "acc": 6, "eda": 6, "temp": 4, "hr": 1}
@@ -44,8 +45,7 @@ def _events(rec: Recording) -> Iterator[_Entry]:
         yield t, 0, RAW, "tag", t, 0.0, _NO_SAMPLES, None
     for iv in rec.labels:
         # labels sort before samples due at the same instant, so a window never misses its label
-        meta = {"task": iv.task, "label": iv.label, "start_s": iv.start_s, "end_s": iv.end_s}
-        yield iv.start_s, -1, LABEL, LABEL, iv.start_s, 0.0, _NO_SAMPLES, meta
+        yield iv.start_s, -1, LABEL, LABEL, iv.start_s, 0.0, _NO_SAMPLES, _label_meta(iv)
 
 
 _NO_SAMPLES = np.zeros(0, dtype=np.float64)
@@ -53,6 +53,16 @@ _NO_SAMPLES = np.zeros(0, dtype=np.float64)
 
 def _key(entry: _Entry) -> tuple[float, int]:
     return entry[0], entry[1]
+
+
+def _label_meta(iv: LabelInterval) -> dict[str, Any]:
+    """A label message's meta: the interval it announces (replayed and re-announced alike)."""
+    return {"task": iv.task, "label": iv.label, "start_s": iv.start_s, "end_s": iv.end_s}
+
+
+def _status(device: str, seq: int, t_s: float, meta: dict[str, Any]) -> Message:
+    """A ``status`` message (start, end or announce of a replayed device): no samples, no rate."""
+    return Message(kind=STATUS, device=device, modality=STATUS, seq=seq, t0_s=t_s, fs_hz=0.0, meta=meta)
 
 
 def recording_messages(rec: Recording, *, source: str = "replay") -> Iterator[tuple[float, Message]]:
@@ -64,15 +74,7 @@ def recording_messages(rec: Recording, *, source: str = "replay") -> Iterator[tu
     status_topic = topic_for(STATUS, device)
     yield (
         start,
-        Message(
-            kind=STATUS,
-            device=device,
-            modality=STATUS,
-            seq=seq.next(status_topic),
-            t0_s=start,
-            fs_hz=0.0,
-            meta={"event": "start", "source": source, "recording": rec.source},
-        ),
+        _status(device, seq.next(status_topic), start, {"event": "start", "source": source, "recording": rec.source}),
     )
     topics: dict[str, str] = {}
     streams = [_periodic(rec, m) for m in rec.signals] + [iter(sorted(_events(rec), key=_key))]
@@ -95,18 +97,7 @@ def recording_messages(rec: Recording, *, source: str = "replay") -> Iterator[tu
                 meta=meta or {},
             ),
         )
-    yield (
-        last,
-        Message(
-            kind=STATUS,
-            device=device,
-            modality=STATUS,
-            seq=seq.next(status_topic),
-            t0_s=last,
-            fs_hz=0.0,
-            meta={"event": "end", "source": source},
-        ),
-    )
+    yield last, _status(device, seq.next(status_topic), last, {"event": "end", "source": source})
 
 
 def announcement(rec: Recording, now_s: float, *, source: str = "replay") -> list[Message]:
@@ -115,27 +106,9 @@ def announcement(rec: Recording, now_s: float, *, source: str = "replay") -> lis
     anything) and every label interval not over by ``now_s``. Sequence numbers are 0: the
     replay numbers them in its stream."""
     device = rec.device
-    out = [
-        Message(
-            kind=STATUS,
-            device=device,
-            modality=STATUS,
-            seq=0,
-            t0_s=now_s,
-            fs_hz=0.0,
-            meta={"event": "announce", "source": source, "recording": rec.source},
-        )
-    ]
+    out = [_status(device, 0, now_s, {"event": "announce", "source": source, "recording": rec.source})]
     out += [
-        Message(
-            kind=LABEL,
-            device=device,
-            modality=LABEL,
-            seq=0,
-            t0_s=iv.start_s,
-            fs_hz=0.0,
-            meta={"task": iv.task, "label": iv.label, "start_s": iv.start_s, "end_s": iv.end_s},
-        )
+        Message(kind=LABEL, device=device, modality=LABEL, seq=0, t0_s=iv.start_s, fs_hz=0.0, meta=_label_meta(iv))
         for iv in rec.labels
         if iv.end_s > now_s
     ]
