@@ -37,7 +37,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -508,59 +508,57 @@ def _float(v: Any) -> float | None:
     return None if v is None else float(v)  # InfluxDB's JSON writes 0.0 as 0
 
 
-def read_affect(target: InfluxTarget, *, device: str | None = None, since_s: float | None = None) -> list[AffectRecord]:
-    """Affect records back from InfluxDB, in the order of :func:`storage.sqlite.read_affect`."""
+def _points(
+    target: InfluxTarget, measurement: str, device: str | None, since_s: float | None
+) -> Iterator[dict[str, Any]]:
+    """Every point of ``measurement`` from ``since_s`` on (all when None), of one device when
+    given, as a column -> value dict (``time`` in µs): the one query both readers share."""
     where = [f"time >= {_us(since_s) if since_s is not None else 0}u"]
     if device is not None:
         where.append(f'"device" = {_literal(device)}')
-    out = []
-    for series in influxql(target, f'SELECT * FROM "{AFFECT_MEASUREMENT}" WHERE {" AND ".join(where)}'):
+    for series in influxql(target, f'SELECT * FROM "{measurement}" WHERE {" AND ".join(where)}'):
         cols = series["columns"]
         for values in series["values"]:
-            row = dict(zip(cols, values))
-            out.append(
-                AffectRecord(
-                    time_s=row["time"] / 1e6,
-                    t_start_s=float(row["t_start_s"]),  # written with every affect point
-                    device=row["device"],
-                    task=row["task"],
-                    source=row["source"],
-                    model=row["model"],
-                    label=row.get("label"),
-                    confidence=_float(row.get("confidence")),
-                    probs=tuple(
-                        sorted((c[2:], float(v)) for c, v in row.items() if c.startswith("p_") and v is not None)
-                    ),
-                    status=str(row["status"]),  # written with every affect point
-                    off_wrist=row.get("off_wrist"),
-                    motion=row.get("motion"),
-                    missing_fraction=_float(row.get("missing_fraction")),
-                    true_label=row.get("true_label"),
-                    calibration=row.get("calibration"),
-                )
-            )
+            yield dict(zip(cols, values))
+
+
+def read_affect(target: InfluxTarget, *, device: str | None = None, since_s: float | None = None) -> list[AffectRecord]:
+    """Affect records back from InfluxDB, in the order of :func:`storage.sqlite.read_affect`."""
+    out = [
+        AffectRecord(
+            time_s=row["time"] / 1e6,
+            t_start_s=float(row["t_start_s"]),  # written with every affect point
+            device=row["device"],
+            task=row["task"],
+            source=row["source"],
+            model=row["model"],
+            label=row.get("label"),
+            confidence=_float(row.get("confidence")),
+            probs=tuple(sorted((c[2:], float(v)) for c, v in row.items() if c.startswith("p_") and v is not None)),
+            status=str(row["status"]),  # written with every affect point
+            off_wrist=row.get("off_wrist"),
+            motion=row.get("motion"),
+            missing_fraction=_float(row.get("missing_fraction")),
+            true_label=row.get("true_label"),
+            calibration=row.get("calibration"),
+        )
+        for row in _points(target, AFFECT_MEASUREMENT, device, since_s)
+    ]
     return sorted(out, key=lambda r: (r.time_s, r.device, r.task))
 
 
 def read_alerts(target: InfluxTarget, *, device: str | None = None, since_s: float | None = None) -> list[AlertRecord]:
     """Alert events back from InfluxDB, in the order of :func:`storage.sqlite.read_alerts`."""
-    where = [f"time >= {_us(since_s) if since_s is not None else 0}u"]
-    if device is not None:
-        where.append(f'"device" = {_literal(device)}')
-    out = []
-    for series in influxql(target, f'SELECT * FROM "{ALERT_MEASUREMENT}" WHERE {" AND ".join(where)}'):
-        cols = series["columns"]
-        for values in series["values"]:
-            row = dict(zip(cols, values))
-            out.append(
-                AlertRecord(
-                    time_s=row["time"] / 1e6,
-                    device=row["device"],
-                    task=row["task"],
-                    rule=row["rule"],
-                    event=row["event"],
-                    confidence=float(row["confidence"]),
-                    text=row.get("text") or "",
-                )
-            )
+    out = [
+        AlertRecord(
+            time_s=row["time"] / 1e6,
+            device=row["device"],
+            task=row["task"],
+            rule=row["rule"],
+            event=row["event"],
+            confidence=float(row["confidence"]),
+            text=row.get("text") or "",
+        )
+        for row in _points(target, ALERT_MEASUREMENT, device, since_s)
+    ]
     return sorted(out, key=lambda r: (r.time_s, r.device, r.rule))
