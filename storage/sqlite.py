@@ -192,16 +192,24 @@ class SqliteSink:
         await asyncio.to_thread(conn.close)
 
 
+def _select(
+    conn: sqlite3.Connection, select: str, time_column: str, order: str, device: str | None, since_s: float | None
+) -> list[tuple]:
+    """The rows of ``select`` (``SELECT ... FROM table``) from ``since_s`` on (all when None), of
+    one device when given, in ``order``: the one filter both readers apply."""
+    sql = f"{select} WHERE {time_column} >= ?"
+    args: list = [since_s if since_s is not None else float("-inf")]
+    if device is not None:
+        sql += " AND device = ?"
+        args.append(device)
+    return conn.execute(f"{sql} ORDER BY {order}", args).fetchall()
+
+
 def read_affect(path: Path, *, device: str | None = None, since_s: float | None = None) -> list[AffectRecord]:
     """Affect records of a store in time order, optionally of one device and from a time on."""
     conn = connect(path, create=False)
     try:
-        sql = "SELECT * FROM affect WHERE time_s >= ?"
-        args: list = [since_s if since_s is not None else float("-inf")]
-        if device is not None:
-            sql += " AND device = ?"
-            args.append(device)
-        rows = conn.execute(sql + " ORDER BY time_s, device, task", args).fetchall()
+        rows = _select(conn, "SELECT * FROM affect", "time_s", "time_s, device, task", device, since_s)
     finally:
         conn.close()
     return [
@@ -232,12 +240,8 @@ def read_alerts(path: Path, *, device: str | None = None, since_s: float | None 
     try:
         if not conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'alerts'").fetchone():
             return []
-        sql = "SELECT t_s, device, task, rule, event, confidence, text FROM alerts WHERE t_s >= ?"
-        args: list = [since_s if since_s is not None else float("-inf")]
-        if device is not None:
-            sql += " AND device = ?"
-            args.append(device)
-        rows = conn.execute(sql + " ORDER BY t_s, device, rule", args).fetchall()
+        select = "SELECT t_s, device, task, rule, event, confidence, text FROM alerts"
+        rows = _select(conn, select, "t_s", "t_s, device, rule", device, since_s)
     finally:
         conn.close()
     return [
