@@ -31,7 +31,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import SplitResult, parse_qs, urlsplit
 
 from common.errors import UserError
 
@@ -153,21 +153,12 @@ def parse_sink(sink: str) -> Target:
             f"sink {sink!r}: expected sqlite:PATH, PATH.db, influx://HOST:PORT?db=DB (1.x), "
             "influx://HOST:PORT?bucket=B[&org=O] or mqtt://HOST:PORT"
         )
-    try:
-        port = parts.port
-    except ValueError:
-        raise UserError(f"sink {sink!r}: bad port") from None
+    port = _port(sink, parts)
     if not parts.hostname:
         raise UserError(f"sink {sink!r}: no host")
     if parts.username or parts.password:
         raise UserError(f"sink {sink!r}: no credentials in the URL; use ${TOKEN_ENV} or --token-file")
-    query = parse_qs(parts.query, keep_blank_values=True)
-    unknown = set(query) - _INFLUX_PARAMS
-    if unknown:
-        raise UserError(f"sink {sink!r}: unknown parameter(s) {', '.join(sorted(unknown))}")
-    if any(len(v) > 1 for v in query.values()):
-        raise UserError(f"sink {sink!r}: a parameter is given twice")
-    params = {k: v[0] for k, v in query.items()}
+    params = _params(sink, parts.query, _INFLUX_PARAMS)
     bucket, api = _bucket_and_api(sink, params)
     if scheme == "http" and not _loopback(parts.hostname) and params.get("insecure") not in ("1", "true"):
         raise UserError(
@@ -181,13 +172,29 @@ def parse_sink(sink: str) -> Target:
     )
 
 
+def _port(sink: str, parts: SplitResult) -> int | None:
+    """The URL's port, None when it names none."""
+    try:
+        return parts.port
+    except ValueError:
+        raise UserError(f"sink {sink!r}: bad port") from None
+
+
+def _params(sink: str, query: str, allowed: set[str]) -> dict[str, str]:
+    """The query's parameters, each of them known and given once."""
+    values = parse_qs(query, keep_blank_values=True)
+    unknown = set(values) - allowed
+    if unknown:
+        raise UserError(f"sink {sink!r}: unknown parameter(s) {', '.join(sorted(unknown))}")
+    if any(len(v) > 1 for v in values.values()):
+        raise UserError(f"sink {sink!r}: a parameter is given twice")
+    return {k: v[0] for k, v in values.items()}
+
+
 def _parse_mqtt(sink: str) -> MqttTarget:
     parts = urlsplit(sink)
     tls = _MQTT_SCHEMES[parts.scheme]
-    try:
-        port = parts.port or (8883 if tls else 1883)
-    except ValueError:
-        raise UserError(f"sink {sink!r}: bad port") from None
+    port = _port(sink, parts) or (8883 if tls else 1883)
     if not parts.hostname:
         raise UserError(f"sink {sink!r}: no host")
     if parts.username or parts.password:
@@ -197,13 +204,7 @@ def _parse_mqtt(sink: str) -> MqttTarget:
         )
     if parts.path not in ("", "/"):
         raise UserError(f"sink {sink!r}: the topic root goes in prefix=, not in a path")
-    query = parse_qs(parts.query, keep_blank_values=True)
-    unknown = set(query) - _MQTT_PARAMS
-    if unknown:
-        raise UserError(f"sink {sink!r}: unknown parameter(s) {', '.join(sorted(unknown))}")
-    if any(len(v) > 1 for v in query.values()):
-        raise UserError(f"sink {sink!r}: a parameter is given twice")
-    params = {k: v[0] for k, v in query.items()}
+    params = _params(sink, parts.query, _MQTT_PARAMS)
     prefix = params.get("prefix", "m3sense")
     discovery = params.get("discovery", "homeassistant")
     discovery = "" if discovery in ("none", "0", "off") else discovery
@@ -232,16 +233,9 @@ def _parse_mqtt(sink: str) -> MqttTarget:
 
 
 def read_mqtt_password(password_file: Path | None, environ: Mapping[str, str]) -> str | None:
-    """The MQTT password from ``--mqtt-password-file`` if given, else ``$MQTT_PASSWORD``, else None."""
-    if password_file is not None:
-        try:
-            password = password_file.read_text().strip("\r\n")
-        except OSError as exc:
-            raise UserError(f"--mqtt-password-file {password_file}: {exc.strerror}") from None
-        if not password:
-            raise UserError(f"--mqtt-password-file {password_file}: file is empty")
-        return password
-    return environ.get(MQTT_PASSWORD_ENV) or None
+    """The MQTT password from ``--mqtt-password-file`` if given, else ``$MQTT_PASSWORD``, else None.
+    Only line ends are stripped from the file: a password may begin or end with a space."""
+    return _read_secret("--mqtt-password-file", password_file, environ, MQTT_PASSWORD_ENV, strip="\r\n")
 
 
 def _bucket_and_api(sink: str, params: Mapping[str, str]) -> tuple[str, str | None]:
@@ -266,12 +260,20 @@ def _bucket_and_api(sink: str, params: Mapping[str, str]) -> tuple[str, str | No
 
 def read_token(token_file: Path | None, environ: Mapping[str, str]) -> str | None:
     """The token from ``--token-file`` if given, else from ``$INFLUX_TOKEN``, else None."""
-    if token_file is not None:
+    return _read_secret("--token-file", token_file, environ, TOKEN_ENV, strip=None)
+
+
+def _read_secret(
+    option: str, path: Path | None, environ: Mapping[str, str], env: str, *, strip: str | None
+) -> str | None:
+    """The secret in the file ``option`` named (``strip`` taken off its ends, None: whitespace),
+    else ``$env``, else None; an unreadable or empty file is a user error."""
+    if path is not None:
         try:
-            token = token_file.read_text().strip()
+            secret = path.read_text().strip(strip)
         except OSError as exc:
-            raise UserError(f"--token-file {token_file}: {exc.strerror}") from None
-        if not token:
-            raise UserError(f"--token-file {token_file}: file is empty")
-        return token
-    return environ.get(TOKEN_ENV) or None
+            raise UserError(f"{option} {path}: {exc.strerror}") from None
+        if not secret:
+            raise UserError(f"{option} {path}: file is empty")
+        return secret
+    return environ.get(env) or None
