@@ -51,6 +51,7 @@ from bus.nats_backend import (
     FETCH_BATCH,
     FETCH_BATCH_EXPLICIT,
     STREAM,
+    Fetcher,
     NatsUnreachable,
     _check_security,
     _publications_stored,
@@ -306,11 +307,11 @@ class ShardedSubscriber:
             await self._kv.delete(f"p.{token(p)}")
 
     async def _fetch(self, p: int, owned: _Owned) -> None:
-        batch = FETCH_BATCH_EXPLICIT if self.acks == "explicit" else FETCH_BATCH
+        fetcher = Fetcher(owned.sub, FETCH_BATCH_EXPLICIT if self.acks == "explicit" else FETCH_BATCH)
         while True:
             try:
-                msgs = await owned.sub.fetch(batch, timeout=5.0)
-            except (nats.errors.TimeoutError, TimeoutError):
+                msgs = await fetcher.next()
+            except TimeoutError:
                 continue
             except nats.errors.Error:
                 await asyncio.sleep(0.5)  # reconnecting, or a leader being elected
