@@ -17,6 +17,7 @@ from bus.endpoints import (
     nats_servers,
 )
 from common.argtypes import deprecated_alias, positive_int, positive_seconds
+from common.summary import add_json_option, print_summary
 
 #: commands whose subscribers only watch: on NATS they take no durable consumer unless --consumer names one
 _WATCHERS = ("tap", "run")
@@ -96,9 +97,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         "hub",
         help="run the bus hub (XSUB/XPUB forwarder) in the foreground",
         description="Every stage connects to the hub. For --bus tcp://HOST:PORT it binds PORT for publishers "
-        "and PORT+1 for subscribers; for ipc://PATH it binds PATH.in and PATH.out. Ctrl-C stops it.",
+        "and PORT+1 for subscribers; for ipc://PATH it binds PATH.in and PATH.out. Ctrl-C stops it; its "
+        "last line says what it forwarded (ZeroMQ counts frames: a bus message is several).",
     )
     add_bus_option(h)
+    add_json_option(
+        h,
+        "frames and bytes (publishers sent through it; null if the proxy did not say), uptime_s, "
+        "refused_unknown_keys and refused_without_curve (with --bus-keys; else null)",
+    )
     h.set_defaults(func=_hub)
 
     t = sub.add_parser(
@@ -106,7 +113,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="print bus messages as they flow, one line each",
         description="Subscribe and print each message: topic, sequence number, first-sample time, rate and sample "
         "count (with --json one JSON object per line, with the message's metadata fields). On exit it "
-        "prints the counts of received, missing (sequence gaps) and malformed messages to stderr.",
+        "prints the counts of received, missing (sequence gaps), late and malformed messages to stderr "
+        "(with --summary-json also as one last JSON line on stdout).",
     )
     add_bus_option(t)
     t.add_argument(
@@ -116,6 +124,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="topic prefix to subscribe to, e.g. raw/bvp/ or window/S2/ (repeatable; default all)",
     )
     t.add_argument("--json", action="store_true", help="one JSON object per line")
+    t.add_argument(
+        "--summary-json",
+        action="store_true",
+        help='at exit one more line on stdout, after the messages: one JSON object, command ("tap"), exit_code, '
+        "reason, received, missing, late, malformed (a message line never has a command field; --json alone "
+        "keeps stdout to message lines, as scripts reading them expect)",
+    )
     t.add_argument("--values", action="store_true", help="include the samples (and named arrays)")
     t.add_argument("--count", type=positive_int, metavar="N", help="exit after N messages")
     deprecated_alias(
@@ -252,11 +267,24 @@ def _hub(args: argparse.Namespace) -> int:
         code = run_until_signal(serve)
     finally:
         hub.stop()
-    if hub.allow_list is not None and (hub.allow_list.refused or hub.refused_plain):
+    fw = hub.forwarded
+    if fw is not None:
+        print(f"hub: forwarded {fw.frames} frames, {fw.bytes} bytes in {fw.uptime_s:.0f} s", file=sys.stderr)
+    refused = (hub.allow_list.refused, hub.refused_plain) if hub.allow_list is not None else (None, None)
+    if refused[0] or refused[1]:
         print(
-            f"hub: refused {hub.allow_list.refused} connection(s) with unknown keys, {hub.refused_plain} without CURVE",
+            f"hub: refused {refused[0]} connection(s) with unknown keys, {refused[1]} without CURVE",
             file=sys.stderr,
         )
+    if args.json:
+        facts = {
+            "frames": fw.frames if fw is not None else None,
+            "bytes": fw.bytes if fw is not None else None,
+            "uptime_s": round(fw.uptime_s, 3) if fw is not None else None,
+            "refused_unknown_keys": refused[0],
+            "refused_without_curve": refused[1],
+        }
+        print_summary("hub", code, facts)
     return code
 
 
@@ -287,6 +315,7 @@ def _tap(args: argparse.Namespace) -> int:
     from common.aio import STOP_POLL_S, Stop, run_until_signal
 
     out = sys.stdout
+    subscribed: list[Any] = []  # the subscriber, for the counts at exit
 
     def json_default(o: Any) -> Any:
         return None if isinstance(o, float) and not math.isfinite(o) else str(o)
@@ -294,6 +323,7 @@ def _tap(args: argparse.Namespace) -> int:
     async def main(stop: Stop) -> int:
         seen = 0
         sub = Subscriber(args.bus, args.topic or [""])
+        subscribed.append(sub)
         try:
             async with sub:
                 # a readiness line, so a script can start publishers only once the tap listens
@@ -334,4 +364,14 @@ def _tap(args: argparse.Namespace) -> int:
             )
         return 0
 
-    return run_until_signal(main)
+    code = run_until_signal(main)
+    if args.summary_json:  # after the message lines: the summary, the one line with a "command" field
+        st = subscribed[0].stats if subscribed else None
+        facts = {
+            "received": st.received if st is not None else None,
+            "missing": st.gaps if st is not None else None,
+            "late": st.late if st is not None else None,
+            "malformed": sum(st.malformed.values()) if st is not None else None,
+        }
+        print_summary("tap", code, facts)
+    return code

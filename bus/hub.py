@@ -12,7 +12,10 @@ context of the hub's own: ZAP is per context, and one context holds one ZAP hand
 
 from __future__ import annotations
 
+import struct
 import threading
+import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import zmq
@@ -32,6 +35,19 @@ from bus.security import (
 )
 
 HWM = 100_000  # messages per pipe before back-pressure
+_STATS_WAIT_MS = 1000  # longest stop() waits for the proxy's counts before it stops it anyway
+
+
+@dataclass(frozen=True, slots=True)
+class Forwarded:
+    """What libzmq's proxy counted from publishers to the subscriber side: frames (one bus
+    message is several: topic, header, samples, ...) and their bytes. libzmq counts frames,
+    not messages, so frames is what is said; a frame goes out once however many subscribers
+    take it."""
+
+    frames: int
+    bytes: int
+    uptime_s: float
 
 
 class Hub:
@@ -58,6 +74,9 @@ class Hub:
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         self._error: BaseException | None = None
+        self._started_at: float | None = None
+        #: set by :meth:`stop`: what passed through, or None if the proxy did not say (it died)
+        self.forwarded: Forwarded | None = None
 
     def _serve(self) -> None:
         xsub = self._ctx.socket(zmq.XSUB)
@@ -103,6 +122,7 @@ class Hub:
         if self._error is not None:
             self._stop_auth()
             raise OSError(f"hub cannot bind {self.address}: {self._error}") from self._error
+        self._started_at = time.monotonic()
         return self
 
     def stop(self) -> None:
@@ -111,11 +131,29 @@ class Hub:
         ctl = self._ctx.socket(zmq.PAIR)
         ctl.setsockopt(zmq.LINGER, 0)
         ctl.connect(self._control_addr)
+        self.forwarded = self._statistics(ctl)
         ctl.send(b"TERMINATE")
         self._thread.join(timeout=5)
         ctl.close(linger=0)
         self._thread = None
         self._stop_auth()
+
+    def _statistics(self, ctl: zmq.Socket) -> Forwarded | None:
+        """Ask the proxy for its counts (libzmq's STATISTICS: eight uint64 in host order, the
+        publisher side's frames and bytes in and out, then the subscriber side's); None if no
+        answer comes, e.g. from a proxy that already ended."""
+        uptime_s = time.monotonic() - self._started_at if self._started_at is not None else 0.0
+        try:
+            ctl.send(b"STATISTICS", zmq.NOBLOCK)
+            if not ctl.poll(_STATS_WAIT_MS):
+                return None
+            frames = ctl.recv_multipart()
+        except zmq.ZMQError:
+            return None
+        if len(frames) != 8 or any(len(f) != 8 for f in frames):
+            return None
+        counts = [struct.unpack("=Q", f)[0] for f in frames]
+        return Forwarded(frames=counts[0], bytes=counts[1], uptime_s=uptime_s)
 
     def _count_plain(self, event: int, endpoint: str) -> None:
         if event != zmq.EVENT_HANDSHAKE_FAILED_AUTH:  # those the allow-list counts
