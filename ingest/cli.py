@@ -108,9 +108,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Connect, subscribe, start streaming, and publish raw/<modality>/<device>/ (bvp, eda, temp, acc, "
         "hr and ibi derived from BVP, battery, tag) and status/<device>/ (connected, disconnected, "
         "battery, on_wrist, tag, gap, bad_packet). Timestamps are host time anchored at the first packet "
-        "and advanced at the nominal rate. Ctrl-C stops cleanly.",
+        "and advanced at the nominal rate. Ctrl-C stops cleanly. At exit one JSON line per wristband on "
+        "stderr: its link statistics.",
     )
     add_bus_option(st)
+    add_json_option(
+        st,
+        "devices (per wristband, as on stderr: device, connects, connect_failures, disconnects, watchdog_trips, "
+        "packets, samples (published, per stream), bad, missing_samples, beats)",
+    )
     st.add_argument(
         "--device",
         action="append",
@@ -394,6 +400,7 @@ def _stream(args: argparse.Namespace) -> int:
         layout=layout, watchdog_s=args.watchdog, derive_heart=not args.no_heart, store_address=args.store_address
     )
     raw_log = RawLog(args.raw_log) if args.raw_log else None
+    reports: list[dict[str, Any]] = []  # each wristband's statistics, once streaming has ended
 
     async def run(stop: Stop) -> int:
         # A signal ends the run like --duration does: disconnect, report "end", flush the bus.
@@ -415,14 +422,18 @@ def _stream(args: argparse.Namespace) -> int:
             )
         for link in links:
             address = {"address": link.band.address} if args.store_address else {}
-            print(json.dumps({"device": link.band.device, **address, **link.stats.as_dict()}), file=sys.stderr)
+            reports.append({"device": link.band.device, **address, **link.stats.as_dict()})
+            print(json.dumps(reports[-1]), file=sys.stderr)
         return 0
 
     try:
-        return run_until_signal(run)
+        code = run_until_signal(run)
     finally:
         if raw_log is not None:
             raw_log.close()
+    if args.json:  # null devices: stopped before the links had ended
+        print_summary("ble stream", code, {"devices": reports or None})
+    return code
 
 
 def _jsonable(x: Any) -> Any:
