@@ -77,6 +77,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="each wearer marks the baseline as their rest with the E4 button (a double press at "
         "its start, a press at its end): their calibration then needs no 30-minute search",
     )
+    add_json_option(
+        s,
+        "out, subjects, minutes, seed, labels, faults, recordings (per subject: device, folder, files "
+        "(what the folder holds), recorded_s, label_intervals); the folders' lines then go to stderr",
+    )
     s.set_defaults(func=_simulate)
 
 
@@ -134,6 +139,7 @@ def _simulate(args: argparse.Namespace) -> int:
         raise UserError("--minutes must be > 0 and --subjects >= 1")
     out = Path(args.out)
     faults = not args.no_faults
+    written: list[dict[str, object]] = []
     for rec in simulate_recordings(
         minutes=args.minutes,
         seed=args.seed,
@@ -144,5 +150,25 @@ def _simulate(args: argparse.Namespace) -> int:
         mark_rest=args.mark_rest,
     ):
         folder = write_e4_export(rec, out / rec.device)
-        print(folder)
+        print(folder, file=sys.stderr if args.json else sys.stdout)  # --json: stdout holds only the object
+        written.append(
+            {
+                "device": rec.device,
+                "folder": str(folder),
+                "files": sorted(p.name for p in folder.iterdir() if p.is_file()),
+                "recorded_s": rec.duration_s,
+                "label_intervals": len(rec.labels),
+            }
+        )
+    if args.json:
+        facts = {
+            "out": str(out),
+            "subjects": len(written),
+            "minutes": args.minutes,
+            "seed": args.seed,
+            "labels": args.labels,
+            "faults": faults,
+            "recordings": written,
+        }
+        print_summary("simulate", 0, facts)
     return 0
