@@ -184,19 +184,9 @@ class WindowSet:
             **({} if refs else _NO_REFERENCES),
         )
 
-    _SAVED = (
-        "present",
-        "labels",
-        "groups",
-        "sources",
-        "t0_s",
-        "features",
-        "missing",
-        "motion",
-        "off_wrist",
-        "tag_groups",
-        "tag_s",
-    )
+    #: what a cache file keeps: the per-window arrays but the wearer references (which
+    #: :func:`with_references` derives), and the button presses
+    _SAVED = (*(k for k in _PER_WINDOW if not k.startswith("ref_")), "tag_groups", "tag_s")
 
     def save_npz(self, path) -> None:
         arrays: dict[str, Any] = {k: getattr(self, k) for k in self._SAVED}
