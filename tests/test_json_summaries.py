@@ -220,7 +220,7 @@ def test_ble_stream_json_says_what_it_published(hub: Hub, tmp_path: Path) -> Non
     assert dev["disconnects"] == events["disconnected"] >= 1
     assert dev["connect_failures"] == events["connect_failed"]
     assert dev["beats"] == sum(1 for m in seen if m["kind"] == "raw" and m["modality"] == "ibi")
-    gaps = Counter()
+    gaps: Counter[str] = Counter()
     for m in seen:
         if m["kind"] == "status" and m["event"] == "gap":
             gaps[m["stream"]] += m["missing_samples"]
