@@ -137,7 +137,8 @@ def test_tap_summary_json_is_one_last_line_after_the_messages(hub: Hub) -> None:
     """Sequence numbers 0, 1, 2, 5, 6: five messages received and two missing. The message lines
     keep their form (no command field); the summary is the one line after them."""
     seqs = [0, 1, 2, 5, 6]
-    tap = Proc(["tap", "--bus", hub.address, "--json", "--summary-json", "--topic", "raw/eda/", "--idle-exit-s", "2"])
+    tap_args = ["--json", "--summary-json", "--topic", "raw/eda/", "--count", "5", "--idle-exit-s", "30"]
+    tap = Proc(["tap", "--bus", hub.address, *tap_args])
     try:
         tap.wait_for_stderr("tap: subscribed")
 
