@@ -9,7 +9,6 @@ import argparse
 import json
 import shlex
 import sys
-from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from common.argtypes import (
     positive_seconds,
 )
 from common.errors import UserError
-from common.summary import add_json_option, print_summary
+from common.summary import add_json_option
 
 #: what ``--model`` takes wherever a model answers (read by ``inference.answer.load_answerer``)
 MODEL_HELP = (
@@ -1048,7 +1047,7 @@ def _infer(args) -> int:
         from bus.shards import configure, owned_line
 
         configure(spec, lambda owned: print(owned_line("infer", spec, owned), file=sys.stderr, flush=True))
-    from common.aio import run_until_signal
+    from common.counting import run_counting
     from inference.answer import Calibrations, load_answerer
     from inference.calibration import CalibrationConfig, CalibrationStore
     from inference.node import serve
@@ -1073,14 +1072,9 @@ def _infer(args) -> int:
 
     from bus.metrics import start_metrics
 
-    last: list[Counter] = []  # the latest counters: at the end, the final ones
-
-    def report(c: Counter) -> None:
-        last[:] = [c]
-        print("infer: " + ", ".join(f"{k} {v}" for k, v in sorted(c.items())), file=sys.stderr, flush=True)
-
-    code = run_until_signal(
-        lambda stop: serve(
+    return run_counting(
+        "infer",
+        lambda stop, report: serve(
             args.bus,
             answerer,
             max_batch=args.max_batch,
@@ -1090,8 +1084,6 @@ def _infer(args) -> int:
             calibrations=calibrations,
             metrics=start_metrics(args, "infer"),
             stop=stop,
-        )
+        ),
+        json_summary=args.json,
     )
-    if args.json:
-        print_summary("infer", code, {"counters": dict(last[0]) if last else {}})
-    return code

@@ -10,7 +10,7 @@ from bus.cli import add_bus_option
 from bus.metrics import add_metrics_options
 from bus.workers_cli import add_workers_options, workers_spec
 from common.argtypes import deprecated_alias, positive_seconds
-from common.summary import add_json_option, print_summary
+from common.summary import add_json_option
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -125,7 +125,7 @@ def _preprocess(args: argparse.Namespace) -> int:
 
         return run_worker(args, spec)
     from bus.metrics import start_metrics
-    from common.aio import run_until_signal
+    from common.counting import run_counting
     from common.errors import UserError
     from preprocess.node import SUBSCRIPTIONS, serve
     from preprocess.windower import WindowConfig
@@ -138,14 +138,9 @@ def _preprocess(args: argparse.Namespace) -> int:
     def ready(bus: str) -> None:
         print(f"preprocess: subscribed to {' '.join(SUBSCRIPTIONS)} on {bus}", file=sys.stderr, flush=True)
 
-    last: list[Counter] = []  # the latest counters: at the end, the final ones
-
-    def report(c: Counter) -> None:
-        last[:] = [c]
-        print(f"preprocess: {format_counters(c)}", file=sys.stderr, flush=True)
-
-    code = run_until_signal(
-        lambda stop: serve(
+    return run_counting(
+        "preprocess",
+        lambda stop, report: serve(
             args.bus,
             config,
             device_timeout_s=args.device_timeout,
@@ -154,8 +149,7 @@ def _preprocess(args: argparse.Namespace) -> int:
             report=report,
             metrics=start_metrics(args, "preprocess"),
             stop=stop,
-        )
+        ),
+        text=format_counters,
+        json_summary=args.json,
     )
-    if args.json:
-        print_summary("preprocess", code, {"counters": dict(last[0]) if last else {}})
-    return code
