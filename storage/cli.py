@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from datetime import UTC
 from pathlib import Path
+from typing import TypeVar
 
 from bus.cli import add_bus_option
 from common.argtypes import deprecated_alias, positive_number, positive_seconds
 from common.errors import UserError
+
+R = TypeVar("R")
 
 _SINK_HELP = (
     "sqlite:PATH, sqlite:///relative.db, sqlite:////absolute.db or PATH.db (SQLite); "
@@ -331,21 +335,28 @@ async def _resume_alerts(engine, targets: list) -> None:
         return
 
 
-def _alerts(args: argparse.Namespace) -> int:
-    import json
+def _stored(args: argparse.Namespace, read: Callable[..., list[R]]) -> list[R]:
+    """What ``read`` (``read_affect`` or ``read_alerts`` of :mod:`storage.connect`) gives back
+    from the --sink for --device and --since; a store that is not there is a user error."""
     import time
-    from datetime import datetime
 
-    from storage.connect import read_alerts
     from storage.timeline import parse_since
 
     target = _target(args)
     since = parse_since(args.since, time.time()) if args.since else None
     try:
-        events = read_alerts(target, device=args.device, since_s=since)
+        return read(target, device=args.device, since_s=since)
     except FileNotFoundError as exc:
         raise UserError(str(exc)) from None
-    for e in events:
+
+
+def _alerts(args: argparse.Namespace) -> int:
+    import json
+    from datetime import datetime
+
+    from storage.connect import read_alerts
+
+    for e in _stored(args, read_alerts):
         when = datetime.fromtimestamp(e.time_s, UTC).isoformat(timespec="seconds")
         if args.json:
             print(
@@ -369,17 +380,10 @@ def _alerts(args: argparse.Namespace) -> int:
 
 
 def _timeline(args: argparse.Namespace) -> int:
-    import time
-
     from storage.connect import read_affect
-    from storage.timeline import json_lines, parse_since, plot_timeline
+    from storage.timeline import json_lines, plot_timeline
 
-    target = _target(args)
-    since = parse_since(args.since, time.time()) if args.since else None
-    try:
-        records = read_affect(target, device=args.device, since_s=since)
-    except FileNotFoundError as exc:
-        raise UserError(str(exc)) from None
+    records = _stored(args, read_affect)
     if args.plot:
         plot_timeline(records, args.plot)
         print(f"timeline: {len(records)} records -> {args.plot}", file=sys.stderr)
