@@ -92,6 +92,10 @@ _FEATURE_MODALITY = {
 }
 
 
+class Stopped(Exception):
+    """A stop was asked (``should_stop``) while a run was unfinished: that run is dropped."""
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Row:
     """One line of an experiment: a model and what it learns from."""
@@ -327,10 +331,11 @@ def _fit(
     normalizer=None,
     keep_labels: Sequence[str] | None = None,
     few: bool = False,
+    should_stop: Callable[[], bool] | None = None,
 ):
     """Train one network on ``tasks`` (labels of ``keep_labels`` only, if given): (model, its
     test-part probabilities, its normaliser), all None when the training side holds fewer than two
-    labelled windows."""
+    labelled windows. Raises :class:`Stopped` when ``should_stop`` ended the training."""
     base = ModelConfig()
     cfg = (
         model.cfg
@@ -362,30 +367,51 @@ def _fit(
         model=model if model is not None else init_model(cfg, seed),
         relative=_relative(setup, cfg.modalities),
         normalizer=normalizer,
+        should_stop=should_stop,
     )
+    if res.stopped:
+        raise Stopped
     return res.model, predict_probs(res.model, to_tensors(sub.subset(part.test), norm)), norm
 
 
 def _network_probs(
-    row: Row, data: WindowSet, part: Split, extra: np.ndarray, seed: int, setup: Setup
+    row: Row,
+    data: WindowSet,
+    part: Split,
+    extra: np.ndarray,
+    seed: int,
+    setup: Setup,
+    should_stop: Callable[[], bool] | None = None,
 ) -> dict[str, np.ndarray]:
     empty = np.zeros(0, np.int64)
     unl = np.concatenate([part.unlabeled, extra]) if row.unlabeled else empty
     if row.fig7 is None:
         out: dict[str, np.ndarray] = {}
         for tasks in [(t,) for t in row.tasks] if row.single_task else [row.tasks]:
-            _, p, _ = _fit(data, part, tasks, row, seed, setup, unlabeled=unl)
+            _, p, _ = _fit(data, part, tasks, row, seed, setup, unlabeled=unl, should_stop=should_stop)
             out |= {t: v for t, v in (p or {}).items() if t in tasks}
         return out
     target, others = row.tasks[0], row.tasks[1:]
     if row.fig7 == "all":
-        _, p, _ = _fit(data, part, row.tasks, row, seed, setup, unlabeled=unl)
+        _, p, _ = _fit(data, part, row.tasks, row, seed, setup, unlabeled=unl, should_stop=should_stop)
         return {target: p[target]} if p else {}
     few = few_recordings(data, part, target, setup.few, seed)
     if row.fig7 == "scratch":
-        _, p, _ = _fit(data, part, (target,), row, seed, setup, train=few, val=empty, unlabeled=empty, few=True)
+        _, p, _ = _fit(
+            data,
+            part,
+            (target,),
+            row,
+            seed,
+            setup,
+            train=few,
+            val=empty,
+            unlabeled=empty,
+            few=True,
+            should_stop=should_stop,
+        )
         return {target: p[target]} if p else {}
-    source, _, norm = _fit(data, part, others, row, seed, setup, unlabeled=unl)
+    source, _, norm = _fit(data, part, others, row, seed, setup, unlabeled=unl, should_stop=should_stop)
     if source is None:
         return {}
     model = transfer_model(source, (target,), ModelConfig().classes, seed)
@@ -403,6 +429,7 @@ def _network_probs(
         normalizer=norm,
         keep_labels=(target,),
         few=True,
+        should_stop=should_stop,
     )
     return {target: p[target]} if p else {}
 
@@ -425,9 +452,15 @@ def run(
     unlabeled: WindowSet | None = None,
     progress: Callable[[str], None] = lambda _: None,
     seed_done: Callable[[list[dict]], None] = lambda _: None,
+    run_done: Callable[[int, int, int, str], None] = lambda _k, _n, _seed, _row: None,
+    should_stop: Callable[[], bool] = lambda: False,
 ) -> list[dict]:
     """Score every row on every seed; one record per (row, task, seed) that could be scored.
-    ``seed_done`` gets the records so far after each seed (a long run keeps its finished seeds)."""
+    ``seed_done`` gets the records so far after each seed (a long run keeps its finished seeds);
+    ``run_done(k, total, seed, row_id)`` follows each finished run (one row, one seed, every fold).
+
+    ``should_stop`` is asked before every fold and every batch of a network: once it says yes,
+    the unfinished run is dropped and the records of the finished runs are returned."""
     data = ws if unlabeled is None or not len(unlabeled) else WindowSet.concat([ws, unlabeled])
     extra = np.arange(len(ws), len(data))
     folds = parts(ws, setup)
@@ -436,16 +469,21 @@ def run(
     for k, (seed, row) in enumerate(itertools.product(setup.seeds, rows), 1):
         test_idx: list[np.ndarray] = []
         probs: dict[str, list[np.ndarray | None]] = {t: [] for t in row.scored}  # None: no model in a fold
-        for i, part in enumerate(folds, 1):
-            progress(f"[{k}/{total}] seed {seed}, {row.id}: fold {i}/{len(folds)}")
-            p = (
-                _feature_probs(row, data, part, seed, setup)
-                if row.is_features
-                else _network_probs(row, data, part, extra, seed, setup)
-            )
-            test_idx.append(part.test)
-            for t in row.scored:  # a fold with no model for t adds nothing to t's pooled score
-                probs[t].append(p.get(t))
+        try:
+            for i, part in enumerate(folds, 1):
+                if should_stop():
+                    raise Stopped
+                progress(f"[{k}/{total}] seed {seed}, {row.id}: fold {i}/{len(folds)}")
+                p = (
+                    _feature_probs(row, data, part, seed, setup)
+                    if row.is_features
+                    else _network_probs(row, data, part, extra, seed, setup, should_stop)
+                )
+                test_idx.append(part.test)
+                for t in row.scored:  # a fold with no model for t adds nothing to t's pooled score
+                    probs[t].append(p.get(t))
+        except Stopped:
+            break
         for t in row.scored:
             idx = np.concatenate([ix for ix, p in zip(test_idx, probs[t]) if p is not None] or [np.zeros(0, int)])
             one = ws.subset(idx).select(ws.modalities, (t,))
@@ -467,6 +505,7 @@ def run(
                     "folds_scored": sum(p is not None for p in probs[t]),
                 }
             )
+        run_done(k, total, seed, row.id)
         if k % len(rows) == 0:
             seed_done(records)
     return records

@@ -186,9 +186,14 @@ class EpochLog:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TrainResult:
-    model: M3Sense  # with the best validation weights loaded
-    best_epoch: int
-    history: tuple[EpochLog, ...]
+    model: M3Sense  # with the best validation weights loaded (the initial ones when no epoch finished)
+    best_epoch: int  # 0: no epoch finished
+    history: tuple[EpochLog, ...]  # one entry per finished epoch
+    stopped: bool = False  # ``should_stop`` ended it before the planned epochs
+
+    @property
+    def epochs_done(self) -> int:
+        return len(self.history)
 
 
 def seed_everything(seed: int) -> None:
@@ -218,9 +223,14 @@ def train_model(
     *,
     on_step: Callable[[int, int, int, Mapping[str, float]], None] | None = None,
     on_epoch: Callable[[EpochLog], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> TrainResult:
     """Algorithm 1; keeps the weights of the epoch with the best mean validation macro-F1
-    (the last epoch when there is no validation set)."""
+    (the last epoch when there is no validation set).
+
+    ``should_stop`` is asked before every batch (an epoch of a large data set takes minutes, more
+    than a supervisor waits after SIGTERM): once it says yes, the unfinished epoch is dropped and
+    the result is that of the epochs finished, marked ``stopped``."""
     seed_everything(tc.seed)
     tasks = model.cfg.tasks
     n_classes = [len(model.cfg.classes[t]) for t in tasks]
@@ -231,6 +241,7 @@ def train_model(
     g = torch.Generator().manual_seed(tc.seed)
     history: list[EpochLog] = []
     best = (-math.inf, 0, copy.deepcopy(model.state_dict()))
+    stopped = False
     for epoch in range(1, tc.epochs + 1):
         batches = [("l", b) for b in _batches(len(train), tc.batch_size, g)]
         if unlabeled is not None and len(unlabeled):
@@ -240,6 +251,9 @@ def train_model(
         sums = {"loss": 0.0, "ce": 0.0, "kl": 0.0}
         hits = np.zeros(len(tasks)), np.zeros(len(tasks))
         for step, k in enumerate(order):
+            if should_stop is not None and should_stop():
+                stopped = True
+                break
             kind, idx = batches[k]
             source = train if kind == "l" else unlabeled
             assert source is not None  # "u" batches exist only with unlabelled windows
@@ -264,6 +278,8 @@ def train_model(
             sums["kl"] += kl.item()
             if on_step is not None:
                 on_step(epoch, step + 1, len(order), {k: v / (step + 1) for k, v in sums.items()})
+        if stopped:  # this epoch is unfinished: it neither counts nor competes for the best weights
+            break
         val_scores = {}
         if val is not None and len(val):
             probs = predict_probs(model, val)
@@ -288,7 +304,7 @@ def train_model(
             best = (metric, epoch, copy.deepcopy(model.state_dict()))
     model.load_state_dict(best[2])
     model.eval()
-    return TrainResult(model=model, best_epoch=best[1], history=tuple(history))
+    return TrainResult(model=model, best_epoch=best[1], history=tuple(history), stopped=stopped)
 
 
 def fit_split(
@@ -301,6 +317,7 @@ def fit_split(
     normalizer: Normalizer | None = None,
     on_step=None,
     on_epoch=None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> tuple[TrainResult, Normalizer]:
     """Train ``model`` on one split of ``ws``: the normaliser is fitted on the training and
     unlabelled parts (no test window shapes it), unless one is given (a transferred model must
@@ -315,6 +332,7 @@ def fit_split(
         to_tensors(unl, norm) if len(unl) else None,
         on_step=on_step,
         on_epoch=on_epoch,
+        should_stop=should_stop,
     )
     return res, norm
 
