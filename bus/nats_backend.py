@@ -322,8 +322,11 @@ def _consumer_covers(info: Any, topic: str) -> bool:
 
 def _lost_on_the_way(fut: asyncio.Future) -> bool:
     """An answer that says the publication may not have reached a stream leader (a server died,
-    a leader is being elected): worth sending again, unlike a refusal by the stream itself."""
-    return not fut.cancelled() and isinstance(fut.exception(), (nats.errors.NoRespondersError, TimeoutError))
+    a leader is being elected: no responders, no response from the stream, no answer in time):
+    worth sending again with the same message id, unlike a refusal by the stream itself."""
+    return not fut.cancelled() and isinstance(
+        fut.exception(), (nats.errors.NoRespondersError, nats.js.errors.NoStreamResponseError, TimeoutError)
+    )
 
 
 class NatsPublisher(Publisher):
