@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import shlex
 import sys
 from collections.abc import Mapping
@@ -26,7 +27,7 @@ from common.argtypes import (
     positive_seconds,
 )
 from common.errors import UserError
-from common.summary import add_json_option
+from common.summary import add_json_option, print_summary
 
 #: what ``--model`` takes wherever a model answers (read by ``inference.answer.load_answerer``)
 MODEL_HELP = (
@@ -40,6 +41,8 @@ DATA_HELP = (
 )
 
 PROTOCOLS = ("paper", "subjects")
+
+log = logging.getLogger(__name__)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -239,6 +242,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--hop-s", type=positive_seconds, default=10.0, help="seconds between the starts of windows")
     p.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--no-cache", action="store_true", help="do not cache windows in the temp folder")
+    add_json_option(
+        p,
+        "experiment, out, paths (the files written), partial, runs_completed, runs_planned (a run: one row, "
+        "one seed, every fold), stopped_by, cells_scored, cells_planned, not_scored, cells (per row and task: "
+        "seeds, accuracy and macro-F1 mean and SD)",
+    )
     add_calibration_options(p)
     p.set_defaults(func=_experiment)
 
@@ -392,6 +401,7 @@ def _windows(specs, *, cfg, hop_s: float, no_cache: bool, unlabeled: bool = Fals
     out = []
     for spec in specs:
         src = parse_source(spec)
+        log.info("reading the windows of %s", spec)
         ws = source_windows(
             src,
             modalities=cfg.modalities,
@@ -436,13 +446,21 @@ class _Progress:
 
 
 def _train(args) -> int:
+    """Runs under the stop convention: the first SIGINT/SIGTERM ends training after the current
+    batch and writes what the finished epochs (or folds) give, marked partial."""
+    from inference.train_stop import run_blocking
+
+    return run_blocking(lambda stop: _train_until(args, stop), name="train", before="training started")
+
+
+def _train_until(args, stop) -> int:
     kinds = _csv(args.model)
     if kinds != ("m3sense",):
         from inference.train_features import train_features
 
         args.calibration = args.calibration or "wearer"
         return train_features(
-            args, kinds, windows=_windows, calibration=calibration_config(args), print_scores=_print_scores
+            args, kinds, windows=_windows, calibration=calibration_config(args), print_scores=_print_scores, stop=stop
         )
     if (args.init is None) != (args.freeze is None):
         raise UserError("--init CHECKPOINT and --freeze encoders go together")
@@ -540,6 +558,7 @@ def _train(args) -> int:
             normalizer=init.normalizer if init is not None else None,
             on_step=prog.step,
             on_epoch=prog.epoch,
+            should_stop=stop,
         )
 
     if args.folds and args.protocol != "subjects":
@@ -551,15 +570,45 @@ def _train(args) -> int:
         order = groups[np.random.default_rng(args.seed).permutation(len(groups))]
         test_idx: list[np.ndarray] = []
         probs: dict[str, list[np.ndarray]] = {t: [] for t in cfg.tasks}
+        stop.start_work()
+        print(
+            f"train: {args.folds}-fold leave-subjects-out over {len(groups)} recordings, {tc.epochs} epochs per fold "
+            "(a stop signal keeps the folds finished)",
+            file=sys.stderr,
+            flush=True,
+        )
         for k, fold in enumerate(np.array_split(order, args.folds), 1):
+            if stop():
+                break
             split = split_subjects(ws, args.seed, test_groups=list(fold))
             res, norm = fit(split, prefix=f"fold {k}/{args.folds} ")
+            if res.stopped:  # an unfinished fold is not scored
+                break
             p = predict_probs(res.model, to_tensors(ws.subset(split.test), norm))
             test_idx.append(split.test)
             for t in cfg.tasks:
                 probs[t].append(p[t])
+        done = len(test_idx)
+        if done < args.folds:
+            print(
+                f"train: stopped by {stop.why} after {done} of {args.folds} folds: "
+                + (
+                    "no fold finished, no scores"
+                    if not done
+                    else f"the scores below are PARTIAL, pooled over the {done} finished fold(s)"
+                ),
+                file=sys.stderr,
+                flush=True,
+            )
+            if not done:
+                return 0
         test = ws.subset(np.concatenate(test_idx))
         scores = detailed_scores(test, {t: np.concatenate(v) for t, v in probs.items()}, cfg.classes)
+        if done < args.folds:
+            partial = {"folds_done": done, "folds_planned": args.folds, "stopped_by": stop.why}
+            title = f"PARTIAL: {done} of {args.folds} folds of a leave-subjects-out run, pooled over the finished folds"
+            _print_partial_scores(scores, args.json, title, partial)
+            return 0
         _print_scores(scores, args.json, f"{args.folds}-fold leave-subjects-out, pooled over all test folds")
         return 0
 
@@ -578,7 +627,16 @@ def _train(args) -> int:
         raise UserError(str(exc)) from exc
     if not len(split.train):
         raise UserError("the split left no training windows")
+    stop.start_work()
+    print(
+        f"train: {len(split.train)} training windows, {tc.epochs} epochs (a stop signal keeps the epochs finished)",
+        file=sys.stderr,
+        flush=True,
+    )
     res, norm = fit(split)
+    if res.stopped and not res.epochs_done:
+        print(f"train: stopped by {stop.why} before the first epoch finished: nothing written", file=sys.stderr)
+        return 0
     test = ws.subset(split.test)
     scores = detailed_scores(test, predict_probs(res.model, to_tensors(test, norm)), cfg.classes) if len(test) else {}
     train_ws = ws.subset(split.train)
@@ -601,6 +659,13 @@ def _train(args) -> int:
         "val_subjects": sorted(set(ws.groups[split.val].tolist())) if args.protocol == "subjects" else None,
         "seed": args.seed,
         "epochs": args.epochs,
+        "epochs_done": res.epochs_done,
+        # a checkpoint of a run stopped early: what it is made of, and what stopped it
+        "partial": (
+            {"epochs_done": res.epochs_done, "epochs_planned": args.epochs, "stopped_by": stop.why}
+            if res.stopped
+            else None
+        ),
         "calibration": cal.to_json() if calibrated else None,
         "best_epoch": res.best_epoch,
         "hop_s": args.hop_s,
@@ -628,13 +693,59 @@ def _train(args) -> int:
         ],
     }
     path = save_checkpoint(args.out, res.model, norm, provenance)
+    title = f"held-out test part ({args.protocol} protocol, {len(test)} windows)"
+    if res.stopped:
+        print(
+            f"train: stopped by {stop.why} after {res.epochs_done} of {args.epochs} epochs: wrote PARTIAL checkpoint "
+            f"{path} (best epoch {res.best_epoch}; its provenance says partial)",
+            file=sys.stderr,
+        )
+        _print_partial_scores(
+            scores,
+            args.json,
+            f"PARTIAL model ({res.epochs_done} of {args.epochs} epochs): {title}",
+            provenance["partial"],
+        )
+        return 0
     print(f"saved {path} ({count_parameters(res.model)} parameters, best epoch {res.best_epoch})", file=sys.stderr)
-    _print_scores(scores, args.json, f"held-out test part ({args.protocol} protocol, {len(test)} windows)")
+    _print_scores(scores, args.json, title)
     return 0
 
 
+def _print_partial_scores(scores: dict, as_json: bool, title: str, partial: dict) -> None:
+    """The scores of a stopped run: the title says partial; the JSON object (tasks as keys) gains
+    a ``partial`` key saying what was done of what was planned."""
+    if as_json:
+        print(json.dumps({**scores, "partial": partial}, indent=2))
+    else:
+        _print_scores(scores, False, title)
+
+
 def _experiment(args) -> int:
-    """Load the windows once, run the rows, write the files; the table is also printed."""
+    """Runs under the stop convention: the first SIGINT/SIGTERM drops the unfinished run and
+    writes the files of the runs finished, marked partial; ``--json`` then says what was written."""
+    from inference.train_stop import StopFlag, run_blocking
+
+    stop = StopFlag()
+    facts: dict = {"experiment": args.name, "paths": [], "partial": True, "runs_completed": 0}
+    problems: list[str] = []
+    code = run_blocking(
+        lambda stop: _experiment_until(args, stop, facts, problems),
+        name=f"experiment {args.name}",
+        before="the first run started",
+        flag=stop,
+    )
+    if args.json:
+        if not stop.working and stop.signal:  # stopped while reading the windows
+            facts["stopped_by"] = stop.why
+            problems.append(f"stopped by {stop.why} before the first run started")
+        print_summary("experiment", code, facts, problems)
+    return code
+
+
+def _experiment_until(args, stop, facts: dict, problems: list[str]) -> int:
+    """Load the windows once, run the rows, write the files; the table is also printed (not with
+    ``--json``). ``facts`` and ``problems`` get what ``--json`` reports."""
     import numpy as np
     import torch
 
@@ -762,12 +873,48 @@ def _experiment(args) -> int:
         "command": "m3sense " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
     }
     out = args.out or Path("m3sense-experiments") / args.name
+    planned = len(rows) * len(seeds)
+    finished: list[tuple[int, str]] = []  # (seed, row id) of every finished run
+    facts |= {
+        "experiment": args.name,
+        "out": str(out),
+        "paths": [],
+        "partial": True,
+        "runs_completed": 0,
+        "runs_planned": planned,
+        "stopped_by": None,
+    }
+
+    def write(records, stopped_by: str | None):
+        """The files of the runs finished so far; until every run is done they say partial
+        (in the JSON's meta and the table's heading), with the runs finished of those planned."""
+        partial = len(finished) < planned
+        ran = {r for _, r in finished}
+        summary = summarise([r for r in rows if r.id in ran] if partial else rows, records)
+        done_seeds = sorted({s for s, _ in finished}, key=seeds.index)
+        m = meta | {
+            "seeds": done_seeds if partial else list(seeds),
+            "partial": partial,
+            "runs_completed": len(finished),
+            "runs_planned": planned,
+            "stopped_by": stopped_by,
+        }
+        title = args.name
+        if partial:
+            title += f" (PARTIAL: {len(finished)} of {planned} runs finished" + (
+                f", stopped by {stopped_by})" if stopped_by else ")"
+            )
+        paths = write_all(out, args.name, summary, records, m)
+        table = markdown(title, summary, m)
+        paths[0].write_text(table)  # the heading says partial where it is
+        return summary, paths, table
 
     def seed_done(records):  # the files always hold every finished seed
         done = sorted({r["seed"] for r in records}, key=seeds.index)
-        write_all(out, args.name, summarise(rows, records), records, meta | {"seeds": done})
+        write(records, None)
         print(f"{args.name}: seed(s) {','.join(map(str, done))} done, files in {out}", file=sys.stderr, flush=True)
 
+    stop.start_work()
     try:
         records = run(
             rows,
@@ -775,16 +922,47 @@ def _experiment(args) -> int:
             setup,
             unlabeled=unl,
             seed_done=seed_done,
+            run_done=lambda _k, _n, seed, row: finished.append((seed, row)),
+            should_stop=stop,
             progress=lambda line: print(f"{args.name} {line}", file=sys.stderr, flush=True),
         )
     except ValueError as exc:
         raise UserError(str(exc)) from exc
-    summary = summarise(rows, records)
-    paths = write_all(out, args.name, summary, records, meta)
-    print(markdown(args.name, summary, meta))
+    partial = len(finished) < planned
+    stopped_by = stop.why if partial else None
+    facts |= {"partial": partial, "runs_completed": len(finished), "stopped_by": stopped_by}
+    if partial:
+        problems.append(f"stopped by {stopped_by} after {len(finished)} of {planned} runs")
+    if not finished:
+        print(
+            f"experiment {args.name}: stopped by {stopped_by} before the first run finished: nothing written",
+            file=sys.stderr,
+        )
+        return 0
+    summary, paths, table = write(records, stopped_by)
+    if not args.json:
+        print(table)
     missing = [f"{c['row']}/{c['task']}" for c in summary if not c["seeds"]]
+    facts |= {
+        "paths": [str(p) for p in paths],
+        "cells_scored": len(summary) - len(missing),
+        "cells_planned": sum(len(r.scored) for r in rows),
+        "not_scored": missing,
+        "cells": [
+            {k: c[k] for k in ("row", "task", "seeds", "accuracy_mean", "accuracy_sd", "macro_f1_mean", "macro_f1_sd")}
+            for c in summary
+        ],
+    }
+    if missing:
+        problems.append(f"not scored: {', '.join(missing)}")
     print(
-        f"experiment {args.name}: wrote {', '.join(str(p) for p in paths)}; "
+        (
+            f"experiment {args.name}: stopped by {stopped_by} after {len(finished)} of {planned} runs: wrote PARTIAL "
+            "results of the finished runs to "
+            if partial
+            else f"experiment {args.name}: wrote "
+        )
+        + f"{', '.join(str(p) for p in paths)}; "
         f"{len(summary) - len(missing)} of {len(summary)} row/task cells scored"
         + (f", not scored: {', '.join(missing)}" if missing else ""),
         file=sys.stderr,
@@ -903,6 +1081,11 @@ def _info(args) -> int:
         f"trained on: {'; '.join(info['trained_on'])}\nseed {prov.get('seed')}, {prov.get('epochs')} epochs, "
         f"code {prov.get('code_version')}\ncommand: {prov.get('command')}"
     )
+    if partial := prov.get("partial"):
+        print(
+            f"PARTIAL: training stopped by {partial.get('stopped_by')} after {partial.get('epochs_done')} of "
+            f"{partial.get('epochs_planned')} epochs"
+        )
     return 0
 
 

@@ -80,7 +80,9 @@ def task_scores(ws, j: int, task: str, kind: str, calibrated: bool, folds, seed:
     return s, raw, y
 
 
-def train_features(args, kinds, *, windows, calibration, print_scores) -> int:
+def train_features(args, kinds, *, windows, calibration, print_scores, stop) -> int:
+    """``stop`` (a :class:`inference.train_stop.StopFlag`) is asked between models: a stopped
+    table holds the rows finished, a stopped fit keeps the model files already written."""
     from inference.baselines import KINDS, fold_groups
 
     bad = [k for k in kinds if k not in KINDS]
@@ -93,36 +95,58 @@ def train_features(args, kinds, *, windows, calibration, print_scores) -> int:
     tasks = _csv(args.tasks)
     ws, cfg = load_windows(args, windows=windows, calibration=calibration, tasks=tasks, need_reference=True in modes)
     groups = np.unique(ws.groups)
+    stop.start_work()
     if args.folds:
         if not 2 <= args.folds <= len(groups):
             raise UserError(f"--folds must be between 2 and the number of recordings ({len(groups)})")
         folds = fold_groups(ws.groups, args.folds, args.seed)
         rows = {}
-        for kind in kinds:
-            for calibrated in modes:
-                name = f"{kind} ({'wearer' if calibrated else 'absolute'})"
-                print(f"train: {name}, {args.folds}-fold leave-subjects-out", file=sys.stderr, flush=True)
-                rows[name] = {
-                    t: task_scores(ws, j, t, kind, calibrated, folds, args.seed, cfg.classes)[0]
-                    for j, t in enumerate(cfg.tasks)
-                    if (ws.labels[:, j] >= 0).any()
-                }
+        planned = [(kind, calibrated) for kind in kinds for calibrated in modes]
+        for kind, calibrated in planned:
+            if stop():
+                break
+            name = f"{kind} ({'wearer' if calibrated else 'absolute'})"
+            print(f"train: {name}, {args.folds}-fold leave-subjects-out", file=sys.stderr, flush=True)
+            rows[name] = {
+                t: task_scores(ws, j, t, kind, calibrated, folds, args.seed, cfg.classes)[0]
+                for j, t in enumerate(cfg.tasks)
+                if (ws.labels[:, j] >= 0).any()
+            }
         title = f"{args.folds}-fold leave-subjects-out, pooled over all test folds ({len(ws)} windows)"
-        if len(rows) == 1:
+        partial = None
+        if len(rows) < len(planned):
+            partial = {"rows_done": len(rows), "rows_planned": len(planned), "stopped_by": stop.why}
+            print(
+                f"train: stopped by {stop.why} after {len(rows)} of {len(planned)} models: "
+                + ("no scores" if not rows else "the table below is PARTIAL"),
+                file=sys.stderr,
+                flush=True,
+            )
+            if not rows:
+                return 0
+            title = f"PARTIAL ({len(rows)} of {len(planned)} models): {title}"
+        if len(planned) == 1:
             print_scores(next(iter(rows.values())), args.json, title)
         elif args.json:
-            print(json.dumps({"rows": rows, "windows": len(ws), "folds": [f.tolist() for f in folds]}, indent=2))
+            folds_json = [f.tolist() for f in folds]
+            print(
+                json.dumps(
+                    {"rows": rows, "windows": len(ws), "folds": folds_json} | ({"partial": partial} if partial else {}),
+                    indent=2,
+                )
+            )
         else:
             print(f"# {title}\n\n" + comparison_table(rows))
         return 0
     if len(kinds) != 1 or len(modes) != 1:
         raise UserError("one --model and one --calibration mode make a model file (several need --folds)")
-    return _fit_and_save(args, kinds[0], modes[0], ws, cfg, calibration, print_scores, groups)
+    return _fit_and_save(args, kinds[0], modes[0], ws, cfg, calibration, print_scores, groups, stop)
 
 
-def _fit_and_save(args, kind, calibrated, ws, cfg, calibration, print_scores, groups) -> int:
+def _fit_and_save(args, kind, calibrated, ws, cfg, calibration, print_scores, groups, stop) -> int:
     """Fit on every window (nothing held out); the figures reported and stored are the
-    leave-subjects-out figures of the same recipe, whose folds also fit the temperature."""
+    leave-subjects-out figures of the same recipe, whose folds also fit the temperature.
+    A stop between tasks keeps the files of the tasks finished (each a whole model)."""
     from inference.baselines import (
         feature_floor,
         fit_temperature,
@@ -137,10 +161,13 @@ def _fit_and_save(args, kind, calibrated, ws, cfg, calibration, print_scores, gr
         raise UserError("a feature model needs at least two recordings (its confidence is fitted on held-out ones)")
     folds = fold_groups(ws.groups, min(len(groups), args.folds or 10), args.seed)
     scores = {}
+    planned = [t for j, t in enumerate(cfg.tasks) if (ws.labels[:, j] >= 0).any()]
     for j, task in enumerate(cfg.tasks):
         has = np.flatnonzero(ws.labels[:, j] >= 0)
         if not len(has):
             continue
+        if stop():
+            break
         print(
             f"train: {kind} for {task}: leave-subjects-out over {len(folds)} folds, then all windows",
             file=sys.stderr,
@@ -181,7 +208,19 @@ def _fit_and_save(args, kind, calibrated, ws, cfg, calibration, print_scores, gr
             provenance=provenance,
         )
         print(f"saved {path}", file=sys.stderr)
-    print_scores(scores, args.json, f"{kind}: leave-subjects-out figures of this recipe ({len(folds)} folds)")
+    title = f"{kind}: leave-subjects-out figures of this recipe ({len(folds)} folds)"
+    if len(scores) < len(planned):
+        left = [t for t in planned if t not in scores]
+        print(
+            f"train: stopped by {stop.why} after {len(scores)} of {len(planned)} tasks: "
+            f"no model written for {', '.join(left)}",
+            file=sys.stderr,
+            flush=True,
+        )
+        if not scores:
+            return 0
+        title = f"PARTIAL ({len(scores)} of {len(planned)} tasks): {title}"
+    print_scores(scores, args.json, title)
     return 0
 
 

@@ -7,11 +7,17 @@ loops read between batches (``train_model``'s ``should_stop``), so a stop is not
 batch, not at the end of an hour-long run; the command then writes what it completed and returns
 its code (130 after Ctrl-C, by the helper). A second signal abandons the work: the flag then
 raises :class:`Abandoned` at the next check and the command leaves without writing more.
+
+Before the work holds anything worth writing (it is still reading its data, which for a large
+data set read without the cache takes minutes and checks nothing), a first signal does not wait:
+the command says that nothing was written and leaves at once, abandoning the worker. The work
+says when that phase ends with :meth:`StopFlag.start_work`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
 from collections.abc import Callable
 
@@ -31,7 +37,17 @@ class StopFlag:
     def __init__(self) -> None:
         self._asked = threading.Event()
         self._abandoned = threading.Event()
+        self._working = threading.Event()
         self.signal: str | None = None  # "SIGTERM", "SIGINT", or None (not asked, or asked by the program)
+
+    def start_work(self) -> None:
+        """From here on the work holds something to write: a stop waits for it to write that."""
+        self._working.set()
+        self()  # already abandoned (a stop came while it was reading): leave now
+
+    @property
+    def working(self) -> bool:
+        return self._working.is_set()
 
     def request(self, signal: str | None) -> None:
         if not self._asked.is_set():
@@ -52,13 +68,15 @@ class StopFlag:
         return self.signal or "request"
 
 
-def run_blocking(work: Callable[[StopFlag], int], *, name: str) -> int:
+def run_blocking(work: Callable[[StopFlag], int], *, name: str, before: str, flag: StopFlag | None = None) -> int:
     """Run ``work(flag)`` in a worker thread under :func:`run_until_signal`; its return value is
-    the exit code (130 after Ctrl-C). An exception of ``work`` (a ``UserError``) is raised here."""
+    the exit code (130 after Ctrl-C). An exception of ``work`` (a ``UserError``) is raised here.
+    A stop before ``flag.start_work()`` leaves at once with the line "NAME: stopped by SIG before
+    BEFORE: nothing written"."""
+    flag = flag or StopFlag()
 
     async def main(stop: Stop) -> int:
         loop = asyncio.get_running_loop()
-        flag = StopFlag()
         done: asyncio.Future[int] = loop.create_future()
 
         def deliver(result: int | None, exc: BaseException | None) -> None:
@@ -89,6 +107,10 @@ def run_blocking(work: Callable[[StopFlag], int], *, name: str) -> int:
         async def relay() -> None:
             await stop.wait()
             flag.request(stop.signal.name if stop.signal else None)
+            if not flag.working:  # nothing to write yet: do not wait for the reading to end
+                flag.abandon()
+                print(f"{name}: stopped by {flag.why} before {before}: nothing written", file=sys.stderr, flush=True)
+                deliver(0, None)
 
         relay_task = asyncio.ensure_future(relay())
         try:
