@@ -161,12 +161,12 @@ def encode(msg: Message, incarnation: int | None = None) -> list[Any]:
             raise ValueError(f"{msg.topic}: metadata must be finite JSON ({exc})") from None
     flags = _HAS_TAIL if tail else 0
     if msg.version == 1:
-        head = _FIXED_V1.pack(1, code, samples.ndim, flags, msg.seq, msg.t0_s, msg.fs_hz)
+        head = _FIXED_V1.pack(1, code, samples.ndim, flags, msg.seq, msg.t0_s + 0.0, msg.fs_hz + 0.0)
     else:
         inc = msg.incarnation if incarnation is None else incarnation
         if not 0 <= inc < 2**64:
             raise ValueError(f"{msg.topic}: incarnation {inc} does not fit a u64")
-        head = _FIXED.pack(msg.version, code, samples.ndim, flags, msg.seq, msg.t0_s, msg.fs_hz, inc)
+        head = _FIXED.pack(msg.version, code, samples.ndim, flags, msg.seq, msg.t0_s + 0.0, msg.fs_hz + 0.0, inc)
     head += _DIMS[samples.ndim].pack(*samples.shape) + tail
     return [msg.topic.encode(), head, samples, *(a for _, a, _ in extra)]
 
@@ -276,6 +276,8 @@ def decode(frames: Sequence[Any]) -> Message:
         raise MalformedMessage("shape", f"{ndim} dimensions in a {len(head)}-byte header")
     if seq < 0 or not math.isfinite(t0) or not (math.isfinite(fs) and fs >= 0) or flags & ~_HAS_TAIL:
         raise MalformedMessage("header", f"seq={seq} t0={t0} fs={fs} flags={flags}")
+    if any(x == 0 and math.copysign(1.0, x) < 0 for x in (t0, fs)):  # the sender writes no -0.0: damage
+        raise MalformedMessage("header", f"a negative zero in t0={t0} or fs={fs}")
     if not 0 <= t0 < MAX_TIME_S:
         raise MalformedMessage("time", f"t0={t0} is not a Unix time in [0, {MAX_TIME_S:.0f})")
     if fs and not MIN_RATE_HZ <= fs <= MAX_RATE_HZ:
