@@ -727,7 +727,10 @@ def _experiment(args) -> int:
     from inference.train_stop import StopFlag, run_blocking
 
     stop = StopFlag()
-    facts: dict = {"experiment": args.name, "paths": [], "partial": True, "runs_completed": 0}
+    facts: dict = dict.fromkeys(
+        ("experiment", "out", "paths", "partial", "runs_completed", "runs_planned", "stopped_by")
+    )
+    facts |= {"experiment": args.name, "paths": [], "partial": True, "runs_completed": 0}
     problems: list[str] = []
     code = run_blocking(
         lambda stop: _experiment_until(args, stop, facts, problems),
@@ -736,9 +739,14 @@ def _experiment(args) -> int:
         flag=stop,
     )
     if args.json:
-        if not stop.working and stop.signal:  # stopped while reading the windows
+        if stop.signal and not facts.get("stopped_by"):  # stopped while reading, or twice
             facts["stopped_by"] = stop.why
-            problems.append(f"stopped by {stop.why} before the first run started")
+            problems.append(
+                f"stopped by {stop.why} before the first run started"
+                if not stop.working
+                else f"asked twice to stop: left after {facts['runs_completed']} finished run(s), "
+                + ("the files hold the seeds finished before" if facts["paths"] else "nothing written")
+            )
         print_summary("experiment", code, facts, problems)
     return code
 
@@ -907,7 +915,12 @@ def _experiment_until(args, stop, facts: dict, problems: list[str]) -> int:
         paths = write_all(out, args.name, summary, records, m)
         table = markdown(title, summary, m)
         paths[0].write_text(table)  # the heading says partial where it is
+        facts["paths"] = [str(p) for p in paths]
         return summary, paths, table
+
+    def run_done(_k: int, _n: int, seed: int, row: str) -> None:
+        finished.append((seed, row))
+        facts["runs_completed"] = len(finished)
 
     def seed_done(records):  # the files always hold every finished seed
         done = sorted({r["seed"] for r in records}, key=seeds.index)
@@ -922,7 +935,7 @@ def _experiment_until(args, stop, facts: dict, problems: list[str]) -> int:
             setup,
             unlabeled=unl,
             seed_done=seed_done,
-            run_done=lambda _k, _n, seed, row: finished.append((seed, row)),
+            run_done=run_done,
             should_stop=stop,
             progress=lambda line: print(f"{args.name} {line}", file=sys.stderr, flush=True),
         )

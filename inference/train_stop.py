@@ -49,6 +49,10 @@ class StopFlag:
     def working(self) -> bool:
         return self._working.is_set()
 
+    @property
+    def abandoned(self) -> bool:
+        return self._abandoned.is_set()
+
     def request(self, signal: str | None) -> None:
         if not self._asked.is_set():
             self.signal = signal
@@ -117,6 +121,7 @@ def run_blocking(work: Callable[[StopFlag], int], *, name: str, before: str, fla
             return await asyncio.shield(done)
         except asyncio.CancelledError:
             flag.abandon()
+            print(f"{name}: asked twice to stop: left without writing anything more", file=sys.stderr, flush=True)
             # give the worker a moment to reach a check, so it is not killed inside torch at exit
             worker.join(ABANDON_WAIT_S)  # blocks the loop: nothing else is left to do
             raise
