@@ -733,7 +733,7 @@ def _experiment(args) -> int:
     facts |= {"experiment": args.name, "paths": [], "partial": True, "runs_completed": 0}
     problems: list[str] = []
     code = run_blocking(
-        lambda stop: _experiment_until(args, stop, facts, problems),
+        lambda flag: _experiment_until(args, flag, facts, problems),
         name=f"experiment {args.name}",
         before="the first run started",
         flag=stop,
