@@ -266,7 +266,21 @@ class Answerer:
         ref_mean, ref_sd = np.full((n, f_count), np.nan, np.float32), np.full((n, f_count), np.nan, np.float32)
         ref_ids = np.full(n, "", dtype=object)
         if self.needs_features and n:
-            features = message_features(windows)
+            # only the windows someone reads: an answer (not low quality) or a wearer's reference
+            # (usable for it by the calibration's own rule); off-wrist stretches cost nothing
+            read = [
+                i
+                for i, w in enumerate(windows)
+                if not low[i]
+                or (
+                    calibrations is not None
+                    and is_usable_for_reference(mapping_or_empty(w.meta.get("quality")), calibrations.config)
+                )
+            ]
+            if len(read) == n:
+                features = message_features(windows)
+            elif read:
+                features[read] = message_features([windows[i] for i in read])
             for i, msg in enumerate(windows):
                 if calibrations is None:
                     continue
