@@ -7,6 +7,7 @@ import subprocess
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import IO
 
 import pytest
 
@@ -78,14 +79,29 @@ class Proc:
     """A background ``m3sense`` process that is always stopped (SIGTERM, then SIGKILL)."""
 
     def __init__(self, args: Sequence[str], stdout=subprocess.PIPE) -> None:
+        self.argv = m3sense_cmd(*args)  # the command line as started
         self.popen = subprocess.Popen(
-            m3sense_cmd(*args),
+            self.argv,
             stdout=stdout,
             stderr=subprocess.PIPE,
             text=True,
             cwd=REPO,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
+
+    @property
+    def stderr(self) -> IO[str]:
+        """Its stderr pipe (always one: started with ``stderr=PIPE``)."""
+        stderr = self.popen.stderr
+        assert stderr is not None, "started with stderr=PIPE"
+        return stderr
+
+    @property
+    def stdout(self) -> IO[str]:
+        """Its stdout pipe: only a process started with ``stdout=PIPE`` (the default) has one."""
+        stdout = self.popen.stdout
+        assert stdout is not None, "started with stdout=PIPE"
+        return stdout
 
     def wait_for_stderr(self, needle: str, timeout: float = 60) -> str:
         """Read stderr lines until one contains ``needle`` (a readiness line), failing on exit.
@@ -95,9 +111,7 @@ class Proc:
         import select
         import time
 
-        stderr = self.popen.stderr
-        assert stderr is not None, "started with stderr=PIPE"
-        fd = stderr.fileno()
+        fd = self.stderr.fileno()
         deadline = time.monotonic() + timeout
         seen: list[str] = []
         line = bytearray()

@@ -13,6 +13,7 @@ import io
 import pickle
 import shutil
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
@@ -286,7 +287,7 @@ def _workbook(path: Path, header: list[str], rows) -> None:
     book.save(path)
 
 
-def write_verbio(root: Path, scores: dict[str, dict[str, float]], *, seconds: float = 60, seed: int = 3) -> None:
+def write_verbio(root: Path, scores: Mapping[str, Mapping[str, float]], *, seconds: float = 60, seed: int = 3) -> None:
     """``root/P###/<SESSION>/E4_<TYPE>_PPT.xlsx`` for each participant and session in ``scores``,
     and ``root/<SESSION>/Self_Reports/<SESSION>_afterPPT.xlsx`` with their STAI state scores."""
     people = sorted({p for by in scores.values() for p in by})

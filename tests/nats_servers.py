@@ -82,6 +82,11 @@ class NatsServer:
             raise RuntimeError("nats-server did not start:\n" + "".join(self.log[-30:]))
         return self
 
+    def kill(self) -> None:
+        """SIGKILL, as a crash: no clean shutdown (``stop`` still reaps it)."""
+        assert self._proc is not None, "started"
+        self._proc.kill()
+
     def stop(self) -> None:
         if self._proc is not None:
             self._proc.terminate()

@@ -32,10 +32,15 @@ import urllib.request
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from tests.conftest import needs, skip_or_fail
+
+if TYPE_CHECKING:
+    from storage.sink import SinkCounters
+    from storage.target import InfluxTarget
 
 INFLUXD = shutil.which("influxd")
 INFLUX_CLI = shutil.which("influx")
@@ -199,6 +204,15 @@ bind-address = "127.0.0.1:{rpc_port}"
             self.start()
         self.query(f'DROP DATABASE "{DATABASE}"', db=None)
         self.query(f'CREATE DATABASE "{DATABASE}"', db=None)
+
+
+def influx_target(sink: str) -> InfluxTarget:
+    """``parse_sink`` of an InfluxDB SINK: the target an ``InfluxSink`` takes."""
+    from storage.target import InfluxTarget, parse_sink
+
+    target = parse_sink(sink)
+    assert isinstance(target, InfluxTarget), sink
+    return target
 
 
 def series_values(result: dict) -> list[dict]:
@@ -416,10 +430,10 @@ async def outage_scenario(
     import time
 
     from bus import Hub, Publisher
-    from storage import InfluxSink, StoreNode, device_topics, parse_sink
+    from storage import InfluxSink, StoreNode, device_topics
 
     sink = InfluxSink(
-        parse_sink(proxy.sink()), spool_dir=spool_dir, batch_size=50, retry_min_s=0.2, retry_max_s=1.0, timeout_s=5.0
+        influx_target(proxy.sink()), spool_dir=spool_dir, batch_size=50, retry_min_s=0.2, retry_max_s=1.0, timeout_s=5.0
     )
     sent_windows: list[float] = []
     outage = {}
@@ -444,8 +458,12 @@ async def outage_scenario(
                 started = time.monotonic()
                 while time.monotonic() - started < outage_s:
                     failures = c.failures
+
+                    def failed_again(c: SinkCounters, before: int = failures) -> bool:
+                        return c.failures > before
+
                     await publish(per_attempt)
-                    await c.wait_for(lambda c, failures=failures: c.failures > failures, 30)
+                    await c.wait_for(failed_again, 30)
                 outage = {
                     "outage_s": time.monotonic() - started,
                     "pending_at_restart": c.pending,

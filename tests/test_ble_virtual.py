@@ -13,6 +13,7 @@ import json
 import os
 import tracemalloc
 from collections import defaultdict
+from dataclasses import replace
 from itertools import pairwise
 from typing import Any
 
@@ -39,19 +40,13 @@ def recordings() -> list:
 def make_radio(recordings: list, clock: ScaledClock, n: int, faults: Faults = NO_FAULTS) -> VirtualRadio:
     radio = VirtualRadio()
     for i in range(n):
-        radio.add(
-            VirtualE4(virtual_address(i), recordings[i], clock=clock, faults=Faults(**{**_fields(faults), "seed": i}))
-        )
+        radio.add(VirtualE4(virtual_address(i), recordings[i], clock=clock, faults=replace(faults, seed=i)))
     return radio
-
-
-def _fields(f: Faults) -> dict[str, Any]:
-    return {k: getattr(f, k) for k in f.__slots__}  # type: ignore[attr-defined]
 
 
 async def collect(sub: Subscriber, clock: ScaledClock, until: asyncio.Task) -> list[tuple[float, Message]]:
     """Every message until ``until`` is done and the bus has been quiet for a moment."""
-    got = []
+    got: list[tuple[float, Message]] = []
     while True:
         try:
             msg = await sub.recv(timeout_s=0.5 if until.done() else 10.0)
@@ -230,7 +225,7 @@ def test_a_device_that_never_sends_is_reported_not_fatal(hub, bus_address, recor
             stop = asyncio.Event()
             link = Link(band, pub, config=config, clock=clock, backend=radio.backend())
             task = asyncio.create_task(link.run())
-            events = []
+            events: list[Message] = []
             while sum(1 for e in events if e.meta["event"] == "disconnected") < 2:
                 events.append(await sub.recv(10.0))
             stop.set()
@@ -344,7 +339,11 @@ def test_client_backend_is_a_real_bleak_backend(recordings) -> None:
         return got
 
     packets = asyncio.run(main())
-    counters = [codec.decode("eda", p).counter for p in packets]
+    counters: list[int] = []
+    for p in packets:
+        counter = codec.decode("eda", p).counter
+        assert counter is not None, "the default layout counts EDA notifications"
+        counters.append(counter)
     assert np.diff(counters).tolist() == [1, 1]
 
 
@@ -386,7 +385,7 @@ def test_cli_stream_virtual_three_with_tap(bus_address, procs, tmp_path) -> None
             ]
         )
         procs.append(ble)
-        assert ble.popen.wait(timeout=120) == 0, ble.popen.stderr.read()
+        assert ble.popen.wait(timeout=120) == 0, ble.stderr.read()
         tap.popen.wait(timeout=60)
     records = [json.loads(line) for line in out.read_text().splitlines()]
     devices = {r["device"] for r in records if r["kind"] == "raw"}

@@ -57,7 +57,7 @@ def _connect_and_fail(sock: zmq.Socket, endpoint: str, timeout_s: float = 30) ->
     mon = sock.get_monitor_socket(failed | zmq.EVENT_HANDSHAKE_SUCCEEDED)
     sock.connect(endpoint)
     try:
-        assert mon.poll(timeout_s * 1000), "no handshake outcome"
+        assert mon.poll(round(timeout_s * 1000)), "no handshake outcome"
         event = recv_monitor_message(mon)["event"]
         assert event & failed, f"the handshake succeeded ({event})"
         return event
@@ -129,7 +129,7 @@ def test_only_an_allowed_key_reaches_the_store(
     assert "forged" not in models
     hub.popen.terminate()
     assert hub.popen.wait(timeout=30) == 0
-    refused = [line for line in hub.popen.stderr.read().splitlines() if "refused" in line]
+    refused = [line for line in hub.stderr.read().splitlines() if "refused" in line]
     assert refused and re.fullmatch(
         r"hub: refused [1-9]\d* connection\(s\) with unknown keys, [1-9]\d* without CURVE", refused[-1]
     ), refused

@@ -214,7 +214,8 @@ def test_m3sense_client_source_reads_the_server_back_onto_the_bus(hub, bus_addre
             assert not await pub.wait_for_subscribers(["raw/eda/relay/"], 10)
             source = E4ServerSource("127.0.0.1", port, pub, bus_device="relay")
             task = asyncio.create_task(source.run())
-            direct, relayed = [], []
+            direct: list[Message] = []
+            relayed: list[Message] = []
             while len(relayed) < 4:
                 msg = await sub.recv(20)
                 (relayed if msg.device == "relay" else direct).append(msg)

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import pytest
@@ -18,6 +20,7 @@ from tests.conftest import Proc, run_cli
 
 TOKEN = "k3Qw-9vZt_7yLr2PxN0aHs"
 ALLOWED_HOST = "127.0.0.2"
+T = TypeVar("T")
 
 
 def _say(session: E4ServerSession, *lines: str) -> list[str]:
@@ -62,8 +65,8 @@ async def _subscribe_bvp(reader: asyncio.StreamReader, writer: asyncio.StreamWri
     return [await _ask(reader, writer, "device_connect dev1"), await _ask(reader, writer, "device_subscribe bvp ON")]
 
 
-def _with_server(bus: str, access: Access, body) -> tuple[object, ServerStats]:
-    async def main() -> tuple[object, ServerStats]:
+def _with_server(bus: str, access: Access, body: Callable[[int, Publisher], Awaitable[T]]) -> tuple[T, ServerStats]:
+    async def main() -> tuple[T, ServerStats]:
         stop = asyncio.Event()
         ready: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         seen = asyncio.Event()
@@ -194,7 +197,7 @@ def test_e4_client_sends_its_token(hub, bus_address: str, tmp_path: Path, procs:
     assert authed.returncode == 2 and "no wristband" in authed.stderr and TOKEN not in authed.stderr
     server.popen.terminate()
     assert server.popen.wait(timeout=30) == 0
-    assert server.popen.stderr.read().strip().splitlines()[-1].endswith("0 dropped, 1 refused")
+    assert server.stderr.read().strip().splitlines()[-1].endswith("0 dropped, 1 refused")
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "::1"])

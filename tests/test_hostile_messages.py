@@ -82,7 +82,7 @@ def _send_and_collect(hub: Hub, wait: list[str], output: str, frames: list[list[
                 await sender.wait_for(wait)
                 for f in frames:
                     await sender.send(f)
-                got = []
+                got: list[Message] = []
                 while not got or got[-1].meta.get("event") != "end":
                     got.append(await sub.recv(60))
                 return got
@@ -101,7 +101,7 @@ def _last_report(proc: Proc, prefix: str) -> str:
     final counters, which only a stage that survived everything prints."""
     proc.popen.terminate()
     assert proc.popen.wait(timeout=30) in (0, 130)  # 130: stopped by the signal, as asked
-    lines = [line for line in proc.popen.stderr.read().splitlines() if line.startswith(prefix)]
+    lines = [line for line in proc.stderr.read().splitlines() if line.startswith(prefix)]
     assert "Traceback" not in "\n".join(lines)
     return lines[-1]
 

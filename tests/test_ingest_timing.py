@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ingest import codec
-from ingest.beats import BeatDetector
+from ingest.beats import Beat, BeatDetector, HeartRate
 from ingest.device import DeviceIngest
 from ingest.timing import StreamClock
 
@@ -108,6 +108,7 @@ def test_relink_snaps_to_the_old_sample_grid() -> None:
     times = arrivals(20)
     run(clock, times[:10])
     next_t = clock.next_t_s
+    assert next_t is not None  # ten packets are on the timeline
     clock.relink()
     s = clock.push(float(times[15]), SPP, 3)  # counter restarted after the reconnect
     assert s.cause == "reconnect" and s.missing == 5 * SPP
@@ -148,7 +149,9 @@ def test_beats_do_not_depend_on_chunking(cuts: list[int]) -> None:
     x, _ = pulse_wave(np.full(40, 0.75), seed=1)
     whole = BeatDetector(fs_hz=FS).push(50.0, x)
     det = BeatDetector(fs_hz=FS)
-    beats, hrs, i = [], [], 0
+    beats: list[Beat] = []
+    hrs: list[HeartRate] = []
+    i = 0
     for c in [*cuts, len(x)]:
         chunk = x[i : i + c]
         if chunk.size:

@@ -71,6 +71,7 @@ def test_inlet_in_another_process_receives_every_sample(
         text=True,
         cwd=REPO,
     )
+    assert inlet.stdout is not None and inlet.stderr is not None, "started with PIPEs"
     try:
         lsl.wait_for_stderr("lsl: outlets")
         assert inlet.stdout.readline().strip() == "ready", inlet.stderr.read()
@@ -95,7 +96,7 @@ def test_inlet_in_another_process_receives_every_sample(
         inlet.kill() if inlet.poll() is None else None
         lsl.popen.send_signal(signal.SIGTERM)
         code = lsl.popen.wait(timeout=30)
-        tail = lsl.popen.stderr.read().splitlines()
+        tail = lsl.stderr.read().splitlines()
         lsl.stop()
     assert code == 0, tail
     assert tail[-1].endswith("lost on the bus 0, malformed 0"), tail

@@ -41,10 +41,12 @@ def test_source_ids_are_stable_and_unique_per_device_and_stream() -> None:
 def test_raw_chunks_keep_every_sample_at_its_own_time() -> None:
     acc = np.arange(18).reshape(6, 3)
     (chunk,) = chunks_of(message("raw", "acc", acc, fs=32.0))
+    assert isinstance(chunk.values, np.ndarray)  # numbers: an array (strings: a list of rows)
     assert chunk.spec is RAW_SPECS["acc"] and chunk.values.shape == (6, 3)
     np.testing.assert_array_equal(chunk.values, acc)
     np.testing.assert_allclose(chunk.times_s, T0 + np.arange(6) / 32.0)
     (ibi,) = chunks_of(message("raw", "ibi", [0.8]))
+    assert isinstance(ibi.values, np.ndarray)
     assert ibi.times_s.tolist() == [T0] and ibi.values.tolist() == [[0.8]]
     (tag,) = chunks_of(message("raw", "tag"))
     assert tag.values == [["tag"]]

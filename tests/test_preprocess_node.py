@@ -152,5 +152,5 @@ def test_cli_replay_preprocess_tap(tmp_path: Path, bus_address: str, procs: list
         assert q["missing_fraction"] == w.quality.missing_fraction
     pre.popen.terminate()
     assert pre.popen.wait(timeout=30) in (0, 130)
-    err = pre.popen.stderr.read()
+    err = pre.stderr.read()
     assert f"windows {len(expected)}" in err and "devices_closed 1" in err

@@ -33,7 +33,7 @@ def test_replayed_stream_equals_the_files(tmp_path: Path, bus_address: str, proc
     assert "2 device(s)" in replay.stderr
     assert tap.popen.wait(timeout=60) == 0
     tap_out.close()
-    assert "missing 0, late 0, malformed 0" in tap.popen.stderr.read()
+    assert "missing 0, late 0, malformed 0" in tap.stderr.read()
 
     by_topic: dict[str, list[dict]] = defaultdict(list)
     for line in (tmp_path / "tap.jsonl").read_text().splitlines():

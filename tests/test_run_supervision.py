@@ -10,6 +10,7 @@ import sqlite3
 import subprocess
 from collections import Counter
 from pathlib import Path
+from typing import IO
 
 import pytest
 
@@ -138,8 +139,10 @@ class _Run:
             cwd=REPO,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
-        self.err = []
-        for line in self.popen.stderr:
+        assert self.popen.stderr is not None, "started with stderr=PIPE"
+        self.stderr: IO[str] = self.popen.stderr
+        self.err: list[str] = []
+        for line in self.stderr:
             self.err.append(line)
             if line.startswith("run: replaying"):
                 break
@@ -171,7 +174,7 @@ def test_a_stage_killed_mid_run_is_started_again_and_the_run_says_what_was_lost(
     try:
         os.kill(run.stages["infer"], signal.SIGKILL)
         assert run.popen.wait(timeout=300) == 1
-        rest = run.popen.stderr.read()
+        rest = run.stderr.read()
         assert (
             "run: stage infer was killed by SIGKILL while replaying the recordings; starting it again (1 of at most 3)"
         ) in rest
@@ -196,7 +199,7 @@ def test_with_no_restarts_allowed_a_stage_killed_mid_run_stops_the_run_at_once(t
         assert set(run.stages) == {"store", "infer", "preprocess"}
         os.kill(run.stages["infer"], signal.SIGKILL)
         assert run.popen.wait(timeout=60) == 1  # the replay alone would take 8 minutes
-        rest = run.popen.stderr.read()
+        rest = run.stderr.read()
         assert "run: stage infer was killed by SIGKILL while replaying the recordings" in rest
         assert rest.rstrip().splitlines()[-1].startswith("  [infer]")  # its last words end the output
     finally:
