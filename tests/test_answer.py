@@ -11,7 +11,7 @@ import pytest
 import preprocess
 from common.errors import DataError, UserError
 from inference.answer import Answerer, Calibrations, load_answerer
-from inference.baselines import load_feature_model, make_estimator, save_feature_model
+from inference.baselines import FeatureModel, load_feature_model, make_estimator, save_feature_model
 from inference.calibration import CalibrationConfig, CalibrationStore
 from inference.features import message_features
 from replay.simulate import simulate_recordings
@@ -33,12 +33,14 @@ def test_presses_ride_on_windows_and_mark_the_rest(wearer_windows):
     carried = sorted({t for m in msgs for t in m.meta["tags"]})
     assert carried == pytest.approx(sorted(rec.tags_s.tolist()))
     answerer = load_answerer()
+    assert answerer.calibration_config is not None, "the shipped stress model calibrates its wearers"
     cals = Calibrations(answerer.calibration_config)
     answers = answerer.answer_windows(msgs, cals)
     stress = [a["stress"] for a in answers]
     first = next(i for i, a in enumerate(stress) if a.status != "calibrating")
     assert first > 0 and all(a.status == "calibrating" and a.label is None for a in stress[:first])
     ref = cals.get(rec.device).reference
+    assert ref is not None
     assert ref.kind == "tag" and stress[first].calibration == ref.id
     assert msgs[first].t0_s >= ref.t_end_s - 20  # answered only once the marked rest is over
     # anxiety and emotion come from the uncalibrated network: answered from the start
@@ -89,8 +91,9 @@ def test_the_shipped_bundle(tmp_path):
     with pytest.raises(UserError):
         load_answerer(tmp_path / "missing.bundle.json")
     bad = tmp_path / "bad.bundle.json"
-    stress = answerer.models["stress"].path
-    bad.write_text(json.dumps({"format": "m3sense-bundle", "tasks": {"emotion": str(stress)}}))
+    stress = answerer.models["stress"]
+    assert isinstance(stress, FeatureModel), "the shipped stress model is a feature model"
+    bad.write_text(json.dumps({"format": "m3sense-bundle", "tasks": {"emotion": str(stress.path)}}))
     with pytest.raises(DataError, match="answers stress"):
         load_answerer(bad)
 
@@ -98,6 +101,7 @@ def test_the_shipped_bundle(tmp_path):
 def test_a_restarted_node_keeps_its_wearers_and_the_cli_shows_and_resets_them(tmp_path, wearer_windows):
     rec, msgs = wearer_windows
     answerer = load_answerer()
+    assert answerer.calibration_config is not None
     whole = answerer.answer_windows(msgs, Calibrations(answerer.calibration_config))
     store = CalibrationStore(tmp_path / "state")
     cut = len(msgs) // 4  # mid-rest: the node dies before the reference exists
@@ -138,6 +142,7 @@ def test_an_unwritable_state_folder_costs_memory_not_answers(tmp_path, wearer_wi
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("a file where the state folder should be")
     answerer = load_answerer()
+    assert answerer.calibration_config is not None
     kept = answerer.answer_windows(msgs, Calibrations(answerer.calibration_config, CalibrationStore(blocker / "cal")))
     plain = answerer.answer_windows(msgs, Calibrations(answerer.calibration_config))
     assert [a["stress"] for a in kept] == [a["stress"] for a in plain]

@@ -26,20 +26,22 @@ from inference.calibration import CalibrationConfig
 from inference.features import FEATURES
 
 
-def toy(n_per: int = 40, people: int = 6, seed: int = 0):
+def toy(n_per: int = 40, people: int = 6, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Three classes that differ in two features, on top of a per-person offset."""
     rng = np.random.default_rng(seed)
-    x, y, g = [], [], []
+    parts: list[np.ndarray] = []
+    y: list[int] = []
+    g: list[str] = []
     for p in range(people):
         offset = rng.normal(0, 3, len(FEATURES))
         for c in range(3):
             f = rng.normal(0, 1, (n_per, len(FEATURES))) + offset
             f[:, 0] += 3 * c
             f[:, 5] -= 2 * c
-            x.append(f)
+            parts.append(f)
             y += [c] * n_per
             g += [f"p{p}"] * n_per
-    x = np.concatenate(x).astype(np.float32)
+    x = np.concatenate(parts).astype(np.float32)
     x[::17, 11] = np.nan  # windows without beats
     return x, np.array(y), np.array(g)
 

@@ -35,6 +35,7 @@ def test_calm_search_waits_for_the_span_then_takes_the_stillest_stretch():
     first = next(i for i, r in enumerate(refs) if r is not None)
     assert t[first] == T0 + 30 * 60  # nothing before the search span is over
     ref = refs[first]
+    assert ref is not None
     assert ref.kind == "calm" and ref.t_start_s == T0 + 20 * 60 and ref.t_end_s == T0 + 30 * 60
     # the reference is the mean of exactly the still windows
     still = (t >= ref.t_start_s) & (t + 20 <= ref.t_end_s)
@@ -115,6 +116,7 @@ def test_reference_json_round_trip_keeps_nan():
     for i in range(len(t)):
         cal.push(t_start_s=float(t[i]), usable=True, features=f[i])
     again = Calibrator.from_json(json.loads(json.dumps(cal.to_json())))
+    assert again.reference is not None and cal.reference is not None
     assert np.isnan(again.reference.mean[FEATURES.index("hr_bpm")])
     assert again.reference.id == cal.reference.id
 
@@ -138,6 +140,7 @@ def test_a_wearer_rarely_usable_at_first_is_calibrated_once_a_quiet_stretch_come
     refs = references_over(t, usable, f, [], cfg)
     first = next(i for i, r in enumerate(refs) if r)
     ref = refs[first]
+    assert ref is not None
     # the search went on past its first 30 minutes (too few usable windows there) and settled as soon
     # as ten minutes with enough usable windows existed, on those windows only
     assert ref.kind == "calm" and ref.n_windows >= cfg.min_windows

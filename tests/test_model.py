@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 
 import pytest
 import torch
 
-from inference.model import FUSIONS, M3Sense, ModelConfig, count_parameters, kl_to_standard_normal
+from inference.model import (
+    FUSIONS,
+    M3Sense,
+    ModelConfig,
+    UnimodalEncoder,
+    count_parameters,
+    kl_to_standard_normal,
+)
 from tests.model_helpers import one_torch_thread  # noqa: F401  (autouse fixture)
 
-TINY = dict(
+# the shape every variant below shares; each test sets its fusion and modalities
+TINY = ModelConfig(
     window_s=2.5,  # bvp 160 samples (32 segments), eda/temp 10 (2 segments), acc 80
     cnn_channels=(8, 4),
     embed_dim=16,
@@ -33,7 +42,7 @@ MASKS = {
 
 
 def tiny(fusion: str) -> ModelConfig:
-    return ModelConfig(fusion=fusion, modalities=MODALITIES, **TINY)
+    return replace(TINY, fusion=fusion, modalities=MODALITIES)
 
 
 def batch(cfg: ModelConfig, b: int, seed: int) -> dict[str, torch.Tensor]:
@@ -66,15 +75,21 @@ def test_shapes_finite_backward(model: M3Sense, tasks, mask_name):
         assert out.logits[t].shape == (b, len(cfg.classes[t]))
         assert out.mu[t].shape == out.logvar[t].shape == (b, cfg.latent_dim)
         assert torch.isfinite(out.logits[t]).all()
-    loss = sum(torch.nn.functional.cross_entropy(out.logits[t], torch.zeros(b, dtype=torch.long)) for t in tasks)
-    loss = loss + 0.3 * sum(kl_to_standard_normal(out.mu[t], out.logvar[t]).mean() for t in tasks)
+    zero = torch.zeros(())  # the sums' start: a tensor, so that the loss is one
+    loss = sum(
+        (torch.nn.functional.cross_entropy(out.logits[t], torch.zeros(b, dtype=torch.long)) for t in tasks), zero
+    )
+    loss = loss + 0.3 * sum((kl_to_standard_normal(out.mu[t], out.logvar[t]).mean() for t in tasks), zero)
     model.zero_grad()
     loss.backward()
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads)
     # the shared unimodal encoder of a present modality learns; an absent one gets no gradient
     for i, m in enumerate(cfg.modalities):
-        lstm_grad = model.encoders[m].lstm.weight_hh_l0.grad
+        encoder = model.encoders[m]
+        assert isinstance(encoder, UnimodalEncoder)
+        lstm_grad = encoder.lstm.get_parameter("weight_hh_l0").grad
+        assert lstm_grad is not None
         assert (lstm_grad.abs().sum() > 0) == bool(mask[:, i].any()), m
 
 

@@ -14,7 +14,6 @@ import asyncio
 import re
 import sqlite3
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -145,13 +144,14 @@ def test_a_three_server_cluster_loses_nothing_when_a_server_dies(nats_cluster: N
 
     async def scenario() -> tuple[list[int], int]:
         async with Publisher(bus, flush_timeout_s=60) as pub, NatsSubscriber(bus, ["raw/"], consumer="cluster") as sub:
+            assert isinstance(pub, NatsPublisher)  # a nats:// address makes one
             assert await pub.wait_for_subscribers(["raw/eda/d1/"], 10) == []
             for i in range(200):
                 await pub.publish("raw", "d1", "eda", t0_s=1000.0 + i, fs_hz=4.0, samples=np.full(4, float(i)))
             assert await pub.flush()
             got = [(await sub.recv(10)).seq for _ in range(100)]
             victim = next(s for s in nats_cluster.servers if str(s.port) in pub._nc.connected_url.netloc)
-            victim._proc.kill()
+            victim.kill()
             for i in range(200, 400):
                 await pub.publish("raw", "d1", "eda", t0_s=1000.0 + i, fs_hz=4.0, samples=np.full(4, float(i)))
             assert await pub.flush()
@@ -223,7 +223,7 @@ def test_kill_9_of_infer_resumes_its_durable_consumer(
 ) -> None:
     monkeypatch.setenv("M3SENSE_NATS_ACK_WAIT_S", "3")  # what the dead worker held comes again after 3 s
     src, truth = recording
-    pipe = Pipeline(SimpleNamespace(address=nats_server.bus), procs, tmp_path, model)
+    pipe = Pipeline(nats_server.bus, procs, tmp_path, model)
     pipe.replay_killing(src, "infer")
     windows, lost = pipe.stored()
     assert windows == {device: len(expected) for device, expected in truth.items()}, (windows, lost)

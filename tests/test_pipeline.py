@@ -23,10 +23,12 @@ from tests.servers import NEEDS_INFLUXD, InfluxServer, V2WriteProxy, influx_prox
 __all__ = ["influx_proxy", "influxd"]  # fixtures used below
 
 TASKS = ("stress", "anxiety", "emotion")
+# the session fixture: recording folder, window ends by device, offline and evaluated labels
+Session = tuple[Path, dict[str, list[float]], dict, dict]
 
 
 @pytest.fixture(scope="module")
-def session(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, list[float]], dict, dict]:
+def session(tmp_path_factory: pytest.TempPathFactory) -> Session:
     """Two synthetic wristbands (seeds the shipped models never saw) whose wearers mark their rest,
     their offline window ends, the labels the shipped models give those windows offline by the
     live code path (every 5 s), and those ``evaluate`` gives (every 10 s), by (device, task, end)."""
@@ -35,13 +37,14 @@ def session(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, l
     windows = {rec.device: recording_windows(rec) for rec in read_source(out)}
     ends = {device: [w.t_end_s for w in ws] for device, ws in windows.items()}
     answerer = load_answerer()
+    assert answerer.calibration_config is not None, "the shipped stress model calibrates its wearers"
     offline = {}
     for device, ws in windows.items():
         cals = Calibrations(answerer.calibration_config)
         for w, answers in zip(ws, answerer.answer_windows([w.to_message() for w in ws], cals)):
             offline.update({(device, t, w.t_end_s): a.label for t, a in answers.items()})
     cfg = ModelConfig()
-    ws = source_windows(
+    every_10_s = source_windows(
         parse_source(str(out)),
         modalities=cfg.modalities,
         tasks=cfg.tasks,
@@ -52,7 +55,7 @@ def session(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, l
     )
     evaluated = {
         (str(g), t, float(t0) + 20.0): a.label
-        for g, t0, answers in zip(ws.groups, ws.t0_s, answerer.answer_set(ws))
+        for g, t0, answers in zip(every_10_s.groups, every_10_s.t0_s, answerer.answer_set(every_10_s))
         for t, a in answers.items()
     }
     return out, ends, offline, evaluated
@@ -88,7 +91,7 @@ def check_records(records: list, ends: dict[str, list[float]], offline: dict, ev
         assert s["accuracy"] >= 1 / classes + margin, (task, s)
 
 
-def test_run_into_sqlite_and_timeline(session: tuple[Path, dict, dict], tmp_path: Path) -> None:
+def test_run_into_sqlite_and_timeline(session: Session, tmp_path: Path) -> None:
     source, ends, offline, evaluated = session
     db = tmp_path / "affect.db"
     proc = run_cli("run", str(source), "--sink", f"sqlite:///{db}", timeout=300, check=True)
@@ -107,7 +110,7 @@ def test_run_into_sqlite_and_timeline(session: tuple[Path, dict, dict], tmp_path
 @NEEDS_INFLUXD
 @pytest.mark.parametrize("api", ["v1", "v2"])
 def test_run_into_influxdb(
-    session: tuple[Path, dict, dict, dict],
+    session: Session,
     influxd: InfluxServer,
     influx_proxy: V2WriteProxy,
     api: str,

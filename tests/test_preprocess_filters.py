@@ -43,7 +43,7 @@ def test_one_sample_at_a_time_and_scipy_oracle(modality: str) -> None:
     # independent oracle: the same coefficients through scipy in one call
     sos, fir = FILTERS[modality].design()
     y = signal.sosfilt(sos, x, zi=signal.sosfilt_zi(sos) * x[0])[0]
-    y = signal.lfilter(fir, 1.0, y, zi=signal.lfilter_zi(fir, 1.0) * x[0])[0]
+    y = signal.lfilter(fir, [1.0], y, zi=signal.lfilter_zi(fir, [1.0]) * x[0])[0]  # a = [1]: no feedback
     np.testing.assert_allclose(one, y, rtol=0, atol=1e-9)
 
 

@@ -60,7 +60,9 @@ def small(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _set_cell(path: Path, cell: str, value) -> None:
     book = openpyxl.load_workbook(path)
-    book.active[cell] = value
+    sheet = book.active
+    assert sheet is not None, "the fixture's workbooks have one sheet"
+    sheet[cell] = value
     book.save(path)
 
 

@@ -62,6 +62,7 @@ def test_subjects_read_on_the_export_clock_with_the_protocol_labels(wesad: Path)
 def test_labels_follow_the_700_hz_array_to_the_sample(tmp_path: Path) -> None:
     folder = write_wesad_subject(tmp_path, "S9", seed=9)
     data = load_pickle(folder / "S9.pkl")
+    assert isinstance(data, dict), "a WESAD subject pickle holds a dict"
     codes = wesad_codes()
     codes[10 * 700 + 3] = 0  # a 1/700 s gap inside the baseline splits it there
     data["label"] = codes
@@ -105,6 +106,7 @@ def test_a_pickle_that_would_run_code_is_refused_and_nothing_runs(tmp_path: Path
     folder = write_wesad_subject(tmp_path, "S2", seed=2)
     marker = tmp_path / "ran"
     data = load_pickle(folder / "S2.pkl")
+    assert isinstance(data, dict), "a WESAD subject pickle holds a dict"
     data["subject"] = Boom(marker)
     (folder / "S2.pkl").write_bytes(pickle.dumps(data, protocol=2))
     with pytest.raises(DataError, match=r"S2\.pkl.*refused: the pickle asks for posix\.system"):

@@ -61,15 +61,16 @@ def recording(tmp_path_factory) -> tuple[Path, dict[str, dict[float, str | None]
 
 
 class Pipeline:
-    """store, infer and preprocess on a hub, each a process started (and restarted) by hand."""
+    """store, infer and preprocess on the bus at ``bus`` (a hub's or a NATS server's address), each a
+    process started (and restarted) by hand."""
 
-    def __init__(self, hub: Hub, procs: list[Proc], tmp_path: Path, model: Path) -> None:
+    def __init__(self, bus: str, procs: list[Proc], tmp_path: Path, model: Path) -> None:
         self.db = tmp_path / "affect.db"
         self.args = {
             "store": [
                 "store",
                 "--bus",
-                hub.address,
+                bus,
                 "--sink",
                 f"sqlite:{self.db}",
                 "--flush-interval",
@@ -80,7 +81,7 @@ class Pipeline:
             "infer": [
                 "infer",
                 "--bus",
-                hub.address,
+                bus,
                 "--model",
                 str(model),
                 "--tasks",
@@ -88,9 +89,10 @@ class Pipeline:
                 "--state-dir",
                 "none",
             ],
-            "preprocess": ["preprocess", "--bus", hub.address],
+            "preprocess": ["preprocess", "--bus", bus],
         }
-        self.hub, self.procs, self.stages = hub, procs, {}
+        self.bus, self.procs = bus, procs
+        self.stages: dict[str, Proc] = {}
         for name in ("store", "infer", "preprocess"):
             self.start(name)
 
@@ -110,8 +112,8 @@ class Pipeline:
         the store to have every device."""
 
         async def scenario() -> None:
-            async with Subscriber(self.hub.address, ["affect/"]) as sub:
-                replay = Proc(["replay", str(src), "--bus", self.hub.address, "--speed", SPEED])
+            async with Subscriber(self.bus, ["affect/"]) as sub:
+                replay = Proc(["replay", str(src), "--bus", self.bus, "--speed", SPEED])
                 self.procs.append(replay)
                 for _ in range(after):
                     await sub.recv(120)
@@ -150,7 +152,7 @@ def test_kill_9_of_a_stage_mid_replay_is_a_stored_gap_of_every_lost_window(
     stage: str, hub: Hub, procs: list[Proc], tmp_path: Path, model: Path, recording
 ) -> None:
     src, truth = recording
-    pipe = Pipeline(hub, procs, tmp_path, model)
+    pipe = Pipeline(hub.address, procs, tmp_path, model)
     pipe.replay_killing(src, stage)
     _assert_every_window_accounted_for(pipe, truth)
 
@@ -159,7 +161,7 @@ def test_kill_9_of_preprocess_keeps_source_and_ground_truth(
     hub: Hub, procs: list[Proc], tmp_path: Path, model: Path, recording
 ) -> None:
     src, truth = recording
-    pipe = Pipeline(hub, procs, tmp_path, model)
+    pipe = Pipeline(hub.address, procs, tmp_path, model)
     pipe.replay_killing(src, "preprocess")
     lost = _assert_every_window_accounted_for(pipe, truth)
     with sqlite3.connect(pipe.db) as conn:

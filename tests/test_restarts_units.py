@@ -74,17 +74,17 @@ def test_the_ledger_counts_lost_windows_by_number_then_by_grid() -> None:
     assert ledger.observe("d", _answer("a", 0, t0), t0) is None
     assert ledger.observe("d", _answer("a", 1, t0 + 5), t0 + 5) is None
     loss = ledger.observe("d", _answer("a", 5, t0 + 25), t0 + 25)  # an inference restart lost 2, 3, 4
-    assert (loss.windows, loss.by) == (3, "sequence")
+    assert loss is not None and (loss.windows, loss.by) == (3, "sequence")
     assert ledger.observe("d", _answer("a", 5, t0 + 25), t0 + 25) is None  # a duplicate is not a loss
     loss = ledger.observe("d", _answer("b", 0, t0 + 60), t0 + 60)  # preprocess restarted: 30 .. 55 lost
-    assert (loss.windows, loss.by) == (6, "grid")
+    assert loss is not None and (loss.windows, loss.by) == (6, "grid")
     assert ledger.observe("d", _answer("b", 1, t0 + 65, hop=None), t0 + 65) is None
     assert ledger.observe("d", _answer("b", 2, t0 + 70), t0 + 70, end=True) is None  # the device's end
     assert ledger.observe("d", _answer("c", 0, t0 + 900), t0 + 900) is None  # a new stream after an end
     assert ledger.lost == {"d": 9}
     assert ledger.observe("x", {"window_seq": 3}, t0) is None  # no lineage: nothing can be said
     first = ledger.observe("y", _answer("z", 4, t0), t0)  # windows 0 .. 3 of that stream never came
-    assert (first.windows, first.by) == (4, "sequence")
+    assert first is not None and (first.windows, first.by) == (4, "sequence")
 
 
 def test_the_ledger_survives_a_restart_through_its_file(tmp_path) -> None:
@@ -98,7 +98,7 @@ def test_the_ledger_survives_a_restart_through_its_file(tmp_path) -> None:
     assert path.stat().st_mode & 0o777 == 0o600
     again = LedgerFile(path).load()
     loss = again.observe("d", _answer("a", 12, t0 + 25), t0 + 25)  # 8 was never flushed: 8 .. 11 lost
-    assert (loss.windows, loss.by) == (4, "sequence")
+    assert loss is not None and (loss.windows, loss.by) == (4, "sequence")
     assert WindowLedger.from_json("not json").to_json() == "{}"
     assert WindowLedger.from_json('{"d": ["a", -1, null, null], "e": [1, 2]}').to_json() == "{}"
 

@@ -327,7 +327,7 @@ def test_stress_moves_wrist_physiology_the_literature_way(cohort):
 
 def test_meditation_is_calmer_than_baseline_and_amusement_is_close_to_it(cohort):
     assert sum("meditation" in {p.kind for p in s.phases} for s in cohort) >= 3
-    sd = {}
+    sd: dict[str, list[float]] = {}
     for kind in ("baseline", "meditation", "amusement", "stress"):
         sd[kind] = []
         for s in (s for s in cohort if kind in {p.kind for p in s.phases}):

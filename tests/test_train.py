@@ -17,6 +17,7 @@ from inference.model import M3Sense, ModelConfig
 from inference.sources import parse_source, source_windows
 from inference.train import (
     TrainConfig,
+    TrainResult,
     detailed_scores,
     init_model,
     predict_probs,
@@ -223,7 +224,7 @@ def test_training_is_reproducible_with_the_seed():
         ]
     )
     norm, cfg = Normalizer.fit(ws), tiny_cfg()
-    runs = []
+    runs: list[TrainResult] = []
     for _ in range(2):
         torch.manual_seed(len(runs))  # whatever the global RNG holds, the seed decides
         runs.append(

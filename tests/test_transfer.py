@@ -4,6 +4,7 @@ the new task's network does; ``train --init --freeze encoders`` writes a checkpo
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -18,7 +19,8 @@ from inference.transfer import frozen_parts, transfer_model
 from tests.conftest import run_cli
 from tests.model_helpers import one_torch_thread, window  # noqa: F401  (autouse fixture)
 
-TINY = dict(
+# the shape both tests share; each sets its fusion, tasks and classes
+TINY = ModelConfig(
     cnn_channels=(8, 4),
     embed_dim=16,
     lstm_hidden=16,
@@ -56,7 +58,7 @@ def windows(cfg: ModelConfig, n: int = 24) -> WindowSet:
 @pytest.mark.parametrize("fusion", ["cam", "hamlet"])
 def test_frozen_parts_and_old_answers_do_not_move(fusion):
     torch.manual_seed(0)
-    source = M3Sense(ModelConfig(fusion=fusion, tasks=("stress", "emotion"), classes=CLASSES, **TINY)).eval()
+    source = M3Sense(replace(TINY, fusion=fusion, tasks=("stress", "emotion"), classes=CLASSES)).eval()
     model = transfer_model(source, ("anxiety",), CLASSES, seed=1)
     assert model.cfg.tasks == ("stress", "emotion", "anxiety")
     assert set(frozen_parts(model)) == {
@@ -71,8 +73,6 @@ def test_frozen_parts_and_old_answers_do_not_move(fusion):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     ws = windows(model.cfg)
     ws = ws.subset(np.flatnonzero(ws.labels[:, 2] >= 0))
-    from dataclasses import replace
-
     ws = replace(ws, labels=np.where(np.array([False, False, True])[None, :], ws.labels, -1))
     data = to_tensors(ws, Normalizer.fit(ws))
     train_model(model, TrainConfig(epochs=2, batch_size=8, seed=1), data, None)
@@ -90,7 +90,7 @@ def test_frozen_parts_and_old_answers_do_not_move(fusion):
 
 def test_a_task_the_checkpoint_has_gets_a_fresh_head_on_its_own_encoder():
     torch.manual_seed(0)
-    source = M3Sense(ModelConfig(tasks=("stress", "anxiety"), classes=CLASSES, **TINY)).eval()
+    source = M3Sense(replace(TINY, tasks=("stress", "anxiety"), classes=CLASSES)).eval()
     model = transfer_model(source, ("anxiety",), CLASSES, seed=2)
     assert model.cfg.tasks == ("stress", "anxiety")
     old, new = source.state_dict(), model.state_dict()
