@@ -3,6 +3,7 @@ low-quality windows, gaps and restarts; and the rules file."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -40,7 +41,7 @@ def window(
         source="replay",
         model="m",
         label=label,
-        confidence=None if label is None else max(p, 1 - p),
+        confidence=None if label is None or p is None else max(p, 1 - p),
         probs=probs,
         status=status,
         off_wrist=False,
@@ -49,7 +50,7 @@ def window(
     )
 
 
-def timeline(ps: list[float | None], *, start: float = T0, **kw) -> list[AffectRecord]:
+def timeline(ps: Sequence[float | None], *, start: float = T0, **kw) -> list[AffectRecord]:
     return [window(start + i * STEP, p, **kw) for i, p in enumerate(ps)]
 
 

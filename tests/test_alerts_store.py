@@ -28,7 +28,7 @@ def meta(t_end: float, p_stress: float | None, status: str = "ok") -> dict:
     label = None if p_stress is None or status != "ok" else ("stress" if p_stress >= 0.5 else "baseline")
     stress = {
         "label": label,
-        "confidence": None if label is None else max(p_stress, 1 - p_stress),
+        "confidence": None if label is None or p_stress is None else max(p_stress, 1 - p_stress),
         "probs": {} if p_stress is None else {"baseline": 1 - p_stress, "stress": p_stress},
         "status": status,
     }

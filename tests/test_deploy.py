@@ -73,6 +73,7 @@ def acl_users() -> dict[str, list[str]]:
 
 
 def make_passwd(deploy: Path, env: dict[str, str]) -> None:
+    assert MOSQUITTO_PASSWD is not None, "only with mosquitto installed"
     env_file = deploy / ".env"
     env_file.write_text("".join(f"{k}={v}\n" for k, v in env.items()))
     out = subprocess.run(
@@ -136,12 +137,16 @@ def test_pipeline_commands_are_what_m3sense_takes() -> None:
     assert {type(s) for s in sinks} == {InfluxTarget, MqttTarget}
     for s in sinks:
         if isinstance(s, InfluxTarget):
-            host, port = re.fullmatch(r"https?://([^:/]+):(\d+)/?", s.url).groups()
+            url = re.fullmatch(r"https?://([^:/]+):(\d+)/?", s.url)
+            assert url is not None, s.url
+            host, port = url[1], int(url[2])
         else:
+            assert isinstance(s, MqttTarget)
             host, port = s.host, s.port
         assert host in services and host in store["depends_on"], host
-        assert int(port) == listeners[host]
+        assert port == listeners[host]
         if isinstance(s, MqttTarget):  # its user may write its topic roots on the broker
+            assert s.username is not None, "the store logs in to the broker"
             rules = acl_users()[s.username]
             assert f"readwrite {s.prefix}/#" in rules and f"readwrite {s.discovery}/#" in rules
             assert "MQTT_PASSWORD" in store["environment"]
@@ -151,6 +156,7 @@ def test_pipeline_commands_are_what_m3sense_takes() -> None:
 
 @NEEDS_MOSQUITTO
 def test_mosquitto_config_runs_with_its_password_file_and_acl(tmp_path: Path) -> None:
+    assert MOSQUITTO is not None and MOSQUITTO_PUB is not None and MOSQUITTO_SUB is not None  # NEEDS_MOSQUITTO
     deploy = tmp_path / "deploy"
     shutil.copytree(DEPLOY, deploy, ignore=shutil.ignore_patterns(".env", "passwd"))
     secrets = {"MQTT_PASSWORD": "store-secret", "HA_MQTT_PASSWORD": "ha-secret"}
@@ -188,7 +194,10 @@ def test_mosquitto_config_runs_with_its_password_file_and_acl(tmp_path: Path) ->
                 time.sleep(0.1)
 
         def client(tool: str, user: str | None, password: str | None, *args: str) -> subprocess.CompletedProcess:
-            auth = ["-u", user, "-P", password] if user else []
+            auth: list[str] = []
+            if user is not None:
+                assert password is not None, "a user comes with a password"
+                auth = ["-u", user, "-P", password]
             return subprocess.run(
                 [tool, "-h", "127.0.0.1", "-p", str(port), *auth, *args],
                 capture_output=True,
@@ -246,8 +255,8 @@ def test_mosquitto_config_runs_with_its_password_file_and_acl(tmp_path: Path) ->
         assert ha_disco.stdout.splitlines() == ["homeassistant/sensor/dev1/config {}"], ha_disco
         # no user, or a wrong password: refused
         for user, password in ((None, None), ("m3sense", "wrong"), ("homeassistant", secrets["MQTT_PASSWORD"])):
-            out = client(MOSQUITTO_SUB, user, password, "-t", "m3sense/#", "-W", "2")
-            assert out.returncode != 0 and "not authori" in out.stderr.lower(), (user, out)
+            refused = client(MOSQUITTO_SUB, user, password, "-t", "m3sense/#", "-W", "2")
+            assert refused.returncode != 0 and "not authori" in refused.stderr.lower(), (user, refused)
     finally:
         broker.terminate()
         broker.wait(timeout=20)

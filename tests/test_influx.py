@@ -39,6 +39,7 @@ from tests.servers import (
     affect_meta,
     free_port,
     influx_proxy,
+    influx_target,
     influx_v1,
     influxd,
     influxd_auth,
@@ -74,7 +75,10 @@ def affect_records(t_end: float, **kw) -> list[AffectRecord]:
     msg = Message(
         kind="affect", device="dev1", modality="affect", seq=0, t0_s=t_end, fs_hz=0, meta=affect_meta(t_end, **kw)
     )
-    return RecordBuilder().push(msg)
+    records = RecordBuilder().push(msg)
+    affect = [r for r in records if isinstance(r, AffectRecord)]
+    assert len(affect) == len(records), records
+    return affect
 
 
 def test_store_node_writes_one_point_per_window_and_task(
@@ -82,7 +86,7 @@ def test_store_node_writes_one_point_per_window_and_task(
 ) -> None:
     async def go() -> InfluxSink:
         with Hub(bus_address):
-            async with InfluxSink(parse_sink(write_path.sink), spool_dir=tmp_path / "spool") as sink:
+            async with InfluxSink(influx_target(write_path.sink), spool_dir=tmp_path / "spool") as sink:
                 node = StoreNode(bus_address, sink, flush_interval_s=0.2)
                 stop = asyncio.Event()
                 runner = asyncio.create_task(node.run(stop))
@@ -137,7 +141,7 @@ def test_timeline_reads_influxdb_with_influxql(
     ends = [T0 + 20 + 10 * k + 1 / 64 for k in range(5)]
 
     async def go() -> None:
-        async with InfluxSink(parse_sink(influx_proxy.sink()), spool_dir=tmp_path / "spool") as sink:
+        async with InfluxSink(influx_target(influx_proxy.sink()), spool_dir=tmp_path / "spool") as sink:
             for t in ends:
                 await sink.write(affect_records(t, truth={"stress": "baseline"}, low_quality=t == ends[1]))
             await sink.flush()
@@ -172,7 +176,7 @@ def test_replayed_data_never_overwrites_live_data(
     t = T0 + 20
 
     async def go() -> None:
-        async with InfluxSink(parse_sink(influx_proxy.sink()), spool_dir=tmp_path / "spool") as sink:
+        async with InfluxSink(influx_target(influx_proxy.sink()), spool_dir=tmp_path / "spool") as sink:
             await sink.write(affect_records(t, tasks=("stress",), source="live", labels={"stress": "baseline"}))
             await sink.write(affect_records(t, tasks=("stress",), source="replay", labels={"stress": "stress"}))
             await sink.flush()
@@ -207,7 +211,7 @@ def test_an_influxdb_outage_mid_stream_loses_no_point(
 
 def test_the_spool_outlives_the_store(tmp_path: Path, influx_v1: InfluxServer) -> None:
     """Stopped while InfluxDB is away, the store keeps its points on disk; the next start sends them."""
-    dead = parse_sink(f"influx://127.0.0.1:{free_port()}?bucket={DATABASE}")  # nobody listens: connection refused
+    dead = influx_target(f"influx://127.0.0.1:{free_port()}?bucket={DATABASE}")  # nobody listens: connection refused
     ends = [T0 + 20 + 10 * k for k in range(30)]
 
     async def first() -> InfluxSink:
@@ -220,7 +224,7 @@ def test_the_spool_outlives_the_store(tmp_path: Path, influx_v1: InfluxServer) -
 
     async def second() -> InfluxSink:
         # same spool, now pointing where the data can go (a store restarted with a corrected address)
-        async with InfluxSink(parse_sink(influx_v1.sink()), spool_dir=tmp_path / "spool") as sink:
+        async with InfluxSink(influx_target(influx_v1.sink()), spool_dir=tmp_path / "spool") as sink:
             assert sink.counters.pending == 90
             await sink.flush()
         return sink
@@ -234,7 +238,7 @@ def test_the_spool_outlives_the_store(tmp_path: Path, influx_v1: InfluxServer) -
 
 
 def test_a_full_spool_drops_and_counts(tmp_path: Path) -> None:
-    dead = parse_sink(f"influx://127.0.0.1:{free_port()}?bucket={DATABASE}")
+    dead = influx_target(f"influx://127.0.0.1:{free_port()}?bucket={DATABASE}")
     line_bytes = 400  # roughly one affect point; the bound holds two batches of ten
 
     async def go() -> InfluxSink:
@@ -274,7 +278,7 @@ def test_points_the_server_refuses_are_counted_not_retried(
     )
 
     async def go() -> InfluxSink:
-        async with InfluxSink(parse_sink(write_path.sink), spool_dir=tmp_path / "spool") as sink:
+        async with InfluxSink(influx_target(write_path.sink), spool_dir=tmp_path / "spool") as sink:
             await sink.write(
                 [
                     PhysioRecord(time_s=T0 + k, device="dev1", source="live", signal=signal, value=1.0)
@@ -313,7 +317,7 @@ def test_the_token_is_used_but_never_shown(
             ]
         )
         procs.append(store)
-        assert token not in " ".join(store.popen.args)
+        assert token not in " ".join(store.argv)
         store.wait_for_stderr("store:")
 
         async def publish() -> int:
@@ -327,7 +331,7 @@ def test_the_token_is_used_but_never_shown(
         asyncio.run(publish())
         store.popen.send_signal(signal.SIGTERM)
         assert store.popen.wait(timeout=30) == 0
-    log = store.popen.stderr.read()
+    log = store.stderr.read()
     assert token not in log and "12 points (12 affect) written to" in log.splitlines()[-1]
     assert influx_proxy.authorizations == {f"Token {token}"}
 
@@ -357,8 +361,8 @@ def run_store(
         asyncio.run(publish_windows(bus, windows))
     store.popen.send_signal(sig)
     code = store.popen.wait(timeout=60)
-    (line,) = store.popen.stdout.read().splitlines()  # exactly one JSON object
-    return code, json.loads(line), store.popen.stderr.read().splitlines()
+    (line,) = store.stdout.read().splitlines()  # exactly one JSON object
+    return code, json.loads(line), store.stderr.read().splitlines()
 
 
 @pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 0), (signal.SIGINT, 130)], ids=["sigterm", "ctrl-c"])
@@ -413,13 +417,15 @@ def test_missing_credentials_are_reported_and_the_points_wait(
     influxd_auth: InfluxServer, tmp_path: Path, bus_address: str, procs: list[Proc], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("INFLUX_TOKEN", raising=False)
+    credentials = influxd_auth.credentials
+    assert credentials is not None, "the fixture starts it with auth"
     spool = tmp_path / "spool"
     with Hub(bus_address):
         code, report, err = run_store(procs, bus_address, influxd_auth.sink(), "--spool-dir", str(spool))
         assert code == 1 and report["written"] == 0 and report["spooled"] == 12 and "HTTP 401" in report["error"]
         assert "InfluxDB wants credentials: set $INFLUX_TOKEN or --token-file" in err[-1]
         assert f"12 points wait in spool {spool}" in err[-1]
-        (tmp_path / "token").write_text(influxd_auth.credentials + "\n")
+        (tmp_path / "token").write_text(credentials + "\n")
         code, report, err = run_store(
             procs,
             bus_address,
@@ -431,6 +437,6 @@ def test_missing_credentials_are_reported_and_the_points_wait(
             windows=0,
         )
     assert code == 0 and report["written"] == 12 and report["spooled"] == 0
-    assert influxd_auth.credentials.split(":")[1] not in "\n".join(err)
+    assert credentials.split(":")[1] not in "\n".join(err)
     (row,) = series_values(influxd_auth.query('SELECT count("status") FROM "affect"'))
     assert row["count"] == 12

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from bus import Message
-from storage import InfluxSink, RecordBuilder, parse_sink
+from storage import InfluxSink, RecordBuilder
 from storage.alerts import AlertEngine, rule_from_mapping
 from storage.influx import (
     AFFECT_MEASUREMENT,
@@ -34,6 +34,7 @@ from tests.servers import (
     V2WriteProxy,
     affect_meta,
     influx_proxy,
+    influx_target,
     influxd,
     series_values,
 )
@@ -168,7 +169,7 @@ def test_provisioning_files_fit_together() -> None:
     assert ds["url"] == "http://influxdb:8086" and "influxdb" in compose["services"]
     store = compose["services"]["store"]["command"]
     influx_sinks = [store[i + 1] for i, a in enumerate(store) if a == "--sink" and store[i + 1].startswith("influx")]
-    assert [parse_sink(s).database for s in influx_sinks] == [ds["jsonData"]["dbName"]]
+    assert [influx_target(s).database for s in influx_sinks] == [ds["jsonData"]["dbName"]]
     assert not any("TOKEN" in str(arg) and "$" not in str(arg) for arg in store)
     # the dashboards folder is mounted where the provider looks
     (provider,) = providers["providers"]
@@ -282,14 +283,14 @@ def test_every_dashboard_query_returns_its_series(
     influxd: InfluxServer, influx_proxy: V2WriteProxy, tmp_path: Path
 ) -> None:
     async def store() -> None:
-        async with InfluxSink(parse_sink(influx_proxy.sink()), spool_dir=tmp_path / "spool") as sink:
+        async with InfluxSink(influx_target(influx_proxy.sink()), spool_dir=tmp_path / "spool") as sink:
             builder, alerts = RecordBuilder(), AlertEngine([RULE])
             for device, (source, bpm) in DEVICES.items():
                 for m in session_messages(device, source, bpm):
                     records = builder.push(m)
                     if m.kind == "affect" and m.t0_s == T0 + 60:  # three messages of affect/ lost on the bus
                         records.append(builder.bus_gap(m, 3))
-                    await sink.write(records + alerts.push(records))
+                    await sink.write([*records, *alerts.push(records)])
             await sink.write(builder.flush())
             await sink.flush()
         assert sink.counters.written > 0 and sink.counters.pending == sink.counters.rejected == 0
@@ -302,8 +303,8 @@ def test_every_dashboard_query_returns_its_series(
         return series_values(influxd.query(q))
 
     for var in dashboard()["templating"]["list"]:
-        values = {r["value"] for r in series_values(influxd.query(var["query"]))}
-        assert values == set(variables[var["name"]])
+        offered = {r["value"] for r in series_values(influxd.query(var["query"]))}
+        assert offered == set(variables[var["name"]])
 
     ends = sorted(WINDOWS)
     for panel, target in targets():

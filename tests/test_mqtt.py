@@ -15,7 +15,7 @@ import pytest
 from common.errors import UserError
 from storage.mqtt import MqttSink
 from storage.records import AffectRecord, AlertRecord, PhysioRecord, StatusRecord
-from storage.target import parse_sink
+from storage.target import MqttTarget, parse_sink
 from tests.conftest import Proc, run_cli
 from tests.servers import MosquittoServer
 
@@ -25,7 +25,7 @@ from tests.servers import mosquitto, mosquitto_tls
 T0 = 1_700_000_000.0
 
 
-def affect(t: float, device: str, task: str, label: str | None, p: float | None = 0.8) -> AffectRecord:
+def affect(t: float, device: str, task: str, label: str | None, p: float = 0.8) -> AffectRecord:
     other = {"stress": "baseline", "anxiety": "low", "emotion": "low"}[task]
     probs = () if label is None else tuple(sorted({label: p, (other if label != other else "high"): 1 - p}.items()))
     return AffectRecord(
@@ -81,8 +81,15 @@ HA_KEYS = {"sensor": _COMMON | {"unit_of_measurement", "state_class"}, "binary_s
 HA_DEVICE_CLASSES = {"sensor": {None, "battery", "temperature"}, "binary_sensor": {None, "problem"}}
 
 
-def target(server: MosquittoServer, password: str | None = None):
-    return parse_sink(server.sink()).with_credentials(None, password or server.password)
+def mqtt_target(sink: str) -> MqttTarget:
+    """``parse_sink`` of an ``mqtt(s)://`` SINK."""
+    t = parse_sink(sink)
+    assert isinstance(t, MqttTarget), sink
+    return t
+
+
+def target(server: MosquittoServer, password: str | None = None) -> MqttTarget:
+    return mqtt_target(server.sink()).with_credentials(None, password or server.password)
 
 
 async def read_retained(server: MosquittoServer, topics: list[str], expect: int, timeout_s: float = 10.0) -> dict:
@@ -171,7 +178,7 @@ async def _retained_states_availability_and_home_assistant_discovery(mosquitto: 
             assert c["state_topic"] in seen, c
             assert {a["topic"] for a in c["availability"]} <= set(seen) and c["availability_mode"] == "all"
             assert "{{" in c["value_template"]
-        by_device = {}
+        by_device: dict[str, set[str]] = {}
         for c in configs.values():
             ident = c["device"]["identifiers"][0]
             by_device.setdefault(ident, set()).add(c["unique_id"].removeprefix(ident + "_"))
@@ -246,7 +253,8 @@ async def _a_full_buffer_drops_the_oldest_and_counts_them(mosquitto: MosquittoSe
         await sink.write([affect(T0 + 10 * i, "dev1", "stress", "stress") for i in range(10)])
         assert sink.counters.dropped == 6 and sink.counters.pending == 4  # the 2 oldest were kept: maybe in flight
     assert sink.counters.dropped == 10 and sink.counters.pending == 0  # still away at exit: the rest is lost
-    assert sink.counters.written == 0 and "buffered when the store stopped" in sink.last_error
+    assert sink.counters.written == 0 and sink.last_error is not None
+    assert "buffered when the store stopped" in sink.last_error
 
 
 def test_wrong_password_is_refused_with_one_line(mosquitto: MosquittoServer, bus_address: str, tmp_path) -> None:
@@ -344,7 +352,7 @@ def test_the_shipped_acl_lets_home_assistant_read_but_not_write_states(mosquitto
 
 
 def test_mqtt_sink_addresses() -> None:
-    t = parse_sink("mqtts://broker.example:8883?user=ha&ca=/etc/ca.pem&prefix=home/e4")
+    t = mqtt_target("mqtts://broker.example:8883?user=ha&ca=/etc/ca.pem&prefix=home/e4")
     assert (t.host, t.port, t.tls, t.username, t.prefix, t.discovery) == (
         "broker.example",
         8883,
@@ -356,7 +364,7 @@ def test_mqtt_sink_addresses() -> None:
     assert t.with_credentials("other", "secret").username == "ha" and "secret" not in repr(
         t.with_credentials(None, "secret")
     )
-    assert parse_sink("mqtt://localhost?discovery=none").discovery == ""
+    assert mqtt_target("mqtt://localhost?discovery=none").discovery == ""
     for bad, why in [
         ("mqtt://broker.example", "in clear"),
         ("mqtt://u:p@localhost", "no credentials"),
@@ -433,8 +441,8 @@ def test_store_counts_per_sink_what_a_broker_gone_for_good_lost(
 
 def test_tls_with_the_brokers_ca_and_refused_without_it(mosquitto_tls: MosquittoServer) -> None:
     server = mosquitto_tls
-    good = parse_sink(f"mqtts://127.0.0.1:{server.tls_port}?user=m3sense&ca={server.ca_file}")
-    unknown_ca = parse_sink(f"mqtts://127.0.0.1:{server.tls_port}?user=m3sense")
+    good = mqtt_target(f"mqtts://127.0.0.1:{server.tls_port}?user=m3sense&ca={server.ca_file}")
+    unknown_ca = mqtt_target(f"mqtts://127.0.0.1:{server.tls_port}?user=m3sense")
 
     async def main() -> None:
         records = session("dev1", 3)
@@ -444,7 +452,8 @@ def test_tls_with_the_brokers_ca_and_refused_without_it(mosquitto_tls: Mosquitto
             await sink.flush()
             assert sink.counters.written == len(records)
         async with MqttSink(unknown_ca.with_credentials(None, server.password), close_timeout_s=0.2) as sink:
-            assert not sink.connected and "certificate verify failed" in sink.last_error.lower()
+            assert not sink.connected and sink.last_error is not None
+            assert "certificate verify failed" in sink.last_error.lower()
 
     asyncio.run(main())
     assert json.loads(server.retained("m3sense/dev1/stress/state")["m3sense/dev1/stress/state"])["t"] == T0 + 20

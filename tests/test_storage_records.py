@@ -15,7 +15,6 @@ from hypothesis import strategies as st
 from bus import Message
 from common.errors import UserError
 from storage import (
-    AffectRecord,
     BeatRate,
     InfluxTarget,
     MeanBinner,
@@ -23,13 +22,13 @@ from storage import (
     RecordBuilder,
     SqliteTarget,
     StatusRecord,
-    affect_records,
     parse_since,
     parse_sink,
     read_token,
 )
+from storage.records import AffectRecord, affect_records  # typed here (the package's names load lazily)
 from tests.conftest import WESAD, needs
-from tests.servers import affect_meta
+from tests.servers import affect_meta, influx_target
 
 T0 = 1_700_000_000.0
 
@@ -106,7 +105,9 @@ def test_unknown_source_is_not_trusted_as_a_tag_value() -> None:
 def test_status_events_and_source_of_physiology() -> None:
     b = RecordBuilder()
     # before any status the device's source is unknown
-    assert {r.source for r in b.push(raw_msg("eda", T0, np.ones(8), 4.0))} == {"unknown"}
+    first = b.push(raw_msg("eda", T0, np.ones(8), 4.0))
+    physio = [r for r in first if isinstance(r, PhysioRecord)]
+    assert physio == first and {r.source for r in physio} == {"unknown"}
     (start,) = b.push(status_msg(T0 + 2, event="start", source="replay", recording="S2"))
     assert start == StatusRecord(
         time_s=T0 + 2, device="dev1", source="replay", event="start", value=None, detail='{"recording":"S2"}'
@@ -119,7 +120,9 @@ def test_status_events_and_source_of_physiology() -> None:
     # the end of a stream closes its open bins before the end event
     end = b.push(status_msg(T0 + 4, event="end"))
     assert [type(r).__name__ for r in end] == ["PhysioRecord", "StatusRecord"]
-    assert end[0].time_s == T0 + 4 and end[1].event == "end" and end[1].source == "replay"
+    closed, ended = end
+    assert isinstance(ended, StatusRecord)
+    assert closed.time_s == T0 + 4 and ended.event == "end" and ended.source == "replay"
     assert b.flush() == []
     (batt,) = RecordBuilder().push(
         Message(
@@ -133,8 +136,9 @@ def test_status_events_and_source_of_physiology() -> None:
             meta={"event": "battery"},
         )
     )
-    assert batt.value == pytest.approx(0.8)
+    assert isinstance(batt, StatusRecord) and batt.value == pytest.approx(0.8)
     (gap,) = RecordBuilder().push(status_msg(T0, event="gap", gap_s=2.5, source="live"))
+    assert isinstance(gap, StatusRecord) and gap.detail is not None
     assert gap.value == 2.5 and json.loads(gap.detail) == {"gap_s": 2.5}
 
 
@@ -338,7 +342,7 @@ def test_token_comes_from_file_or_environment_and_stays_out_of_repr(tmp_path: Pa
     assert read_token(f, {"INFLUX_TOKEN": "env"}) == "s3cret-token"
     assert read_token(None, {"INFLUX_TOKEN": "env"}) == "env"
     assert read_token(None, {}) is None
-    target = parse_sink("influx://127.0.0.1:8086?bucket=a").with_token("s3cret-token")
+    target = influx_target("influx://127.0.0.1:8086?bucket=a").with_token("s3cret-token")
     assert target.token == "s3cret-token" and "s3cret" not in repr(target)
     with pytest.raises(UserError, match="empty"):
         (tmp_path / "empty").write_text("\n")
@@ -360,7 +364,7 @@ def test_records_are_frozen_and_slotted() -> None:
     (rec,) = affect_records(affect_msg(tasks=("stress",)))
     assert isinstance(rec, AffectRecord) and not hasattr(rec, "__dict__")
     with pytest.raises(AttributeError):
-        rec.label = "x"  # type: ignore[misc]
+        rec.label = "x"  # type: ignore[misc]  # deliberately: a frozen record refuses the write
     assert math.isfinite(rec.time_s)
 
 

@@ -43,7 +43,7 @@ async def publish_session(
     await pub.publish("status", device, t0_s=T0, fs_hz=0, meta={"event": "start", "source": source, "recording": "t"})
     bvp = pulse_wave(bpm, seconds)
     ends = iter(window_ends(seconds))
-    next_end = next(ends)
+    next_end: float | None = next(ends)
     second = 0
     for i in range(0, bvp.size, 11):
         t = T0 + i / 64.0
@@ -197,8 +197,8 @@ def test_store_command_flushes_everything_on_sigterm(
     sent = asyncio.run(publish())
     store.popen.send_signal(signal.SIGTERM)  # long before the 30 s flush timer: only shutdown can save the data
     assert store.popen.wait(timeout=30) == 0
-    (report,) = [json.loads(line) for line in store.popen.stdout.read().splitlines()]
-    summary = store.popen.stderr.read().splitlines()[-1]
+    (report,) = [json.loads(line) for line in store.stdout.read().splitlines()]
+    summary = store.stderr.read().splitlines()[-1]
     affect = 3 * len(window_ends(60))
     assert rows(db, "SELECT count(*) FROM affect") == [(affect,)]
     assert rows(db, "SELECT count(*) FROM device_status") == [(2,)]
@@ -344,7 +344,7 @@ def test_replayed_recording_into_the_store(tmp_path: Path, bus_address: str, hub
     run_cli("replay", str(sim), "--bus", bus_address, "--speed", "max", "--wait", "60", check=True)
     store.popen.send_signal(signal.SIGTERM)
     assert store.popen.wait(timeout=60) == 0
-    assert store.popen.stderr.read().splitlines()[-1].endswith("; none lost")
+    assert store.stderr.read().splitlines()[-1].endswith("; none lost")
 
     assert len(rows(db, "SELECT DISTINCT device FROM physio")) == 1
     assert [e for (e,) in rows(db, "SELECT event FROM device_status ORDER BY time_s")] == ["start", "end"]
