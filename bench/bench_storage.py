@@ -28,7 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests' server helpers
 
 from bus import free_bus_address
-from storage import AffectRecord, InfluxSink, PhysioRecord, SqliteSink, parse_sink, to_lines
+from storage import AffectRecord, InfluxSink, InfluxTarget, PhysioRecord, SqliteSink, parse_sink, to_lines
 from storage.sqlite import _INSERT, connect
 from tests.servers import INFLUXD, InfluxServer, V2WriteProxy, outage_scenario
 
@@ -101,8 +101,10 @@ async def influx_sink(records: list, proxy: V2WriteProxy, spool: Path, max_queue
     """Seconds until InfluxDB acknowledged every record, and how many went through the disk
     spool because the queue bound was reached (the records arrive faster than one HTTP
     connection takes them)."""
+    target = parse_sink(proxy.sink())
+    assert isinstance(target, InfluxTarget), target
     start = time.perf_counter()
-    async with InfluxSink(parse_sink(proxy.sink()), spool_dir=spool, batch_size=5000, max_queue=max_queue) as sink:
+    async with InfluxSink(target, spool_dir=spool, batch_size=5000, max_queue=max_queue) as sink:
         for i in range(0, len(records), 100):
             await sink.write(records[i : i + 100])
         await sink.flush()

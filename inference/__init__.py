@@ -12,6 +12,8 @@ The names below are imported on first use: ``inference.cli`` lives in this packa
 ``m3sense --help`` must not pay for importing torch.
 """
 
+from typing import TYPE_CHECKING
+
 from common.lazy import lazy_surface
 
 __all__, __getattr__, __dir__ = lazy_surface(
@@ -50,3 +52,46 @@ __all__, __getattr__, __dir__ = lazy_surface(
         "load_feature_model": "baselines",
     },
 )
+
+if TYPE_CHECKING:  # the same names, for the type checker (at run time they load on first use)
+    from inference.answer import (
+        DEFAULT_BUNDLE as DEFAULT_BUNDLE,
+        Answer as Answer,
+        Answerer as Answerer,
+        Calibrations as Calibrations,
+        load_answerer as load_answerer,
+    )
+    from inference.baselines import (
+        KINDS as KINDS,
+        FeatureModel as FeatureModel,
+        load_feature_model as load_feature_model,
+    )
+    from inference.calibration import (
+        CalibrationConfig as CalibrationConfig,
+        CalibrationStore as CalibrationStore,
+        Calibrator as Calibrator,
+        Reference as Reference,
+    )
+    from inference.checkpoint import (
+        DEFAULT_MODEL as DEFAULT_MODEL,
+        Checkpoint as Checkpoint,
+        load_checkpoint as load_checkpoint,
+        save_checkpoint as save_checkpoint,
+    )
+    from inference.dataset import (
+        MAX_MISSING_FRACTION as MAX_MISSING_FRACTION,
+        Normalizer as Normalizer,
+        WindowSet as WindowSet,
+        is_low_quality as is_low_quality,
+        windows_from_messages as windows_from_messages,
+    )
+    from inference.features import FEATURES as FEATURES, window_features as window_features
+    from inference.model import (
+        FUSIONS as FUSIONS,
+        M3Sense as M3Sense,
+        ModelConfig as ModelConfig,
+        ModelOutput as ModelOutput,
+        count_parameters as count_parameters,
+        kl_to_standard_normal as kl_to_standard_normal,
+    )
+    from inference.predict import Predictor as Predictor, affect_meta as affect_meta

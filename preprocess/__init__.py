@@ -4,6 +4,8 @@ The live node (``m3sense preprocess``) and the offline training path
 (:func:`recording_windows`) run the same :class:`Preprocessor` / :class:`DeviceWindower`.
 """
 
+from typing import TYPE_CHECKING
+
 from common.lazy import lazy_surface
 
 __all__, __getattr__, __dir__ = lazy_surface(
@@ -27,3 +29,20 @@ __all__, __getattr__, __dir__ = lazy_surface(
         "WindowConfig": "windower",
     },
 )
+
+if TYPE_CHECKING:  # the same names, for the type checker (at run time they load on first use)
+    from preprocess.filters import FILTERS as FILTERS, FilterSpec as FilterSpec, StreamingFilter as StreamingFilter
+    from preprocess.offline import recording_windows as recording_windows
+    from preprocess.preprocessor import Preprocessor as Preprocessor
+    from preprocess.quality import QualityRules as QualityRules
+    from preprocess.window import (
+        LABEL_CLASSES as LABEL_CLASSES,
+        MODALITIES as MODALITIES,
+        RATES_HZ as RATES_HZ,
+        SIZES as SIZES,
+        WINDOW_S as WINDOW_S,
+        DeviceEnd as DeviceEnd,
+        Quality as Quality,
+        Window as Window,
+    )
+    from preprocess.windower import DeviceWindower as DeviceWindower, WindowConfig as WindowConfig

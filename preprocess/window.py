@@ -37,8 +37,7 @@ from typing import Any
 import numpy as np
 
 from bus import WINDOW, Message
-from e4 import CHANNELS, TASK_CLASSES
-from e4 import RATES_HZ as E4_RATES_HZ
+from e4 import CHANNELS, RATES_HZ as E4_RATES_HZ, TASK_CLASSES
 
 WINDOW_S = 20.0
 

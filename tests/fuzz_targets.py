@@ -32,8 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from hypothesis import HealthCheck, Phase, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, Phase, given, settings, strategies as st
 from hypothesis.extra import numpy as hnp
 
 from bus import MalformedMessage, Message, decode, encode
@@ -921,8 +920,7 @@ def _base_stream(seed: int) -> tuple[Message, ...]:
     """A replayed 26 s wristband (labelled, a window's worth) as the bus carries it, in 2 s
     chunks (the wristband's own packets would make each case ten times dearer for no new paths)."""
     from replay import LabelInterval
-    from tests.preprocess_helpers import T0 as REC_T0
-    from tests.preprocess_helpers import chunk_messages, every, make_recording
+    from tests.preprocess_helpers import T0 as REC_T0, chunk_messages, every, make_recording
 
     rec = make_recording(
         26.0,
