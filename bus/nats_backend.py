@@ -15,9 +15,11 @@ the codec's frames after the topic (header, samples, arrays) behind a small leng
   restarted stage resumes where its last acknowledgement left it. A message is acknowledged only
   once it has been handled: by default when the stage asks for the next one; with
   ``acks="explicit"`` when the stage calls :meth:`NatsSubscriber.done` (inference: after the
-  answer is published). Either way the acknowledgement waits until the JetStream server has
-  acknowledged everything this process published before it, so a kill -9 at any point leaves the
-  message to be delivered again. At least once, then; the store's unique keys make it exactly once.
+  answer is published), fetching a model batch's worth at a time; ``acks="flushed"`` the same
+  with full fetches (the store: at its next sink flush, for everything it handled). Either way
+  the acknowledgement waits until the JetStream server has acknowledged everything this process
+  published before it, so a kill -9 at any point leaves the message to be delivered again. At
+  least once, then; the store's unique keys make it exactly once.
 - Without a consumer name (``tap``, ``run``'s own watcher, benches) a subscriber is a plain core
   NATS subscription: it sees what flows from now on and holds nothing on the server, as on ZeroMQ.
 
@@ -535,8 +537,8 @@ class NatsSubscriber:
         consumer: str | None = None,
         acks: str = "next",
     ) -> None:
-        if acks not in ("next", "explicit"):
-            raise ValueError(f"acks must be 'next' or 'explicit', not {acks!r}")
+        if acks not in ("next", "explicit", "flushed"):
+            raise ValueError(f"acks must be 'next', 'explicit' or 'flushed', not {acks!r}")
         self.bus = bus
         self.security = security or current()
         self.servers = _check_security(bus, self.security)
@@ -571,27 +573,16 @@ class NatsSubscriber:
         return self
 
     async def _durable(self, js: Any) -> Any:
-        desc = _DESCRIPTION + json.dumps(self.prefixes)
-        try:
-            info = await js.consumer_info(STREAM, self.consumer)
-        except nats.js.errors.NotFoundError:
-            info = None
-        if info is not None and info.config.filter_subject != self.subject:
-            raise NatsUnreachable(
-                f"consumer {self.consumer!r} on {self.bus} filters {info.config.filter_subject}, this stage needs "
-                f"{self.subject}: give --consumer another name, or delete it (nats consumer rm {STREAM} "
-                f"{self.consumer})"
-            )
-        config = api.ConsumerConfig(
-            durable_name=self.consumer,
-            description=desc,
-            deliver_policy=api.DeliverPolicy.NEW,
-            ack_policy=api.AckPolicy.EXPLICIT,
-            ack_wait=ACK_WAIT_S,
+        assert self.consumer is not None
+        sub, _ = await open_durable(
+            js,
+            self.consumer,
+            self.subject,
+            _DESCRIPTION + json.dumps(self.prefixes),
             max_ack_pending=20_000,
-            filter_subject=self.subject,
+            rename_hint=f"give --consumer another name on {self.bus}",
         )
-        return await js.pull_subscribe(self.subject, durable=self.consumer, stream=STREAM, config=config)
+        return sub
 
     async def __aexit__(self, *_: Any) -> None:
         try:
@@ -612,7 +603,7 @@ class NatsSubscriber:
             asyncio.get_running_loop().create_task(self.aclose())
 
     def done(self, msg: Message) -> None:
-        """Say that ``msg`` has been handled (``acks="explicit"``); it is acknowledged once this
+        """Say that ``msg`` has been handled (``acks="explicit"`` or ``"flushed"``); it is acknowledged once this
         process's publications so far are stored. A no-op for other subscribers."""
         nmsg = self._delivered.pop(id(msg), None)
         if nmsg is not None:
@@ -688,6 +679,53 @@ class NatsSubscriber:
                 yield await self.recv(poll_s)
             except TimeoutError:
                 pass
+
+
+async def open_durable(
+    js: Any, name: str, subject: str, description: str, *, max_ack_pending: int, rename_hint: str
+) -> tuple[Any, int | None]:
+    """The durable pull consumer ``name`` filtering ``subject``, created if missing, bound and
+    ready to fetch; with the stream sequence it resumed at (None: nothing to resume).
+
+    A consumer whose last user left messages unacknowledged (delivered past its ack floor: the
+    process died holding them) is made again at the first of them, so they come at once and in
+    order, before anything newer, instead of after the ack wait and behind newer messages (a
+    store's window ledger would count them lost meanwhile). A new consumer starts at the next
+    published message and keeps that sequence in its config: the floor to resume from if its
+    user dies before acknowledging anything (its ack floor then reads 0). One consumer, one live
+    user: a worker group's leases (:mod:`bus.shards`) or one stage per ``--consumer`` name."""
+    try:
+        info = await js.consumer_info(STREAM, name)
+    except nats.js.errors.NotFoundError:
+        info = None
+    if info is not None and info.config.filter_subject != subject:
+        raise NatsUnreachable(
+            f"consumer {name!r} filters {info.config.filter_subject}, this stage needs {subject}: "
+            f"{rename_hint}, or delete it (nats consumer rm {STREAM} {name})"
+        )
+    last = (await js.stream_info(STREAM)).state.last_seq
+    config = api.ConsumerConfig(
+        durable_name=name,
+        description=description,
+        deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
+        opt_start_seq=last + 1,
+        ack_policy=api.AckPolicy.EXPLICIT,
+        ack_wait=ACK_WAIT_S,
+        max_ack_pending=max_ack_pending,
+        filter_subject=subject,
+    )
+    resumed = None
+    if info is not None and info.delivered.stream_seq > info.ack_floor.stream_seq:
+        await js.delete_consumer(STREAM, name)
+        resumed = config.opt_start_seq = max(info.ack_floor.stream_seq + 1, info.config.opt_start_seq or 1)
+        info = None
+        log.info("consumer %s resumes at stream sequence %d (its last user left work unacknowledged)", name, resumed)
+    if info is None:
+        try:
+            await js.add_consumer(STREAM, config)
+        except nats.js.errors.BadRequestError:  # made by another worker meanwhile: it is the same one
+            pass
+    return await js.pull_subscribe_bind(durable=name, stream=STREAM), resumed
 
 
 class Fetcher:

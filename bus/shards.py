@@ -47,12 +47,9 @@ from nats.js import api
 from bus.message import Message
 from bus.nats_backend import (
     ACK_EVERY,
-    ACK_WAIT_S,
     FETCH_BATCH,
     FETCH_BATCH_EXPLICIT,
-    STREAM,
     Fetcher,
-    NatsUnreachable,
     _check_security,
     _publications_stored,
     _replicas,
@@ -60,6 +57,7 @@ from bus.nats_backend import (
     connect,
     ensure_stream,
     filter_for,
+    open_durable,
     shard_description,
 )
 from bus.partitions import PARTITIONS, assigned, check_group, describe, partition_of, token
@@ -251,45 +249,20 @@ class ShardedSubscriber:
             self.on_owned(set(self.owned))
 
     async def _take(self, p: int, revision: int) -> None:
-        name = self.spec.consumer(p)
-        subject = filter_for(self.prefixes, p)
-        try:
-            info = await self._js.consumer_info(STREAM, name)
-        except nats.js.errors.NotFoundError:
-            info = None
-        if info is not None and info.config.filter_subject != subject:
-            raise NatsUnreachable(
-                f"consumer {name!r} on {self.bus} filters {info.config.filter_subject}, this stage needs {subject}: "
-                f"give --workers-group another name, or delete it (nats consumer rm {STREAM} {name})"
-            )
-        # what is published from now on, starting at a sequence it keeps in its config: the floor to
-        # resume from if its owner dies before acknowledging anything (the ack floor then reads 0)
-        last = (await self._js.stream_info(STREAM)).state.last_seq
-        config = api.ConsumerConfig(
-            durable_name=name,
-            description=shard_description(p, self.prefixes),
-            deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
-            opt_start_seq=last + 1,
-            ack_policy=api.AckPolicy.EXPLICIT,
-            ack_wait=ACK_WAIT_S,
+        sub, resumed = await open_durable(
+            self._js,
+            self.spec.consumer(p),
+            filter_for(self.prefixes, p),
+            shard_description(p, self.prefixes),
             max_ack_pending=MAX_ACK_PENDING,
-            filter_subject=subject,
+            rename_hint=f"give --workers-group another name on {self.bus}",
         )
-        if info is not None and info.delivered.stream_seq > info.ack_floor.stream_seq:
-            # its last owner left work unacknowledged: start again from the first such message, in order
-            await self._js.delete_consumer(STREAM, name)
-            config.opt_start_seq = max(info.ack_floor.stream_seq + 1, info.config.opt_start_seq or 1)
-            info = None
+        if resumed is not None:  # its last owner left work unacknowledged: it comes again, in order
             self.takeovers += 1
-            log.info("group %s: partition %d resumes at stream sequence %d", self.spec.group, p, config.opt_start_seq)
-        if info is None:
-            try:
-                await self._js.add_consumer(STREAM, config)
-            except nats.js.errors.BadRequestError:  # made by another worker meanwhile: it is the same one
-                pass
+            log.info("group %s: partition %d resumes at stream sequence %d", self.spec.group, p, resumed)
         self._generation += 1
         owned = _Owned(self._generation, revision, asyncio.get_running_loop().time())
-        owned.sub = await self._js.pull_subscribe_bind(durable=name, stream=STREAM)
+        owned.sub = sub
         owned.task = asyncio.get_running_loop().create_task(self._fetch(p, owned))
         self.owned[p] = owned
 

@@ -177,6 +177,22 @@ def _targets(args: argparse.Namespace) -> list:
     return targets
 
 
+def _check_flush_against_ack_wait(bus: str, flush_interval_s: float) -> None:
+    """On NATS a message is acknowledged after the flush that stores it: a flush interval near the
+    consumer's ack wait would have the stream deliver the store's held messages again."""
+    from bus.endpoints import is_nats
+
+    if not is_nats(bus):
+        return
+    from bus.nats_backend import ACK_WAIT_S
+
+    if flush_interval_s > ACK_WAIT_S / 2:
+        raise UserError(
+            f"--flush-interval-s {flush_interval_s:g}: on NATS the store acknowledges a message after the flush "
+            f"that stores it, so flush at least twice per ack wait ({ACK_WAIT_S:g} s): at most {ACK_WAIT_S / 2:g}"
+        )
+
+
 def _store(args: argparse.Namespace) -> int:
     """Run the store; whatever ends it, say what became of the records (and, with --json,
     print the one JSON object ``m3sense run`` reads)."""
@@ -193,6 +209,7 @@ def _store(args: argparse.Namespace) -> int:
         outcome = StoreOutcome(sink=targets[0].address)
         if args.flush_interval <= 0 or args.max_spool_mb <= 0:
             raise UserError("--flush-interval and --max-spool-mb must be > 0")
+        _check_flush_against_ack_wait(args.bus, args.flush_interval)
         rules = None
         if args.alerts is not None:
             from storage.alerts import load_rules

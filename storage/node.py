@@ -16,6 +16,12 @@ Losses before the store are counted in windows by a :class:`WindowLedger` (see
 :mod:`storage.positions`) and stored as ``bus_gap`` status records with ``detail``
 ``{"topic": "affect/<device>/", "unit": "windows", "by": ...}`` and the count as value; the
 ledger is saved after every flush, so a restarted store counts what it had not flushed.
+
+On a NATS bus the store's durable consumer acknowledges a message only after the flush that put
+its records in the sink (``acks="flushed"``): a store killed with ``-9`` gets what it had not
+flushed again from the stream, and the sink's keys keep one row per record. (What a message
+added to a physiology bin still open at the kill, at most one second of 1 Hz physiology, is not
+rebuilt.)
 """
 
 from __future__ import annotations
@@ -77,6 +83,10 @@ class StoreNode:
         self.ledger_file = ledger_file or LedgerFile(None)
         self.ledger: WindowLedger = self.ledger_file.load()
         self.metrics = metrics  # a bus.metrics.StageMetrics, or None
+        #: handled messages whose records are not yet known to be in the sink: acknowledged (on a
+        #: NATS durable consumer) only after the flush that commits them, so a store killed before
+        #: it gets them again and its keys keep one row each
+        self._unacked: list[Message] = []
 
     @property
     def lost_windows(self) -> int:
@@ -90,8 +100,12 @@ class StoreNode:
 
     async def _flush(self) -> None:
         snapshot = self.ledger.to_json()  # what was handed to the sink before this flush
+        held, self._unacked = self._unacked, []  # their records were handed to the sink before it too
         await self.sink.flush()
         self.ledger_file.save(snapshot)
+        if self.subscriber is not None:
+            for msg in held:
+                self.subscriber.done(msg)
 
     def malformed(self) -> Counter:
         """Messages dropped as malformed, by kind: by the bus decoder, then by the record builders."""
@@ -136,6 +150,7 @@ class StoreNode:
                 await self._announcer.publish(
                     STORED, msg.device, STORED, t0_s=msg.t0_s, fs_hz=0.0, meta={"event": "end"}
                 )
+            self._unacked.append(msg)  # acknowledged at the next flush, after the announcement
             self.processed += 1
             self._progress.set()
             return
@@ -155,13 +170,14 @@ class StoreNode:
             self.records += len(records)
             if self._taken() != taken:  # the sink committed a full batch by itself, these records included
                 self.ledger_file.save(self.ledger.to_json())
+        self._unacked.append(msg)  # after its records were handed to the sink: the next flush covers them
         self.processed += 1
         self._progress.set()
 
     async def run(self, stop: asyncio.Event, on_ready: OnReady | None = None) -> None:
         """Store until ``stop`` is set, then drain and flush; ``on_ready(bus)`` once subscribed."""
         async with (
-            Subscriber(self.bus, PREFIXES) as sub,
+            Subscriber(self.bus, PREFIXES, acks="flushed") as sub,
             Publisher(self.bus, flush_timeout_s=ANNOUNCE_FLUSH_S) as announcer,
         ):
             self.subscriber, self._announcer = sub, announcer

@@ -218,6 +218,32 @@ def test_run_on_nats_stores_what_run_on_zeromq_stores(
 
 
 @NEEDS_NATS
+def test_kill_9_of_the_store_gets_back_what_it_had_not_flushed(
+    nats_server: NatsServer, procs: list[Proc], tmp_path: Path, model: Path, recording, monkeypatch
+) -> None:
+    """The store acknowledges a message only after the flush that stores its records: killed with
+    -9 between flushes (1 s apart, so the kill lands with answers in hand), the restarted store
+    gets those messages again and every window is stored exactly once, none counted lost."""
+    monkeypatch.setenv("M3SENSE_NATS_ACK_WAIT_S", "3")  # what the dead store held comes again after 3 s
+    src, truth = recording
+    pipe = Pipeline(nats_server.bus, procs, tmp_path, model, store_flush_s=1.0)
+    pipe.replay_killing(src, "store")
+    windows, lost = pipe.stored()
+    assert windows == {device: len(expected) for device, expected in truth.items()}, (windows, lost)
+    assert lost == {}, "a store killed between flushes gets its unflushed messages again"
+    with sqlite3.connect(pipe.db) as conn:
+        per_window = conn.execute("SELECT count(*), count(DISTINCT device || task || t_start_s) FROM affect").fetchone()
+    assert per_window[0] == per_window[1] == 2 * sum(len(e) for e in truth.values())  # two tasks, once each
+
+
+def test_the_store_refuses_a_flush_interval_the_nats_ack_wait_would_outrun() -> None:
+    proc = run_cli(
+        "store", "--bus", f"nats://127.0.0.1:{free_port()}", "--sink", "sqlite:x.db", "--flush-interval-s", "20"
+    )
+    assert proc.returncode == 2 and "ack wait" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+@NEEDS_NATS
 def test_kill_9_of_infer_resumes_its_durable_consumer(
     nats_server: NatsServer, procs: list[Proc], tmp_path: Path, model: Path, recording, monkeypatch
 ) -> None:

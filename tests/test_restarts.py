@@ -64,7 +64,7 @@ class Pipeline:
     """store, infer and preprocess on the bus at ``bus`` (a hub's or a NATS server's address), each a
     process started (and restarted) by hand."""
 
-    def __init__(self, bus: str, procs: list[Proc], tmp_path: Path, model: Path) -> None:
+    def __init__(self, bus: str, procs: list[Proc], tmp_path: Path, model: Path, store_flush_s: float = 0.2) -> None:
         self.db = tmp_path / "affect.db"
         self.args = {
             "store": [
@@ -74,7 +74,7 @@ class Pipeline:
                 "--sink",
                 f"sqlite:{self.db}",
                 "--flush-interval",
-                "0.2",
+                str(store_flush_s),
                 "--positions",
                 str(tmp_path / "positions.json"),
             ],
