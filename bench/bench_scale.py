@@ -109,7 +109,7 @@ async def _gateway(args: argparse.Namespace) -> None:
     recs = fleet(args.devices, args.seconds, args.seed, args.gateway, args.gateways)
     cpu0 = resource.getrusage(resource.RUSAGE_SELF)
     async with Publisher(args.bus) as pub:
-        stats = await replay(recs, pub, speed=1.0, wait_s=120.0)
+        stats = await replay(recs, pub, speed=1.0, wait_s=120.0, packet_s=args.packet_s)
     cpu1 = resource.getrusage(resource.RUSAGE_SELF)
     cpu = (cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime)
     report = {
@@ -356,6 +356,7 @@ async def run_once(
     folder: Path,
     profile: Path | None = None,
     workers: tuple[int, int] = (1, 1),
+    packet_s: float | None = None,
 ) -> RunResult:
     res = RunResult(kind=kind, devices=n, seconds=seconds)
     bases = base_recordings(n, seconds, seed)
@@ -428,6 +429,7 @@ async def run_once(
                 bus.address,
                 "--out",
                 str(outs[i]),
+                *(("--packet-s", str(packet_s)) if packet_s else ()),
             )
             for i in range(gateways)
         ]
@@ -546,6 +548,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument(
         "--keep", type=Path, default=None, help="keep the stages' logs, stores and NATS data in this folder"
     )
+    ap.add_argument(
+        "--packet-s",
+        type=float,
+        default=None,
+        help="gateways send about S seconds of each signal per message (replay --packet-s); latency is "
+        "still measured from when the wristband's own packet was due, so the wait counts against it",
+    )
     ap.add_argument("--gateway", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--bus-address", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--out", default=None, help=argparse.SUPPRESS)
@@ -578,6 +587,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                         folder,
                         args.profile,
                         (args.preprocess_workers, args.infer_workers),
+                        args.packet_s,
                     )
                 )
                 print_result(res)

@@ -27,9 +27,17 @@ PACKET_SAMPLES = {"bvp": 11, "acc": 6, "eda": 6, "temp": 4, "hr": 1}
 _Entry = tuple
 
 
-def _periodic(rec: Recording, modality: str) -> Iterator[_Entry]:
-    sig = rec.signals[modality]
+def packet_samples(modality: str, fs_hz: float, packet_s: float | None = None) -> int:
+    """Samples per message: the wristband's packet, or about ``packet_s`` seconds of the stream
+    when that is more (a gateway relaying many wristbands sends fewer, larger messages; each
+    sample then waits up to ``packet_s`` longer before it is sent)."""
     size = PACKET_SAMPLES[modality]
+    return size if packet_s is None else max(size, round(packet_s * fs_hz))
+
+
+def _periodic(rec: Recording, modality: str, packet_s: float | None) -> Iterator[_Entry]:
+    sig = rec.signals[modality]
+    size = packet_samples(modality, sig.fs_hz, packet_s)
     step = (size - 1) / sig.fs_hz
     for start in range(0, sig.n, size):
         chunk = sig.values[start : start + size]
@@ -65,9 +73,12 @@ def _status(device: str, seq: int, t_s: float, meta: dict[str, Any]) -> Message:
     return Message(kind=STATUS, device=device, modality=STATUS, seq=seq, t0_s=t_s, fs_hz=0.0, meta=meta)
 
 
-def recording_messages(rec: Recording, *, source: str = "replay") -> Iterator[tuple[float, Message]]:
+def recording_messages(
+    rec: Recording, *, source: str = "replay", packet_s: float | None = None
+) -> Iterator[tuple[float, Message]]:
     """``(due_s, message)`` pairs in due order, sequence numbers per topic from 0, framed by
-    ``status`` start and end messages."""
+    ``status`` start and end messages; ``packet_s`` (see :func:`packet_samples`) gathers each
+    signal into messages of about that many seconds instead of the wristband's packets."""
     seq = SequenceCounter()
     device = rec.device
     start = rec.start_s
@@ -77,7 +88,7 @@ def recording_messages(rec: Recording, *, source: str = "replay") -> Iterator[tu
         _status(device, seq.next(status_topic), start, {"event": "start", "source": source, "recording": rec.source}),
     )
     topics: dict[str, str] = {}
-    streams = [_periodic(rec, m) for m in rec.signals] + [iter(sorted(_events(rec), key=_key))]
+    streams = [_periodic(rec, m, packet_s) for m in rec.signals] + [iter(sorted(_events(rec), key=_key))]
     last = start
     for due, _, kind, modality, t0, fs, samples, meta in heapq.merge(*streams, key=_key):
         topic = topics.get(modality)

@@ -7,7 +7,15 @@ import math
 import sys
 
 from bus.cli import add_bus_option
-from common.argtypes import deprecated_alias, non_negative_int, positive_int, positive_minutes, speed, wait_seconds
+from common.argtypes import (
+    deprecated_alias,
+    non_negative_int,
+    positive_int,
+    positive_minutes,
+    positive_seconds,
+    speed,
+    wait_seconds,
+)
 from common.errors import UserError
 from common.summary import add_json_option, print_summary
 
@@ -47,6 +55,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("--device", help="device id to publish under (one recording only; default from the file name)")
+    p.add_argument(
+        "--packet-s",
+        type=_packet_seconds,
+        default=None,
+        metavar="S",
+        help="send about S seconds of each signal per message instead of the wristband's packets (BVP 11 "
+        "samples, ACC 6, EDA 6, TEMP 4): fewer, larger messages for a gateway relaying many wristbands, each "
+        "sample up to S later (0 < S <= 5; default: the wristband's packets)",
+    )
     add_json_option(p, "finished, devices, messages, samples, recorded_s, wall_s")
     p.set_defaults(func=_replay)
 
@@ -85,6 +102,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.set_defaults(func=_simulate)
 
 
+def _packet_seconds(text: str) -> float:
+    value = positive_seconds(text)
+    if value > 5.0:  # a window hop: longer would hold every window back by more than the hop
+        raise argparse.ArgumentTypeError(f"expected at most 5 seconds per message, got {text!r}")
+    return value
+
+
 def _replay(args: argparse.Namespace) -> int:
     from bus import Publisher
     from common.aio import Stop, run_until_signal
@@ -107,7 +131,8 @@ def _replay(args: argparse.Namespace) -> int:
     async def main(stop: Stop) -> int:
         async with Publisher(args.bus) as pub:  # a stopped replay still flushes what it sent
             print(f"replay: publishing {len(recordings)} device(s) on {args.bus}", file=sys.stderr, flush=True)
-            st = await stop.first(replay(recordings, pub, speed=args.speed, wait_s=args.wait, progress=progress))
+            run = replay(recordings, pub, speed=args.speed, wait_s=args.wait, progress=progress, packet_s=args.packet_s)
+            st = await stop.first(run)
         if st is None:
             print(f"replay: stopped by {stop.signal.name if stop.signal else 'request'}", file=sys.stderr)
             return 0

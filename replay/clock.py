@@ -37,12 +37,12 @@ class ReplayStats:
     announced: int = 0
 
 
-def merged_messages(recordings: Sequence[Recording]) -> Iterator[tuple[float, Message]]:
+def merged_messages(recordings: Sequence[Recording], packet_s: float | None = None) -> Iterator[tuple[float, Message]]:
     """``(offset_s, message)`` of all recordings, by offset from each recording's own start."""
 
     def shifted(rec: Recording) -> Iterator[tuple[float, Message]]:
         start = rec.start_s
-        return ((due - start, msg) for due, msg in recording_messages(rec))
+        return ((due - start, msg) for due, msg in recording_messages(rec, packet_s=packet_s))
 
     return heapq.merge(*(shifted(r) for r in recordings), key=lambda e: e[0])
 
@@ -54,8 +54,11 @@ async def replay(
     speed: float,
     wait_s: float | None,
     progress: Callable[[ReplayStats], None] | None = None,
+    packet_s: float | None = None,
 ) -> ReplayStats:
-    """Publish the recordings through ``pub``; returns what was sent.
+    """Publish the recordings through ``pub``; returns what was sent. ``packet_s``: messages of
+    about that many seconds of each signal instead of the wristband's packets (see
+    :func:`replay.chunks.packet_samples`).
 
     Waits first (up to ``wait_s``; ``None`` forever, 0 not at all) until every topic
     has a subscriber, so that subscribers started before or just after lose nothing.
@@ -79,7 +82,7 @@ async def replay(
     # status and label messages are renumbered here, so announcements can be slotted in between
     numbers = SequenceCounter()
     topics_by_device = {r.device: [*topics_of(r), topic_for(STATUS, r.device)] for r in recordings}
-    for i, (offset, msg) in enumerate(merged_messages(recordings)):
+    for i, (offset, msg) in enumerate(merged_messages(recordings, packet_s)):
         if not math.isinf(speed):
             delay = started + offset / speed - loop.time()
             if delay > 0:
