@@ -83,8 +83,15 @@ def test_cancelling_the_node_flushes_pending_windows(hub: Hub, bus_address: str)
     messages = [msg for _, msg in recording_messages(rec)][:-1]  # no end: the device is still open
 
     async def scenario() -> list[Window]:
-        ready = asyncio.Event()
-        node = asyncio.create_task(serve(bus_address, on_ready=lambda _bus: ready.set()))
+        ready, took_all = asyncio.Event(), asyncio.Event()
+
+        def report(counters) -> None:  # called after the node handled what it received
+            if counters["bus_received"] >= len(messages):
+                took_all.set()
+
+        node = asyncio.create_task(
+            serve(bus_address, on_ready=lambda _bus: ready.set(), report=report, report_every_s=0.05)
+        )
         await ready.wait()
         async with Subscriber(bus_address, ["window/cut/"]) as sub, Publisher(bus_address) as pub:
             assert await pub.wait_for_subscribers([*topics_of(rec), "window/cut/"], 30) == []
@@ -92,6 +99,7 @@ def test_cancelling_the_node_flushes_pending_windows(hub: Hub, bus_address: str)
                 await pub.send(msg)
             await pub.flush()
             first = [Window.from_message(await sub.recv(30)) for _ in range(4)]  # complete ones come on their own
+            await took_all.wait()  # every sample is in the node's hands: the flushed window is whole
             node.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await node
