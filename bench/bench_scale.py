@@ -50,6 +50,7 @@ if str(ROOT) not in sys.path:  # run as a script: the tests' server fixtures liv
 
 from bus import Publisher, Subscriber, free_bus_address, topic_for  # noqa: E402
 from preprocess import Preprocessor  # noqa: E402
+from preprocess.windower import WindowConfig, grid_phase_s  # noqa: E402
 from replay import simulate_recordings  # noqa: E402
 from replay.chunks import recording_messages  # noqa: E402
 from replay.clock import replay  # noqa: E402
@@ -78,11 +79,11 @@ def fleet(n: int, seconds: float, seed: int, gateway: int | None = None, gateway
     return [replace(bases[i % len(bases)], device=ids[i]) for i in chosen]
 
 
-def window_deadlines(rec: Recording) -> dict[float, float]:
+def window_deadlines(rec: Recording, config: WindowConfig | None = None) -> dict[float, float]:
     """Per window (by its end, data time) the offset from the recording's start at which the
     last packet it needs was due: our own windower run over the replay's messages in due order
     says which message completes each window (its end, end of recording, closes the last)."""
-    pre = Preprocessor()
+    pre = Preprocessor(config)
     out: dict[float, float] = {}
     for due, msg in recording_messages(rec):
         for w in pre.push(msg, now_s=due):
@@ -357,12 +358,22 @@ async def run_once(
     profile: Path | None = None,
     workers: tuple[int, int] = (1, 1),
     packet_s: float | None = None,
+    stagger: bool = False,
 ) -> RunResult:
     res = RunResult(kind=kind, devices=n, seconds=seconds)
     bases = base_recordings(n, seconds, seed)
-    deadlines = [window_deadlines(r) for r in bases]
     ids = device_ids(n)
-    res.expected = sum(len(deadlines[i % len(bases)]) for i in range(n))
+    config = WindowConfig(stagger=stagger)
+    by_phase: dict[tuple[int, float], dict[float, float]] = {}  # (base, grid phase): its windows' deadlines
+    for i, device in enumerate(ids):
+        b, phase = i % len(bases), grid_phase_s(device, config.hop_s) if stagger else 0.0
+        if (b, phase) not in by_phase:
+            by_phase[b, phase] = window_deadlines(replace(bases[b], device=device), config)
+    deadlines = {
+        device: by_phase[i % len(bases), grid_phase_s(device, config.hop_s) if stagger else 0.0]
+        for i, device in enumerate(ids)
+    }
+    res.expected = sum(len(d) for d in deadlines.values())
     db = folder / f"{kind}-{n}.db"
     bus = Bus(kind, folder / f"{kind}-{n}-bus")
     stages: list[StageProcess] = []
@@ -375,7 +386,7 @@ async def run_once(
         sharded = kind == "nats" and (workers[0] > 1 or workers[1] > 1)
         for stage, argv, count, group in (
             ("infer", ["infer", *on_bus, "--state-dir", "none"], workers[1], "inf"),
-            ("preprocess", ["preprocess", *on_bus], workers[0], "pre"),
+            ("preprocess", ["preprocess", *on_bus, *(["--stagger"] if stagger else [])], workers[0], "pre"),
         ):
             if sharded:  # every worker of a stage in one group (both stages grouped, so both are partitioned)
                 specs += [(f"{stage}{i}", [*argv, "--workers-group", group]) for i in range(count)]
@@ -477,7 +488,7 @@ async def run_once(
         hops: dict[str, list[float]] = {"preprocess": [], "infer": [], "store": []}
         for device, t in stored:
             key = (device, round(t, 3))
-            due = deadlines[int(device[1:]) % len(bases)].get(key[1])
+            due = deadlines[device].get(key[1])
             landed = watcher.seen.get(key)
             if due is None or landed is None:
                 res.unobserved += 1
@@ -555,6 +566,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="gateways send about S seconds of each signal per message (replay --packet-s); latency is "
         "still measured from when the wristband's own packet was due, so the wait counts against it",
     )
+    ap.add_argument(
+        "--stagger",
+        action="store_true",
+        help="preprocess --stagger: each wristband's windows on its own grid phase, not all closing at once",
+    )
     ap.add_argument("--gateway", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--bus-address", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--out", default=None, help=argparse.SUPPRESS)
@@ -588,6 +604,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                         args.profile,
                         (args.preprocess_workers, args.infer_workers),
                         args.packet_s,
+                        args.stagger,
                     )
                 )
                 print_result(res)

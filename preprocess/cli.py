@@ -5,12 +5,16 @@ from __future__ import annotations
 import argparse
 import sys
 from collections import Counter
+from typing import TYPE_CHECKING
 
 from bus.cli import add_bus_option
 from bus.metrics import add_metrics_options
 from bus.workers_cli import add_workers_options, workers_spec
 from common.argtypes import deprecated_alias, positive_seconds
 from common.summary import add_json_option
+
+if TYPE_CHECKING:
+    from preprocess.windower import WindowConfig
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -86,6 +90,15 @@ def register(sub: argparse._SubParsersAction) -> None:
             help="print counters every S seconds (default 30)",
         ),
     )
+    p.add_argument(
+        "--stagger",
+        action="store_true",
+        help=(
+            "shift each device's window grid by its own phase (0 to hop, from its id) so that many wristbands "
+            "on one clock close their windows spread over the hop instead of all at once: steadier load and "
+            "lower latency for a fleet; windows of different devices then start at different times"
+        ),
+    )
     add_metrics_options(p)
     add_json_option(p, "counters (the last line's counts: windows, messages, bus_missing, ...)")
     p.set_defaults(func=_preprocess)
@@ -115,6 +128,17 @@ def format_counters(c: Counter) -> str:
     return head + (f"; {rest}" if rest else "")
 
 
+def window_config(args: argparse.Namespace) -> WindowConfig:
+    """The windowing flags as a :class:`WindowConfig`; a bad combination is a user error."""
+    from common.errors import UserError
+    from preprocess.windower import WindowConfig
+
+    try:
+        return WindowConfig(hop_s=args.hop, late_s=args.late, max_gap_s=args.max_gap, stagger=args.stagger)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+
+
 def _preprocess(args: argparse.Namespace) -> int:
     if (spec := workers_spec(args, "preprocess")) is not None:
         if args.json:
@@ -128,12 +152,8 @@ def _preprocess(args: argparse.Namespace) -> int:
     from common.counting import run_counting
     from common.errors import UserError
     from preprocess.node import SUBSCRIPTIONS, serve
-    from preprocess.windower import WindowConfig
 
-    try:
-        config = WindowConfig(hop_s=args.hop, late_s=args.late, max_gap_s=args.max_gap)
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
+    config = window_config(args)
 
     def ready(bus: str) -> None:
         print(f"preprocess: subscribed to {' '.join(SUBSCRIPTIONS)} on {bus}", file=sys.stderr, flush=True)

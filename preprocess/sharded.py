@@ -287,13 +287,9 @@ def run_worker(args: Any, spec: ShardSpec) -> int:
     from bus.metrics import start_metrics
     from bus.shards import owned_line
     from common.aio import run_until_signal
-    from common.errors import UserError
-    from preprocess.cli import format_counters
+    from preprocess.cli import format_counters, window_config
 
-    try:
-        config = WindowConfig(hop_s=args.hop, late_s=args.late, max_gap_s=args.max_gap)
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
+    config = window_config(args)
 
     def say(line: str) -> None:
         print(line, file=sys.stderr, flush=True)

@@ -6,7 +6,12 @@ Theory of operation.
 rate ``fs`` is the instant ``n / fs`` (Unix seconds), and a sample with timestamp ``t`` goes to
 slot ``round(t * fs)``, whatever order it arrives in. Windows start on multiples of the hop
 (``k * hop_s``), so devices and replays agree on where windows fall; the first window of a
-stretch of data is the first grid window that starts at or after its first sample.
+stretch of data is the first grid window that starts at or after its first sample. With
+``stagger`` each device's grid is shifted by its own phase (``k * hop_s + phase``, the phase a
+whole number of 0.25 s below the hop, from a CRC of the device id, so every process and replay
+finds the same one): wristbands on one clock then close their windows spread over the hop
+instead of all at the same instant, and a fleet's windows reach inference as a steady stream,
+not one burst every hop (the burst is what the last window of it waits for).
 
 *Buffers.* Per modality a buffer holds, by slot, the raw value, flag bits (measured, invalid,
 late, duplicate, timing) and the filtered value. Only what the next window still needs is kept.
@@ -44,6 +49,7 @@ windows' worth of samples, is dropped whole (``bad_rate``, ``oversized``).
 from __future__ import annotations
 
 import math
+import zlib
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from operator import itemgetter
@@ -87,6 +93,8 @@ class WindowConfig:
     late_s: float = 4.0
     max_gap_s: float = 30.0
     min_present_fraction: float = 0.5
+    #: shift each device's grid by its own :func:`grid_phase_s` (see the module's *Grid*)
+    stagger: bool = False
     rules: QualityRules = field(default_factory=QualityRules)
 
     def __post_init__(self) -> None:
@@ -98,6 +106,13 @@ class WindowConfig:
             raise ValueError(f"late_s must exceed the longest filter delay ({longest_delay} s), got {self.late_s}")
         if not self.max_gap_s > 0 or not 0 <= self.min_present_fraction <= 1:
             raise ValueError("max_gap_s must be > 0 and min_present_fraction in [0, 1]")
+
+
+def grid_phase_s(device: str, hop_s: float) -> float:
+    """A device's staggered grid phase in [0, hop_s): a whole number of grid quanta picked by
+    CRC-32 of its id (stable across processes and Python runs, unlike ``hash``)."""
+    steps = round(hop_s / _GRID_QUANTUM_S)
+    return (zlib.crc32(device.encode()) % steps) * _GRID_QUANTUM_S
 
 
 class _Stream:
@@ -355,6 +370,9 @@ class DeviceWindower:
         self.counters: Counter[str] = Counter()
         self.last_data_s: float | None = None  # end of the newest data ever received (survives breaks)
         self._hop_slots = {m: round(self.config.hop_s * RATES_HZ[m]) for m in MODALITIES}
+        #: where this device's grid starts (0 unless staggered); windows start at k * hop + phase
+        self.phase_s = grid_phase_s(device, self.config.hop_s) if self.config.stagger else 0.0
+        self._phase_slots = {m: round(self.phase_s * RATES_HZ[m]) for m in MODALITIES}
         self._max_gap = {m: round(self.config.max_gap_s * RATES_HZ[m]) for m in MODALITIES}
         self._labels: list[tuple[float, float, str, str]] = []
         self._tags: list[float] = []
@@ -362,7 +380,7 @@ class DeviceWindower:
 
     def _reset(self) -> None:
         self._streams = {m: _Stream(m) for m in MODALITIES}
-        self._next_k: int | None = None  # index of the next window (start = k * hop_s)
+        self._next_k: int | None = None  # index of the next window (start = k * hop_s + phase_s)
         self._emitted = False
         self._newest_s: float | None = None  # end of the newest data of any modality
         self._wait: tuple[int, tuple[tuple[_Stream, int], ...], float] | None = None
@@ -429,7 +447,7 @@ class DeviceWindower:
             or (
                 self._emitted
                 and self._next_k is not None
-                and t_first + (n - 1) / fs < self._next_k * self.config.hop_s - self.config.max_gap_s
+                and t_first + (n - 1) / fs < self._start_s(self._next_k) - self.config.max_gap_s
             )
             # before the first window too (found by fuzzing: a chunk at t=0 beside data of today
             # made the buffers span 54 years of slots, terabytes)
@@ -500,14 +518,21 @@ class DeviceWindower:
 
     # ---- output ------------------------------------------------------------------------------
 
+    def _start_s(self, k: int) -> float:
+        """Start of window ``k`` (exact: hop and phase are whole quarter seconds)."""
+        return k * self.config.hop_s + self.phase_s
+
     def _first_k(self) -> int | None:
-        ks = [-(-s.lo // self._hop_slots[m]) for m, s in self._streams.items() if s.lo is not None]
+        phase, hop = self._phase_slots, self._hop_slots
+        ks = [-(-(s.lo - phase[m]) // hop[m]) for m, s in self._streams.items() if s.lo is not None]
         return min(ks) if ks else None
 
     def _ready(self, k: int) -> bool:
         if self._wait is None or self._wait[0] != k:
-            needs = tuple((s, k * self._hop_slots[m] + s.size + s.delay) for m, s in self._streams.items())
-            self._wait = (k, needs, k * self.config.hop_s + WINDOW_S + self.config.late_s)
+            needs = tuple(
+                (s, k * self._hop_slots[m] + self._phase_slots[m] + s.size + s.delay) for m, s in self._streams.items()
+            )
+            self._wait = (k, needs, self._start_s(k) + WINDOW_S + self.config.late_s)
         _, needs, late_at = self._wait
         if self._newest_s is not None and self._newest_s >= late_at:
             return True
@@ -528,7 +553,7 @@ class DeviceWindower:
         if not self._emitted:
             self._next_k = self._first_k()
         until = self._newest_s
-        while self._next_k is not None and until is not None and self._next_k * self.config.hop_s + WINDOW_S <= until:
+        while self._next_k is not None and until is not None and self._start_s(self._next_k) + WINDOW_S <= until:
             out.append(self._emit(self._next_k))
         self._reset()
         return out
@@ -539,7 +564,7 @@ class DeviceWindower:
         late = dup = invalid = 0
         timing = False
         for m, s in self._streams.items():
-            s0 = k * self._hop_slots[m]
+            s0 = k * self._hop_slots[m] + self._phase_slots[m]
             s.advance(s0 + s.size + s.delay, self._max_gap[m])
             signals[m], masks[m], raw[m], flags = s.extract(s0)
             ok[m] = masks[m]
@@ -549,7 +574,7 @@ class DeviceWindower:
             timing |= bool((flags & _TIMING).any())
             s.keep = s0 + self._hop_slots[m]
         quality = assess(raw, ok, invalid=invalid, late=late, duplicates=dup, timing_mismatch=timing, rules=cfg.rules)
-        t_start = k * cfg.hop_s
+        t_start = self._start_s(k)
         t_end = t_start + WINDOW_S
         present = {m: bool(masks[m].mean() >= cfg.min_present_fraction) for m in MODALITIES}
         window = Window(
@@ -567,7 +592,7 @@ class DeviceWindower:
         self._next_k = k + 1
         self._emitted = True
         self.counters["windows"] += 1
-        horizon = self._next_k * cfg.hop_s
+        horizon = self._start_s(self._next_k)
         self._labels = [iv for iv in self._labels if iv[1] > horizon]
         self._tags = [t for t in self._tags if t >= horizon]
         return window
