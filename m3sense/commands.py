@@ -66,6 +66,11 @@ def register(sub: argparse._SubParsersAction) -> None:
             help=f"with --bus nats://...: start N {stage} workers sharing the devices (a worker group, up to 16; "
             "default 1)",
         )
+    r.add_argument(
+        "--stagger",
+        action="store_true",
+        help="preprocess --stagger: each device's windows on its own grid phase (many wristbands live at once)",
+    )
     r.set_defaults(func=_run, bus=None)  # run starts its own hub: on a free loopback port unless --bus names one
 
     d = sub.add_parser(
@@ -115,6 +120,7 @@ def _run(args: argparse.Namespace) -> int:
         max_restarts=max(0, args.max_restarts),
         preprocess_workers=args.preprocess_workers,
         infer_workers=args.infer_workers,
+        stagger=args.stagger,
     )
     from m3sense.reports import finish, run_report
 

@@ -79,6 +79,8 @@ class PipelineConfig:
     #: preprocess and infer workers (more than 1: a worker group each, NATS only; see bus/shards.py)
     preprocess_workers: int = 1
     infer_workers: int = 1
+    #: each device's windows on its own grid phase (preprocess --stagger)
+    stagger: bool = False
 
 
 @dataclass(slots=True)
@@ -216,10 +218,11 @@ def stage_commands(cfg: PipelineConfig, bus: str, positions: str = "none") -> li
         infer += ["--model", cfg.model]
     if cfg.tasks:
         infer += ["--tasks", cfg.tasks]
+    preprocess = ["preprocess", *on_bus, *(["--stagger"] if cfg.stagger else [])]
     return [
         ("store", ["store", *on_bus, "--sink", cfg.sink, *cfg.store_args, "--json", "--positions", positions]),
         *_workers("infer", infer, cfg.infer_workers),
-        *_workers("preprocess", ["preprocess", *on_bus], cfg.preprocess_workers),
+        *_workers("preprocess", preprocess, cfg.preprocess_workers),
     ]
 
 

@@ -4,6 +4,7 @@ phase, so a fleet on one clock does not close every window at the same instant."
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +13,10 @@ from m3sense.cli import build_parser
 from preprocess import Preprocessor, Window, WindowConfig, recording_windows
 from preprocess.cli import window_config
 from preprocess.windower import grid_phase_s
-from replay import LabelInterval, Recording
+from replay import LabelInterval, Recording, read_source
+from storage.connect import read_affect
+from storage.target import parse_sink
+from tests.conftest import run_cli
 from tests.preprocess_helpers import T0, chunk_messages, make_recording
 
 STAGGER = WindowConfig(stagger=True)
@@ -90,3 +94,22 @@ def test_the_command_line_turns_it_on_and_leaves_it_off_by_default() -> None:
     assert window_config(parser.parse_args(["preprocess", "--stagger"])).stagger
     assert not window_config(parser.parse_args(["preprocess"])).stagger
     assert window_config(parser.parse_args(["preprocess", "--stagger", "--hop-s", "20"])).hop_s == 20.0
+
+
+def test_run_with_stagger_stores_every_device_on_its_own_phase(tmp_path: Path) -> None:
+    """``run --stagger`` hands the flag to preprocess: the stored window ends are the staggered
+    offline windows of each recording, and they are not on the plain grid."""
+    out = tmp_path / "sim"
+    run_cli("simulate", str(out), "--minutes", "2", "--seed", "77", "--subjects", "2", check=True)
+    db = tmp_path / "affect.db"
+    run_cli("run", str(out), "--stagger", "--sink", f"sqlite:///{db}", "--tasks", "anxiety", timeout=300, check=True)
+    records = read_affect(parse_sink(f"sqlite:///{db}"))
+    recordings = read_source(out)
+    assert len(recordings) == 2
+    for rec in recordings:
+        expected = [w.t_end_s for w in recording_windows(rec, STAGGER)]
+        stored = sorted(r.time_s for r in records if r.device == rec.device)
+        assert stored == expected and len(stored) >= 15
+        phase = grid_phase_s(rec.device, 5.0)
+        assert {t % 5.0 for t in stored} == {phase}
+    assert len({grid_phase_s(rec.device, 5.0) for rec in recordings}) == 2  # two devices, two phases
