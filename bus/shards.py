@@ -24,8 +24,9 @@ and the bucket is replicated like the stream, so there is nothing else to run or
 Acknowledgement is the stage's business, as on :class:`bus.nats_backend.NatsSubscriber`: with
 ``acks="next"`` a message is handled when the next one is asked for; with ``acks="explicit"``
 when the stage calls :meth:`ShardedSubscriber.done` (inference after publishing the answer,
-preprocess once every window the message fed is published). Either way only after the server
-has stored what this process published before.
+preprocess once every window the message fed is published); ``acks="flushed"`` the same with
+full fetches (the store, at its sink flush). Either way only after the server has stored what
+this process published before.
 """
 
 from __future__ import annotations
@@ -151,8 +152,8 @@ class ShardedSubscriber:
         on_release: Callable[[int], None] | None = None,
         hwm: int = 0,
     ) -> None:
-        if acks not in ("next", "explicit"):
-            raise ValueError(f"acks must be 'next' or 'explicit', not {acks!r}")
+        if acks not in ("next", "explicit", "flushed"):
+            raise ValueError(f"acks must be 'next', 'explicit' or 'flushed', not {acks!r}")
         self.bus = bus
         self.security = security or current()
         self.servers = _check_security(bus, self.security)

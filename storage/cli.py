@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from bus.cli import add_bus_option
+from bus.workers_cli import add_workers_options, workers_spec
 from common.argtypes import deprecated_alias, positive_number, positive_seconds
 from common.errors import UserError
 
@@ -62,6 +63,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         ),
     )
     add_bus_option(s)
+    add_workers_options(s)
     _add_sink_options(s, several=True)
     s.add_argument(
         "--alerts",
@@ -96,7 +98,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--positions",
         metavar="FILE|none",
         help="where each device's window stream stood at the last flush, so a restarted store counts "
-        "the windows it lost (default $XDG_STATE_HOME/m3sense/positions/<sink>.json)",
+        "the windows it lost (default $XDG_STATE_HOME/m3sense/positions/<sink>.json; with --workers-group "
+        "the group keeps them in its NATS bucket instead)",
     )
     s.add_argument(
         "--json",
@@ -210,6 +213,8 @@ def _store(args: argparse.Namespace) -> int:
         if args.flush_interval <= 0 or args.max_spool_mb <= 0:
             raise UserError("--flush-interval and --max-spool-mb must be > 0")
         _check_flush_against_ack_wait(args.bus, args.flush_interval)
+        if workers_spec(args, "store") is not None and args.positions not in (None, "none"):
+            raise UserError("--workers-group keeps the window ledger in the group's NATS bucket: leave out --positions")
         rules = None
         if args.alerts is not None:
             from storage.alerts import load_rules
@@ -263,15 +268,23 @@ def _run_store(args: argparse.Namespace, targets: list, rules: list | None):
         fanout = FanoutSink(sinks, alerts=engine)
         from storage.positions import LedgerFile, default_positions_file
 
+        group = workers_spec(args, "store")
         positions = None if args.positions == "none" else Path(args.positions or default_positions_file(target.address))
         from bus.metrics import start_metrics
+
+        def owned(partitions: set[int]) -> None:
+            from bus.shards import owned_line
+
+            print(owned_line("store", group, partitions), file=sys.stderr, flush=True)
 
         node = StoreNode(
             args.bus,
             fanout,
             flush_interval_s=args.flush_interval,
-            ledger_file=LedgerFile(positions),
+            ledger_file=LedgerFile(None if group is not None else positions),
             metrics=start_metrics(args, "store"),
+            group=group,
+            on_owned=owned,
             on_device_end=lambda d: print(f"store: end of device {d}", file=sys.stderr, flush=True),
         )
         failure = None

@@ -22,6 +22,14 @@ its records in the sink (``acks="flushed"``): a store killed with ``-9`` gets wh
 flushed again from the stream, and the sink's keys keep one row per record. (What a message
 added to a physiology bin still open at the kill, at most one second of 1 Hz physiology, is not
 rebuilt.)
+
+With ``group`` (``store --workers-group NAME``, NATS only) the store is one worker of a group that
+shares the devices partition by partition (:mod:`bus.shards`): a worker that dies or leaves hands
+its partitions to the others, which take them from the last acknowledgement (what it had not
+flushed comes again) and its window ledger from the group's bucket (:mod:`storage.group_ledger`),
+so they count no window lost that the dead one stored. A partition given up takes its unflushed
+messages, ledger positions and open physiology bins with it: the next owner redoes them, and the
+sink's keys keep one row each.
 """
 
 from __future__ import annotations
@@ -31,13 +39,19 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, cast
 
 from bus import AFFECT, RAW, STATUS, Message, Publisher, Subscriber, topic_for
+from bus.partitions import partition_of
 from bus.topics import STORED
 from common.aio import OnReady
 from storage.positions import LedgerFile, WindowLedger, has_lineage
 from storage.records import RecordBuilder
 from storage.sink import Sink
+
+if TYPE_CHECKING:
+    from bus.shards import ShardedSubscriber, ShardSpec
+    from storage.group_ledger import PartitionLedgers
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +81,8 @@ class StoreNode:
         on_device_end: Callable[[str], None] | None = None,
         ledger_file: LedgerFile | None = None,
         metrics=None,
+        group: ShardSpec | None = None,
+        on_owned: Callable[[set[int]], None] | None = None,
     ) -> None:
         self.bus = bus
         self.sink = sink
@@ -87,6 +103,9 @@ class StoreNode:
         #: NATS durable consumer) only after the flush that commits them, so a store killed before
         #: it gets them again and its keys keep one row each
         self._unacked: list[Message] = []
+        self.group, self.on_owned = group, on_owned
+        self._ledgers: PartitionLedgers | None = None  # a worker group's ledger bucket
+        self._moved: set[int] = set()  # partitions whose positions moved since they were last saved
 
     @property
     def lost_windows(self) -> int:
@@ -100,12 +119,51 @@ class StoreNode:
 
     async def _flush(self) -> None:
         snapshot = self.ledger.to_json()  # what was handed to the sink before this flush
+        by_partition = self._partition_snapshots()
         held, self._unacked = self._unacked, []  # their records were handed to the sink before it too
         await self.sink.flush()
         self.ledger_file.save(snapshot)
+        if self._ledgers is not None:
+            for p, text in by_partition.items():
+                await self._ledgers.save(p, text)
         if self.subscriber is not None:
             for msg in held:
                 self.subscriber.done(msg)
+
+    def _partition_snapshots(self) -> dict[int, str]:
+        """The positions of each owned partition that moved since its last save (a group worker)."""
+        if self._ledgers is None:
+            return {}
+        moved, self._moved = self._moved, set()
+        devices: dict[int, list[str]] = {}
+        for d in self.ledger.devices():
+            if (p := partition_of(d)) in moved:
+                devices.setdefault(p, []).append(d)
+        return {p: self.ledger.to_json(devices.get(p, ())) for p in moved if self._ledgers.loaded(p)}
+
+    async def _adopt(self, p: int) -> None:
+        """Before the first message of a partition this worker took: its last owner's positions."""
+        assert self._ledgers is not None
+        text = await self._ledgers.load(p)
+        if text:
+            self.ledger.adopt(text)
+
+    def _release(self, p: int) -> None:
+        """Partition ``p`` is another worker's now: what this one holds of it is redone there."""
+        devices = [d for d in self.ledger.devices() if partition_of(d) == p]
+        self.ledger.forget(devices)
+        self.builder.forget(lambda d: partition_of(d) == p)
+        if self._ledgers is not None:
+            self._ledgers.release(p)
+        self._moved.discard(p)
+        sub = cast("ShardedSubscriber", self.subscriber)  # only a group's worker gives partitions up
+        keep = []
+        for msg in self._unacked:
+            if partition_of(msg.device) == p:
+                sub.forget(msg)
+            else:
+                keep.append(msg)
+        self._unacked = keep
 
     def malformed(self) -> Counter:
         """Messages dropped as malformed, by kind: by the bus decoder, then by the record builders."""
@@ -123,6 +181,8 @@ class StoreNode:
         await asyncio.wait_for(_wait(), timeout_s)
 
     def _window_loss(self, msg: Message) -> list:
+        if self._ledgers is not None:
+            self._moved.add(partition_of(msg.device))
         end = msg.meta.get("event") == "end"
         t_start = msg.meta.get("t_start", msg.t0_s)
         loss = self.ledger.observe(msg.device, msg.meta, t_start if isinstance(t_start, float) else msg.t0_s, end=end)
@@ -138,6 +198,8 @@ class StoreNode:
         return [self.builder.bus_gap(msg, loss.windows, unit="windows", by=loss.by)]
 
     async def _handle(self, sub: Subscriber, msg: Message) -> None:
+        if self._ledgers is not None and not self._ledgers.loaded(p := partition_of(msg.device)):
+            await self._adopt(p)
         if msg.kind == AFFECT and msg.meta.get("event") == "end":
             # the inference node's end marker: everything of this device before it is in the sink
             if gap := self._window_loss(msg):
@@ -177,10 +239,14 @@ class StoreNode:
     async def run(self, stop: asyncio.Event, on_ready: OnReady | None = None) -> None:
         """Store until ``stop`` is set, then drain and flush; ``on_ready(bus)`` once subscribed."""
         async with (
-            Subscriber(self.bus, PREFIXES, acks="flushed") as sub,
+            self._subscriber() as sub,
             Publisher(self.bus, flush_timeout_s=ANNOUNCE_FLUSH_S) as announcer,
         ):
             self.subscriber, self._announcer = sub, announcer
+            if self.group is not None:
+                from storage.group_ledger import PartitionLedgers
+
+                self._ledgers = await PartitionLedgers.open(sub._js, sub._nc, self.group.bucket)
             if on_ready is not None:
                 on_ready(self.bus)
             if self.metrics is not None:
@@ -223,6 +289,15 @@ class StoreNode:
                     self.sink.counters.as_dict(),
                     dict(self.builder.rejected),
                 )
+
+    def _subscriber(self) -> Any:
+        if self.group is None:
+            return Subscriber(self.bus, PREFIXES, acks="flushed")
+        from bus.shards import ShardedSubscriber
+
+        return ShardedSubscriber(
+            self.bus, PREFIXES, spec=self.group, acks="flushed", on_owned=self.on_owned, on_release=self._release
+        )
 
     async def _flush_periodically(self) -> None:
         while True:

@@ -28,7 +28,7 @@ import hashlib
 import json
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -101,12 +101,26 @@ class WindowLedger:
         self.lost[device] = self.lost.get(device, 0) + missed
         return Loss(device=device, windows=missed, by=by, time_s=float(t_start_s))
 
-    def to_json(self) -> str:
+    def to_json(self, devices: Iterable[str] | None = None) -> str:
+        """The positions (of ``devices`` only, when given) as JSON, for :meth:`from_json`."""
+        pos = self._pos if devices is None else {d: self._pos[d] for d in devices if d in self._pos}
         return json.dumps(
-            {d: [p.incarnation, p.seq, p.t_start_s, p.hop_s] for d, p in self._pos.items()},
+            {d: [p.incarnation, p.seq, p.t_start_s, p.hop_s] for d, p in pos.items()},
             separators=(",", ":"),
             sort_keys=True,
         )
+
+    def devices(self) -> list[str]:
+        return list(self._pos)
+
+    def adopt(self, text: str) -> None:
+        """Take the positions of a :meth:`to_json` (the devices another store held) as this one's."""
+        self._pos.update(WindowLedger.from_json(text)._pos)
+
+    def forget(self, devices: Iterable[str]) -> None:
+        """Drop the positions of ``devices`` (handed to another store, which keeps them on)."""
+        for d in devices:
+            self._pos.pop(d, None)
 
     @classmethod
     def from_json(cls, text: str) -> WindowLedger:

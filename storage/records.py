@@ -20,7 +20,7 @@ import json
 import math
 import re
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, overload
 
@@ -272,6 +272,13 @@ class RecordBuilder:
             value=float(missed),
             detail=json.dumps({"topic": msg.topic, **detail}, separators=(",", ":")),
         )
+
+    def forget(self, which: Callable[[str], bool]) -> None:
+        """Drop the open physiology bins of the devices ``which`` picks, unwritten (another store
+        took them over and rebuilds those bins from the stream)."""
+        for device in self._physio.devices():
+            if which(device):
+                self._physio.flush_device(device)
 
     def flush(self) -> list[Record]:
         out: list[Record] = []

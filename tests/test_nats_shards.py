@@ -260,6 +260,51 @@ def test_kill_9_of_a_preprocess_worker_hands_its_devices_to_the_other(
 
 
 @NEEDS_NATS
+@NEEDS_NATS
+def test_kill_9_of_a_store_worker_hands_its_devices_and_their_ledger_to_the_other(
+    nats_server: NatsServer, procs: list[Proc], tmp_path: Path, model: Path, recording
+) -> None:
+    """Two store workers share the devices; one is killed with -9 between its sink flushes (1 s
+    apart) while it holds answers. The other takes its partitions from the last acknowledgement,
+    and its window positions from the group's ledger bucket: every window is stored exactly once
+    and none is counted lost (without the ledger, it would count the dead one's stored windows
+    as lost: they are numbered below the first it gets)."""
+    src, truth = recording
+    bus, db = nats_server.bus, tmp_path / "affect.db"
+    group = ["--workers-group", "st", "--lease-ttl-s", TTL, "--sink", f"sqlite:{db}", "--flush-interval-s", "1"]
+    workers = [_start(procs, ["store", "--bus", bus, *group], "<-") for _ in range(2)]
+    owned = _owned(bus, "m3sense-store-st", workers, [8, 8])
+    _start(procs, _infer(bus, model), "listening on")
+    _start(procs, ["preprocess", "--bus", bus], "subscribed")
+    victim_at = next(i for i, o in enumerate(owned) if partition_of("sim01") in o)
+    victim, survivor = workers[victim_at], workers[1 - victim_at]
+    victims_devices = {d for d in DEVICES if partition_of(d) in owned[victim_at]}
+
+    async def kill_mid_stream() -> None:
+        seen = 0
+        async with NatsSubscriber(bus, ["affect/"]) as live:
+            replay = Proc(["replay", str(src), "--bus", bus, "--speed", "10"])
+            procs.append(replay)
+            while seen < 12:
+                msg = await live.recv(120)
+                seen += msg.device in victims_devices and msg.meta.get("event") is None
+            victim.popen.send_signal(signal.SIGKILL)
+            victim.popen.wait(timeout=10)
+
+    asyncio.run(kill_mid_stream())
+    stored_by_victim, _, _, _ = _stored(db)
+    assert any(stored_by_victim.get(d) for d in victims_devices), "the victim had stored windows before it died"
+    _owned(bus, "m3sense-store-st", [survivor], [PARTITIONS])
+    _wait_for_every_device(survivor)
+    survivor.popen.terminate()
+    assert survivor.popen.wait(timeout=30) == 0, "the survivor counted nothing lost"
+    windows, lost, rows, sources = _stored(db)
+    assert windows == truth, {d: (len(windows.get(d, ())), len(t)) for d, t in truth.items()}
+    assert lost == {}, "the survivor took the dead worker's window positions from the ledger bucket"
+    assert rows[0] == rows[1] == 2 * sum(len(t) for t in truth.values()), "every window once, two tasks each"
+    assert sources == {"replay"}
+
+
 def test_run_starts_worker_groups_on_nats(nats_server: NatsServer, tmp_path: Path, model: Path, recording) -> None:
     src, truth = recording
     db = tmp_path / "run.db"
