@@ -278,7 +278,7 @@ async def _partitions_owned(stages: Sequence[StageProcess], timeout_s: float) ->
     """Wait until each worker group's members own all partitions between them, once each."""
     groups: dict[str, list[StageProcess]] = {}
     for s in stages:
-        if s.name != "store":
+        if s.name[-1].isdigit():  # a worker of a group
             groups.setdefault(s.name.rstrip("0123456789"), []).append(s)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
@@ -324,7 +324,7 @@ class RunResult:
     cpu_s: dict[str, float] = field(default_factory=dict)
     drained: bool = True
     gateway_wall_s: float = 0.0
-    workers: tuple[int, int] = (1, 1)  # preprocess, infer
+    workers: tuple[int, ...] = (1, 1, 1)  # preprocess, infer, store
     #: stages that exited before they were stopped (their CPU counts up to the last reading)
     early_exits: list[str] = field(default_factory=list)
 
@@ -356,7 +356,7 @@ async def run_once(
     poll_s: float,
     folder: Path,
     profile: Path | None = None,
-    workers: tuple[int, int] = (1, 1),
+    workers: tuple[int, ...] = (1, 1, 1),
     packet_s: float | None = None,
     stagger: bool = False,
 ) -> RunResult:
@@ -382,8 +382,11 @@ async def run_once(
         store_argv = ["store", *on_bus, "--sink", f"sqlite:///{db}", "--json", "--positions", "none"]
         if flush_s > 0:
             store_argv += ["--flush-interval", str(flush_s)]
-        specs = [("store", store_argv)]
-        sharded = kind == "nats" and (workers[0] > 1 or workers[1] > 1)
+        sharded = kind == "nats" and max(workers) > 1
+        if sharded and workers[2] > 1:  # a store worker group, sharing one SQLite file
+            specs = [(f"store{i}", [*store_argv, "--workers-group", "st"]) for i in range(workers[2])]
+        else:
+            specs = [("store", store_argv)]
         for stage, argv, count, group in (
             ("infer", ["infer", *on_bus, "--state-dir", "none"], workers[1], "inf"),
             ("preprocess", ["preprocess", *on_bus, *(["--stagger"] if stagger else [])], workers[0], "pre"),
@@ -449,14 +452,18 @@ async def run_once(
             raise RuntimeError(f"a gateway failed (exit codes {codes})")
         reports = [json.loads(o.read_text()) for o in outs]
         res.gateway_wall_s = max(r["wall_s"] for r in reports)
-        store = stages[0]
+        stores = [s for s in stages if s.name.startswith("store")]
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max(120.0, 2 * seconds)
-        while not store.ended >= set(ids):
-            store.changed.clear()
-            try:
-                await asyncio.wait_for(store.changed.wait(), max(0.0, deadline - loop.time()))
-            except TimeoutError:
+        while not set().union(*(s.ended for s in stores)) >= set(ids):
+            for s in stores:
+                s.changed.clear()
+            waits = [asyncio.ensure_future(s.changed.wait()) for s in stores]
+            left = max(0.0, deadline - loop.time())
+            _, pending = await asyncio.wait(waits, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+            for w in pending:
+                w.cancel()
+            if len(pending) == len(waits):
                 res.drained = False
                 break
         await asyncio.sleep(2 * poll_s)  # the watcher's last look at what the store flushed
@@ -470,16 +477,16 @@ async def run_once(
             stage = name.rstrip("0123456789")
             used = cpu1[name] - cpu0[name]  # NaN: it died before the replay began (it used nothing since)
             res.cpu_s[stage] = res.cpu_s.get(stage, 0.0) + (0.0 if math.isnan(used) else used)
-        res.workers = workers if any(s.name[-1].isdigit() for s in stages) else (1, 1)
+        res.workers = workers if any(s.name[-1].isdigit() for s in stages) else (1, 1, 1)
         res.cpu_s["bus servers" if kind == "nats" else "hub"] = sum(proc_cpu_s(p) for p in bus.pids()) - bus0
         res.cpu_s["gateways"] = sum(r["cpu_s"] for r in reports)
         watcher.stop()
         tap.cancel()
         for s in reversed(stages):  # upstream first, so each flushes into a running consumer
             await s.stop()
-        report = store.report()
-        res.store_lost = int(report.get("lost_windows", 0) or 0) + int(report.get("dropped", 0) or 0)
-        res.store_lost += int(report.get("refused", 0) or 0)
+        for report in (s.report() for s in stores):
+            res.store_lost += int(report.get("lost_windows", 0) or 0) + int(report.get("dropped", 0) or 0)
+            res.store_lost += int(report.get("refused", 0) or 0)
         with sqlite3.connect(db) as conn:
             stored = set(conn.execute("SELECT DISTINCT device, time_s FROM affect").fetchall())
         res.stored = len(stored)
@@ -514,7 +521,7 @@ def print_result(r: RunResult) -> None:
     hours = r.devices * r.seconds / 3600
     held = "yes" if r.held else "NO"
     print(
-        f"{r.kind:4s} {r.devices:5d} wristbands x {r.seconds:.0f} s, workers {r.workers[0]}+{r.workers[1]}: "
+        f"{r.kind:4s} {r.devices:5d} wristbands x {r.seconds:.0f} s, workers {'+'.join(map(str, r.workers))}: "
         f"held in real time {held}; "
         f"windows {r.stored}/{r.expected} stored, lost {r.lost}"
         + ("" if r.drained else " (the store had not finished every device in time)")
@@ -555,6 +562,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--preprocess-workers", type=int, default=1, help="nats: P preprocess workers in one --workers-group"
     )
     ap.add_argument("--infer-workers", type=int, default=1, help="nats: M infer workers in one --workers-group")
+    ap.add_argument("--store-workers", type=int, default=1, help="nats: S store workers in one --workers-group")
     ap.add_argument("--profile", type=Path, default=None, help="write each stage's cProfile output into this folder")
     ap.add_argument(
         "--keep", type=Path, default=None, help="keep the stages' logs, stores and NATS data in this folder"
@@ -602,7 +610,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                         args.poll_ms / 1e3,
                         folder,
                         args.profile,
-                        (args.preprocess_workers, args.infer_workers),
+                        (args.preprocess_workers, args.infer_workers, args.store_workers),
                         args.packet_s,
                         args.stagger,
                     )

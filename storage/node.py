@@ -106,6 +106,7 @@ class StoreNode:
         self.group, self.on_owned = group, on_owned
         self._ledgers: PartitionLedgers | None = None  # a worker group's ledger bucket
         self._moved: set[int] = set()  # partitions whose positions moved since they were last saved
+        self._flushing = asyncio.Lock()
 
     @property
     def lost_windows(self) -> int:
@@ -118,6 +119,10 @@ class StoreNode:
         return c.written + c.spooled + c.dropped + c.rejected
 
     async def _flush(self) -> None:
+        async with self._flushing:  # one at a time: a later snapshot must not be saved before an earlier one
+            await self._flush_once()
+
+    async def _flush_once(self) -> None:
         snapshot = self.ledger.to_json()  # what was handed to the sink before this flush
         by_partition = self._partition_snapshots()
         held, self._unacked = self._unacked, []  # their records were handed to the sink before it too

@@ -20,8 +20,10 @@ import asyncio
 import json
 import os
 import sqlite3
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 from storage.records import AffectRecord, AlertRecord, PhysioRecord, Record, StatusRecord
 from storage.sink import SinkCounters
@@ -113,25 +115,54 @@ _INSERT = {
 }
 
 
+T = TypeVar("T")
+
+LOCK_TIMEOUT_S = 30.0  # how long a store waits for another one writing the same file
+
+
+def _retry_locked(step: Callable[[], T]) -> T:
+    """``step()``, again while another connection holds the file (several stores on one file: the
+    switch to WAL and the schema set-up can fail at once with "locked" instead of waiting)."""
+    deadline = time.monotonic() + LOCK_TIMEOUT_S
+    while True:
+        try:
+            return step()
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def _set_up(conn: sqlite3.Connection) -> None:
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across crashes of the process
+    if conn.execute("PRAGMA user_version").fetchone()[0] == 1:  # version 2 added a column, in place
+        try:
+            conn.execute("ALTER TABLE affect ADD COLUMN calibration TEXT")
+        except sqlite3.OperationalError as exc:  # another store migrated it a moment ago
+            if "duplicate column" not in str(exc):
+                raise
+    conn.executescript(SCHEMA)  # version 3 added a table: CREATE ... IF NOT EXISTS adds it in place
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    conn.commit()
+
+
 def connect(path: Path, *, create: bool = True) -> sqlite3.Connection:
     """Open (and with ``create`` set up) a store; refuses a file of another schema version."""
     if not create and not path.exists():
         raise FileNotFoundError(f"{path}: no such store")
     if create:  # health data: a new store is the owner's alone (SQLite gives its -wal and -shm the same mode)
         os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
-    conn = sqlite3.connect(path, check_same_thread=False)
-    version = conn.execute("PRAGMA user_version").fetchone()[0]
-    if version not in (0, 1, 2, SCHEMA_VERSION):
+    conn = sqlite3.connect(path, check_same_thread=False, timeout=LOCK_TIMEOUT_S)
+    try:
+        version = _retry_locked(lambda: conn.execute("PRAGMA user_version").fetchone()[0])
+        if version not in (0, 1, 2, SCHEMA_VERSION):
+            raise ValueError(f"{path}: store schema version {version}, this code reads {SCHEMA_VERSION}")
+        if create:
+            _retry_locked(lambda: _set_up(conn))
+    except BaseException:
         conn.close()
-        raise ValueError(f"{path}: store schema version {version}, this code reads {SCHEMA_VERSION}")
-    if create:
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across crashes of the process
-        if version == 1:  # version 2 added a column, in place
-            conn.execute("ALTER TABLE affect ADD COLUMN calibration TEXT")
-        conn.executescript(SCHEMA)  # version 3 added a table: CREATE ... IF NOT EXISTS adds it in place
-        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-        conn.commit()
+        raise
     return conn
 
 

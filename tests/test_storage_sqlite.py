@@ -9,6 +9,7 @@ import signal
 import sqlite3
 import stat
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -387,3 +388,34 @@ def test_stores_and_spools_are_created_for_their_owner_only(tmp_path: Path) -> N
         assert {mode(p) for p in files} == {0o600}
     finally:
         os.umask(old)
+
+
+def _open_after(path: Path, barrier: Any, versions: Any, i: int) -> None:
+    from storage.sqlite import connect
+
+    barrier.wait()
+    try:
+        conn = connect(path)
+        versions[i] = conn.execute("PRAGMA user_version").fetchone()[0]
+        conn.close()
+    except sqlite3.OperationalError:
+        versions[i] = -1
+
+
+def test_several_stores_setting_up_one_new_file_at_once_all_open_it(tmp_path: Path) -> None:
+    """Store workers of a group sharing one SQLite file start together: the switch to WAL and the
+    schema set-up of one must wait for the other's, not fail with "database is locked"."""
+    import multiprocessing
+
+    from storage.sqlite import SCHEMA_VERSION
+
+    ctx = multiprocessing.get_context("fork")
+    for attempt in range(4):  # the race is narrow: several fresh files
+        path = tmp_path / f"shared-{attempt}.db"
+        barrier, versions = ctx.Barrier(6), ctx.Array("i", [0] * 6)
+        procs = [ctx.Process(target=_open_after, args=(path, barrier, versions, i)) for i in range(6)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(60)
+        assert list(versions) == [SCHEMA_VERSION] * 6, f"attempt {attempt}: {list(versions)} (-1: locked)"
