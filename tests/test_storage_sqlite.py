@@ -418,4 +418,5 @@ def test_several_stores_setting_up_one_new_file_at_once_all_open_it(tmp_path: Pa
             p.start()
         for p in procs:
             p.join(60)
-        assert list(versions) == [SCHEMA_VERSION] * 6, f"attempt {attempt}: {list(versions)} (-1: locked)"
+        got = versions[:]
+        assert got == [SCHEMA_VERSION] * 6, f"attempt {attempt}: {got} (-1: locked)"
