@@ -40,8 +40,8 @@ import os
 import struct
 import weakref
 from collections import deque
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import nats
@@ -58,6 +58,7 @@ from bus.sockets import Publisher
 from common.errors import UserError
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 STREAM = "M3SENSE"
 SUBJECT_ROOT = "m3s"
@@ -322,13 +323,29 @@ def _consumer_covers(info: Any, topic: str) -> bool:
 # -- publisher ---------------------------------------------------------------------------------
 
 
+#: what a request to a stream or key-value bucket with no leader yet (just made on a cluster, or its
+#: server died) answers: no responders, no response from the stream, or nothing in time
+LEADERLESS = (nats.errors.NoRespondersError, nats.js.errors.NoStreamResponseError, TimeoutError)
+
+
+async def while_electing(step: Callable[[], Awaitable[T]], timeout_s: float = 30.0) -> T:
+    """``await step()``, again (every 0.25 s, up to ``timeout_s``) while what it asks has no leader:
+    a bucket made a moment ago on a 3-server cluster refuses its first writes until one is elected."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        try:
+            return await step()
+        except LEADERLESS:
+            if asyncio.get_running_loop().time() > deadline:
+                raise
+            await asyncio.sleep(0.25)
+
+
 def _lost_on_the_way(fut: asyncio.Future) -> bool:
     """An answer that says the publication may not have reached a stream leader (a server died,
     a leader is being elected: no responders, no response from the stream, no answer in time):
     worth sending again with the same message id, unlike a refusal by the stream itself."""
-    return not fut.cancelled() and isinstance(
-        fut.exception(), (nats.errors.NoRespondersError, nats.js.errors.NoStreamResponseError, TimeoutError)
-    )
+    return not fut.cancelled() and isinstance(fut.exception(), LEADERLESS)
 
 
 class NatsPublisher(Publisher):

@@ -60,6 +60,7 @@ from bus.nats_backend import (
     filter_for,
     open_durable,
     shard_description,
+    while_electing,
 )
 from bus.partitions import PARTITIONS, assigned, check_group, describe, partition_of, token
 from bus.security import BusSecurity, current
@@ -189,7 +190,7 @@ class ShardedSubscriber:
             self._js = self._nc.jetstream()
             await ensure_stream(self._js, self.bus, _replicas(self._nc))
             self._kv = await self._bucket()
-            await self._round()
+            await while_electing(self._round)  # a bucket just made on a cluster: no leader for a moment
         except BaseException:
             await self._nc.close()
             raise

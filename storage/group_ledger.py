@@ -24,7 +24,7 @@ import nats.errors
 import nats.js.errors
 from nats.js import api
 
-from bus.nats_backend import STREAM_MAX_AGE_S, _replicas
+from bus.nats_backend import STREAM_MAX_AGE_S, _replicas, while_electing
 from bus.partitions import token
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ class PartitionLedgers:
 
     async def load(self, p: int) -> str | None:
         try:
-            entry = await self.kv.get(f"p.{token(p)}")
+            entry = await while_electing(lambda: self.kv.get(f"p.{token(p)}"))
         except nats.js.errors.KeyNotFoundError:
             self._revision[p] = 0
             return None

@@ -261,3 +261,35 @@ def test_kill_9_of_infer_resumes_its_durable_consumer(
     restarted.terminate()
     answered = re.search(r"infer: answered (\d+)", restarted.communicate(timeout=30)[1])
     assert answered and int(answered.group(1)) > 0, "the kill came after the stream: it tested nothing"
+
+
+def test_a_step_is_tried_again_while_its_stream_has_no_leader_and_not_for_ever() -> None:
+    """A bucket made a moment ago on a cluster answers its first requests with "no response from
+    stream" (seen in bench_scale: a worker died at start-up): tried again until it answers; a
+    refusal of another kind, or no leader for longer than the time allowed, is raised."""
+    import nats.errors
+    import nats.js.errors
+
+    from bus.nats_backend import while_electing
+
+    calls: list[int] = []
+
+    async def elected_on_third_call() -> str:
+        calls.append(1)
+        if len(calls) < 3:
+            raise nats.js.errors.NoStreamResponseError if len(calls) == 1 else nats.errors.NoRespondersError
+        return "put"
+
+    assert asyncio.run(while_electing(elected_on_third_call)) == "put" and len(calls) == 3
+
+    async def refused() -> None:
+        raise nats.js.errors.BadRequestError
+
+    with pytest.raises(nats.js.errors.BadRequestError):
+        asyncio.run(while_electing(refused))
+
+    async def never() -> None:
+        raise nats.js.errors.NoStreamResponseError
+
+    with pytest.raises(nats.js.errors.NoStreamResponseError):
+        asyncio.run(while_electing(never, timeout_s=0.5))
