@@ -12,8 +12,13 @@ E4 streams continuously, so ``watchdog_s`` without a BVP or ACC packet forces a 
 
 Notification callbacks only stamp the arrival on the host clock and queue the bytes; one
 consumer task per device runs the pure :class:`~ingest.device.DeviceIngest` and
-publishes. The ``backend`` mapping passes straight through to ``BleakScanner`` and
-``BleakClient``: empty for the platform's radio, or the virtual E4's backends.
+publishes. With ``LinkConfig.packet_s`` a :class:`~ingest.coalesce.Coalescer` between the two
+gathers each signal into messages of about that many seconds (fewer bus messages per wristband);
+it is flushed before every status event, when a link drops, on reconnect and at stop, so nothing
+is held back across a break and no status overtakes the samples before it.
+
+The ``backend`` mapping passes straight through to ``BleakScanner`` and ``BleakClient``: empty
+for the platform's radio, or the virtual E4's backends.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import json
 import logging
 import os
 import random
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +41,7 @@ from bus import Publisher
 from bus.message import MAX_TIME_S
 from ingest import codec
 from ingest.clocks import SystemClock
+from ingest.coalesce import Coalescer
 from ingest.device import DeviceIngest, Emit, IngestStats, status
 
 log = logging.getLogger(__name__)
@@ -58,6 +65,9 @@ class LinkConfig:
     #: put the wristband's address and advertised name (which may hold its serial) in its status
     #: events; off by default, so nothing downstream of ingest learns them (see ingest.pseudonym)
     store_address: bool = False
+    #: publish about this many seconds of each periodic signal per message (None: one message per
+    #: packet, as the wristband sends them); see ingest.coalesce
+    packet_s: float | None = None
 
 
 def backoff_s(attempt: int, config: LinkConfig, rng: random.Random) -> float:
@@ -97,6 +107,8 @@ class LinkStats:
     disconnects: int = 0
     watchdog_trips: int = 0
     ingest: IngestStats = field(default_factory=IngestStats)
+    #: raw messages published, per modality (with packet_s fewer than the packets decoded)
+    messages: Counter = field(default_factory=Counter)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -105,6 +117,7 @@ class LinkStats:
             "disconnects": self.disconnects,
             "watchdog_trips": self.watchdog_trips,
             **self.ingest.as_dict(),
+            "messages": dict(self.messages),
         }
 
 
@@ -201,6 +214,10 @@ class Link:
         self.stats = LinkStats(ingest=self._ingest.stats)
         self._queue: asyncio.Queue[tuple[str, bytes, float]] = asyncio.Queue()
         self._last_data = 0.0
+        self._coalescer = Coalescer(config.packet_s) if config.packet_s is not None else None
+        # the consumer and the status reports both publish: one at a time, so what the coalescer
+        # hands out goes onto the bus in the order it was handed out
+        self._emitting = asyncio.Lock()
 
     async def _publish(self, emit: Emit) -> None:
         await self._pub.publish(
@@ -212,12 +229,32 @@ class Link:
             samples=emit.samples,
             meta=emit.meta,
         )
+        if emit.kind == "raw":
+            self.stats.messages[emit.modality] += 1
+
+    async def _emit(self, emit: Emit) -> None:
+        """Publish ``emit``, or hand it to the coalescer and publish what that hands out."""
+        if self._coalescer is None:
+            await self._publish(emit)
+            return
+        async with self._emitting:
+            for out in self._coalescer.push(emit):
+                await self._publish(out)
+
+    async def _flush(self) -> None:
+        """Publish what the coalescer holds (a break: the link dropped, came back, or stopped)."""
+        if self._coalescer is None:
+            return
+        async with self._emitting:
+            for out in self._coalescer.flush():
+                await self._publish(out)
 
     async def report(self, event: str, **meta: Any) -> None:
-        """Publish a status event of this wristband (with its address only if the config says so)."""
+        """Publish a status event of this wristband (with its address only if the config says so);
+        it follows every sample published or held before it."""
         if self.config.store_address:
             meta = {"address": self.band.address, **meta}
-        await self._publish(status(self.clock.now(), event, **meta))
+        await self._emit(status(self.clock.now(), event, **meta))
 
     def _notify_handler(self, char: str) -> Callable[[Any, bytearray], None]:
         """bleak's callback for one characteristic (bleak passes the characteristic, then the data)."""
@@ -237,9 +274,10 @@ class Link:
                     self._raw_log.write(self.band.device, char, data, arrival)
                 if char == "link":
                     self._ingest.relink()
+                    await self._flush()  # the new link's stamps start afresh: nothing joins across
                     continue
                 for emit in self._ingest.packet(char, data, arrival):
-                    await self._publish(emit)
+                    await self._emit(emit)
             finally:
                 self._queue.task_done()
 
@@ -304,6 +342,10 @@ class Link:
                     self.stats.disconnects += 1
                     if reason == "watchdog":
                         self.stats.watchdog_trips += 1
+                    if self._coalescer is not None:
+                        # the link's last notifications first: the report then flushes them, and
+                        # nothing waits in the coalescer through the backoff and the next scan
+                        await self._settle(consumer)
                     await self.report("disconnected", reason=reason)
                     attempt = 0
                 delay = backoff_s(attempt, self.config, self._rng)
@@ -311,6 +353,18 @@ class Link:
                 await asyncio.sleep(delay)
         finally:
             await self._drain(consumer)
+            await self._flush()
+
+    async def _settle(self, consumer: asyncio.Task) -> None:
+        """Wait (bounded) until the consumer has handled every notification received so far."""
+        if consumer.done():
+            return
+        try:
+            await asyncio.wait_for(self._queue.join(), DRAIN_TIMEOUT_S)
+        except TimeoutError:
+            log.warning(
+                "%s: %d notifications still queued after the link dropped", self.band.address, self._queue.qsize()
+            )
 
     async def _drain(self, consumer: asyncio.Task) -> None:
         """Publish everything received (the link is already down), then stop the consumer;

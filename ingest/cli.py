@@ -115,7 +115,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_json_option(
         st,
         "devices (per wristband, as on stderr: device, connects, connect_failures, disconnects, watchdog_trips, "
-        "packets, samples (published, per stream), bad, missing_samples, beats)",
+        "packets, samples (published, per stream), bad, missing_samples, beats, messages (raw messages "
+        "published, per stream: fewer than packets with --packet-s))",
     )
     st.add_argument(
         "--device",
@@ -156,6 +157,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         ),
     )
     st.add_argument("--no-heart", action="store_true", help="do not derive hr/ibi from BVP")
+    st.add_argument(
+        "--packet-s",
+        type=_live_packet_seconds,
+        default=None,
+        metavar="S",
+        help="publish about S seconds of each signal (bvp, eda, temp, acc) per message instead of each "
+        "BLE packet (BVP 11 samples, ACC 6, EDA 6, TEMP 4): fewer, larger messages for a gateway with many "
+        "wristbands, the same samples and times. Each sample waits up to S (rounded up to whole packets) "
+        "longer, and preprocess drops a sample more than 4 s late, so 0 < S <= 2 (default: per packet)",
+    )
     _add_privacy_options(st)
     deprecated_alias(
         st,
@@ -308,6 +319,18 @@ def _add_privacy_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _live_packet_seconds(text: str) -> float:
+    from ingest.coalesce import MAX_LIVE_PACKET_S
+
+    value = positive_seconds(text)
+    if value > MAX_LIVE_PACKET_S:  # EDA packets span 1.5 s: S=2 already holds an EDA sample 3 s
+        raise argparse.ArgumentTypeError(
+            f"expected at most {MAX_LIVE_PACKET_S:g} seconds per message, got {text!r}: a live sample held "
+            "longer risks reaching preprocess after its window was cut (late_s 4 s)"
+        )
+    return value
+
+
 def _pseudonym(args: argparse.Namespace) -> int:
     from ingest.pseudonym import load_or_create_key, pseudonym
 
@@ -397,7 +420,11 @@ def _stream(args: argparse.Namespace) -> int:
         raise UserError("--time-scale needs --virtual: a real wristband streams in real time")
     bands = _bands(args, virtual)
     config = LinkConfig(
-        layout=layout, watchdog_s=args.watchdog, derive_heart=not args.no_heart, store_address=args.store_address
+        layout=layout,
+        watchdog_s=args.watchdog,
+        derive_heart=not args.no_heart,
+        store_address=args.store_address,
+        packet_s=args.packet_s,
     )
     raw_log = RawLog(args.raw_log) if args.raw_log else None
     reports: list[dict[str, Any]] = []  # each wristband's statistics, once streaming has ended
