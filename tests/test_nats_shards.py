@@ -166,6 +166,30 @@ def _wait_for_every_device(store: Proc, timeout: float = 180) -> None:
             ended.add(m.group(1))
 
 
+def _replay_killing(
+    procs: list[Proc], bus: str, src: Path, victim: Proc, devices: set[str], *, speed: int, before: int, after: int = 0
+) -> None:
+    """Replay ``src``; once ``before`` answers for ``devices`` are out, kill ``victim`` with -9, then
+    wait for ``after`` more answers for them (from whoever took them over)."""
+
+    async def scenario() -> None:
+        async with NatsSubscriber(bus, ["affect/"]) as live:
+
+            async def answers(n: int) -> None:
+                seen = 0
+                while seen < n:
+                    msg = await live.recv(120)
+                    seen += msg.device in devices and msg.meta.get("event") is None
+
+            procs.append(Proc(["replay", str(src), "--bus", bus, "--speed", str(speed)]))
+            await answers(before)
+            victim.popen.send_signal(signal.SIGKILL)
+            victim.popen.wait(timeout=10)
+            await answers(after)
+
+    asyncio.run(scenario())
+
+
 @NEEDS_NATS
 def test_two_inference_workers_answer_disjoint_shares_and_two_stores_write_once(
     nats_server: NatsServer, procs: list[Proc], tmp_path: Path, model: Path, recording
@@ -228,22 +252,8 @@ def test_kill_9_of_a_preprocess_worker_hands_its_devices_to_the_other(
     victims_devices = {d for d in DEVICES if partition_of(d) in owned[victim_at]}
     assert len(victims_devices) == 3
 
-    async def kill_mid_stream() -> tuple[int, int]:
-        before = after = 0
-        async with NatsSubscriber(bus, ["affect/"]) as live:
-            replay = Proc(["replay", str(src), "--bus", bus, "--speed", "20"])
-            procs.append(replay)
-            while before < 6:
-                msg = await live.recv(120)
-                before += msg.device in victims_devices and msg.meta.get("event") is None
-            victim.popen.send_signal(signal.SIGKILL)
-            victim.popen.wait(timeout=10)
-            while after < 3:  # the survivor answers for the dead worker's devices
-                msg = await live.recv(120)
-                after += msg.device in victims_devices and msg.meta.get("event") is None
-        return before, after
-
-    asyncio.run(kill_mid_stream())
+    # the survivor answers for the dead worker's devices
+    _replay_killing(procs, bus, src, victim, victims_devices, speed=20, before=6, after=3)
     _owned(bus, "m3sense-preprocess-pre", [survivor], [PARTITIONS])  # the dead worker's leases ran out
     _wait_for_every_device(store)
     store.popen.terminate()
@@ -280,18 +290,7 @@ def test_kill_9_of_a_store_worker_hands_its_devices_and_their_ledger_to_the_othe
     victim, survivor = workers[victim_at], workers[1 - victim_at]
     victims_devices = {d for d in DEVICES if partition_of(d) in owned[victim_at]}
 
-    async def kill_mid_stream() -> None:
-        seen = 0
-        async with NatsSubscriber(bus, ["affect/"]) as live:
-            replay = Proc(["replay", str(src), "--bus", bus, "--speed", "10"])
-            procs.append(replay)
-            while seen < 12:
-                msg = await live.recv(120)
-                seen += msg.device in victims_devices and msg.meta.get("event") is None
-            victim.popen.send_signal(signal.SIGKILL)
-            victim.popen.wait(timeout=10)
-
-    asyncio.run(kill_mid_stream())
+    _replay_killing(procs, bus, src, victim, victims_devices, speed=10, before=12)
     stored_by_victim, _, _, _ = _stored(db)
     assert any(stored_by_victim.get(d) for d in victims_devices), "the victim had stored windows before it died"
     _owned(bus, "m3sense-store-st", [survivor], [PARTITIONS])
