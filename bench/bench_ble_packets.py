@@ -25,22 +25,22 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def m3sense(*args: str, **kw) -> subprocess.Popen:
+def m3sense(*args: str, **kw) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "m3sense", *args], cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"}, **kw
     )
 
 
-def wait_for_line(proc: subprocess.Popen, needle: str, timeout_s: float = 60) -> None:
+def wait_for_line(proc: subprocess.Popen[str], needle: str, timeout_s: float = 60) -> None:
     assert proc.stderr is not None
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         line = proc.stderr.readline()
         if not line:
-            raise SystemExit(f"{proc.args} exited before saying {needle!r}")
+            raise SystemExit(f"{proc.args!r} exited before saying {needle!r}")
         if needle in line:
             return
-    raise SystemExit(f"no {needle!r} from {proc.args} in {timeout_s} s")
+    raise SystemExit(f"no {needle!r} from {proc.args!r} in {timeout_s} s")
 
 
 def one_run(bus: str, devices: int, seconds: float, scale: float, packet_s: float | None) -> dict:
