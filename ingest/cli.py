@@ -303,6 +303,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="send 'server_auth TOKEN' first, TOKEN being this file's first line (an m3sense e4-server "
         "with --token-file)",
     )
+    c.add_argument(
+        "--packet-s",
+        type=_live_packet_seconds,
+        default=None,
+        metavar="S",
+        help="publish about S seconds of each signal per message instead of the wristband's packet sizes "
+        "(as `ble stream --packet-s`; 0 < S <= 2, default: per packet)",
+    )
     add_json_option(c, "samples (published), device")
     c.set_defaults(func=_e4_client)
 
@@ -626,7 +634,15 @@ def _e4_client(args: argparse.Namespace) -> int:
 
     async def run(stop: Stop) -> int:
         async with Publisher(args.bus) as pub:
-            source = E4ServerSource(host, int(port), pub, device=args.device, bus_device=args.bus_device, token=token)
+            source = E4ServerSource(
+                host,
+                int(port),
+                pub,
+                device=args.device,
+                bus_device=args.bus_device,
+                token=token,
+                packet_s=args.packet_s,
+            )
             task = asyncio.create_task(
                 source.run(
                     on_ready=lambda where: print(

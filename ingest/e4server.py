@@ -431,8 +431,17 @@ class SampleBatcher:
 CHUNKS = {"bvp": 11, "acc": 6, "eda": 6, "temp": 4}
 
 
+def chunk_samples(modality: str, packet_s: float | None = None) -> int:
+    """Samples per bus message from the client: the wristband's packet, or about ``packet_s``
+    seconds when that is more (the rule of ``replay --packet-s`` and ``ble stream --packet-s``)."""
+    size = CHUNKS[modality]
+    return size if packet_s is None else max(size, round(packet_s * RATES_HZ[modality]))
+
+
 class E4ServerSource:
-    """Reads one wristband from an E4 streaming server and publishes it on the bus."""
+    """Reads one wristband from an E4 streaming server and publishes it on the bus; ``packet_s``
+    gathers about that many seconds of each signal per message (see :func:`chunk_samples`), and
+    then a link status from the server first publishes what the batchers hold."""
 
     def __init__(
         self,
@@ -444,8 +453,10 @@ class E4ServerSource:
         bus_device: str | None = None,
         timeout_s: float = 10.0,
         token: str | None = None,
+        packet_s: float | None = None,
     ) -> None:
         self.host, self.port = host, port
+        self._packet_s = packet_s
         self._token = token
         self.device = device
         self.bus_device = bus_device
@@ -508,7 +519,7 @@ class E4ServerSource:
             )
             if on_ready is not None:
                 on_ready(f"{self.host}:{self.port}")
-            batchers = {m: SampleBatcher(m, chunk=c) for m, c in CHUNKS.items()}
+            batchers = {m: SampleBatcher(m, chunk=chunk_samples(m, self._packet_s)) for m in CHUNKS}
             try:
                 while True:
                     items, self._pending = self._pending, []
@@ -543,6 +554,10 @@ class E4ServerSource:
                 else None
             )
             if event:
+                if self._packet_s is not None:  # a status follows the samples before it, held ones too
+                    for b in batchers.values():
+                        for t0, values in b.flush():
+                            await self._publish_chunk(name, b, t0, values)
                 await self._pub.publish(
                     "status", name, t0_s=time.time(), fs_hz=0.0, meta={"event": event, "source": "e4-server"}
                 )
