@@ -88,7 +88,8 @@ def sessions(draw: st.DrawFn) -> list[Emit | str]:
 
 
 def continues(prev: Emit, nxt: Emit) -> bool:
-    """The test's own reading of "carries on": same rate, meta, shape; next slot, within half a sample."""
+    """The test's own reading of "carries on" after the held message ``prev``: same rate, meta, shape;
+    its next grid slot, within half a sample of where it ends."""
     fs = prev.fs_hz
     end = prev.t0_s + prev.samples.shape[0] / fs
     return (
@@ -175,7 +176,7 @@ def test_coalescer_keeps_samples_slots_and_order(session: list[Emit | str], pack
                 or (
                     isinstance(breaker, Emit)
                     and breaker.modality == e.modality
-                    and not continues(last_in[e.modality], breaker)
+                    and not continues(e, breaker)  # e: what was held
                 )
             ), (e, breaker)
         if isinstance(item, Emit) and is_periodic(item):
