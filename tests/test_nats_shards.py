@@ -366,3 +366,21 @@ def test_a_message_is_held_until_every_window_it_fed_is_published() -> None:
     assert held.closed("sim01") == [label] and len(held) == 0
     held.hold(chunk, 100.75)
     assert held.drop({"sim01"}) == [chunk] and held.devices() == []
+
+
+def test_a_store_group_refuses_a_positions_file(tmp_path: Path) -> None:
+    """The group's bucket is a store worker's window ledger: a --positions file beside it would be a
+    second truth that other workers never see."""
+    proc = run_cli(
+        "store",
+        "--bus",
+        "nats://127.0.0.1:4",
+        "--workers-group",
+        "st",
+        "--sink",
+        f"sqlite:{tmp_path / 'x.db'}",
+        "--positions",
+        str(tmp_path / "p.json"),
+    )
+    assert proc.returncode == 2 and "leave out --positions" in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "x.db").exists()
