@@ -150,6 +150,9 @@ class StoreNode:
         """Before the first message of a partition this worker took: its last owner's positions."""
         assert self._ledgers is not None
         text = await self._ledgers.load(p)
+        if p not in cast("ShardedSubscriber", self.subscriber).owned:  # given up while it was read
+            self._ledgers.release(p)
+            return
         if text:
             self.ledger.adopt(text)
 
