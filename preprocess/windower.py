@@ -112,7 +112,7 @@ def grid_phase_s(device: str, hop_s: float) -> float:
     """A device's staggered grid phase in [0, hop_s): a whole number of grid quanta picked by
     CRC-32 of its id (stable across processes and Python runs, unlike ``hash``)."""
     steps = round(hop_s / _GRID_QUANTUM_S)
-    return (zlib.crc32(device.encode()) % steps) * _GRID_QUANTUM_S
+    return (zlib.crc32(device.encode("utf-8", "surrogatepass")) % steps) * _GRID_QUANTUM_S
 
 
 class _Stream:
