@@ -44,6 +44,7 @@ def test_the_phase_is_a_whole_number_of_quarter_seconds_below_the_hop_and_stable
     # CRC-32, not Python's salted hash: the same in every process and release (a store, a replay
     # and a restarted preprocess must agree on where a device's windows fall)
     assert [grid_phase_s(d, 5.0) for d in ("dev1", "dev2", "e4-A01234")] == [1.25, 1.75, 4.5]
+    assert 0 <= grid_phase_s("odd\udc80id", 5.0) < 5.0  # an id with a lone surrogate, as the bus may decode one
 
 
 @pytest.mark.parametrize("device", ["dev1", "e4-A01234", "dev3"])
