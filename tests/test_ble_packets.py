@@ -401,28 +401,13 @@ def test_no_sample_is_held_past_a_status_or_across_a_reconnect(hub) -> None:
 
 def test_e4_client_packet_s_relays_the_same_samples_in_larger_messages(hub) -> None:
     """``e4-client --packet-s``: the E4 streaming-server path gathers samples the same way."""
-    from bus import Publisher
-    from ingest.e4server import E4ServerSource, chunk_samples
-    from tests.test_e4server import with_virtual_server
+    from ingest.e4server import chunk_samples
+    from tests.test_e4server import relay_eda
 
     assert chunk_samples("eda", 2.0) == 8 and chunk_samples("eda", 1.0) == chunk_samples("eda") == 6
     assert chunk_samples("bvp", 1.0) == 64 and chunk_samples("bvp") == 11
 
-    async def body(port: int, device: str) -> tuple[list[Message], list[Message]]:
-        async with Subscriber(hub.address, ["raw/eda/"]) as sub, Publisher(hub.address) as pub:
-            assert not await pub.wait_for_subscribers(["raw/eda/relay/"], 10)
-            source = E4ServerSource("127.0.0.1", port, pub, bus_device="relay", packet_s=2.0)
-            task = asyncio.create_task(source.run())
-            direct: list[Message] = []
-            relayed: list[Message] = []
-            while len(relayed) < 4:
-                msg = await sub.recv(20)
-                (relayed if msg.device == "relay" else direct).append(msg)
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-            return direct, relayed
-
-    direct, relayed = asyncio.run(with_virtual_server(hub.address, body))
+    direct, relayed = relay_eda(hub.address, packet_s=2.0)
     assert [m.n for m in relayed] == [8] * len(relayed)  # 2 s of EDA where a packet holds 1.5 s
     value_at = {round(float(t), 3): v for m in direct for t, v in zip(m.sample_times(), m.samples, strict=True)}
     for a, b in pairwise(relayed):

@@ -207,11 +207,14 @@ def test_ble_bvp_counts_go_out_in_the_vendors_scale(hub, bus_address) -> None:
     assert [sent[t] for t in both] == pytest.approx([0.9 * counts[t] for t in both], rel=1e-5, abs=1e-6)
 
 
-def test_m3sense_client_source_reads_the_server_back_onto_the_bus(hub, bus_address) -> None:
+def relay_eda(bus_address: str, packet_s: float | None = None) -> tuple[list[Message], list[Message]]:
+    """A virtual wristband's EDA straight on the bus (``direct``) and as an ``E4ServerSource``
+    reading its e4-server puts it back under the device ``relay`` (the first 4 messages)."""
+
     async def body(port: int, device: str) -> tuple[list[Message], list[Message]]:
         async with Subscriber(bus_address, ["raw/eda/"]) as sub, Publisher(bus_address) as pub:
             assert not await pub.wait_for_subscribers(["raw/eda/relay/"], 10)
-            source = E4ServerSource("127.0.0.1", port, pub, bus_device="relay")
+            source = E4ServerSource("127.0.0.1", port, pub, bus_device="relay", packet_s=packet_s)
             task = asyncio.create_task(source.run())
             direct: list[Message] = []
             relayed: list[Message] = []
@@ -222,7 +225,11 @@ def test_m3sense_client_source_reads_the_server_back_onto_the_bus(hub, bus_addre
             await asyncio.gather(task, return_exceptions=True)
             return direct, relayed
 
-    direct, relayed = asyncio.run(with_virtual_server(bus_address, body))
+    return asyncio.run(with_virtual_server(bus_address, body))
+
+
+def test_m3sense_client_source_reads_the_server_back_onto_the_bus(hub, bus_address) -> None:
+    direct, relayed = relay_eda(bus_address)
     by_t0 = {round(m.t0_s, 4): m for m in direct}
     for m in relayed[1:]:  # the first relayed chunk may start mid-packet
         twin = by_t0.get(round(m.t0_s, 4))
