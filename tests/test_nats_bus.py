@@ -217,6 +217,16 @@ def test_run_on_nats_stores_what_run_on_zeromq_stores(
     assert stored["nats"] == stored["zeromq"]
 
 
+def _assert_every_window_once(pipe: Pipeline, truth: dict, why_none_lost: str) -> None:
+    """Every window of every device stored, none counted lost, each row (two tasks) once."""
+    windows, lost = pipe.stored()
+    assert windows == {device: len(expected) for device, expected in truth.items()}, (windows, lost)
+    assert lost == {}, why_none_lost
+    with sqlite3.connect(pipe.db) as conn:
+        per_window = conn.execute("SELECT count(*), count(DISTINCT device || task || t_start_s) FROM affect").fetchone()
+    assert per_window[0] == per_window[1] == 2 * sum(len(e) for e in truth.values())  # two tasks, once each
+
+
 @NEEDS_NATS
 def test_kill_9_of_the_store_gets_back_what_it_had_not_flushed(
     nats_server: NatsServer, procs: list[Proc], tmp_path: Path, model: Path, recording, monkeypatch
@@ -228,12 +238,7 @@ def test_kill_9_of_the_store_gets_back_what_it_had_not_flushed(
     src, truth = recording
     pipe = Pipeline(nats_server.bus, procs, tmp_path, model, store_flush_s=1.0)
     pipe.replay_killing(src, "store")
-    windows, lost = pipe.stored()
-    assert windows == {device: len(expected) for device, expected in truth.items()}, (windows, lost)
-    assert lost == {}, "a store killed between flushes gets its unflushed messages again"
-    with sqlite3.connect(pipe.db) as conn:
-        per_window = conn.execute("SELECT count(*), count(DISTINCT device || task || t_start_s) FROM affect").fetchone()
-    assert per_window[0] == per_window[1] == 2 * sum(len(e) for e in truth.values())  # two tasks, once each
+    _assert_every_window_once(pipe, truth, "a store killed between flushes gets its unflushed messages again")
 
 
 def test_the_store_refuses_a_flush_interval_the_nats_ack_wait_would_outrun() -> None:
@@ -251,12 +256,7 @@ def test_kill_9_of_infer_resumes_its_durable_consumer(
     src, truth = recording
     pipe = Pipeline(nats_server.bus, procs, tmp_path, model)
     pipe.replay_killing(src, "infer")
-    windows, lost = pipe.stored()
-    assert windows == {device: len(expected) for device, expected in truth.items()}, (windows, lost)
-    assert lost == {}, "a resumed durable consumer loses no window"
-    with sqlite3.connect(pipe.db) as conn:
-        per_window = conn.execute("SELECT count(*), count(DISTINCT device || task || t_start_s) FROM affect").fetchone()
-    assert per_window[0] == per_window[1] == 2 * sum(len(e) for e in truth.values())  # two tasks, once each
+    _assert_every_window_once(pipe, truth, "a resumed durable consumer loses no window")
     restarted = pipe.stages["infer"].popen
     restarted.terminate()
     answered = re.search(r"infer: answered (\d+)", restarted.communicate(timeout=30)[1])
